@@ -1,0 +1,43 @@
+// conv2d + bias + activation on the CPU.
+// Main loop: ATen's convolution (oneDNN), the best CPU conv engine there is. Ours: the epilogue
+// (bias + activation in one in-place pass over the fresh output, no extra allocation) and the
+// backward's prologue (activation backward + bias gradient in one pass over grad_y), after which
+// one convolution_backward call produces only the gradients that are asked for.
+#include "conv2d_act.h"
+
+#include "epilogue.h"
+
+namespace genkern::cpu {
+
+std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
+    int64_t groups, int64_t activation, double negative_slope, bool save_preact) {
+  at::Tensor z = at::convolution(x, weight, std::nullopt, stride, padding, dilation,
+                                 /*transposed=*/false, /*output_padding=*/{0, 0}, groups);
+  if (!save_preact) {
+    bias_act_(z, bias, activation, negative_slope);
+    return {z, at::Tensor()};
+  }
+  at::Tensor y = at::empty_like(z);
+  bias_act_(z, bias, activation, negative_slope, &y);
+  return {y, z};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
+    const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
+    const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding,
+    std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
+    std::array<bool, 3> output_mask) {
+  auto [g, grad_bias] =
+      act_backward_bias_grad(grad_y, saved, activation, negative_slope, output_mask[2]);
+  at::Tensor grad_x, grad_w;
+  if (output_mask[0] || output_mask[1]) {
+    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
+        g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/false,
+        /*output_padding=*/{0, 0}, groups, {output_mask[0], output_mask[1], false});
+  }
+  return {grad_x, grad_w, grad_bias};
+}
+
+}  // namespace genkern::cpu

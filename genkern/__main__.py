@@ -1,0 +1,3 @@
+from genkern.cli import main
+
+raise SystemExit(main())

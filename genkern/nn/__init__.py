@@ -1,0 +1,6 @@
+"""Drop-in modules: each subclasses the torch.nn class it replaces, keeps its parameters and
+state_dict keys, and adds `activation` / `negative_slope` where a fused activation applies."""
+
+from genkern.nn.conv import Conv2d
+
+__all__ = ["Conv2d"]

@@ -1,0 +1,90 @@
+"""Argument normalization and validation at the op boundary, with torch's wording."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def pair(value, name: str) -> list[int]:
+    """An int or a sequence of 2 ints, as a list of 2 ints."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a tuple of 2 ints, but got {value!r}")
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, Sequence) and len(value) == 1 and isinstance(value[0], int):
+        return [value[0], value[0]]
+    if isinstance(value, Sequence) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return [int(value[0]), int(value[1])]
+    raise TypeError(f"{name} must be an int or a tuple of 2 ints, but got {value!r}")
+
+
+def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
+    """Every given tensor is a floating-point tensor of the first one's dtype and device."""
+    first_name, first = next(iter(tensors.items()))
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{op}(): expected a floating-point tensor for '{name}', but got {t.dtype}"
+            )
+    for name, t in tensors.items():
+        if t is None or t is first:
+            continue
+        if t.device != first.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two devices, "
+                f"{first.device} and {t.device}! ({op}: '{first_name}' and '{name}')"
+            )
+        if t.dtype != first.dtype:
+            raise RuntimeError(
+                f"{op}(): expected '{name}' to have the same dtype as '{first_name}' "
+                f"({first.dtype}), but got {t.dtype}"
+            )
+
+
+def check_positive(values: list[int], message: str) -> None:
+    if any(v <= 0 for v in values):
+        raise RuntimeError(message)
+
+
+def conv_padding(padding, kernel: Sequence[int], stride: list[int], dilation: list[int]):
+    """Normalizes conv padding; returns (symmetric padding, extra (right, bottom) padding).
+
+    'same' with an even total padding splits it as torch does: the extra goes right/bottom.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0, 0], [0, 0]
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            left = [t // 2 for t in total]
+            return left, [t - lo for t, lo in zip(total, left)]
+        raise ValueError(
+            f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}"
+        )
+    pad = pair(padding, "padding")
+    if any(p < 0 for p in pad):
+        raise RuntimeError("negative padding is not supported")
+    return pad, [0, 0]
+
+
+def dense_format(t: torch.Tensor) -> torch.memory_format:
+    """The memory format a dense result shaped like `t` takes: channels_last when `t`'s strides
+    order its dims as NHWC (like ATen's suggest_memory_format), else contiguous."""
+    if t.dim() != 4 or t.is_contiguous():
+        return torch.contiguous_format
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    s = t.stride()
+    if s[1] < s[3] <= s[2] <= s[0]:
+        return torch.channels_last
+    return torch.contiguous_format

@@ -1,0 +1,273 @@
+"""genkern.ops.conv2d: act(conv2d(x, weight) + bias), fused, one custom op on every backend."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genkern import activations as A
+from genkern import backends, reference
+from genkern.ops import _checks, _registry
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    activation: str | None = None,
+    negative_slope: float = 0.01,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """act(F.conv2d(x, weight, bias, stride, padding, dilation, groups)) in one fused op.
+
+    `activation` is None, "relu", "leaky_relu" (with `negative_slope`), "tanh", "sigmoid" or
+    "silu"; `padding` also takes "same"/"valid"; `backend` is "auto", "torch", "cpu", "cuda" or
+    "triton". Accepts batched (4-D) or unbatched (3-D) input, like torch.
+    """
+    act = A.activation_id(activation)
+    slope = A.check_negative_slope(negative_slope)
+    _checks.check_floating("conv2d", input=x, weight=weight, bias=bias)
+    if x.dim() not in (3, 4):
+        raise RuntimeError(
+            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
+            f"{list(x.shape)}"
+        )
+    if weight.dim() != 4:
+        raise RuntimeError(
+            f"Expected 4D weight for conv2d, but got weight of size: {list(weight.shape)}"
+        )
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    stride = _checks.pair(stride, "stride")
+    dilation = _checks.pair(dilation, "dilation")
+    _checks.check_positive(stride, "non-positive stride is not supported")
+    _checks.check_positive(dilation, "dilation should be greater than zero")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    padding, extra = _checks.conv_padding(padding, weight.shape[2:], stride, dilation)
+    _check_conv_shapes(x, weight, bias, padding, extra, dilation, groups)
+    if any(extra):  # 'same' with an even kernel: torch pads the extra row/column at the end
+        x = F.pad(x, [0, extra[1], 0, extra[0]])
+    name = backends.resolve("conv2d", backend, x)
+    save_preact = (
+        A.needs_saved(act)
+        and not A.saves_output(act, slope)
+        and torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    )
+    y, _ = torch.ops.genkern.conv2d_act(
+        x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact, name
+    )
+    return y.squeeze(0) if unbatched else y
+
+
+def _check_conv_shapes(x, weight, bias, padding, extra, dilation, groups) -> None:
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    if out_channels % groups != 0:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+            f"but got weight of size {list(weight.shape)} instead"
+        )
+    if x.shape[1] != in_per_group * groups:
+        raise RuntimeError(
+            f"Given groups={groups}, weight of size {list(weight.shape)}, expected "
+            f"input{list(x.shape)} to have {in_per_group * groups} channels, but got "
+            f"{x.shape[1]} channels instead"
+        )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        raise RuntimeError(
+            f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
+            f"{out_channels} elements, but got bias of size {list(bias.shape)} instead"
+        )
+    padded = [x.shape[2 + i] + 2 * padding[i] + extra[i] for i in range(2)]
+    kernel = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in range(2)]
+    if any(p < k for p, k in zip(padded, kernel)):
+        raise RuntimeError(
+            f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
+            f"({kernel[0]} x {kernel[1]}). Kernel size can't be greater than actual input size"
+        )
+
+
+def output_shape(x, weight, stride, padding, dilation) -> list[int]:
+    hw = [
+        (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1)
+        // stride[i]
+        + 1
+        for i in range(2)
+    ]
+    return [x.shape[0], weight.shape[0], *hw]
+
+
+def output_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """channels_last when the input or the weight is (as ATen's conv engines decide)."""
+    cl = torch.channels_last
+    if _checks.dense_format(x) == cl or _checks.dense_format(weight) == cl:
+        return cl
+    return torch.contiguous_format
+
+
+# ---- the custom ops --------------------------------------------------------------------------
+
+
+@torch.library.custom_op("genkern::conv2d_act", mutates_args=())
+def _conv2d_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    activation: int,
+    negative_slope: float,
+    save_preact: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fmt = output_format(x, weight)
+    if x.shape[0] == 0:
+        y = x.new_empty(output_shape(x, weight, stride, padding, dilation))
+        return y.contiguous(memory_format=fmt), x.new_empty(0)
+    fwd = _registry.kernel("conv2d_act_forward", backend)
+    y, preact = fwd(x, weight, bias, stride, padding, dilation, groups, activation,
+                    negative_slope, save_preact)
+    preact = preact.contiguous(memory_format=fmt) if save_preact else x.new_empty(0)
+    return y.contiguous(memory_format=fmt), preact
+
+
+@_conv2d_act.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups, activation, negative_slope,
+      save_preact, backend):
+    fmt = output_format(x, weight)
+    shape = output_shape(x, weight, stride, padding, dilation)
+    y = x.new_empty(shape).contiguous(memory_format=fmt)
+    preact = x.new_empty(shape).contiguous(memory_format=fmt) if save_preact and shape[0] else None
+    return y, preact if preact is not None else x.new_empty(0)
+
+
+@torch.library.custom_op("genkern::conv2d_act_backward", mutates_args=())
+def _conv2d_act_backward(
+    grad_y: torch.Tensor,
+    saved: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    activation: int,
+    negative_slope: float,
+    output_mask: list[bool],
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if x.shape[0] == 0:
+        gx, gw, gb = torch.zeros_like(x), torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
+    else:
+        bwd = _registry.kernel("conv2d_act_backward", backend)
+        gx, gw, gb = bwd(grad_y, saved, x, weight, stride, padding, dilation, groups, activation,
+                         negative_slope, output_mask)
+    return _grads_out(x, weight, output_mask, gx, gw, gb)
+
+
+def _grads_out(x, weight, mask, gx, gw, gb):
+    """Gradients in the layouts the fake promises; an unrequested one is an empty tensor."""
+    empty = x.new_empty(0)
+    return (
+        gx.contiguous(memory_format=_checks.dense_format(x)) if mask[0] else empty,
+        gw.contiguous(memory_format=_checks.dense_format(weight)) if mask[1] else empty,
+        gb.contiguous() if mask[2] else empty,
+    )
+
+
+@_conv2d_act_backward.register_fake
+def _(grad_y, saved, x, weight, stride, padding, dilation, groups, activation, negative_slope,
+      output_mask, backend):
+    gx = x.new_empty(x.shape).contiguous(memory_format=_checks.dense_format(x))
+    gw = weight.new_empty(weight.shape).contiguous(memory_format=_checks.dense_format(weight))
+    gb = weight.new_empty(weight.shape[0])
+    return _grads_out(x, weight, output_mask, gx, gw, gb)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact, backend = inputs
+    y, preact = output
+    saved = None
+    if A.needs_saved(act):
+        saved = y if A.saves_output(act, slope) else preact
+    ctx.save_for_backward(x, weight, saved)
+    ctx.args = (stride, padding, dilation, groups, act, slope, backend)
+
+
+def _backward(ctx, grad_y, _grad_preact):
+    x, weight, saved = ctx.saved_tensors
+    stride, padding, dilation, groups, act, slope, backend = ctx.args
+    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+    gx, gw, gb = torch.ops.genkern.conv2d_act_backward(
+        grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask, backend
+    )
+    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
+            None, None, None, None, None, None, None, None)
+
+
+_conv2d_act.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- backends ---------------------------------------------------------------------------------
+
+
+def _forward_torch(x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact):
+    z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    y = reference.activation(z, A.ID_TO_NAME[act], slope)
+    return y, z if save_preact else None
+
+
+def _backward_torch(grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask):
+    g = reference.activation_backward(grad_y, saved, act, slope)
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        g, x, weight, [weight.shape[0]], stride, padding, dilation, False, [0, 0], groups, mask
+    )
+    return gx, gw, gb
+
+
+def _forward_cpu(x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact):
+    return _registry.extension().conv2d_act_forward_cpu(
+        x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact
+    )
+
+
+def _backward_cpu(grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask):
+    return _registry.extension().conv2d_act_backward_cpu(
+        grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask
+    )
+
+
+def _forward_cuda(x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact):
+    return _registry.extension().conv2d_act_forward_cuda(
+        x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact
+    )
+
+
+def _backward_cuda(grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask):
+    return _registry.extension().conv2d_act_backward_cuda(
+        grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask
+    )
+
+
+_registry.register(
+    "conv2d_act_forward",
+    torch=_forward_torch,
+    cpu=_forward_cpu,
+    cuda=_forward_cuda,
+    triton="genkern.triton.conv2d:conv2d_act_forward_triton",
+)
+_registry.register(
+    "conv2d_act_backward",
+    torch=_backward_torch,
+    cpu=_backward_cpu,
+    cuda=_backward_cuda,
+    triton="genkern.triton.conv2d:conv2d_act_backward_triton",
+)
