@@ -2,6 +2,8 @@
 
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which genkern._C links against)
+
 try:
     from genkern import _C  # noqa: F401  (the extension module)
 

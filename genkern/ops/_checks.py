@@ -67,7 +67,7 @@ def conv_padding(padding, kernel: Sequence[int], stride: list[int], dilation: li
                 raise ValueError("padding='same' is not supported for strided convolutions")
             total = [d * (k - 1) for d, k in zip(dilation, kernel)]
             left = [t // 2 for t in total]
-            return left, [t - lo for t, lo in zip(total, left)]
+            return left, [t - 2 * lo for t, lo in zip(total, left)]
         raise ValueError(
             f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}"
         )

@@ -175,11 +175,10 @@ def _conv2d_act_backward(
 
 def _grads_out(x, weight, mask, gx, gw, gb):
     """Gradients in the layouts the fake promises; an unrequested one is an empty tensor."""
-    empty = x.new_empty(0)
     return (
-        gx.contiguous(memory_format=_checks.dense_format(x)) if mask[0] else empty,
-        gw.contiguous(memory_format=_checks.dense_format(weight)) if mask[1] else empty,
-        gb.contiguous() if mask[2] else empty,
+        gx.contiguous(memory_format=_checks.dense_format(x)) if mask[0] else x.new_empty(0),
+        gw.contiguous(memory_format=_checks.dense_format(weight)) if mask[1] else x.new_empty(0),
+        gb.contiguous() if mask[2] else x.new_empty(0),
     )
 
 

@@ -1,0 +1,19 @@
+"""Helpers shared by the op test modules."""
+
+import torch
+
+from genkern import testing
+
+
+def assert_unchanged(before: list, after: list) -> None:
+    """Inputs are bit-identical after the op (never mutated)."""
+    for i, (b, a) in enumerate(zip(before, after)):
+        if b is not None:
+            assert torch.equal(b, a.detach()), f"input #{i} was modified"
+
+
+def clones(tensors):
+    return [None if t is None else t.detach().clone() for t in tensors]
+
+
+__all__ = ["assert_unchanged", "clones", "testing"]
