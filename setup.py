@@ -10,6 +10,8 @@ No step here needs a GPU.
 
 import glob
 import os
+import shutil
+import subprocess
 import sysconfig
 
 from setuptools import setup
@@ -26,6 +28,35 @@ def _flag(name: str, default: str) -> str:
 
 def _rel(pattern: str) -> list:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _resolve_cuda_home() -> None:
+    """Sets CUDA_HOME when `nvcc` on PATH is a wrapper script (e.g. /usr/local/bin/nvcc exec-ing
+    /usr/local/cuda-13.0/bin/nvcc): torch would take dirname(dirname(which nvcc)), a directory
+    without the CUDA headers (crt/host_defines.h) and libraries. nvcc's dry run names its real TOP.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return
+    guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.isfile(os.path.join(guess, "include", "cuda_runtime_api.h")):
+        return
+    try:
+        dry = subprocess.run(
+            [nvcc, "-dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return
+    for line in (dry.stdout + dry.stderr).splitlines():
+        if line.startswith("#$ TOP="):
+            top = os.path.normpath(line[len("#$ TOP="):].strip())
+            if os.path.isfile(os.path.join(top, "include", "cuda_runtime_api.h")):
+                print(f"genkern: CUDA_HOME={top} (from {nvcc} -dryrun)")
+                os.environ["CUDA_HOME"] = top
+            return
 
 
 def _cuda_wanted(torch, cpp_extension) -> bool:
@@ -50,6 +81,9 @@ def _extensions():
         print("genkern: GENKERN_BUILD_EXT=0, pure-Python install")
         return [], {}
     import torch
+
+    if _flag("GENKERN_BUILD_CUDA", "auto") != "0" and torch.version.cuda is not None:
+        _resolve_cuda_home()  # before cpp_extension is imported: it reads CUDA_HOME on import
     from torch.utils import cpp_extension
 
     sources = ["csrc/bindings.cpp", *_rel("csrc/cpu/*.cpp")]
@@ -73,7 +107,9 @@ def _extensions():
             include_dirs=include_dirs,
             library_dirs=library_dirs,
             define_macros=[("GENKERN_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            # No --use_fast_math: it flushes denormals and approximates exp/tanh/division, so
+            # results would drift from torch's; the epilogue kernels are memory-bound anyway.
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
             extra_link_args=extra_link,
         )
     else:

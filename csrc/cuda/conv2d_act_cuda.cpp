@@ -3,8 +3,9 @@
 // is on NVIDIA GPUs (kernels tuned per shape, layout and architecture, chosen by heuristics or
 // benchmark mode); a hand-written one would be slower. genkern owns what cuDNN leaves on the
 // table: the epilogue (bias + activation in one in-place pass over the fresh output instead of a
-// bias add plus an activation kernel) and the backward's prologue (activation backward + bias
-// gradient in one pass over grad_y, a deterministic two-level reduction), after which one
+// bias add plus an activation kernel; cuDNN takes no bias, ATen adds it in a pass of its own, so
+// fusing it here rounds exactly as stock does) and the backward's prologue (activation backward +
+// bias gradient in one pass over grad_y, a deterministic two-level reduction), after which one
 // convolution_backward call produces only the gradients asked for. The kernels are torch-free
 // (epilogue_kernels.cu); this file checks, allocates through torch's caching allocator and
 // launches on the current stream, with no host synchronization: the op can be captured in a CUDA
