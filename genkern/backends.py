@@ -118,16 +118,22 @@ def requested_backend(backend: str = "auto") -> str:
     return "auto"
 
 
+def auto_backend(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """The backend "auto" picks for tensors of this device and dtype."""
+    device = torch.device(device)
+    for candidate in AUTO_ORDER.get(device.type, ("torch",)):
+        if unavailable_reason(candidate, device, dtype) is None:
+            return candidate
+    return "torch"
+
+
 @functools.lru_cache(maxsize=256)
 def _resolve(op: str, name: str, device_type: str, device_index, dtype: torch.dtype) -> str:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(
         device_type
     )
     if name == "auto":
-        for candidate in AUTO_ORDER.get(device_type, ("torch",)):
-            if unavailable_reason(candidate, device, dtype) is None:
-                return candidate
-        return "torch"
+        return auto_backend(device, dtype)
     reason = unavailable_reason(name, device, dtype)
     if reason is not None:
         here = ", ".join(repr(b) for b in available_backends(device, dtype))

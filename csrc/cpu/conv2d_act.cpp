@@ -18,11 +18,11 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
   at::Tensor z = at::convolution(x, weight, bias, stride, padding, dilation,
                                  /*transposed=*/false, /*output_padding=*/{0, 0}, groups);
   if (!save_preact) {
-    bias_act_(z, std::nullopt, activation, negative_slope);
+    activation_(z, activation, negative_slope);
     return {z, at::Tensor()};
   }
   at::Tensor y = at::empty_like(z);
-  bias_act_(z, std::nullopt, activation, negative_slope, &y);
+  activation_(z, activation, negative_slope, &y);
   return {y, z};
 }
 

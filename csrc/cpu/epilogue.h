@@ -1,5 +1,5 @@
 // Fused epilogues shared by every GEMM-shaped op on the CPU (conv2d, conv_transpose2d, linear):
-// bias + activation after the main loop, and the activation's backward + bias gradient before it.
+// the activation after the main loop, and the activation's backward + bias gradient before it.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,11 +9,11 @@
 
 namespace genkern::cpu {
 
-// z <- act(z + bias) in place, one pass. When `preact_out` is given, z keeps z + bias (the
-// pre-activation the backward needs) and act(z + bias) goes to *preact_out instead.
-// z is a fresh NCHW-contiguous, channels_last or [M, C] tensor; channels are dim 1.
-void bias_act_(at::Tensor& z, const std::optional<at::Tensor>& bias, int64_t activation,
-               double negative_slope, at::Tensor* act_out = nullptr);
+// z <- act(z) in place, one pass over the fresh output of a GEMM-shaped op (whose engine has
+// already added the bias). When `act_out` (same shape and strides) is given, z is left as the
+// pre-activation the backward needs and act(z) goes to *act_out.
+void activation_(at::Tensor& z, int64_t activation, double negative_slope,
+                 at::Tensor* act_out = nullptr);
 
 // g = act_backward(grad_y, saved) in one pass, with the bias gradient (sum of g over every dim
 // but 1) reduced in the same pass when need_bias_grad. Deterministic: fixed chunking, ordered sums.

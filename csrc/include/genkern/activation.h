@@ -16,6 +16,9 @@
 
 namespace genkern {
 
+using std::exp;  // float overloads for float math, on host and device
+using std::tanh;
+
 enum class Activation : int {
   kIdentity = 0,
   kRelu = 1,
@@ -44,45 +47,85 @@ GK_HOST_DEVICE T sigmoid(T x) {
   return T(1) / (T(1) + exp(-x));
 }
 
-// y = act(x). NaN propagates as in torch (relu(NaN) = NaN).
-template <typename T>
-GK_HOST_DEVICE T act_forward(Activation act, T x, T slope) {
-  switch (act) {
-    case Activation::kRelu:
-      return x < T(0) ? T(0) : x;
-    case Activation::kLeakyRelu:
-      return x > T(0) ? x : x * slope;
-    case Activation::kTanh:
-      return tanh(x);
-    case Activation::kSigmoid:
-      return sigmoid(x);
-    case Activation::kSilu:
-      return x * sigmoid(x);
-    default:
-      return x;
+// y = act(x), the activation fixed at compile time so loops over it vectorize.
+// NaN propagates as in torch (relu(NaN) = NaN).
+template <Activation A, typename T>
+GK_HOST_DEVICE T act_forward(T x, T slope) {
+  if constexpr (A == Activation::kRelu) {
+    return x < T(0) ? T(0) : x;
+  } else if constexpr (A == Activation::kLeakyRelu) {
+    const T neg = x * slope;  // computed unconditionally: a select, not a branch, so it vectorizes
+    return x > T(0) ? x : neg;
+  } else if constexpr (A == Activation::kTanh) {
+    return tanh(x);
+  } else if constexpr (A == Activation::kSigmoid) {
+    return sigmoid(x);
+  } else if constexpr (A == Activation::kSilu) {
+    return x * sigmoid(x);
+  } else {
+    return x;
   }
 }
 
 // grad * act'(x), from the saved tensor s (see saves_output). Same formulas and NaN behaviour as
 // torch's backward kernels (threshold_backward: s <= 0 -> 0 even for a NaN grad).
-template <typename T>
-GK_HOST_DEVICE T act_backward(Activation act, T grad, T s, T slope) {
+template <Activation A, typename T>
+GK_HOST_DEVICE T act_backward(T grad, T s, T slope) {
+  if constexpr (A == Activation::kRelu) {
+    return s <= T(0) ? T(0) : grad;  // NaN s passes grad, as torch's threshold_backward
+  } else if constexpr (A == Activation::kLeakyRelu) {
+    const T neg = grad * slope;
+    return s > T(0) ? grad : neg;
+  } else if constexpr (A == Activation::kTanh) {
+    return grad * (T(1) - s * s);
+  } else if constexpr (A == Activation::kSigmoid) {
+    return grad * ((T(1) - s) * s);
+  } else if constexpr (A == Activation::kSilu) {
+    const T sg = sigmoid(s);
+    return grad * (sg * (T(1) + s * (T(1) - sg)));
+  } else {
+    return grad;
+  }
+}
+
+template <Activation A>
+struct ActivationTag {
+  static constexpr Activation value = A;
+};
+
+// Calls f(ActivationTag<A>{}) for the runtime id `act`: one specialization per activation.
+//   dispatch_activation(act, [&](auto tag) { constexpr Activation A = decltype(tag)::value; ... });
+template <typename F>
+GK_HOST_DEVICE void dispatch_activation(Activation act, F&& f) {
   switch (act) {
     case Activation::kRelu:
-      return s <= T(0) ? T(0) : grad;
+      return f(ActivationTag<Activation::kRelu>{});
     case Activation::kLeakyRelu:
-      return s > T(0) ? grad : grad * slope;
+      return f(ActivationTag<Activation::kLeakyRelu>{});
     case Activation::kTanh:
-      return grad * (T(1) - s * s);
+      return f(ActivationTag<Activation::kTanh>{});
     case Activation::kSigmoid:
-      return grad * ((T(1) - s) * s);
-    case Activation::kSilu: {
-      T sg = sigmoid(s);
-      return grad * (sg * (T(1) + s * (T(1) - sg)));
-    }
+      return f(ActivationTag<Activation::kSigmoid>{});
+    case Activation::kSilu:
+      return f(ActivationTag<Activation::kSilu>{});
     default:
-      return grad;
+      return f(ActivationTag<Activation::kIdentity>{});
   }
+}
+
+// Runtime-dispatched forms, for code where the per-element switch does not matter.
+template <typename T>
+GK_HOST_DEVICE T act_forward(Activation act, T x, T slope) {
+  T y = x;
+  dispatch_activation(act, [&](auto tag) { y = act_forward<decltype(tag)::value>(x, slope); });
+  return y;
+}
+
+template <typename T>
+GK_HOST_DEVICE T act_backward(Activation act, T grad, T s, T slope) {
+  T g = grad;
+  dispatch_activation(act, [&](auto tag) { g = act_backward<decltype(tag)::value>(grad, s, slope); });
+  return g;
 }
 
 }  // namespace genkern

@@ -1,0 +1,98 @@
+"""Turns a run's results into tables (markdown/terminal) and files (results.json, results.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+
+
+def _fmt_ms(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def summarize(data: dict) -> list[dict]:
+    """One row per (case, mode): each provider's median, genkern's best, ratios, peak fraction."""
+    by_case: dict[tuple, dict] = defaultdict(dict)
+    meta = {}
+    for r in data["results"]:
+        key = (r["case"], r["mode"])
+        by_case[key][r["provider"]] = r
+        meta[key] = r
+    rows = []
+    peaks = data.get("peaks", {})
+    for key, provs in by_case.items():
+        m = meta[key]
+        row = {"case": key[0], "mode": key[1], "shape": m["shape"], "family": m["family"],
+               "times": {}, "notes": []}
+        for p, r in provs.items():
+            if r["status"] == "ok":
+                row["times"][p] = r["median_ms"]
+            else:
+                row["times"][p] = None
+                row["notes"].append(f"{p}: {r['status']} ({r['message']})")
+        ours = {p: t for p, t in row["times"].items() if p.startswith("genkern:") and t}
+        best = min(ours, key=ours.get) if ours else None
+        row["best"] = best
+        t_best = ours.get(best)
+        eager, comp = row["times"].get("eager"), row["times"].get("compile")
+        row["speedup_vs_eager"] = eager / t_best if eager and t_best else None
+        row["speedup_vs_compile"] = comp / t_best if comp and t_best else None
+        if t_best and m["flops"] and peaks.get("matmul_fp32_flops"):
+            row["peak_fraction"] = m["flops"] / (t_best * 1e-3) / peaks["matmul_fp32_flops"]
+        elif t_best and m["bytes"] and peaks.get("copy_bytes_per_s"):
+            row["peak_fraction"] = m["bytes"] / (t_best * 1e-3) / peaks["copy_bytes_per_s"]
+        else:
+            row["peak_fraction"] = None
+        rows.append(row)
+    return rows
+
+
+def geomean(values) -> float | None:
+    values = [v for v in values if v]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def markdown(data: dict) -> str:
+    rows = summarize(data)
+    providers = data["providers"]
+    env, peaks = data["environment"], data["peaks"]
+    machine = env.get("gpu") or env.get("cpu")
+    lines = [
+        f"genkern bench on {data['device']} ({machine}), {data['dtype']}, "
+        f"{env['threads']} threads, torch {env['torch']}, commit {env['commit']}, {env['date']}",
+        f"measured peaks: fp32 matmul {peaks['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s, "
+        f"copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s; times are medians in ms",
+        "",
+        "| case | mode | shape | " + " | ".join(providers) + " | best | x eager | x compile | "
+        "% of peak |",
+        "|" + "---|" * (len(providers) + 7),
+    ]
+    for r in rows:
+        cells = [_fmt_ms(r["times"].get(p)) for p in providers]
+        sp_e = f"{r['speedup_vs_eager']:.2f}x" if r["speedup_vs_eager"] else "-"
+        sp_c = f"{r['speedup_vs_compile']:.2f}x" if r["speedup_vs_compile"] else "-"
+        peak = f"{100 * r['peak_fraction']:.0f}%" if r["peak_fraction"] else "-"
+        best = (r["best"] or "-").replace("genkern:", "")
+        lines.append(f"| {r['case']} | {r['mode']} | {r['shape']} | " + " | ".join(cells)
+                     + f" | {best} | {sp_e} | {sp_c} | {peak} |")
+    g = geomean(r["speedup_vs_eager"] for r in rows)
+    if g:
+        lines += ["", f"geomean speedup of genkern's best over stock eager: {g:.2f}x"]
+    notes = [n for r in rows for n in r["notes"]]
+    if notes:
+        lines += ["", "problems:"] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write(data: dict, out_dir: str) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")]
+    with open(paths[0], "w") as f:
+        json.dump(data, f, indent=1)
+    with open(paths[1], "w") as f:
+        f.write(markdown(data))
+    return paths

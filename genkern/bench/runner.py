@@ -1,0 +1,162 @@
+"""Runs benchmark cases: machine peaks measured in the same run, correctness checked before
+timing, warm-up excluded, medians of many repetitions."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from genkern import backends, testing
+from genkern.bench.case import STOCK_PROVIDERS, Case, make_runner
+
+# a provider's result may differ from stock eager by at most this (max_error scale) per dtype
+CHECK_TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 6e-2, torch.float16: 1e-2,
+                   torch.float64: 1e-9}
+
+
+@dataclass
+class Result:
+    case: str
+    family: str
+    mode: str
+    shape: str
+    provider: str
+    status: str  # "ok" | "wrong" | "error"
+    median_ms: float | None = None
+    p10_ms: float | None = None
+    p90_ms: float | None = None
+    reps: int = 0
+    first_call_ms: float | None = None  # compile / autotune / first-use cost, excluded above
+    max_error: float | None = None  # vs stock eager, max_error scale
+    flops: float = 0.0
+    bytes: float = 0.0
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callable(fn: Callable, device: torch.device, min_reps: int, max_reps: int,
+                  budget_s: float) -> list[float]:
+    """Milliseconds per call, over at least min_reps and at most max_reps or budget_s."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def measure_peaks(device: torch.device, quick: bool = False) -> dict:
+    """The machine's fp32 matmul FLOP/s and copy bytes/s, measured now (medians)."""
+    n = 1024 if (device.type == "cpu" and quick) else (2048 if device.type == "cpu" else 8192)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    mm = lambda: torch.mm(a, b)
+    for _ in range(2):
+        mm()
+    _sync(device)
+    t = statistics.median(time_callable(mm, device, 5, 50, 1.0 if quick else 3.0))
+    numel = (32 if device.type == "cpu" else 256) * 2**20
+    src = torch.empty(numel, device=device).uniform_()
+    dst = torch.empty_like(src)
+    cp = lambda: dst.copy_(src)
+    cp()
+    _sync(device)
+    tc = statistics.median(time_callable(cp, device, 5, 50, 1.0 if quick else 3.0))
+    return {
+        "matmul_fp32_flops": 2.0 * n**3 / (t * 1e-3),
+        "matmul_size": n,
+        "copy_bytes_per_s": 2.0 * numel * 4 / (tc * 1e-3),
+        "copy_bytes": numel * 4,
+    }
+
+
+def providers_for(device: torch.device, dtype: torch.dtype, compile: bool = True) -> list[str]:
+    stock = [p for p in STOCK_PROVIDERS if compile or p != "compile"]
+    ours = [b for b in backends.available_backends(device, dtype) if b != "torch"]
+    if device.type == "cpu":  # the Triton interpreter is a test vehicle, not a CPU backend
+        ours = [b for b in ours if b != "triton"]
+    return stock + [f"genkern:{b}" for b in ours]
+
+
+def _outputs(value) -> list[torch.Tensor]:
+    return list(value) if isinstance(value, tuple) else [value]
+
+
+def run_case(case: Case, device: torch.device, dtype: torch.dtype, providers: list[str],
+             quick: bool = False) -> list[Result]:
+    inputs = case.make_inputs(device, dtype)
+    meta = dict(case=case.name, family=case.family, mode=case.mode, shape=case.shape,
+                flops=case.flops, bytes=case.bytes)
+    results, expected = [], None
+    min_reps, max_reps, budget = (3, 20, 0.5) if quick else (10, 200, 2.0)
+    for provider in providers:
+        try:
+            run = make_runner(case, provider, device, dtype, inputs)
+            _sync(device)
+            t0 = time.perf_counter()
+            out = _outputs(run())
+            _sync(device)
+            first_ms = (time.perf_counter() - t0) * 1e3
+            if expected is None:  # eager runs first: the yardstick
+                expected = [o.detach().clone() for o in out]
+                err = 0.0
+            else:
+                err = max(testing.max_error(o, e) for o, e in zip(out, expected))
+            if err > CHECK_TOLERANCE.get(dtype, 1e-2):
+                results.append(Result(**meta, provider=provider, status="wrong", max_error=err,
+                                      message=f"differs from stock eager by {err:.3g}"))
+                continue
+            run()  # a second warm-up call (caches, allocator)
+            _sync(device)
+            times = time_callable(run, device, min_reps, max_reps, budget)
+            q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+            results.append(Result(**meta, provider=provider, status="ok",
+                                  median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1],
+                                  reps=len(times), first_call_ms=first_ms, max_error=err))
+        except Exception as exc:  # a broken provider is reported, the run goes on
+            results.append(Result(**meta, provider=provider, status="error",
+                                  message=f"{type(exc).__name__}: {exc}"[:300]))
+    return results
+
+
+def run(cases: list[Case], device: torch.device, dtype: torch.dtype, quick: bool = False,
+        compile: bool = True, progress: bool = True) -> dict:
+    """Runs every case; returns a JSON-ready dict with the machine, the peaks and every result."""
+    from genkern.bench.environment import describe
+
+    providers = providers_for(device, dtype, compile)
+    env = describe(device)
+    peaks = measure_peaks(device, quick)
+    results: list[Result] = []
+    for i, case in enumerate(cases):
+        if progress:
+            bar = "#" * int(30 * i / max(1, len(cases)))
+            print(f"\r[{bar:<30}] {i}/{len(cases)} {case.name} {case.mode:<18}", end="",
+                  file=sys.stderr, flush=True)
+        results.extend(run_case(case, device, dtype, providers, quick))
+    if progress:
+        print(f"\r[{'#' * 30}] {len(cases)}/{len(cases)} done{' ' * 40}", file=sys.stderr)
+    return {"environment": env, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+            "quick": quick, "providers": providers, "peaks": peaks,
+            "results": [r.to_dict() for r in results]}

@@ -1,0 +1,89 @@
+"""`genkern info | bench` (console script `genkern`, also `python -m genkern`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cmd_info(args) -> int:
+    import genkern
+    from genkern import _ext, backends
+
+    lines = [f"genkern {genkern.__version__}", f"torch {torch.__version__}"]
+    err = backends.triton_import_error()
+    if err is None:
+        import triton
+
+        interp = " (TRITON_INTERPRET=1: interpreter)" if backends.triton_interpreter() else ""
+        lines.append(f"triton {triton.__version__}{interp}")
+    else:
+        lines.append(f"triton: not available ({err})")
+    lines.append("C++ extension genkern._C: " + ("built" if _ext.HAS_CPU
+                                                  else f"not built ({_ext.LOAD_ERROR})"))
+    lines.append("CUDA kernels in genkern._C: " + ("built" if _ext.HAS_CUDA else "not built"))
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    lines.append("backends (float32):")
+    for dev in devices:
+        d = torch.device(dev)
+        name = torch.cuda.get_device_name(d) if d.type == "cuda" else f"{torch.get_num_threads()} threads"
+        lines.append(f"  {dev} ({name}):")
+        for b in backends.BACKENDS:
+            reason = backends.unavailable_reason(b, d, torch.float32)
+            lines.append(f"    {b:<7} " + ("yes" if reason is None else f"no: {reason}"))
+        lines.append(f"    auto -> {backends.auto_backend(d)}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from genkern.bench import cases as bench_cases
+    from genkern.bench import report, runner
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype]
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    cases = bench_cases.select(quick=args.quick, filter=args.filter)
+    if not cases:
+        print(f"genkern bench: no case matches --filter {args.filter!r}", file=sys.stderr)
+        return 2
+    data = runner.run(cases, device, dtype, quick=args.quick, compile=not args.no_compile,
+                      progress=not args.no_progress)
+    print(report.markdown(data))
+    if args.out:
+        for path in report.write(data, args.out):
+            print(f"wrote {path}")
+    bad = [r for r in data["results"] if r["status"] != "ok" and r["provider"].startswith("genkern")]
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genkern", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="versions, extensions built, backends per device")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("bench", help="benchmark genkern against stock PyTorch")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--quick", action="store_true", help="a short subset (minutes on a CPU)")
+    p.add_argument("--filter", help="comma-separated op families or case-name substrings")
+    p.add_argument("--out", help="directory for results.json and results.md")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
