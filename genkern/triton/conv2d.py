@@ -6,7 +6,8 @@ copied or im2col'ed), multiplied with tl.dot and accumulated in float32 register
 reduction index is flattened (kh, kw, c) with c fastest, so a K tile is one 1-D decomposition
 plus two 1-D offset vectors, and every gathered address is `row_offset[:, None] +
 col_offset[None, :]` (int64: tensors may pass 2^31 elements); padding and the tile edges are
-masks. Small channel counts (RGB inputs) waste no K lanes. The grid is (M tiles, N tiles, group).
+masks. Small channel counts (RGB inputs) waste no K lanes. The grid is (M tiles, N tiles, group)
+(wgrad: (M x N tiles, K split, group)).
 
   forward  M = N*OH*OW output pixels, N = OC/groups, K = (C/groups)*KH*KW. Epilogue in registers:
            + bias, store the pre-activation when asked, act, cast, store in y's layout.
@@ -21,8 +22,10 @@ masks. Small channel counts (RGB inputs) waste no K lanes. The grid is (M tiles,
   the saved tensor are loaded tile by tile and combined in registers); g is never materialized.
 
 No atomics: every output element is written by exactly one program, so results are
-deterministic. Tiles are autotuned on GPU; under TRITON_INTERPRET=1 one small config is used.
-The group axis of the grid is CUDA grid dimension z (at most 65535 groups).
+deterministic. Tiles are autotuned on GPU (keys: the GEMM sizes; configs far larger than the GEMM
+are pruned); under TRITON_INTERPRET=1 one small config is used. Half types feed tl.dot directly;
+float32 uses TF32 or IEEE as torch.backends.cudnn.allow_tf32 says. The group axis of the grid is
+CUDA grid dimension z (at most 65535 groups).
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ _INT32_LIMIT = 2**31 - 4096  # index vectors stay int32 below this (pid * BLOCK 
 def _configs(tiles, interpret_tile):
     if _INTERPRET:
         bm, bn, bk = interpret_tile
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4,
-                              num_stages=1)]
+        return [
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=1)
+        ]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in tiles
@@ -103,6 +107,39 @@ def _prune(m_name, n_name):
 # ---- kernels ------------------------------------------------------------------------------------
 
 
+# Triton 3.9's interpreter mishandles bfloat16: tl.dot misreads bfloat16 operands and float32 ->
+# bfloat16 casts truncate (GPUs round to nearest even). With BF16_INTERP (bfloat16 under the
+# interpreter only; False on GPU, where these helpers reduce to a plain cast and tl.dot) the
+# kernels round by hand and multiply the exactly-upcast operands, matching GPU numerics.
+
+
+@triton.jit
+def _round_bf16(x):
+    """x (float32) rounded to the nearest bfloat16, ties to even, still as float32."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _cast(x, dtype: tl.constexpr, BF16_INTERP: tl.constexpr):
+    """x (float32) cast to dtype with round-to-nearest-even."""
+    if BF16_INTERP:
+        if dtype == tl.bfloat16:
+            x = _round_bf16(x)
+    return x.to(dtype)
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, BF16_INTERP: tl.constexpr):
+    """acc + a @ b with float32 accumulation."""
+    if BF16_INTERP:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
 @triton.autotune(
     configs=_configs(_PIXEL_GEMM_TILES, (64, 16, 32)),
     key=["M", "OCG", "KG"],
@@ -119,7 +156,7 @@ def _conv2d_act_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     slope,
     HAS_BIAS: tl.constexpr, SAVE_PREACT: tl.constexpr, ACT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BF16_INTERP: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -166,7 +203,7 @@ def _conv2d_act_fwd_kernel(
         w_row = c.to(tl.int64) * swc + kh.to(tl.int64) * swh + kw.to(tl.int64) * sww
         b = tl.load(w_ptr + (w_row[:, None] + w_col[None, :]),
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)  # fmt: skip
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = _mma(a, b, acc, DOT_PRECISION, BF16_INTERP)
 
     # epilogue: bias, pre-activation, activation, all in registers
     if HAS_BIAS:
@@ -177,11 +214,11 @@ def _conv2d_act_fwd_kernel(
     if SAVE_PREACT:
         z_off = ((nb.to(tl.int64) * szn + oh.to(tl.int64) * szh + ow.to(tl.int64) * szw)[:, None]
                  + (oc64 * szc)[None, :])  # fmt: skip
-        tl.store(z_ptr + z_off, acc.to(z_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(z_ptr + z_off, _cast(acc, z_ptr.dtype.element_ty, BF16_INTERP), mask=out_mask)
     y = act_forward(acc, ACT, slope)
     y_off = ((nb.to(tl.int64) * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw)[:, None]
              + (oc64 * syc)[None, :])  # fmt: skip
-    tl.store(y_ptr + y_off, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(y_ptr + y_off, _cast(y, y_ptr.dtype.element_ty, BF16_INTERP), mask=out_mask)
 
 
 @triton.autotune(
@@ -200,7 +237,7 @@ def _conv2d_act_dgrad_kernel(
     pad_h, pad_w, dil_h, dil_w,
     slope,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, ACT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BF16_INTERP: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -260,16 +297,18 @@ def _conv2d_act_dgrad_kernel(
             s_off = s_row[:, None] + (oc64 * ssc)[None, :] + oh64 * ssh + ow64 * ssw
             s = tl.load(s_ptr + s_off, mask=a_mask, other=0.0)
             a = tl.where(a_mask, act_backward(gy, s, ACT, slope), 0.0)
-        a = a.to(w_ptr.dtype.element_ty)
+        a = _cast(a.to(tl.float32), w_ptr.dtype.element_ty, BF16_INTERP)
         w_row = oc64 * swo + kh.to(tl.int64) * swh + kw.to(tl.int64) * sww
         b = tl.load(w_ptr + (w_row[:, None] + w_col[None, :]),
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)  # fmt: skip
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = _mma(a, b, acc, DOT_PRECISION, BF16_INTERP)
 
     gx_row = nb * sxn + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
     gx_col = (g * CG + offs_n).to(tl.int64) * sxc
-    tl.store(gx_ptr + (gx_row[:, None] + gx_col[None, :]), acc.to(gx_ptr.dtype.element_ty),
-             mask=m_mask[:, None] & n_mask[None, :])  # fmt: skip
+    gx = _cast(acc, gx_ptr.dtype.element_ty, BF16_INTERP)
+    tl.store(
+        gx_ptr + (gx_row[:, None] + gx_col[None, :]), gx, mask=m_mask[:, None] & n_mask[None, :]
+    )
 
 
 @triton.autotune(
@@ -288,8 +327,8 @@ def _conv2d_act_wgrad_kernel(
     sbs,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     slope,
-    ACT: tl.constexpr, BIAS_GRAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    INDEX_64: tl.constexpr,
+    ACT: tl.constexpr, BIAS_GRAD: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BF16_INTERP: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -345,7 +384,7 @@ def _conv2d_act_wgrad_kernel(
             gf = tl.where(a_mask, act_backward(gy, s, ACT, slope), 0.0)
         if BIAS_GRAD:
             bias_acc += tl.sum(gf, axis=1)
-        a = gf.to(x_ptr.dtype.element_ty)
+        a = _cast(gf, x_ptr.dtype.element_ty, BF16_INTERP)
         # B: the input patch values x[n, c, oh*s - p + kh*d, ow*s - p + kw*d]
         ih0 = oh * stride_h - pad_h
         iw0 = ow * stride_w - pad_w
@@ -355,17 +394,19 @@ def _conv2d_act_wgrad_kernel(
                   & (iw >= 0) & (iw < W))  # fmt: skip
         x_row = nb * sxn + ih0.to(tl.int64) * sxh + iw0.to(tl.int64) * sxw
         b = tl.load(x_ptr + (x_row[:, None] + x_col[None, :]), mask=b_mask, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = _mma(a, b, acc, DOT_PRECISION, BF16_INTERP)
 
     split64 = split.to(tl.int64)
     gw_row = split64 * sws + oc.to(tl.int64) * swo
     gw_col = c.to(tl.int64) * swc + kh.to(tl.int64) * swh + kw.to(tl.int64) * sww
-    tl.store(gw_ptr + (gw_row[:, None] + gw_col[None, :]), acc.to(gw_ptr.dtype.element_ty),
-             mask=m_mask[:, None] & n_mask[None, :])  # fmt: skip
+    gw = _cast(acc, gw_ptr.dtype.element_ty, BF16_INTERP)
+    tl.store(
+        gw_ptr + (gw_row[:, None] + gw_col[None, :]), gw, mask=m_mask[:, None] & n_mask[None, :]
+    )
     if BIAS_GRAD:
-        if pid_n == 0:
-            tl.store(gb_ptr + (split64 * sbs + oc), bias_acc.to(gb_ptr.dtype.element_ty),
-                     mask=m_mask)  # fmt: skip
+        if pid_n == 0:  # the first column tile owns the bias gradient
+            gb = _cast(bias_acc, gb_ptr.dtype.element_ty, BF16_INTERP)
+            tl.store(gb_ptr + (split64 * sbs + oc), gb, mask=m_mask)
 
 
 @triton.jit
@@ -429,7 +470,11 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-@functools.lru_cache(maxsize=None)
+def _bf16_interp(dtype: torch.dtype) -> bool:
+    return _INTERPRET and dtype == torch.bfloat16
+
+
+@functools.cache
 def _num_sms(device_index) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -444,8 +489,9 @@ _SPLIT_MAX = 256
 def _split(pixels: int, programs: int, device: torch.device) -> tuple[int, int]:
     """(number of splits, pixels per split) for a reduction over `pixels` on `programs` tiles."""
     target = 2 * (_num_sms(device.index) if device.type == "cuda" else 4)
-    split = min(triton.cdiv(target, max(programs, 1)), triton.cdiv(pixels, _SPLIT_MIN_PIXELS),
-                _SPLIT_MAX)
+    split = min(
+        triton.cdiv(target, max(programs, 1)), triton.cdiv(pixels, _SPLIT_MIN_PIXELS), _SPLIT_MAX
+    )
     split = max(split, 1)
     per = triton.cdiv(triton.cdiv(pixels, split), _SPLIT_ROUND) * _SPLIT_ROUND
     return triton.cdiv(pixels, per), per
@@ -455,8 +501,9 @@ def _index64(*sizes: int) -> bool:
     return max(sizes) >= _INT32_LIMIT
 
 
-def conv2d_act_forward_triton(x, weight, bias, stride, padding, dilation, groups, act, slope,
-                              save_preact):
+def conv2d_act_forward_triton(
+    x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact
+):
     """(act(conv2d(x, weight) + bias), the pre-activation or None), in x's dtype."""
     n, _, h, w = x.shape
     oc, cg, kh, kw = weight.shape
@@ -480,13 +527,15 @@ def conv2d_act_forward_triton(x, weight, bias, stride, padding, dilation, groups
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
             float(slope),
             HAS_BIAS=bias is not None, SAVE_PREACT=z is not None, ACT=int(act),
-            DOT_PRECISION=_dot_precision(x.dtype), INDEX_64=_index64(m),
+            DOT_PRECISION=_dot_precision(x.dtype), BF16_INTERP=_bf16_interp(x.dtype),
+            INDEX_64=_index64(m),
         )  # fmt: skip
     return y, z
 
 
-def conv2d_act_backward_triton(grad_y, saved, x, weight, stride, padding, dilation, groups, act,
-                               slope, output_mask):
+def conv2d_act_backward_triton(
+    grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, output_mask
+):
     """(grad_x, grad_weight, grad_bias), each None where output_mask says it is not needed."""
     need_x, need_w, need_b = (bool(v) for v in output_mask)
     act = int(act)
@@ -496,7 +545,6 @@ def conv2d_act_backward_triton(grad_y, saved, x, weight, stride, padding, dilati
             f"shape ({None if saved is None else list(saved.shape)} vs {list(grad_y.shape)})"
         )
     s = saved if act != A.IDENTITY else grad_y
-    n, c, h, w = x.shape
     oc, cg, kh, kw = weight.shape
     oh, ow = grad_y.shape[2], grad_y.shape[3]
     ocg = oc // groups
@@ -537,7 +585,7 @@ def _dgrad(grad_y, s, weight, gx, stride, padding, dilation, groups, act, slope,
         padding[0], padding[1], dilation[0], dilation[1],
         slope,
         STRIDE_H=int(stride[0]), STRIDE_W=int(stride[1]), ACT=act, DOT_PRECISION=precision,
-        INDEX_64=_index64(m),
+        BF16_INTERP=_bf16_interp(gx.dtype), INDEX_64=_index64(m),
     )  # fmt: skip
 
 
@@ -569,7 +617,8 @@ def _wgrad(grad_y, s, x, gw, need_b, stride, padding, dilation, groups, act, slo
         sbs,
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
         slope,
-        ACT=act, BIAS_GRAD=need_b, DOT_PRECISION=precision, INDEX_64=_index64(p),
+        ACT=act, BIAS_GRAD=need_b, DOT_PRECISION=precision, BF16_INTERP=_bf16_interp(x.dtype),
+        INDEX_64=_index64(p),
     )  # fmt: skip
     if split > 1:  # a fixed-order reduction of the partials: deterministic
         gw.copy_(gw_out.sum(0))
