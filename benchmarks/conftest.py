@@ -12,7 +12,9 @@ import torch
 
 
 def pytest_addoption(parser):
-    parser.addoption("--quick", action="store_true", help="only the cases of `genkern bench --quick`")
+    parser.addoption(
+        "--quick", action="store_true", help="only the cases of `genkern bench --quick`"
+    )
     parser.addoption("--bench-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 

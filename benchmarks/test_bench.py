@@ -33,7 +33,14 @@ def test_case(benchmark, case, provider, bench_device, bench_dtype):
     out = _outputs(run())
     err = max(testing.max_error(o, e) for o, e in zip(out, _expected[key]))
     assert err <= CHECK_TOLERANCE[bench_dtype], f"{provider} differs from stock eager by {err:.3g}"
-    benchmark.extra_info.update(provider=provider, case=case.name, shape=case.shape,
-                                dtype=str(bench_dtype).replace("torch.", ""), mode=case.mode,
-                                device=str(bench_device), flops=case.flops, bytes=case.bytes)
+    benchmark.extra_info.update(
+        provider=provider,
+        case=case.name,
+        shape=case.shape,
+        dtype=str(bench_dtype).replace("torch.", ""),
+        mode=case.mode,
+        device=str(bench_device),
+        flops=case.flops,
+        bytes=case.bytes,
+    )
     benchmark(run)

@@ -18,8 +18,14 @@ _IDS = {
     "silu": SILU,
 }
 NAMES = ("relu", "leaky_relu", "tanh", "sigmoid", "silu")
-ID_TO_NAME = {IDENTITY: None, RELU: "relu", LEAKY_RELU: "leaky_relu", TANH: "tanh",
-              SIGMOID: "sigmoid", SILU: "silu"}
+ID_TO_NAME = {
+    IDENTITY: None,
+    RELU: "relu",
+    LEAKY_RELU: "leaky_relu",
+    TANH: "tanh",
+    SIGMOID: "sigmoid",
+    SILU: "silu",
+}
 
 
 def activation_id(name: str | None) -> int:
@@ -33,9 +39,7 @@ def activation_id(name: str | None) -> int:
 
 def check_negative_slope(negative_slope: float) -> float:
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(
-            f"negative_slope must be a float, but got {type(negative_slope).__name__}"
-        )
+        raise TypeError(f"negative_slope must be a float, but got {type(negative_slope).__name__}")
     return float(negative_slope)
 
 

@@ -52,7 +52,7 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_import_error() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "the triton package is not installed (pip install triton)"
@@ -96,8 +96,9 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> s
     raise ValueError(f"unknown backend {name!r}")
 
 
-def available_backends(device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> list[str]:
+def available_backends(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> list[str]:
     device = torch.device(device)
     return [b for b in BACKENDS if unavailable_reason(b, device, dtype) is None]
 
@@ -129,8 +130,10 @@ def auto_backend(device: torch.device | str, dtype: torch.dtype = torch.float32)
 
 @functools.lru_cache(maxsize=256)
 def _resolve(op: str, name: str, device_type: str, device_index, dtype: torch.dtype) -> str:
-    device = torch.device(device_type, device_index) if device_index is not None else torch.device(
-        device_type
+    device = (
+        torch.device(device_type, device_index)
+        if device_index is not None
+        else torch.device(device_type)
     )
     if name == "auto":
         return auto_backend(device, dtype)

@@ -23,14 +23,20 @@ def cmd_info(args) -> int:
         lines.append(f"triton {triton.__version__}{interp}")
     else:
         lines.append(f"triton: not available ({err})")
-    lines.append("C++ extension genkern._C: " + ("built" if _ext.HAS_CPU
-                                                  else f"not built ({_ext.LOAD_ERROR})"))
+    lines.append(
+        "C++ extension genkern._C: "
+        + ("built" if _ext.HAS_CPU else f"not built ({_ext.LOAD_ERROR})")
+    )
     lines.append("CUDA kernels in genkern._C: " + ("built" if _ext.HAS_CUDA else "not built"))
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     lines.append("backends (float32):")
     for dev in devices:
         d = torch.device(dev)
-        name = torch.cuda.get_device_name(d) if d.type == "cuda" else f"{torch.get_num_threads()} threads"
+        name = (
+            torch.cuda.get_device_name(d)
+            if d.type == "cuda"
+            else f"{torch.get_num_threads()} threads"
+        )
         lines.append(f"  {dev} ({name}):")
         for b in backends.BACKENDS:
             reason = backends.unavailable_reason(b, d, torch.float32)
@@ -44,6 +50,12 @@ def cmd_bench(args) -> int:
     from genkern.bench import cases as bench_cases
     from genkern.bench import report, runner
 
+    if args.compare:
+        import json
+
+        old, new = (json.load(open(path)) for path in args.compare)
+        print(report.compare(old, new))
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     if device.type == "cpu" and args.threads:
@@ -52,13 +64,21 @@ def cmd_bench(args) -> int:
     if not cases:
         print(f"genkern bench: no case matches --filter {args.filter!r}", file=sys.stderr)
         return 2
-    data = runner.run(cases, device, dtype, quick=args.quick, compile=not args.no_compile,
-                      progress=not args.no_progress)
+    data = runner.run(
+        cases,
+        device,
+        dtype,
+        quick=args.quick,
+        compile=not args.no_compile,
+        progress=not args.no_progress,
+    )
     print(report.markdown(data))
     if args.out:
         for path in report.write(data, args.out):
             print(f"wrote {path}")
-    bad = [r for r in data["results"] if r["status"] != "ok" and r["provider"].startswith("genkern")]
+    bad = [
+        r for r in data["results"] if r["status"] != "ok" and r["provider"].startswith("genkern")
+    ]
     return 1 if bad else 0
 
 
@@ -76,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("OLD.json", "NEW.json"),
+        help="print the change between two runs' results.json and exit",
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -28,16 +28,18 @@ def activation(z: torch.Tensor, name: str | None, negative_slope: float = 0.01) 
     return z
 
 
-def activation_backward(grad: torch.Tensor, saved: torch.Tensor | None, act: int,
-                        negative_slope: float) -> torch.Tensor:
+def activation_backward(
+    grad: torch.Tensor, saved: torch.Tensor | None, act: int, negative_slope: float
+) -> torch.Tensor:
     """grad * act'(z) from the saved tensor (act's output or input, see activations.saves_output),
     by ATen's own backward kernels."""
     aten = torch.ops.aten
     if act == A.RELU:
         return aten.threshold_backward(grad, saved, 0)
     if act == A.LEAKY_RELU:
-        return aten.leaky_relu_backward(grad, saved, negative_slope,
-                                        A.saves_output(act, negative_slope))
+        return aten.leaky_relu_backward(
+            grad, saved, negative_slope, A.saves_output(act, negative_slope)
+        )
     if act == A.TANH:
         return aten.tanh_backward(grad, saved)
     if act == A.SIGMOID:
@@ -47,8 +49,17 @@ def activation_backward(grad: torch.Tensor, saved: torch.Tensor | None, act: int
     return grad
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
-           negative_slope=0.01):
+def conv2d(
+    x,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    activation=None,
+    negative_slope=0.01,
+):
     """act(conv2d(x, weight, bias))."""
     z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return globals()["activation"](z, activation, negative_slope)

@@ -43,19 +43,35 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return (a - e).abs().max().item() / scale
 
 
-def assert_close_to_reference(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
-                              what: str = "result") -> None:
+def assert_close_to_reference(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "result"
+) -> None:
     """actual (computed in `dtype`) against the float64 reference, with the dtype's tolerance."""
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     rtol, atol = tolerance(dtype)
-    scale = max(1.0, expected.detach().double().abs().nan_to_num(0, 0, 0).max().item()
-                if expected.numel() else 1.0)
-    torch.testing.assert_close(actual.detach().double(), expected.detach().double(), rtol=rtol,
-                               atol=atol * scale, equal_nan=True, msg=lambda m: f"{what}: {m}")
+    scale = max(
+        1.0,
+        expected.detach().double().abs().nan_to_num(0, 0, 0).max().item()
+        if expected.numel()
+        else 1.0,
+    )
+    torch.testing.assert_close(
+        actual.detach().double(),
+        expected.detach().double(),
+        rtol=rtol,
+        atol=atol * scale,
+        equal_nan=True,
+        msg=lambda m: f"{what}: {m}",
+    )
 
 
-def assert_like_stock(actual: torch.Tensor, stock: torch.Tensor, expected: torch.Tensor,
-                      dtype: torch.dtype, what: str = "result") -> None:
+def assert_like_stock(
+    actual: torch.Tensor,
+    stock: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype,
+    what: str = "result",
+) -> None:
     """A low-precision result is at most LOW_PRECISION_FACTOR x stock's error (plus a floor)."""
     err, stock_err = max_error(actual, expected), max_error(stock, expected)
     floor = tolerance(dtype)[1] * 0.1
@@ -64,9 +80,16 @@ def assert_like_stock(actual: torch.Tensor, stock: torch.Tensor, expected: torch
     )
 
 
-def make_tensor(shape: Sequence[int], dtype=torch.float32, device="cpu", layout="contiguous",
-                requires_grad=False, low=-1.0, high=1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def make_tensor(
+    shape: Sequence[int],
+    dtype=torch.float32,
+    device="cpu",
+    layout="contiguous",
+    requires_grad=False,
+    low=-1.0,
+    high=1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """A uniform random tensor in [low, high) with the given memory layout.
 
     layout: "contiguous", "channels_last" (4-D only) or "noncontiguous" (a strided view).
@@ -94,8 +117,9 @@ def as_reference(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.detach().double().requires_grad_(t.requires_grad)
 
 
-def forward_and_grads(fn: Callable, inputs: Sequence[torch.Tensor | None],
-                      grad_out: torch.Tensor | None = None):
+def forward_and_grads(
+    fn: Callable, inputs: Sequence[torch.Tensor | None], grad_out: torch.Tensor | None = None
+):
     """Runs fn(*inputs); returns (output, grad_output, grads of every input requiring grad)."""
     out = fn(*inputs)
     wrt = [t for t in inputs if t is not None and t.requires_grad]
@@ -107,8 +131,13 @@ def forward_and_grads(fn: Callable, inputs: Sequence[torch.Tensor | None],
     return out, grad_out, list(grads)
 
 
-def check_against_reference(fn: Callable, ref: Callable, inputs: Sequence[torch.Tensor | None],
-                            dtype: torch.dtype, what: str = "") -> None:
+def check_against_reference(
+    fn: Callable,
+    ref: Callable,
+    inputs: Sequence[torch.Tensor | None],
+    dtype: torch.dtype,
+    what: str = "",
+) -> None:
     """fn on `inputs` vs ref on their float64 copies: the output and every input gradient."""
     ref_inputs = [as_reference(t) for t in inputs]
     out, grad_out, grads = forward_and_grads(fn, inputs)

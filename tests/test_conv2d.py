@@ -39,8 +39,9 @@ def _make(case, dtype, layout, requires_grad=(True, True, True)):
     n, c, h, w, oc, k, stride, padding, dilation, groups, bias = case
     kh, kw = (k, k) if isinstance(k, int) else k
     x = testing.make_tensor([n, c, h, w], dtype, DEVICE, layout, requires_grad[0])
-    wt = testing.make_tensor([oc, c // groups, kh, kw], dtype, DEVICE, "contiguous",
-                             requires_grad[1])
+    wt = testing.make_tensor(
+        [oc, c // groups, kh, kw], dtype, DEVICE, "contiguous", requires_grad[1]
+    )
     b = testing.make_tensor([oc], dtype, DEVICE, "contiguous", requires_grad[2]) if bias else None
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return (x, wt, b), kwargs
@@ -53,8 +54,9 @@ def _make(case, dtype, layout, requires_grad=(True, True, True)):
 def test_forward_and_grads_float64(case, act, slope, layout, backend):
     inputs, kw = _make(case, torch.float64, layout)
     before = clones(inputs)
-    fn = lambda x, w, b: genkern.ops.conv2d(x, w, b, **kw, activation=act, negative_slope=slope,
-                                            backend=backend)
+    fn = lambda x, w, b: genkern.ops.conv2d(
+        x, w, b, **kw, activation=act, negative_slope=slope, backend=backend
+    )
     ref = lambda x, w, b: reference.conv2d(x, w, b, **kw, activation=act, negative_slope=slope)
     testing.check_against_reference(fn, ref, inputs, torch.float64, f"{backend}")
     assert_unchanged(before, inputs)
@@ -66,8 +68,9 @@ def test_forward_and_grads_float64(case, act, slope, layout, backend):
 @pytest.mark.parametrize("case", SHAPES[:4], ids=_case_id)
 def test_float32_against_float64_reference(case, act, slope, layout, backend):
     inputs, kw = _make(case, torch.float32, layout)
-    fn = lambda x, w, b: genkern.ops.conv2d(x, w, b, **kw, activation=act, negative_slope=slope,
-                                            backend=backend)
+    fn = lambda x, w, b: genkern.ops.conv2d(
+        x, w, b, **kw, activation=act, negative_slope=slope, backend=backend
+    )
     ref = lambda x, w, b: reference.conv2d(x, w, b, **kw, activation=act, negative_slope=slope)
     testing.check_against_reference(fn, ref, inputs, torch.float32, f"{backend}")
 
@@ -91,15 +94,21 @@ def test_low_precision_like_stock(dtype, act, slope):
     ref_inputs = [testing.as_reference(t) for t in inputs]
     ref_out, grad_out, ref_grads = testing.forward_and_grads(
         lambda x, w, b: reference.conv2d(x, w, b, **kw, activation=act, negative_slope=slope),
-        ref_inputs)
+        ref_inputs,
+    )
     stock_out, _, stock_grads = testing.forward_and_grads(
         lambda x, w, b: reference.conv2d(x, w, b, **kw, activation=act, negative_slope=slope),
-        [t.detach().requires_grad_() for t in inputs], grad_out)
+        [t.detach().requires_grad_() for t in inputs],
+        grad_out,
+    )
     for backend in backends:
         out, _, grads = testing.forward_and_grads(
-            lambda x, w, b: genkern.ops.conv2d(x, w, b, **kw, activation=act,
-                                               negative_slope=slope, backend=backend),
-            [t.detach().requires_grad_() for t in inputs], grad_out)
+            lambda x, w, b: genkern.ops.conv2d(
+                x, w, b, **kw, activation=act, negative_slope=slope, backend=backend
+            ),
+            [t.detach().requires_grad_() for t in inputs],
+            grad_out,
+        )
         assert out.dtype == dtype
         testing.assert_like_stock(out, stock_out, ref_out, dtype, f"{backend} forward")
         for i, (g, sg, rg) in enumerate(zip(grads, stock_grads, ref_grads)):
@@ -115,16 +124,18 @@ def test_only_requested_grads(needs):
         testing.check_against_reference(fn, ref, inputs, torch.float64, backend)
 
 
-@pytest.mark.skipif("cpu" not in grid_backends(torch.float64),
-                    reason="the C++ extension genkern._C is not built")
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
 @pytest.mark.parametrize("act,slope", ACTIVATIONS)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_gradcheck_cpu_kernel(act, slope, layout):
     (x, w, b), kw = _make((2, 4, 5, 5, 4, 3, 2, 1, 1, 2, True), torch.float64, layout)
     x = x.to("cpu").detach().requires_grad_()
     w, b = w.to("cpu").detach().requires_grad_(), b.to("cpu").detach().requires_grad_()
-    fn = lambda x, w, b: genkern.ops.conv2d(x, w, b, **kw, activation=act, negative_slope=slope,
-                                            backend="cpu")
+    fn = lambda x, w, b: genkern.ops.conv2d(
+        x, w, b, **kw, activation=act, negative_slope=slope, backend="cpu"
+    )
     assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
@@ -136,14 +147,38 @@ def test_opcheck(backend, act, slope):
     for layout in ("contiguous", "channels_last"):
         (x, w, b), kw = _make(SHAPES[1], torch.float64, layout)
         act_id = A.activation_id(act)
-        args = (x, w, b, [2, 2], [1, 1], [1, 1], 1, act_id, slope,
-                not A.saves_output(act_id, slope), backend)
+        args = (
+            x,
+            w,
+            b,
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+            act_id,
+            slope,
+            not A.saves_output(act_id, slope),
+            backend,
+        )
         torch.library.opcheck(torch.ops.genkern.conv2d_act.default, args)
-        y, preact = torch.ops.genkern.conv2d_act(*[a.detach() if torch.is_tensor(a) else a
-                                                   for a in args])
+        y, preact = torch.ops.genkern.conv2d_act(
+            *[a.detach() if torch.is_tensor(a) else a for a in args]
+        )
         saved = None if act is None else (y if A.saves_output(act_id, slope) else preact)
-        bargs = (torch.randn_like(y), saved, x.detach(), w.detach(), [2, 2], [1, 1], [1, 1], 1,
-                 act_id, slope, [True, True, True], backend)
+        bargs = (
+            torch.randn_like(y),
+            saved,
+            x.detach(),
+            w.detach(),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+            act_id,
+            slope,
+            [True, True, True],
+            backend,
+        )
         torch.library.opcheck(torch.ops.genkern.conv2d_act_backward.default, bargs)
 
 
@@ -183,8 +218,9 @@ def test_zero_batch_returns_empty():
 
 def test_unbatched_input():
     x, w = torch.randn(3, 8, 8, device=DEVICE), torch.randn(4, 3, 3, 3, device=DEVICE)
-    torch.testing.assert_close(genkern.ops.conv2d(x, w, activation="tanh"),
-                               torch.tanh(F.conv2d(x, w)))
+    torch.testing.assert_close(
+        genkern.ops.conv2d(x, w, activation="tanh"), torch.tanh(F.conv2d(x, w))
+    )
 
 
 # ---- modules ---------------------------------------------------------------------------------
@@ -192,8 +228,9 @@ def test_unbatched_input():
 
 def test_module_is_drop_in_and_state_dict_round_trips():
     stock = torch.nn.Conv2d(3, 64, 4, stride=2, padding=1, bias=False).to(DEVICE)
-    ours = genkern.nn.Conv2d(3, 64, 4, stride=2, padding=1, bias=False,
-                             activation="leaky_relu", negative_slope=0.2).to(DEVICE)
+    ours = genkern.nn.Conv2d(
+        3, 64, 4, stride=2, padding=1, bias=False, activation="leaky_relu", negative_slope=0.2
+    ).to(DEVICE)
     assert isinstance(ours, torch.nn.Conv2d)
     assert ours.state_dict().keys() == stock.state_dict().keys()
     ours.load_state_dict(stock.state_dict())
@@ -227,35 +264,84 @@ BAD_INPUTS = [
     ("rank 2 input", dict(x=torch.randn(3, 8), weight=_W), RuntimeError, "Expected 3D"),
     ("rank 5 input", dict(x=torch.randn(1, 2, 3, 8, 8), weight=_W), RuntimeError, "Expected 3D"),
     ("rank 3 weight", dict(x=_X, weight=torch.randn(4, 3, 3)), RuntimeError, "Expected 4D weight"),
-    ("channel mismatch", dict(x=torch.randn(2, 5, 8, 8), weight=_W), RuntimeError,
-     r"expected input\[2, 5, 8, 8\] to have 3 channels, but got 5"),
-    ("groups mismatch", dict(x=_X, weight=torch.randn(5, 1, 3, 3), groups=3), RuntimeError,
-     "divisible by 3 at dimension 0"),
-    ("bias size", dict(x=_X, weight=_W, bias=torch.randn(5)), RuntimeError,
-     "expected bias to be 1-dimensional with 4 elements"),
+    (
+        "channel mismatch",
+        dict(x=torch.randn(2, 5, 8, 8), weight=_W),
+        RuntimeError,
+        r"expected input\[2, 5, 8, 8\] to have 3 channels, but got 5",
+    ),
+    (
+        "groups mismatch",
+        dict(x=_X, weight=torch.randn(5, 1, 3, 3), groups=3),
+        RuntimeError,
+        "divisible by 3 at dimension 0",
+    ),
+    (
+        "bias size",
+        dict(x=_X, weight=_W, bias=torch.randn(5)),
+        RuntimeError,
+        "expected bias to be 1-dimensional with 4 elements",
+    ),
     ("dtype mismatch", dict(x=_X, weight=_W.double()), RuntimeError, "same dtype"),
     ("integer input", dict(x=_X.long(), weight=_W), TypeError, "floating-point"),
-    ("unknown activation", dict(x=_X, weight=_W, activation="gelu"), ValueError,
-     "activation must be None or one of"),
-    ("negative padding", dict(x=_X, weight=_W, padding=-1), RuntimeError,
-     "negative padding is not supported"),
+    (
+        "unknown activation",
+        dict(x=_X, weight=_W, activation="gelu"),
+        ValueError,
+        "activation must be None or one of",
+    ),
+    (
+        "negative padding",
+        dict(x=_X, weight=_W, padding=-1),
+        RuntimeError,
+        "negative padding is not supported",
+    ),
     ("zero stride", dict(x=_X, weight=_W, stride=0), RuntimeError, "non-positive stride"),
     ("negative stride", dict(x=_X, weight=_W, stride=(1, -2)), RuntimeError, "non-positive stride"),
-    ("zero dilation", dict(x=_X, weight=_W, dilation=0), RuntimeError, "dilation should be greater"),
+    (
+        "zero dilation",
+        dict(x=_X, weight=_W, dilation=0),
+        RuntimeError,
+        "dilation should be greater",
+    ),
     ("zero groups", dict(x=_X, weight=_W, groups=0), RuntimeError, "non-positive groups"),
-    ("kernel too big", dict(x=torch.randn(1, 3, 2, 2), weight=_W), RuntimeError,
-     "Kernel size can't be greater than actual input size"),
-    ("same with stride", dict(x=_X, weight=_W, padding="same", stride=2), ValueError,
-     "padding='same' is not supported for strided convolutions"),
-    ("bad padding string", dict(x=_X, weight=_W, padding="full"), ValueError,
-     "Invalid padding string 'full'"),
+    (
+        "kernel too big",
+        dict(x=torch.randn(1, 3, 2, 2), weight=_W),
+        RuntimeError,
+        "Kernel size can't be greater than actual input size",
+    ),
+    (
+        "same with stride",
+        dict(x=_X, weight=_W, padding="same", stride=2),
+        ValueError,
+        "padding='same' is not supported for strided convolutions",
+    ),
+    (
+        "bad padding string",
+        dict(x=_X, weight=_W, padding="full"),
+        ValueError,
+        "Invalid padding string 'full'",
+    ),
     ("stride tuple of 3", dict(x=_X, weight=_W, stride=(1, 1, 1)), TypeError, "stride must be"),
-    ("unknown backend", dict(x=_X, weight=_W, backend="metal"), ValueError,
-     "backend must be one of 'auto', 'torch'"),
-    ("cuda backend on cpu tensors", dict(x=_X, weight=_W, backend="cuda"), RuntimeError,
-     "backend 'cuda' is not available"),
-    ("slope not a number", dict(x=_X, weight=_W, activation="leaky_relu", negative_slope="0.2"),
-     TypeError, "negative_slope must be a float"),
+    (
+        "unknown backend",
+        dict(x=_X, weight=_W, backend="metal"),
+        ValueError,
+        "backend must be one of 'auto', 'torch'",
+    ),
+    (
+        "cuda backend on cpu tensors",
+        dict(x=_X, weight=_W, backend="cuda"),
+        RuntimeError,
+        "backend 'cuda' is not available",
+    ),
+    (
+        "slope not a number",
+        dict(x=_X, weight=_W, activation="leaky_relu", negative_slope="0.2"),
+        TypeError,
+        "negative_slope must be a float",
+    ),
 ]
 
 
@@ -275,8 +361,9 @@ def test_device_mismatch_message():
             genkern.ops.conv2d(_X.to(DEVICE), _W)
 
 
-@pytest.mark.skipif("cpu" not in grid_backends(torch.float64),
-                    reason="the C++ extension genkern._C is not built")
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
 def test_gradcheck_cpu_kernel_full_jacobian():
     (x, w, b), kw = _make((1, 2, 4, 4, 2, 3, 1, 1, 1, 1, True), torch.float64, "contiguous")
     args = [t.to("cpu").detach().requires_grad_() for t in (x, w, b)]

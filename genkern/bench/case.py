@@ -39,14 +39,15 @@ class Case:
 
 def channels_last(t):
     if isinstance(t, torch.Tensor) and t.dim() == 4:
-        return t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(
-            t.requires_grad
+        return (
+            t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(t.requires_grad)
         )
     return t
 
 
-def make_runner(case: Case, provider: str, device: torch.device, dtype: torch.dtype,
-                inputs: list) -> Callable[[], torch.Tensor | tuple]:
+def make_runner(
+    case: Case, provider: str, device: torch.device, dtype: torch.dtype, inputs: list
+) -> Callable[[], torch.Tensor | tuple]:
     """A callable running the case once with this provider; returns its output (and grads)."""
     if provider == "eager_cl":
         inputs = [channels_last(t) for t in inputs]
@@ -58,9 +59,11 @@ def make_runner(case: Case, provider: str, device: torch.device, dtype: torch.dt
     else:
         fn = case.stock
     if case.mode == "forward":
+
         def run():
             with torch.no_grad():
                 return fn(*inputs)
+
         return run
     wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     grad_holder = {}

@@ -22,8 +22,9 @@ def _conv_case(tag, n, c, hw, oc, k, stride, pad, bias, act, slope, mode, quick)
         return reference.conv2d(x, w, b, stride, pad, activation=act, negative_slope=slope)
 
     def fused(x, w, b, backend):
-        return genkern.ops.conv2d(x, w, b, stride, pad, activation=act, negative_slope=slope,
-                                  backend=backend)
+        return genkern.ops.conv2d(
+            x, w, b, stride, pad, activation=act, negative_slope=slope, backend=backend
+        )
 
     ohw = (hw + 2 * pad - k) // stride + 1
     fwd = 2.0 * n * oc * ohw * ohw * c * k * k

@@ -26,11 +26,19 @@ def summarize(data: dict) -> list[dict]:
     peaks = data.get("peaks", {})
     for key, provs in by_case.items():
         m = meta[key]
-        row = {"case": key[0], "mode": key[1], "shape": m["shape"], "family": m["family"],
-               "times": {}, "notes": []}
+        row = {
+            "case": key[0],
+            "mode": key[1],
+            "shape": m["shape"],
+            "family": m["family"],
+            "times": {},
+            "peak_mb": {},
+            "notes": [],
+        }
         for p, r in provs.items():
             if r["status"] == "ok":
                 row["times"][p] = r["median_ms"]
+                row["peak_mb"][p] = r.get("peak_mb")
             else:
                 row["times"][p] = None
                 row["notes"].append(f"{p}: {r['status']} ({r['message']})")
@@ -68,8 +76,8 @@ def markdown(data: dict) -> str:
         f"copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s; times are medians in ms",
         "",
         "| case | mode | shape | " + " | ".join(providers) + " | best | x eager | x compile | "
-        "% of peak |",
-        "|" + "---|" * (len(providers) + 7),
+        "% of peak | MB eager | MB best |",
+        "|" + "---|" * (len(providers) + 9),
     ]
     for r in rows:
         cells = [_fmt_ms(r["times"].get(p)) for p in providers]
@@ -77,8 +85,13 @@ def markdown(data: dict) -> str:
         sp_c = f"{r['speedup_vs_compile']:.2f}x" if r["speedup_vs_compile"] else "-"
         peak = f"{100 * r['peak_fraction']:.0f}%" if r["peak_fraction"] else "-"
         best = (r["best"] or "-").replace("genkern:", "")
-        lines.append(f"| {r['case']} | {r['mode']} | {r['shape']} | " + " | ".join(cells)
-                     + f" | {best} | {sp_e} | {sp_c} | {peak} |")
+        mem_e, mem_b = r["peak_mb"].get("eager"), r["peak_mb"].get(r["best"])
+        mem = [f"{v:.1f}" if v is not None else "-" for v in (mem_e, mem_b)]
+        lines.append(
+            f"| {r['case']} | {r['mode']} | {r['shape']} | "
+            + " | ".join(cells)
+            + f" | {best} | {sp_e} | {sp_c} | {peak} | {mem[0]} | {mem[1]} |"
+        )
     g = geomean(r["speedup_vs_eager"] for r in rows)
     if g:
         lines += ["", f"geomean speedup of genkern's best over stock eager: {g:.2f}x"]
@@ -88,11 +101,43 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(data: dict, out_dir: str) -> list[str]:
+def write(data: dict, out_dir: str, stem: str = "results") -> list[str]:
+    """results.json (every number), results.md (the tables) and, with matplotlib, PNG plots."""
+    from genkern.bench import plots
+
     os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")]
+    paths = [os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.md")]
     with open(paths[0], "w") as f:
         json.dump(data, f, indent=1)
     with open(paths[1], "w") as f:
         f.write(markdown(data))
-    return paths
+    return paths + plots.write(summarize(data), out_dir, stem)
+
+
+def compare(old: dict, new: dict) -> str:
+    """The change of every (case, mode, provider) median between two runs, new over old."""
+    key = lambda r: (r["case"], r["mode"], r["provider"])
+    before = {key(r): r for r in old["results"] if r["status"] == "ok"}
+    lines = [
+        f"old: {old['environment']['commit']} {old['environment']['date']} "
+        f"({old['device']}); new: {new['environment']['commit']} "
+        f"{new['environment']['date']} ({new['device']})",
+        "",
+        "| case | mode | provider | old ms | new ms | new/old |",
+        "|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    for r in new["results"]:
+        o = before.get(key(r))
+        if r["status"] != "ok" or o is None:
+            continue
+        ratio = r["median_ms"] / o["median_ms"]
+        ratios.append(ratio)
+        lines.append(
+            f"| {r['case']} | {r['mode']} | {r['provider']} | {_fmt_ms(o['median_ms'])} "
+            f"| {_fmt_ms(r['median_ms'])} | {ratio:.2f} |"
+        )
+    g = geomean(ratios)
+    if g:
+        lines += ["", f"geomean new/old time: {g:.3f} ({len(ratios)} pairs; < 1 is faster)"]
+    return "\n".join(lines) + "\n"

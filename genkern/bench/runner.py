@@ -13,10 +13,15 @@ import torch
 
 from genkern import backends, testing
 from genkern.bench.case import STOCK_PROVIDERS, Case, make_runner
+from genkern.bench.memory import peak_memory_mb
 
 # a provider's result may differ from stock eager by at most this (max_error scale) per dtype
-CHECK_TOLERANCE = {torch.float32: 2e-3, torch.bfloat16: 6e-2, torch.float16: 1e-2,
-                   torch.float64: 1e-9}
+CHECK_TOLERANCE = {
+    torch.float32: 2e-3,
+    torch.bfloat16: 6e-2,
+    torch.float16: 1e-2,
+    torch.float64: 1e-9,
+}
 
 
 @dataclass
@@ -33,6 +38,7 @@ class Result:
     reps: int = 0
     first_call_ms: float | None = None  # compile / autotune / first-use cost, excluded above
     max_error: float | None = None  # vs stock eager, max_error scale
+    peak_mb: float | None = None  # memory allocated beyond the live inputs, forward+backward
     flops: float = 0.0
     bytes: float = 0.0
     message: str = ""
@@ -46,12 +52,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_callable(fn: Callable, device: torch.device, min_reps: int, max_reps: int,
-                  budget_s: float) -> list[float]:
+def time_callable(
+    fn: Callable, device: torch.device, min_reps: int, max_reps: int, budget_s: float
+) -> list[float]:
     """Milliseconds per call, over at least min_reps and at most max_reps or budget_s."""
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+    while len(times) < max_reps and (
+        len(times) < min_reps or time.perf_counter() - start < budget_s
+    ):
         if device.type == "cuda":
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -103,11 +112,18 @@ def _outputs(value) -> list[torch.Tensor]:
     return list(value) if isinstance(value, tuple) else [value]
 
 
-def run_case(case: Case, device: torch.device, dtype: torch.dtype, providers: list[str],
-             quick: bool = False) -> list[Result]:
+def run_case(
+    case: Case, device: torch.device, dtype: torch.dtype, providers: list[str], quick: bool = False
+) -> list[Result]:
     inputs = case.make_inputs(device, dtype)
-    meta = dict(case=case.name, family=case.family, mode=case.mode, shape=case.shape,
-                flops=case.flops, bytes=case.bytes)
+    meta = dict(
+        case=case.name,
+        family=case.family,
+        mode=case.mode,
+        shape=case.shape,
+        flops=case.flops,
+        bytes=case.bytes,
+    )
     results, expected = [], None
     min_reps, max_reps, budget = (3, 20, 0.5) if quick else (10, 200, 2.0)
     for provider in providers:
@@ -124,24 +140,55 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, providers: li
             else:
                 err = max(testing.max_error(o, e) for o, e in zip(out, expected))
             if err > CHECK_TOLERANCE.get(dtype, 1e-2):
-                results.append(Result(**meta, provider=provider, status="wrong", max_error=err,
-                                      message=f"differs from stock eager by {err:.3g}"))
+                results.append(
+                    Result(
+                        **meta,
+                        provider=provider,
+                        status="wrong",
+                        max_error=err,
+                        message=f"differs from stock eager by {err:.3g}",
+                    )
+                )
                 continue
             run()  # a second warm-up call (caches, allocator)
             _sync(device)
             times = time_callable(run, device, min_reps, max_reps, budget)
+            peak = peak_memory_mb(run, device) if case.mode != "forward" else None
             q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-            results.append(Result(**meta, provider=provider, status="ok",
-                                  median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1],
-                                  reps=len(times), first_call_ms=first_ms, max_error=err))
+            results.append(
+                Result(
+                    **meta,
+                    provider=provider,
+                    status="ok",
+                    median_ms=statistics.median(times),
+                    p10_ms=q[0],
+                    p90_ms=q[-1],
+                    reps=len(times),
+                    first_call_ms=first_ms,
+                    max_error=err,
+                    peak_mb=peak,
+                )
+            )
         except Exception as exc:  # a broken provider is reported, the run goes on
-            results.append(Result(**meta, provider=provider, status="error",
-                                  message=f"{type(exc).__name__}: {exc}"[:300]))
+            results.append(
+                Result(
+                    **meta,
+                    provider=provider,
+                    status="error",
+                    message=f"{type(exc).__name__}: {exc}"[:300],
+                )
+            )
     return results
 
 
-def run(cases: list[Case], device: torch.device, dtype: torch.dtype, quick: bool = False,
-        compile: bool = True, progress: bool = True) -> dict:
+def run(
+    cases: list[Case],
+    device: torch.device,
+    dtype: torch.dtype,
+    quick: bool = False,
+    compile: bool = True,
+    progress: bool = True,
+) -> dict:
     """Runs every case; returns a JSON-ready dict with the machine, the peaks and every result."""
     from genkern.bench.environment import describe
 
@@ -152,11 +199,21 @@ def run(cases: list[Case], device: torch.device, dtype: torch.dtype, quick: bool
     for i, case in enumerate(cases):
         if progress:
             bar = "#" * int(30 * i / max(1, len(cases)))
-            print(f"\r[{bar:<30}] {i}/{len(cases)} {case.name} {case.mode:<18}", end="",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\r[{bar:<30}] {i}/{len(cases)} {case.name} {case.mode:<18}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         results.extend(run_case(case, device, dtype, providers, quick))
     if progress:
         print(f"\r[{'#' * 30}] {len(cases)}/{len(cases)} done{' ' * 40}", file=sys.stderr)
-    return {"environment": env, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-            "quick": quick, "providers": providers, "peaks": peaks,
-            "results": [r.to_dict() for r in results]}
+    return {
+        "environment": env,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "quick": quick,
+        "providers": providers,
+        "peaks": peaks,
+        "results": [r.to_dict() for r in results],
+    }

@@ -16,12 +16,37 @@ class Conv2d(FusedActivationMixin, torch.nn.Conv2d):
     `negative_slope` (for "leaky_relu"), `backend` (default "auto").
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
-                 activation: str | None = None, negative_slope: float = 0.01,
-                 backend: str = "auto"):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
+        backend: str = "auto",
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
+        )
         self._init_activation(activation, negative_slope)
         self.backend = backend
 
@@ -30,8 +55,18 @@ class Conv2d(FusedActivationMixin, torch.nn.Conv2d):
         if self.padding_mode != "zeros":  # torch pads explicitly for the other modes
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        return ops.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation,
-                          self.groups, self.activation, self.negative_slope, self.backend)
+        return ops.conv2d(
+            input,
+            self.weight,
+            self.bias,
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+            self.activation,
+            self.negative_slope,
+            self.backend,
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._activation_repr()

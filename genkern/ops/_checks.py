@@ -15,8 +15,10 @@ def pair(value, name: str) -> list[int]:
         return [value, value]
     if isinstance(value, Sequence) and len(value) == 1 and isinstance(value[0], int):
         return [value[0], value[0]]
-    if isinstance(value, Sequence) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return [int(value[0]), int(value[1])]
     raise TypeError(f"{name} must be an int or a tuple of 2 ints, but got {value!r}")

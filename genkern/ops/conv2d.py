@@ -95,8 +95,7 @@ def _check_conv_shapes(x, weight, bias, padding, extra, dilation, groups) -> Non
 
 def output_shape(x, weight, stride, padding, dilation) -> list[int]:
     hw = [
-        (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1)
-        // stride[i]
+        (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i]
         + 1
         for i in range(2)
     ]
@@ -133,15 +132,27 @@ def _conv2d_act(
         y = x.new_empty(output_shape(x, weight, stride, padding, dilation))
         return y.contiguous(memory_format=fmt), x.new_empty(0)
     fwd = _registry.kernel("conv2d_act_forward", backend)
-    y, preact = fwd(x, weight, bias, stride, padding, dilation, groups, activation,
-                    negative_slope, save_preact)
+    y, preact = fwd(
+        x, weight, bias, stride, padding, dilation, groups, activation, negative_slope, save_preact
+    )
     preact = preact.contiguous(memory_format=fmt) if save_preact else x.new_empty(0)
     return y.contiguous(memory_format=fmt), preact
 
 
 @_conv2d_act.register_fake
-def _(x, weight, bias, stride, padding, dilation, groups, activation, negative_slope,
-      save_preact, backend):
+def _(
+    x,
+    weight,
+    bias,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation,
+    negative_slope,
+    save_preact,
+    backend,
+):
     fmt = output_format(x, weight)
     shape = output_shape(x, weight, stride, padding, dilation)
     y = x.new_empty(shape).contiguous(memory_format=fmt)
@@ -165,11 +176,26 @@ def _conv2d_act_backward(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if x.shape[0] == 0:
-        gx, gw, gb = torch.zeros_like(x), torch.zeros_like(weight), weight.new_zeros(weight.shape[0])
+        gx, gw, gb = (
+            torch.zeros_like(x),
+            torch.zeros_like(weight),
+            weight.new_zeros(weight.shape[0]),
+        )
     else:
         bwd = _registry.kernel("conv2d_act_backward", backend)
-        gx, gw, gb = bwd(grad_y, saved, x, weight, stride, padding, dilation, groups, activation,
-                         negative_slope, output_mask)
+        gx, gw, gb = bwd(
+            grad_y,
+            saved,
+            x,
+            weight,
+            stride,
+            padding,
+            dilation,
+            groups,
+            activation,
+            negative_slope,
+            output_mask,
+        )
     return _grads_out(x, weight, output_mask, gx, gw, gb)
 
 
@@ -183,8 +209,20 @@ def _grads_out(x, weight, mask, gx, gw, gb):
 
 
 @_conv2d_act_backward.register_fake
-def _(grad_y, saved, x, weight, stride, padding, dilation, groups, activation, negative_slope,
-      output_mask, backend):
+def _(
+    grad_y,
+    saved,
+    x,
+    weight,
+    stride,
+    padding,
+    dilation,
+    groups,
+    activation,
+    negative_slope,
+    output_mask,
+    backend,
+):
     gx = x.new_empty(x.shape).contiguous(memory_format=_checks.dense_format(x))
     gw = weight.new_empty(weight.shape).contiguous(memory_format=_checks.dense_format(weight))
     gb = weight.new_empty(weight.shape[0])
@@ -208,8 +246,19 @@ def _backward(ctx, grad_y, _grad_preact):
     gx, gw, gb = torch.ops.genkern.conv2d_act_backward(
         grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask, backend
     )
-    return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None,
-            None, None, None, None, None, None, None, None)
+    return (
+        gx if mask[0] else None,
+        gw if mask[1] else None,
+        gb if mask[2] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 _conv2d_act.register_autograd(_backward, setup_context=_setup_context)
