@@ -1,4 +1,4 @@
-"""`genkern info | bench` (console script `genkern`, also `python -m genkern`)."""
+"""`genkern info | check | bench` (console script `genkern`, also `python -m genkern`)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,16 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from genkern import check
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = check.run(device, ops=args.ops.split(",") if args.ops else None)
+    print(f"genkern check on {device}")
+    print(check.table(rows))
+    return 0 if rows and all(r["ok"] for r in rows) else 1
+
+
 def cmd_bench(args) -> int:
     from genkern.bench import cases as bench_cases
     from genkern.bench import report, runner
@@ -87,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, extensions built, backends per device")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("check", help="every op and backend here against the float64 reference")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    p.add_argument("--ops", help="comma-separated op names (default: all)")
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("bench", help="benchmark genkern against stock PyTorch")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")

@@ -1,0 +1,62 @@
+"""Backend selection: per call, use_backend(), GENKERN_BACKEND, auto; clear errors."""
+
+import pytest
+import torch
+
+import genkern
+from genkern import backends
+
+
+def test_auto_picks_a_backend_for_the_device():
+    name = backends.auto_backend("cpu")
+    assert name in backends.available_backends("cpu")
+    assert name == ("cpu" if "cpu" in backends.available_backends("cpu") else "torch")
+
+
+def test_precedence_call_then_context_then_env(monkeypatch):
+    monkeypatch.setenv("GENKERN_BACKEND", "torch")
+    assert backends.requested_backend("auto") == "torch"
+    with genkern.use_backend("cpu"):
+        assert backends.requested_backend("auto") == "cpu"
+        with genkern.use_backend("triton"):
+            assert backends.requested_backend("auto") == "triton"
+            assert backends.requested_backend("torch") == "torch"
+        assert backends.requested_backend("auto") == "cpu"
+    monkeypatch.delenv("GENKERN_BACKEND")
+    assert backends.requested_backend("auto") == "auto"
+
+
+def test_bad_names_raise_value_errors(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'torch', 'cpu'"):
+        with genkern.use_backend("opencl"):
+            pass
+    monkeypatch.setenv("GENKERN_BACKEND", "opencl")
+    with pytest.raises(ValueError, match="GENKERN_BACKEND: backend must be one of"):
+        backends.requested_backend("auto")
+
+
+def test_context_manager_routes_calls(monkeypatch):
+    calls = []
+    original = backends._resolve
+
+    def spy(op, name, *rest):
+        calls.append(name)
+        return original(op, name, *rest)
+
+    monkeypatch.setattr(backends, "_resolve", spy)
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    with genkern.use_backend("torch"):
+        genkern.ops.conv2d(x, w)
+    genkern.ops.conv2d(x, w, backend="torch")
+    assert calls == ["torch", "torch"]
+
+
+def test_unavailable_backend_says_why_and_what_is_available():
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' is not available .*Available here:"):
+        backends.resolve("conv2d", "cuda", torch.empty(1))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_integer_dtype_is_not_claimed(backend):
+    reason = backends.unavailable_reason(backend, torch.device("cpu"), torch.int32)
+    assert reason is not None

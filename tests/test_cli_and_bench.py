@@ -1,0 +1,132 @@
+"""`genkern info | check | bench`, the benchmark runner, the report writer and --compare, on tiny
+cases."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from genkern import cli
+from genkern.bench import report, runner
+from genkern.bench.case import Case
+
+
+def _tiny_case(genkern_fn, mode="forward+backward"):
+    def make_inputs(device, dtype):
+        return [torch.randn(8, 4, device=device, dtype=dtype, requires_grad=mode != "forward")]
+
+    return Case(
+        name="tiny/relu",
+        family="tiny",
+        shape="8x4",
+        mode=mode,
+        make_inputs=make_inputs,
+        stock=torch.relu,
+        genkern=genkern_fn,
+        bytes=2 * 32 * 4,
+    )
+
+
+def _run(case, providers):
+    return runner.run_case(case, torch.device("cpu"), torch.float32, providers, quick=True)
+
+
+def test_runner_times_a_correct_provider():
+    case = _tiny_case(lambda x, backend: torch.relu(x))
+    results = _run(case, ["eager", "genkern:cpu"])
+    assert [r.status for r in results] == ["ok", "ok"]
+    assert all(r.median_ms > 0 and r.reps >= 3 for r in results)
+    assert results[1].peak_mb is not None
+
+
+def test_runner_reports_wrong_and_broken_providers():
+    wrong = _run(_tiny_case(lambda x, backend: torch.relu(x) + 1), ["eager", "genkern:cpu"])[1]
+    assert wrong.status == "wrong" and wrong.median_ms is None
+    assert "differs from stock eager" in wrong.message
+
+    def boom(x, backend):
+        raise RuntimeError("kernel exploded")
+
+    broken = _run(_tiny_case(boom), ["eager", "genkern:cpu"])[1]
+    assert broken.status == "error" and "kernel exploded" in broken.message
+
+
+def _data(results, commit="abc"):
+    return {
+        "environment": {
+            "commit": commit,
+            "date": "2026-01-01",
+            "threads": 2,
+            "torch": "x",
+            "cpu": "test cpu",
+        },
+        "device": "cpu",
+        "dtype": "float32",
+        "quick": True,
+        "providers": ["eager", "genkern:cpu"],
+        "peaks": {"matmul_fp32_flops": 1e10, "copy_bytes_per_s": 1e9},
+        "results": [r.to_dict() for r in results],
+    }
+
+
+def test_report_and_compare(tmp_path):
+    results = _run(_tiny_case(lambda x, backend: torch.relu(x)), ["eager", "genkern:cpu"])
+    data = _data(results)
+    md = report.markdown(data)
+    assert "tiny/relu" in md and "x eager" in md and "% of peak" in md
+    rows = report.summarize(data)
+    assert rows[0]["best"] == "genkern:cpu" and rows[0]["speedup_vs_eager"] > 0
+    paths = report.write(data, str(tmp_path))
+    assert json.loads(open(paths[0]).read())["results"][0]["case"] == "tiny/relu"
+    slower = json.loads(json.dumps(data))
+    for r in slower["results"]:
+        r["median_ms"] *= 2
+    text = report.compare(data, slower)
+    assert "2.00" in text and "geomean new/old time: 2.000" in text
+
+
+def test_report_lists_problems():
+    wrong = _run(_tiny_case(lambda x, backend: x * 0 + 5), ["eager", "genkern:cpu"])
+    md = report.markdown(_data(wrong))
+    assert "problems:" in md and "genkern:cpu: wrong" in md
+
+
+def test_cli_info_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "genkern", "info"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "genkern" in out and "backends" in out and "auto ->" in out
+
+
+def test_cli_check_passes_on_this_machine(capsys):
+    assert cli.main(["check", "--device", "cpu", "--ops", "conv2d"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+
+
+def test_cli_bench_filter_without_match_fails(capsys):
+    assert cli.main(["bench", "--filter", "no-such-case", "--no-progress"]) == 2
+
+
+def test_pure_python_import_warns_once_and_works():
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['genkern._C'] = None\n"  # as if the extension had not been built
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import genkern, torch\n"
+        "    import genkern.ops\n"
+        "msgs = [str(x.message) for x in w if 'genkern._C' in str(x.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "x, wt = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)\n"
+        "y = genkern.ops.conv2d(x, wt, activation='relu')\n"
+        "assert torch.allclose(y, torch.relu(torch.nn.functional.conv2d(x, wt)))\n"
+        "try:\n"
+        "    genkern.ops.conv2d(x, wt, backend='cpu')\n"
+        "    raise SystemExit('no error')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'not built' in str(e) and \"Available here: 'torch'\" in str(e), e\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
