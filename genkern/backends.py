@@ -147,7 +147,14 @@ def _resolve(op: str, name: str, device_type: str, device_index, dtype: torch.dt
     return name
 
 
+@torch.compiler.assume_constant_result
+def _resolve_request(op: str, backend: str, device_type: str, device_index, dtype) -> str:
+    # torch.compile calls this once while tracing and bakes the answer into the graph: a later
+    # change of use_backend() / GENKERN_BACKEND does not recompile a compiled function.
+    return _resolve(op, requested_backend(backend), device_type, device_index, dtype)
+
+
 def resolve(op: str, backend: str, tensor: torch.Tensor) -> str:
     """The concrete backend that runs `op` on `tensor`'s device and dtype."""
     dev = tensor.device
-    return _resolve(op, requested_backend(backend), dev.type, dev.index, tensor.dtype)
+    return _resolve_request(op, backend, dev.type, dev.index, tensor.dtype)

@@ -2,5 +2,6 @@
 state_dict keys, and adds `activation` / `negative_slope` where a fused activation applies."""
 
 from genkern.nn.conv import Conv2d
+from genkern.nn.convert import convert
 
-__all__ = ["Conv2d"]
+__all__ = ["Conv2d", "convert"]

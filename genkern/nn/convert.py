@@ -1,0 +1,171 @@
+"""genkern.nn.convert: make a stock model genkern with one call.
+
+Every torch.nn layer genkern has a drop-in for is swapped in place of its class (parameters,
+buffers and hooks kept, so state_dict keys and values stay the same); an activation module that
+directly follows a layer with a fused activation in an nn.Sequential is folded into that layer and
+replaced by nn.Identity. With trace=True, torch.fx finds layer-then-activation pairs in models
+whose forward calls modules one by one. With fold_bn=True (eval models), a BatchNorm2d directly
+after a conv / transposed conv is folded into its weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# torch.nn activation module -> (genkern activation name, its negative_slope)
+_ACTIVATION_MODULES = {
+    nn.ReLU: lambda m: ("relu", 0.01),
+    nn.LeakyReLU: lambda m: ("leaky_relu", float(m.negative_slope)),
+    nn.Tanh: lambda m: ("tanh", 0.01),
+    nn.Sigmoid: lambda m: ("sigmoid", 0.01),
+    nn.SiLU: lambda m: ("silu", 0.01),
+}
+_ACTIVATION_FUNCTIONS = {
+    F.relu: "relu",
+    torch.relu: "relu",
+    F.leaky_relu: "leaky_relu",
+    torch.tanh: "tanh",
+    F.tanh: "tanh",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    F.silu: "silu",
+}
+
+
+def _drop_ins() -> dict[type, type]:
+    """torch.nn class -> genkern.nn class, for the drop-ins that exist."""
+    import genkern.nn as gnn
+
+    pairs = {}
+    for name in (
+        "Conv2d",
+        "ConvTranspose2d",
+        "Linear",
+        "BatchNorm2d",
+        "MaxPool2d",
+        "AvgPool2d",
+        "Upsample",
+    ):
+        ours = getattr(gnn, name, None)
+        if ours is not None:
+            pairs[getattr(nn, name)] = ours
+    return pairs
+
+
+def _fusable(module: nn.Module) -> bool:
+    return (
+        hasattr(module, "activation")
+        and getattr(module, "activation", 1) is None
+        and type(module).__module__.startswith("genkern.")
+    )
+
+
+def _swap(module: nn.Module, drop_ins: dict[type, type]) -> nn.Module:
+    """The module as its genkern drop-in (same object state), or unchanged."""
+    cls = drop_ins.get(type(module))  # exact type: subclasses of torch layers may differ
+    if cls is None:
+        return module
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    defaults = {"backend": "auto"}
+    if hasattr(cls, "_init_activation"):
+        defaults.update(activation=None, negative_slope=0.01)
+    for key, value in defaults.items():
+        new.__dict__.setdefault(key, value)
+    return new
+
+
+def _activation_of(module: nn.Module):
+    for cls, spec in _ACTIVATION_MODULES.items():
+        if type(module) is cls:
+            return spec(module)
+    return None
+
+
+def _convert_children(parent: nn.Module, drop_ins: dict[type, type]) -> None:
+    for name, child in list(parent.named_children()):
+        _convert_children(child, drop_ins)
+        new = _swap(child, drop_ins)
+        if new is not child:
+            setattr(parent, name, new)
+    if isinstance(parent, nn.Sequential):
+        names = [n for n, _ in parent.named_children()]
+        for a, b in zip(names, names[1:]):
+            layer, act = getattr(parent, a), _activation_of(getattr(parent, b))
+            if act is not None and _fusable(layer):
+                layer.activation, layer.negative_slope = act
+                setattr(parent, b, nn.Identity())
+
+
+def _fold_bn_in_sequentials(model: nn.Module) -> None:
+    from genkern.nn import fold_batch_norm
+
+    fold_batch_norm(model)
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps genkern's modules as leaves, as torch.fx does torch.nn's."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m).__module__.startswith("genkern.nn") or super().is_leaf_module(m, qualname)
+
+
+def _trace_and_fuse(model: nn.Module) -> nn.Module:
+    """Folds layer -> activation pairs found by torch.fx (call_module or call_function)."""
+    gm = torch.fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not _fusable(modules[node.target]):
+            continue
+        if len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        act = None
+        if user.op == "call_module" and user.args[:1] == (node,):
+            act = _activation_of(modules[user.target])
+        elif (
+            user.op == "call_function"
+            and user.target in _ACTIVATION_FUNCTIONS
+            and user.args[:1] == (node,)
+        ):
+            name = _ACTIVATION_FUNCTIONS[user.target]
+            slope = 0.01
+            if name == "leaky_relu":
+                slope = float(
+                    user.args[1] if len(user.args) > 1 else user.kwargs.get("negative_slope", 0.01)
+                )
+            act = (name, slope)
+        if act is None:
+            continue
+        modules[node.target].activation, modules[node.target].negative_slope = act
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def convert(
+    model: nn.Module, inplace: bool = False, trace: bool = False, fold_bn: bool = False
+) -> nn.Module:
+    """The model with genkern layers (see the module docstring). Returns the converted model;
+    with inplace=False (default) the given model is left untouched."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    drop_ins = _drop_ins()
+    if fold_bn:
+        if model.training:
+            raise RuntimeError(
+                "convert(fold_bn=True) needs an eval model: call model.eval() "
+                "first (BatchNorm in training uses batch statistics)"
+            )
+        _fold_bn_in_sequentials(model)
+    top = _swap(model, drop_ins)
+    _convert_children(top, drop_ins)
+    if trace:
+        top = _trace_and_fuse(top)
+    return top

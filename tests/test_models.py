@@ -1,0 +1,188 @@
+"""Reference models (genkern vs torch builds) and genkern.nn.convert."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICE
+from torch import nn
+
+import genkern
+from genkern import models
+
+
+def _pair(cls, **kw):
+    torch.manual_seed(0)
+    stock = cls(impl="torch", **kw).to(DEVICE)
+    ours = cls(impl="genkern", **kw).to(DEVICE)
+    assert list(ours.state_dict()) == list(stock.state_dict())
+    ours.load_state_dict(stock.state_dict())
+    return stock, ours
+
+
+MODELS = [
+    (models.DCGANGenerator, dict(nz=16, ngf=8, nc=3, image_size=32), (4, 16)),
+    (models.DCGANGenerator, dict(nz=16, ngf=4, nc=1, image_size=64), (2, 16)),
+    (models.DCGANDiscriminator, dict(ndf=8, nc=3, image_size=32), (4, 3, 32, 32)),
+    (models.DCGANDiscriminator, dict(ndf=4, nc=1, image_size=64), (2, 1, 64, 64)),
+    (models.AutoEncoder, dict(), (4, 1, 28, 28)),
+    (models.CNNClassifier, dict(), (4, 3, 32, 32)),
+]
+
+
+@pytest.mark.parametrize("cls,kw,shape", MODELS, ids=lambda v: getattr(v, "__name__", None))
+def test_genkern_build_matches_torch_build(cls, kw, shape):
+    stock, ours = _pair(cls, **kw)
+    assert any(type(m).__module__.startswith("genkern.nn") for m in ours.modules())
+    x = torch.randn(shape, device=DEVICE)
+    for train in (True, False):
+        stock.train(train)
+        ours.train(train)
+        torch.testing.assert_close(ours(x), stock(x), rtol=1e-4, atol=1e-4)
+
+
+def test_vae_builds_match():
+    stock, ours = _pair(models.ConvVAE, latent_dim=8)
+    x = torch.rand(4, 1, 28, 28, device=DEVICE)
+    eps = torch.randn(4, 8, device=DEVICE)
+    for a, b in zip(ours(x, eps), stock(x, eps)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_training_steps_match_for_a_classifier():
+    stock, ours = _pair(models.CNNClassifier)
+    x, y = torch.randn(8, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (8,), device=DEVICE)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (stock, ours)]
+    for _ in range(3):
+        losses = []
+        for m, opt in zip((stock, ours), opts):
+            opt.zero_grad()
+            loss = F.cross_entropy(m(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert abs(losses[0] - losses[1]) < 1e-4
+    for (n, p), (_, q) in zip(stock.named_parameters(), ours.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_gan_d_and_g_steps_match():
+    kw_g, kw_d = dict(nz=16, ngf=8, nc=1, image_size=32), dict(ndf=8, nc=1, image_size=32)
+    (g0, g1), (d0, d1) = (
+        _pair(models.DCGANGenerator, **kw_g),
+        _pair(models.DCGANDiscriminator, **kw_d),
+    )
+    real = torch.randn(4, 1, 32, 32, device=DEVICE)
+    z = torch.randn(4, 16, device=DEVICE)
+    results = []
+    for g, d in ((g0, d0), (g1, d1)):
+        og, od = (torch.optim.Adam(m.parameters(), 2e-4, betas=(0.5, 0.999)) for m in (g, d))
+        for _ in range(2):
+            od.zero_grad()
+            fake = g(z)
+            loss_d = F.softplus(-d(real)).mean() + F.softplus(d(fake.detach())).mean()
+            loss_d.backward()
+            od.step()
+            og.zero_grad()
+            loss_g = F.softplus(-d(fake)).mean()
+            loss_g.backward()
+            og.step()
+        results.append((loss_d.item(), loss_g.item()))
+    assert results[0] == pytest.approx(results[1], rel=1e-3, abs=1e-4)
+
+
+# ---- convert ---------------------------------------------------------------------------------
+
+
+class _Block(nn.Module):
+    """A custom block whose forward calls modules one by one (not a Sequential)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.act = nn.LeakyReLU(0.1)
+        self.skip = nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.conv(x)) + self.skip(x)
+
+
+class _Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+def _stock_model():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Sequential(_Block(), nn.Conv2d(4, 4, 1), nn.Tanh()),
+        nn.GroupNorm(2, 4),  # unknown to genkern: left alone
+        _Functional(),
+        nn.Conv2d(4, 2, 3),
+        nn.SiLU(),
+    ).to(DEVICE)
+
+
+def test_convert_swaps_folds_and_matches():
+    stock = _stock_model()
+    converted = genkern.nn.convert(stock)
+    assert type(stock[0]) is nn.Conv2d, "convert(inplace=False) must not touch the input model"
+    assert isinstance(converted[0], genkern.nn.Conv2d) and converted[0].activation == "relu"
+    assert isinstance(converted[1], nn.Identity)
+    assert converted[2][1].activation == "tanh" and isinstance(converted[2][2], nn.Identity)
+    assert isinstance(converted[2][0].conv, genkern.nn.Conv2d)
+    assert converted[2][0].conv.activation is None  # not in a Sequential: swapped, not fused
+    assert type(converted[3]) is nn.GroupNorm
+    assert converted[5].activation == "silu"
+    assert list(converted.state_dict()) == list(stock.state_dict())
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    torch.testing.assert_close(converted(x), stock(x))
+
+
+def test_convert_checkpoints_load_both_ways():
+    stock = _stock_model()
+    converted = genkern.nn.convert(stock)
+    fresh = _stock_model()
+    fresh.load_state_dict(converted.state_dict())
+    converted.load_state_dict(stock.state_dict())
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    torch.testing.assert_close(fresh(x), converted(x))
+
+
+def test_convert_trace_finds_pairs_in_custom_forwards():
+    stock = _stock_model()
+    traced = genkern.nn.convert(stock, trace=True)
+    assert traced.get_submodule("2.0.conv").activation == "leaky_relu"
+    assert traced.get_submodule("2.0.conv").negative_slope == pytest.approx(0.1)
+    assert traced.get_submodule("4.conv").activation == "relu"
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    torch.testing.assert_close(traced(x), stock(x))
+    assert set(traced.state_dict()) == set(stock.state_dict())
+
+
+def test_convert_inplace_and_deepcopy():
+    stock = _stock_model()
+    backup = copy.deepcopy(stock)
+    out = genkern.nn.convert(stock, inplace=True)
+    assert out is stock and isinstance(stock[0], genkern.nn.Conv2d)
+    x = torch.randn(1, 3, 8, 8, device=DEVICE)
+    torch.testing.assert_close(stock(x), backup(x))
+
+
+@pytest.mark.parametrize(
+    "cls,kw,shape",
+    MODELS[:1] + MODELS[2:3] + MODELS[4:],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+def test_compiled_models_have_no_graph_break(cls, kw, shape):
+    torch._dynamo.reset()
+    _, ours = _pair(cls, **kw)
+    x = torch.randn(shape, device=DEVICE)
+    explanation = torch._dynamo.explain(ours)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
