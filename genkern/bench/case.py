@@ -31,6 +31,8 @@ class Case:
     bytes: float = 0.0  # moved by one call: memory-bound cases
     quick: bool = False  # part of `genkern bench --quick`
     tags: tuple = field(default_factory=tuple)
+    # whole-model cases build their own callable per provider: runner(provider, device, dtype)
+    runner: Callable | None = None
 
     @property
     def bound(self) -> str:
@@ -49,6 +51,8 @@ def make_runner(
     case: Case, provider: str, device: torch.device, dtype: torch.dtype, inputs: list
 ) -> Callable[[], torch.Tensor | tuple]:
     """A callable running the case once with this provider; returns its output (and grads)."""
+    if case.runner is not None:
+        return case.runner(provider, device, dtype)
     if provider == "eager_cl":
         inputs = [channels_last(t) for t in inputs]
     if provider.startswith("genkern:"):

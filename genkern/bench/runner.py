@@ -152,7 +152,8 @@ def run_case(
                 continue
             run()  # a second warm-up call (caches, allocator)
             _sync(device)
-            times = time_callable(run, device, min_reps, max_reps, budget)
+            reps = min_reps if first_ms < 200 else max(3, min_reps // 2)  # long calls: fewer
+            times = time_callable(run, device, reps, max_reps, budget)
             peak = peak_memory_mb(run, device) if case.mode != "forward" else None
             q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
             results.append(
