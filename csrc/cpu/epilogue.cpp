@@ -8,24 +8,10 @@
 #include <vector>
 
 #include "genkern/activation.h"
+#include "genkern/channel_view.h"
 
 namespace genkern::cpu {
 namespace {
-
-// A tensor seen as [outer, channels, inner] with channels at stride `inner`, elements dense.
-struct ChannelView {
-  int64_t outer, channels, inner;
-};
-
-ChannelView channel_view(const at::Tensor& t) {
-  const int64_t channels = t.dim() >= 2 ? t.size(1) : t.numel();
-  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return {t.numel() / std::max<int64_t>(channels, 1), channels, 1};
-  }
-  TORCH_INTERNAL_ASSERT(t.is_contiguous(), "genkern: epilogue expects a dense tensor");
-  const int64_t outer = t.dim() >= 2 ? t.size(0) : 1;
-  return {outer, channels, t.numel() / std::max<int64_t>(outer * channels, 1)};
-}
 
 // Elements handed to one task; fixed, so reductions do not depend on the thread count.
 constexpr int64_t kChunk = 16384;

@@ -17,6 +17,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "epilogue_kernels.cuh"
+#include "genkern/channel_view.h"
 
 namespace genkern::cuda {
 namespace {
@@ -39,22 +40,6 @@ template <typename scalar_t>
 typename CudaType<scalar_t>::type* ptr(const at::Tensor& t) {
   if (!t.defined()) return nullptr;
   return reinterpret_cast<typename CudaType<scalar_t>::type*>(t.data_ptr<scalar_t>());
-}
-
-// A tensor seen as [outer, channels, inner] with channels at stride `inner`, elements dense.
-// Same rule as channel_view in csrc/cpu/epilogue.cpp.
-struct ChannelView {
-  int64_t outer, channels, inner;
-};
-
-ChannelView channel_view(const at::Tensor& t) {
-  const int64_t channels = t.dim() >= 2 ? t.size(1) : t.numel();
-  if (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return {t.numel() / std::max<int64_t>(channels, 1), channels, 1};
-  }
-  TORCH_INTERNAL_ASSERT(t.is_contiguous(), "genkern: epilogue expects a dense tensor");
-  const int64_t outer = t.dim() >= 2 ? t.size(0) : 1;
-  return {outer, channels, t.numel() / std::max<int64_t>(outer * channels, 1)};
 }
 
 void check_launch(cudaError_t err, const char* what) {

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from genkern import _ext, reference  # noqa: F401
 
-# op -> backend -> "module:function" (imported on first use) or a callable
+# op -> backend -> a callable, "module:function" (imported on first use) or "ext:function"
+# (an entry point of the compiled extension genkern._C, called with the op's arguments as they are)
 _TABLE: dict[str, dict[str, str | Callable]] = {}
 
 
@@ -22,7 +23,8 @@ def kernel(op: str, backend: str) -> Callable:
     impl = _TABLE[op][backend]
     if isinstance(impl, str):
         module, _, attr = impl.partition(":")
-        impl = _TABLE[op][backend] = getattr(importlib.import_module(module), attr)
+        source = _ext._C if module == "ext" else importlib.import_module(module)
+        impl = _TABLE[op][backend] = getattr(source, attr)
     return impl
 
 

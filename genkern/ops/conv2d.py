@@ -281,41 +281,17 @@ def _backward_torch(grad_y, saved, x, weight, stride, padding, dilation, groups,
     return gx, gw, gb
 
 
-def _forward_cpu(x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact):
-    return _registry.extension().conv2d_act_forward_cpu(
-        x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact
-    )
-
-
-def _backward_cpu(grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask):
-    return _registry.extension().conv2d_act_backward_cpu(
-        grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask
-    )
-
-
-def _forward_cuda(x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact):
-    return _registry.extension().conv2d_act_forward_cuda(
-        x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact
-    )
-
-
-def _backward_cuda(grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask):
-    return _registry.extension().conv2d_act_backward_cuda(
-        grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask
-    )
-
-
 _registry.register(
     "conv2d_act_forward",
     torch=_forward_torch,
-    cpu=_forward_cpu,
-    cuda=_forward_cuda,
+    cpu="ext:conv2d_act_forward_cpu",
+    cuda="ext:conv2d_act_forward_cuda",
     triton="genkern.triton.conv2d:conv2d_act_forward_triton",
 )
 _registry.register(
     "conv2d_act_backward",
     torch=_backward_torch,
-    cpu=_backward_cpu,
-    cuda=_backward_cuda,
+    cpu="ext:conv2d_act_backward_cpu",
+    cuda="ext:conv2d_act_backward_cuda",
     triton="genkern.triton.conv2d:conv2d_act_backward_triton",
 )
