@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from genkern.bench import cases_conv2d
 from genkern.bench.case import Case
+from genkern.bench.cases_losses import CASES as LOSS_CASES  # issue 5
 
 ALL_CASES: list[Case] = [*cases_conv2d.CASES]
+ALL_CASES += LOSS_CASES  # issue 5
 
 
 def select(quick: bool = False, filter: str | None = None) -> list[Case]:

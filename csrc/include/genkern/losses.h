@@ -1,0 +1,169 @@
+// Loss math, written once for C++ host code and CUDA device code: the per-element value and
+// derivative of every term of the GAN losses and of the VAE loss.
+//
+// A GAN loss is a sum of means of per-element "terms" (discriminator: real term + fake term;
+// generator: one fake term). The Python mirror of the ids is genkern/ops/losses.py, the Triton
+// mirror genkern/triton/losses.py. NaN propagates through every value and (as torch's autograd
+// does) through every derivative that is not a hard 0/1 of a hinge.
+#pragma once
+
+#include <cmath>
+
+#include "genkern/activation.h"  // GK_HOST_DEVICE
+
+namespace genkern {
+
+using std::fabs;
+using std::log;
+using std::log1p;
+
+enum class LossTerm : int {
+  kSoftplusNeg = 0,  // softplus(-x)      bce real / bce generator (non-saturating)
+  kSoftplusPos = 1,  // softplus(x)       bce fake
+  kHingeReal = 2,    // relu(1 - x)
+  kHingeFake = 3,    // relu(1 + x)
+  kNeg = 4,          // -x                wgan real, wgan/hinge generator
+  kPos = 5,          // x                 wgan fake
+  kSqOne = 6,        // 0.5 * (x - 1)^2   lsgan real / generator
+  kSqZero = 7,       // 0.5 * x^2         lsgan fake
+};
+constexpr int kNumLossTerms = 8;
+
+enum class ReconLoss : int { kBceLogits = 0, kBce = 1, kMse = 2 };
+
+// max(x, 0) + log1p(exp(-|x|)): no overflow, softplus(+inf) = inf, softplus(-inf) = 0, NaN -> NaN.
+template <typename T>
+GK_HOST_DEVICE T softplus(T x) {
+  const T m = x > T(0) ? x : T(0);
+  return m + log1p(exp(-fabs(x)));
+}
+
+// softplus'(x) = sigmoid(x) = 1 / (1 + exp(-x)): 0 at -inf, 1 at +inf, NaN -> NaN.
+template <typename T>
+GK_HOST_DEVICE T loss_sigmoid(T x) {
+  return T(1) / (T(1) + exp(-x));
+}
+
+// Value of the term at x; *d receives its derivative.
+template <LossTerm K, typename T>
+GK_HOST_DEVICE T loss_term(T x, T* d) {
+  if constexpr (K == LossTerm::kSoftplusNeg) {
+    *d = -loss_sigmoid(-x);
+    return softplus(-x);
+  } else if constexpr (K == LossTerm::kSoftplusPos) {
+    *d = loss_sigmoid(x);
+    return softplus(x);
+  } else if constexpr (K == LossTerm::kHingeReal) {
+    const T t = T(1) - x;
+    *d = t <= T(0) ? T(0) : T(-1);  // as torch's relu backward: NaN passes the gradient
+    return t < T(0) ? T(0) : t;
+  } else if constexpr (K == LossTerm::kHingeFake) {
+    const T t = T(1) + x;
+    *d = t <= T(0) ? T(0) : T(1);
+    return t < T(0) ? T(0) : t;
+  } else if constexpr (K == LossTerm::kNeg) {
+    *d = T(-1);
+    return -x;
+  } else if constexpr (K == LossTerm::kPos) {
+    *d = T(1);
+    return x;
+  } else if constexpr (K == LossTerm::kSqOne) {
+    *d = x - T(1);
+    return T(0.5) * (x - T(1)) * (x - T(1));
+  } else {
+    *d = x;
+    return T(0.5) * x * x;
+  }
+}
+
+template <LossTerm K>
+struct LossTermTag {
+  static constexpr LossTerm value = K;
+};
+
+// Calls f(LossTermTag<K>{}) for the runtime id: one specialization per term (host code: it
+// picks the kernel to launch).
+template <typename F>
+inline void dispatch_loss_term(LossTerm k, F&& f) {
+  switch (k) {
+    case LossTerm::kSoftplusNeg:
+      return f(LossTermTag<LossTerm::kSoftplusNeg>{});
+    case LossTerm::kSoftplusPos:
+      return f(LossTermTag<LossTerm::kSoftplusPos>{});
+    case LossTerm::kHingeReal:
+      return f(LossTermTag<LossTerm::kHingeReal>{});
+    case LossTerm::kHingeFake:
+      return f(LossTermTag<LossTerm::kHingeFake>{});
+    case LossTerm::kNeg:
+      return f(LossTermTag<LossTerm::kNeg>{});
+    case LossTerm::kPos:
+      return f(LossTermTag<LossTerm::kPos>{});
+    case LossTerm::kSqOne:
+      return f(LossTermTag<LossTerm::kSqOne>{});
+    default:
+      return f(LossTermTag<LossTerm::kSqZero>{});
+  }
+}
+
+// Per-element reconstruction loss l(x, t) with dl/dx in *dx and dl/dt in *dt.
+//   kBceLogits: softplus(x) - t * x             (x a logit)
+//   kBce:       -(t * log(x) + (1 - t) * log(1 - x)), each log clamped at -100 (as torch)
+//   kMse:       (x - t)^2
+template <ReconLoss R, typename T>
+GK_HOST_DEVICE T recon_term(T x, T t, T* dx, T* dt) {
+  if constexpr (R == ReconLoss::kBceLogits) {
+    *dx = loss_sigmoid(x) - t;
+    *dt = -x;
+    // softplus(-x) + (1 - t) * x for x > 0, softplus(x) - t * x otherwise: no cancellation, and
+    // a zero weight times an infinite logit counts 0, so +-inf logits give the limit (0 at a
+    // matching 0/1 target, inf otherwise) instead of inf - inf.
+    const T a = T(1) - t;
+    const T pos = softplus(-x) + (a == T(0) ? T(0) : a * x);
+    const T neg = softplus(x) - (t == T(0) ? T(0) : t * x);
+    return x > T(0) ? pos : neg;
+  } else if constexpr (R == ReconLoss::kBce) {
+    T lx = log(x), l1x = log(T(1) - x);
+    lx = lx < T(-100) ? T(-100) : lx;
+    l1x = l1x < T(-100) ? T(-100) : l1x;
+    // torch's backward: (x - t) / max((1 - x) * x, 1e-12)
+    T den = (T(1) - x) * x;
+    den = den < T(1e-12) ? T(1e-12) : den;
+    *dx = (x - t) / den;
+    *dt = l1x - lx;
+    return -(t * lx + (T(1) - t) * l1x);
+  } else {
+    const T r = x - t;
+    *dx = T(2) * r;
+    *dt = T(-2) * r;
+    return r * r;
+  }
+}
+
+template <ReconLoss R>
+struct ReconLossTag {
+  static constexpr ReconLoss value = R;
+};
+
+template <typename F>
+inline void dispatch_recon_loss(ReconLoss r, F&& f) {
+  switch (r) {
+    case ReconLoss::kBceLogits:
+      return f(ReconLossTag<ReconLoss::kBceLogits>{});
+    case ReconLoss::kBce:
+      return f(ReconLossTag<ReconLoss::kBce>{});
+    default:
+      return f(ReconLossTag<ReconLoss::kMse>{});
+  }
+}
+
+// KL term of one latent element: -0.5 * (1 + lv - mu^2 - exp(lv)), with d/dmu = mu and
+// d/dlv = 0.5 * (exp(lv) - 1).
+template <typename T>
+GK_HOST_DEVICE T kl_term(T mu, T lv, T* dmu, T* dlv) {
+  const T e = exp(lv);
+  *dmu = mu;
+  *dlv = T(0.5) * (e - T(1));
+  return T(-0.5) * (T(1) + lv - mu * mu - e);
+}
+
+}  // namespace genkern
