@@ -64,6 +64,35 @@ def test_generator_loss_float64(sizes, kind, backend):
     assert_unchanged(before, [f])
 
 
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("kind", KINDS)
+def test_custom_op_path_float64(kind, backend, monkeypatch):
+    monkeypatch.setattr(L, "FAST_EAGER", False)
+    r, f = _logits((7,), torch.float64), _logits((2, 5), torch.float64)
+    testing.check_against_reference(
+        lambda r, f: genkern.ops.discriminator_loss(r, f, kind, backend=backend),
+        lambda r, f: reference.discriminator_loss(r, f, kind),
+        [r, f],
+        torch.float64,
+        backend,
+    )
+    testing.check_against_reference(
+        lambda f: genkern.ops.generator_loss(f, kind, backend=backend),
+        lambda f: reference.generator_loss(f, kind),
+        [f],
+        torch.float64,
+        backend,
+    )
+    inputs = _vae_inputs(torch.float64)
+    testing.check_against_reference(
+        lambda *a: genkern.ops.vae_loss(*a, beta=0.5, reduction="mean", backend=backend),
+        lambda *a: reference.vae_loss(*a, beta=0.5, reduction="mean"),
+        inputs,
+        torch.float64,
+        backend,
+    )
+
+
 @pytest.mark.parametrize("backend", grid_backends(torch.float32))
 @pytest.mark.parametrize("kind", KINDS)
 def test_gan_losses_float32_noncontiguous(kind, backend):
@@ -408,8 +437,11 @@ def _train_gan(d_loss, g_loss, steps=4, compile=False):
     return losses
 
 
+@pytest.mark.parametrize("fast_eager", [True, False])
 @pytest.mark.parametrize("backend", grid_backends(torch.float64))
-def test_tiny_gan_trains_like_stock(backend):
+def test_tiny_gan_trains_like_stock(backend, fast_eager, monkeypatch):
+    # both eager paths: straight to the kernel (default), and through the registered custom op
+    monkeypatch.setattr(L, "FAST_EAGER", fast_eager)
     stock = _train_gan(_stock_d, _stock_g)
     ours = _train_gan(
         lambda r, f: genkern.ops.discriminator_loss(r, f, backend=backend),
@@ -444,8 +476,11 @@ def test_compile_inductor_no_graph_break():
     torch.testing.assert_close(torch.compile(fn, fullgraph=True)(*args), fn(*args))
 
 
+@pytest.mark.parametrize("fast_eager", [True, False])
 @pytest.mark.parametrize("backend", grid_backends(torch.float64))
-def test_tiny_vae_trains_like_stock(backend):
+def test_tiny_vae_trains_like_stock(backend, fast_eager, monkeypatch):
+    monkeypatch.setattr(L, "FAST_EAGER", fast_eager)
+
     def train(loss_fn):
         torch.manual_seed(0)
         enc = torch.nn.Linear(12, 8).to(DEVICE).double()

@@ -9,7 +9,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "genkern/losses.h"
@@ -21,6 +23,48 @@ constexpr int64_t kChunk = 4096;
 constexpr int64_t kGrain = 4;  // chunks per task at least: small inputs stay on one thread
 
 int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
+
+// Calls f(std::integral_constant<bool, b>{}) for the runtime bool b: loops specialized on it.
+template <typename F>
+void dispatch_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+// Sub-blocks of a chunk: a vectorizable pass writes the per-element values of kSub elements to a
+// buffer, which is then summed in float64 over 4 fixed lanes (the compiler does not vectorize a
+// floating-point reduction itself: that would reorder it).
+constexpr int64_t kSub = 256;
+
+template <typename opmath_t>
+double sum_buffer(const opmath_t* buf, int64_t len) {
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t j = 0;
+  for (; j + 4 <= len; j += 4) {
+    a0 += double(buf[j]);
+    a1 += double(buf[j + 1]);
+    a2 += double(buf[j + 2]);
+    a3 += double(buf[j + 3]);
+  }
+  for (; j < len; ++j) a0 += double(buf[j]);
+  return (a0 + a1) + (a2 + a3);
+}
+
+// The float64 sum over [i0, i1) of the values fill(s, len, buf) writes for elements [s, s + len).
+template <typename opmath_t, typename Fill>
+double chunk_sum(int64_t i0, int64_t i1, Fill&& fill) {
+  opmath_t buf[kSub];
+  double acc = 0;
+  for (int64_t s = i0; s < i1; s += kSub) {
+    const int64_t len = std::min(kSub, i1 - s);
+    fill(s, len, buf);
+    acc += sum_buffer(buf, len);
+  }
+  return acc;
+}
 
 double ordered_sum(const std::vector<double>& partial) {
   double s = 0;
@@ -43,24 +87,22 @@ double term_sum(const at::Tensor& x, LossTerm term, at::Tensor* grad, double gsc
     const opmath_t gs = static_cast<opmath_t>(gscale);
     dispatch_loss_term(term, [&](auto tag) {
       constexpr LossTerm K = decltype(tag)::value;
-      at::parallel_for(0, num_chunks(n), kGrain, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
-          double acc = 0;
-          if (gp) {
-            for (int64_t i = i0; i < i1; ++i) {
-              opmath_t d;
-              acc += static_cast<double>(loss_term<K, opmath_t>(opmath_t(xp[i]), &d));
-              gp[i] = static_cast<scalar_t>(d * gs);
-            }
-          } else {
-            for (int64_t i = i0; i < i1; ++i) {
-              opmath_t d;
-              acc += static_cast<double>(loss_term<K, opmath_t>(opmath_t(xp[i]), &d));
-            }
+      dispatch_bool(gp != nullptr, [&](auto need_grad) {
+        constexpr bool G = decltype(need_grad)::value;
+        at::parallel_for(0, num_chunks(n), kGrain, [&](int64_t c0, int64_t c1) {
+          for (int64_t c = c0; c < c1; ++c) {
+            const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
+            partial[c] = chunk_sum<opmath_t>(i0, i1, [&](int64_t s, int64_t len, opmath_t* buf) {
+              const scalar_t* xs = xp + s;
+              scalar_t* gs_ = G ? gp + s : nullptr;
+              for (int64_t j = 0; j < len; ++j) {
+                opmath_t d;
+                buf[j] = loss_term<K, opmath_t>(opmath_t(xs[j]), &d);
+                if constexpr (G) gs_[j] = static_cast<scalar_t>(d * gs);
+              }
+            });
           }
-          partial[c] = acc;
-        }
+        });
       });
     });
   });
@@ -120,19 +162,27 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
     const opmath_t s = static_cast<opmath_t>(scale);
     dispatch_recon_loss(static_cast<ReconLoss>(recon_loss), [&](auto tag) {
       constexpr ReconLoss R = decltype(tag)::value;
-      at::parallel_for(0, num_chunks(n), kGrain, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
-          double acc = 0;
-          for (int64_t i = i0; i < i1; ++i) {
-            opmath_t dx, dt;
-            acc += static_cast<double>(
-                recon_term<R, opmath_t>(opmath_t(xp[i]), opmath_t(tp[i]), &dx, &dt));
-            if (gxp) gxp[i] = static_cast<scalar_t>(dx * s);
-            if (gtp) gtp[i] = static_cast<scalar_t>(dt * s);
-          }
-          partial[c] = acc;
-        }
+      dispatch_bool(gxp != nullptr, [&](auto need_gx) {
+        dispatch_bool(gtp != nullptr, [&](auto need_gt) {
+          constexpr bool GX = decltype(need_gx)::value, GT = decltype(need_gt)::value;
+          at::parallel_for(0, num_chunks(n), kGrain, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) {
+              const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
+              partial[c] = chunk_sum<opmath_t>(i0, i1, [&](int64_t q, int64_t len, opmath_t* buf) {
+                const scalar_t* xq = xp + q;
+                const scalar_t* tq = tp + q;
+                scalar_t* gxq = GX ? gxp + q : nullptr;
+                scalar_t* gtq = GT ? gtp + q : nullptr;
+                for (int64_t j = 0; j < len; ++j) {
+                  opmath_t dx, dt;
+                  buf[j] = recon_term<R, opmath_t>(opmath_t(xq[j]), opmath_t(tq[j]), &dx, &dt);
+                  if constexpr (GX) gxq[j] = static_cast<scalar_t>(dx * s);
+                  if constexpr (GT) gtq[j] = static_cast<scalar_t>(dt * s);
+                }
+              });
+            }
+          });
+        });
       });
     });
   });
