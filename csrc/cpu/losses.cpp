@@ -24,6 +24,45 @@ constexpr int64_t kGrain = 4;  // chunks per task at least: small inputs stay on
 
 int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
+// The per-element loops are compiled twice, for AVX2 and for the baseline ISA, and picked at load
+// time by the CPU (GCC's target_clones): the loops vectorize 8 floats wide where AVX2 exists.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GK_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define GK_CPU_CLONES
+#endif
+
+template <typename scalar_t>
+using opmath = at::opmath_type<scalar_t>;
+
+// buf[j] = term(x[j]) and, when G, g[j] = gs * term'(x[j]), for j < len. No control flow: it
+// vectorizes.
+template <LossTerm K, typename scalar_t, bool G>
+GK_CPU_CLONES void gan_fill(const scalar_t* __restrict__ x, scalar_t* __restrict__ g,
+                            opmath<scalar_t>* __restrict__ buf, int64_t len,
+                            opmath<scalar_t> gs) {
+  using opmath_t = opmath<scalar_t>;
+  for (int64_t j = 0; j < len; ++j) {
+    opmath_t d;
+    buf[j] = loss_term<K, opmath_t>(opmath_t(x[j]), &d);
+    if constexpr (G) g[j] = static_cast<scalar_t>(d * gs);
+  }
+}
+
+template <ReconLoss R, typename scalar_t, bool GX, bool GT>
+GK_CPU_CLONES void recon_fill(const scalar_t* __restrict__ x, const scalar_t* __restrict__ t,
+                              scalar_t* __restrict__ gx, scalar_t* __restrict__ gt,
+                              opmath<scalar_t>* __restrict__ buf, int64_t len,
+                              opmath<scalar_t> s) {
+  using opmath_t = opmath<scalar_t>;
+  for (int64_t j = 0; j < len; ++j) {
+    opmath_t dx, dt;
+    buf[j] = recon_term<R, opmath_t>(opmath_t(x[j]), opmath_t(t[j]), &dx, &dt);
+    if constexpr (GX) gx[j] = static_cast<scalar_t>(dx * s);
+    if constexpr (GT) gt[j] = static_cast<scalar_t>(dt * s);
+  }
+}
+
 // Calls f(std::integral_constant<bool, b>{}) for the runtime bool b: loops specialized on it.
 template <typename F>
 void dispatch_bool(bool b, F&& f) {
@@ -93,13 +132,7 @@ double term_sum(const at::Tensor& x, LossTerm term, at::Tensor* grad, double gsc
           for (int64_t c = c0; c < c1; ++c) {
             const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
             partial[c] = chunk_sum<opmath_t>(i0, i1, [&](int64_t s, int64_t len, opmath_t* buf) {
-              const scalar_t* xs = xp + s;
-              scalar_t* gs_ = G ? gp + s : nullptr;
-              for (int64_t j = 0; j < len; ++j) {
-                opmath_t d;
-                buf[j] = loss_term<K, opmath_t>(opmath_t(xs[j]), &d);
-                if constexpr (G) gs_[j] = static_cast<scalar_t>(d * gs);
-              }
+              gan_fill<K, scalar_t, G>(xp + s, G ? gp + s : nullptr, buf, len, gs);
             });
           }
         });
@@ -169,16 +202,8 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
             for (int64_t c = c0; c < c1; ++c) {
               const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
               partial[c] = chunk_sum<opmath_t>(i0, i1, [&](int64_t q, int64_t len, opmath_t* buf) {
-                const scalar_t* xq = xp + q;
-                const scalar_t* tq = tp + q;
-                scalar_t* gxq = GX ? gxp + q : nullptr;
-                scalar_t* gtq = GT ? gtp + q : nullptr;
-                for (int64_t j = 0; j < len; ++j) {
-                  opmath_t dx, dt;
-                  buf[j] = recon_term<R, opmath_t>(opmath_t(xq[j]), opmath_t(tq[j]), &dx, &dt);
-                  if constexpr (GX) gxq[j] = static_cast<scalar_t>(dx * s);
-                  if constexpr (GT) gtq[j] = static_cast<scalar_t>(dt * s);
-                }
+                recon_fill<R, scalar_t, GX, GT>(xp + q, tp + q, GX ? gxp + q : nullptr,
+                                                GT ? gtp + q : nullptr, buf, len, s);
               });
             }
           });

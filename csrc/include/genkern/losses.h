@@ -92,6 +92,38 @@ inline float log1p_unit<float>(float e) {
 }
 #endif
 
+// log1p(e) for e in [0, 1] given u = 1 + e and inv = 1 / u (shared with the sigmoid: one
+// division less per element on the CPU path).
+template <typename T>
+GK_HOST_DEVICE T log1p_unit(T e, T u, T inv) {
+  (void)u;
+  (void)inv;
+  return log1p(e);
+}
+#if !defined(__CUDA_ARCH__)
+template <>
+inline float log1p_unit<float>(float e, float u, float inv) {
+  const bool big = u > 1.41421356237f;
+  const float k = big ? 1.0f : 0.0f;
+  const float f = big ? 0.5f * u - 1.0f : u - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  float y = p * f * z;
+  y = y + k * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  const float logu = f + y + k * 0.693359375f;
+  return logu + (e - (u - 1.0f)) * inv;
+}
+#endif
+
 // max(x, 0) + log1p(exp(-|x|)): no overflow, softplus(+inf) = inf, softplus(-inf) = 0, NaN -> NaN.
 template <typename T>
 GK_HOST_DEVICE T softplus(T x) {
@@ -110,10 +142,11 @@ template <typename T>
 GK_HOST_DEVICE T softplus_sigmoid(T x, T s, T* d) {
   const T y = s * x;
   const T e = exp_neg(fabs(y));
-  const T inv = T(1) / (T(1) + e);
+  const T u = T(1) + e;
+  const T inv = T(1) / u;
   *d = y >= T(0) ? inv : e * inv;  // NaN -> NaN (e is NaN)
   const T m = y > T(0) ? y : T(0);
-  return m + log1p_unit(e);
+  return m + log1p_unit(e, u, inv);
 }
 
 // Value of the term at x; *d receives its derivative.
@@ -189,8 +222,9 @@ GK_HOST_DEVICE T recon_term(T x, T t, T* dx, T* dt) {
     // l = log1p(exp(-|x|)): no cancellation, and a zero weight times an infinite logit counts 0,
     // so +-inf logits give the limit (0 at a matching 0/1 target, inf otherwise), not inf - inf.
     const T e = exp_neg(fabs(x));
-    const T l = log1p_unit(e);
-    const T inv = T(1) / (T(1) + e);
+    const T u = T(1) + e;
+    const T inv = T(1) / u;
+    const T l = log1p_unit(e, u, inv);
     *dx = (x >= T(0) ? inv : e * inv) - t;
     *dt = -x;
     const T a = T(1) - t;
