@@ -615,3 +615,26 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_clearly(desc, fn, exc, pattern):
     with pytest.raises(exc, match=pattern):
         fn()
+
+
+def test_backward_with_unit_grad_retain_graph_and_accumulation():
+    for backend in grid_backends(torch.float64):
+        f = _logits((9,), torch.float64)
+        loss = genkern.ops.generator_loss(f, backend=backend)
+        loss.backward(retain_graph=True)
+        first = f.grad.clone()
+        loss.backward()  # accumulates: twice the gradient
+        torch.testing.assert_close(f.grad, 2 * first)
+        ref = f.detach().requires_grad_()
+        reference.generator_loss(ref).backward()
+        torch.testing.assert_close(first, ref.grad)
+        # a gradient handed out by autograd.grad may be modified without corrupting the graph
+        loss2 = genkern.ops.generator_loss(f, backend=backend)
+        (g,) = torch.autograd.grad(loss2, f, retain_graph=True)
+        g.mul_(0)
+        try:
+            (g2,) = torch.autograd.grad(loss2, f)
+        except RuntimeError as exc:  # autograd refuses a modified saved tensor: never silent
+            assert "modified by an inplace operation" in str(exc)
+        else:
+            torch.testing.assert_close(g2, first)

@@ -73,6 +73,17 @@ def _fast_eager(*tensors) -> bool:
     )
 
 
+def _scaled(saved: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor | None:
+    """saved * g; the saved gradient itself when g is a CPU 1 (loss.backward()) and no graph of
+    the backward is built: a full pass less. Safe: it stays a saved tensor of the graph, whose
+    version counter makes autograd refuse it if someone later modifies it in place."""
+    if saved is None:
+        return None
+    if g.device.type == "cpu" and not torch.is_grad_enabled() and g.item() == 1.0:
+        return saved
+    return saved * g
+
+
 class _GanLossFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, real, fake, real_term, fake_term, need_r, need_f, kernel):
@@ -84,8 +95,8 @@ class _GanLossFn(torch.autograd.Function):
     def backward(ctx, grad):
         gr, gf = ctx.saved_tensors
         return (
-            gr * grad if gr is not None else None,
-            gf * grad if gf is not None else None,
+            _scaled(gr, grad),
+            _scaled(gf, grad),
             None,
             None,
             None,
@@ -108,10 +119,10 @@ class _VaeLossFn(torch.autograd.Function):
         gr = g_total + g_rec
         gk = g_total * ctx.beta + g_kl
         return (
-            gx * gr if gx is not None else None,
-            gt * gr if gt is not None else None,
-            gm * gk if gm is not None else None,
-            glv * gk if glv is not None else None,
+            _scaled(gx, gr),
+            _scaled(gt, gr),
+            _scaled(gm, gk),
+            _scaled(glv, gk),
             None,
             None,
             None,
