@@ -3,6 +3,7 @@
 
 #include "cpu/conv2d_act.h"
 #include "cpu/losses.h"
+#include "cpu/losses_autograd.h"
 #include "genkern/activation.h"
 
 #ifdef GENKERN_WITH_CUDA
@@ -25,6 +26,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("gan_loss_cpu", &genkern::cpu::gan_loss_cpu);
   m.def("vae_loss_cpu", &genkern::cpu::vae_loss_cpu);
   m.def("reparameterize_cpu", &genkern::cpu::reparameterize_cpu);
+  m.def("gan_loss_autograd_cpu", &genkern::cpu::gan_loss_autograd_cpu);
+  m.def("vae_loss_autograd_cpu", &genkern::cpu::vae_loss_autograd_cpu);
 #ifdef GENKERN_WITH_CUDA
   m.def("conv2d_act_forward_cuda", &genkern::cuda::conv2d_act_forward_cuda);
   m.def("conv2d_act_backward_cuda", &genkern::cuda::conv2d_act_backward_cuda);
