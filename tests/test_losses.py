@@ -638,3 +638,12 @@ def test_backward_with_unit_grad_retain_graph_and_accumulation():
             assert "modified by an inplace operation" in str(exc)
         else:
             torch.testing.assert_close(g2, first)
+
+
+def test_double_backward_refused_not_silent():
+    for backend in grid_backends(torch.float64):
+        f = _logits((5,), torch.float64)
+        loss = genkern.ops.generator_loss(f, backend=backend)
+        with pytest.raises(RuntimeError):
+            (g,) = torch.autograd.grad(loss, f, create_graph=True)
+            g.sum().backward()

@@ -13,6 +13,9 @@ using torch::autograd::variable_list;
 // saved * g; the saved gradient itself when g is a CPU 1 (loss.backward()) and no graph of the
 // backward is built (as genkern/ops/losses.py's _scaled): a pass less.
 at::Tensor scaled(const at::Tensor& saved, const at::Tensor& g) {
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "genkern: the second derivative of the fused losses is not implemented "
+              "(backward with create_graph=True)");
   if (!saved.defined()) return at::Tensor();
   if (g.device().is_cpu() && !at::GradMode::is_enabled() && g.item<double>() == 1.0) return saved;
   return saved * g;

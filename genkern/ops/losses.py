@@ -9,6 +9,7 @@ genkern/triton/losses.py (Triton), `_term_torch` / `_recon_torch` here (the "tor
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from genkern import backends
 from genkern.ops import _checks, _registry
@@ -92,6 +93,7 @@ class _GanLossFn(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         gr, gf = ctx.saved_tensors
         return (
@@ -114,6 +116,7 @@ class _VaeLossFn(torch.autograd.Function):
         return total, rec, kl
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_total, g_rec, g_kl):
         gx, gt, gm, glv = ctx.saved_tensors
         gr = g_total + g_rec
