@@ -63,3 +63,53 @@ def conv2d(
     """act(conv2d(x, weight, bias))."""
     z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return globals()["activation"](z, activation, negative_slope)
+
+
+# ---- losses (issue 5) -------------------------------------------------------------------------
+
+
+def discriminator_loss(real_logits, fake_logits, kind="bce"):
+    """The discriminator's GAN loss of each kind (means over each tensor)."""
+    r, f = real_logits, fake_logits
+    if kind == "bce":
+        return F.softplus(-r).mean() + F.softplus(f).mean()
+    if kind == "hinge":
+        return F.relu(1 - r).mean() + F.relu(1 + f).mean()
+    if kind == "wgan":
+        return f.mean() - r.mean()
+    if kind == "lsgan":
+        return 0.5 * ((r - 1) ** 2).mean() + 0.5 * (f**2).mean()
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def generator_loss(fake_logits, kind="bce"):
+    """The generator's GAN loss of each kind ("bce" is the non-saturating loss)."""
+    f = fake_logits
+    if kind == "bce":
+        return F.softplus(-f).mean()
+    if kind in ("hinge", "wgan"):
+        return -f.mean()
+    if kind == "lsgan":
+        return 0.5 * ((f - 1) ** 2).mean()
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def vae_loss(recon, target, mu, logvar, recon_loss="bce", beta=1.0, reduction="sum", logits=True,
+             return_components=False):
+    """Reconstruction sum + beta * KL(N(mu, exp(logvar)) || N(0, 1)); "mean" divides by batch."""
+    if recon_loss == "mse":
+        rec = F.mse_loss(recon, target, reduction="sum")
+    elif logits:
+        rec = F.binary_cross_entropy_with_logits(recon, target, reduction="sum")
+    else:
+        rec = F.binary_cross_entropy(recon, target, reduction="sum")
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    if reduction == "mean":
+        rec, kl = rec / recon.shape[0], kl / recon.shape[0]
+    total = rec + beta * kl
+    return (total, rec, kl) if return_components else total
+
+
+def reparameterize(mu, logvar, eps):
+    """mu + eps * exp(logvar / 2)."""
+    return mu + eps * torch.exp(0.5 * logvar)

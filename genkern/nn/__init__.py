@@ -3,5 +3,6 @@ state_dict keys, and adds `activation` / `negative_slope` where a fused activati
 
 from genkern.nn.conv import Conv2d
 from genkern.nn.convert import convert
+from genkern.nn.losses import GANLoss, VAELoss
 
-__all__ = ["Conv2d", "convert"]
+__all__ = ["Conv2d", "GANLoss", "VAELoss", "convert"]

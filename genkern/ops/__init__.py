@@ -3,4 +3,13 @@
 
 from genkern.ops.conv2d import conv2d
 
+# losses (issue 5)
+from genkern.ops.losses import (
+    discriminator_loss,
+    generator_loss,
+    reparameterize,
+    vae_loss,
+)
+
 __all__ = ["conv2d"]
+__all__ += ["discriminator_loss", "generator_loss", "reparameterize", "vae_loss"]

@@ -1,0 +1,80 @@
+#include "losses_autograd.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "losses.h"
+
+namespace genkern::cpu {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// saved * g; the saved gradient itself when g is a CPU 1 (loss.backward()) and no graph of the
+// backward is built (as genkern/ops/losses.py's _scaled): a pass less.
+at::Tensor scaled(const at::Tensor& saved, const at::Tensor& g) {
+  TORCH_CHECK(!at::GradMode::is_enabled(),
+              "genkern: the second derivative of the fused losses is not implemented "
+              "(backward with create_graph=True)");
+  if (!saved.defined()) return at::Tensor();
+  if (g.device().is_cpu() && !at::GradMode::is_enabled() && g.item<double>() == 1.0) return saved;
+  return saved * g;
+}
+
+struct GanLossFunction : public torch::autograd::Function<GanLossFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& real, const at::Tensor& fake,
+                            int64_t real_term, int64_t fake_term, bool has_real) {
+    const bool need_r = has_real && real.requires_grad();
+    const bool need_f = fake.requires_grad();
+    auto [loss, gr, gf] =
+        gan_loss_cpu(has_real ? std::optional<at::Tensor>(real) : std::nullopt, fake, real_term,
+                     fake_term, need_r, need_f);
+    ctx->save_for_backward({gr, gf});
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    return {scaled(saved[0], grads[0]), scaled(saved[1], grads[0]), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+struct VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& recon,
+                               const at::Tensor& target, const at::Tensor& mu,
+                               const at::Tensor& logvar, int64_t recon_loss, double beta,
+                               double scale) {
+    const std::array<bool, 4> mask{recon.requires_grad(), target.requires_grad(),
+                                   mu.requires_grad(), logvar.requires_grad()};
+    auto [total, rec, kl, gx, gt, gm, glv] =
+        vae_loss_cpu(recon, target, mu, logvar, recon_loss, beta, scale, mask);
+    ctx->save_for_backward({gx, gt, gm, glv});
+    ctx->saved_data["beta"] = beta;
+    return {total, rec, kl};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const double beta = ctx->saved_data["beta"].toDouble();
+    const at::Tensor gr = grads[0] + grads[1];
+    const at::Tensor gk = grads[0] * beta + grads[2];
+    return {scaled(saved[0], gr), scaled(saved[1], gr), scaled(saved[2], gk),
+            scaled(saved[3], gk), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake, int64_t real_term,
+                                 int64_t fake_term, bool has_real) {
+  return GanLossFunction::apply(real, fake, real_term, fake_term, has_real);
+}
+
+std::vector<at::Tensor> vae_loss_autograd_cpu(const at::Tensor& recon, const at::Tensor& target,
+                                              const at::Tensor& mu, const at::Tensor& logvar,
+                                              int64_t recon_loss, double beta, double scale) {
+  return VaeLossFunction::apply(recon, target, mu, logvar, recon_loss, beta, scale);
+}
+
+}  // namespace genkern::cpu

@@ -1,0 +1,279 @@
+// Loss math, written once for C++ host code and CUDA device code: the per-element value and
+// derivative of every term of the GAN losses and of the VAE loss.
+//
+// A GAN loss is a sum of means of per-element "terms" (discriminator: real term + fake term;
+// generator: one fake term). The Python mirror of the ids is genkern/ops/losses.py, the Triton
+// mirror genkern/triton/losses.py. NaN propagates through every value and (as torch's autograd
+// does) through every derivative that is not a hard 0/1 of a hinge.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "genkern/activation.h"  // GK_HOST_DEVICE
+
+namespace genkern {
+
+using std::fabs;
+using std::log;
+using std::log1p;
+
+enum class LossTerm : int {
+  kSoftplusNeg = 0,  // softplus(-x)      bce real / bce generator (non-saturating)
+  kSoftplusPos = 1,  // softplus(x)       bce fake
+  kHingeReal = 2,    // relu(1 - x)
+  kHingeFake = 3,    // relu(1 + x)
+  kNeg = 4,          // -x                wgan real, wgan/hinge generator
+  kPos = 5,          // x                 wgan fake
+  kSqOne = 6,        // 0.5 * (x - 1)^2   lsgan real / generator
+  kSqZero = 7,       // 0.5 * x^2         lsgan fake
+};
+constexpr int kNumLossTerms = 8;
+
+enum class ReconLoss : int { kBceLogits = 0, kBce = 1, kMse = 2 };
+
+// exp(-a) for a >= 0 (or NaN), and log1p(e) for e in [0, 1]. On the device and for double these
+// are the math library's; for float on the host they are branch-free Cephes-style polynomials
+// (about 1-2 ulp) that the compiler vectorizes, where a libm call per element would not.
+template <typename T>
+GK_HOST_DEVICE T exp_neg(T a) {
+  return exp(-a);
+}
+template <typename T>
+GK_HOST_DEVICE T log1p_unit(T e) {
+  return log1p(e);
+}
+#if !defined(__CUDA_ARCH__)
+template <>
+inline float exp_neg<float>(float a) {
+  // exp(-a) = 2^n * exp(r), n = round(-a / ln 2), |r| <= ln(2) / 2
+  const float x = -(a > 88.0f ? 88.0f : a);  // NaN stays NaN (the comparison is false)
+  const float t = x * 1.44269504088896341f;
+  const float n = (t - 12582912.0f) + 12582912.0f;  // round to nearest, |t| < 2^22
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const float z = r * r;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * z + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // n in [-127, 0]
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  const float y = p * scale;
+  return a > 87.0f ? 0.0f : y;  // below float's normal range: 0 (as the limit at +inf)
+}
+template <>
+inline float log1p_unit<float>(float e) {
+  // u = 1 + e in [1, 2]; log(u) = k ln 2 + log1p(f) with f in [sqrt(1/2) - 1, sqrt(2) - 1],
+  // plus the rounding error of 1 + e, (e - (u - 1)) / u.
+  const float u = 1.0f + e;
+  const bool big = u > 1.41421356237f;
+  const float k = big ? 1.0f : 0.0f;
+  const float f = big ? 0.5f * u - 1.0f : u - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  float y = p * f * z;
+  y = y + k * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  const float logu = f + y + k * 0.693359375f;
+  return logu + (e - (u - 1.0f)) / u;
+}
+#endif
+
+// log1p(e) for e in [0, 1] given u = 1 + e and inv = 1 / u (shared with the sigmoid: one
+// division less per element on the CPU path).
+template <typename T>
+GK_HOST_DEVICE T log1p_unit(T e, T u, T inv) {
+  (void)u;
+  (void)inv;
+  return log1p(e);
+}
+#if !defined(__CUDA_ARCH__)
+template <>
+inline float log1p_unit<float>(float e, float u, float inv) {
+  const bool big = u > 1.41421356237f;
+  const float k = big ? 1.0f : 0.0f;
+  const float f = big ? 0.5f * u - 1.0f : u - 1.0f;
+  const float z = f * f;
+  float p = 7.0376836292e-2f;
+  p = p * f - 1.1514610310e-1f;
+  p = p * f + 1.1676998740e-1f;
+  p = p * f - 1.2420140846e-1f;
+  p = p * f + 1.4249322787e-1f;
+  p = p * f - 1.6668057665e-1f;
+  p = p * f + 2.0000714765e-1f;
+  p = p * f - 2.4999993993e-1f;
+  p = p * f + 3.3333331174e-1f;
+  float y = p * f * z;
+  y = y + k * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  const float logu = f + y + k * 0.693359375f;
+  return logu + (e - (u - 1.0f)) * inv;
+}
+#endif
+
+// max(x, 0) + log1p(exp(-|x|)): no overflow, softplus(+inf) = inf, softplus(-inf) = 0, NaN -> NaN.
+template <typename T>
+GK_HOST_DEVICE T softplus(T x) {
+  const T m = x > T(0) ? x : T(0);
+  return m + log1p_unit(exp_neg(fabs(x)));
+}
+
+// softplus'(x) = sigmoid(x) = 1 / (1 + exp(-x)): 0 at -inf, 1 at +inf, NaN -> NaN.
+template <typename T>
+GK_HOST_DEVICE T loss_sigmoid(T x) {
+  return T(1) / (T(1) + exp(-x));
+}
+
+// softplus(s * x) and its derivative sigmoid(s * x) (s = +1 or -1) from one exp(-|x|).
+template <typename T>
+GK_HOST_DEVICE T softplus_sigmoid(T x, T s, T* d) {
+  const T y = s * x;
+  const T e = exp_neg(fabs(y));
+  const T u = T(1) + e;
+  const T inv = T(1) / u;
+  *d = y >= T(0) ? inv : e * inv;  // NaN -> NaN (e is NaN)
+  const T m = y > T(0) ? y : T(0);
+  return m + log1p_unit(e, u, inv);
+}
+
+// Value of the term at x; *d receives its derivative.
+template <LossTerm K, typename T>
+GK_HOST_DEVICE T loss_term(T x, T* d) {
+  if constexpr (K == LossTerm::kSoftplusNeg) {
+    T sg;
+    const T v = softplus_sigmoid(x, T(-1), &sg);
+    *d = -sg;
+    return v;
+  } else if constexpr (K == LossTerm::kSoftplusPos) {
+    return softplus_sigmoid(x, T(1), d);
+  } else if constexpr (K == LossTerm::kHingeReal) {
+    const T t = T(1) - x;
+    *d = t <= T(0) ? T(0) : T(-1);  // as torch's relu backward: NaN passes the gradient
+    return t < T(0) ? T(0) : t;
+  } else if constexpr (K == LossTerm::kHingeFake) {
+    const T t = T(1) + x;
+    *d = t <= T(0) ? T(0) : T(1);
+    return t < T(0) ? T(0) : t;
+  } else if constexpr (K == LossTerm::kNeg) {
+    *d = T(-1);
+    return -x;
+  } else if constexpr (K == LossTerm::kPos) {
+    *d = T(1);
+    return x;
+  } else if constexpr (K == LossTerm::kSqOne) {
+    *d = x - T(1);
+    return T(0.5) * (x - T(1)) * (x - T(1));
+  } else {
+    *d = x;
+    return T(0.5) * x * x;
+  }
+}
+
+template <LossTerm K>
+struct LossTermTag {
+  static constexpr LossTerm value = K;
+};
+
+// Calls f(LossTermTag<K>{}) for the runtime id: one specialization per term (host code: it
+// picks the kernel to launch).
+template <typename F>
+inline void dispatch_loss_term(LossTerm k, F&& f) {
+  switch (k) {
+    case LossTerm::kSoftplusNeg:
+      return f(LossTermTag<LossTerm::kSoftplusNeg>{});
+    case LossTerm::kSoftplusPos:
+      return f(LossTermTag<LossTerm::kSoftplusPos>{});
+    case LossTerm::kHingeReal:
+      return f(LossTermTag<LossTerm::kHingeReal>{});
+    case LossTerm::kHingeFake:
+      return f(LossTermTag<LossTerm::kHingeFake>{});
+    case LossTerm::kNeg:
+      return f(LossTermTag<LossTerm::kNeg>{});
+    case LossTerm::kPos:
+      return f(LossTermTag<LossTerm::kPos>{});
+    case LossTerm::kSqOne:
+      return f(LossTermTag<LossTerm::kSqOne>{});
+    default:
+      return f(LossTermTag<LossTerm::kSqZero>{});
+  }
+}
+
+// Per-element reconstruction loss l(x, t) with dl/dx in *dx and dl/dt in *dt.
+//   kBceLogits: softplus(x) - t * x             (x a logit)
+//   kBce:       -(t * log(x) + (1 - t) * log(1 - x)), each log clamped at -100 (as torch)
+//   kMse:       (x - t)^2
+template <ReconLoss R, typename T>
+GK_HOST_DEVICE T recon_term(T x, T t, T* dx, T* dt) {
+  if constexpr (R == ReconLoss::kBceLogits) {
+    // softplus(x) - t * x, written as l + (1 - t) * x for x > 0 and l - t * x otherwise, with
+    // l = log1p(exp(-|x|)): no cancellation, and a zero weight times an infinite logit counts 0,
+    // so +-inf logits give the limit (0 at a matching 0/1 target, inf otherwise), not inf - inf.
+    const T e = exp_neg(fabs(x));
+    const T u = T(1) + e;
+    const T inv = T(1) / u;
+    const T l = log1p_unit(e, u, inv);
+    *dx = (x >= T(0) ? inv : e * inv) - t;
+    *dt = -x;
+    const T a = T(1) - t;
+    const T pos = l + (a == T(0) ? T(0) : a * x);
+    const T neg = l - (t == T(0) ? T(0) : t * x);
+    return x > T(0) ? pos : neg;
+  } else if constexpr (R == ReconLoss::kBce) {
+    T lx = log(x), l1x = log(T(1) - x);
+    lx = lx < T(-100) ? T(-100) : lx;
+    l1x = l1x < T(-100) ? T(-100) : l1x;
+    // torch's backward: (x - t) / max((1 - x) * x, 1e-12)
+    T den = (T(1) - x) * x;
+    den = den < T(1e-12) ? T(1e-12) : den;
+    *dx = (x - t) / den;
+    *dt = l1x - lx;
+    return -(t * lx + (T(1) - t) * l1x);
+  } else {
+    const T r = x - t;
+    *dx = T(2) * r;
+    *dt = T(-2) * r;
+    return r * r;
+  }
+}
+
+template <ReconLoss R>
+struct ReconLossTag {
+  static constexpr ReconLoss value = R;
+};
+
+template <typename F>
+inline void dispatch_recon_loss(ReconLoss r, F&& f) {
+  switch (r) {
+    case ReconLoss::kBceLogits:
+      return f(ReconLossTag<ReconLoss::kBceLogits>{});
+    case ReconLoss::kBce:
+      return f(ReconLossTag<ReconLoss::kBce>{});
+    default:
+      return f(ReconLossTag<ReconLoss::kMse>{});
+  }
+}
+
+// KL term of one latent element: -0.5 * (1 + lv - mu^2 - exp(lv)), with d/dmu = mu and
+// d/dlv = 0.5 * (exp(lv) - 1).
+template <typename T>
+GK_HOST_DEVICE T kl_term(T mu, T lv, T* dmu, T* dlv) {
+  const T e = exp(lv);
+  *dmu = mu;
+  *dlv = T(0.5) * (e - T(1));
+  return T(-0.5) * (T(1) + lv - mu * mu - e);
+}
+
+}  // namespace genkern

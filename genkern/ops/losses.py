@@ -1,0 +1,537 @@
+"""genkern.ops losses: fused GAN (discriminator/generator) and VAE losses, and reparameterize.
+
+Each loss is one custom op whose forward pass also produces the gradient with respect to every
+input that requires it (in fresh tensors, never in an input's storage); the registered backward
+only scales those by grad_output. The per-element math: csrc/include/genkern/losses.h (C++/CUDA),
+genkern/triton/losses.py (Triton), `_term_torch` / `_recon_torch` here (the "torch" backend).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from genkern import backends
+from genkern.ops import _checks, _registry
+
+# Term ids: the mirror of genkern::LossTerm in csrc/include/genkern/losses.h.
+SOFTPLUS_NEG, SOFTPLUS_POS, HINGE_REAL, HINGE_FAKE, NEG, POS, SQ_ONE, SQ_ZERO = range(8)
+GAN_KINDS = ("bce", "hinge", "wgan", "lsgan")
+# kind -> (term of the real logits, term of the fake logits) of the discriminator loss
+D_TERMS = {
+    "bce": (SOFTPLUS_NEG, SOFTPLUS_POS),
+    "hinge": (HINGE_REAL, HINGE_FAKE),
+    "wgan": (NEG, POS),
+    "lsgan": (SQ_ONE, SQ_ZERO),
+}
+G_TERMS = {"bce": SOFTPLUS_NEG, "hinge": NEG, "wgan": NEG, "lsgan": SQ_ONE}
+# Reconstruction ids: genkern::ReconLoss.
+RECON_BCE_LOGITS, RECON_BCE, RECON_MSE = range(3)
+RECON_LOSSES = ("bce", "mse")
+REDUCTIONS = ("sum", "mean")
+
+
+def _kind(kind) -> str:
+    if kind not in GAN_KINDS:
+        valid = ", ".join(repr(k) for k in GAN_KINDS)
+        raise ValueError(f"kind must be one of {valid}, but got {kind!r}")
+    return kind
+
+
+def check_gan_kind(kind) -> str:
+    return _kind(kind)
+
+
+def check_vae_args(recon_loss, reduction, beta) -> None:
+    if recon_loss not in RECON_LOSSES:
+        valid = ", ".join(repr(k) for k in RECON_LOSSES)
+        raise ValueError(f"recon_loss must be one of {valid}, but got {recon_loss!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"beta must be a float, but got {type(beta).__name__}")
+
+
+def _needs(t: torch.Tensor | None) -> bool:
+    return t is not None and torch.is_grad_enabled() and t.requires_grad
+
+
+# Eager fast path: outside torch.compile / tracing, with plain tensors and no dispatch or function
+# modes, a call goes straight to the backend's kernel (and, when a gradient is needed, through a
+# small autograd.Function with the same backward as the custom op's): the torch.library dispatch
+# costs tens of microseconds a call, more than the whole loss on 4096 logits. Same kernels, same
+# results; torch.compile, export and opcheck see the registered custom ops.
+FAST_EAGER = True
+
+
+def _fast_eager(*tensors) -> bool:
+    return (
+        FAST_EAGER
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+        and all(t is None or type(t) is torch.Tensor for t in tensors)
+    )
+
+
+def _scaled(saved: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor | None:
+    """saved * g; the saved gradient itself when g is a CPU 1 (loss.backward()) and no graph of
+    the backward is built: a full pass less. Safe: it stays a saved tensor of the graph, whose
+    version counter makes autograd refuse it if someone later modifies it in place."""
+    if saved is None:
+        return None
+    if g.device.type == "cpu" and not torch.is_grad_enabled() and g.item() == 1.0:
+        return saved
+    return saved * g
+
+
+class _GanLossFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, real, fake, real_term, fake_term, need_r, need_f, kernel):
+        loss, gr, gf = kernel(real, fake, real_term, fake_term, need_r, need_f)
+        ctx.save_for_backward(gr if need_r else None, gf if need_f else None)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        gr, gf = ctx.saved_tensors
+        return (
+            _scaled(gr, grad),
+            _scaled(gf, grad),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+class _VaeLossFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, recon, target, mu, logvar, rid, beta, scale, mask, kernel):
+        total, rec, kl, *grads = kernel(recon, target, mu, logvar, rid, beta, scale, mask)
+        ctx.save_for_backward(*grads)
+        ctx.beta = beta
+        return total, rec, kl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_total, g_rec, g_kl):
+        gx, gt, gm, glv = ctx.saved_tensors
+        gr = g_total + g_rec
+        gk = g_total * ctx.beta + g_kl
+        return (
+            _scaled(gx, gr),
+            _scaled(gt, gr),
+            _scaled(gm, gk),
+            _scaled(glv, gk),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _gan_call(real, fake, real_term, fake_term, need_r, need_f, name):
+    if _fast_eager(real, fake):
+        kernel = _registry.kernel("gan_loss", name)
+        if not (need_r or need_f):
+            return kernel(real, fake, real_term, fake_term, False, False)[0]
+        if name == "cpu":  # the C++ autograd.Function: a few microseconds instead of tens
+            return _registry.extension().gan_loss_autograd_cpu(
+                fake if real is None else real, fake, real_term, fake_term, real is not None
+            )
+        return _GanLossFn.apply(real, fake, real_term, fake_term, need_r, need_f, kernel)
+    return torch.ops.genkern.gan_loss(real, fake, real_term, fake_term, need_r, need_f, name)[0]
+
+
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "bce", backend: str = "auto"
+) -> torch.Tensor:
+    """The discriminator's loss on real and fake logits (any shapes; means over each tensor).
+
+    kind: "bce" mean(softplus(-r)) + mean(softplus(f)); "hinge" mean(relu(1 - r)) +
+    mean(relu(1 + f)); "wgan" mean(f) - mean(r); "lsgan" 0.5 mean((r - 1)^2) + 0.5 mean(f^2).
+    A 0-dim float32 tensor (float64 for float64 logits); 16-bit logits accumulate in float32.
+    """
+    real_term, fake_term = D_TERMS[_kind(kind)]
+    _checks.check_floating("discriminator_loss", real_logits=real_logits, fake_logits=fake_logits)
+    name = backends.resolve("discriminator_loss", backend, fake_logits)
+    return _gan_call(
+        real_logits,
+        fake_logits,
+        real_term,
+        fake_term,
+        _needs(real_logits),
+        _needs(fake_logits),
+        name,
+    )
+
+
+def generator_loss(
+    fake_logits: torch.Tensor, kind: str = "bce", backend: str = "auto"
+) -> torch.Tensor:
+    """The generator's loss on the discriminator's logits of fakes.
+
+    kind: "bce" mean(softplus(-f)) (non-saturating); "hinge" and "wgan" -mean(f); "lsgan"
+    0.5 mean((f - 1)^2). A 0-dim float32 tensor (float64 for float64 logits).
+    """
+    term = G_TERMS[_kind(kind)]
+    _checks.check_floating("generator_loss", fake_logits=fake_logits)
+    name = backends.resolve("generator_loss", backend, fake_logits)
+    return _gan_call(None, fake_logits, 0, term, False, _needs(fake_logits), name)
+
+
+def vae_loss(
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    recon_loss: str = "bce",
+    beta: float = 1.0,
+    reduction: str = "sum",
+    logits: bool = True,
+    return_components: bool = False,
+    backend: str = "auto",
+):
+    """recon term + beta * KL(N(mu, exp(logvar)) || N(0, 1)), in one fused op.
+
+    recon term: sum of BCE-with-logits(recon, target) (recon_loss="bce", logits=True), of BCE on
+    probabilities with logs clamped at -100 (logits=False), or of (recon - target)^2 ("mse");
+    KL = -0.5 * sum(1 + logvar - mu^2 - exp(logvar)). reduction "sum" returns the sums, "mean"
+    divides them by the batch size recon.shape[0]. return_components=True returns
+    (total, recon_term, kl), each reduced the same way.
+    """
+    check_vae_args(recon_loss, reduction, beta)
+    _checks.check_floating("vae_loss", recon=recon, target=target, mu=mu, logvar=logvar)
+    if target.shape != recon.shape:
+        raise ValueError(
+            f"Target size ({target.size()}) must be the same as input size ({recon.size()})"
+        )
+    if logvar.shape != mu.shape:
+        raise ValueError(f"logvar size ({logvar.size()}) must be the same as mu size ({mu.size()})")
+    scale = 1.0
+    if reduction == "mean":
+        if recon.dim() == 0:
+            raise ValueError(
+                "reduction='mean' divides by the batch size: recon must have a batch "
+                "dimension, but it is 0-dimensional"
+            )
+        scale = 1.0 / recon.shape[0] if recon.shape[0] else float("nan")
+    rid = RECON_MSE if recon_loss == "mse" else (RECON_BCE_LOGITS if logits else RECON_BCE)
+    name = backends.resolve("vae_loss", backend, recon)
+    mask = [_needs(recon), _needs(target), _needs(mu), _needs(logvar)]
+    if _fast_eager(recon, target, mu, logvar):
+        kernel = _registry.kernel("vae_loss", name)
+        if any(mask):
+            if name == "cpu":
+                total, rec, kl = _registry.extension().vae_loss_autograd_cpu(
+                    recon, target, mu, logvar, rid, float(beta), scale
+                )
+            else:
+                total, rec, kl = _VaeLossFn.apply(
+                    recon, target, mu, logvar, rid, float(beta), scale, mask, kernel
+                )
+        else:
+            total, rec, kl = kernel(recon, target, mu, logvar, rid, float(beta), scale, mask)[:3]
+    else:
+        total, rec, kl, *_ = torch.ops.genkern.vae_loss(
+            recon, target, mu, logvar, rid, float(beta), scale, mask, name
+        )
+    return (total, rec, kl) if return_components else total
+
+
+def reparameterize(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """mu + eps * exp(logvar / 2); eps ~ N(0, 1) drawn with `generator` when not given."""
+    _checks.check_floating("reparameterize", mu=mu, logvar=logvar, eps=eps)
+    if logvar.shape != mu.shape:
+        raise ValueError(f"logvar size ({logvar.size()}) must be the same as mu size ({mu.size()})")
+    if eps is None:
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    elif eps.shape != mu.shape:
+        raise ValueError(f"eps size ({eps.size()}) must be the same as mu size ({mu.size()})")
+    name = backends.resolve("reparameterize", backend, mu)
+    z, _ = torch.ops.genkern.reparameterize(mu, logvar, eps, name)
+    return z
+
+
+# ---- the custom ops --------------------------------------------------------------------------
+
+
+def _loss_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _grad_or_empty(t: torch.Tensor | None, need: bool, like: torch.Tensor) -> torch.Tensor:
+    if t is not None and need:
+        return t.new_empty(t.shape)  # contiguous, the kernels' layout
+    return like.new_empty(0)
+
+
+@torch.library.custom_op("genkern::gan_loss", mutates_args=())
+def _gan_loss(
+    real: torch.Tensor | None,
+    fake: torch.Tensor,
+    real_term: int,
+    fake_term: int,
+    need_grad_real: bool,
+    need_grad_fake: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    fwd = _registry.kernel("gan_loss", backend)
+    loss, gr, gf = fwd(real, fake, real_term, fake_term, need_grad_real, need_grad_fake)
+    gr = gr.contiguous() if need_grad_real and real is not None else fake.new_empty(0)
+    gf = gf.contiguous() if need_grad_fake else fake.new_empty(0)
+    return loss, gr, gf
+
+
+@_gan_loss.register_fake
+def _(real, fake, real_term, fake_term, need_grad_real, need_grad_fake, backend):
+    loss = fake.new_empty((), dtype=_loss_dtype(fake))
+    return (
+        loss,
+        _grad_or_empty(real, need_grad_real, fake),
+        _grad_or_empty(fake, need_grad_fake, fake),
+    )
+
+
+def _gan_setup_context(ctx, inputs, output):
+    real, fake, _, _, need_r, need_f, _ = inputs
+    _, gr, gf = output
+    ctx.save_for_backward(gr, gf)
+    ctx.need = (real is not None and need_r, need_f)
+
+
+def _gan_backward(ctx, grad, _gr, _gf):
+    gr, gf = ctx.saved_tensors
+    need_r, need_f = ctx.need
+    return (
+        gr * grad if need_r and ctx.needs_input_grad[0] else None,
+        gf * grad if need_f and ctx.needs_input_grad[1] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_gan_loss.register_autograd(_gan_backward, setup_context=_gan_setup_context)
+
+
+@torch.library.custom_op("genkern::vae_loss", mutates_args=())
+def _vae_loss(
+    recon: torch.Tensor,
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    recon_loss: int,
+    beta: float,
+    scale: float,
+    mask: list[bool],
+    backend: str,
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    fwd = _registry.kernel("vae_loss", backend)
+    total, rec, kl, *grads = fwd(recon, target, mu, logvar, recon_loss, beta, scale, mask)
+    grads = [g.contiguous() if m else recon.new_empty(0) for g, m in zip(grads, mask, strict=True)]
+    return (total, rec, kl, *grads)
+
+
+@_vae_loss.register_fake
+def _(recon, target, mu, logvar, recon_loss, beta, scale, mask, backend):
+    dt = _loss_dtype(recon)
+    scalars = [recon.new_empty((), dtype=dt) for _ in range(3)]
+    grads = [
+        _grad_or_empty(t, m, recon) for t, m in zip((recon, target, mu, logvar), mask, strict=True)
+    ]
+    return (*scalars, *grads)
+
+
+def _vae_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*output[3:])
+    ctx.mask = inputs[7]
+    ctx.beta = inputs[5]
+
+
+def _vae_backward(ctx, g_total, g_rec, g_kl, *_):
+    gx, gt, gm, glv = ctx.saved_tensors
+    mask = [m and n for m, n in zip(ctx.mask, ctx.needs_input_grad[:4], strict=True)]
+    gr = g_total + g_rec
+    gk = g_total * ctx.beta + g_kl
+    return (
+        gx * gr if mask[0] else None,
+        gt * gr if mask[1] else None,
+        gm * gk if mask[2] else None,
+        glv * gk if mask[3] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_vae_loss.register_autograd(_vae_backward, setup_context=_vae_setup_context)
+
+
+@torch.library.custom_op("genkern::reparameterize", mutates_args=())
+def _reparameterize(
+    mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fwd = _registry.kernel("reparameterize", backend)
+    z, std = fwd(mu, logvar, eps)
+    return z.contiguous(), std.contiguous()
+
+
+@_reparameterize.register_fake
+def _(mu, logvar, eps, backend):
+    return mu.new_empty(mu.shape), mu.new_empty(mu.shape)
+
+
+def _reparam_setup_context(ctx, inputs, output):
+    _, _, eps, _ = inputs
+    _, std = output
+    ctx.save_for_backward(eps, std)
+
+
+def _reparam_backward(ctx, g_z, g_std):
+    eps, std = ctx.saved_tensors
+    need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
+    g_lv = (g_z * eps + g_std) * std * 0.5 if need_lv else None
+    return (g_z.clone() if need_mu else None, g_lv, g_z * std if need_eps else None, None)
+
+
+_reparameterize.register_autograd(_reparam_backward, setup_context=_reparam_setup_context)
+
+
+# ---- the "torch" backend: the same math in stock ops ------------------------------------------
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def _softplus(x):
+    return torch.clamp_min(x, 0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def _term_torch(x: torch.Tensor, term: int):
+    """(value, derivative) of a term, elementwise, in x's dtype."""
+    if term == SOFTPLUS_NEG:
+        return _softplus(-x), -torch.sigmoid(-x)
+    if term == SOFTPLUS_POS:
+        return _softplus(x), torch.sigmoid(x)
+    if term in (HINGE_REAL, HINGE_FAKE):
+        sign = -1.0 if term == HINGE_REAL else 1.0
+        t = 1.0 + sign * x
+        return torch.relu(t), torch.where(t <= 0, 0.0, sign).to(x.dtype)
+    if term == NEG:
+        return -x, torch.full_like(x, -1.0)
+    if term == POS:
+        return x, torch.ones_like(x)
+    if term == SQ_ONE:
+        return 0.5 * (x - 1) ** 2, x - 1
+    return 0.5 * x * x, x.clone()
+
+
+def _gan_torch(real, fake, real_term, fake_term, need_r, need_f):
+    loss = torch.zeros((), dtype=_loss_dtype(fake), device=fake.device)
+    grads = []
+    for x, term, need in ((real, real_term, need_r), (fake, fake_term, need_f)):
+        if x is None:
+            grads.append(None)
+            continue
+        v, d = _term_torch(_acc(x), term)
+        loss = loss + v.sum() / x.numel() if x.numel() else loss + float("nan")
+        grads.append((d / x.numel()).to(x.dtype) if need else None)
+    return loss, grads[0], grads[1]
+
+
+def _recon_torch(x, t, rid):
+    if rid == RECON_BCE_LOGITS:
+        a = 1 - t
+        pos = _softplus(-x) + torch.where(a == 0, 0.0, a * x)
+        neg = _softplus(x) - torch.where(t == 0, 0.0, t * x)
+        return torch.where(x > 0, pos, neg), torch.sigmoid(x) - t, -x
+    if rid == RECON_BCE:
+        lx, l1x = torch.log(x).clamp_min(-100), torch.log(1 - x).clamp_min(-100)
+        dx = (x - t) / ((1 - x) * x).clamp_min(1e-12)
+        return -(t * lx + (1 - t) * l1x), dx, l1x - lx
+    r = x - t
+    return r * r, 2 * r, -2 * r
+
+
+def _vae_torch(recon, target, mu, logvar, rid, beta, scale, mask):
+    x, t, m, lv = (_acc(v) for v in (recon, target, mu, logvar))
+    v, dx, dt = _recon_torch(x, t, rid)
+    e = torch.exp(lv)
+    rec = v.sum() * scale
+    kl = (-0.5 * (1 + lv - m * m - e)).sum() * scale
+    grads = [dx, dt, m, 0.5 * (e - 1)]
+    grads = [
+        (g * scale).to(ref.dtype) if need else None
+        for g, ref, need in zip(grads, (recon, target, mu, logvar), mask, strict=True)
+    ]
+    return (rec + beta * kl, rec, kl, *grads)
+
+
+def _reparam_torch(mu, logvar, eps):
+    std = torch.exp(0.5 * _acc(logvar))
+    return (_acc(mu) + _acc(eps) * std).to(mu.dtype), std.to(mu.dtype)
+
+
+def _gan_cpu(real, fake, real_term, fake_term, need_r, need_f):
+    return _registry.extension().gan_loss_cpu(real, fake, real_term, fake_term, need_r, need_f)
+
+
+def _vae_cpu(recon, target, mu, logvar, rid, beta, scale, mask):
+    return _registry.extension().vae_loss_cpu(recon, target, mu, logvar, rid, beta, scale, mask)
+
+
+def _reparam_cpu(mu, logvar, eps):
+    return _registry.extension().reparameterize_cpu(mu, logvar, eps)
+
+
+def _gan_cuda(real, fake, real_term, fake_term, need_r, need_f):
+    return _registry.extension().gan_loss_cuda(real, fake, real_term, fake_term, need_r, need_f)
+
+
+def _vae_cuda(recon, target, mu, logvar, rid, beta, scale, mask):
+    return _registry.extension().vae_loss_cuda(recon, target, mu, logvar, rid, beta, scale, mask)
+
+
+def _reparam_cuda(mu, logvar, eps):
+    return _registry.extension().reparameterize_cuda(mu, logvar, eps)
+
+
+_registry.register(
+    "gan_loss",
+    torch=_gan_torch,
+    cpu=_gan_cpu,
+    cuda=_gan_cuda,
+    triton="genkern.triton.losses:gan_loss_triton",
+)
+_registry.register(
+    "vae_loss",
+    torch=_vae_torch,
+    cpu=_vae_cpu,
+    cuda=_vae_cuda,
+    triton="genkern.triton.losses:vae_loss_triton",
+)
+_registry.register(
+    "reparameterize",
+    torch=_reparam_torch,
+    cpu=_reparam_cpu,
+    cuda=_reparam_cuda,
+    triton="genkern.triton.losses:reparameterize_triton",
+)

@@ -1,0 +1,649 @@
+"""genkern.ops GAN/VAE losses and reparameterize against the float64 reference, every backend."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import assert_unchanged, clones
+from conftest import DEVICE, grid_backends
+
+import genkern
+from genkern import reference, testing
+from genkern.ops import losses as L
+
+KINDS = list(L.GAN_KINDS)
+# (real size, fake size): odd sizes, 1 element, different sizes, PatchGAN-like 4-D
+SIZES = [
+    ((1,), (1,)),
+    ((7,), (5,)),
+    ((3, 1, 3, 3), (2, 1, 3, 3)),
+    ((4097,), (4095,)),
+    ((1000003,), (77,)),
+]
+SMALL_SIZES = SIZES[:4]
+
+
+def _logits(shape, dtype, requires_grad=True, scale=3.0):
+    return testing.make_tensor(shape, dtype, DEVICE, "contiguous", requires_grad, -scale, scale)
+
+
+def _id(s):
+    return "-".join("x".join(map(str, t)) for t in s)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sizes", SIZES, ids=_id)
+def test_discriminator_loss_float64(sizes, kind, backend):
+    r, f = _logits(sizes[0], torch.float64), _logits(sizes[1], torch.float64)
+    before = clones([r, f])
+    testing.check_against_reference(
+        lambda r, f: genkern.ops.discriminator_loss(r, f, kind, backend=backend),
+        lambda r, f: reference.discriminator_loss(r, f, kind),
+        [r, f],
+        torch.float64,
+        backend,
+    )
+    assert_unchanged(before, [r, f])
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sizes", SMALL_SIZES, ids=_id)
+def test_generator_loss_float64(sizes, kind, backend):
+    f = _logits(sizes[1], torch.float64)
+    before = clones([f])
+    testing.check_against_reference(
+        lambda f: genkern.ops.generator_loss(f, kind, backend=backend),
+        lambda f: reference.generator_loss(f, kind),
+        [f],
+        torch.float64,
+        backend,
+    )
+    assert_unchanged(before, [f])
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("kind", KINDS)
+def test_custom_op_path_float64(kind, backend, monkeypatch):
+    monkeypatch.setattr(L, "FAST_EAGER", False)
+    r, f = _logits((7,), torch.float64), _logits((2, 5), torch.float64)
+    testing.check_against_reference(
+        lambda r, f: genkern.ops.discriminator_loss(r, f, kind, backend=backend),
+        lambda r, f: reference.discriminator_loss(r, f, kind),
+        [r, f],
+        torch.float64,
+        backend,
+    )
+    testing.check_against_reference(
+        lambda f: genkern.ops.generator_loss(f, kind, backend=backend),
+        lambda f: reference.generator_loss(f, kind),
+        [f],
+        torch.float64,
+        backend,
+    )
+    inputs = _vae_inputs(torch.float64)
+    testing.check_against_reference(
+        lambda *a: genkern.ops.vae_loss(*a, beta=0.5, reduction="mean", backend=backend),
+        lambda *a: reference.vae_loss(*a, beta=0.5, reduction="mean"),
+        inputs,
+        torch.float64,
+        backend,
+    )
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+@pytest.mark.parametrize("kind", KINDS)
+def test_gan_losses_float32_noncontiguous(kind, backend):
+    r = testing.make_tensor((6, 9), torch.float32, DEVICE, "noncontiguous", True, -4, 4)
+    f = testing.make_tensor((5, 1, 4, 4), torch.float32, DEVICE, "channels_last", True, -4, 4)
+    testing.check_against_reference(
+        lambda r, f: genkern.ops.discriminator_loss(r, f, kind, backend=backend),
+        lambda r, f: reference.discriminator_loss(r, f, kind),
+        [r, f],
+        torch.float32,
+        backend,
+    )
+    testing.check_against_reference(
+        lambda f: genkern.ops.generator_loss(f, kind, backend=backend),
+        lambda f: reference.generator_loss(f, kind),
+        [f],
+        torch.float32,
+        backend,
+    )
+
+
+VAE_CASES = [("bce", True), ("bce", False), ("mse", True)]
+
+
+def _vae_inputs(dtype, shape=(3, 1, 5, 7), latent=(3, 4), logits=True, grads=(True,) * 4):
+    x = testing.make_tensor(shape, dtype, DEVICE, "contiguous", grads[0], -3, 3)
+    if not logits:
+        x = testing.make_tensor(shape, dtype, DEVICE, "contiguous", grads[0], 0.02, 0.98)
+    t = testing.make_tensor(shape, dtype, DEVICE, "contiguous", grads[1], 0, 1)
+    mu = testing.make_tensor(latent, dtype, DEVICE, "contiguous", grads[2], -2, 2)
+    lv = testing.make_tensor(latent, dtype, DEVICE, "contiguous", grads[3], -3, 2)
+    return [x, t, mu, lv]
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("recon,logits", VAE_CASES)
+@pytest.mark.parametrize(
+    "shape,latent", [((3, 1, 5, 7), (3, 4)), ((1, 3), (1, 1)), ((5, 4099), (5, 3))]
+)
+def test_vae_loss_float64(shape, latent, recon, logits, reduction, backend):
+    inputs = _vae_inputs(torch.float64, shape, latent, logits)
+    before = clones(inputs)
+    kw = dict(recon_loss=recon, beta=0.7, reduction=reduction, logits=logits)
+    # every component's value, and gradients flowing through all three outputs
+    ours = genkern.ops.vae_loss(*inputs, **kw, return_components=True, backend=backend)
+    ref = reference.vae_loss(*[t.detach() for t in inputs], **kw, return_components=True)
+    for comp in range(3):
+        testing.assert_close_to_reference(ours[comp], ref[comp], torch.float64, f"comp {comp}")
+
+    def weighted(fn):
+        def run(*a):
+            total, rec, kl = fn(*a, **kw, return_components=True)
+            return total + 2 * rec + 3 * kl
+
+        return run
+
+    testing.check_against_reference(
+        weighted(lambda *a, **k: genkern.ops.vae_loss(*a, **k, backend=backend)),
+        weighted(reference.vae_loss),
+        inputs,
+        torch.float64,
+        backend,
+    )
+    assert_unchanged(before, inputs)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+@pytest.mark.parametrize("recon,logits", VAE_CASES)
+def test_vae_loss_float32(recon, logits, backend):
+    inputs = _vae_inputs(torch.float32, (4, 3, 6, 6), (4, 8), logits, (True, False, True, True))
+    kw = dict(recon_loss=recon, beta=2.0, reduction="mean", logits=logits)
+    testing.check_against_reference(
+        lambda *a: genkern.ops.vae_loss(*a, **kw, backend=backend),
+        lambda *a: reference.vae_loss(*a, **kw),
+        inputs,
+        torch.float32,
+        backend,
+    )
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+def test_reparameterize(backend):
+    mu, lv, eps = (
+        testing.make_tensor((3, 5), torch.float64, DEVICE, "contiguous", True) for _ in range(3)
+    )
+    before = clones([mu, lv, eps])
+    testing.check_against_reference(
+        lambda m, v, e: genkern.ops.reparameterize(m, v, e, backend=backend),
+        reference.reparameterize,
+        [mu, lv, eps],
+        torch.float64,
+        backend,
+    )
+    assert_unchanged(before, [mu, lv, eps])
+    gen = torch.Generator(device=DEVICE).manual_seed(3)
+    z = genkern.ops.reparameterize(mu, lv, generator=gen, backend=backend)
+    eps2 = torch.randn(
+        mu.shape,
+        dtype=mu.dtype,
+        device=DEVICE,
+        generator=torch.Generator(device=DEVICE).manual_seed(3),
+    )
+    torch.testing.assert_close(z, reference.reparameterize(mu, lv, eps2))
+
+
+# ---- extreme values ---------------------------------------------------------------------------
+
+INF, NAN = math.inf, math.nan
+# (kind, real logits, fake logits, expected D loss, expected G loss)
+EXTREMES = [
+    ("bce", [1e4, 1e4], [-1e4], 0.0, 1e4),
+    ("bce", [-1e4], [1e4], 2e4, 0.0),
+    ("bce", [INF], [-INF], 0.0, INF),
+    ("bce", [-INF], [-INF], INF, INF),
+    ("bce", [INF, 0.0], [INF], INF, math.log(2) * 0 + 0.0),
+    ("hinge", [INF], [-INF], 0.0, INF),
+    ("lsgan", [1e4], [-1e4], 0.5 * (1e4 - 1) ** 2 + 0.5 * 1e8, 0.5 * (1e4 + 1) ** 2),
+]
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+@pytest.mark.parametrize("case", EXTREMES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_extreme_logits(case, backend):
+    kind, rv, fv, d_expected, g_expected = case
+    if rv == [INF, 0.0]:
+        d_expected, g_expected = INF, 0.0
+    r = torch.tensor(rv, dtype=torch.float32, device=DEVICE, requires_grad=True)
+    f = torch.tensor(fv, dtype=torch.float32, device=DEVICE, requires_grad=True)
+    before = clones([r, f])
+    d = genkern.ops.discriminator_loss(r, f, kind, backend=backend)
+    g = genkern.ops.generator_loss(f, kind, backend=backend)
+    assert d.dtype == torch.float32 and d.dim() == 0
+    torch.testing.assert_close(d.item(), float(d_expected), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g.item(), float(g_expected), rtol=1e-5, atol=1e-6)
+    gr, gf = torch.autograd.grad(d, (r, f))
+    (gg,) = torch.autograd.grad(g, (f,))
+    for grad in (gr, gf, gg):
+        assert torch.isfinite(grad).all(), grad
+    assert_unchanged(before, [r, f])
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+def test_bce_gradients_at_infinity(backend):
+    r = torch.tensor([INF, -INF, 1e4, -1e4], device=DEVICE, requires_grad=True)
+    f = torch.tensor([INF, -INF, 1e4, -1e4], device=DEVICE, requires_grad=True)
+    d = genkern.ops.discriminator_loss(r, f, "bce", backend=backend)
+    gr, gf = torch.autograd.grad(d, (r, f))
+    torch.testing.assert_close(gr.cpu(), torch.tensor([0.0, -0.25, 0.0, -0.25]))
+    torch.testing.assert_close(gf.cpu(), torch.tensor([0.25, 0.0, 0.25, 0.0]))
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_propagates(kind, backend):
+    r = torch.tensor([0.5, NAN], device=DEVICE, requires_grad=True)
+    f = torch.tensor([0.1], device=DEVICE, requires_grad=True)
+    assert torch.isnan(genkern.ops.discriminator_loss(r, f, kind, backend=backend))
+    assert torch.isnan(genkern.ops.generator_loss(r, kind, backend=backend))
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+def test_vae_extremes(backend):
+    # BCE-with-logits: +-inf logits at matching 0/1 targets give 0, not nan; large logvar stays
+    # finite in float32 where exp does not overflow (as torch's composite).
+    x = torch.tensor([[INF, -INF, 1e4, -1e4]], device=DEVICE, requires_grad=True)
+    t = torch.tensor([[1.0, 0.0, 1.0, 0.0]], device=DEVICE)
+    mu = torch.zeros(1, 2, device=DEVICE, requires_grad=True)
+    lv = torch.tensor([[0.0, 80.0]], device=DEVICE, requires_grad=True)
+    total, rec, kl = genkern.ops.vae_loss(x, t, mu, lv, return_components=True, backend=backend)
+    assert rec.item() == 0.0
+    stock_kl = -0.5 * torch.sum(1 + lv - mu**2 - lv.exp())
+    torch.testing.assert_close(kl, stock_kl.detach())
+    gx, glv = torch.autograd.grad(total, (x, lv))
+    assert torch.isfinite(gx).all() and torch.isfinite(glv).all()
+    x2 = torch.tensor([[NAN, 0.0]], device=DEVICE)
+    assert torch.isnan(genkern.ops.vae_loss(x2, torch.zeros_like(x2), mu, lv, backend=backend))
+
+
+# ---- dtypes, autocast -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", grid_backends(torch.float16))
+def test_low_precision_accumulates_in_float32(dtype, backend):
+    r, f = _logits((4099,), dtype), _logits((3, 1, 8, 8), dtype)
+    d = genkern.ops.discriminator_loss(r, f, "bce", backend=backend)
+    assert d.dtype == torch.float32
+    ref = reference.discriminator_loss(r.detach().double(), f.detach().double(), "bce")
+    # inputs are exact in float64: a float32 accumulation is accurate to ~1e-6
+    torch.testing.assert_close(d.double(), ref, rtol=1e-5, atol=1e-6)
+    gr, gf = torch.autograd.grad(d, (r, f))
+    assert gr.dtype == dtype and gf.dtype == dtype
+    rr, ff = r.detach().double().requires_grad_(), f.detach().double().requires_grad_()
+    grr, gff = torch.autograd.grad(reference.discriminator_loss(rr, ff, "bce"), (rr, ff))
+    rtol = testing.tolerance(dtype)[0]
+    torch.testing.assert_close(gr.double(), grr, rtol=rtol, atol=rtol * grr.abs().max().item())
+    inputs = _vae_inputs(dtype)
+    total = genkern.ops.vae_loss(*inputs, backend=backend)
+    assert total.dtype == torch.float32
+    ref = reference.vae_loss(*[t.detach().double() for t in inputs])
+    torch.testing.assert_close(total.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+def test_autocast(backend):
+    dev_type = "cuda" if DEVICE.startswith("cuda") else "cpu"
+    lin = torch.nn.Linear(8, 1).to(DEVICE)
+    dec = torch.nn.Linear(8, 12).to(DEVICE)
+    x = torch.randn(6, 8, device=DEVICE)
+    target = torch.rand(6, 12, device=DEVICE)
+    with torch.autocast(dev_type, dtype=torch.bfloat16):
+        logits = lin(x)
+        d = genkern.ops.discriminator_loss(logits, logits * 0.5, "bce", backend=backend)
+        recon = torch.sigmoid(dec(x))
+        v = genkern.ops.vae_loss(
+            recon,
+            target.to(recon.dtype),
+            x[:, :4].to(recon.dtype),
+            x[:, 4:].to(recon.dtype),
+            logits=False,
+            backend=backend,
+        )
+    assert d.dtype == torch.float32 and v.dtype == torch.float32
+    (d + v).backward()
+    assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
+
+
+# ---- gradcheck, opcheck, compile -------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_cpu_gan(kind):
+    r = torch.randn(5, dtype=torch.float64) * 3
+    f = torch.randn(2, 3, dtype=torch.float64) * 3
+    r, f = r.requires_grad_(), f.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda r, f: genkern.ops.discriminator_loss(r, f, kind, backend="cpu"), (r, f)
+    )
+    assert torch.autograd.gradcheck(
+        lambda f: genkern.ops.generator_loss(f, kind, backend="cpu"), (f,)
+    )
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("recon,logits", VAE_CASES)
+def test_gradcheck_cpu_vae(recon, logits):
+    inputs = [t.cpu() for t in _vae_inputs(torch.float64, (2, 3), (2, 2), logits)]
+
+    def fn(*a):
+        total, rec, kl = genkern.ops.vae_loss(
+            *a,
+            recon_loss=recon,
+            beta=0.3,
+            logits=logits,
+            reduction="mean",
+            return_components=True,
+            backend="cpu",
+        )
+        return total, rec * 2, kl * 3
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    mu, lv, eps = (torch.randn(2, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(
+        lambda m, v, e: genkern.ops.reparameterize(m, v, e, backend="cpu"), (mu, lv, eps)
+    )
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+def test_opcheck(backend):
+    r, f = _logits((5,), torch.float64), _logits((2, 3), torch.float64)
+    torch.library.opcheck(
+        torch.ops.genkern.gan_loss.default,
+        (r, f, L.SOFTPLUS_NEG, L.SOFTPLUS_POS, True, True, backend),
+    )
+    torch.library.opcheck(
+        torch.ops.genkern.gan_loss.default, (None, f, 0, L.SQ_ONE, False, True, backend)
+    )
+    inputs = _vae_inputs(torch.float64, (2, 3), (2, 2))
+    torch.library.opcheck(
+        torch.ops.genkern.vae_loss.default,
+        (*inputs, L.RECON_BCE_LOGITS, 0.5, 0.5, [True, True, True, True], backend),
+    )
+    torch.library.opcheck(
+        torch.ops.genkern.vae_loss.default,
+        (*inputs, L.RECON_MSE, 1.0, 1.0, [True, False, False, True], backend),
+    )
+    mu, lv, eps = (_logits((2, 3), torch.float64) for _ in range(3))
+    torch.library.opcheck(torch.ops.genkern.reparameterize.default, (mu, lv, eps, backend))
+
+
+def _tiny_gan(seed=0):
+    torch.manual_seed(seed)
+    G = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 6))
+    D = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.LeakyReLU(0.2), torch.nn.Linear(16, 1))
+    return G.to(DEVICE).double(), D.to(DEVICE).double()
+
+
+def _stock_d(r, f):
+    return F.binary_cross_entropy_with_logits(
+        r, torch.ones_like(r)
+    ) + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+
+
+def _stock_g(f):
+    return F.binary_cross_entropy_with_logits(f, torch.ones_like(f))
+
+
+def _train_gan(d_loss, g_loss, steps=4, compile=False):
+    G, D = _tiny_gan()
+    opt_g = torch.optim.Adam(G.parameters(), 1e-2)
+    opt_d = torch.optim.Adam(D.parameters(), 1e-2)
+    gen = torch.Generator().manual_seed(1)
+    real = torch.randn(8, 6, generator=gen, dtype=torch.float64).to(DEVICE) + 2
+
+    def d_step(z):  # the forward of a D step; its backward is compiled by AOT autograd
+        return d_loss(D(real), D(G(z).detach()))
+
+    def g_step(z):
+        return g_loss(D(G(z)))
+
+    if compile:
+        d_step = torch.compile(d_step, fullgraph=True, backend="aot_eager")
+        g_step = torch.compile(g_step, fullgraph=True, backend="aot_eager")
+    losses = []
+    for _ in range(steps):
+        z = torch.randn(8, 4, generator=gen, dtype=torch.float64).to(DEVICE)
+        opt_d.zero_grad()
+        ld = d_step(z)
+        ld.backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        lg = g_step(z)
+        lg.backward()
+        opt_g.step()
+        losses.append((ld.item(), lg.item()))
+    return losses
+
+
+@pytest.mark.parametrize("fast_eager", [True, False])
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+def test_tiny_gan_trains_like_stock(backend, fast_eager, monkeypatch):
+    # both eager paths: straight to the kernel (default), and through the registered custom op
+    monkeypatch.setattr(L, "FAST_EAGER", fast_eager)
+    stock = _train_gan(_stock_d, _stock_g)
+    ours = _train_gan(
+        lambda r, f: genkern.ops.discriminator_loss(r, f, backend=backend),
+        lambda f: genkern.ops.generator_loss(f, backend=backend),
+    )
+    torch.testing.assert_close(ours, stock, rtol=1e-9, atol=1e-9)
+
+
+def test_tiny_gan_compiled_fullgraph():
+    torch._dynamo.reset()
+    loss = genkern.nn.GANLoss("bce")
+    stock = _train_gan(_stock_d, _stock_g, steps=2)
+    ours = _train_gan(loss.discriminator, loss.generator, steps=2, compile=True)
+    torch.testing.assert_close(ours, stock, rtol=1e-9, atol=1e-9)
+
+
+def test_compile_inductor_no_graph_break():
+    torch._dynamo.reset()
+
+    def fn(r, f, x, t, mu, lv):
+        return genkern.ops.discriminator_loss(r, f, "hinge") + genkern.ops.vae_loss(
+            x, t, mu, lv, reduction="mean"
+        )
+
+    args = [
+        _logits((5,), torch.float32),
+        _logits((3,), torch.float32),
+        *_vae_inputs(torch.float32, (2, 3), (2, 2)),
+    ]
+    explanation = torch._dynamo.explain(fn)(*args)
+    assert explanation.graph_break_count == 0
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True)(*args), fn(*args))
+
+
+@pytest.mark.parametrize("fast_eager", [True, False])
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+def test_tiny_vae_trains_like_stock(backend, fast_eager, monkeypatch):
+    monkeypatch.setattr(L, "FAST_EAGER", fast_eager)
+
+    def train(loss_fn):
+        torch.manual_seed(0)
+        enc = torch.nn.Linear(12, 8).to(DEVICE).double()
+        dec = torch.nn.Linear(4, 12).to(DEVICE).double()
+        opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], 1e-2)
+        gen = torch.Generator().manual_seed(2)
+        x = torch.rand(6, 12, generator=gen, dtype=torch.float64).to(DEVICE)
+        out = []
+        for _ in range(4):
+            h = enc(x)
+            mu, lv = h[:, :4], h[:, 4:]
+            eps = torch.randn(mu.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+            z = (
+                genkern.ops.reparameterize(mu, lv, eps, backend=backend)
+                if loss_fn is not None
+                else mu + eps * torch.exp(0.5 * lv)
+            )
+            logits = dec(z)
+            if loss_fn is None:
+                loss = reference.vae_loss(logits, x, mu, lv, reduction="mean")
+            else:
+                loss = loss_fn(logits, x, mu, lv)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    vae = genkern.nn.VAELoss(reduction="mean", backend=backend)
+    torch.testing.assert_close(train(vae), train(None), rtol=1e-9, atol=1e-9)
+
+
+# ---- modules, misc, bad inputs ---------------------------------------------------------------
+
+
+def test_modules():
+    loss = genkern.nn.GANLoss("lsgan")
+    r, f = _logits((4,), torch.float64), _logits((3,), torch.float64)
+    torch.testing.assert_close(loss(r, f), reference.discriminator_loss(r, f, "lsgan"))
+    torch.testing.assert_close(loss(f), reference.generator_loss(f, "lsgan"))
+    assert "lsgan" in repr(loss)
+    vae = genkern.nn.VAELoss("mse", beta=4.0)
+    inputs = _vae_inputs(torch.float64)
+    torch.testing.assert_close(vae(*inputs), reference.vae_loss(*inputs, "mse", 4.0))
+
+
+def test_deterministic_and_thread_independent():
+    if "cpu" not in grid_backends(torch.float32):
+        pytest.skip("the C++ extension genkern._C is not built")
+    r, f = _logits((300001,), torch.float32, False), _logits((70001,), torch.float32, False)
+    a = genkern.ops.discriminator_loss(r, f, backend="cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        b = genkern.ops.discriminator_loss(r, f, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a, b)
+
+
+def test_empty_inputs_give_nan_like_torch_mean():
+    for backend in grid_backends(torch.float32):
+        e = torch.empty(0, device=DEVICE, requires_grad=True)
+        assert torch.isnan(genkern.ops.generator_loss(e, backend=backend))
+
+
+_R, _F = torch.randn(4), torch.randn(5)
+_VAE = [torch.randn(2, 3), torch.rand(2, 3), torch.randn(2, 2), torch.randn(2, 2)]
+BAD_INPUTS = [
+    (
+        "unknown kind",
+        lambda: genkern.ops.discriminator_loss(_R, _F, "wasserstein"),
+        ValueError,
+        "kind must be one of 'bce', 'hinge', 'wgan', 'lsgan'",
+    ),
+    (
+        "unknown kind G",
+        lambda: genkern.ops.generator_loss(_F, "ns"),
+        ValueError,
+        "kind must be one of",
+    ),
+    ("module kind", lambda: genkern.nn.GANLoss("x"), ValueError, "kind must be one of"),
+    ("integer logits", lambda: genkern.ops.generator_loss(_F.long()), TypeError, "floating-point"),
+    (
+        "dtype mismatch",
+        lambda: genkern.ops.discriminator_loss(_R, _F.double()),
+        RuntimeError,
+        "same dtype",
+    ),
+    (
+        "target size",
+        lambda: genkern.ops.vae_loss(_VAE[0], torch.rand(2, 4), *_VAE[2:]),
+        ValueError,
+        r"Target size \(torch.Size\(\[2, 4\]\)\) must be the same as input size "
+        r"\(torch.Size\(\[2, 3\]\)\)",
+    ),
+    (
+        "logvar size",
+        lambda: genkern.ops.vae_loss(*_VAE[:3], torch.randn(2, 3)),
+        ValueError,
+        "logvar size",
+    ),
+    (
+        "recon loss",
+        lambda: genkern.ops.vae_loss(*_VAE, recon_loss="l1"),
+        ValueError,
+        "recon_loss must be one of 'bce', 'mse'",
+    ),
+    (
+        "reduction",
+        lambda: genkern.ops.vae_loss(*_VAE, reduction="none"),
+        ValueError,
+        "none is not a valid value for reduction",
+    ),
+    ("beta", lambda: genkern.ops.vae_loss(*_VAE, beta="1"), TypeError, "beta must be a float"),
+    (
+        "eps size",
+        lambda: genkern.ops.reparameterize(_VAE[2], _VAE[3], torch.randn(3)),
+        ValueError,
+        "eps size",
+    ),
+    (
+        "unknown backend",
+        lambda: genkern.ops.generator_loss(_F, backend="metal"),
+        ValueError,
+        "backend must be one of",
+    ),
+]
+
+
+@pytest.mark.parametrize("desc,fn,exc,pattern", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_raise_clearly(desc, fn, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        fn()
+
+
+def test_backward_with_unit_grad_retain_graph_and_accumulation():
+    for backend in grid_backends(torch.float64):
+        f = _logits((9,), torch.float64)
+        loss = genkern.ops.generator_loss(f, backend=backend)
+        loss.backward(retain_graph=True)
+        first = f.grad.clone()
+        loss.backward()  # accumulates: twice the gradient
+        torch.testing.assert_close(f.grad, 2 * first)
+        ref = f.detach().requires_grad_()
+        reference.generator_loss(ref).backward()
+        torch.testing.assert_close(first, ref.grad)
+        # a gradient handed out by autograd.grad may be modified without corrupting the graph
+        loss2 = genkern.ops.generator_loss(f, backend=backend)
+        (g,) = torch.autograd.grad(loss2, f, retain_graph=True)
+        g.mul_(0)
+        try:
+            (g2,) = torch.autograd.grad(loss2, f)
+        except RuntimeError as exc:  # autograd refuses a modified saved tensor: never silent
+            assert "modified by an inplace operation" in str(exc)
+        else:
+            torch.testing.assert_close(g2, first)
+
+
+def test_double_backward_refused_not_silent():
+    for backend in grid_backends(torch.float64):
+        f = _logits((5,), torch.float64)
+        loss = genkern.ops.generator_loss(f, backend=backend)
+        with pytest.raises(RuntimeError):
+            (g,) = torch.autograd.grad(loss, f, create_graph=True)
+            g.sum().backward()
