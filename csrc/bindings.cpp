@@ -2,6 +2,9 @@
 #include <torch/extension.h>
 
 #include "cpu/conv2d_act.h"
+// issue 4: batch_norm + activation, pooling, upsampling
+#include "cpu/batch_norm_act.h"
+#include "cpu/pool.h"
 #include "genkern/activation.h"
 
 #ifdef GENKERN_WITH_CUDA
@@ -19,6 +22,15 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("conv2d_act_forward_cpu", &genkern::cpu::conv2d_act_forward_cpu);
   m.def("conv2d_act_backward_cpu", &genkern::cpu::conv2d_act_backward_cpu);
+  // issue 4: batch_norm + activation, pooling, upsampling
+  m.def("batch_norm_act_forward_cpu", &genkern::cpu::batch_norm_act_forward_cpu);
+  m.def("batch_norm_act_backward_cpu", &genkern::cpu::batch_norm_act_backward_cpu);
+  m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
+  m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);
+  m.def("avg_pool2d_forward_cpu", &genkern::cpu::avg_pool2d_forward_cpu);
+  m.def("avg_pool2d_backward_cpu", &genkern::cpu::avg_pool2d_backward_cpu);
+  m.def("upsample_nearest2d_forward_cpu", &genkern::cpu::upsample_nearest2d_forward_cpu);
+  m.def("upsample_nearest2d_backward_cpu", &genkern::cpu::upsample_nearest2d_backward_cpu);
 #ifdef GENKERN_WITH_CUDA
   m.def("conv2d_act_forward_cuda", &genkern::cuda::conv2d_act_forward_cuda);
   m.def("conv2d_act_backward_cuda", &genkern::cuda::conv2d_act_backward_cuda);
