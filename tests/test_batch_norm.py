@@ -85,7 +85,7 @@ def test_no_affine(training, backend):
 @pytest.mark.parametrize("act,slope", [("relu", 0.01), ("leaky_relu", 0.2), ("tanh", 0.01)])
 def test_float32_against_float64_reference(act, slope, layout, backend):
     (x, w, b), (rm, rv) = _make((8, 16, 9, 9), torch.float32, layout)
-    x = (x.detach() * 3 + 5).requires_grad_()  # an offset mean: a naive sum of squares would lose it
+    x = (x.detach() * 3 + 5).requires_grad_()  # an offset mean, as real activations have
     _run_both(x, w, b, rm, rv, True, act, slope, backend, torch.float32, backend)
 
 
@@ -111,8 +111,8 @@ def test_low_precision_like_stock(dtype):
     stock_out, _, stock_grads = testing.forward_and_grads(f_ref, stock_in, grad_out)
     for backend in backends:
         out, _, grads = testing.forward_and_grads(
-            lambda x, w, b: genkern.ops.batch_norm(x, None, None, w, b, True, activation="relu",
-                                                   backend=backend),
+            lambda x, w, b, backend=backend: genkern.ops.batch_norm(
+                x, None, None, w, b, True, activation="relu", backend=backend),
             [t.detach().requires_grad_() for t in (x, w, b)], grad_out)
         assert out.dtype == dtype
         testing.assert_like_stock(out, stock_out, ref_out, dtype, f"{backend} forward")
