@@ -156,7 +156,8 @@ def test_opcheck(backend):
                                                        backend))
         y, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True, backend)
         torch.library.opcheck(ops.max_pool2d_backward.default,
-                              (torch.randn_like(y), idx, list(x.shape), cl, backend))
+                              (torch.randn_like(y), idx, list(x.shape), cl, [3, 3], [2, 2],
+                               [1, 1], [1, 1], backend))
         torch.library.opcheck(ops.avg_pool2d.default, (x, [3, 2], [2, 1], [1, 1], True, False, 0,
                                                        backend))
         y = ops.avg_pool2d(x.detach(), [3, 2], [2, 1], [1, 1], True, False, 0, backend)

@@ -51,28 +51,36 @@ struct Moments {
   }
 };
 
-// (mean, M2) of p[0:n) in two cache-resident passes (n <= kChunk), opmath lanes.
+// (mean, M2) of `segs` segments of `len` elements at stride `stride` from p (segs * len <=
+// kChunk: cache-resident), in two passes with opmath lanes.
 template <typename scalar_t, typename opmath_t>
-inline void chunk_moments(const scalar_t* p, int64_t n, double& mean, double& m2) {
+inline void chunk_moments(const scalar_t* p, int64_t segs, int64_t len, int64_t stride,
+                          double& mean, double& m2) {
   opmath_t acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += opmath_t(p[i + j]);
   opmath_t s = 0;
-  for (; i < n; ++i) s += opmath_t(p[i]);
+  for (int64_t k = 0; k < segs; ++k) {
+    const scalar_t* q = p + k * stride;
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) acc[j] += opmath_t(q[i + j]);
+    for (; i < len; ++i) s += opmath_t(q[i]);
+  }
   for (int j = 0; j < kLanes; ++j) s += acc[j];
-  const opmath_t m = s / opmath_t(n);
+  const opmath_t m = s / opmath_t(segs * len);
   opmath_t acc2[kLanes] = {};
-  i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const opmath_t d = opmath_t(p[i + j]) - m;
-      acc2[j] += d * d;
-    }
   opmath_t s2 = 0;
-  for (; i < n; ++i) {
-    const opmath_t d = opmath_t(p[i]) - m;
-    s2 += d * d;
+  for (int64_t k = 0; k < segs; ++k) {
+    const scalar_t* q = p + k * stride;
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) {
+        const opmath_t d = opmath_t(q[i + j]) - m;
+        acc2[j] += d * d;
+      }
+    for (; i < len; ++i) {
+      const opmath_t d = opmath_t(q[i]) - m;
+      s2 += d * d;
+    }
   }
   for (int j = 0; j < kLanes; ++j) s2 += acc2[j];
   mean = double(m);
@@ -133,13 +141,23 @@ void batch_moments(const scalar_t* xp, const View& v, std::vector<double>& mean,
     at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         Moments m;
-        for (int64_t o = 0; o < v.outer; ++o) {
-          const scalar_t* plane = xp + (o * C + c) * v.inner;
-          for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
-            const int64_t n = std::min(kChunk, v.inner - i0);
-            double cm, cm2;
-            chunk_moments<scalar_t, opmath_t>(plane + i0, n, cm, cm2);
-            m.merge(double(n), cm, cm2);
+        double cm, cm2;
+        if (v.inner <= kChunk) {  // groups of whole planes of this channel
+          const int64_t group = std::max<int64_t>(1, kChunk / v.inner);
+          for (int64_t o0 = 0; o0 < v.outer; o0 += group) {
+            const int64_t segs = std::min(group, v.outer - o0);
+            chunk_moments<scalar_t, opmath_t>(xp + (o0 * C + c) * v.inner, segs, v.inner,
+                                              C * v.inner, cm, cm2);
+            m.merge(double(segs * v.inner), cm, cm2);
+          }
+        } else {  // large planes: fixed chunks of each
+          for (int64_t o = 0; o < v.outer; ++o) {
+            const scalar_t* plane = xp + (o * C + c) * v.inner;
+            for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
+              const int64_t n = std::min(kChunk, v.inner - i0);
+              chunk_moments<scalar_t, opmath_t>(plane + i0, 1, n, 0, cm, cm2);
+              m.merge(double(n), cm, cm2);
+            }
           }
         }
         mean[c] = m.mean;
@@ -348,11 +366,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
             for (int64_t c = c0; c < c1; ++c) {
               const opmath_t m = meanv[c];
               double tg = 0, tgx = 0;
+              opmath_t a[kLanes] = {}, b[kLanes] = {};
+              int64_t pending = 0;  // elements in the lanes; flushed to double every kChunk
               for (int64_t o = 0; o < v.outer; ++o) {
                 const int64_t base = (o * C + c) * v.inner;
                 for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
                   const int64_t n = std::min(kChunk, v.inner - i0);
-                  opmath_t a[kLanes] = {}, b[kLanes] = {};
                   int64_t i = 0;
                   const int64_t off = base + i0;
                   for (; i + kLanes <= n; i += kLanes)
@@ -367,13 +386,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
                     ra += g;
                     rb += g * (opmath_t(xp[off + i]) - m);
                   }
-                  for (int j = 0; j < kLanes; ++j) {
-                    ra += a[j];
-                    rb += b[j];
-                  }
                   tg += double(ra);
                   tgx += double(rb);
+                  pending += n;
+                  if (pending >= kChunk) {
+                    for (int j = 0; j < kLanes; ++j) {
+                      tg += double(a[j]);
+                      tgx += double(b[j]);
+                      a[j] = b[j] = 0;
+                    }
+                    pending = 0;
+                  }
                 }
+              }
+              for (int j = 0; j < kLanes; ++j) {
+                tg += double(a[j]);
+                tgx += double(b[j]);
               }
               sum_g[c] = tg;
               sum_gx[c] = tgx;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 namespace genkern::cpu {
 namespace {
@@ -50,12 +51,44 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
     int64_t* ip = idx.data_ptr<int64_t>();
     if (fmt == at::MemoryFormat::Contiguous) {
       const bool simple = pH == 0 && pW == 0 && dH == 1 && dW == 1 && kH == 2 && kW == 2;
+      const bool s2 = simple && sH == 2 && sW == 2;
       at::parallel_for(0, N * C, grain_for(OH * OW * kH * kW), [&](int64_t p0, int64_t p1) {
+        std::vector<int32_t> tap(OW);
         for (int64_t p = p0; p < p1; ++p) {
           const scalar_t* plane = xp + p * IH * IW;
           scalar_t* yo = yp + p * OH * OW;
           int64_t* io = ip + p * OH * OW;
           for (int64_t oh = 0; oh < OH; ++oh) {
+            if (s2 && (oh * 2 + 1) < IH && (OW * 2) <= IW) {
+              // the CNNs' 2x2 / 2 pool: branch-free over a row (vectorizes), torch's tap order
+              const scalar_t* r0 = plane + oh * 2 * IW;
+              const scalar_t* r1 = r0 + IW;
+              scalar_t* yr = yo + oh * OW;
+              int32_t* t = tap.data();
+              const int32_t iw1 = int32_t(IW), iw2 = int32_t(IW + 1);
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                opmath_t best = opmath_t(r0[2 * ow]);
+                int32_t k = 0;
+                opmath_t v = opmath_t(r0[2 * ow + 1]);
+                bool take = (v > best) | (v != v);
+                best = take ? v : best;
+                k = take ? 1 : k;
+                v = opmath_t(r1[2 * ow]);
+                take = (v > best) | (v != v);
+                best = take ? v : best;
+                k = take ? iw1 : k;
+                v = opmath_t(r1[2 * ow + 1]);
+                take = (v > best) | (v != v);
+                best = take ? v : best;
+                k = take ? iw2 : k;
+                yr[ow] = scalar_t(best);
+                t[ow] = k;
+              }
+              const int64_t base = oh * 2 * IW;
+              int64_t* ir = io + oh * OW;
+              for (int64_t ow = 0; ow < OW; ++ow) ir[ow] = base + 2 * ow + int64_t(t[ow]);
+              continue;
+            }
             if (simple && (oh * sH + 1) < IH && ((OW - 1) * sW + 1) < IW) {
               // 2x2 window wholly inside: the four taps in torch's order, no bounds logic
               const int64_t ih = oh * sH;
@@ -234,11 +267,24 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kern
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     if (fmt == at::MemoryFormat::Contiguous) {
+      const bool s2 = kH == 2 && kW == 2 && sH == 2 && sW == 2 && pH == 0 && pW == 0;
       at::parallel_for(0, N * C, grain_for(OH * OW * kH * kW), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           const scalar_t* plane = xp + p * IH * IW;
           scalar_t* yo = yp + p * OH * OW;
-          for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            if (s2 && (oh * 2 + 1) < IH && OW * 2 <= IW) {  // whole 2x2 windows, divisor 4
+              const scalar_t* r0 = plane + oh * 2 * IW;
+              const scalar_t* r1 = r0 + IW;
+              scalar_t* yr = yo + oh * OW;
+              const opmath_t div = opmath_t(divisor_override > 0 ? divisor_override : 4);
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const opmath_t sum = ((opmath_t(0) + opmath_t(r0[2 * ow]) + opmath_t(r0[2 * ow + 1])) +
+                                      opmath_t(r1[2 * ow])) + opmath_t(r1[2 * ow + 1]);
+                yr[ow] = scalar_t(sum / div);
+              }
+              continue;
+            }
             for (int64_t ow = 0; ow < OW; ++ow) {
               const AvgWindow w = avg_window(oh, ow, IH, IW, kH, kW, sH, sW, pH, pW,
                                              count_include_pad, divisor_override);
@@ -251,6 +297,7 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kern
                 for (int64_t iw = w.w0; iw < w.w1; ++iw) sum += opmath_t(plane[ih * IW + iw]);
               yo[oh * OW + ow] = scalar_t(sum / opmath_t(w.divisor));
             }
+          }
         }
       });
     } else {

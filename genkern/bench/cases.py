@@ -5,7 +5,11 @@ from __future__ import annotations
 from genkern.bench import cases_conv2d
 from genkern.bench.case import Case
 
+# issue 4: batch_norm + activation, pooling
+from genkern.bench import cases_batchnorm, cases_pool  # isort: skip
+
 ALL_CASES: list[Case] = [*cases_conv2d.CASES]
+ALL_CASES += [*cases_batchnorm.CASES, *cases_pool.CASES]  # issue 4
 
 
 def select(quick: bool = False, filter: str | None = None) -> list[Case]:

@@ -357,3 +357,9 @@ def _backward_cpu(grad_y, saved, x, weight, mean, invstd, training, act, slope, 
 
 _registry.register("batch_norm_act_forward", torch=_forward_torch, cpu=_forward_cpu)
 _registry.register("batch_norm_act_backward", torch=_backward_torch, cpu=_backward_cpu)
+_registry.register(
+    "batch_norm_act_forward", triton="genkern.triton.batch_norm:batch_norm_act_forward_triton"
+)
+_registry.register(
+    "batch_norm_act_backward", triton="genkern.triton.batch_norm:batch_norm_act_backward_triton"
+)

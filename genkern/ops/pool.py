@@ -247,29 +247,42 @@ def _max_pool2d_backward(
     indices: torch.Tensor,
     input_size: list[int],
     channels_last: bool,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
     backend: str,
 ) -> torch.Tensor:
     gx = _zeros(input_size, channels_last, grad_y)
     if gx.numel() == 0 or grad_y.numel() == 0:
         return gx
-    return _registry.kernel("max_pool2d_backward", backend)(grad_y, indices, gx)
+    return _registry.kernel("max_pool2d_backward", backend)(
+        grad_y, indices, gx, kernel, stride, padding, dilation
+    )
 
 
 @_max_pool2d_backward.register_fake
-def _(grad_y, indices, input_size, channels_last, backend):
+def _(grad_y, indices, input_size, channels_last, kernel, stride, padding, dilation, backend):
     return _empty(input_size, channels_last, grad_y)
 
 
 def _max_setup(ctx, inputs, output):
     x, kernel, stride, padding, dilation, ceil_mode, backend = inputs
     ctx.save_for_backward(output[1])
-    ctx.args = (list(x.shape), _format(x) == torch.channels_last, backend)
+    ctx.args = (
+        list(x.shape),
+        _format(x) == torch.channels_last,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        backend,
+    )
 
 
 def _max_backward(ctx, grad_y, _grad_idx):
     (idx,) = ctx.saved_tensors
-    size, cl, backend = ctx.args
-    gx = torch.ops.genkern.max_pool2d_backward(grad_y, idx, size, cl, backend)
+    gx = torch.ops.genkern.max_pool2d_backward(grad_y, idx, *ctx.args)
     return gx, None, None, None, None, None, None
 
 
@@ -440,7 +453,7 @@ def _max_fwd_torch(x, kernel, stride, padding, dilation, ceil_mode, hw):
     )
 
 
-def _max_bwd_torch(grad_y, indices, gx):
+def _max_bwd_torch(grad_y, indices, gx, kernel, stride, padding, dilation):
     n, c = gx.shape[:2]
     flat = torch.zeros(n, c, gx.shape[2] * gx.shape[3], dtype=grad_y.dtype, device=grad_y.device)
     flat.scatter_add_(2, indices.reshape(n, c, -1), grad_y.reshape(n, c, -1))
@@ -477,7 +490,7 @@ def _max_fwd_cpu(x, kernel, stride, padding, dilation, ceil_mode, hw):
     return _ext().max_pool2d_forward_cpu(x, kernel, stride, padding, dilation, hw)
 
 
-def _max_bwd_cpu(grad_y, indices, gx):
+def _max_bwd_cpu(grad_y, indices, gx, kernel, stride, padding, dilation):
     return _ext().max_pool2d_backward_cpu(grad_y, indices, gx)
 
 
@@ -514,3 +527,11 @@ _registry.register("avg_pool2d_forward", torch=_avg_fwd_torch, cpu=_avg_fwd_cpu)
 _registry.register("avg_pool2d_backward", torch=_avg_bwd_torch, cpu=_avg_bwd_cpu)
 _registry.register("upsample_nearest2d_forward", torch=_up_fwd_torch, cpu=_up_fwd_cpu)
 _registry.register("upsample_nearest2d_backward", torch=_up_bwd_torch, cpu=_up_bwd_cpu)
+
+_T = "genkern.triton.pool:"
+_registry.register("max_pool2d_forward", triton=_T + "max_pool2d_forward_triton")
+_registry.register("max_pool2d_backward", triton=_T + "max_pool2d_backward_triton")
+_registry.register("avg_pool2d_forward", triton=_T + "avg_pool2d_forward_triton")
+_registry.register("avg_pool2d_backward", triton=_T + "avg_pool2d_backward_triton")
+_registry.register("upsample_nearest2d_forward", triton=_T + "upsample_nearest2d_forward_triton")
+_registry.register("upsample_nearest2d_backward", triton=_T + "upsample_nearest2d_backward_triton")
