@@ -9,6 +9,7 @@
 
 #ifdef GENKERN_WITH_CUDA
 #include "cuda/conv2d_act_cuda.h"
+#include "cuda/norm_pool_cuda.h"  // issue 4
 #endif
 
 PYBIND11_MODULE(_C, m) {
@@ -34,5 +35,16 @@ PYBIND11_MODULE(_C, m) {
 #ifdef GENKERN_WITH_CUDA
   m.def("conv2d_act_forward_cuda", &genkern::cuda::conv2d_act_forward_cuda);
   m.def("conv2d_act_backward_cuda", &genkern::cuda::conv2d_act_backward_cuda);
+  // issue 4: batch_norm + activation, pooling, upsampling
+  m.def("batch_norm_stats_cuda", &genkern::cuda::batch_norm_stats_cuda);
+  m.def("batch_norm_apply_cuda", &genkern::cuda::batch_norm_apply_cuda);
+  m.def("batch_norm_backward_reduce_cuda", &genkern::cuda::batch_norm_backward_reduce_cuda);
+  m.def("batch_norm_backward_apply_cuda", &genkern::cuda::batch_norm_backward_apply_cuda);
+  m.def("max_pool2d_forward_cuda", &genkern::cuda::max_pool2d_forward_cuda);
+  m.def("max_pool2d_backward_cuda", &genkern::cuda::max_pool2d_backward_cuda);
+  m.def("avg_pool2d_forward_cuda", &genkern::cuda::avg_pool2d_forward_cuda);
+  m.def("avg_pool2d_backward_cuda", &genkern::cuda::avg_pool2d_backward_cuda);
+  m.def("upsample_nearest2d_forward_cuda", &genkern::cuda::upsample_nearest2d_forward_cuda);
+  m.def("upsample_nearest2d_backward_cuda", &genkern::cuda::upsample_nearest2d_backward_cuda);
 #endif
 }

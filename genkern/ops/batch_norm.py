@@ -125,13 +125,12 @@ def _batch_norm_update_stats(
     momentum: float,
     count: int,
 ) -> None:
-    """running = (1 - momentum) * running + momentum * batch (unbiased variance), in float64."""
+    """running += momentum * (batch - running) (unbiased variance): one lerp_ each."""
     if running_mean is not None:
-        new = running_mean.double() * (1 - momentum) + mean.double() * momentum
-        running_mean.copy_(new)
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
     if running_var is not None:
-        unbiased = var.double() * (count / (count - 1)) if count > 1 else var.double() / 0.0
-        running_var.copy_(running_var.double() * (1 - momentum) + unbiased * momentum)
+        factor = count / (count - 1) if count > 1 else float("inf")
+        running_var.lerp_((var * factor).to(running_var.dtype), momentum)
 
 
 @_batch_norm_update_stats.register_fake
@@ -363,3 +362,45 @@ _registry.register(
 _registry.register(
     "batch_norm_act_backward", triton="genkern.triton.batch_norm:batch_norm_act_backward_triton"
 )
+
+
+def _coefficients_forward(mean, var, weight, bias, eps):
+    """(invstd, scale, shift) per channel, in float64 then the statistics' dtype."""
+    invstd = torch.rsqrt(var.double() + eps)
+    w = weight.double() if weight is not None else torch.ones_like(invstd)
+    b = bias.double() if bias is not None else torch.zeros_like(invstd)
+    return invstd, w * invstd, b - mean.double() * w * invstd
+
+
+def _forward_cuda(x, weight, bias, rm, rv, training, eps, act, slope, save_preact):
+    ext = _registry.extension()
+    st = _stat_dtype(x.dtype)
+    if training:
+        mean, var = ext.batch_norm_stats_cuda(x)
+    else:
+        mean, var = rm.to(st), rv.to(st)
+    invstd, scale, shift = _coefficients_forward(mean, var, weight, bias, eps)
+    y, pre = ext.batch_norm_apply_cuda(x, scale, shift, act, slope, save_preact)
+    return y, mean.to(st), invstd.to(st), var.to(st), pre if save_preact else None
+
+
+def _backward_cuda(grad_y, saved, x, weight, mean, invstd, training, act, slope, mask):
+    ext = _registry.extension()
+    sum_g, sum_gx = ext.batch_norm_backward_reduce_cuda(grad_y, saved, x, mean, act, slope)
+    inv = invstd.double()
+    gw, gb = (sum_gx.double() * inv).to(x.dtype), sum_g.to(x.dtype)
+    if not mask[0]:
+        return x.new_empty(0), gw, gb
+    count = x.numel() // x.shape[1]
+    a = inv if weight is None else weight.double() * inv
+    if training:
+        kb = -a * inv * (sum_gx.double() * inv / count)
+        kc = -a * (sum_g.double() / count) - kb * mean.double()
+    else:
+        kb, kc = torch.zeros_like(a), torch.zeros_like(a)
+    gx = ext.batch_norm_backward_apply_cuda(grad_y, saved, x, a, kb, kc, act, slope)
+    return gx, gw, gb
+
+
+_registry.register("batch_norm_act_forward", cuda=_forward_cuda)
+_registry.register("batch_norm_act_backward", cuda=_backward_cuda)

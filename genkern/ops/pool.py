@@ -535,3 +535,44 @@ _registry.register("avg_pool2d_forward", triton=_T + "avg_pool2d_forward_triton"
 _registry.register("avg_pool2d_backward", triton=_T + "avg_pool2d_backward_triton")
 _registry.register("upsample_nearest2d_forward", triton=_T + "upsample_nearest2d_forward_triton")
 _registry.register("upsample_nearest2d_backward", triton=_T + "upsample_nearest2d_backward_triton")
+
+
+# CUDA (csrc/cuda/norm_pool_kernels.cu): the backward kernels gather and write all of grad_x.
+def _max_fwd_cuda(x, kernel, stride, padding, dilation, ceil_mode, hw):
+    return _ext().max_pool2d_forward_cuda(x, kernel, stride, padding, dilation, hw)
+
+
+def _max_bwd_cuda(grad_y, indices, gx, kernel, stride, padding, dilation):
+    return _ext().max_pool2d_backward_cuda(grad_y, indices, gx, kernel, stride, padding, dilation)
+
+
+def _avg_fwd_cuda(x, kernel, stride, padding, hw, ceil_mode, cip, div):
+    return _ext().avg_pool2d_forward_cuda(x, kernel, stride, padding, hw, cip, div)
+
+
+def _avg_bwd_cuda(grad_y, input_size, cl, kernel, stride, padding, ceil_mode, cip, div):
+    gx = _empty(input_size, cl, grad_y)
+    return _ext().avg_pool2d_backward_cuda(grad_y, gx, kernel, stride, padding, cip, div)
+
+
+def _up_fwd_cuda(x, output_size, scale_h, scale_w):
+    sh, sw = _tables(x.shape[2:], output_size, scale_h, scale_w, x.device)
+    return _ext().upsample_nearest2d_forward_cuda(x, sh, sw)
+
+
+def _up_bwd_cuda(grad_y, input_size, cl, scale_h, scale_w):
+    sh, sw = _tables(input_size[2:], grad_y.shape[2:], scale_h, scale_w, grad_y.device)
+    ranges = []
+    for src, size in ((sh, input_size[2]), (sw, input_size[3])):
+        ar = torch.arange(size, device=src.device)
+        ranges += [torch.searchsorted(src, ar), torch.searchsorted(src, ar, right=True)]
+    gx = _empty(input_size, cl, grad_y)
+    return _ext().upsample_nearest2d_backward_cuda(grad_y, *ranges, gx)
+
+
+_registry.register("max_pool2d_forward", cuda=_max_fwd_cuda)
+_registry.register("max_pool2d_backward", cuda=_max_bwd_cuda)
+_registry.register("avg_pool2d_forward", cuda=_avg_fwd_cuda)
+_registry.register("avg_pool2d_backward", cuda=_avg_bwd_cuda)
+_registry.register("upsample_nearest2d_forward", cuda=_up_fwd_cuda)
+_registry.register("upsample_nearest2d_backward", cuda=_up_bwd_cuda)
