@@ -4,11 +4,14 @@
 #include "cpu/conv2d_act.h"
 #include "cpu/losses.h"
 #include "cpu/losses_autograd.h"
+#include "cpu/batch_norm_act.h"
+#include "cpu/pool.h"
 #include "genkern/activation.h"
 
 #ifdef GENKERN_WITH_CUDA
 #include "cuda/conv2d_act_cuda.h"
 #include "cuda/losses_cuda.h"
+#include "cuda/norm_pool_cuda.h"
 #endif
 
 PYBIND11_MODULE(_C, m) {
@@ -22,18 +25,38 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("conv2d_act_forward_cpu", &genkern::cpu::conv2d_act_forward_cpu);
   m.def("conv2d_act_backward_cpu", &genkern::cpu::conv2d_act_backward_cpu);
-  // losses (issue 5)
+  // losses
   m.def("gan_loss_cpu", &genkern::cpu::gan_loss_cpu);
   m.def("vae_loss_cpu", &genkern::cpu::vae_loss_cpu);
   m.def("reparameterize_cpu", &genkern::cpu::reparameterize_cpu);
   m.def("gan_loss_autograd_cpu", &genkern::cpu::gan_loss_autograd_cpu);
   m.def("vae_loss_autograd_cpu", &genkern::cpu::vae_loss_autograd_cpu);
+  // batch_norm + activation, pooling, upsampling
+  m.def("batch_norm_act_forward_cpu", &genkern::cpu::batch_norm_act_forward_cpu);
+  m.def("batch_norm_act_backward_cpu", &genkern::cpu::batch_norm_act_backward_cpu);
+  m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
+  m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);
+  m.def("avg_pool2d_forward_cpu", &genkern::cpu::avg_pool2d_forward_cpu);
+  m.def("avg_pool2d_backward_cpu", &genkern::cpu::avg_pool2d_backward_cpu);
+  m.def("upsample_nearest2d_forward_cpu", &genkern::cpu::upsample_nearest2d_forward_cpu);
+  m.def("upsample_nearest2d_backward_cpu", &genkern::cpu::upsample_nearest2d_backward_cpu);
 #ifdef GENKERN_WITH_CUDA
   m.def("conv2d_act_forward_cuda", &genkern::cuda::conv2d_act_forward_cuda);
   m.def("conv2d_act_backward_cuda", &genkern::cuda::conv2d_act_backward_cuda);
-  // losses (issue 5)
+  // losses
   m.def("gan_loss_cuda", &genkern::cuda::gan_loss_cuda);
   m.def("vae_loss_cuda", &genkern::cuda::vae_loss_cuda);
   m.def("reparameterize_cuda", &genkern::cuda::reparameterize_cuda);
+  // batch_norm + activation, pooling, upsampling
+  m.def("batch_norm_stats_cuda", &genkern::cuda::batch_norm_stats_cuda);
+  m.def("batch_norm_apply_cuda", &genkern::cuda::batch_norm_apply_cuda);
+  m.def("batch_norm_backward_reduce_cuda", &genkern::cuda::batch_norm_backward_reduce_cuda);
+  m.def("batch_norm_backward_apply_cuda", &genkern::cuda::batch_norm_backward_apply_cuda);
+  m.def("max_pool2d_forward_cuda", &genkern::cuda::max_pool2d_forward_cuda);
+  m.def("max_pool2d_backward_cuda", &genkern::cuda::max_pool2d_backward_cuda);
+  m.def("avg_pool2d_forward_cuda", &genkern::cuda::avg_pool2d_forward_cuda);
+  m.def("avg_pool2d_backward_cuda", &genkern::cuda::avg_pool2d_backward_cuda);
+  m.def("upsample_nearest2d_forward_cuda", &genkern::cuda::upsample_nearest2d_forward_cuda);
+  m.def("upsample_nearest2d_backward_cuda", &genkern::cuda::upsample_nearest2d_backward_cuda);
 #endif
 }

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from genkern.bench import cases_conv2d, cases_losses, cases_models
+from genkern.bench import cases_batchnorm, cases_conv2d, cases_losses, cases_models, cases_pool
 from genkern.bench.case import Case
 
-ALL_CASES: list[Case] = [*cases_conv2d.CASES, *cases_losses.CASES, *cases_models.CASES]
+ALL_CASES: list[Case] = [
+    *cases_conv2d.CASES,
+    *cases_batchnorm.CASES,
+    *cases_pool.CASES,
+    *cases_losses.CASES,
+    *cases_models.CASES,
+]
 
 
 def select(quick: bool = False, filter: str | None = None) -> list[Case]:

@@ -1,15 +1,19 @@
 """genkern.ops: the public functional API. Each op is one torch.library custom op (namespace
 "genkern") with a fake kernel and a registered backward, dispatched per call to a backend."""
 
+from genkern.ops.batch_norm import batch_norm
 from genkern.ops.conv2d import conv2d
+from genkern.ops.losses import discriminator_loss, generator_loss, reparameterize, vae_loss
+from genkern.ops.pool import avg_pool2d, max_pool2d, upsample_nearest2d
 
-# losses (issue 5)
-from genkern.ops.losses import (
-    discriminator_loss,
-    generator_loss,
-    reparameterize,
-    vae_loss,
-)
-
-__all__ = ["conv2d"]
-__all__ += ["discriminator_loss", "generator_loss", "reparameterize", "vae_loss"]
+__all__ = [
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
+    "discriminator_loss",
+    "generator_loss",
+    "max_pool2d",
+    "reparameterize",
+    "upsample_nearest2d",
+    "vae_loss",
+]

@@ -1,0 +1,470 @@
+#include "batch_norm_act.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "epilogue.h"
+#include "genkern/activation.h"
+
+namespace genkern::cpu {
+namespace {
+
+// x seen as [outer, channels, inner]: NCHW planes (inner = H*W), or rows of C (inner == 1) for
+// channels_last, whose rows are the N*H*W pixels.
+struct View {
+  int64_t outer, channels, inner;
+};
+
+bool is_rows(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() &&
+         t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+View view_of(const at::Tensor& t) {
+  const int64_t c = t.size(1);
+  if (is_rows(t)) return {t.numel() / std::max<int64_t>(c, 1), c, 1};
+  TORCH_INTERNAL_ASSERT(t.is_contiguous(), "genkern: batch_norm expects a dense tensor");
+  const int64_t n = t.size(0);
+  return {n, c, t.numel() / std::max<int64_t>(n * c, 1)};
+}
+
+at::MemoryFormat format_of(const at::Tensor& t) {
+  return is_rows(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+constexpr int64_t kChunk = 16384;  // elements per task; fixed so results do not depend on threads
+constexpr int kLanes = 16;         // independent accumulators: the loops vectorize without -ffast-math
+
+struct Moments {
+  double n = 0, mean = 0, m2 = 0;
+  void merge(double nb, double mb, double m2b) {  // Chan et al.
+    if (nb == 0) return;
+    const double tot = n + nb, delta = mb - mean;
+    mean += delta * (nb / tot);
+    m2 += m2b + delta * delta * (n * nb / tot);
+    n = tot;
+  }
+};
+
+// (mean, M2) of `segs` segments of `len` elements at stride `stride` from p (segs * len <=
+// kChunk: cache-resident), in two passes with opmath lanes.
+template <typename scalar_t, typename opmath_t>
+inline void chunk_moments(const scalar_t* p, int64_t segs, int64_t len, int64_t stride,
+                          double& mean, double& m2) {
+  opmath_t acc[kLanes] = {};
+  opmath_t s = 0;
+  for (int64_t k = 0; k < segs; ++k) {
+    const scalar_t* q = p + k * stride;
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) acc[j] += opmath_t(q[i + j]);
+    for (; i < len; ++i) s += opmath_t(q[i]);
+  }
+  for (int j = 0; j < kLanes; ++j) s += acc[j];
+  const opmath_t m = s / opmath_t(segs * len);
+  opmath_t acc2[kLanes] = {};
+  opmath_t s2 = 0;
+  for (int64_t k = 0; k < segs; ++k) {
+    const scalar_t* q = p + k * stride;
+    int64_t i = 0;
+    for (; i + kLanes <= len; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) {
+        const opmath_t d = opmath_t(q[i + j]) - m;
+        acc2[j] += d * d;
+      }
+    for (; i < len; ++i) {
+      const opmath_t d = opmath_t(q[i]) - m;
+      s2 += d * d;
+    }
+  }
+  for (int j = 0; j < kLanes; ++j) s2 += acc2[j];
+  mean = double(m);
+  m2 = double(s2);
+}
+
+// Per-channel batch mean and biased variance (as double) of x.
+template <typename scalar_t>
+void batch_moments(const scalar_t* xp, const View& v, std::vector<double>& mean,
+                   std::vector<double>& var) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = v.channels;
+  mean.assign(C, 0.0);
+  var.assign(C, 0.0);
+  if (v.inner == 1) {  // rows of C
+    const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));
+    const int64_t tasks = (v.outer + rows - 1) / rows;
+    std::vector<double> pm(tasks * C), pm2(tasks * C);
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<opmath_t> s(C), s2(C);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = t * rows, r1 = std::min(v.outer, r0 + rows);
+        std::fill(s.begin(), s.end(), opmath_t(0));
+        std::fill(s2.begin(), s2.end(), opmath_t(0));
+        opmath_t* sp = s.data();
+        opmath_t* s2p = s2.data();
+        for (int64_t r = r0; r < r1; ++r) {
+          const scalar_t* row = xp + r * C;
+          for (int64_t c = 0; c < C; ++c) sp[c] += opmath_t(row[c]);
+        }
+        const opmath_t inv = opmath_t(1) / opmath_t(r1 - r0);
+        for (int64_t c = 0; c < C; ++c) sp[c] *= inv;
+        for (int64_t r = r0; r < r1; ++r) {
+          const scalar_t* row = xp + r * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const opmath_t d = opmath_t(row[c]) - sp[c];
+            s2p[c] += d * d;
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          pm[t * C + c] = double(sp[c]);
+          pm2[t * C + c] = double(s2p[c]);
+        }
+      }
+    });
+    at::parallel_for(0, C, 64, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        Moments m;
+        for (int64_t t = 0; t < tasks; ++t) {
+          const int64_t cnt = std::min(v.outer, (t + 1) * rows) - t * rows;
+          m.merge(double(cnt), pm[t * C + c], pm2[t * C + c]);
+        }
+        mean[c] = m.mean;
+        var[c] = m.n > 0 ? m.m2 / m.n : 0.0;
+      }
+    });
+  } else {  // planes: one task per channel, chunks of each plane merged in order
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        Moments m;
+        double cm, cm2;
+        if (v.inner <= kChunk) {  // groups of whole planes of this channel
+          const int64_t group = std::max<int64_t>(1, kChunk / v.inner);
+          for (int64_t o0 = 0; o0 < v.outer; o0 += group) {
+            const int64_t segs = std::min(group, v.outer - o0);
+            chunk_moments<scalar_t, opmath_t>(xp + (o0 * C + c) * v.inner, segs, v.inner,
+                                              C * v.inner, cm, cm2);
+            m.merge(double(segs * v.inner), cm, cm2);
+          }
+        } else {  // large planes: fixed chunks of each
+          for (int64_t o = 0; o < v.outer; ++o) {
+            const scalar_t* plane = xp + (o * C + c) * v.inner;
+            for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
+              const int64_t n = std::min(kChunk, v.inner - i0);
+              chunk_moments<scalar_t, opmath_t>(plane + i0, 1, n, 0, cm, cm2);
+              m.merge(double(n), cm, cm2);
+            }
+          }
+        }
+        mean[c] = m.mean;
+        var[c] = m.n > 0 ? m.m2 / m.n : 0.0;
+      }
+    });
+  }
+}
+
+// dst = act(x * scale[c] + shift[c]) (A fixed at compile time); pre gets the pre-activation.
+template <Activation A, typename scalar_t, typename opmath_t>
+void affine_act(const scalar_t* xp, scalar_t* yp, scalar_t* pre, const View& v,
+                const opmath_t* scale, const opmath_t* shift, opmath_t slope) {
+  const int64_t C = v.channels;
+  if (v.inner == 1) {
+    const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));
+    at::parallel_for(0, v.outer, rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* xr = xp + r * C;
+        scalar_t* yr = yp + r * C;
+        if (pre) {
+          scalar_t* pr = pre + r * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const opmath_t z = opmath_t(xr[c]) * scale[c] + shift[c];
+            pr[c] = scalar_t(z);
+            yr[c] = scalar_t(act_forward<A, opmath_t>(z, slope));
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c)
+            yr[c] = scalar_t(act_forward<A, opmath_t>(opmath_t(xr[c]) * scale[c] + shift[c], slope));
+        }
+      }
+    });
+  } else {
+    const int64_t planes = v.outer * C;
+    const int64_t grain = std::max<int64_t>(1, kChunk / v.inner);
+    at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % C;
+        const opmath_t a = scale[c], b = shift[c];
+        const scalar_t* xr = xp + p * v.inner;
+        scalar_t* yr = yp + p * v.inner;
+        if (pre) {
+          scalar_t* pr = pre + p * v.inner;
+          for (int64_t i = 0; i < v.inner; ++i) {
+            const opmath_t z = opmath_t(xr[i]) * a + b;
+            pr[i] = scalar_t(z);
+            yr[i] = scalar_t(act_forward<A, opmath_t>(z, slope));
+          }
+        } else {
+          for (int64_t i = 0; i < v.inner; ++i)
+            yr[i] = scalar_t(act_forward<A, opmath_t>(opmath_t(xr[i]) * a + b, slope));
+        }
+      }
+    });
+  }
+}
+
+bool exp_activation(Activation a) {
+  return a == Activation::kTanh || a == Activation::kSigmoid || a == Activation::kSilu;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_forward_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
+    int64_t activation, double negative_slope, bool save_preact) {
+  const auto act = static_cast<Activation>(activation);
+  const View v = view_of(x);
+  const int64_t C = v.channels;
+  const auto fmt = format_of(x);
+  const auto stat_type = at::toOpMathType(x.scalar_type());
+  at::Tensor y = at::empty_like(x, fmt);
+  at::Tensor preact = save_preact ? at::empty_like(x, fmt) : at::empty({0}, x.options());
+  at::Tensor mean_t = at::empty({C}, x.options().dtype(stat_type));
+  at::Tensor invstd_t = at::empty({C}, x.options().dtype(stat_type));
+  at::Tensor var_t = at::empty({C}, x.options().dtype(stat_type));
+  const bool has_w = weight.has_value() && weight->defined();
+  const bool has_b = bias.has_value() && bias->defined();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_act", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    std::vector<double> mean(C), var(C);
+    if (training) {
+      batch_moments<scalar_t>(xp, v, mean, var);
+    } else {
+      at::Tensor rm = running_mean->to(at::kDouble).contiguous();
+      at::Tensor rv = running_var->to(at::kDouble).contiguous();
+      for (int64_t c = 0; c < C; ++c) {
+        mean[c] = rm.data_ptr<double>()[c];
+        var[c] = rv.data_ptr<double>()[c];
+      }
+    }
+    std::vector<opmath_t> scale(C), shift(C);
+    at::Tensor wd = has_w ? weight->to(at::kDouble).contiguous() : at::Tensor();
+    at::Tensor bd = has_b ? bias->to(at::kDouble).contiguous() : at::Tensor();
+    opmath_t* mp = mean_t.data_ptr<opmath_t>();
+    opmath_t* ip = invstd_t.data_ptr<opmath_t>();
+    opmath_t* vp = var_t.data_ptr<opmath_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      const double invstd = 1.0 / std::sqrt(var[c] + eps);
+      const double w = has_w ? wd.data_ptr<double>()[c] : 1.0;
+      const double b = has_b ? bd.data_ptr<double>()[c] : 0.0;
+      mp[c] = opmath_t(mean[c]);
+      vp[c] = opmath_t(var[c]);
+      ip[c] = opmath_t(invstd);
+      scale[c] = opmath_t(w * invstd);
+      shift[c] = opmath_t(b - mean[c] * w * invstd);
+    }
+    if (x.numel() == 0) return;
+    const opmath_t slope = opmath_t(negative_slope);
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    if (exp_activation(act)) {  // affine pass, then ATen's vectorized exp-based activation
+      at::Tensor z = save_preact ? preact : y;
+      affine_act<Activation::kIdentity, scalar_t, opmath_t>(xp, z.data_ptr<scalar_t>(), nullptr,
+                                                            v, scale.data(), shift.data(), slope);
+      activation_(z, activation, negative_slope, save_preact ? &y : nullptr);
+      return;
+    }
+    scalar_t* pp = save_preact ? preact.data_ptr<scalar_t>() : nullptr;
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      if constexpr (A == Activation::kRelu || A == Activation::kLeakyRelu ||
+                    A == Activation::kIdentity) {
+        affine_act<A, scalar_t, opmath_t>(xp, yp, pp, v, scale.data(), shift.data(), slope);
+      }
+    });
+  });
+  return {y, mean_t, invstd_t, var_t, preact};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
+    const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
+    const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd,
+    bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask) {
+  const auto act = static_cast<Activation>(activation);
+  const bool has_saved = saved.has_value() && saved->defined() && saved->numel() > 0;
+  TORCH_CHECK(has_saved || act == Activation::kIdentity,
+              "genkern: batch_norm backward needs the saved tensor");
+  const auto fmt = format_of(x);
+  const at::Tensor gy = grad_y.contiguous(fmt);
+  const at::Tensor s = has_saved ? saved->contiguous(fmt) : at::Tensor();
+  const View v = view_of(x);
+  const int64_t C = v.channels;
+  const bool has_w = weight.has_value() && weight->defined();
+  // the reduction is needed for dweight, dbias, and dx in training
+  const bool need_reduce = output_mask[1] || output_mask[2] || (training && output_mask[0]);
+  at::Tensor gx = output_mask[0] ? at::empty_like(x, fmt) : at::empty({0}, x.options());
+  at::Tensor gw = output_mask[1] ? at::empty({C}, x.options()) : at::empty({0}, x.options());
+  at::Tensor gb = output_mask[2] ? at::empty({C}, x.options()) : at::empty({0}, x.options());
+  const double count = double(v.outer) * double(v.inner);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_act_bwd", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* gyp = gy.data_ptr<scalar_t>();
+    const scalar_t* sp = has_saved ? s.data_ptr<scalar_t>() : nullptr;
+    const opmath_t slope = opmath_t(negative_slope);
+    at::Tensor md = mean.to(at::kDouble).contiguous(), id = invstd.to(at::kDouble).contiguous();
+    at::Tensor wd = has_w ? weight->to(at::kDouble).contiguous() : at::Tensor();
+    const double* mdp = md.data_ptr<double>();
+    const double* idp = id.data_ptr<double>();
+    std::vector<opmath_t> meanv(C);
+    for (int64_t c = 0; c < C; ++c) meanv[c] = opmath_t(mdp[c]);
+    std::vector<double> sum_g(C, 0.0), sum_gx(C, 0.0);  // sum g, sum g * (x - mean)
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      auto gfun = [&](int64_t i) -> opmath_t {
+        if constexpr (A == Activation::kIdentity) {
+          return opmath_t(gyp[i]);
+        } else {
+          return act_backward<A, opmath_t>(opmath_t(gyp[i]), opmath_t(sp[i]), slope);
+        }
+      };
+      if (need_reduce && x.numel() > 0) {
+        if (v.inner == 1) {
+          const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));
+          const int64_t tasks = (v.outer + rows - 1) / rows;
+          std::vector<opmath_t> pg(tasks * C, 0), pgx(tasks * C, 0);
+          at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+              opmath_t* a = pg.data() + t * C;
+              opmath_t* b = pgx.data() + t * C;
+              const opmath_t* m = meanv.data();
+              const int64_t r1 = std::min(v.outer, (t + 1) * rows);
+              for (int64_t r = t * rows; r < r1; ++r) {
+                for (int64_t c = 0; c < C; ++c) {
+                  const int64_t i = r * C + c;
+                  const opmath_t g = gfun(i);
+                  a[c] += g;
+                  b[c] += g * (opmath_t(xp[i]) - m[c]);
+                }
+              }
+            }
+          });
+          for (int64_t t = 0; t < tasks; ++t)
+            for (int64_t c = 0; c < C; ++c) {
+              sum_g[c] += double(pg[t * C + c]);
+              sum_gx[c] += double(pgx[t * C + c]);
+            }
+        } else {
+          at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) {
+              const opmath_t m = meanv[c];
+              double tg = 0, tgx = 0;
+              opmath_t a[kLanes] = {}, b[kLanes] = {};
+              int64_t pending = 0;  // elements in the lanes; flushed to double every kChunk
+              for (int64_t o = 0; o < v.outer; ++o) {
+                const int64_t base = (o * C + c) * v.inner;
+                for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
+                  const int64_t n = std::min(kChunk, v.inner - i0);
+                  int64_t i = 0;
+                  const int64_t off = base + i0;
+                  for (; i + kLanes <= n; i += kLanes)
+                    for (int j = 0; j < kLanes; ++j) {
+                      const opmath_t g = gfun(off + i + j);
+                      a[j] += g;
+                      b[j] += g * (opmath_t(xp[off + i + j]) - m);
+                    }
+                  opmath_t ra = 0, rb = 0;
+                  for (; i < n; ++i) {
+                    const opmath_t g = gfun(off + i);
+                    ra += g;
+                    rb += g * (opmath_t(xp[off + i]) - m);
+                  }
+                  tg += double(ra);
+                  tgx += double(rb);
+                  pending += n;
+                  if (pending >= kChunk) {
+                    for (int j = 0; j < kLanes; ++j) {
+                      tg += double(a[j]);
+                      tgx += double(b[j]);
+                      a[j] = b[j] = 0;
+                    }
+                    pending = 0;
+                  }
+                }
+              }
+              for (int j = 0; j < kLanes; ++j) {
+                tg += double(a[j]);
+                tgx += double(b[j]);
+              }
+              sum_g[c] = tg;
+              sum_gx[c] = tgx;
+            }
+          });
+        }
+      }
+      if (output_mask[1]) {
+        scalar_t* p = gw.data_ptr<scalar_t>();
+        for (int64_t c = 0; c < C; ++c) p[c] = scalar_t(sum_gx[c] * idp[c]);
+      }
+      if (output_mask[2]) {
+        scalar_t* p = gb.data_ptr<scalar_t>();
+        for (int64_t c = 0; c < C; ++c) p[c] = scalar_t(sum_g[c]);
+      }
+      if (!output_mask[0] || x.numel() == 0) return;
+      // gx = ka * g + kb * x + kc per channel
+      std::vector<opmath_t> ka(C), kb(C), kc(C);
+      for (int64_t c = 0; c < C; ++c) {
+        const double w = has_w ? wd.data_ptr<double>()[c] : 1.0;
+        const double a = w * idp[c];
+        if (training) {
+          const double mean_g = sum_g[c] / count;
+          const double mean_gxhat = sum_gx[c] * idp[c] / count;
+          const double b = -a * idp[c] * mean_gxhat;
+          ka[c] = opmath_t(a);
+          kb[c] = opmath_t(b);
+          kc[c] = opmath_t(-a * mean_g - b * mdp[c]);
+        } else {
+          ka[c] = opmath_t(a);
+          kb[c] = 0;
+          kc[c] = 0;
+        }
+      }
+      scalar_t* gxp = gx.data_ptr<scalar_t>();
+      if (v.inner == 1) {
+        const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));
+        at::parallel_for(0, v.outer, rows, [&](int64_t r0, int64_t r1) {
+          const opmath_t* a = ka.data();
+          const opmath_t* b = kb.data();
+          const opmath_t* d = kc.data();
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t c = 0; c < C; ++c) {
+              const int64_t i = r * C + c;
+              gxp[i] = scalar_t(a[c] * gfun(i) + b[c] * opmath_t(xp[i]) + d[c]);
+            }
+        });
+      } else {
+        const int64_t planes = v.outer * C;
+        const int64_t grain = std::max<int64_t>(1, kChunk / v.inner);
+        at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t c = p % C;
+            const opmath_t a = ka[c], b = kb[c], d = kc[c];
+            const int64_t base = p * v.inner;
+            for (int64_t i = base; i < base + v.inner; ++i)
+              gxp[i] = scalar_t(a * gfun(i) + b * opmath_t(xp[i]) + d);
+          }
+        });
+      }
+    });
+  });
+  return {gx, gw, gb};
+}
+
+}  // namespace genkern::cpu

@@ -1,0 +1,31 @@
+// Fused batch_norm + activation on the CPU: batch statistics in one deterministic two-level pass
+// (per-chunk mean / M2 merged with Chan's formula), the normalization and activation in one pass;
+// the backward in one reduction pass + one elementwise pass with the activation's backward fused.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+namespace genkern::cpu {
+
+// Returns (y, mean, invstd, var, preact). Training: batch statistics (var biased); eval: the
+// running statistics (required then). mean/invstd/var are those used to normalize (opmath dtype);
+// preact is empty unless save_preact. Running statistics are updated by the caller (Python), from
+// mean and var: `momentum` is unused here.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_forward_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
+    int64_t activation, double negative_slope, bool save_preact);
+
+// (grad_x, grad_weight, grad_bias); `training` says whether mean/invstd were batch statistics
+// (then grad_x carries the statistics' gradient). Unrequested gradients come back empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
+    const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
+    const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd,
+    bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask);
+
+}  // namespace genkern::cpu

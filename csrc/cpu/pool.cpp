@@ -1,0 +1,466 @@
+#include "pool.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace genkern::cpu {
+namespace {
+
+bool channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+at::MemoryFormat format_of(const at::Tensor& t) {
+  return channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// Grain in elements of work per task (planes or pixels are scaled to it).
+constexpr int64_t kGrain = 16384;
+
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(work_per_item, 1));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
+                                                          std::vector<int64_t> kernel,
+                                                          std::vector<int64_t> stride,
+                                                          std::vector<int64_t> padding,
+                                                          std::vector<int64_t> dilation,
+                                                          std::vector<int64_t> out_size) {
+  const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
+  const int64_t OH = out_size[0], OW = out_size[1];
+  const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
+  const int64_t pH = padding[0], pW = padding[1], dH = dilation[0], dW = dilation[1];
+  const auto fmt = format_of(x);
+  at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(fmt));
+  at::Tensor idx = at::empty({N, C, OH, OW}, x.options().dtype(at::kLong).memory_format(fmt));
+  if (y.numel() == 0) return {y, idx};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    int64_t* ip = idx.data_ptr<int64_t>();
+    if (fmt == at::MemoryFormat::Contiguous) {
+      const bool simple = pH == 0 && pW == 0 && dH == 1 && dW == 1 && kH == 2 && kW == 2;
+      const bool s2 = simple && sH == 2 && sW == 2;
+      at::parallel_for(0, N * C, grain_for(OH * OW * kH * kW), [&](int64_t p0, int64_t p1) {
+        std::vector<int32_t> tap(OW);
+        for (int64_t p = p0; p < p1; ++p) {
+          const scalar_t* plane = xp + p * IH * IW;
+          scalar_t* yo = yp + p * OH * OW;
+          int64_t* io = ip + p * OH * OW;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            if (s2 && (oh * 2 + 1) < IH && (OW * 2) <= IW) {
+              // the CNNs' 2x2 / 2 pool: branch-free over a row (vectorizes), torch's tap order
+              const scalar_t* r0 = plane + oh * 2 * IW;
+              const scalar_t* r1 = r0 + IW;
+              scalar_t* yr = yo + oh * OW;
+              int32_t* t = tap.data();
+              const int32_t iw1 = int32_t(IW), iw2 = int32_t(IW + 1);
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                opmath_t best = opmath_t(r0[2 * ow]);
+                int32_t k = 0;
+                opmath_t v = opmath_t(r0[2 * ow + 1]);
+                bool take = (v > best) | (v != v);
+                best = take ? v : best;
+                k = take ? 1 : k;
+                v = opmath_t(r1[2 * ow]);
+                take = (v > best) | (v != v);
+                best = take ? v : best;
+                k = take ? iw1 : k;
+                v = opmath_t(r1[2 * ow + 1]);
+                take = (v > best) | (v != v);
+                best = take ? v : best;
+                k = take ? iw2 : k;
+                yr[ow] = scalar_t(best);
+                t[ow] = k;
+              }
+              const int64_t base = oh * 2 * IW;
+              int64_t* ir = io + oh * OW;
+              for (int64_t ow = 0; ow < OW; ++ow) ir[ow] = base + 2 * ow + int64_t(t[ow]);
+              continue;
+            }
+            if (simple && (oh * sH + 1) < IH && ((OW - 1) * sW + 1) < IW) {
+              // 2x2 window wholly inside: the four taps in torch's order, no bounds logic
+              const int64_t ih = oh * sH;
+              const scalar_t* r0 = plane + ih * IW;
+              const scalar_t* r1 = r0 + IW;
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const int64_t iw = ow * sW;
+                opmath_t best = opmath_t(r0[iw]);
+                int64_t bi = ih * IW + iw;
+                opmath_t v = opmath_t(r0[iw + 1]);
+                bool take = (v > best) || std::isnan(v);
+                best = take ? v : best;
+                bi = take ? bi + 1 : bi;
+                v = opmath_t(r1[iw]);
+                take = (v > best) || std::isnan(v);
+                best = take ? v : best;
+                bi = take ? (ih + 1) * IW + iw : bi;
+                v = opmath_t(r1[iw + 1]);
+                take = (v > best) || std::isnan(v);
+                best = take ? v : best;
+                bi = take ? (ih + 1) * IW + iw + 1 : bi;
+                // the first tap vs torch's -inf start: a NaN first tap is kept by both rules
+                yo[oh * OW + ow] = scalar_t(best);
+                io[oh * OW + ow] = bi;
+              }
+              continue;
+            }
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              int64_t h0 = oh * sH - pH, w0 = ow * sW - pW;
+              const int64_t h1 = std::min(h0 + (kH - 1) * dH + 1, IH);
+              const int64_t w1 = std::min(w0 + (kW - 1) * dW + 1, IW);
+              while (h0 < 0) h0 += dH;
+              while (w0 < 0) w0 += dW;
+              int64_t bi = h0 * IW + w0;
+              opmath_t best = -std::numeric_limits<opmath_t>::infinity();
+              for (int64_t ih = h0; ih < h1; ih += dH)
+                for (int64_t iw = w0; iw < w1; iw += dW) {
+                  const int64_t i = ih * IW + iw;
+                  const opmath_t v = opmath_t(plane[i]);
+                  if ((v > best) || std::isnan(v)) {
+                    best = v;
+                    bi = i;
+                  }
+                }
+              yo[oh * OW + ow] = scalar_t(best);
+              io[oh * OW + ow] = bi;
+            }
+          }
+        }
+      });
+    } else {  // channels_last: per output pixel, a vector over channels
+      at::parallel_for(0, N * OH * OW, grain_for(C * kH * kW), [&](int64_t q0, int64_t q1) {
+        std::vector<opmath_t> best(C);
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t n = q / (OH * OW), oh = (q / OW) % OH, ow = q % OW;
+          int64_t h0 = oh * sH - pH, w0 = ow * sW - pW;
+          const int64_t h1 = std::min(h0 + (kH - 1) * dH + 1, IH);
+          const int64_t w1 = std::min(w0 + (kW - 1) * dW + 1, IW);
+          while (h0 < 0) h0 += dH;
+          while (w0 < 0) w0 += dW;
+          int64_t* io = ip + q * C;
+          scalar_t* yo = yp + q * C;
+          opmath_t* b = best.data();
+          const int64_t start = h0 * IW + w0;
+          for (int64_t c = 0; c < C; ++c) {
+            b[c] = -std::numeric_limits<opmath_t>::infinity();
+            io[c] = start;
+          }
+          for (int64_t ih = h0; ih < h1; ih += dH)
+            for (int64_t iw = w0; iw < w1; iw += dW) {
+              const int64_t i = ih * IW + iw;
+              const scalar_t* px = xp + (n * IH * IW + i) * C;
+              for (int64_t c = 0; c < C; ++c) {
+                const opmath_t v = opmath_t(px[c]);
+                const bool take = (v > b[c]) || std::isnan(v);
+                b[c] = take ? v : b[c];
+                io[c] = take ? i : io[c];
+              }
+            }
+          for (int64_t c = 0; c < C; ++c) yo[c] = scalar_t(b[c]);
+        }
+      });
+    }
+  });
+  return {y, idx};
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& indices,
+                                   const at::Tensor& grad_input) {
+  const auto fmt = format_of(grad_input);
+  const at::Tensor& x = grad_input;
+  const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
+  const at::Tensor gy = grad_y.contiguous(fmt);
+  const at::Tensor id = indices.contiguous(fmt);
+  const int64_t OHW = gy.size(2) * gy.size(3);
+  at::Tensor gx = grad_input;  // zero-filled by the caller
+  if (gy.numel() == 0 || gx.numel() == 0) return gx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d_bwd", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = gy.data_ptr<scalar_t>();
+    const int64_t* ip = id.data_ptr<int64_t>();
+    scalar_t* out = gx.data_ptr<scalar_t>();
+    if (fmt == at::MemoryFormat::Contiguous) {
+      at::parallel_for(0, N * C, grain_for(OHW), [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          scalar_t* plane = out + p * IH * IW;
+          const scalar_t* gp = g + p * OHW;
+          const int64_t* pi = ip + p * OHW;
+          for (int64_t o = 0; o < OHW; ++o)
+            plane[pi[o]] = scalar_t(opmath_t(plane[pi[o]]) + opmath_t(gp[o]));
+        }
+      });
+    } else {  // per image and channel block, pixels in order: deterministic
+      at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n) {
+          scalar_t* img = out + n * IH * IW * C;
+          for (int64_t o = 0; o < OHW; ++o) {
+            const scalar_t* gp = g + (n * OHW + o) * C;
+            const int64_t* pi = ip + (n * OHW + o) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              scalar_t* dst = img + pi[c] * C + c;
+              *dst = scalar_t(opmath_t(*dst) + opmath_t(gp[c]));
+            }
+          }
+        }
+      });
+    }
+  });
+  return gx;
+}
+
+namespace {
+
+// torch's avg_pool2d window: (h0, h1, w0, w1) clipped to the input and the divisor.
+struct AvgWindow {
+  int64_t h0, h1, w0, w1;
+  int64_t divisor;
+};
+
+inline AvgWindow avg_window(int64_t oh, int64_t ow, int64_t IH, int64_t IW, int64_t kH,
+                            int64_t kW, int64_t sH, int64_t sW, int64_t pH, int64_t pW,
+                            bool count_include_pad, int64_t divisor_override) {
+  int64_t h0 = oh * sH - pH, w0 = ow * sW - pW;
+  int64_t h1 = std::min(h0 + kH, IH + pH), w1 = std::min(w0 + kW, IW + pW);
+  const int64_t pool_size = (h1 - h0) * (w1 - w0);
+  h0 = std::max<int64_t>(h0, 0);
+  w0 = std::max<int64_t>(w0, 0);
+  h1 = std::min(h1, IH);
+  w1 = std::min(w1, IW);
+  int64_t div;
+  if (divisor_override > 0) {
+    div = divisor_override;
+  } else if (count_include_pad) {
+    div = pool_size;
+  } else {
+    div = (h1 - h0) * (w1 - w0);
+  }
+  return {h0, h1, w0, w1, div};
+}
+
+}  // namespace
+
+at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kernel,
+                                  std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                  std::vector<int64_t> out_size, bool count_include_pad,
+                                  int64_t divisor_override) {
+  const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
+  const int64_t OH = out_size[0], OW = out_size[1];
+  const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
+  const int64_t pH = padding[0], pW = padding[1];
+  const auto fmt = format_of(x);
+  at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "avg_pool2d", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    if (fmt == at::MemoryFormat::Contiguous) {
+      const bool s2 = kH == 2 && kW == 2 && sH == 2 && sW == 2 && pH == 0 && pW == 0;
+      at::parallel_for(0, N * C, grain_for(OH * OW * kH * kW), [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          const scalar_t* plane = xp + p * IH * IW;
+          scalar_t* yo = yp + p * OH * OW;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            if (s2 && (oh * 2 + 1) < IH && OW * 2 <= IW) {  // whole 2x2 windows, divisor 4
+              const scalar_t* r0 = plane + oh * 2 * IW;
+              const scalar_t* r1 = r0 + IW;
+              scalar_t* yr = yo + oh * OW;
+              const opmath_t div = opmath_t(divisor_override > 0 ? divisor_override : 4);
+              for (int64_t ow = 0; ow < OW; ++ow) {
+                const opmath_t sum = ((opmath_t(0) + opmath_t(r0[2 * ow]) + opmath_t(r0[2 * ow + 1])) +
+                                      opmath_t(r1[2 * ow])) + opmath_t(r1[2 * ow + 1]);
+                yr[ow] = scalar_t(sum / div);
+              }
+              continue;
+            }
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              const AvgWindow w = avg_window(oh, ow, IH, IW, kH, kW, sH, sW, pH, pW,
+                                             count_include_pad, divisor_override);
+              if (w.h0 >= w.h1 || w.w0 >= w.w1) {
+                yo[oh * OW + ow] = scalar_t(0);
+                continue;
+              }
+              opmath_t sum = 0;
+              for (int64_t ih = w.h0; ih < w.h1; ++ih)
+                for (int64_t iw = w.w0; iw < w.w1; ++iw) sum += opmath_t(plane[ih * IW + iw]);
+              yo[oh * OW + ow] = scalar_t(sum / opmath_t(w.divisor));
+            }
+          }
+        }
+      });
+    } else {
+      at::parallel_for(0, N * OH * OW, grain_for(C * kH * kW), [&](int64_t q0, int64_t q1) {
+        std::vector<opmath_t> acc(C);
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t n = q / (OH * OW), oh = (q / OW) % OH, ow = q % OW;
+          const AvgWindow w = avg_window(oh, ow, IH, IW, kH, kW, sH, sW, pH, pW,
+                                         count_include_pad, divisor_override);
+          scalar_t* yo = yp + q * C;
+          opmath_t* a = acc.data();
+          for (int64_t c = 0; c < C; ++c) a[c] = 0;
+          if (w.h0 >= w.h1 || w.w0 >= w.w1) {
+            for (int64_t c = 0; c < C; ++c) yo[c] = scalar_t(0);
+            continue;
+          }
+          for (int64_t ih = w.h0; ih < w.h1; ++ih)
+            for (int64_t iw = w.w0; iw < w.w1; ++iw) {
+              const scalar_t* px = xp + ((n * IH + ih) * IW + iw) * C;
+              for (int64_t c = 0; c < C; ++c) a[c] += opmath_t(px[c]);
+            }
+          const opmath_t div = opmath_t(w.divisor);
+          for (int64_t c = 0; c < C; ++c) yo[c] = scalar_t(a[c] / div);
+        }
+      });
+    }
+  });
+  return y;
+}
+
+at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_input,
+                                   std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                   std::vector<int64_t> padding, bool count_include_pad,
+                                   int64_t divisor_override) {
+  const auto fmt = format_of(grad_input);
+  const at::Tensor& x = grad_input;
+  const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
+  const at::Tensor gy = grad_y.contiguous(fmt);
+  const int64_t OH = gy.size(2), OW = gy.size(3);
+  const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
+  const int64_t pH = padding[0], pW = padding[1];
+  at::Tensor gx = grad_input;  // zero-filled by the caller
+  if (gy.numel() == 0 || gx.numel() == 0) return gx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "avg_pool2d_bwd", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = gy.data_ptr<scalar_t>();
+    scalar_t* out = gx.data_ptr<scalar_t>();
+    if (fmt == at::MemoryFormat::Contiguous) {
+      at::parallel_for(0, N * C, grain_for(OH * OW * kH * kW), [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          scalar_t* plane = out + p * IH * IW;
+          const scalar_t* gp = g + p * OH * OW;
+          for (int64_t oh = 0; oh < OH; ++oh)
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              const AvgWindow w = avg_window(oh, ow, IH, IW, kH, kW, sH, sW, pH, pW,
+                                             count_include_pad, divisor_override);
+              const opmath_t v = opmath_t(gp[oh * OW + ow]) / opmath_t(w.divisor);
+              for (int64_t ih = w.h0; ih < w.h1; ++ih)
+                for (int64_t iw = w.w0; iw < w.w1; ++iw) {
+                  scalar_t* d = plane + ih * IW + iw;
+                  *d = scalar_t(opmath_t(*d) + v);
+                }
+            }
+        }
+      });
+    } else {
+      at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t oh = 0; oh < OH; ++oh)
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              const AvgWindow w = avg_window(oh, ow, IH, IW, kH, kW, sH, sW, pH, pW,
+                                             count_include_pad, divisor_override);
+              const scalar_t* gp = g + ((n * OH + oh) * OW + ow) * C;
+              const opmath_t div = opmath_t(w.divisor);
+              for (int64_t ih = w.h0; ih < w.h1; ++ih)
+                for (int64_t iw = w.w0; iw < w.w1; ++iw) {
+                  scalar_t* d = out + ((n * IH + ih) * IW + iw) * C;
+                  for (int64_t c = 0; c < C; ++c)
+                    d[c] = scalar_t(opmath_t(d[c]) + opmath_t(gp[c]) / div);
+                }
+            }
+      });
+    }
+  });
+  return gx;
+}
+
+at::Tensor upsample_nearest2d_forward_cpu(const at::Tensor& x, const at::Tensor& src_h,
+                                          const at::Tensor& src_w) {
+  const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
+  const int64_t OH = src_h.numel(), OW = src_w.numel();
+  const auto fmt = format_of(x);
+  at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(fmt));
+  if (y.numel() == 0) return y;
+  const at::Tensor sh = src_h.contiguous(), sw = src_w.contiguous();
+  const int64_t* hp = sh.data_ptr<int64_t>();
+  const int64_t* wp = sw.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    if (fmt == at::MemoryFormat::Contiguous) {
+      at::parallel_for(0, N * C * OH, grain_for(OW), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t p = r / OH, oh = r % OH;
+          const scalar_t* row = xp + (p * IH + hp[oh]) * IW;
+          scalar_t* yo = yp + r * OW;
+          for (int64_t ow = 0; ow < OW; ++ow) yo[ow] = row[wp[ow]];
+        }
+      });
+    } else {
+      at::parallel_for(0, N * OH * OW, grain_for(C), [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t n = q / (OH * OW), oh = (q / OW) % OH, ow = q % OW;
+          std::memcpy(yp + q * C, xp + ((n * IH + hp[oh]) * IW + wp[ow]) * C,
+                      sizeof(scalar_t) * C);
+        }
+      });
+    }
+  });
+  return y;
+}
+
+at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& src_h,
+                                           const at::Tensor& src_w, const at::Tensor& grad_input) {
+  const auto fmt = format_of(grad_input);
+  const at::Tensor& x = grad_input;
+  const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
+  const int64_t OH = src_h.numel(), OW = src_w.numel();
+  const at::Tensor gy = grad_y.contiguous(fmt);
+  at::Tensor gx = grad_input;  // zero-filled by the caller
+  if (gy.numel() == 0 || gx.numel() == 0) return gx;
+  const at::Tensor sh = src_h.contiguous(), sw = src_w.contiguous();
+  const int64_t* hp = sh.data_ptr<int64_t>();
+  const int64_t* wp = sw.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d_bwd", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = gy.data_ptr<scalar_t>();
+    scalar_t* out = gx.data_ptr<scalar_t>();
+    if (fmt == at::MemoryFormat::Contiguous) {
+      at::parallel_for(0, N * C, grain_for(OH * OW), [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          scalar_t* plane = out + p * IH * IW;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            scalar_t* row = plane + hp[oh] * IW;
+            const scalar_t* gr = g + (p * OH + oh) * OW;
+            for (int64_t ow = 0; ow < OW; ++ow)
+              row[wp[ow]] = scalar_t(opmath_t(row[wp[ow]]) + opmath_t(gr[ow]));
+          }
+        }
+      });
+    } else {
+      at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t oh = 0; oh < OH; ++oh)
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              scalar_t* d = out + ((n * IH + hp[oh]) * IW + wp[ow]) * C;
+              const scalar_t* gp = g + ((n * OH + oh) * OW + ow) * C;
+              for (int64_t c = 0; c < C; ++c) d[c] = scalar_t(opmath_t(d[c]) + opmath_t(gp[c]));
+            }
+      });
+    }
+  });
+  return gx;
+}
+
+}  // namespace genkern::cpu

@@ -1,0 +1,132 @@
+"""genkern.nn.BatchNorm2d (fused activation) and genkern.nn.fold_batch_norm."""
+
+from __future__ import annotations
+
+import torch
+
+from genkern import ops
+from genkern.nn._fused import FusedActivationMixin
+
+
+class BatchNorm2d(FusedActivationMixin, torch.nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d + a fused activation; same arguments, buffers and state_dict keys.
+
+    Extra arguments: `activation` (None, "relu", "leaky_relu", "tanh", "sigmoid", "silu"),
+    `negative_slope` (for "leaky_relu"), `backend` (default "auto").
+    """
+
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        track_running_stats=True,
+        device=None,
+        dtype=None,
+        *,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
+        backend: str = "auto",
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_activation(activation, negative_slope)
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        # torch.nn.modules.batchnorm._BatchNorm.forward, step for step
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_running = not self.training or self.track_running_stats
+        return ops.batch_norm(
+            input,
+            self.running_mean if use_running else None,
+            self.running_var if use_running else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            factor,
+            self.eps,
+            self.activation,
+            self.negative_slope,
+            self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._activation_repr()
+
+
+_ACTIVATION_MODULES = {
+    "relu": lambda s: torch.nn.ReLU(),
+    "leaky_relu": lambda s: torch.nn.LeakyReLU(s),
+    "tanh": lambda s: torch.nn.Tanh(),
+    "sigmoid": lambda s: torch.nn.Sigmoid(),
+    "silu": lambda s: torch.nn.SiLU(),
+}
+
+
+@torch.no_grad()
+def _fold_into(conv: torch.nn.Module, bn: torch.nn.BatchNorm2d) -> None:
+    """conv's weight and bias absorb bn's eval-time affine map (computed in float64)."""
+    invstd = torch.rsqrt(bn.running_var.double() + bn.eps)
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(invstd)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(invstd)
+    scale = gamma * invstd
+    w = conv.weight.double()
+    if isinstance(conv, torch.nn.ConvTranspose2d):  # weight: [in, out / groups, kh, kw]
+        g = conv.groups
+        w = w.view(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
+        w = w * scale.view(g, 1, -1, 1, 1)
+        w = w.view(conv.weight.shape)
+    else:
+        w = w * scale.view(-1, 1, 1, 1)
+    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(invstd)
+    b = (b - bn.running_mean.double()) * scale + beta
+    conv.weight.copy_(w.to(conv.weight.dtype))
+    if conv.bias is None:
+        conv.bias = torch.nn.Parameter(b.to(conv.weight.dtype))
+    else:
+        conv.bias.copy_(b.to(conv.bias.dtype))
+
+
+def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """Folds every eval-mode BatchNorm2d (with running statistics) that directly follows a
+    Conv2d / ConvTranspose2d in a Sequential into that conv's weight and bias, in place.
+
+    The BatchNorm is replaced by its fused activation (a genkern.nn.Conv2d without one takes it
+    over) or by Identity. Returns the model.
+    """
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        names = list(module._modules.keys())
+        for prev, name in zip(names[:-1], names[1:], strict=True):
+            conv, bn = module._modules[prev], module._modules[name]
+            if not isinstance(conv, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                continue
+            if not isinstance(bn, torch.nn.BatchNorm2d) or bn.training:
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                continue
+            if (
+                conv.weight.shape[0 if isinstance(conv, torch.nn.Conv2d) else 1]
+                * (1 if isinstance(conv, torch.nn.Conv2d) else conv.groups)
+                != bn.num_features
+            ):
+                continue
+            act = getattr(bn, "activation", None)
+            slope = getattr(bn, "negative_slope", 0.01)
+            _fold_into(conv, bn)
+            if act is None:
+                module._modules[name] = torch.nn.Identity()
+            elif getattr(conv, "activation", "no") is None:
+                conv.activation, conv.negative_slope = act, slope
+                module._modules[name] = torch.nn.Identity()
+            else:
+                module._modules[name] = _ACTIVATION_MODULES[act](slope)
+    return model

@@ -1,0 +1,93 @@
+"""genkern.nn.MaxPool2d, AvgPool2d and Upsample (nearest): drop-in torch.nn subclasses."""
+
+from __future__ import annotations
+
+import torch
+
+from genkern import ops
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    """torch.nn.MaxPool2d on genkern.ops.max_pool2d; extra argument `backend`."""
+
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        dilation=1,
+        return_indices=False,
+        ceil_mode=False,
+        *,
+        backend: str = "auto",
+    ):
+        super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor):
+        return ops.max_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.ceil_mode,
+            self.return_indices,
+            self.backend,
+        )
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    """torch.nn.AvgPool2d on genkern.ops.avg_pool2d; extra argument `backend`."""
+
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        ceil_mode=False,
+        count_include_pad=True,
+        divisor_override=None,
+        *,
+        backend: str = "auto",
+    ):
+        super().__init__(
+            kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        )
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.avg_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+            self.backend,
+        )
+
+
+class Upsample(torch.nn.Upsample):
+    """torch.nn.Upsample for mode="nearest" on 4-D input (genkern.ops.upsample_nearest2d)."""
+
+    def __init__(
+        self,
+        size=None,
+        scale_factor=None,
+        mode="nearest",
+        align_corners=None,
+        recompute_scale_factor=None,
+        *,
+        backend: str = "auto",
+    ):
+        if mode != "nearest":
+            raise ValueError(f"genkern.nn.Upsample supports mode='nearest' only, got {mode!r}")
+        if recompute_scale_factor:
+            raise ValueError("genkern.nn.Upsample does not support recompute_scale_factor=True")
+        super().__init__(size, scale_factor, mode, align_corners, recompute_scale_factor)
+        self.backend = backend
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.upsample_nearest2d(input, self.scale_factor, self.size, self.backend)

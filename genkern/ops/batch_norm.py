@@ -1,0 +1,406 @@
+"""genkern.ops.batch_norm: act(batch_norm(x)), fused, one custom op on every backend.
+
+Two custom ops: `genkern::batch_norm_act` (functional, with a registered backward: torch.library
+refuses an autograd formula on a mutating op) returns y and the statistics it normalized with, and
+`genkern::batch_norm_update_stats` updates the running statistics in place (declared in
+`mutates_args`, so torch.compile and opcheck see the mutation). Both run inside one public call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genkern import activations as A
+from genkern import backends, reference
+from genkern.ops import _checks, _registry
+
+
+def batch_norm(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    activation: str | None = None,
+    negative_slope: float = 0.01,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """act(F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)).
+
+    In training, batch statistics normalize and the running statistics are updated in place
+    (unbiased variance, as torch). `activation` as in genkern.ops.conv2d.
+    """
+    act = A.activation_id(activation)
+    slope = A.check_negative_slope(negative_slope)
+    _checks.check_floating("batch_norm", input=x, weight=weight, bias=bias)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and (not t.is_floating_point() or t.device != x.device):
+            raise RuntimeError(
+                f"batch_norm(): expected '{name}' to be a floating-point tensor on {x.device}"
+            )
+    if x.dim() < 2:
+        raise ValueError(f"expected 2D or higher input to batch_norm (got {x.dim()}D input)")
+    channels = x.shape[1]
+    if not training and (running_mean is None or running_var is None):
+        which = "running_mean" if running_mean is None else "running_var"
+        raise RuntimeError(f"{which} must be defined in evaluation mode")
+    for name, t in (
+        ("weight", weight),
+        ("bias", bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+    if training:
+        size_prods = x.shape[0]
+        for s in x.shape[2:]:
+            size_prods *= s
+        if size_prods == 1:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {x.size()}"
+            )
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"momentum must be a float, but got {type(momentum).__name__}")
+    name = backends.resolve("batch_norm", backend, x)
+    _require_backend("batch_norm", "batch_norm_act_forward", name)
+    save_preact = (
+        A.needs_saved(act)
+        and not A.saves_output(act, slope)
+        and torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    )
+    y, mean, _, var, _ = torch.ops.genkern.batch_norm_act(
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        bool(training),
+        float(eps),
+        act,
+        slope,
+        save_preact,
+        name,
+    )
+    if training and (running_mean is not None or running_var is not None) and x.numel() > 0:
+        count = x.numel() // channels
+        torch.ops.genkern.batch_norm_update_stats(
+            running_mean, running_var, mean, var, float(momentum), count
+        )
+    return y
+
+
+def _require_backend(public: str, op: str, name: str) -> None:
+    """A clear error for a backend that has no kernel for this op (yet)."""
+    if name not in _registry._TABLE.get(op, {}):
+        have = ", ".join(repr(b) for b in _registry._TABLE.get(op, {}))
+        raise RuntimeError(
+            f"genkern.ops.{public}: backend {name!r} has no kernel for this op; it runs on {have}"
+        )
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=_checks.dense_format(x))
+
+
+# ---- the custom ops --------------------------------------------------------------------------
+
+
+@torch.library.custom_op(
+    "genkern::batch_norm_update_stats", mutates_args=("running_mean", "running_var")
+)
+def _batch_norm_update_stats(
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    momentum: float,
+    count: int,
+) -> None:
+    """running += momentum * (batch - running) (unbiased variance): one lerp_ each."""
+    if running_mean is not None:
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+    if running_var is not None:
+        factor = count / (count - 1) if count > 1 else float("inf")
+        running_var.lerp_((var * factor).to(running_var.dtype), momentum)
+
+
+@_batch_norm_update_stats.register_fake
+def _(running_mean, running_var, mean, var, momentum, count):
+    return None
+
+
+@torch.library.custom_op("genkern::batch_norm_act", mutates_args=())
+def _batch_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    training: bool,
+    eps: float,
+    activation: int,
+    negative_slope: float,
+    save_preact: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, invstd, var, preact): the statistics used (batch ones in training, biased var;
+    else the running ones), preact (= act's input) only when save_preact, else empty."""
+    fmt = _checks.dense_format(x)
+    c = x.shape[1]
+    if x.numel() == 0:  # as torch: an empty output, running statistics untouched
+        st = _stat_dtype(x.dtype)
+        return (
+            torch.empty_like(x, memory_format=fmt),
+            x.new_zeros(c, dtype=st),
+            x.new_ones(c, dtype=st),
+            x.new_ones(c, dtype=st),
+            x.new_empty(0),
+        )
+    fwd = _registry.kernel("batch_norm_act_forward", backend)
+    rm, rv = (None, None) if training else (running_mean, running_var)
+    y, mean, invstd, var, preact = fwd(
+        _dense(x), weight, bias, rm, rv, training, eps, activation, negative_slope, save_preact
+    )
+    preact = preact.contiguous(memory_format=fmt) if save_preact else x.new_empty(0)
+    if not training:  # fresh tensors: a custom op's outputs must not alias its inputs
+        mean, var = mean.clone(), var.clone()
+    return y.contiguous(memory_format=fmt), mean, invstd, var, preact
+
+
+@_batch_norm_act.register_fake
+def _(
+    x,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    training,
+    eps,
+    activation,
+    negative_slope,
+    save_preact,
+    backend,
+):
+    fmt = _checks.dense_format(x)
+    st = _stat_dtype(x.dtype)
+    y = torch.empty_like(x, memory_format=fmt)
+    save = save_preact and x.numel() > 0
+    preact = torch.empty_like(x, memory_format=fmt) if save else x.new_empty(0)
+    c = x.shape[1]
+    return (y, x.new_empty(c, dtype=st), x.new_empty(c, dtype=st), x.new_empty(c, dtype=st), preact)
+
+
+@torch.library.custom_op("genkern::batch_norm_act_backward", mutates_args=())
+def _batch_norm_act_backward(
+    grad_y: torch.Tensor,
+    saved: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    training: bool,
+    activation: int,
+    negative_slope: float,
+    output_mask: list[bool],
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    c = x.shape[1]
+    if x.numel() == 0:
+        gx, gw, gb = torch.zeros_like(x), x.new_zeros(c), x.new_zeros(c)
+    else:
+        bwd = _registry.kernel("batch_norm_act_backward", backend)
+        gx, gw, gb = bwd(
+            grad_y,
+            saved,
+            _dense(x),
+            weight,
+            mean,
+            invstd,
+            training,
+            activation,
+            negative_slope,
+            output_mask,
+        )
+    return _grads_out(x, weight, output_mask, gx, gw, gb)
+
+
+def _grads_out(x, weight, mask, gx, gw, gb):
+    dt = weight.dtype if weight is not None else x.dtype
+    return (
+        gx.contiguous(memory_format=_checks.dense_format(x)) if mask[0] else x.new_empty(0),
+        gw.to(dt).contiguous() if mask[1] else x.new_empty(0),
+        gb.to(dt).contiguous() if mask[2] else x.new_empty(0),
+    )
+
+
+@_batch_norm_act_backward.register_fake
+def _(
+    grad_y,
+    saved,
+    x,
+    weight,
+    mean,
+    invstd,
+    training,
+    activation,
+    negative_slope,
+    output_mask,
+    backend,
+):
+    c = x.shape[1]
+    dt = weight.dtype if weight is not None else x.dtype
+    gx = torch.empty_like(x, memory_format=_checks.dense_format(x))
+    return _grads_out(
+        x, weight, output_mask, gx, x.new_empty(c, dtype=dt), x.new_empty(c, dtype=dt)
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, rm, rv, training, eps, act, slope, save_preact, backend = inputs
+    y, mean, invstd, var, preact = output
+    ctx.mark_non_differentiable(mean, invstd, var, preact)
+    saved = None
+    if A.needs_saved(act):
+        saved = y if A.saves_output(act, slope) else preact
+    ctx.save_for_backward(x, weight, mean, invstd, saved)
+    ctx.args = (training, act, slope, backend)
+
+
+def _backward(ctx, grad_y, _gm, _gi, _gv, _gp):
+    x, weight, mean, invstd, saved = ctx.saved_tensors
+    training, act, slope, backend = ctx.args
+    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+    gx, gw, gb = torch.ops.genkern.batch_norm_act_backward(
+        grad_y, saved, x, weight, mean, invstd, training, act, slope, mask, backend
+    )
+    return (
+        gx if mask[0] else None,
+        gw if mask[1] else None,
+        gb if mask[2] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+_batch_norm_act.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- backends ---------------------------------------------------------------------------------
+
+
+def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.view([1, -1] + [1] * (x.dim() - 2))
+
+
+def _forward_torch(x, weight, bias, rm, rv, training, eps, act, slope, save_preact):
+    st = _stat_dtype(x.dtype)
+    xs = x.to(st)
+    dims = [0, *range(2, x.dim())]
+    if training:
+        var, mean = torch.var_mean(xs, dims, correction=0)
+    else:
+        mean, var = rm.to(st), rv.to(st)
+    invstd = torch.rsqrt(var + eps)
+    z = (xs - _bcast(mean, x)) * _bcast(invstd, x)
+    if weight is not None:
+        z = z * _bcast(weight.to(st), x)
+    if bias is not None:
+        z = z + _bcast(bias.to(st), x)
+    z = z.to(x.dtype)
+    y = reference.activation(z, A.ID_TO_NAME[act], slope)
+    return y, mean, invstd, var, z if save_preact else None
+
+
+def _backward_torch(grad_y, saved, x, weight, mean, invstd, training, act, slope, mask):
+    st = _stat_dtype(x.dtype)
+    g = reference.activation_backward(grad_y, saved, act, slope).to(st)
+    dims = [0, *range(2, x.dim())]
+    xhat = (x.to(st) - _bcast(mean, x)) * _bcast(invstd, x)
+    gb = g.sum(dims)
+    gw = (g * xhat).sum(dims)
+    scale = invstd if weight is None else weight.to(st) * invstd
+    if training:
+        count = x.numel() // x.shape[1]
+        gx = (g - _bcast(gb / count, x) - xhat * _bcast(gw / count, x)) * _bcast(scale, x)
+    else:
+        gx = g * _bcast(scale, x)
+    return gx.to(x.dtype), gw, gb
+
+
+def _forward_cpu(x, weight, bias, rm, rv, training, eps, act, slope, save_preact):
+    return _registry.extension().batch_norm_act_forward_cpu(
+        x, weight, bias, rm, rv, training, 0.0, eps, act, slope, save_preact
+    )
+
+
+def _backward_cpu(grad_y, saved, x, weight, mean, invstd, training, act, slope, mask):
+    return _registry.extension().batch_norm_act_backward_cpu(
+        grad_y, saved, x, weight, mean, invstd, training, act, slope, mask
+    )
+
+
+_registry.register("batch_norm_act_forward", torch=_forward_torch, cpu=_forward_cpu)
+_registry.register("batch_norm_act_backward", torch=_backward_torch, cpu=_backward_cpu)
+_registry.register(
+    "batch_norm_act_forward", triton="genkern.triton.batch_norm:batch_norm_act_forward_triton"
+)
+_registry.register(
+    "batch_norm_act_backward", triton="genkern.triton.batch_norm:batch_norm_act_backward_triton"
+)
+
+
+def _coefficients_forward(mean, var, weight, bias, eps):
+    """(invstd, scale, shift) per channel, in float64 then the statistics' dtype."""
+    invstd = torch.rsqrt(var.double() + eps)
+    w = weight.double() if weight is not None else torch.ones_like(invstd)
+    b = bias.double() if bias is not None else torch.zeros_like(invstd)
+    return invstd, w * invstd, b - mean.double() * w * invstd
+
+
+def _forward_cuda(x, weight, bias, rm, rv, training, eps, act, slope, save_preact):
+    ext = _registry.extension()
+    st = _stat_dtype(x.dtype)
+    if training:
+        mean, var = ext.batch_norm_stats_cuda(x)
+    else:
+        mean, var = rm.to(st), rv.to(st)
+    invstd, scale, shift = _coefficients_forward(mean, var, weight, bias, eps)
+    y, pre = ext.batch_norm_apply_cuda(x, scale, shift, act, slope, save_preact)
+    return y, mean.to(st), invstd.to(st), var.to(st), pre if save_preact else None
+
+
+def _backward_cuda(grad_y, saved, x, weight, mean, invstd, training, act, slope, mask):
+    ext = _registry.extension()
+    sum_g, sum_gx = ext.batch_norm_backward_reduce_cuda(grad_y, saved, x, mean, act, slope)
+    inv = invstd.double()
+    gw, gb = (sum_gx.double() * inv).to(x.dtype), sum_g.to(x.dtype)
+    if not mask[0]:
+        return x.new_empty(0), gw, gb
+    count = x.numel() // x.shape[1]
+    a = inv if weight is None else weight.double() * inv
+    if training:
+        kb = -a * inv * (sum_gx.double() * inv / count)
+        kc = -a * (sum_g.double() / count) - kb * mean.double()
+    else:
+        kb, kc = torch.zeros_like(a), torch.zeros_like(a)
+    gx = ext.batch_norm_backward_apply_cuda(grad_y, saved, x, a, kb, kc, act, slope)
+    return gx, gw, gb
+
+
+_registry.register("batch_norm_act_forward", cuda=_forward_cuda)
+_registry.register("batch_norm_act_backward", cuda=_backward_cuda)

@@ -1,0 +1,578 @@
+"""genkern.ops.max_pool2d / avg_pool2d / upsample_nearest2d: one custom op each (forward and
+backward) on every backend, with torch's index rules, tie / NaN behaviour and divisors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from genkern import backends
+from genkern.ops import _checks, _registry
+from genkern.ops.batch_norm import _require_backend
+
+
+def _pool_args(op, x, kernel_size, stride, padding, dilation):
+    _checks.check_floating(op, input=x)
+    if x.dim() not in (3, 4) or any(s == 0 for s in x.shape[1:]):
+        raise RuntimeError(
+            "non-empty 3D or 4D (batch mode) tensor expected for input, but got input of size: "
+            f"{list(x.shape)}"
+        )
+    kernel = _checks.pair(kernel_size, "kernel_size")
+    stride = (
+        kernel
+        if stride is None or (not isinstance(stride, int) and len(stride) == 0)
+        else _checks.pair(stride, "stride")
+    )
+    padding = _checks.pair(padding, "padding")
+    dilation = _checks.pair(dilation, "dilation")
+    if any(s == 0 for s in stride):
+        raise RuntimeError("stride should not be zero")
+    if any(s < 0 for s in stride):
+        raise RuntimeError(
+            f"stride should be greater than zero, but got dH: {stride[0]} dW: {stride[1]}"
+        )
+    if any(k <= 0 for k in kernel):
+        raise RuntimeError(
+            f"kernel size should be greater than zero, but got kH: {kernel[0]} kW: {kernel[1]}"
+        )
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError(
+            "dilation should be greater than zero, but got dilationH: "
+            f"{dilation[0]} dilationW: {dilation[1]}"
+        )
+    if any(p < 0 for p in padding):
+        raise RuntimeError(
+            f"pad must be non-negative, but got pad: {padding[0] if padding[0] < 0 else padding[1]}"
+        )
+    for k, p, d in zip(kernel, padding, dilation, strict=True):
+        if p > ((k - 1) * d + 1) // 2:
+            raise RuntimeError(
+                "pad should be at most half of effective kernel size, but got "
+                f"pad={p}, kernel_size={k} and dilation={d}"
+            )
+    return kernel, stride, padding, dilation
+
+
+def _out_size(size, k, s, p, d, ceil_mode):
+    """ATen's pooling_output_shape."""
+    num = size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
+    out = num // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _output_hw(x, kernel, stride, padding, dilation, ceil_mode):
+    hw = [
+        _out_size(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i], ceil_mode)
+        for i in range(2)
+    ]
+    if hw[0] < 1 or hw[1] < 1:
+        c, h, w = x.shape[1:]
+        raise RuntimeError(
+            f"Given input size: ({c}x{h}x{w}). Calculated output size: "
+            f"({c}x{hw[0]}x{hw[1]}). Output size is too small"
+        )
+    return hw
+
+
+def max_pool2d(
+    x: torch.Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+    backend: str = "auto",
+):
+    """F.max_pool2d: gradients go to the first maximum of each window; NaN counts as maximum.
+
+    With return_indices, also returns the int64 flat indices into each H*W plane (like torch).
+    """
+    kernel, stride, padding, dilation = _pool_args(
+        "max_pool2d", x, kernel_size, stride, padding, dilation
+    )
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
+    name = backends.resolve("max_pool2d", backend, x)
+    _require_backend("max_pool2d", "max_pool2d_forward", name)
+    y, idx = torch.ops.genkern.max_pool2d(
+        x, kernel, stride, padding, dilation, bool(ceil_mode), name
+    )
+    if unbatched:
+        y, idx = y.squeeze(0), idx.squeeze(0)
+    return (y, idx) if return_indices else y
+
+
+def avg_pool2d(
+    x: torch.Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """F.avg_pool2d, with ceil_mode, count_include_pad and divisor_override exactly as torch."""
+    kernel, stride, padding, _ = _pool_args("avg_pool2d", x, kernel_size, stride, padding, 1)
+    if divisor_override is not None:
+        if isinstance(divisor_override, bool) or not isinstance(divisor_override, int):
+            raise TypeError("divisor_override must be an int or None")
+        if divisor_override == 0:
+            raise RuntimeError("divisor must be not zero")
+    div = 0 if divisor_override is None else int(divisor_override)
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    _output_hw(x, kernel, stride, padding, [1, 1], ceil_mode)
+    name = backends.resolve("avg_pool2d", backend, x)
+    _require_backend("avg_pool2d", "avg_pool2d_forward", name)
+    y = torch.ops.genkern.avg_pool2d(
+        x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), div, name
+    )
+    return y.squeeze(0) if unbatched else y
+
+
+def upsample_nearest2d(
+    x: torch.Tensor, scale_factor=None, size=None, backend: str = "auto"
+) -> torch.Tensor:
+    """F.interpolate(x, size, scale_factor, mode="nearest"), the same source index per pixel."""
+    _checks.check_floating("upsample_nearest2d", input=x)
+    if x.dim() != 4:
+        raise ValueError(
+            f"Input Error: Only 4D input Tensors are supported for nearest 2D "
+            f"upsampling (got {x.dim()}D)"
+        )
+    if size is not None and scale_factor is not None:
+        raise ValueError("only one of size or scale_factor should be defined")
+    if size is None and scale_factor is None:
+        raise ValueError("either size or scale_factor should be defined")
+    if size is not None:
+        out = _checks.pair(list(size) if isinstance(size, tuple) else size, "size")
+        scales = [0.0, 0.0]
+    else:
+        sf = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * 2
+        if len(sf) != 2:
+            raise ValueError(
+                "Input and scale_factor must have the same number of spatial "
+                f"dimensions, but got input with spatial dimensions of "
+                f"{list(x.shape[2:])} and scale_factor of shape {list(sf)}."
+            )
+        scales = [float(s) for s in sf]
+        out = [math.floor(x.shape[2 + i] * scales[i]) for i in range(2)]
+    if any(o <= 0 for o in out) or any(s == 0 for s in x.shape[1:]):
+        raise RuntimeError(
+            f"Input and output sizes should be greater than 0, but got input "
+            f"(H: {x.shape[2]}, W: {x.shape[3]}) output (H: {out[0]}, "
+            f"W: {out[1]})"
+        )
+    name = backends.resolve("upsample_nearest2d", backend, x)
+    _require_backend("upsample_nearest2d", "upsample_nearest2d_forward", name)
+    return torch.ops.genkern.upsample_nearest2d(x, out, scales[0], scales[1], name)
+
+
+def nearest_source_index(out_size: int, in_size: int, scale: float, device) -> torch.Tensor:
+    """ATen's nearest_idx for every output index (float32 arithmetic, as its kernels)."""
+    if out_size == in_size:
+        return torch.arange(out_size, device=device)
+    if out_size == 2 * in_size:
+        return torch.arange(out_size, device=device) // 2
+    if scale > 0:
+        s = torch.tensor(1.0 / scale, dtype=torch.float32)
+    else:
+        s = torch.tensor(float(in_size), dtype=torch.float32) / out_size
+    idx = torch.floor(torch.arange(out_size, dtype=torch.float32) * s).long()
+    return idx.clamp_(max=in_size - 1).to(device)
+
+
+def _format(x):
+    return _checks.dense_format(x)
+
+
+def _dense(x):
+    return x.contiguous(memory_format=_format(x))
+
+
+def _zeros(input_size, channels_last, like):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return like.new_zeros(input_size).contiguous(memory_format=fmt)
+
+
+def _empty(input_size, channels_last, like):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(input_size, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+# ---- max_pool2d ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("genkern::max_pool2d", mutates_args=())
+def _max_pool2d(
+    x: torch.Tensor,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    ceil_mode: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    hw = _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
+    fmt = _format(x)
+    if x.numel() == 0:
+        y = x.new_empty([*x.shape[:2], *hw]).contiguous(memory_format=fmt)
+        return y, torch.empty_like(y, dtype=torch.int64)
+    y, idx = _registry.kernel("max_pool2d_forward", backend)(
+        _dense(x), kernel, stride, padding, dilation, ceil_mode, hw
+    )
+    return y.contiguous(memory_format=fmt), idx.contiguous(memory_format=fmt)
+
+
+@_max_pool2d.register_fake
+def _(x, kernel, stride, padding, dilation, ceil_mode, backend):
+    hw = _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
+    y = x.new_empty([*x.shape[:2], *hw]).contiguous(memory_format=_format(x))
+    return y, torch.empty_like(y, dtype=torch.int64)
+
+
+@torch.library.custom_op("genkern::max_pool2d_backward", mutates_args=())
+def _max_pool2d_backward(
+    grad_y: torch.Tensor,
+    indices: torch.Tensor,
+    input_size: list[int],
+    channels_last: bool,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    backend: str,
+) -> torch.Tensor:
+    gx = _zeros(input_size, channels_last, grad_y)
+    if gx.numel() == 0 or grad_y.numel() == 0:
+        return gx
+    return _registry.kernel("max_pool2d_backward", backend)(
+        grad_y, indices, gx, kernel, stride, padding, dilation
+    )
+
+
+@_max_pool2d_backward.register_fake
+def _(grad_y, indices, input_size, channels_last, kernel, stride, padding, dilation, backend):
+    return _empty(input_size, channels_last, grad_y)
+
+
+def _max_setup(ctx, inputs, output):
+    x, kernel, stride, padding, dilation, ceil_mode, backend = inputs
+    ctx.save_for_backward(output[1])
+    ctx.args = (
+        list(x.shape),
+        _format(x) == torch.channels_last,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        backend,
+    )
+
+
+def _max_backward(ctx, grad_y, _grad_idx):
+    (idx,) = ctx.saved_tensors
+    gx = torch.ops.genkern.max_pool2d_backward(grad_y, idx, *ctx.args)
+    return gx, None, None, None, None, None, None
+
+
+_max_pool2d.register_autograd(_max_backward, setup_context=_max_setup)
+
+
+# ---- avg_pool2d ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("genkern::avg_pool2d", mutates_args=())
+def _avg_pool2d(
+    x: torch.Tensor,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int,
+    backend: str,
+) -> torch.Tensor:
+    hw = _output_hw(x, kernel, stride, padding, [1, 1], ceil_mode)
+    fmt = _format(x)
+    if x.numel() == 0:
+        return x.new_empty([*x.shape[:2], *hw]).contiguous(memory_format=fmt)
+    y = _registry.kernel("avg_pool2d_forward", backend)(
+        _dense(x), kernel, stride, padding, hw, ceil_mode, count_include_pad, divisor_override
+    )
+    return y.contiguous(memory_format=fmt)
+
+
+@_avg_pool2d.register_fake
+def _(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, backend):
+    hw = _output_hw(x, kernel, stride, padding, [1, 1], ceil_mode)
+    return x.new_empty([*x.shape[:2], *hw]).contiguous(memory_format=_format(x))
+
+
+@torch.library.custom_op("genkern::avg_pool2d_backward", mutates_args=())
+def _avg_pool2d_backward(
+    grad_y: torch.Tensor,
+    input_size: list[int],
+    channels_last: bool,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int,
+    backend: str,
+) -> torch.Tensor:
+    if grad_y.numel() == 0:
+        return _zeros(input_size, channels_last, grad_y)
+    return _registry.kernel("avg_pool2d_backward", backend)(
+        grad_y,
+        input_size,
+        channels_last,
+        kernel,
+        stride,
+        padding,
+        ceil_mode,
+        count_include_pad,
+        divisor_override,
+    )
+
+
+@_avg_pool2d_backward.register_fake
+def _(
+    grad_y,
+    input_size,
+    channels_last,
+    kernel,
+    stride,
+    padding,
+    ceil_mode,
+    count_include_pad,
+    divisor_override,
+    backend,
+):
+    return _empty(input_size, channels_last, grad_y)
+
+
+def _avg_setup(ctx, inputs, output):
+    x, kernel, stride, padding, ceil_mode, cip, div, backend = inputs
+    ctx.args = (
+        list(x.shape),
+        _format(x) == torch.channels_last,
+        kernel,
+        stride,
+        padding,
+        ceil_mode,
+        cip,
+        div,
+        backend,
+    )
+
+
+def _avg_backward(ctx, grad_y):
+    gx = torch.ops.genkern.avg_pool2d_backward(grad_y, *ctx.args)
+    return gx, None, None, None, None, None, None, None
+
+
+_avg_pool2d.register_autograd(_avg_backward, setup_context=_avg_setup)
+
+
+# ---- upsample_nearest2d -------------------------------------------------------------------------
+
+
+@torch.library.custom_op("genkern::upsample_nearest2d", mutates_args=())
+def _upsample_nearest2d(
+    x: torch.Tensor, output_size: list[int], scale_h: float, scale_w: float, backend: str
+) -> torch.Tensor:
+    fmt = _format(x)
+    if x.numel() == 0:
+        return x.new_empty([*x.shape[:2], *output_size]).contiguous(memory_format=fmt)
+    y = _registry.kernel("upsample_nearest2d_forward", backend)(
+        _dense(x), output_size, scale_h, scale_w
+    )
+    return y.contiguous(memory_format=fmt)
+
+
+@_upsample_nearest2d.register_fake
+def _(x, output_size, scale_h, scale_w, backend):
+    return x.new_empty([*x.shape[:2], *output_size]).contiguous(memory_format=_format(x))
+
+
+@torch.library.custom_op("genkern::upsample_nearest2d_backward", mutates_args=())
+def _upsample_nearest2d_backward(
+    grad_y: torch.Tensor,
+    input_size: list[int],
+    channels_last: bool,
+    scale_h: float,
+    scale_w: float,
+    backend: str,
+) -> torch.Tensor:
+    if grad_y.numel() == 0:
+        return _zeros(input_size, channels_last, grad_y)
+    return _registry.kernel("upsample_nearest2d_backward", backend)(
+        grad_y, input_size, channels_last, scale_h, scale_w
+    )
+
+
+@_upsample_nearest2d_backward.register_fake
+def _(grad_y, input_size, channels_last, scale_h, scale_w, backend):
+    return _empty(input_size, channels_last, grad_y)
+
+
+def _up_setup(ctx, inputs, output):
+    x, output_size, scale_h, scale_w, backend = inputs
+    ctx.args = (list(x.shape), _format(x) == torch.channels_last, scale_h, scale_w, backend)
+
+
+def _up_backward(ctx, grad_y):
+    return torch.ops.genkern.upsample_nearest2d_backward(grad_y, *ctx.args), None, None, None, None
+
+
+_upsample_nearest2d.register_autograd(_up_backward, setup_context=_up_setup)
+
+
+# ---- backends -----------------------------------------------------------------------------------
+
+
+def _opt(scale):
+    return scale if scale > 0 else None
+
+
+def _max_fwd_torch(x, kernel, stride, padding, dilation, ceil_mode, hw):
+    return F.max_pool2d(
+        x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True
+    )
+
+
+def _max_bwd_torch(grad_y, indices, gx, kernel, stride, padding, dilation):
+    n, c = gx.shape[:2]
+    flat = torch.zeros(n, c, gx.shape[2] * gx.shape[3], dtype=grad_y.dtype, device=grad_y.device)
+    flat.scatter_add_(2, indices.reshape(n, c, -1), grad_y.reshape(n, c, -1))
+    return gx.copy_(flat.view(gx.shape))
+
+
+def _avg_fwd_torch(x, kernel, stride, padding, hw, ceil_mode, cip, div):
+    return F.avg_pool2d(x, kernel, stride, padding, ceil_mode, cip, div or None)
+
+
+def _avg_bwd_torch(grad_y, input_size, cl, kernel, stride, padding, ceil_mode, cip, div):
+    like = _empty(input_size, cl, grad_y)
+    return torch.ops.aten.avg_pool2d_backward(
+        grad_y, like, kernel, stride, padding, ceil_mode, cip, div or None
+    )
+
+
+def _up_fwd_torch(x, output_size, scale_h, scale_w):
+    return torch.ops.aten.upsample_nearest2d(x, output_size, _opt(scale_h), _opt(scale_w))
+
+
+def _up_bwd_torch(grad_y, input_size, cl, scale_h, scale_w):
+    gx = torch.ops.aten.upsample_nearest2d_backward(
+        grad_y, list(grad_y.shape[2:]), input_size, _opt(scale_h), _opt(scale_w)
+    )
+    return gx.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def _ext():
+    return _registry.extension()
+
+
+def _max_fwd_cpu(x, kernel, stride, padding, dilation, ceil_mode, hw):
+    return _ext().max_pool2d_forward_cpu(x, kernel, stride, padding, dilation, hw)
+
+
+def _max_bwd_cpu(grad_y, indices, gx, kernel, stride, padding, dilation):
+    return _ext().max_pool2d_backward_cpu(grad_y, indices, gx)
+
+
+def _avg_fwd_cpu(x, kernel, stride, padding, hw, ceil_mode, cip, div):
+    return _ext().avg_pool2d_forward_cpu(x, kernel, stride, padding, hw, cip, div)
+
+
+def _avg_bwd_cpu(grad_y, input_size, cl, kernel, stride, padding, ceil_mode, cip, div):
+    gx = _zeros(input_size, cl, grad_y)
+    return _ext().avg_pool2d_backward_cpu(grad_y, gx, kernel, stride, padding, cip, div)
+
+
+def _tables(in_hw, out_hw, scale_h, scale_w, device):
+    return (
+        nearest_source_index(out_hw[0], in_hw[0], scale_h, device),
+        nearest_source_index(out_hw[1], in_hw[1], scale_w, device),
+    )
+
+
+def _up_fwd_cpu(x, output_size, scale_h, scale_w):
+    sh, sw = _tables(x.shape[2:], output_size, scale_h, scale_w, x.device)
+    return _ext().upsample_nearest2d_forward_cpu(x, sh, sw)
+
+
+def _up_bwd_cpu(grad_y, input_size, cl, scale_h, scale_w):
+    sh, sw = _tables(input_size[2:], grad_y.shape[2:], scale_h, scale_w, grad_y.device)
+    gx = _zeros(input_size, cl, grad_y)
+    return _ext().upsample_nearest2d_backward_cpu(grad_y, sh, sw, gx)
+
+
+_registry.register("max_pool2d_forward", torch=_max_fwd_torch, cpu=_max_fwd_cpu)
+_registry.register("max_pool2d_backward", torch=_max_bwd_torch, cpu=_max_bwd_cpu)
+_registry.register("avg_pool2d_forward", torch=_avg_fwd_torch, cpu=_avg_fwd_cpu)
+_registry.register("avg_pool2d_backward", torch=_avg_bwd_torch, cpu=_avg_bwd_cpu)
+_registry.register("upsample_nearest2d_forward", torch=_up_fwd_torch, cpu=_up_fwd_cpu)
+_registry.register("upsample_nearest2d_backward", torch=_up_bwd_torch, cpu=_up_bwd_cpu)
+
+_T = "genkern.triton.pool:"
+_registry.register("max_pool2d_forward", triton=_T + "max_pool2d_forward_triton")
+_registry.register("max_pool2d_backward", triton=_T + "max_pool2d_backward_triton")
+_registry.register("avg_pool2d_forward", triton=_T + "avg_pool2d_forward_triton")
+_registry.register("avg_pool2d_backward", triton=_T + "avg_pool2d_backward_triton")
+_registry.register("upsample_nearest2d_forward", triton=_T + "upsample_nearest2d_forward_triton")
+_registry.register("upsample_nearest2d_backward", triton=_T + "upsample_nearest2d_backward_triton")
+
+
+# CUDA (csrc/cuda/norm_pool_kernels.cu): the backward kernels gather and write all of grad_x.
+def _max_fwd_cuda(x, kernel, stride, padding, dilation, ceil_mode, hw):
+    return _ext().max_pool2d_forward_cuda(x, kernel, stride, padding, dilation, hw)
+
+
+def _max_bwd_cuda(grad_y, indices, gx, kernel, stride, padding, dilation):
+    return _ext().max_pool2d_backward_cuda(grad_y, indices, gx, kernel, stride, padding, dilation)
+
+
+def _avg_fwd_cuda(x, kernel, stride, padding, hw, ceil_mode, cip, div):
+    return _ext().avg_pool2d_forward_cuda(x, kernel, stride, padding, hw, cip, div)
+
+
+def _avg_bwd_cuda(grad_y, input_size, cl, kernel, stride, padding, ceil_mode, cip, div):
+    gx = _empty(input_size, cl, grad_y)
+    return _ext().avg_pool2d_backward_cuda(grad_y, gx, kernel, stride, padding, cip, div)
+
+
+def _up_fwd_cuda(x, output_size, scale_h, scale_w):
+    sh, sw = _tables(x.shape[2:], output_size, scale_h, scale_w, x.device)
+    return _ext().upsample_nearest2d_forward_cuda(x, sh, sw)
+
+
+def _up_bwd_cuda(grad_y, input_size, cl, scale_h, scale_w):
+    sh, sw = _tables(input_size[2:], grad_y.shape[2:], scale_h, scale_w, grad_y.device)
+    ranges = []
+    for src, size in ((sh, input_size[2]), (sw, input_size[3])):
+        ar = torch.arange(size, device=src.device)
+        ranges += [torch.searchsorted(src, ar), torch.searchsorted(src, ar, right=True)]
+    gx = _empty(input_size, cl, grad_y)
+    return _ext().upsample_nearest2d_backward_cuda(grad_y, *ranges, gx)
+
+
+_registry.register("max_pool2d_forward", cuda=_max_fwd_cuda)
+_registry.register("max_pool2d_backward", cuda=_max_bwd_cuda)
+_registry.register("avg_pool2d_forward", cuda=_avg_fwd_cuda)
+_registry.register("avg_pool2d_backward", cuda=_avg_bwd_cuda)
+_registry.register("upsample_nearest2d_forward", cuda=_up_fwd_cuda)
+_registry.register("upsample_nearest2d_backward", cuda=_up_bwd_cuda)

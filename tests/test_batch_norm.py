@@ -1,0 +1,296 @@
+"""genkern.ops.batch_norm, genkern.nn.BatchNorm2d and fold_batch_norm against the float64
+reference, on every backend."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import assert_unchanged, clones
+from conftest import DEVICE, grid_backends
+
+import genkern
+from genkern import activations as A
+from genkern import reference, testing
+
+ACTIVATIONS = [
+    (None, 0.01),
+    ("relu", 0.01),
+    ("leaky_relu", 0.2),
+    ("leaky_relu", -0.1),  # negative slope: the backward needs the pre-activation
+    ("tanh", 0.01),
+    ("sigmoid", 0.01),
+    ("silu", 0.01),
+]
+SHAPES = [(3, 5, 7, 6), (1, 4, 3, 3), (4, 3, 1, 1)]  # odd sizes, batch 1, 1x1 spatial
+
+
+def _make(shape, dtype, layout, affine=True, requires_grad=True):
+    c = shape[1]
+    x = testing.make_tensor(shape, dtype, DEVICE, layout, requires_grad)
+    w = testing.make_tensor([c], dtype, DEVICE, requires_grad=requires_grad, low=0.5, high=1.5)
+    b = testing.make_tensor([c], dtype, DEVICE, requires_grad=requires_grad)
+    rm = testing.make_tensor([c], dtype, DEVICE)
+    rv = testing.make_tensor([c], dtype, DEVICE, low=0.5, high=1.5)
+    return (x, w, b) if affine else (x, None, None), (rm, rv)
+
+
+def _run_both(x, w, b, rm, rv, training, act, slope, backend, dtype, what):
+    rm2, rv2 = rm.clone(), rv.clone()
+    fn = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
+        x, rm, rv, w, b, training, 0.3, 1e-4, act, slope, backend=backend)
+    ref = lambda x, w, b: reference.batch_norm(  # noqa: E731
+        x, rm2.double(), rv2.double(), w, b, training, 0.3, 1e-4, act, slope)
+    inputs = [x, w, b]
+    testing.check_against_reference(fn, ref, inputs, dtype, what)
+    # the running statistics: once more through each, from the same start
+    rm.copy_(rm2), rv.copy_(rv2)
+    rmr, rvr = rm2.double(), rv2.double()
+    with torch.no_grad():
+        genkern.ops.batch_norm(x, rm, rv, w, b, training, 0.3, 1e-4, act, slope, backend=backend)
+        reference.batch_norm(x.double(), rmr, rvr, None if w is None else w.double(),
+                             None if b is None else b.double(), training, 0.3, 1e-4, act, slope)
+    testing.assert_close_to_reference(rm, rmr, dtype, f"{what} running_mean")
+    testing.assert_close_to_reference(rv, rvr, dtype, f"{what} running_var")
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+@pytest.mark.parametrize("act,slope", ACTIVATIONS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=str)
+def test_forward_grads_and_running_stats_float64(shape, training, act, slope, layout, backend):
+    (x, w, b), (rm, rv) = _make(shape, torch.float64, layout)
+    before = clones([x, w, b])
+    _run_both(x, w, b, rm, rv, training, act, slope, backend, torch.float64, backend)
+    assert_unchanged(before, [x, w, b])
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("shape", [(4, 3, 1, 1), (5, 6), (2, 3, 7), (3, 2, 40, 41)], ids=str)
+def test_other_ranks_and_sizes(shape, backend):
+    (x, w, b), (rm, rv) = _make(shape, torch.float64, "contiguous")
+    _run_both(x, w, b, rm, rv, True, "silu", 0.01, backend, torch.float64, backend)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("training", [True, False])
+def test_no_affine(training, backend):
+    (x, _, _), (rm, rv) = _make((3, 4, 5, 5), torch.float64, "channels_last", affine=False)
+    _run_both(x, None, None, rm, rv, training, "relu", 0.01, backend, torch.float64, backend)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("act,slope", [("relu", 0.01), ("leaky_relu", 0.2), ("tanh", 0.01)])
+def test_float32_against_float64_reference(act, slope, layout, backend):
+    (x, w, b), (rm, rv) = _make((8, 16, 9, 9), torch.float32, layout)
+    x = (x.detach() * 3 + 5).requires_grad_()  # an offset mean, as real activations have
+    _run_both(x, w, b, rm, rv, True, act, slope, backend, torch.float32, backend)
+
+
+def test_statistics_are_stable_with_a_large_mean():
+    """The one-pass statistics are Welford-like: a mean of 1e4 costs no variance accuracy."""
+    for backend in grid_backends(torch.float32):
+        x = torch.randn(16, 3, 32, 32, device=DEVICE) + 1e4
+        y = genkern.ops.batch_norm(x, None, None, training=True, backend=backend)
+        ref = F.batch_norm(x.double(), None, None, training=True)
+        assert testing.max_error(y, ref) < 5e-3, backend
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_like_stock(dtype):
+    backends = [b for b in grid_backends(dtype) if b != "torch"]
+    if not backends:
+        pytest.skip(f"no compiled backend supports {dtype} on {DEVICE} here")
+    (x, w, b), _ = _make((4, 16, 8, 8), dtype, "channels_last")
+    ref_in = [testing.as_reference(t) for t in (x, w, b)]
+    f_ref = lambda x, w, b: reference.batch_norm(x, None, None, w, b, True, activation="relu")  # noqa: E731
+    ref_out, grad_out, ref_grads = testing.forward_and_grads(f_ref, ref_in)
+    stock_in = [t.detach().requires_grad_() for t in (x, w, b)]
+    stock_out, _, stock_grads = testing.forward_and_grads(f_ref, stock_in, grad_out)
+    for backend in backends:
+        out, _, grads = testing.forward_and_grads(
+            lambda x, w, b, backend=backend: genkern.ops.batch_norm(
+                x, None, None, w, b, True, activation="relu", backend=backend),
+            [t.detach().requires_grad_() for t in (x, w, b)], grad_out)
+        assert out.dtype == dtype
+        testing.assert_like_stock(out, stock_out, ref_out, dtype, f"{backend} forward")
+        for i, (g, sg, rg) in enumerate(zip(grads, stock_grads, ref_grads, strict=True)):
+            testing.assert_like_stock(g, sg, rg, dtype, f"{backend} grad #{i}")
+
+
+@pytest.mark.skipif("cpu" not in grid_backends(torch.float64),
+                    reason="the C++ extension genkern._C is not built")
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("act,slope", [("leaky_relu", 0.2), ("silu", 0.01), ("tanh", 0.01)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_cpu_kernel(layout, act, slope, training):
+    (x, w, b), (rm, rv) = _make((3, 4, 3, 2), torch.float64, layout)
+    x, w, b = (t.cpu().detach().requires_grad_() for t in (x, w, b))
+    rm, rv = rm.cpu(), rv.cpu()
+    fn = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
+        x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-3, act, slope, backend="cpu")
+    assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-5, nondet_tol=0.0)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("act,slope", [("leaky_relu", -0.1), ("relu", 0.01), (None, 0.01)])
+def test_opcheck(backend, act, slope):
+    act_id = A.activation_id(act)
+    save_preact = A.needs_saved(act_id) and not A.saves_output(act_id, slope)
+    for layout in ("contiguous", "channels_last"):
+        for training in (True, False):
+            (x, w, b), (rm, rv) = _make((2, 3, 4, 5), torch.float64, layout)
+            args = (x, w, b, rm, rv, training, 1e-5, act_id, slope, save_preact, backend)
+            torch.library.opcheck(torch.ops.genkern.batch_norm_act.default, args)
+            y, mean, invstd, var, preact = torch.ops.genkern.batch_norm_act(
+                *[a.detach() if torch.is_tensor(a) else a for a in args])
+            saved = None if act is None else (preact if save_preact else y)
+            bargs = (torch.randn_like(y), saved, x.detach(), w.detach(), mean, invstd, training,
+                     act_id, slope, [True, True, True], backend)
+            torch.library.opcheck(torch.ops.genkern.batch_norm_act_backward.default, bargs)
+            torch.library.opcheck(torch.ops.genkern.batch_norm_update_stats.default,
+                                  (rm, rv, mean, var, 0.1, 40))
+
+
+def _stock_and_ours(**kw):
+    stock = torch.nn.BatchNorm2d(6, **kw).to(DEVICE)
+    ours = genkern.nn.BatchNorm2d(6, **kw, activation="leaky_relu", negative_slope=0.2).to(DEVICE)
+    with torch.no_grad():
+        if stock.weight is not None:
+            stock.weight.uniform_(0.5, 1.5)
+            stock.bias.uniform_(-1, 1)
+    ours.load_state_dict(stock.state_dict())
+    return stock, ours
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("track", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_module_training_steps_then_eval(momentum, track, affine):
+    stock, ours = _stock_and_ours(momentum=momentum, track_running_stats=track, affine=affine)
+    for step in range(3):
+        x = torch.randn(4, 6, 5, 5, device=DEVICE) * (step + 1) + step
+        torch.testing.assert_close(ours(x), F.leaky_relu(stock(x), 0.2))
+    for (k, a), (_, s) in zip(ours.state_dict().items(), stock.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, s, msg=lambda m, k=k: f"{k}: {m}")
+    ours.eval(), stock.eval()
+    x = torch.randn(2, 6, 5, 5, device=DEVICE)
+    torch.testing.assert_close(ours(x), F.leaky_relu(stock(x), 0.2))
+
+
+def test_module_is_drop_in_and_state_dict_round_trips():
+    stock, ours = _stock_and_ours()
+    assert isinstance(ours, torch.nn.BatchNorm2d)
+    assert ours.state_dict().keys() == stock.state_dict().keys()
+    assert "negative_slope=0.2" in repr(ours)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        ours(torch.randn(3, 6, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="activation must be None or one of"):
+        genkern.nn.BatchNorm2d(4, activation="gelu")
+
+
+def test_compile_fullgraph_matches_and_updates_running_stats():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        genkern.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        genkern.nn.BatchNorm2d(8, activation="relu"),
+        genkern.nn.MaxPool2d(2),
+    ).to(DEVICE)
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, requires_grad=True)
+    y, yc = model(x), compiled(x)
+    torch.testing.assert_close(yc, y)
+    torch.testing.assert_close(twin[1].running_mean, model[1].running_mean)
+    torch.testing.assert_close(twin[1].running_var, model[1].running_var)
+    g = torch.autograd.grad(y.sum(), (x, model[1].weight))
+    gc = torch.autograd.grad(yc.sum(), (x, twin[1].weight))
+    for a, b in zip(g, gc, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_compile_inductor_no_graph_break():
+    torch._dynamo.reset()
+    layer = genkern.nn.BatchNorm2d(4, activation="silu").to(DEVICE).eval()
+    x = torch.randn(2, 4, 5, 5, device=DEVICE)
+    assert torch._dynamo.explain(layer)(x).graph_break_count == 0
+    torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))
+
+
+def test_zero_batch_returns_empty():
+    for backend in grid_backends(torch.float32):
+        x = torch.randn(0, 3, 4, 4, device=DEVICE, requires_grad=True)
+        rm, rv = torch.zeros(3, device=DEVICE), torch.ones(3, device=DEVICE)
+        y = genkern.ops.batch_norm(x, rm, rv, training=True, activation="relu", backend=backend)
+        assert y.shape == x.shape
+        y.sum().backward()
+        assert x.grad.shape == x.shape
+        assert torch.equal(rm, torch.zeros(3, device=DEVICE))
+
+
+# ---- folding -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["conv", "conv_bias", "convT", "convT_groups", "genkern_conv"])
+def test_fold_batch_norm(kind):
+    if kind.startswith("convT"):
+        groups = 2 if kind == "convT_groups" else 1
+        conv = torch.nn.ConvTranspose2d(4, 6, 4, 2, 1, bias=False, groups=groups)
+    elif kind == "genkern_conv":
+        conv = genkern.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    else:
+        conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=kind == "conv_bias")
+    bn = genkern.nn.BatchNorm2d(6, activation="leaky_relu", negative_slope=0.2)
+    model = torch.nn.Sequential(conv, bn).to(DEVICE)
+    for _ in range(2):  # training steps give the running statistics values
+        model(torch.randn(4, 4, 6, 6, device=DEVICE) * 2 + 1)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+    model.eval()
+    x = torch.randn(2, 4, 6, 6, device=DEVICE)
+    expected = model(x)
+    folded = genkern.nn.fold_batch_norm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_leaves_training_batch_norm():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    genkern.nn.fold_batch_norm(model)
+    assert isinstance(model[1], torch.nn.BatchNorm2d)
+
+
+# ---- bad inputs ----------------------------------------------------------------------------------
+
+_X = torch.randn(2, 3, 4, 4)
+_S = (torch.zeros(3), torch.ones(3))
+BAD_INPUTS = [
+    ("batch 1 of 1x1 in training", dict(x=torch.randn(1, 4, 1, 1), running_mean=None,
+                                        running_var=None, training=True), ValueError,
+     r"Expected more than 1 value per channel when training, got input size "
+     r"torch.Size\(\[1, 4, 1, 1\]\)"),
+    ("eval without stats", dict(x=_X, running_mean=None, running_var=None), RuntimeError,
+     "running_mean must be defined in evaluation mode"),
+    ("running_mean size", dict(x=_X, running_mean=torch.zeros(4), running_var=_S[1]),
+     RuntimeError, "running_mean should contain 3 elements not 4"),
+    ("weight size", dict(x=_X, running_mean=_S[0], running_var=_S[1], weight=torch.ones(2)),
+     RuntimeError, "weight should contain 3 elements not 2"),
+    ("rank 1", dict(x=torch.randn(5), running_mean=None, running_var=None, training=True),
+     ValueError, "expected 2D or higher input"),
+    ("integer input", dict(x=_X.long(), running_mean=_S[0], running_var=_S[1]), TypeError,
+     "floating-point"),
+    ("weight dtype", dict(x=_X, running_mean=_S[0], running_var=_S[1],
+                          weight=torch.ones(3, dtype=torch.float64)), RuntimeError, "same dtype"),
+    ("unknown activation", dict(x=_X, running_mean=_S[0], running_var=_S[1], activation="gelu"),
+     ValueError, "activation must be None or one of"),
+    ("unknown backend", dict(x=_X, running_mean=_S[0], running_var=_S[1], backend="metal"),
+     ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("desc,kwargs,exc,pattern", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_raise_clearly(desc, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        genkern.ops.batch_norm(**kwargs)

@@ -1,0 +1,261 @@
+"""genkern.ops.max_pool2d / avg_pool2d / upsample_nearest2d and their modules against stock
+PyTorch (float64), on every backend: same values, same gradient routing, same indices."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import assert_unchanged, clones
+from conftest import DEVICE, grid_backends
+
+import genkern
+from genkern import reference, testing
+
+# (N, C, H, W, kernel, stride, padding, dilation, ceil_mode)
+MAX_CASES = [
+    (2, 3, 8, 8, 2, None, 0, 1, False),  # the 2x2 pool of the CNNs
+    (1, 5, 9, 7, 3, 2, 1, 1, True),  # odd sizes, padding, ceil_mode
+    (2, 2, 10, 11, (3, 2), (2, 1), (1, 1), (2, 1), False),  # rectangular, dilation
+    (2, 3, 7, 7, 2, 2, 1, 1, True),  # ceil_mode with a last window starting in the padding
+    (3, 4, 5, 6, 3, 3, 0, 1, True),  # stride = kernel, partial last window
+]
+# (N, C, H, W, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+AVG_CASES = [
+    (2, 3, 8, 8, 2, None, 0, False, True, None),
+    (1, 5, 9, 7, 3, 2, 1, True, True, None),
+    (1, 5, 9, 7, 3, 2, 1, True, False, None),
+    (2, 2, 10, 11, (3, 2), (2, 1), (1, 1), False, False, None),
+    (2, 3, 7, 7, 2, 2, 1, True, True, 3),
+    (3, 4, 5, 6, 3, 3, 1, True, False, None),
+]
+# (N, C, H, W, scale_factor, size)
+UP_CASES = [
+    (2, 3, 4, 5, 2, None),
+    (1, 2, 5, 7, 1.7, None),
+    (2, 3, 6, 4, (0.6, 2.3), None),
+    (1, 4, 3, 3, 3, None),
+    (2, 2, 4, 6, None, (11, 5)),
+    (1, 3, 5, 5, None, (10, 10)),
+]
+
+
+def _id(case):
+    return "x".join(str(v) for v in case)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+@pytest.mark.parametrize("case", MAX_CASES, ids=_id)
+def test_max_pool2d_float64(case, layout, backend):
+    n, c, h, w, k, s, p, d, ceil = case
+    x = testing.make_tensor([n, c, h, w], torch.float64, DEVICE, layout, True)
+    before = clones([x])
+    kw = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    y, idx = genkern.ops.max_pool2d(x, **kw, return_indices=True, backend=backend)
+    ry, ridx = F.max_pool2d(x, **kw, return_indices=True)
+    assert torch.equal(y, ry) and torch.equal(idx, ridx)
+    assert y.stride() == ry.stride()
+    g = torch.randn_like(y)
+    assert torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ry, x, g)[0])
+    assert_unchanged(before, [x])
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_max_pool2d_ties_and_nan_like_torch(layout, backend):
+    x = torch.zeros(2, 3, 6, 6, device=DEVICE)  # all ties: the first max takes the gradient
+    x[0, 1, 2, 3] = float("nan")
+    x[0, 1, 2, 2] = float("nan")  # two NaNs in one window
+    x[1, 2] = float("-inf")  # a plane of -inf: the first tap's index
+    x[1, 0, 1, 1] = float("inf")
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    x.requires_grad_()
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)):
+        y, idx = genkern.ops.max_pool2d(x, **kw, return_indices=True, backend=backend)
+        ry, ridx = F.max_pool2d(x, **kw, return_indices=True)
+        torch.testing.assert_close(y, ry, equal_nan=True)
+        assert torch.equal(idx, ridx)
+        g = torch.randn_like(y)
+        assert torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ry, x, g)[0])
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+@pytest.mark.parametrize("case", AVG_CASES, ids=_id)
+def test_avg_pool2d_float64(case, layout, backend):
+    n, c, h, w, k, s, p, ceil, cip, div = case
+    x = testing.make_tensor([n, c, h, w], torch.float64, DEVICE, layout, True)
+    kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=cip,
+              divisor_override=div)
+    fn = lambda x: genkern.ops.avg_pool2d(x, **kw, backend=backend)  # noqa: E731
+    testing.check_against_reference(fn, lambda x: reference.avg_pool2d(x, **kw), [x],
+                                     torch.float64, backend)
+    assert fn(x).stride() == F.avg_pool2d(x, **kw).stride()
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+@pytest.mark.parametrize("case", UP_CASES, ids=_id)
+def test_upsample_nearest2d_exact(case, layout, backend):
+    n, c, h, w, sf, size = case
+    x = testing.make_tensor([n, c, h, w], torch.float64, DEVICE, layout, True)
+    y = genkern.ops.upsample_nearest2d(x, sf, size, backend=backend)
+    ry = F.interpolate(x, size=size, scale_factor=sf, mode="nearest")
+    assert torch.equal(y, ry) and y.stride() == ry.stride()
+    g = torch.randn_like(y)
+    testing.assert_close_to_reference(torch.autograd.grad(y, x, g)[0],
+                                      torch.autograd.grad(ry, x, g)[0], torch.float64, "grad")
+
+
+@pytest.mark.parametrize("scale", [1.1, 1.3, 2.5, 0.7, 1.99])
+def test_upsample_nearest_index_formula(scale):
+    """Non-integer scales: the float32 floor(dst * 1 / scale) of ATen, dst by dst."""
+    x = torch.arange(37.0, device=DEVICE).view(1, 1, 1, 37).expand(1, 1, 2, 37).contiguous()
+    for backend in grid_backends(torch.float32):
+        y = genkern.ops.upsample_nearest2d(x, (1, scale), backend=backend)
+        assert torch.equal(y, F.interpolate(x, scale_factor=(1, scale), mode="nearest"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_other_dtypes(dtype):
+    x = testing.make_tensor([2, 8, 8, 8], dtype, DEVICE, "channels_last", True)
+    for backend in grid_backends(dtype):
+        for fn, ref in [
+            (lambda x, b: genkern.ops.max_pool2d(x, 2, backend=b), lambda x: F.max_pool2d(x, 2)),
+            (lambda x, b: genkern.ops.avg_pool2d(x, 3, 2, 1, backend=b),
+             lambda x: F.avg_pool2d(x, 3, 2, 1)),
+            (lambda x, b: genkern.ops.upsample_nearest2d(x, 2, backend=b),
+             lambda x: F.interpolate(x, scale_factor=2)),
+        ]:
+            x64 = testing.as_reference(x)
+            y, ry = fn(x, backend), ref(x64)
+            testing.assert_close_to_reference(y, ry, dtype, f"{backend} forward")
+            g = torch.randn_like(y)
+            testing.assert_close_to_reference(torch.autograd.grad(y, x, g)[0],
+                                              torch.autograd.grad(ry, x64, g.double())[0], dtype,
+                                              f"{backend} grad")
+
+
+@pytest.mark.skipif("cpu" not in grid_backends(torch.float64),
+                    reason="the C++ extension genkern._C is not built")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_cpu_kernels(layout):
+    x = testing.make_tensor([2, 3, 5, 6], torch.float64, "cpu", layout, True)
+    for fn in (lambda x: genkern.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True, backend="cpu"),
+               lambda x: genkern.ops.avg_pool2d(x, 3, 2, 1, True, False, backend="cpu"),
+               lambda x: genkern.ops.upsample_nearest2d(x, 1.5, backend="cpu")):
+        assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5, nondet_tol=0.0)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+def test_opcheck(backend):
+    ops = torch.ops.genkern
+    for layout in ("contiguous", "channels_last"):
+        x = testing.make_tensor([2, 3, 7, 6], torch.float64, DEVICE, layout, True)
+        cl = layout == "channels_last"
+        torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True,
+                                                       backend))
+        y, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True, backend)
+        torch.library.opcheck(ops.max_pool2d_backward.default,
+                              (torch.randn_like(y), idx, list(x.shape), cl, [3, 3], [2, 2],
+                               [1, 1], [1, 1], backend))
+        torch.library.opcheck(ops.avg_pool2d.default, (x, [3, 2], [2, 1], [1, 1], True, False, 0,
+                                                       backend))
+        y = ops.avg_pool2d(x.detach(), [3, 2], [2, 1], [1, 1], True, False, 0, backend)
+        torch.library.opcheck(ops.avg_pool2d_backward.default,
+                              (torch.randn_like(y), list(x.shape), cl, [3, 2], [2, 1], [1, 1],
+                               True, False, 0, backend))
+        torch.library.opcheck(ops.upsample_nearest2d.default, (x, [11, 9], 1.7, 1.5, backend))
+        torch.library.opcheck(ops.upsample_nearest2d_backward.default,
+                              (torch.randn(2, 3, 11, 9, dtype=torch.float64, device=DEVICE),
+                               list(x.shape), cl, 1.7, 1.5, backend))
+
+
+def test_compile_fullgraph_matches():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        genkern.nn.MaxPool2d(2), genkern.nn.Upsample(scale_factor=2),
+        genkern.nn.AvgPool2d(3, 2, 1, ceil_mode=True),
+    ).to(DEVICE)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y, yc = model(x), compiled(x)
+    torch.testing.assert_close(yc, y)
+    torch.testing.assert_close(torch.autograd.grad(yc.sum(), x)[0],
+                               torch.autograd.grad(y.sum(), x)[0])
+
+
+def test_compile_inductor_no_graph_break():
+    torch._dynamo.reset()
+    layer = genkern.nn.MaxPool2d(2).to(DEVICE)
+    x = torch.randn(1, 3, 8, 8, device=DEVICE)
+    assert torch._dynamo.explain(layer)(x).graph_break_count == 0
+    torch.testing.assert_close(torch.compile(layer, fullgraph=True)(x), layer(x))
+
+
+def test_modules_are_drop_in():
+    x = torch.randn(2, 3, 9, 9, device=DEVICE)
+    pairs = [
+        (genkern.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+         torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
+        (genkern.nn.AvgPool2d(2, count_include_pad=False), torch.nn.AvgPool2d(2)),
+        (genkern.nn.Upsample(scale_factor=1.5), torch.nn.Upsample(scale_factor=1.5)),
+        (genkern.nn.Upsample(size=(4, 13)), torch.nn.Upsample(size=(4, 13))),
+    ]
+    for ours, stock in pairs:
+        assert isinstance(ours, type(stock))
+        torch.testing.assert_close(ours(x), stock(x))
+    y, idx = genkern.nn.MaxPool2d(2, return_indices=True)(x)
+    assert torch.equal(idx, torch.nn.MaxPool2d(2, return_indices=True)(x)[1])
+    with pytest.raises(ValueError, match="mode='nearest' only"):
+        genkern.nn.Upsample(scale_factor=2, mode="bilinear")
+
+
+def test_unbatched_and_zero_batch():
+    x = torch.randn(3, 6, 6, device=DEVICE)
+    torch.testing.assert_close(genkern.ops.max_pool2d(x, 2), F.max_pool2d(x, 2))
+    torch.testing.assert_close(genkern.ops.avg_pool2d(x, 2), F.avg_pool2d(x, 2))
+    for backend in grid_backends(torch.float32):
+        z = torch.randn(0, 3, 6, 6, device=DEVICE, requires_grad=True)
+        for y in (genkern.ops.max_pool2d(z, 2, backend=backend),
+                  genkern.ops.avg_pool2d(z, 2, backend=backend),
+                  genkern.ops.upsample_nearest2d(z, 2, backend=backend)):
+            y.sum().backward()
+            assert z.grad.shape == z.shape
+
+
+_X = torch.randn(2, 3, 5, 5)
+BAD_INPUTS = [
+    ("max pad > half kernel", lambda: genkern.ops.max_pool2d(_X, 2, padding=2), RuntimeError,
+     "pad should be at most half of effective kernel size, but got pad=2, kernel_size=2 and "
+     "dilation=1"),
+    ("max dilated pad", lambda: genkern.ops.max_pool2d(_X, 3, dilation=2, padding=3),
+     RuntimeError, "but got pad=3, kernel_size=3 and dilation=2"),
+    ("avg pad > half kernel", lambda: genkern.ops.avg_pool2d(_X, 2, padding=2), RuntimeError,
+     "pad should be at most half of effective kernel size"),
+    ("output too small", lambda: genkern.ops.max_pool2d(torch.randn(2, 3, 1, 1), 2),
+     RuntimeError, r"Given input size: \(3x1x1\). Calculated output size: \(3x0x0\). Output "
+     "size is too small"),
+    ("zero stride", lambda: genkern.ops.max_pool2d(_X, 2, stride=0), RuntimeError,
+     "stride should not be zero"),
+    ("zero dilation", lambda: genkern.ops.max_pool2d(_X, 2, dilation=0), RuntimeError,
+     "dilation should be greater than zero"),
+    ("zero kernel", lambda: genkern.ops.avg_pool2d(_X, 0, stride=1), RuntimeError,
+     "kernel size should be greater than zero"),
+    ("zero divisor", lambda: genkern.ops.avg_pool2d(_X, 2, divisor_override=0), RuntimeError,
+     "divisor must be not zero"),
+    ("rank 2", lambda: genkern.ops.max_pool2d(torch.randn(5, 5), 2), RuntimeError,
+     "3D or 4D"),
+    ("integer input", lambda: genkern.ops.avg_pool2d(_X.long(), 2), TypeError, "floating-point"),
+    ("size and scale", lambda: genkern.ops.upsample_nearest2d(_X, 2, (4, 4)), ValueError,
+     "only one of size or scale_factor should be defined"),
+    ("neither size nor scale", lambda: genkern.ops.upsample_nearest2d(_X), ValueError,
+     "either size or scale_factor should be defined"),
+    ("upsample rank 3", lambda: genkern.ops.upsample_nearest2d(_X[0], 2), ValueError,
+     "Only 4D input"),
+]
+
+
+@pytest.mark.parametrize("desc,fn,exc,pattern", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_raise_clearly(desc, fn, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        fn()
