@@ -63,3 +63,29 @@ def conv2d(
     """act(conv2d(x, weight, bias))."""
     z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return globals()["activation"](z, activation, negative_slope)
+
+
+# ---- transposed conv and linear (+ activation) ----
+
+
+def conv_transpose2d(
+    x,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    activation=None,
+    negative_slope=0.01,
+):
+    """act(conv_transpose2d(x, weight, bias))."""
+    z = F.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+    return globals()["activation"](z, activation, negative_slope)
+
+
+def linear(x, weight, bias=None, activation=None, negative_slope=0.01):
+    """act(linear(x, weight, bias))."""
+    z = F.linear(x, weight, bias)
+    return globals()["activation"](z, activation, negative_slope)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from genkern.bench import cases_conv2d, cases_models
+from genkern.bench import (
+    cases_conv2d,
+    cases_conv_transpose2d,  # issue 3
+    cases_linear,  # issue 3
+    cases_models,
+)
 from genkern.bench.case import Case
 
 ALL_CASES: list[Case] = [*cases_conv2d.CASES, *cases_models.CASES]
+ALL_CASES += [*cases_conv_transpose2d.CASES, *cases_linear.CASES]  # issue 3
 
 
 def select(quick: bool = False, filter: str | None = None) -> list[Case]:
