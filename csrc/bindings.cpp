@@ -2,6 +2,8 @@
 #include <torch/extension.h>
 
 #include "cpu/conv2d_act.h"
+#include "cpu/conv_transpose2d_act.h"
+#include "cpu/linear_act.h"
 #include "cpu/losses.h"
 #include "cpu/losses_autograd.h"
 #include "cpu/batch_norm_act.h"
@@ -10,6 +12,8 @@
 
 #ifdef GENKERN_WITH_CUDA
 #include "cuda/conv2d_act_cuda.h"
+#include "cuda/conv_transpose2d_act_cuda.h"
+#include "cuda/linear_act_cuda.h"
 #include "cuda/losses_cuda.h"
 #include "cuda/norm_pool_cuda.h"
 #endif
@@ -25,6 +29,11 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("conv2d_act_forward_cpu", &genkern::cpu::conv2d_act_forward_cpu);
   m.def("conv2d_act_backward_cpu", &genkern::cpu::conv2d_act_backward_cpu);
+  // transposed conv and linear (+ activation)
+  m.def("conv_transpose2d_act_forward_cpu", &genkern::cpu::conv_transpose2d_act_forward_cpu);
+  m.def("conv_transpose2d_act_backward_cpu", &genkern::cpu::conv_transpose2d_act_backward_cpu);
+  m.def("linear_act_forward_cpu", &genkern::cpu::linear_act_forward_cpu);
+  m.def("linear_act_backward_cpu", &genkern::cpu::linear_act_backward_cpu);
   // losses
   m.def("gan_loss_cpu", &genkern::cpu::gan_loss_cpu);
   m.def("vae_loss_cpu", &genkern::cpu::vae_loss_cpu);
@@ -43,6 +52,11 @@ PYBIND11_MODULE(_C, m) {
 #ifdef GENKERN_WITH_CUDA
   m.def("conv2d_act_forward_cuda", &genkern::cuda::conv2d_act_forward_cuda);
   m.def("conv2d_act_backward_cuda", &genkern::cuda::conv2d_act_backward_cuda);
+  // transposed conv and linear (+ activation)
+  m.def("conv_transpose2d_act_forward_cuda", &genkern::cuda::conv_transpose2d_act_forward_cuda);
+  m.def("conv_transpose2d_act_backward_cuda", &genkern::cuda::conv_transpose2d_act_backward_cuda);
+  m.def("linear_act_forward_cuda", &genkern::cuda::linear_act_forward_cuda);
+  m.def("linear_act_backward_cuda", &genkern::cuda::linear_act_backward_cuda);
   // losses
   m.def("gan_loss_cuda", &genkern::cuda::gan_loss_cuda);
   m.def("vae_loss_cuda", &genkern::cuda::vae_loss_cuda);

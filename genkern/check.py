@@ -43,6 +43,45 @@ CASES: list[CheckCase] = [
 ]
 
 
+# ---- transposed conv and linear (+ activation): issue 3 ----
+
+
+def _conv_transpose2d_inputs(device, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 5, 4, generator=g).to(device, dtype)
+    w = (torch.randn(6, 2, 4, 4, generator=g) * 0.3).to(device, dtype).requires_grad_()
+    b = torch.randn(4, generator=g).to(device, dtype).requires_grad_()
+    return [x.contiguous(memory_format=torch.channels_last).requires_grad_(), w, b]
+
+
+def _linear_inputs(device, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 24, generator=g).to(device, dtype).requires_grad_()
+    w = (torch.randn(17, 24, generator=g) * 0.2).to(device, dtype).requires_grad_()
+    b = torch.randn(17, generator=g).to(device, dtype).requires_grad_()
+    return [x, w, b]
+
+
+def _fused_op(name: str, **kw):
+    """(genkern fn taking backend=, stock reference fn) for op `name` with fixed arguments."""
+    import genkern
+
+    op, ref = getattr(genkern.ops, name), getattr(reference, name)
+    return (lambda *a, backend: op(*a, **kw, backend=backend)), (lambda *a: ref(*a, **kw))
+
+
+CASES += [
+    CheckCase(
+        "conv_transpose2d",
+        _conv_transpose2d_inputs,
+        *_fused_op(
+            "conv_transpose2d", stride=2, padding=1, output_padding=1, groups=2, activation="relu"
+        ),
+    ),
+    CheckCase("linear", _linear_inputs, *_fused_op("linear", activation="silu")),
+]
+
+
 def _errors(case: CheckCase, backend: str, device, dtype) -> tuple[float, float]:
     """(genkern's max error, stock PyTorch's max error in the same dtype) over output and grads."""
     inputs = case.make_inputs(device, dtype)

@@ -135,3 +135,25 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 
 def upsample_nearest2d(x, scale_factor=None, size=None):
     return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
+# ---- transposed conv and linear (+ activation) ----
+
+
+def conv_transpose2d(
+    x,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    activation=None,
+    negative_slope=0.01,
+):
+    """act(conv_transpose2d(x, weight, bias))."""
+    z = F.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def linear(x, weight, bias=None, activation=None, negative_slope=0.01):
+    """act(linear(x, weight, bias))."""
+    z = F.linear(x, weight, bias)

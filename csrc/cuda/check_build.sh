@@ -45,4 +45,5 @@ echo "check_build: built in $((SECONDS - start)) s (TORCH_CUDA_ARCH_LIST=$TORCH_
 "$VENV/bin/python" -c 'import genkern._C as C
 assert C.with_cuda, "built without CUDA"
 print("check_build: import ok:", C.__file__)
-print("check_build:", C.conv2d_act_forward_cuda, C.conv2d_act_backward_cuda)'
+print("check_build:", C.conv2d_act_forward_cuda, C.conv2d_act_backward_cuda)
+print("check_build:", C.conv_transpose2d_act_forward_cuda, C.linear_act_forward_cuda)'

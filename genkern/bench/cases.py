@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from genkern.bench import cases_batchnorm, cases_conv2d, cases_losses, cases_models, cases_pool
+from genkern.bench import (
+    cases_batchnorm,
+    cases_conv2d,
+    cases_conv_transpose2d,
+    cases_linear,
+    cases_losses,
+    cases_models,
+    cases_pool,
+)
 from genkern.bench.case import Case
 
 ALL_CASES: list[Case] = [
     *cases_conv2d.CASES,
+    *cases_conv_transpose2d.CASES,
+    *cases_linear.CASES,
     *cases_batchnorm.CASES,
     *cases_pool.CASES,
     *cases_losses.CASES,

@@ -19,7 +19,7 @@ from genkern.backends import use_backend
 from genkern.bench.case import Case
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _initial_state(name: str) -> dict:
     torch.manual_seed(0)
     return {k: copy.deepcopy(m.state_dict()) for k, m in SPECS[name]["build"]("torch").items()}

@@ -2,8 +2,9 @@
 state_dict keys, and adds `activation` / `negative_slope` where a fused activation applies."""
 
 from genkern.nn.batchnorm import BatchNorm2d, fold_batch_norm
-from genkern.nn.conv import Conv2d
+from genkern.nn.conv import Conv2d, ConvTranspose2d
 from genkern.nn.convert import convert
+from genkern.nn.linear import Linear
 from genkern.nn.losses import GANLoss, VAELoss
 from genkern.nn.pooling import AvgPool2d, MaxPool2d, Upsample
 
@@ -11,6 +12,8 @@ __all__ = [
     "AvgPool2d",
     "BatchNorm2d",
     "Conv2d",
+    "ConvTranspose2d",
+    "Linear",
     "GANLoss",
     "MaxPool2d",
     "Upsample",

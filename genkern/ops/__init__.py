@@ -3,6 +3,8 @@
 
 from genkern.ops.batch_norm import batch_norm
 from genkern.ops.conv2d import conv2d
+from genkern.ops.conv_transpose2d import conv_transpose2d
+from genkern.ops.linear import linear
 from genkern.ops.losses import discriminator_loss, generator_loss, reparameterize, vae_loss
 from genkern.ops.pool import avg_pool2d, max_pool2d, upsample_nearest2d
 
@@ -10,6 +12,8 @@ __all__ = [
     "avg_pool2d",
     "batch_norm",
     "conv2d",
+    "conv_transpose2d",
+    "linear",
     "discriminator_loss",
     "generator_loss",
     "max_pool2d",

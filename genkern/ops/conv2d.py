@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from genkern import activations as A
 from genkern import backends, reference
-from genkern.ops import _checks, _registry
+from genkern.ops import _checks, _fused, _registry
 
 
 def conv2d(
@@ -54,12 +54,7 @@ def conv2d(
     if any(extra):  # 'same' with an even kernel: torch pads the extra row/column at the end
         x = F.pad(x, [0, extra[1], 0, extra[0]])
     name = backends.resolve("conv2d", backend, x)
-    save_preact = (
-        A.needs_saved(act)
-        and not A.saves_output(act, slope)
-        and torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    )
+    save_preact = _fused.wants_preact(act, slope, x, weight, bias)
     y, _ = torch.ops.genkern.conv2d_act(
         x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact, name
     )
@@ -196,16 +191,7 @@ def _conv2d_act_backward(
             negative_slope,
             output_mask,
         )
-    return _grads_out(x, weight, output_mask, gx, gw, gb)
-
-
-def _grads_out(x, weight, mask, gx, gw, gb):
-    """Gradients in the layouts the fake promises; an unrequested one is an empty tensor."""
-    return (
-        gx.contiguous(memory_format=_checks.dense_format(x)) if mask[0] else x.new_empty(0),
-        gw.contiguous(memory_format=_checks.dense_format(weight)) if mask[1] else x.new_empty(0),
-        gb.contiguous() if mask[2] else x.new_empty(0),
-    )
+    return _fused.grads_out(x, weight, output_mask, gx, gw, gb)
 
 
 @_conv2d_act_backward.register_fake
@@ -223,19 +209,13 @@ def _(
     output_mask,
     backend,
 ):
-    gx = x.new_empty(x.shape).contiguous(memory_format=_checks.dense_format(x))
-    gw = weight.new_empty(weight.shape).contiguous(memory_format=_checks.dense_format(weight))
-    gb = weight.new_empty(weight.shape[0])
-    return _grads_out(x, weight, output_mask, gx, gw, gb)
+    return _fused.fake_grads(x, weight, weight.shape[0], output_mask)
 
 
 def _setup_context(ctx, inputs, output):
     x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact, backend = inputs
     y, preact = output
-    saved = None
-    if A.needs_saved(act):
-        saved = y if A.saves_output(act, slope) else preact
-    ctx.save_for_backward(x, weight, saved)
+    ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
     ctx.args = (stride, padding, dilation, groups, act, slope, backend)
 
 

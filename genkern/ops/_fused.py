@@ -1,0 +1,51 @@
+"""Pieces shared by the fused GEMM-shaped ops (conv2d, conv_transpose2d, linear): which tensor the
+activation's backward keeps, and the layouts of the gradients the backward custom ops return."""
+
+from __future__ import annotations
+
+import torch
+
+from genkern import activations as A
+from genkern.ops import _checks
+
+
+def wants_preact(act: int, slope: float, *tensors: torch.Tensor | None) -> bool:
+    """Whether the forward must also return the pre-activation: the activation's backward needs
+    its input (silu, leaky_relu with a negative slope) and a gradient will be taken."""
+    return (
+        A.needs_saved(act)
+        and not A.saves_output(act, slope)
+        and torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in tensors)
+    )
+
+
+def eager() -> bool:
+    """True in plain eager mode (not traced by torch.compile/export, no dispatch mode such as
+    FakeTensorMode active): an op may then run its kernels without going through its custom op,
+    whose dispatch costs tens of microseconds, as much as a small GEMM."""
+    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+
+
+def saved_for_backward(act: int, slope: float, y: torch.Tensor, preact: torch.Tensor):
+    """The one tensor the activation's backward reads: its output, its input, or None."""
+    if not A.needs_saved(act):
+        return None
+    return y if A.saves_output(act, slope) else preact
+
+
+def grads_out(x, weight, mask, gx, gw, gb):
+    """Gradients in the layouts the fakes promise (x's and weight's dense layouts); an unrequested
+    one is an empty tensor."""
+    return (
+        gx.contiguous(memory_format=_checks.dense_format(x)) if mask[0] else x.new_empty(0),
+        gw.contiguous(memory_format=_checks.dense_format(weight)) if mask[1] else x.new_empty(0),
+        gb.contiguous() if mask[2] else x.new_empty(0),
+    )
+
+
+def fake_grads(x, weight, bias_size: int, mask):
+    """The fake kernel's gradients (see grads_out)."""
+    gx = x.new_empty(x.shape).contiguous(memory_format=_checks.dense_format(x))
+    gw = weight.new_empty(weight.shape).contiguous(memory_format=_checks.dense_format(weight))
+    return grads_out(x, weight, mask, gx, gw, weight.new_empty(bias_size))
