@@ -135,6 +135,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
 
 def upsample_nearest2d(x, scale_factor=None, size=None):
     return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
+
+
 # ---- transposed conv and linear (+ activation) ----
 
 
@@ -152,8 +154,10 @@ def conv_transpose2d(
 ):
     """act(conv_transpose2d(x, weight, bias))."""
     z = F.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+    return globals()["activation"](z, activation, negative_slope)
 
 
 def linear(x, weight, bias=None, activation=None, negative_slope=0.01):
     """act(linear(x, weight, bias))."""
     z = F.linear(x, weight, bias)
+    return globals()["activation"](z, activation, negative_slope)
