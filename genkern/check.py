@@ -21,29 +21,20 @@ class CheckCase:
     ref: Callable  # ref(*inputs), stock PyTorch
 
 
+def _rand(g, shape, device, dtype, scale=1.0, low=None, grad=True):
+    t = torch.rand(shape, generator=g) if low is not None else torch.randn(shape, generator=g)
+    t = (t * (1 - low) + low) if low is not None else t * scale
+    return t.to(device, dtype).requires_grad_(grad)
+
+
 def _conv2d_inputs(device, dtype):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 6, 9, 8, generator=g).to(device, dtype).requires_grad_()
-    w = (torch.randn(8, 3, 3, 3, generator=g) * 0.3).to(device, dtype).requires_grad_()
-    b = torch.randn(8, generator=g).to(device, dtype).requires_grad_()
-    return [x.contiguous(memory_format=torch.channels_last).detach().requires_grad_(), w, b]
-
-
-def _conv2d(backend=None):
-    kw = dict(stride=2, padding=1, groups=2, activation="leaky_relu", negative_slope=0.2)
-    if backend is None:
-        return lambda x, w, b: reference.conv2d(x, w, b, **kw)
-    import genkern
-
-    return lambda x, w, b: genkern.ops.conv2d(x, w, b, **kw, backend=backend)
-
-
-CASES: list[CheckCase] = [
-    CheckCase("conv2d", _conv2d_inputs, lambda *a, backend: _conv2d(backend)(*a), _conv2d()),
-]
-
-
-# ---- transposed conv and linear (+ activation): issue 3 ----
+    x = _rand(g, (2, 6, 9, 8), device, dtype, grad=False)
+    return [
+        x.contiguous(memory_format=torch.channels_last).requires_grad_(),
+        _rand(g, (8, 3, 3, 3), device, dtype, 0.3),
+        _rand(g, (8,), device, dtype),
+    ]
 
 
 def _conv_transpose2d_inputs(device, dtype):
@@ -70,7 +61,74 @@ def _fused_op(name: str, **kw):
     return (lambda *a, backend: op(*a, **kw, backend=backend)), (lambda *a: ref(*a, **kw))
 
 
-CASES += [
+def _bn_inputs(device, dtype):
+    g = torch.Generator().manual_seed(0)
+    return [
+        _rand(g, (4, 6, 5, 3), device, dtype, 2.0),
+        _rand(g, (6,), device, dtype),
+        _rand(g, (6,), device, dtype),
+    ]
+
+
+def _image_input(shape):
+    def make(device, dtype):
+        return [_rand(torch.Generator().manual_seed(0), shape, device, dtype)]
+
+    return make
+
+
+def _logits(*shapes):
+    def make(device, dtype):
+        g = torch.Generator().manual_seed(0)
+        return [_rand(g, s, device, dtype, 3.0) for s in shapes]
+
+    return make
+
+
+def _vae_inputs(device, dtype):
+    g = torch.Generator().manual_seed(0)
+    return [
+        _rand(g, (4, 1, 6, 6), device, dtype, 2.0),
+        _rand(g, (4, 1, 6, 6), device, dtype, low=0.0, grad=False),
+        _rand(g, (4, 5), device, dtype),
+        _rand(g, (4, 5), device, dtype, 0.5),
+    ]
+
+
+def _reparam_inputs(device, dtype):
+    g = torch.Generator().manual_seed(0)
+    return [
+        _rand(g, (4, 5), device, dtype),
+        _rand(g, (4, 5), device, dtype, 0.5),
+        _rand(g, (4, 5), device, dtype, grad=False),
+    ]
+
+
+def _bn(x, w, b, backend=None):
+    args = (x, None, None, w, b, True, 0.1, 1e-5, "leaky_relu", 0.2)
+    if backend is None:
+        return reference.batch_norm(*args)
+    import genkern
+
+    return genkern.ops.batch_norm(*args, backend=backend)
+
+
+def _reparam(mu, logvar, eps, backend=None):
+    if backend is None:
+        return reference.reparameterize(mu, logvar, eps)
+    import genkern
+
+    return genkern.ops.reparameterize(mu, logvar, eps=eps, backend=backend)
+
+
+CASES: list[CheckCase] = [
+    CheckCase(
+        "conv2d",
+        _conv2d_inputs,
+        *_fused_op(
+            "conv2d", stride=2, padding=1, groups=2, activation="leaky_relu", negative_slope=0.2
+        ),
+    ),
     CheckCase(
         "conv_transpose2d",
         _conv_transpose2d_inputs,
@@ -79,11 +137,36 @@ CASES += [
         ),
     ),
     CheckCase("linear", _linear_inputs, *_fused_op("linear", activation="silu")),
+    CheckCase("batch_norm", _bn_inputs, _bn, _bn),
+    CheckCase(
+        "max_pool2d",
+        _image_input((2, 3, 9, 7)),
+        *_fused_op("max_pool2d", kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    ),
+    CheckCase(
+        "avg_pool2d",
+        _image_input((2, 3, 9, 7)),
+        *_fused_op("avg_pool2d", kernel_size=2, count_include_pad=False, padding=1),
+    ),
+    CheckCase(
+        "upsample_nearest2d",
+        _image_input((2, 3, 5, 4)),
+        *_fused_op("upsample_nearest2d", scale_factor=2),
+    ),
+    CheckCase(
+        "discriminator_loss",
+        _logits((16, 1, 3, 3), (37,)),
+        *_fused_op("discriminator_loss", kind="bce"),
+    ),
+    CheckCase("generator_loss", _logits((64,)), *_fused_op("generator_loss", kind="hinge")),
+    CheckCase("vae_loss", _vae_inputs, *_fused_op("vae_loss", recon_loss="bce", beta=0.5)),
+    CheckCase("reparameterize", _reparam_inputs, _reparam, _reparam),
 ]
 
 
 def _errors(case: CheckCase, backend: str, device, dtype) -> tuple[float, float]:
     """(genkern's max error, stock PyTorch's max error in the same dtype) over output and grads."""
+    torch.manual_seed(0)  # the random grad_output
     inputs = case.make_inputs(device, dtype)
     ref_inputs = [testing.as_reference(t) for t in inputs]
     ref_out, grad_out, ref_grads = testing.forward_and_grads(case.ref, ref_inputs)
