@@ -112,9 +112,16 @@ def _outputs(value) -> list[torch.Tensor]:
     return list(value) if isinstance(value, tuple) else [value]
 
 
+def _time_once(fn: Callable, device: torch.device) -> float:
+    return time_callable(fn, device, 1, 1, 0.0)[0]
+
+
 def run_case(
     case: Case, device: torch.device, dtype: torch.dtype, providers: list[str], quick: bool = False
 ) -> list[Result]:
+    """Checks every provider against stock eager, warms it up, then times all of them in
+    interleaved rounds (one call of each provider per round), so drifts of the machine hit every
+    provider alike and the ratios compare like with like."""
     inputs = case.make_inputs(device, dtype)
     meta = dict(
         case=case.name,
@@ -124,8 +131,10 @@ def run_case(
         flops=case.flops,
         bytes=case.bytes,
     )
-    results, expected = [], None
-    min_reps, max_reps, budget = (3, 20, 0.5) if quick else (10, 200, 2.0)
+    results: dict[str, Result] = {}
+    runners: dict[str, Callable] = {}
+    first: dict[str, float] = {}
+    expected = None
     for provider in providers:
         try:
             run = make_runner(case, provider, device, dtype, inputs)
@@ -133,53 +142,62 @@ def run_case(
             t0 = time.perf_counter()
             out = _outputs(run())
             _sync(device)
-            first_ms = (time.perf_counter() - t0) * 1e3
+            first[provider] = (time.perf_counter() - t0) * 1e3
             if expected is None:  # eager runs first: the yardstick
                 expected = [o.detach().clone() for o in out]
-                err = 0.0
-            else:
-                err = max(testing.max_error(o, e) for o, e in zip(out, expected))
+            err = max(testing.max_error(o, e) for o, e in zip(out, expected))
             if err > CHECK_TOLERANCE.get(dtype, 1e-2):
-                results.append(
-                    Result(
-                        **meta,
-                        provider=provider,
-                        status="wrong",
-                        max_error=err,
-                        message=f"differs from stock eager by {err:.3g}",
-                    )
+                results[provider] = Result(
+                    **meta,
+                    provider=provider,
+                    status="wrong",
+                    max_error=err,
+                    message=f"differs from stock eager by {err:.3g}",
                 )
                 continue
             run()  # a second warm-up call (caches, allocator)
             _sync(device)
-            reps = min_reps if first_ms < 200 else max(3, min_reps // 2)  # long calls: fewer
-            times = time_callable(run, device, reps, max_reps, budget)
-            peak = peak_memory_mb(run, device) if case.mode != "forward" else None
-            q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-            results.append(
-                Result(
-                    **meta,
-                    provider=provider,
-                    status="ok",
-                    median_ms=statistics.median(times),
-                    p10_ms=q[0],
-                    p90_ms=q[-1],
-                    reps=len(times),
-                    first_call_ms=first_ms,
-                    max_error=err,
-                    peak_mb=peak,
-                )
+            runners[provider] = run
+            results[provider] = Result(
+                **meta, provider=provider, status="ok", max_error=err, first_call_ms=first[provider]
             )
         except Exception as exc:  # a broken provider is reported, the run goes on
-            results.append(
-                Result(
-                    **meta,
-                    provider=provider,
-                    status="error",
-                    message=f"{type(exc).__name__}: {exc}"[:300],
-                )
+            results[provider] = Result(
+                **meta,
+                provider=provider,
+                status="error",
+                message=f"{type(exc).__name__}: {exc}"[:300],
             )
-    return results
+    min_rounds, max_rounds, budget = (
+        (3, 20, 0.5 * len(runners)) if quick else (10, 200, 2.0 * len(runners))
+    )
+    slowest = max((first[p] for p in runners), default=0.0)
+    if slowest > 200:  # long calls: fewer rounds
+        min_rounds = max(3, min_rounds // 2)
+    times: dict[str, list[float]] = {p: [] for p in runners}
+    start = time.perf_counter()
+    rounds = 0
+    while (
+        runners
+        and rounds < max_rounds
+        and (rounds < min_rounds or time.perf_counter() - start < budget)
+    ):
+        for provider in list(runners):
+            try:
+                times[provider].append(_time_once(runners[provider], device))
+            except Exception as exc:
+                r = results[provider]
+                r.status, r.message = "error", f"{type(exc).__name__}: {exc}"[:300]
+                del runners[provider]
+        rounds += 1
+    for provider, run in runners.items():
+        t = times[provider]
+        q = statistics.quantiles(t, n=10) if len(t) >= 2 else [t[0]] * 9
+        r = results[provider]
+        r.median_ms, r.p10_ms, r.p90_ms, r.reps = statistics.median(t), q[0], q[-1], len(t)
+        if case.mode != "forward":
+            r.peak_mb = peak_memory_mb(run, device)
+    return [results[p] for p in providers if p in results]
 
 
 def run(
