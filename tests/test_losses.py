@@ -647,3 +647,14 @@ def test_double_backward_refused_not_silent():
         with pytest.raises(RuntimeError):
             (g,) = torch.autograd.grad(loss, f, create_graph=True)
             g.sum().backward()
+
+
+def test_double_backward_refused_through_the_custom_ops():
+    f = _logits((5,), torch.float64)
+    for backend in grid_backends(torch.float64):
+        loss = torch.ops.genkern.gan_loss(None, f, 0, 2, False, True, backend)[0]
+        with pytest.raises(RuntimeError, match="second derivative of the fused losses"):
+            torch.autograd.grad(loss, f, create_graph=True)
+        loss = torch.ops.genkern.gan_loss(None, f, 0, 2, False, True, backend)[0]
+        (g,) = torch.autograd.grad(loss, f)  # first order still works
+        assert g.shape == f.shape

@@ -310,7 +310,19 @@ def _gan_setup_context(ctx, inputs, output):
     ctx.need = (real is not None and need_r, need_f)
 
 
+def _refuse_double_backward() -> None:
+    """The registered backward scales gradients saved by the forward, which are constants to
+    autograd: a graph of it (create_graph=True) would give a zero second derivative. Refused, as
+    on the eager paths (once_differentiable, and the C++ Function)."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            "genkern: the second derivative of the fused losses is not implemented "
+            "(backward with create_graph=True)"
+        )
+
+
 def _gan_backward(ctx, grad, _gr, _gf):
+    _refuse_double_backward()
     gr, gf = ctx.saved_tensors
     need_r, need_f = ctx.need
     return (
@@ -364,6 +376,7 @@ def _vae_setup_context(ctx, inputs, output):
 
 
 def _vae_backward(ctx, g_total, g_rec, g_kl, *_):
+    _refuse_double_backward()
     gx, gt, gm, glv = ctx.saved_tensors
     mask = [m and n for m, n in zip(ctx.mask, ctx.needs_input_grad[:4], strict=True)]
     gr = g_total + g_rec
