@@ -56,6 +56,30 @@ def check_positive(values: list[int], message: str) -> None:
         raise RuntimeError(message)
 
 
+def conv_args(op: str, x, weight, bias, stride, dilation, groups):
+    """The checks and normalization every 2-D conv shares: floating tensors on one device and
+    dtype, a 3-D (unbatched) or 4-D input and a 4-D weight, positive stride / dilation / groups.
+    Returns (x as 4-D, whether it was unbatched, stride, dilation) as lists of 2 ints."""
+    check_floating(op, input=x, weight=weight, bias=bias)
+    if x.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to {op}, but got input of size: "
+            f"{list(x.shape)}"
+        )
+    if weight.dim() != 4:
+        raise RuntimeError(
+            f"Expected 4D weight for {op}, but got weight of size: {list(weight.shape)}"
+        )
+    unbatched = x.dim() == 3
+    stride = pair(stride, "stride")
+    dilation = pair(dilation, "dilation")
+    check_positive(stride, "non-positive stride is not supported")
+    check_positive(dilation, "dilation should be greater than zero")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    return (x.unsqueeze(0) if unbatched else x), unbatched, stride, dilation
+
+
 def conv_padding(padding, kernel: Sequence[int], stride: list[int], dilation: list[int]):
     """Normalizes conv padding; returns (symmetric padding, extra (right, bottom) padding).
 

@@ -30,25 +30,9 @@ def conv2d(
     """
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
-    _checks.check_floating("conv2d", input=x, weight=weight, bias=bias)
-    if x.dim() not in (3, 4):
-        raise RuntimeError(
-            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
-            f"{list(x.shape)}"
-        )
-    if weight.dim() != 4:
-        raise RuntimeError(
-            f"Expected 4D weight for conv2d, but got weight of size: {list(weight.shape)}"
-        )
-    unbatched = x.dim() == 3
-    if unbatched:
-        x = x.unsqueeze(0)
-    stride = _checks.pair(stride, "stride")
-    dilation = _checks.pair(dilation, "dilation")
-    _checks.check_positive(stride, "non-positive stride is not supported")
-    _checks.check_positive(dilation, "dilation should be greater than zero")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
-        raise RuntimeError("non-positive groups is not supported")
+    x, unbatched, stride, dilation = _checks.conv_args(
+        "conv2d", x, weight, bias, stride, dilation, groups
+    )
     padding, extra = _checks.conv_padding(padding, weight.shape[2:], stride, dilation)
     _check_conv_shapes(x, weight, bias, padding, extra, dilation, groups)
     if any(extra):  # 'same' with an even kernel: torch pads the extra row/column at the end

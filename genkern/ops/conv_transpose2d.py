@@ -34,27 +34,11 @@ def conv_transpose2d(
     """
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
-    _checks.check_floating("conv_transpose2d", input=x, weight=weight, bias=bias)
-    if x.dim() not in (3, 4):
-        raise RuntimeError(
-            "Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, but got input of "
-            f"size: {list(x.shape)}"
-        )
-    if weight.dim() != 4:
-        raise RuntimeError(
-            f"Expected 4D weight for conv_transpose2d, but got weight of size: {list(weight.shape)}"
-        )
-    unbatched = x.dim() == 3
-    if unbatched:
-        x = x.unsqueeze(0)
-    stride = _checks.pair(stride, "stride")
+    x, unbatched, stride, dilation = _checks.conv_args(
+        "conv_transpose2d", x, weight, bias, stride, dilation, groups
+    )
     padding = _checks.pair(padding, "padding")
     output_padding = _checks.pair(output_padding, "output_padding")
-    dilation = _checks.pair(dilation, "dilation")
-    _checks.check_positive(stride, "non-positive stride is not supported")
-    _checks.check_positive(dilation, "dilation should be greater than zero")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
-        raise RuntimeError("non-positive groups is not supported")
     if any(p < 0 for p in padding):
         raise RuntimeError("negative padding is not supported")
     if any(p < 0 for p in output_padding):
