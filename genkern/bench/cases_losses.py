@@ -99,6 +99,34 @@ def _vae_case(tag, shape, latent, mode, quick):
     )
 
 
+def _reparam_case(batch, latent, mode):
+    def make_inputs(device, dtype):
+        gen = torch.Generator().manual_seed(0)
+        grad = mode != "forward"
+        mu = torch.randn(batch, latent, generator=gen).to(device, dtype).requires_grad_(grad)
+        lv = (torch.randn(batch, latent, generator=gen) * 0.5).to(device, dtype)
+        eps = torch.randn(batch, latent, generator=gen).to(device, dtype)
+        return [mu, lv.requires_grad_(grad), eps]
+
+    def stock(mu, logvar, eps):
+        return mu + eps * torch.exp(0.5 * logvar)
+
+    def fused(mu, logvar, eps, backend):
+        return genkern.ops.reparameterize(mu, logvar, eps=eps, backend=backend)
+
+    k = 4.0 * batch * latent  # bytes of one tensor (fp32)
+    return Case(
+        name=f"losses/reparameterize-{batch}x{latent}",
+        family="losses",
+        shape=f"{batch}x{latent}",
+        mode=mode,
+        make_inputs=make_inputs,
+        stock=stock,
+        genkern=fused,
+        bytes=4 * k if mode == "forward" else 9 * k,  # + read grad, eps, std; write 2 grads
+    )
+
+
 # (which, tag, shape, in --quick for forward+backward)
 GAN_SHAPES = [
     ("D", "64", (64, 1), False),
@@ -121,4 +149,5 @@ CASES = [
         for (tag, shape, latent, quick) in VAE_SHAPES
         for mode in ("forward", "forward+backward")
     ],
+    *[_reparam_case(128, 128, mode) for mode in ("forward", "forward+backward")],
 ]
