@@ -3,6 +3,7 @@
 
 #include "cpu/conv2d_act.h"
 #include "cpu/conv_transpose2d_act.h"
+#include "cpu/eager_autograd.h"
 #include "cpu/linear_act.h"
 #include "cpu/losses.h"
 #include "cpu/losses_autograd.h"
@@ -43,6 +44,11 @@ PYBIND11_MODULE(_C, m) {
   // batch_norm + activation, pooling, upsampling
   m.def("batch_norm_act_forward_cpu", &genkern::cpu::batch_norm_act_forward_cpu);
   m.def("batch_norm_act_backward_cpu", &genkern::cpu::batch_norm_act_backward_cpu);
+  // eager fast paths (C++ autograd Functions over the kernels above; see eager_autograd.h)
+  m.def("conv2d_act_eager_cpu", &genkern::cpu::conv2d_act_eager_cpu);
+  m.def("conv_transpose2d_act_eager_cpu", &genkern::cpu::conv_transpose2d_act_eager_cpu);
+  m.def("linear_act_eager_cpu", &genkern::cpu::linear_act_eager_cpu);
+  m.def("batch_norm_act_eager_cpu", &genkern::cpu::batch_norm_act_eager_cpu);
   m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
   m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);
   m.def("avg_pool2d_forward_cpu", &genkern::cpu::avg_pool2d_forward_cpu);

@@ -10,6 +10,7 @@ from conftest import DEVICE, grid_backends
 
 import genkern
 from genkern import reference, testing
+from genkern.ops import _fused
 from genkern.ops import losses as L
 
 KINDS = list(L.GAN_KINDS)
@@ -67,7 +68,7 @@ def test_generator_loss_float64(sizes, kind, backend):
 @pytest.mark.parametrize("backend", grid_backends(torch.float64))
 @pytest.mark.parametrize("kind", KINDS)
 def test_custom_op_path_float64(kind, backend, monkeypatch):
-    monkeypatch.setattr(L, "FAST_EAGER", False)
+    monkeypatch.setattr(_fused, "FAST_EAGER", False)
     r, f = _logits((7,), torch.float64), _logits((2, 5), torch.float64)
     testing.check_against_reference(
         lambda r, f: genkern.ops.discriminator_loss(r, f, kind, backend=backend),
@@ -441,7 +442,7 @@ def _train_gan(d_loss, g_loss, steps=4, compile=False):
 @pytest.mark.parametrize("backend", grid_backends(torch.float64))
 def test_tiny_gan_trains_like_stock(backend, fast_eager, monkeypatch):
     # both eager paths: straight to the kernel (default), and through the registered custom op
-    monkeypatch.setattr(L, "FAST_EAGER", fast_eager)
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
     stock = _train_gan(_stock_d, _stock_g)
     ours = _train_gan(
         lambda r, f: genkern.ops.discriminator_loss(r, f, backend=backend),
@@ -479,7 +480,7 @@ def test_compile_inductor_no_graph_break():
 @pytest.mark.parametrize("fast_eager", [True, False])
 @pytest.mark.parametrize("backend", grid_backends(torch.float64))
 def test_tiny_vae_trains_like_stock(backend, fast_eager, monkeypatch):
-    monkeypatch.setattr(L, "FAST_EAGER", fast_eager)
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
 
     def train(loss_fn):
         torch.manual_seed(0)

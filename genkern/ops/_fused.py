@@ -20,11 +20,29 @@ def wants_preact(act: int, slope: float, *tensors: torch.Tensor | None) -> bool:
     )
 
 
+# Eager fast paths: a plain eager call on plain tensors may run its kernels without going through
+# its custom op, whose Python dispatch costs tens of microseconds (as much as a small layer's whole
+# kernel); torch.compile, export, opcheck, dispatch and function modes, functorch transforms and
+# tensor subclasses see the registered custom ops. Tests switch the fast paths off to cover both.
+FAST_EAGER = True
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def eager() -> bool:
-    """True in plain eager mode (not traced by torch.compile/export, no dispatch mode such as
-    FakeTensorMode active): an op may then run its kernels without going through its custom op,
-    whose dispatch costs tens of microseconds, as much as a small GEMM."""
-    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+    """True in plain eager mode: not traced by torch.compile/export, no dispatch mode (such as
+    FakeTensorMode) or torch function mode active, no functorch transform."""
+    return (
+        FAST_EAGER
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._functorch.peek_interpreter_stack() is None
+    )
+
+
+def fast_eager(*tensors: torch.Tensor | None) -> bool:
+    """eager(), and every tensor given is a plain tensor or Parameter (no subclass)."""
+    return eager() and all(t is None or type(t) in _PLAIN for t in tensors)
 
 
 def saved_for_backward(act: int, slope: float, y: torch.Tensor, preact: torch.Tensor):

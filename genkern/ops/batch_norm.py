@@ -12,7 +12,7 @@ import torch
 
 from genkern import activations as A
 from genkern import backends, reference
-from genkern.ops import _checks, _registry
+from genkern.ops import _checks, _fused, _registry
 
 
 def batch_norm(
@@ -67,6 +67,23 @@ def batch_norm(
         raise TypeError(f"momentum must be a float, but got {type(momentum).__name__}")
     name = backends.resolve("batch_norm", backend, x)
     _require_backend("batch_norm", "batch_norm_act_forward", name)
+    if (
+        name == "cpu"
+        and x.numel()
+        and _fused.fast_eager(x, weight, bias, running_mean, running_var)
+    ):  # one C++ call: kernels, autograd and the running-statistics update
+        return _registry.extension().batch_norm_act_eager_cpu(
+            x,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            bool(training),
+            float(momentum),
+            float(eps),
+            act,
+            slope,
+        )
     save_preact = (
         A.needs_saved(act)
         and not A.saves_output(act, slope)

@@ -38,6 +38,12 @@ def conv2d(
     if any(extra):  # 'same' with an even kernel: torch pads the extra row/column at the end
         x = F.pad(x, [0, extra[1], 0, extra[0]])
     name = backends.resolve("conv2d", backend, x)
+    if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
+        cl = output_format(x, weight) == torch.channels_last
+        y = _registry.extension().conv2d_act_eager_cpu(
+            x, weight, bias, stride, padding, dilation, groups, act, slope, cl
+        )
+        return y.squeeze(0) if unbatched else y
     save_preact = _fused.wants_preact(act, slope, x, weight, bias)
     y, _ = torch.ops.genkern.conv2d_act(
         x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact, name

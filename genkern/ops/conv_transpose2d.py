@@ -52,6 +52,12 @@ def conv_transpose2d(
         )
     _check_shapes(x, weight, bias, stride, padding, output_padding, dilation, groups)
     name = backends.resolve("conv_transpose2d", backend, x)
+    if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
+        cl = output_format(x, weight) == torch.channels_last
+        y = _registry.extension().conv_transpose2d_act_eager_cpu(
+            x, weight, bias, stride, padding, output_padding, dilation, groups, act, slope, cl
+        )
+        return y.squeeze(0) if unbatched else y
     save_preact = _fused.wants_preact(act, slope, x, weight, bias)
     y, _ = torch.ops.genkern.conv_transpose2d_act(
         x,

@@ -54,6 +54,9 @@ def linear(
         )
     x2 = x if x.dim() == 2 else x.reshape(rows, in_features)
     name = backends.resolve("linear", backend, x2)
+    if name == "cpu" and rows and out_features and _fused.fast_eager(x, weight, bias):
+        y = _registry.extension().linear_act_eager_cpu(x2, weight, bias, act, slope)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], out_features)
     save_preact = _fused.wants_preact(act, slope, x, weight, bias)
     args = (x2, weight, bias, act, slope, save_preact, name)
     if not _fused.eager():
@@ -71,8 +74,9 @@ def linear(
 
 
 # Small layers (the dense layers of a VAE: tens of microseconds) would pay as much again for the
-# custom op's dispatch, so plain eager calls run the same bodies (_forward, _backward_grads)
-# directly, through _LinearAct for autograd; torch.compile and dispatch modes see the custom ops.
+# custom op's dispatch, so plain eager calls skip it: on the CPU backend through the C++ fast path
+# (csrc/cpu/eager_autograd.h), elsewhere by running the same bodies (_forward, _backward_grads)
+# through _LinearAct; torch.compile and dispatch modes see the custom ops.
 
 
 def _forward(x, weight, bias, activation, negative_slope, save_preact, backend):

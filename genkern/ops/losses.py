@@ -12,7 +12,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from genkern import backends
-from genkern.ops import _checks, _registry
+from genkern.ops import _checks, _fused, _registry
 
 # Term ids: the mirror of genkern::LossTerm in csrc/include/genkern/losses.h.
 SOFTPLUS_NEG, SOFTPLUS_POS, HINGE_REAL, HINGE_FAKE, NEG, POS, SQ_ONE, SQ_ZERO = range(8)
@@ -56,22 +56,9 @@ def _needs(t: torch.Tensor | None) -> bool:
     return t is not None and torch.is_grad_enabled() and t.requires_grad
 
 
-# Eager fast path: outside torch.compile / tracing, with plain tensors and no dispatch or function
-# modes, a call goes straight to the backend's kernel (and, when a gradient is needed, through a
-# small autograd.Function with the same backward as the custom op's): the torch.library dispatch
-# costs tens of microseconds a call, more than the whole loss on 4096 logits. Same kernels, same
-# results; torch.compile, export and opcheck see the registered custom ops.
-FAST_EAGER = True
-
-
-def _fast_eager(*tensors) -> bool:
-    return (
-        FAST_EAGER
-        and not torch.compiler.is_compiling()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
-        and all(t is None or type(t) is torch.Tensor for t in tensors)
-    )
+# Eager fast path (see genkern/ops/_fused.py): a plain eager call goes straight to the backend's
+# kernel (and, when a gradient is needed, through a small autograd.Function with the same backward
+# as the custom op's): the custom op's dispatch costs more than the whole loss on 4096 logits.
 
 
 def _scaled(saved: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor | None:
@@ -135,7 +122,7 @@ class _VaeLossFn(torch.autograd.Function):
 
 
 def _gan_call(real, fake, real_term, fake_term, need_r, need_f, name):
-    if _fast_eager(real, fake):
+    if _fused.fast_eager(real, fake):
         kernel = _registry.kernel("gan_loss", name)
         if not (need_r or need_f):
             return kernel(real, fake, real_term, fake_term, False, False)[0]
@@ -223,7 +210,7 @@ def vae_loss(
     rid = RECON_MSE if recon_loss == "mse" else (RECON_BCE_LOGITS if logits else RECON_BCE)
     name = backends.resolve("vae_loss", backend, recon)
     mask = [_needs(recon), _needs(target), _needs(mu), _needs(logvar)]
-    if _fast_eager(recon, target, mu, logvar):
+    if _fused.fast_eager(recon, target, mu, logvar):
         kernel = _registry.kernel("vae_loss", name)
         if any(mask):
             if name == "cpu":

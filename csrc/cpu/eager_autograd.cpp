@@ -1,0 +1,256 @@
+#include "eager_autograd.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "batch_norm_act.h"
+#include "conv2d_act.h"
+#include "conv_transpose2d_act.h"
+#include "genkern/activation.h"
+#include "linear_act.h"
+
+namespace genkern::cpu {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+bool has(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+bool requires_grad(const at::Tensor& t) { return t.defined() && t.requires_grad(); }
+bool requires_grad(const std::optional<at::Tensor>& t) { return has(t) && t->requires_grad(); }
+
+// Whether autograd must record the call: grad mode on and some input requires a gradient.
+template <typename... Ts>
+bool wants_grad(const Ts&... ts) {
+  return at::GradMode::is_enabled() && (requires_grad(ts) || ...);
+}
+
+// A gradient is being taken: keep the pre-activation when the activation's backward reads it.
+bool keeps_preact(int64_t act, double slope) {
+  const auto a = static_cast<Activation>(act);
+  return a != Activation::kIdentity && !saves_output(a, slope);
+}
+
+// The one tensor the activation's backward reads (see genkern/ops/_fused.saved_for_backward).
+at::Tensor saved_for_backward(int64_t act, double slope, const at::Tensor& y,
+                              const at::Tensor& preact) {
+  const auto a = static_cast<Activation>(act);
+  if (a == Activation::kIdentity) return at::Tensor();
+  return saves_output(a, slope) ? y : preact;
+}
+
+void refuse_double_backward(const char* op) {
+  TORCH_CHECK(!at::GradMode::is_enabled(), "genkern: the second derivative of ", op,
+              " is not implemented (backward with create_graph=True)");
+}
+
+at::MemoryFormat format(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+std::optional<at::Tensor> opt(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// Which of x, weight, bias need a gradient; their edges are numbered in that order, bias last and
+// only when given.
+std::array<bool, 3> input_mask(AutogradContext* ctx, bool has_bias) {
+  return {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+          has_bias && ctx->needs_input_grad(2)};
+}
+
+// Gradients for the forward's arguments: x, weight, bias, then none for the rest.
+variable_list grads_for(size_t num_args, at::Tensor gx, at::Tensor gw, at::Tensor gb) {
+  variable_list out(num_args);
+  out[0] = std::move(gx);
+  out[1] = std::move(gw);
+  out[2] = std::move(gb);
+  return out;
+}
+
+// conv2d and conv_transpose2d (+ bias + activation): one Function, the kernels picked by
+// `transposed` (output_padding is unused by conv2d).
+struct ConvAct : public torch::autograd::Function<ConvAct> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, std::vector<int64_t> stride,
+                            std::vector<int64_t> padding, std::vector<int64_t> output_padding,
+                            std::vector<int64_t> dilation, int64_t groups, bool transposed,
+                            int64_t act, double slope, bool channels_last) {
+    const bool keep = keeps_preact(act, slope);
+    auto [y, preact] =
+        transposed ? conv_transpose2d_act_forward_cpu(x, weight, bias, stride, padding,
+                                                      output_padding, dilation, groups, act, slope,
+                                                      keep)
+                   : conv2d_act_forward_cpu(x, weight, bias, stride, padding, dilation, groups,
+                                            act, slope, keep);
+    y = y.contiguous(format(channels_last));
+    ctx->save_for_backward({x, weight, saved_for_backward(act, slope, y, preact)});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["output_padding"] = output_padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["transposed"] = transposed;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["slope"] = slope;
+    ctx->saved_data["has_bias"] = has(bias);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& d = ctx->saved_data;
+    const bool transposed = d.at("transposed").toBool();
+    refuse_double_backward(transposed ? "conv_transpose2d" : "conv2d");
+    const auto s = ctx->get_saved_variables();
+    const auto mask = input_mask(ctx, d.at("has_bias").toBool());
+    const auto stride = d.at("stride").toIntVector(), padding = d.at("padding").toIntVector();
+    const auto dilation = d.at("dilation").toIntVector();
+    const int64_t groups = d.at("groups").toInt(), act = d.at("act").toInt();
+    const double slope = d.at("slope").toDouble();
+    auto [gx, gw, gb] =
+        transposed ? conv_transpose2d_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1], stride,
+                                                       padding, d.at("output_padding").toIntVector(),
+                                                       dilation, groups, act, slope, mask)
+                   : conv2d_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1], stride, padding,
+                                             dilation, groups, act, slope, mask);
+    return grads_for(12, gx, gw, gb);
+  }
+};
+
+struct LinearAct : public torch::autograd::Function<LinearAct> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t act, double slope) {
+    auto [y, preact] = linear_act_forward_cpu(x, weight, bias, act, slope, keeps_preact(act, slope));
+    ctx->save_for_backward({x, weight, saved_for_backward(act, slope, y, preact)});
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["slope"] = slope;
+    ctx->saved_data["has_bias"] = has(bias);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward("linear");
+    const auto s = ctx->get_saved_variables();
+    const auto& d = ctx->saved_data;
+    const auto mask = input_mask(ctx, d.at("has_bias").toBool());
+    auto [gx, gw, gb] = linear_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1],
+                                                d.at("act").toInt(), d.at("slope").toDouble(),
+                                                mask);
+    return grads_for(5, gx, gw, gb);
+  }
+};
+
+// Outputs y, mean, var (the statistics normalized with; the last two not differentiable).
+struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias,
+                               const std::optional<at::Tensor>& running_mean,
+                               const std::optional<at::Tensor>& running_var, bool training,
+                               double eps, int64_t act, double slope) {
+    auto [y, mean, invstd, var, preact] = batch_norm_act_forward_cpu(
+        x, weight, bias, training ? std::nullopt : running_mean,
+        training ? std::nullopt : running_var, training, 0.0, eps, act, slope,
+        keeps_preact(act, slope));
+    ctx->mark_non_differentiable({mean, var});
+    ctx->save_for_backward(
+        {x, weight.value_or(at::Tensor()), mean, invstd, saved_for_backward(act, slope, y, preact)});
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["slope"] = slope;
+    ctx->saved_data["has_weight"] = has(weight);
+    ctx->saved_data["has_bias"] = has(bias);
+    return {y, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward("batch_norm");
+    const auto s = ctx->get_saved_variables();
+    const auto& d = ctx->saved_data;
+    const bool has_w = d.at("has_weight").toBool(), has_b = d.at("has_bias").toBool();
+    // edges: x, then weight and bias when given
+    const std::array<bool, 3> mask{ctx->needs_input_grad(0), has_w && ctx->needs_input_grad(1),
+                                   has_b && ctx->needs_input_grad(has_w ? 2 : 1)};
+    auto [gx, gw, gb] = batch_norm_act_backward_cpu(
+        grads[0], opt(s[4]), s[0], opt(s[1]), s[2], s[3], d.at("training").toBool(),
+        d.at("act").toInt(), d.at("slope").toDouble(), mask);
+    const auto dtype = has_w ? s[1].scalar_type() : s[0].scalar_type();
+    return grads_for(9, mask[0] ? gx : at::Tensor(), mask[1] ? gw.to(dtype) : at::Tensor(),
+                     mask[2] ? gb.to(dtype) : at::Tensor());
+  }
+};
+
+}  // namespace
+
+at::Tensor conv2d_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, std::vector<int64_t> stride,
+                                std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                int64_t groups, int64_t activation, double negative_slope,
+                                bool channels_last) {
+  if (wants_grad(x, weight, bias))
+    return ConvAct::apply(x, weight, bias, stride, padding, std::vector<int64_t>{0, 0}, dilation,
+                          groups, /*transposed=*/false, activation, negative_slope, channels_last);
+  at::NoGradGuard no_grad;
+  auto y = std::get<0>(conv2d_act_forward_cpu(x, weight, bias, stride, padding, dilation, groups,
+                                              activation, negative_slope, false));
+  return y.contiguous(format(channels_last));
+}
+
+at::Tensor conv_transpose2d_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias,
+                                          std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                          std::vector<int64_t> output_padding,
+                                          std::vector<int64_t> dilation, int64_t groups,
+                                          int64_t activation, double negative_slope,
+                                          bool channels_last) {
+  if (wants_grad(x, weight, bias))
+    return ConvAct::apply(x, weight, bias, stride, padding, output_padding, dilation, groups,
+                          /*transposed=*/true, activation, negative_slope, channels_last);
+  at::NoGradGuard no_grad;
+  auto y = std::get<0>(conv_transpose2d_act_forward_cpu(x, weight, bias, stride, padding,
+                                                        output_padding, dilation, groups,
+                                                        activation, negative_slope, false));
+  return y.contiguous(format(channels_last));
+}
+
+at::Tensor linear_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, int64_t activation,
+                                double negative_slope) {
+  if (wants_grad(x, weight, bias))
+    return LinearAct::apply(x, weight, bias, activation, negative_slope);
+  at::NoGradGuard no_grad;
+  return std::get<0>(linear_act_forward_cpu(x, weight, bias, activation, negative_slope, false));
+}
+
+at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    const std::optional<at::Tensor>& running_mean,
+                                    const std::optional<at::Tensor>& running_var, bool training,
+                                    double momentum, double eps, int64_t activation,
+                                    double negative_slope) {
+  const at::Tensor xd = x.contiguous(x.suggest_memory_format());
+  at::Tensor y, mean, var;
+  if (wants_grad(x, weight, bias)) {
+    auto out = BatchNormAct::apply(xd, weight, bias, running_mean, running_var, training, eps,
+                                   activation, negative_slope);
+    y = out[0], mean = out[1], var = out[2];
+  } else {
+    at::NoGradGuard no_grad;
+    std::tie(y, mean, std::ignore, var, std::ignore) = batch_norm_act_forward_cpu(
+        xd, weight, bias, training ? std::nullopt : running_mean,
+        training ? std::nullopt : running_var, training, 0.0, eps, activation, negative_slope,
+        false);
+  }
+  if (training) {  // running += momentum * (batch - running), unbiased variance
+    at::NoGradGuard no_grad;
+    const int64_t count = x.numel() / x.size(1);
+    if (has(running_mean)) running_mean->lerp_(mean.to(running_mean->scalar_type()), momentum);
+    if (has(running_var)) {
+      const double factor = count > 1 ? double(count) / double(count - 1) : INFINITY;
+      running_var->lerp_((var * factor).to(running_var->scalar_type()), momentum);
+    }
+  }
+  return y;
+}
+
+}  // namespace genkern::cpu

@@ -1,0 +1,43 @@
+// Eager fast paths of the CPU backend: one pybind11 call runs the op's C++ kernels, through a C++
+// autograd Function when a gradient is needed. The torch.library custom op costs tens of
+// microseconds of Python dispatch per call (and again for its backward), as much as a small
+// layer's whole kernel; genkern/ops/*.py take these paths for plain eager calls only, while
+// torch.compile, export, opcheck and dispatch modes see the registered custom ops. Same kernels,
+// same results, same output layouts.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+namespace genkern::cpu {
+
+at::Tensor conv2d_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, std::vector<int64_t> stride,
+                                std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                int64_t groups, int64_t activation, double negative_slope,
+                                bool channels_last);
+
+at::Tensor conv_transpose2d_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                          const std::optional<at::Tensor>& bias,
+                                          std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                          std::vector<int64_t> output_padding,
+                                          std::vector<int64_t> dilation, int64_t groups,
+                                          int64_t activation, double negative_slope,
+                                          bool channels_last);
+
+at::Tensor linear_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, int64_t activation,
+                                double negative_slope);
+
+// y; in training, the running statistics given are updated in place, as
+// genkern::batch_norm_update_stats does.
+at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias,
+                                    const std::optional<at::Tensor>& running_mean,
+                                    const std::optional<at::Tensor>& running_var, bool training,
+                                    double momentum, double eps, int64_t activation,
+                                    double negative_slope);
+
+}  // namespace genkern::cpu

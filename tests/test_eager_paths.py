@@ -1,0 +1,164 @@
+"""The CPU backend's eager fast paths (csrc/cpu/eager_autograd.h: one C++ call, a C++ autograd
+Function) against the registered custom ops they bypass: the same kernels, so the same bits, for
+outputs, every gradient, running statistics and output layouts."""
+
+import pytest
+import torch
+
+import genkern
+from genkern import backends
+from genkern.ops import _fused
+
+pytestmark = pytest.mark.skipif(
+    backends.unavailable_reason("cpu", torch.device("cpu"), torch.float64) is not None,
+    reason="the C++ extension genkern._C is not built",
+)
+
+
+def _conv2d(x, w, b, act):
+    return genkern.ops.conv2d(x, w, b, stride=2, padding=1, activation=act, backend="cpu")
+
+
+def _conv_t(x, w, b, act):
+    return genkern.ops.conv_transpose2d(
+        x, w, b, stride=2, padding=1, output_padding=1, activation=act, backend="cpu"
+    )
+
+
+def _linear(x, w, b, act):
+    return genkern.ops.linear(x, w, b, activation=act, backend="cpu")
+
+
+# (name, op, x shape, weight shape, bias size)
+GEMM_OPS = [
+    ("conv2d", _conv2d, (2, 3, 7, 6), (4, 3, 3, 3), 4),
+    ("conv_transpose2d", _conv_t, (2, 4, 5, 4), (4, 3, 3, 3), 3),
+    ("linear", _linear, (3, 2, 5), (6, 5), 6),
+]
+ACTS = [None, "relu", "leaky_relu", "silu", "tanh"]
+
+
+def _run(fast, op, tensors, act, monkeypatch):
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+    leaves = [
+        None if t is None else t.detach().clone().requires_grad_(t.requires_grad) for t in tensors
+    ]
+    y = op(*leaves, act)
+    if y.requires_grad:
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
+    return y, [None if t is None else t.grad for t in leaves]
+
+
+def _op_node(y) -> str:
+    """The name of the autograd node that made y, under any views."""
+    node = y.grad_fn
+    while node.name().startswith(("View", "Unsafe", "Reshape")):
+        node = node.next_functions[0][0]
+    return node.name()
+
+
+def _assert_same(a, b):
+    assert (a is None) == (b is None)
+    if a is not None:
+        assert a.stride() == b.stride()
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("grads", ["all", "weight_only", "none", "no_bias"])
+@pytest.mark.parametrize("name,op,xs,ws,bs", GEMM_OPS, ids=[o[0] for o in GEMM_OPS])
+def test_gemm_fast_path_matches_custom_op(name, op, xs, ws, bs, grads, layout, act, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(xs, generator=g, dtype=torch.float64)
+    w = torch.randn(ws, generator=g, dtype=torch.float64)
+    b = None if grads == "no_bias" else torch.randn(bs, generator=g, dtype=torch.float64)
+    if layout == "channels_last" and x.dim() == 4:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(grads in ("all", "no_bias"))
+    w.requires_grad_(grads != "none")
+    if b is not None:
+        b.requires_grad_(grads == "all")
+    y_fast, g_fast = _run(True, op, [x, w, b], act, monkeypatch)
+    y_slow, g_slow = _run(False, op, [x, w, b], act, monkeypatch)
+    _assert_same(y_fast, y_slow)
+    for a, c in zip(g_fast, g_slow):
+        assert (a is None) == (c is None)
+        if a is not None:
+            assert torch.equal(a, c)
+    if y_fast.requires_grad:  # the fast path really ran: a C++ node, not the custom op's
+        assert "CppNode" in _op_node(y_fast) and "CppNode" not in _op_node(y_slow)
+
+
+def _bn(x, w, b, rm, rv, training, act):
+    return genkern.ops.batch_norm(
+        x, rm, rv, w, b, training=training, momentum=0.3, activation=act, backend="cpu"
+    )
+
+
+@pytest.mark.parametrize("act", [None, "relu", "leaky_relu", "silu"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
+def test_batch_norm_fast_path_matches_custom_op(layout, affine, training, act, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 4, 6, generator=g, dtype=torch.float64) * 2 + 1
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "noncontiguous":
+        x = x[..., ::2]
+    x.requires_grad_()
+    w = torch.rand(5, generator=g, dtype=torch.float64).requires_grad_() if affine else None
+    b = torch.randn(5, generator=g, dtype=torch.float64).requires_grad_() if affine else None
+    rm0, rv0 = torch.randn(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) + 0.5
+    out = {}
+    for fast in (True, False):
+        monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+        rm, rv = rm0.clone(), rv0.clone()
+        leaves = [t if t is None else t.detach().clone().requires_grad_() for t in (x, w, b)]
+        y = _bn(*leaves[:1], leaves[1], leaves[2], rm, rv, training, act)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y))
+        out[fast] = (y, [t if t is None else t.grad for t in leaves], rm, rv)
+    (yf, gf, rmf, rvf), (ys, gs, rms, rvs) = out[True], out[False]
+    _assert_same(yf, ys)
+    for a, c in zip(gf, gs):
+        _assert_same(a, c)
+    assert torch.equal(rmf, rms) and torch.equal(rvf, rvs)
+    if not training:
+        assert torch.equal(rmf, rm0) and torch.equal(rvf, rv0)
+
+
+def test_batch_norm_fast_path_without_grad_updates_stats(monkeypatch):
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    stats = {}
+    for fast in (True, False):
+        monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+        rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+        with torch.no_grad():
+            y = genkern.ops.batch_norm(x, rm, rv, training=True, activation="relu", backend="cpu")
+        stats[fast] = (y, rm, rv)
+    for a, c in zip(stats[True], stats[False]):
+        assert torch.equal(a, c)
+    assert not torch.equal(stats[True][1], torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name,op,xs,ws,bs", GEMM_OPS, ids=[o[0] for o in GEMM_OPS])
+def test_fast_path_refuses_double_backward(name, op, xs, ws, bs):
+    x = torch.randn(xs, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(ws, dtype=torch.float64, requires_grad=True)
+    y = op(x, w, None, "tanh")
+    with pytest.raises(RuntimeError, match=f"second derivative of {name} is not implemented"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+
+
+def test_fast_path_not_taken_for_subclasses_and_modes(monkeypatch):
+    class Sub(torch.Tensor):
+        pass
+
+    x = torch.randn(2, 5, dtype=torch.float64).as_subclass(Sub).requires_grad_()
+    w = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    y = genkern.ops.linear(x, w, backend="cpu")
+    assert "CppNode" not in _op_node(y)
+    assert _fused.fast_eager(torch.randn(1), torch.nn.Parameter(torch.randn(1)))
+    with torch.overrides.TorchFunctionMode():
+        assert not _fused.eager()
