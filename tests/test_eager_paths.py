@@ -162,3 +162,26 @@ def test_fast_path_not_taken_for_subclasses_and_modes(monkeypatch):
     assert _fused.fast_eager(torch.randn(1), torch.nn.Parameter(torch.randn(1)))
     with torch.overrides.TorchFunctionMode():
         assert not _fused.eager()
+
+
+POOL_CALLS = [
+    ("max_pool2d", lambda x: genkern.ops.max_pool2d(x, 3, 2, 1, return_indices=True)),
+    ("avg_pool2d", lambda x: genkern.ops.avg_pool2d(x, 3, 2, 1, count_include_pad=False)),
+    ("upsample", lambda x: genkern.ops.upsample_nearest2d(x, scale_factor=1.5)),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name,call", POOL_CALLS, ids=[c[0] for c in POOL_CALLS])
+def test_pool_no_grad_path_matches_custom_op(name, call, layout, monkeypatch):
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    outs = {}
+    for fast in (True, False):
+        monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+        with genkern.use_backend("cpu"), torch.no_grad():
+            out = call(x)
+        outs[fast] = out if isinstance(out, tuple) else (out,)
+    for a, c in zip(outs[True], outs[False]):
+        _assert_same(a, c)

@@ -140,8 +140,12 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
         }
       });
     } else {  // channels_last: per output pixel, a vector over channels
+      // The running max and the tap it came from (an int32, as wide as a float: the select
+      // vectorizes), turned into the flat input index once per pixel.
       at::parallel_for(0, N * OH * OW, grain_for(C * kH * kW), [&](int64_t q0, int64_t q1) {
         std::vector<opmath_t> best(C);
+        std::vector<int32_t> tap(C);
+        std::vector<int64_t> tap_index(kH * kW);  // tap -> flat input index, per pixel
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t n = q / (OH * OW), oh = (q / OW) % OH, ow = q % OW;
           int64_t h0 = oh * sH - pH, w0 = ow * sW - pW;
@@ -149,26 +153,30 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
           const int64_t w1 = std::min(w0 + (kW - 1) * dW + 1, IW);
           while (h0 < 0) h0 += dH;
           while (w0 < 0) w0 += dW;
-          int64_t* io = ip + q * C;
-          scalar_t* yo = yp + q * C;
-          opmath_t* b = best.data();
-          const int64_t start = h0 * IW + w0;
+          opmath_t* __restrict__ b = best.data();
+          int32_t* __restrict__ t = tap.data();
           for (int64_t c = 0; c < C; ++c) {
             b[c] = -std::numeric_limits<opmath_t>::infinity();
-            io[c] = start;
+            t[c] = 0;
           }
+          int32_t k = 0;
           for (int64_t ih = h0; ih < h1; ih += dH)
-            for (int64_t iw = w0; iw < w1; iw += dW) {
-              const int64_t i = ih * IW + iw;
-              const scalar_t* px = xp + (n * IH * IW + i) * C;
+            for (int64_t iw = w0; iw < w1; iw += dW, ++k) {
+              tap_index[k] = ih * IW + iw;
+              const scalar_t* __restrict__ px = xp + (n * IH * IW + ih * IW + iw) * C;
               for (int64_t c = 0; c < C; ++c) {
                 const opmath_t v = opmath_t(px[c]);
-                const bool take = (v > b[c]) || std::isnan(v);
+                const bool take = (v > b[c]) || (v != v);  // NaN wins, as torch
                 b[c] = take ? v : b[c];
-                io[c] = take ? i : io[c];
+                t[c] = take ? k : t[c];
               }
             }
-          for (int64_t c = 0; c < C; ++c) yo[c] = scalar_t(b[c]);
+          int64_t* io = ip + q * C;
+          scalar_t* yo = yp + q * C;
+          for (int64_t c = 0; c < C; ++c) {
+            yo[c] = scalar_t(b[c]);
+            io[c] = tap_index[t[c]];
+          }
         }
       });
     }

@@ -104,13 +104,18 @@ def conv_padding(padding, kernel: Sequence[int], stride: list[int], dilation: li
 
 
 def dense_format(t: torch.Tensor) -> torch.memory_format:
-    """The memory format a dense result shaped like `t` takes: channels_last when `t`'s strides
-    order its dims as NHWC (like ATen's suggest_memory_format), else contiguous."""
-    if t.dim() != 4 or t.is_contiguous():
+    """The memory format a dense result shaped like `t` takes: ATen's suggest_memory_format() rule
+    (channels_last when the strides order the dims N, H, W, C, ambiguous size-1 cases included),
+    so genkern's outputs take the layout ATen's conv and norm kernels pick and nothing is copied
+    between the two."""
+    if t.dim() != 4:
         return torch.contiguous_format
-    if t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    s = t.stride()
-    if s[1] < s[3] <= s[2] <= s[0]:
-        return torch.channels_last
-    return torch.contiguous_format
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return torch.contiguous_format
+    low = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < low or (d == 0 and low == strides[1]):
+            return torch.contiguous_format
+        low = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return torch.channels_last

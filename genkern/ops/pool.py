@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from genkern import backends
-from genkern.ops import _checks, _registry
+from genkern.ops import _checks, _fused, _registry
 from genkern.ops.batch_norm import _require_backend
 
 
@@ -102,9 +102,8 @@ def max_pool2d(
     _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
     name = backends.resolve("max_pool2d", backend, x)
     _require_backend("max_pool2d", "max_pool2d_forward", name)
-    y, idx = torch.ops.genkern.max_pool2d(
-        x, kernel, stride, padding, dilation, bool(ceil_mode), name
-    )
+    args = (x, kernel, stride, padding, dilation, bool(ceil_mode), name)
+    y, idx = _max_pool2d_body(*args) if _no_graph(x) else torch.ops.genkern.max_pool2d(*args)
     if unbatched:
         y, idx = y.squeeze(0), idx.squeeze(0)
     return (y, idx) if return_indices else y
@@ -134,9 +133,8 @@ def avg_pool2d(
     _output_hw(x, kernel, stride, padding, [1, 1], ceil_mode)
     name = backends.resolve("avg_pool2d", backend, x)
     _require_backend("avg_pool2d", "avg_pool2d_forward", name)
-    y = torch.ops.genkern.avg_pool2d(
-        x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), div, name
-    )
+    args = (x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), div, name)
+    y = _avg_pool2d_body(*args) if _no_graph(x) else torch.ops.genkern.avg_pool2d(*args)
     return y.squeeze(0) if unbatched else y
 
 
@@ -175,7 +173,8 @@ def upsample_nearest2d(
         )
     name = backends.resolve("upsample_nearest2d", backend, x)
     _require_backend("upsample_nearest2d", "upsample_nearest2d_forward", name)
-    return torch.ops.genkern.upsample_nearest2d(x, out, scales[0], scales[1], name)
+    args = (x, out, scales[0], scales[1], name)
+    return _upsample_body(*args) if _no_graph(x) else torch.ops.genkern.upsample_nearest2d(*args)
 
 
 def nearest_source_index(out_size: int, in_size: int, scale: float, device) -> torch.Tensor:
@@ -201,8 +200,7 @@ def _dense(x):
 
 
 def _zeros(input_size, channels_last, like):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return like.new_zeros(input_size).contiguous(memory_format=fmt)
+    return _empty(input_size, channels_last, like).zero_()  # no NCHW zeros copied to NHWC
 
 
 def _empty(input_size, channels_last, like):
@@ -211,6 +209,12 @@ def _empty(input_size, channels_last, like):
 
 
 # ---- max_pool2d ---------------------------------------------------------------------------------
+
+
+def _no_graph(x: torch.Tensor) -> bool:
+    """A plain eager call that records no autograd graph runs the custom op's body directly,
+    without its dispatch (tens of microseconds: a batch-1 layer's whole cost)."""
+    return not (torch.is_grad_enabled() and x.requires_grad) and _fused.fast_eager(x)
 
 
 @torch.library.custom_op("genkern::max_pool2d", mutates_args=())
@@ -223,6 +227,10 @@ def _max_pool2d(
     ceil_mode: bool,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _max_pool2d_body(x, kernel, stride, padding, dilation, ceil_mode, backend)
+
+
+def _max_pool2d_body(x, kernel, stride, padding, dilation, ceil_mode, backend):
     hw = _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
     fmt = _format(x)
     if x.numel() == 0:
@@ -303,6 +311,14 @@ def _avg_pool2d(
     divisor_override: int,
     backend: str,
 ) -> torch.Tensor:
+    return _avg_pool2d_body(
+        x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, backend
+    )
+
+
+def _avg_pool2d_body(
+    x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, backend
+):
     hw = _output_hw(x, kernel, stride, padding, [1, 1], ceil_mode)
     fmt = _format(x)
     if x.numel() == 0:
@@ -393,6 +409,10 @@ _avg_pool2d.register_autograd(_avg_backward, setup_context=_avg_setup)
 def _upsample_nearest2d(
     x: torch.Tensor, output_size: list[int], scale_h: float, scale_w: float, backend: str
 ) -> torch.Tensor:
+    return _upsample_body(x, output_size, scale_h, scale_w, backend)
+
+
+def _upsample_body(x, output_size, scale_h, scale_w, backend):
     fmt = _format(x)
     if x.numel() == 0:
         return x.new_empty([*x.shape[:2], *output_size]).contiguous(memory_format=fmt)
