@@ -2,7 +2,8 @@
 inference of the reference models, each provider on its own copy of the same initial model.
 
 Stock providers run the impl="torch" build (eager NCHW as users write it, eager channels_last,
-torch.compile); genkern providers run the impl="genkern" build under use_backend(backend). The
+torch.compile); genkern providers run the impl="genkern" build under use_backend(backend), for
+inference as genkern.nn.convert(model.eval(), fold_bn=True) (BatchNorm folded into the convs). The
 first call of every provider computes the loss of the same first step, which is what is checked.
 """
 
@@ -166,6 +167,10 @@ def _infer_runner(name):
         ms = _models(name, impl, device, dtype, cl)
         key = "G" if "G" in ms else "M"
         m = ms[key].eval()
+        if impl == "genkern":  # genkern's inference recipe: eval BatchNorm folded into the convs
+            from genkern.nn import convert
+
+            m = convert(m, fold_bn=True)
         if name == "vae":
             gen = torch.Generator().manual_seed(1)
             z = torch.randn(1, m.latent_dim, generator=gen).to(device, dtype)

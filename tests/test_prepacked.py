@@ -1,0 +1,120 @@
+"""The CPU inference path of genkern.nn.Conv2d / ConvTranspose2d (genkern/nn/_prepacked.py): a
+oneDNN weight packed once per shape and weight version, bias and activation as post-ops."""
+
+import copy
+import io
+
+import pytest
+import torch
+
+import genkern
+from genkern import backends
+from genkern.nn import _prepacked
+
+pytestmark = pytest.mark.skipif(
+    not _prepacked.AVAILABLE
+    or backends.unavailable_reason("cpu", torch.device("cpu"), torch.float32) is not None,
+    reason="needs the C++ extension and a torch built with oneDNN (mkldnn)",
+)
+
+LAYERS = [
+    lambda act: genkern.nn.Conv2d(3, 8, 4, 2, 1, activation=act, negative_slope=0.2),
+    lambda act: genkern.nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False, activation=act),
+    lambda act: genkern.nn.ConvTranspose2d(6, 4, 4, 2, 1, activation=act),
+    lambda act: genkern.nn.ConvTranspose2d(6, 3, 3, 2, 1, output_padding=1, activation=act),
+]
+IN_CHANNELS = [3, 4, 6, 6]
+
+
+def _stock(layer, x):
+    z = (
+        torch.nn.functional.conv_transpose2d
+        if isinstance(layer, torch.nn.ConvTranspose2d)
+        else None
+    )
+    if z is not None:
+        z = z(
+            x,
+            layer.weight,
+            layer.bias,
+            layer.stride,
+            layer.padding,
+            layer.output_padding,
+            layer.groups,
+            layer.dilation,
+        )
+    else:
+        z = torch.nn.functional.conv2d(
+            x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
+        )
+    return genkern.reference.activation(z, layer.activation, layer.negative_slope)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("act", [None, "relu", "leaky_relu", "tanh", "sigmoid", "silu"])
+@pytest.mark.parametrize("i", range(len(LAYERS)))
+def test_packed_path_matches_stock_and_repeats_bit_identically(i, act, layout, monkeypatch):
+    monkeypatch.setattr(_prepacked, "MODE", "always")
+    torch.manual_seed(i)
+    layer = LAYERS[i](act).eval()
+    x = torch.randn(2, IN_CHANNELS[i], 9, 8)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        outs = [layer(x) for _ in range(3)]
+        ref = _stock(layer, x)
+    assert _prepacked._CACHE[layer][1] is not None  # the packed path ran
+    torch.testing.assert_close(outs[0], ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+    assert outs[1].stride() == ref.stride()
+
+
+def test_weight_update_repacks(monkeypatch):
+    monkeypatch.setattr(_prepacked, "MODE", "always")
+    layer = genkern.nn.ConvTranspose2d(4, 3, 4, 2, 1, activation="relu")
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        layer(x)
+        layer.weight.mul_(-2.0)  # in place: the version counter moves
+        torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
+        layer.load_state_dict({k: v * 0.5 for k, v in layer.state_dict().items()})
+        torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            layer(x[:, :, :4]), _stock(layer, x[:, :, :4]), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_grad_calls_skip_the_packed_path_and_bad_input_still_raises(monkeypatch):
+    monkeypatch.setattr(_prepacked, "MODE", "always")
+    layer = genkern.nn.Conv2d(3, 5, 3, activation="relu")
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    y = layer(x)
+    assert y.grad_fn is not None and layer not in _prepacked._CACHE
+    with torch.no_grad():
+        layer(x)
+        with pytest.raises(RuntimeError, match="expected input.*to have 3 channels"):
+            layer(torch.randn(2, 4, 6, 6))
+
+
+def test_deepcopy_and_save_with_a_packed_weight(monkeypatch):
+    monkeypatch.setattr(_prepacked, "MODE", "always")
+    model = torch.nn.Sequential(genkern.nn.Conv2d(3, 4, 3), genkern.nn.ConvTranspose2d(4, 2, 2, 2))
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        y = model(x)
+        twin = copy.deepcopy(model)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert torch.equal(twin(x), y) and torch.equal(loaded(x), y)
+
+
+def test_auto_mode_keeps_one_choice_per_shape():
+    layer = genkern.nn.Conv2d(3, 4, 3, padding=1, activation="relu").eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        first = layer(x)
+        assert layer in _prepacked._CACHE
+        assert torch.equal(first, layer(x)) and torch.equal(layer(x), layer(x))
+        torch.testing.assert_close(first, _stock(layer, x), rtol=1e-5, atol=1e-5)
