@@ -18,6 +18,10 @@ def _pair(cls, **kw):
     ours = cls(impl="genkern", **kw).to(DEVICE)
     assert list(ours.state_dict()) == list(stock.state_dict())
     ours.load_state_dict(stock.state_dict())
+    # the genkern build runs channels_last; the stock one in the same layout, so that training
+    # steps compare the same arithmetic (a layout change alone moves a ReLU or max-pool decision
+    # on near-ties, and a few SGD steps amplify that past any tight tolerance)
+    stock.to(memory_format=torch.channels_last)
     return stock, ours
 
 
@@ -164,6 +168,19 @@ def test_convert_trace_finds_pairs_in_custom_forwards():
     x = torch.randn(2, 3, 8, 8, device=DEVICE)
     torch.testing.assert_close(traced(x), stock(x))
     assert set(traced.state_dict()) == set(stock.state_dict())
+
+
+def test_convert_channels_last_keeps_values_and_runs_nhwc():
+    stock = _stock_model()
+    converted = genkern.nn.convert(stock, channels_last=True)
+    assert converted[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert stock[0].weight.is_contiguous()  # the input model is untouched
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    y = converted(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, stock(x))
+    converted.load_state_dict(stock.state_dict())  # a stock checkpoint still loads
+    assert converted[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_convert_inplace_and_deepcopy():

@@ -14,10 +14,12 @@ def check_impl(impl: str) -> str:
 
 
 def finish(module: nn.Module, impl: str) -> nn.Module:
-    """Converts the stock submodules of `module` in place when impl == "genkern"."""
+    """Converts the stock submodules of `module` in place when impl == "genkern", with
+    channels_last weights: the genkern build keeps its activations NHWC (same values, same
+    parameter names; the forwards flatten with .flatten, which any layout allows)."""
     if check_impl(impl) == "genkern":
         from genkern.nn import convert
 
         for name, child in list(module.named_children()):
-            setattr(module, name, convert(child, inplace=True))
+            setattr(module, name, convert(child, inplace=True, channels_last=True))
     return module

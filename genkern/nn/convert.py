@@ -150,10 +150,19 @@ def _trace_and_fuse(model: nn.Module) -> nn.Module:
 
 
 def convert(
-    model: nn.Module, inplace: bool = False, trace: bool = False, fold_bn: bool = False
+    model: nn.Module,
+    inplace: bool = False,
+    trace: bool = False,
+    fold_bn: bool = False,
+    channels_last: bool = False,
 ) -> nn.Module:
     """The model with genkern layers (see the module docstring). Returns the converted model;
-    with inplace=False (default) the given model is left untouched."""
+    with inplace=False (default) the given model is left untouched.
+
+    channels_last=True also moves the 4-D weights to channels_last, so activations stay NHWC
+    from the first conv to the last (oneDNN's native layout: no per-layer NCHW <-> blocked
+    reorders of the activations); outputs then come out channels_last, with the same values.
+    """
     if not inplace:
         model = copy.deepcopy(model)
     drop_ins = _drop_ins()
@@ -168,4 +177,6 @@ def convert(
     _convert_children(top, drop_ins)
     if trace:
         top = _trace_and_fuse(top)
+    if channels_last:
+        top.to(memory_format=torch.channels_last)
     return top
