@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "epilogue.h"
@@ -295,10 +296,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
     const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd,
-    bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask) {
+    bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask,
+    const std::optional<at::Tensor>& bias) {
   const auto act = static_cast<Activation>(activation);
   const bool has_saved = saved.has_value() && saved->defined() && saved->numel() > 0;
-  TORCH_CHECK(has_saved || act == Activation::kIdentity,
+  // Without the saved tensor, a relu / leaky_relu (slope >= 0) backward needs only the sign of
+  // its input z = x * scale + shift, recomputed from x: two passes fewer over memory.
+  const bool recompute =
+      !has_saved && (act == Activation::kRelu ||
+                     (act == Activation::kLeakyRelu && saves_output(act, negative_slope)));
+  TORCH_CHECK(has_saved || recompute || act == Activation::kIdentity,
               "genkern: batch_norm backward needs the saved tensor");
   const auto fmt = format_of(x);
   const at::Tensor gy = grad_y.contiguous(fmt);
@@ -323,16 +330,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     at::Tensor wd = has_w ? weight->to(at::kDouble).contiguous() : at::Tensor();
     const double* mdp = md.data_ptr<double>();
     const double* idp = id.data_ptr<double>();
-    std::vector<opmath_t> meanv(C);
-    for (int64_t c = 0; c < C; ++c) meanv[c] = opmath_t(mdp[c]);
+    std::vector<opmath_t> meanv(C), zscale(C), zshift(C);
+    at::Tensor bd = recompute && bias.has_value() && bias->defined()
+                        ? bias->to(at::kDouble).contiguous()
+                        : at::Tensor();
+    for (int64_t c = 0; c < C; ++c) {
+      meanv[c] = opmath_t(mdp[c]);
+      const double a = (has_w ? wd.data_ptr<double>()[c] : 1.0) * idp[c];
+      zscale[c] = opmath_t(a);
+      zshift[c] = opmath_t((bd.defined() ? bd.data_ptr<double>()[c] : 0.0) - mdp[c] * a);
+    }
     std::vector<double> sum_g(C, 0.0), sum_gx(C, 0.0);  // sum g, sum g * (x - mean)
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      auto gfun = [&](int64_t i) -> opmath_t {
+      auto body = [&](auto recompute_tag) {
+      constexpr bool R = decltype(recompute_tag)::value;  // compile time: the loops vectorize
+      // g at element i of channel c: act's backward from the saved tensor or the recomputed z
+      auto gfun = [&](int64_t i, int64_t c) -> opmath_t {
         if constexpr (A == Activation::kIdentity) {
           return opmath_t(gyp[i]);
         } else {
-          return act_backward<A, opmath_t>(opmath_t(gyp[i]), opmath_t(sp[i]), slope);
+          opmath_t s;
+          if constexpr (R) {
+            s = opmath_t(xp[i]) * zscale[c] + zshift[c];
+          } else {
+            s = opmath_t(sp[i]);
+          }
+          return act_backward<A, opmath_t>(opmath_t(gyp[i]), s, slope);
         }
       };
       if (need_reduce && x.numel() > 0) {
@@ -349,7 +373,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
               for (int64_t r = t * rows; r < r1; ++r) {
                 for (int64_t c = 0; c < C; ++c) {
                   const int64_t i = r * C + c;
-                  const opmath_t g = gfun(i);
+                  const opmath_t g = gfun(i, c);
                   a[c] += g;
                   b[c] += g * (opmath_t(xp[i]) - m[c]);
                 }
@@ -376,13 +400,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
                   const int64_t off = base + i0;
                   for (; i + kLanes <= n; i += kLanes)
                     for (int j = 0; j < kLanes; ++j) {
-                      const opmath_t g = gfun(off + i + j);
+                      const opmath_t g = gfun(off + i + j, c);
                       a[j] += g;
                       b[j] += g * (opmath_t(xp[off + i + j]) - m);
                     }
                   opmath_t ra = 0, rb = 0;
                   for (; i < n; ++i) {
-                    const opmath_t g = gfun(off + i);
+                    const opmath_t g = gfun(off + i, c);
                     ra += g;
                     rb += g * (opmath_t(xp[off + i]) - m);
                   }
@@ -446,7 +470,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
           for (int64_t r = r0; r < r1; ++r)
             for (int64_t c = 0; c < C; ++c) {
               const int64_t i = r * C + c;
-              gxp[i] = scalar_t(a[c] * gfun(i) + b[c] * opmath_t(xp[i]) + d[c]);
+              gxp[i] = scalar_t(a[c] * gfun(i, c) + b[c] * opmath_t(xp[i]) + d[c]);
             }
         });
       } else {
@@ -458,9 +482,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
             const opmath_t a = ka[c], b = kb[c], d = kc[c];
             const int64_t base = p * v.inner;
             for (int64_t i = base; i < base + v.inner; ++i)
-              gxp[i] = scalar_t(a * gfun(i) + b * opmath_t(xp[i]) + d);
+              gxp[i] = scalar_t(a * gfun(i, c) + b * opmath_t(xp[i]) + d);
           }
         });
+      }
+      };
+      if (recompute) {
+        body(std::true_type{});
+      } else {
+        body(std::false_type{});
       }
     });
   });

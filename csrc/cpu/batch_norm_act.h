@@ -26,6 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
     const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd,
-    bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask);
+    bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask,
+    const std::optional<at::Tensor>& bias);
 
 }  // namespace genkern::cpu

@@ -153,8 +153,13 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
         training ? std::nullopt : running_var, training, 0.0, eps, act, slope,
         keeps_preact(act, slope));
     ctx->mark_non_differentiable({mean, var});
-    ctx->save_for_backward(
-        {x, weight.value_or(at::Tensor()), mean, invstd, saved_for_backward(act, slope, y, preact)});
+    // relu / leaky_relu: the backward recomputes the sign of act's input from x (no saved y)
+    const auto a = static_cast<Activation>(act);
+    const bool recompute = a == Activation::kRelu ||
+                           (a == Activation::kLeakyRelu && saves_output(a, slope));
+    ctx->save_for_backward({x, weight.value_or(at::Tensor()), mean, invstd,
+                            recompute ? at::Tensor() : saved_for_backward(act, slope, y, preact),
+                            bias.value_or(at::Tensor())});
     ctx->saved_data["training"] = training;
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
@@ -173,7 +178,7 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
                                    has_b && ctx->needs_input_grad(has_w ? 2 : 1)};
     auto [gx, gw, gb] = batch_norm_act_backward_cpu(
         grads[0], opt(s[4]), s[0], opt(s[1]), s[2], s[3], d.at("training").toBool(),
-        d.at("act").toInt(), d.at("slope").toDouble(), mask);
+        d.at("act").toInt(), d.at("slope").toDouble(), mask, opt(s[5]));
     const auto dtype = has_w ? s[1].scalar_type() : s[0].scalar_type();
     return grads_for(9, mask[0] ? gx : at::Tensor(), mask[1] ? gw.to(dtype) : at::Tensor(),
                      mask[2] ? gb.to(dtype) : at::Tensor());

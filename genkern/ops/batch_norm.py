@@ -367,7 +367,7 @@ def _forward_cpu(x, weight, bias, rm, rv, training, eps, act, slope, save_preact
 
 def _backward_cpu(grad_y, saved, x, weight, mean, invstd, training, act, slope, mask):
     return _registry.extension().batch_norm_act_backward_cpu(
-        grad_y, saved, x, weight, mean, invstd, training, act, slope, mask
+        grad_y, saved, x, weight, mean, invstd, training, act, slope, mask, None
     )
 
 
