@@ -94,8 +94,17 @@ def generator_loss(fake_logits, kind="bce"):
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def vae_loss(recon, target, mu, logvar, recon_loss="bce", beta=1.0, reduction="sum", logits=True,
-             return_components=False):
+def vae_loss(
+    recon,
+    target,
+    mu,
+    logvar,
+    recon_loss="bce",
+    beta=1.0,
+    reduction="sum",
+    logits=True,
+    return_components=False,
+):
     """Reconstruction sum + beta * KL(N(mu, exp(logvar)) || N(0, 1)); "mean" divides by batch."""
     if recon_loss == "mse":
         rec = F.mse_loss(recon, target, reduction="sum")
@@ -113,11 +122,23 @@ def vae_loss(recon, target, mu, logvar, recon_loss="bce", beta=1.0, reduction="s
 def reparameterize(mu, logvar, eps):
     """mu + eps * exp(logvar / 2)."""
     return mu + eps * torch.exp(0.5 * logvar)
+
+
 # ---- issue 4: batch_norm + activation, pooling, upsampling ---------------------------------------
 
 
-def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5, activation=None, negative_slope=0.01):
+def batch_norm(
+    x,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training=False,
+    momentum=0.1,
+    eps=1e-5,
+    activation=None,
+    negative_slope=0.01,
+):
     """act(batch_norm(x)); running statistics updated in place in training, as F.batch_norm."""
     z = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     return globals()["activation"](z, activation, negative_slope)
@@ -127,10 +148,18 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None):
-    return F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                        divisor_override)
+def avg_pool2d(
+    x,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    return F.avg_pool2d(
+        x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
 
 
 def upsample_nearest2d(x, scale_factor=None, size=None):

@@ -1,5 +1,5 @@
-"""The CPU inference path of genkern.nn.Conv2d / ConvTranspose2d (genkern/nn/_prepacked.py): a
-oneDNN weight packed once per shape and weight version, bias and activation as post-ops."""
+"""The CPU inference path of conv2d / conv_transpose2d (genkern/ops/_prepacked.py): a oneDNN
+weight packed once per shape and weight version, bias and activation as post-ops."""
 
 import copy
 import io
@@ -9,7 +9,7 @@ import torch
 
 import genkern
 from genkern import backends
-from genkern.nn import _prepacked
+from genkern.ops import _prepacked
 
 pytestmark = pytest.mark.skipif(
     not _prepacked.AVAILABLE
@@ -63,7 +63,7 @@ def test_packed_path_matches_stock_and_repeats_bit_identically(i, act, layout, m
     with torch.no_grad():
         outs = [layer(x) for _ in range(3)]
         ref = _stock(layer, x)
-    assert _prepacked._CACHE[layer][1] is not None  # the packed path ran
+    assert _prepacked._CACHE[layer.weight][1] is not None  # the packed path ran
     torch.testing.assert_close(outs[0], ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
     assert outs[1].stride() == ref.stride()
@@ -89,7 +89,7 @@ def test_grad_calls_skip_the_packed_path_and_bad_input_still_raises(monkeypatch)
     layer = genkern.nn.Conv2d(3, 5, 3, activation="relu")
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     y = layer(x)
-    assert y.grad_fn is not None and layer not in _prepacked._CACHE
+    assert y.grad_fn is not None and layer.weight not in _prepacked._CACHE
     with torch.no_grad():
         layer(x)
         with pytest.raises(RuntimeError, match="expected input.*to have 3 channels"):
@@ -115,6 +115,6 @@ def test_auto_mode_keeps_one_choice_per_shape():
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         first = layer(x)
-        assert layer in _prepacked._CACHE
+        assert layer.weight in _prepacked._CACHE
         assert torch.equal(first, layer(x)) and torch.equal(layer(x), layer(x))
         torch.testing.assert_close(first, _stock(layer, x), rtol=1e-5, atol=1e-5)

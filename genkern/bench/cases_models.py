@@ -68,8 +68,10 @@ def _gan_step(ms, x, gen, losses):
 
 def _stock_gan_losses():
     bce = F.binary_cross_entropy_with_logits
-    return {"d": lambda r, f: bce(r, torch.ones_like(r)) + bce(f, torch.zeros_like(f)),
-            "g": lambda f: bce(f, torch.ones_like(f))}
+    return {
+        "d": lambda r, f: bce(r, torch.ones_like(r)) + bce(f, torch.zeros_like(f)),
+        "g": lambda f: bce(f, torch.ones_like(f)),
+    }
 
 
 def _genkern_gan_losses():
@@ -77,8 +79,10 @@ def _genkern_gan_losses():
 
     if not hasattr(ops, "discriminator_loss"):
         return _stock_gan_losses()
-    return {"d": lambda r, f: ops.discriminator_loss(r, f, kind="bce"),
-            "g": lambda f: ops.generator_loss(f, kind="bce")}
+    return {
+        "d": lambda r, f: ops.discriminator_loss(r, f, kind="bce"),
+        "g": lambda f: ops.generator_loss(f, kind="bce"),
+    }
 
 
 def _single_step(model_fn, loss_fn, params, x):
@@ -109,18 +113,33 @@ def _vae_loss(impl):
 
 
 SPECS = {
-    "dcgan64": dict(build=lambda impl: {"G": models.DCGANGenerator(image_size=64, impl=impl),
-                                        "D": models.DCGANDiscriminator(image_size=64, impl=impl)},
-                    input=(3, 64, 64), low=-1.0, batch=64, sample=(100,)),
-    "dcgan32": dict(build=lambda impl: {"G": models.DCGANGenerator(image_size=32, impl=impl),
-                                        "D": models.DCGANDiscriminator(image_size=32, impl=impl)},
-                    input=(3, 32, 32), low=-1.0, batch=64, sample=(100,)),
-    "autoencoder": dict(build=lambda impl: {"M": models.AutoEncoder(impl=impl)},
-                        input=(1, 28, 28), batch=256),
-    "vae": dict(build=lambda impl: {"M": models.ConvVAE(impl=impl)}, input=(1, 28, 28),
-                batch=128),
-    "cnn": dict(build=lambda impl: {"M": models.CNNClassifier(impl=impl)}, input=(3, 32, 32),
-                batch=128),
+    "dcgan64": dict(
+        build=lambda impl: {
+            "G": models.DCGANGenerator(image_size=64, impl=impl),
+            "D": models.DCGANDiscriminator(image_size=64, impl=impl),
+        },
+        input=(3, 64, 64),
+        low=-1.0,
+        batch=64,
+        sample=(100,),
+    ),
+    "dcgan32": dict(
+        build=lambda impl: {
+            "G": models.DCGANGenerator(image_size=32, impl=impl),
+            "D": models.DCGANDiscriminator(image_size=32, impl=impl),
+        },
+        input=(3, 32, 32),
+        low=-1.0,
+        batch=64,
+        sample=(100,),
+    ),
+    "autoencoder": dict(
+        build=lambda impl: {"M": models.AutoEncoder(impl=impl)}, input=(1, 28, 28), batch=256
+    ),
+    "vae": dict(build=lambda impl: {"M": models.ConvVAE(impl=impl)}, input=(1, 28, 28), batch=128),
+    "cnn": dict(
+        build=lambda impl: {"M": models.CNNClassifier(impl=impl)}, input=(3, 32, 32), batch=128
+    ),
 }
 
 
@@ -145,8 +164,9 @@ def _train_runner(name):
             step = _single_step(m, lambda out, _: F.cross_entropy(out, y), m.parameters(), x)
         else:
             m = ms["M"]
-            step = _single_step(m, lambda out, inp: F.binary_cross_entropy(out, inp),
-                                m.parameters(), x)
+            step = _single_step(
+                m, lambda out, inp: F.binary_cross_entropy(out, inp), m.parameters(), x
+            )
         if impl == "genkern":
             backend = provider.split(":", 1)[1]
             inner = step
@@ -176,8 +196,10 @@ def _infer_runner(name):
             z = torch.randn(1, m.latent_dim, generator=gen).to(device, dtype)
             fn, arg = m.decoder, z
         elif "sample" in SPECS[name]:
-            fn, arg = m, torch.randn(1, 100, generator=torch.Generator().manual_seed(1)).to(
-                device, dtype)
+            fn, arg = (
+                m,
+                torch.randn(1, 100, generator=torch.Generator().manual_seed(1)).to(device, dtype),
+            )
         else:
             fn, arg = m, _batch(name, device, dtype, cl, 1)[0]
         if provider == "compile":
@@ -201,15 +223,30 @@ def _no_fn(*args, **kwargs):  # whole-model cases run through their runner
 
 
 CASES = [
-    Case(name=f"model/{name}", family="model", shape=f"batch {SPECS[name]['batch']}",
-         mode="training step", make_inputs=lambda device, dtype: [], stock=_no_fn,
-         genkern=_no_fn, runner=_train_runner(name), quick=False)
+    Case(
+        name=f"model/{name}",
+        family="model",
+        shape=f"batch {SPECS[name]['batch']}",
+        mode="training step",
+        make_inputs=lambda device, dtype: [],
+        stock=_no_fn,
+        genkern=_no_fn,
+        runner=_train_runner(name),
+        quick=False,
+    )
     for name in SPECS
 ] + [
-    Case(name=f"model/{name}" + ("-generator" if name.startswith("dcgan") else
-                                 "-decoder" if name == "vae" else ""),
-         family="model", shape="batch 1", mode="batch-1 inference",
-         make_inputs=lambda device, dtype: [], stock=_no_fn, genkern=_no_fn,
-         runner=_infer_runner(name), quick=name in ("dcgan32", "cnn"))
+    Case(
+        name=f"model/{name}"
+        + ("-generator" if name.startswith("dcgan") else "-decoder" if name == "vae" else ""),
+        family="model",
+        shape="batch 1",
+        mode="batch-1 inference",
+        make_inputs=lambda device, dtype: [],
+        stock=_no_fn,
+        genkern=_no_fn,
+        runner=_infer_runner(name),
+        quick=name in ("dcgan32", "cnn"),
+    )
     for name in SPECS
 ]

@@ -95,11 +95,17 @@ def markdown(data: dict) -> str:
     g = geomean(r["speedup_vs_eager"] for r in rows)
     if g:
         lines += ["", f"geomean speedup of genkern's best over stock eager: {g:.2f}x"]
-    firsts = [(r["case"], r["mode"], r["first_call_ms"]) for r in data["results"]
-              if r["provider"] == "compile" and r.get("first_call_ms")]
+    firsts = [
+        (r["case"], r["mode"], r["first_call_ms"])
+        for r in data["results"]
+        if r["provider"] == "compile" and r.get("first_call_ms")
+    ]
     if firsts:
-        lines += ["", "torch.compile first call (compilation; excluded from the medians): "
-                  + ", ".join(f"{c} {m} {t / 1e3:.1f} s" for c, m, t in firsts)]
+        lines += [
+            "",
+            "torch.compile first call (compilation; excluded from the medians): "
+            + ", ".join(f"{c} {m} {t / 1e3:.1f} s" for c, m, t in firsts),
+        ]
     notes = [n for r in rows for n in r["notes"]]
     if notes:
         lines += ["", "problems:"] + [f"- {n}" for n in notes]

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from genkern import ops
-from genkern.nn import _prepacked
 from genkern.nn._fused import FusedActivationMixin
 
 
@@ -56,22 +55,17 @@ class Conv2d(FusedActivationMixin, torch.nn.Conv2d):
         if self.padding_mode != "zeros":  # torch pads explicitly for the other modes
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        return _prepacked.conv2d(
-            self,
+        return ops.conv2d(
             input,
+            self.weight,
+            self.bias,
+            self.stride,
             padding,
-            lambda: ops.conv2d(
-                input,
-                self.weight,
-                self.bias,
-                self.stride,
-                padding,
-                self.dilation,
-                self.groups,
-                self.activation,
-                self.negative_slope,
-                self.backend,
-            ),
+            self.dilation,
+            self.groups,
+            self.activation,
+            self.negative_slope,
+            self.backend,
         )
 
     def extra_repr(self) -> str:
@@ -128,23 +122,18 @@ class ConvTranspose2d(FusedActivationMixin, torch.nn.ConvTranspose2d):
         output_padding = self._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
-        return _prepacked.conv_transpose2d(
-            self,
+        return ops.conv_transpose2d(
             input,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
             output_padding,
-            lambda: ops.conv_transpose2d(
-                input,
-                self.weight,
-                self.bias,
-                self.stride,
-                self.padding,
-                output_padding,
-                self.groups,
-                self.dilation,
-                self.activation,
-                self.negative_slope,
-                self.backend,
-            ),
+            self.groups,
+            self.dilation,
+            self.activation,
+            self.negative_slope,
+            self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -9,6 +9,13 @@ import torch
 
 def pair(value, name: str) -> list[int]:
     """An int or a sequence of 2 ints, as a list of 2 ints."""
+    t = type(value)
+    if t is int:  # the common cases first: this runs several times per layer call
+        return [value, value]
+    if (t is tuple or t is list) and len(value) == 2:
+        a, b = value
+        if type(a) is int and type(b) is int:
+            return [a, b]
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a tuple of 2 ints, but got {value!r}")
     if isinstance(value, int):
@@ -52,7 +59,7 @@ def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
 
 
 def check_positive(values: list[int], message: str) -> None:
-    if any(v <= 0 for v in values):
+    if min(values) <= 0:
         raise RuntimeError(message)
 
 
@@ -98,7 +105,7 @@ def conv_padding(padding, kernel: Sequence[int], stride: list[int], dilation: li
             f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}"
         )
     pad = pair(padding, "padding")
-    if any(p < 0 for p in pad):
+    if min(pad) < 0:
         raise RuntimeError("negative padding is not supported")
     return pad, [0, 0]
 

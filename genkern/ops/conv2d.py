@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from genkern import activations as A
 from genkern import backends, reference
-from genkern.ops import _checks, _fused, _registry
+from genkern.ops import _checks, _fused, _prepacked, _registry
 
 
 def conv2d(
@@ -35,13 +35,23 @@ def conv2d(
     )
     padding, extra = _checks.conv_padding(padding, weight.shape[2:], stride, dilation)
     _check_conv_shapes(x, weight, bias, padding, extra, dilation, groups)
-    if any(extra):  # 'same' with an even kernel: torch pads the extra row/column at the end
+    if (
+        extra[0] or extra[1]
+    ):  # 'same' with an even kernel: torch pads the extra row/column at the end
         x = F.pad(x, [0, extra[1], 0, extra[0]])
     name = backends.resolve("conv2d", backend, x)
     if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
-        cl = output_format(x, weight) == torch.channels_last
-        y = _registry.extension().conv2d_act_eager_cpu(
-            x, weight, bias, stride, padding, dilation, groups, act, slope, cl
+        fmt = output_format(x, weight)
+        args = (x, weight, bias, stride, padding, dilation, groups, act, slope)
+
+        def regular():
+            cl = fmt == torch.channels_last
+            return _registry.extension().conv2d_act_eager_cpu(*args, cl)
+
+        y = (
+            _prepacked.conv2d(*args, fmt, regular)
+            if _prepacked.eligible(x, weight, bias)
+            else regular()
         )
         return y.squeeze(0) if unbatched else y
     save_preact = _fused.wants_preact(act, slope, x, weight, bias)
@@ -71,7 +81,7 @@ def _check_conv_shapes(x, weight, bias, padding, extra, dilation, groups) -> Non
         )
     padded = [x.shape[2 + i] + 2 * padding[i] + extra[i] for i in range(2)]
     kernel = [dilation[i] * (weight.shape[2 + i] - 1) + 1 for i in range(2)]
-    if any(p < k for p, k in zip(padded, kernel)):
+    if padded[0] < kernel[0] or padded[1] < kernel[1]:
         raise RuntimeError(
             f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
             f"({kernel[0]} x {kernel[1]}). Kernel size can't be greater than actual input size"

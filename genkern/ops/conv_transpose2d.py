@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from genkern import activations as A
 from genkern import backends, reference
-from genkern.ops import _checks, _fused, _registry
+from genkern.ops import _checks, _fused, _prepacked, _registry
 from genkern.ops.conv2d import output_format
 
 
@@ -39,11 +39,11 @@ def conv_transpose2d(
     )
     padding = _checks.pair(padding, "padding")
     output_padding = _checks.pair(output_padding, "output_padding")
-    if any(p < 0 for p in padding):
+    if min(padding) < 0:
         raise RuntimeError("negative padding is not supported")
-    if any(p < 0 for p in output_padding):
+    if min(output_padding) < 0:
         raise RuntimeError("negative output_padding is not supported")
-    if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
+    if any(output_padding[i] >= stride[i] and output_padding[i] >= dilation[i] for i in (0, 1)):
         raise RuntimeError(
             "output padding must be smaller than either stride or dilation, but got "
             f"output_padding_height: {output_padding[0]} output_padding_width: "
@@ -53,10 +53,15 @@ def conv_transpose2d(
     _check_shapes(x, weight, bias, stride, padding, output_padding, dilation, groups)
     name = backends.resolve("conv_transpose2d", backend, x)
     if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
-        cl = output_format(x, weight) == torch.channels_last
-        y = _registry.extension().conv_transpose2d_act_eager_cpu(
-            x, weight, bias, stride, padding, output_padding, dilation, groups, act, slope, cl
-        )
+        fmt = output_format(x, weight)
+        args = (x, weight, bias, stride, padding, output_padding, dilation, groups, act, slope)
+
+        def regular():
+            cl = fmt == torch.channels_last
+            return _registry.extension().conv_transpose2d_act_eager_cpu(*args, cl)
+
+        eligible = _prepacked.eligible(x, weight, bias)
+        y = _prepacked.conv_transpose2d(*args, fmt, regular) if eligible else regular()
         return y.squeeze(0) if unbatched else y
     save_preact = _fused.wants_preact(act, slope, x, weight, bias)
     y, _ = torch.ops.genkern.conv_transpose2d_act(
@@ -97,7 +102,7 @@ def _check_shapes(x, weight, bias, stride, padding, output_padding, dilation, gr
             f"{list(bias.shape)} instead"
         )
     out = output_shape(x, weight, stride, padding, output_padding, dilation, groups)[2:]
-    if any(o <= 0 for o in out):
+    if min(out) <= 0:
         raise RuntimeError(
             f"Given input size per channel: ({x.shape[2]} x {x.shape[3]}). Calculated output size "
             f"per channel: ({out[0]} x {out[1]}). Output size is too small"

@@ -15,7 +15,7 @@ from genkern.ops.batch_norm import _require_backend
 
 def _pool_args(op, x, kernel_size, stride, padding, dilation):
     _checks.check_floating(op, input=x)
-    if x.dim() not in (3, 4) or any(s == 0 for s in x.shape[1:]):
+    if x.dim() not in (3, 4) or 0 in x.shape[1:]:
         raise RuntimeError(
             "non-empty 3D or 4D (batch mode) tensor expected for input, but got input of size: "
             f"{list(x.shape)}"
@@ -28,22 +28,22 @@ def _pool_args(op, x, kernel_size, stride, padding, dilation):
     )
     padding = _checks.pair(padding, "padding")
     dilation = _checks.pair(dilation, "dilation")
-    if any(s == 0 for s in stride):
+    if 0 in stride:
         raise RuntimeError("stride should not be zero")
-    if any(s < 0 for s in stride):
+    if min(stride) < 0:
         raise RuntimeError(
             f"stride should be greater than zero, but got dH: {stride[0]} dW: {stride[1]}"
         )
-    if any(k <= 0 for k in kernel):
+    if min(kernel) <= 0:
         raise RuntimeError(
             f"kernel size should be greater than zero, but got kH: {kernel[0]} kW: {kernel[1]}"
         )
-    if any(d <= 0 for d in dilation):
+    if min(dilation) <= 0:
         raise RuntimeError(
             "dilation should be greater than zero, but got dilationH: "
             f"{dilation[0]} dilationW: {dilation[1]}"
         )
-    if any(p < 0 for p in padding):
+    if min(padding) < 0:
         raise RuntimeError(
             f"pad must be non-negative, but got pad: {padding[0] if padding[0] < 0 else padding[1]}"
         )
