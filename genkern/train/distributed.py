@@ -63,7 +63,8 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo, device) -> dict[st
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     t /= info.world_size
-    return dict(zip(keys, t.tolist()))
+    mean = dict(zip(keys, t.tolist()))
+    return {k: mean[k] for k in values}
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
