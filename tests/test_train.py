@@ -186,6 +186,8 @@ def test_bad_data_is_a_clear_error(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert train("cnn", tmp_path / "out", "--batch-size", "0", check=False) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+    assert train("cnn", tmp_path / "none", "--resume", check=False) == 2
+    assert "--resume: no checkpoint latest.pt in" in capsys.readouterr().err
 
 
 def test_help_and_bad_model_name(capsys):

@@ -12,6 +12,10 @@ import torch
 LATEST = "latest.pt"
 
 
+class CheckpointError(RuntimeError):
+    """--resume without a usable checkpoint."""
+
+
 def epoch_path(out: str, epoch: int) -> str:
     return os.path.join(out, f"checkpoint_epoch{epoch}.pt")
 
@@ -60,5 +64,5 @@ def save(out: str, epoch: int, state: dict) -> str:
 def load_latest(out: str, map_location="cpu") -> dict:
     path = os.path.join(out, LATEST)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume: no checkpoint {LATEST} in {out}")
+        raise CheckpointError(f"--resume: no checkpoint {LATEST} in {out}")
     return torch.load(path, map_location=map_location, weights_only=False)

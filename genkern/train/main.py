@@ -72,7 +72,7 @@ def run(args) -> int:
     info, device = distributed.setup(device)
     try:
         return _train(args, device, info)
-    except data.DataError as e:
+    except (data.DataError, checkpoint.CheckpointError) as e:
         return _fail(str(e))
     finally:
         distributed.cleanup(info)
