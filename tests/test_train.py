@@ -262,7 +262,7 @@ def test_dcgan_learns_digits(tmp_path, request):
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
-    epochs = int(os.environ.get("GENKERN_SLOW_EPOCHS", "10"))
+    epochs = int(os.environ.get("GENKERN_SLOW_EPOCHS", "20"))
     start = time.perf_counter()
     assert (
         cli.main(
@@ -276,7 +276,7 @@ def test_dcgan_learns_digits(tmp_path, request):
                 "--epochs",
                 str(epochs),
                 "--batch-size",
-                "64",
+                "32",
                 "--width",
                 "32",
                 "--nz",

@@ -154,7 +154,7 @@ def _train(args, device, info) -> int:
     os.makedirs(args.out, exist_ok=True)
     start_epoch, history, global_step = 1, [], 0
     if args.resume:
-        ckpt = checkpoint.load_latest(args.out, map_location=device)
+        ckpt = checkpoint.load_latest(args.out)  # on the CPU: RNG states must stay there
         if ckpt["model"] != args.model:
             return _fail(
                 f"--resume: {args.out} holds a {ckpt['model']} checkpoint, not {args.model}"
