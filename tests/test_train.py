@@ -25,11 +25,11 @@ TINY = {
     "dcgan": ["--width", "8", "--nz", "16"],
     "vae": ["--latent-dim", "4"],
     "ae": [],
-    "cnn": [],
+    "cnn": ["--limit", "300"],  # a 30-image held-out split
 }
 
 
-def train(model, out, *extra, steps=2, batch=8, epochs=1, check=True):
+def train(model, out, *extra, steps=2, batch=4, epochs=1, check=True):
     argv = ["train", model, "--out", str(out), "--device", "cpu", "--epochs", str(epochs)]
     argv += ["--batch-size", str(batch), "--max-steps", str(steps), *TINY[model], *extra]
     rc = cli.main(argv)
@@ -52,13 +52,13 @@ def assert_same(a: dict, b: dict):
 @pytest.mark.parametrize("model", ["dcgan", "vae", "ae", "cnn"])
 def test_train_checkpoints_samples_metrics_and_resume(model, tmp_path, capsys):
     out = tmp_path / "run"
-    train(model, out)
+    train(model, out, steps=1)
     for name in ("checkpoint_epoch1.pt", "latest.pt", "metrics.json"):
         assert (out / name).is_file(), name
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1]
-    assert metrics["epochs"][0]["steps"] == 2 and metrics["epochs"][0]["images_per_s"] > 0
+    assert metrics["epochs"][0]["steps"] == 1 and metrics["epochs"][0]["images_per_s"] > 0
     if model == "cnn":
         assert 0 <= metrics["epochs"][0]["val_acc"] <= 1
         assert "val_acc" in capsys.readouterr().out
@@ -66,26 +66,26 @@ def test_train_checkpoints_samples_metrics_and_resume(model, tmp_path, capsys):
         png = np.asarray(Image.open(out / "samples_epoch1.png"), dtype=np.float32)
         assert png.std() > 0
     ckpt1, p1 = params(out / "checkpoint_epoch1.pt")
-    assert ckpt1["epoch"] == 1 and ckpt1["step"] == 2
+    assert ckpt1["epoch"] == 1 and ckpt1["step"] == 1
 
     # --resume continues at epoch 2 from the saved state: the same parameters as one 2-epoch run
-    train(model, out, "--resume", epochs=2)
+    train(model, out, "--resume", epochs=2, steps=1)
     ckpt2, p2 = params(out / "latest.pt")
-    assert ckpt2["epoch"] == 2 and ckpt2["step"] == 4 and (out / "checkpoint_epoch2.pt").is_file()
+    assert ckpt2["epoch"] == 2 and ckpt2["step"] == 2 and (out / "checkpoint_epoch2.pt").is_file()
     assert [e["epoch"] for e in ckpt2["metrics"]] == [1, 2]
     assert any(not torch.equal(p1[k], p2[k]) for k in p1)  # it trained on
     straight = tmp_path / "straight"
-    train(model, straight, epochs=2)
+    train(model, straight, epochs=2, steps=1)
     assert_same(params(straight / "latest.pt")[1], p2)
     # nothing left to do
-    train(model, out, "--resume", epochs=2)
+    train(model, out, "--resume", epochs=2, steps=1)
     assert "nothing to do" in capsys.readouterr().out
 
 
 def test_same_seed_same_parameters_other_seed_other(tmp_path):
-    train("cnn", tmp_path / "a", "--seed", "3", steps=3)
-    train("cnn", tmp_path / "b", "--seed", "3", steps=3)
-    train("cnn", tmp_path / "c", "--seed", "4", steps=3)
+    train("cnn", tmp_path / "a", "--seed", "3")
+    train("cnn", tmp_path / "b", "--seed", "3")
+    train("cnn", tmp_path / "c", "--seed", "4")
     a, b, c = (params(tmp_path / d / "latest.pt")[1] for d in "abc")
     assert_same(a, b)
     assert any(not torch.equal(a[k], c[k]) for k in a)
@@ -94,19 +94,18 @@ def test_same_seed_same_parameters_other_seed_other(tmp_path):
 @pytest.mark.parametrize("model", ["dcgan", "vae", "ae", "cnn"])
 def test_genkern_and_torch_impls_agree(model, tmp_path):
     for impl in ("genkern", "torch"):
-        train(model, tmp_path / impl, "--impl", impl, steps=3)
+        train(model, tmp_path / impl, "--impl", impl, steps=2)
     g, t = (json.loads((tmp_path / i / "metrics.json").read_text()) for i in ("genkern", "torch"))
     assert g["impl"] == "genkern" and t["impl"] == "torch"
-    assert len(g["step_losses"]) == len(t["step_losses"]) == 3
+    assert len(g["step_losses"]) == len(t["step_losses"]) == 2
     for sg, st in zip(g["step_losses"], t["step_losses"]):
         assert sg.keys() == st.keys()
         for k in sg:
             assert sg[k] == pytest.approx(st[k], rel=1e-3, abs=1e-4), (sg["step"], k)
 
 
-@pytest.mark.parametrize("model", ["dcgan", "cnn"])
-def test_amp_bf16_on_cpu(model, tmp_path):
-    train(model, tmp_path, "--amp", steps=2)
+def test_amp_bf16_on_cpu(tmp_path):
+    train("dcgan", tmp_path, "--amp", steps=2)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["amp"] == "bf16"
     values = [v for s in metrics["step_losses"] for v in s.values()]
