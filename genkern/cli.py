@@ -1,4 +1,4 @@
-"""`genkern info | check | bench` (console script `genkern`, also `python -m genkern`)."""
+"""`genkern info | check | bench | train` (console script `genkern`, also `python -m genkern`)."""
 
 from __future__ import annotations
 
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the change between two runs' results.json and exit",
     )
     p.set_defaults(func=cmd_bench)
+    from genkern import train
+
+    train.add_parser(sub)
     return parser
 
 
