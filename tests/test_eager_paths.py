@@ -185,3 +185,62 @@ def test_pool_no_grad_path_matches_custom_op(name, call, layout, monkeypatch):
         outs[fast] = out if isinstance(out, tuple) else (out,)
     for a, c in zip(outs[True], outs[False]):
         _assert_same(a, c)
+
+
+# ---- autocast: conv and linear run in the autocast dtype, BatchNorm takes float32 parameters ---
+
+
+AUTOCAST_CALLS = [
+    (
+        "conv2d",
+        lambda x, w, b: genkern.ops.conv2d(x, w, b, padding=1, activation="relu"),
+        (2, 3, 6, 6),
+        (4, 3, 3, 3),
+    ),
+    (
+        "conv_transpose2d",
+        lambda x, w, b: genkern.ops.conv_transpose2d(x, w, b, stride=2, activation="tanh"),
+        (2, 3, 4, 4),
+        (3, 4, 2, 2),
+    ),
+    ("linear", lambda x, w, b: genkern.ops.linear(x, w, b, activation="silu"), (5, 3), (4, 3)),
+]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("name,call,xs,ws", AUTOCAST_CALLS, ids=[c[0] for c in AUTOCAST_CALLS])
+def test_autocast_runs_conv_and_linear_in_its_dtype(name, call, xs, ws, fast, monkeypatch):
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+    x, w = torch.randn(xs), torch.randn(ws, requires_grad=True)
+    b = torch.randn(ws[1] if name == "conv_transpose2d" else ws[0], requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = call(x, w, b)
+        stock_conv = {"conv2d": torch.nn.functional.conv2d, "linear": torch.nn.functional.linear}
+        if name in stock_conv:  # the same dtype rule as stock autocast
+            assert stock_conv[name](x, w, b).dtype == y.dtype
+    assert y.dtype == torch.bfloat16
+    ref = call(x.bfloat16(), w.detach().bfloat16(), b.detach().bfloat16())
+    assert torch.equal(y, ref)
+    y.float().sum().backward()
+    assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+    assert call(x, w, b).dtype == torch.float32  # outside autocast: as given
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_batch_norm_takes_float32_parameters_with_a_16bit_input(backend):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 5, 5, generator=g).bfloat16().requires_grad_()
+    w = (torch.rand(3, generator=g) + 0.5).requires_grad_()
+    b = torch.randn(3, generator=g).requires_grad_()
+    rm, rv = torch.zeros(3), torch.ones(3)
+    y = genkern.ops.batch_norm(x, rm, rv, w, b, True, activation="relu", backend=backend)
+    y.float().sum().backward()
+    xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    rms, rvs = torch.zeros(3), torch.ones(3)
+    ys = torch.relu(torch.nn.functional.batch_norm(xs, rms, rvs, ws, bs, True))
+    ys.float().sum().backward()
+    assert y.dtype == ys.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), ys.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(w.grad, ws.grad, rtol=1e-3, atol=1e-3)  # float32 sums, not bf16
+    torch.testing.assert_close(b.grad, bs.grad, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(rm, rms) and torch.testing.assert_close(rv, rvs)

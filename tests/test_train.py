@@ -114,9 +114,8 @@ def test_amp_bf16_on_cpu(tmp_path):
 
 def test_amp_runs_the_genkern_layers_in_the_autocast_dtype():
     from genkern import models
-    from genkern.train import amp
 
-    model = amp.enable(models.CNNClassifier(impl="genkern"))
+    model = models.CNNClassifier(impl="genkern")
     x = torch.randn(2, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
@@ -126,7 +125,6 @@ def test_amp_runs_the_genkern_layers_in_the_autocast_dtype():
         p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
     )
     assert model(x).dtype == torch.float32  # untouched outside autocast
-    assert list(model.state_dict()) == list(models.CNNClassifier(impl="torch").state_dict())
 
 
 def test_missing_extras_give_the_install_hint(tmp_path, monkeypatch, capsys):

@@ -316,8 +316,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
   // the reduction is needed for dweight, dbias, and dx in training
   const bool need_reduce = output_mask[1] || output_mask[2] || (training && output_mask[0]);
   at::Tensor gx = output_mask[0] ? at::empty_like(x, fmt) : at::empty({0}, x.options());
-  at::Tensor gw = output_mask[1] ? at::empty({C}, x.options()) : at::empty({0}, x.options());
-  at::Tensor gb = output_mask[2] ? at::empty({C}, x.options()) : at::empty({0}, x.options());
+  // dweight and dbias in the parameters' dtype (float32 beside a 16-bit input), from float64 sums
+  const auto param_dtype = has_w ? weight->scalar_type() : x.scalar_type();
+  const auto sums = x.options().dtype(at::kDouble);
+  at::Tensor gw = output_mask[1] ? at::empty({C}, sums) : at::empty({0}, x.options());
+  at::Tensor gb = output_mask[2] ? at::empty({C}, sums) : at::empty({0}, x.options());
   const double count = double(v.outer) * double(v.inner);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_act_bwd", [&] {
@@ -434,12 +437,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         }
       }
       if (output_mask[1]) {
-        scalar_t* p = gw.data_ptr<scalar_t>();
-        for (int64_t c = 0; c < C; ++c) p[c] = scalar_t(sum_gx[c] * idp[c]);
+        double* p = gw.data_ptr<double>();
+        for (int64_t c = 0; c < C; ++c) p[c] = sum_gx[c] * idp[c];
       }
       if (output_mask[2]) {
-        scalar_t* p = gb.data_ptr<scalar_t>();
-        for (int64_t c = 0; c < C; ++c) p[c] = scalar_t(sum_g[c]);
+        double* p = gb.data_ptr<double>();
+        for (int64_t c = 0; c < C; ++c) p[c] = sum_g[c];
       }
       if (!output_mask[0] || x.numel() == 0) return;
       // gx = ka * g + kb * x + kc per channel
@@ -494,6 +497,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
       }
     });
   });
+  if (output_mask[1]) gw = gw.to(param_dtype);
+  if (output_mask[2]) gb = gb.to(param_dtype);
   return {gx, gw, gb};
 }
 

@@ -2,8 +2,10 @@
 inference of the reference models, each provider on its own copy of the same initial model.
 
 Stock providers run the impl="torch" build (eager NCHW as users write it, eager channels_last,
-torch.compile); genkern providers run the impl="genkern" build under use_backend(backend), for
-inference as genkern.nn.convert(model.eval(), fold_bn=True) (BatchNorm folded into the convs). The
+torch.compile); genkern providers run the impl="genkern" build under use_backend(backend) with
+channels_last weights (convert(channels_last=True): activations NHWC from the first conv on, the
+input as users pass it, NCHW), for inference as genkern.nn.convert(model.eval(), fold_bn=True)
+(BatchNorm folded into the convs). The
 first call of every provider computes the loss of the same first step, which is what is checked.
 """
 
@@ -31,7 +33,7 @@ def _models(name, impl, device, dtype, channels_last):
     for key, m in built.items():
         m.load_state_dict(_initial_state(name)[key])
         m.to(device=device, dtype=dtype)
-        if channels_last:
+        if channels_last or impl == "genkern":  # genkern runs its best CPU layout, NHWC
             m.to(memory_format=torch.channels_last)
     return built
 

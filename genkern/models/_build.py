@@ -14,12 +14,14 @@ def check_impl(impl: str) -> str:
 
 
 def finish(module: nn.Module, impl: str) -> nn.Module:
-    """Converts the stock submodules of `module` in place when impl == "genkern", with
-    channels_last weights: the genkern build keeps its activations NHWC (same values, same
-    parameter names; the forwards flatten with .flatten, which any layout allows)."""
+    """Converts the stock submodules of `module` in place when impl == "genkern". The layout
+    stays NCHW, as the stock build's (an in-place random init after construction fills a
+    channels_last weight in memory order: other values from the same seed); for speed on the
+    CPU, `model.to(memory_format=torch.channels_last)` as with any model (the forwards flatten
+    with .flatten, which any layout allows)."""
     if check_impl(impl) == "genkern":
         from genkern.nn import convert
 
         for name, child in list(module.named_children()):
-            setattr(module, name, convert(child, inplace=True, channels_last=True))
+            setattr(module, name, convert(child, inplace=True))
     return module

@@ -67,3 +67,22 @@ def fake_grads(x, weight, bias_size: int, mask):
     gx = x.new_empty(x.shape).contiguous(memory_format=_checks.dense_format(x))
     gw = weight.new_empty(weight.shape).contiguous(memory_format=_checks.dense_format(weight))
     return grads_out(x, weight, mask, gx, gw, weight.new_empty(bias_size))
+
+
+def autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """torch.autocast's rule for conv and linear: inside an autocast region of x's device type,
+    the op runs in the autocast dtype, on per-call casts of its float32 (not float64) inputs and
+    weights; gradients flow back to the originals. Outside one, the tensors as given."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return t
+        if t.dtype in (dtype, torch.float64):
+            return t
+        return t.to(dtype)
+
+    return cast(x), cast(weight), cast(bias)

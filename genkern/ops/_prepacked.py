@@ -22,7 +22,14 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from genkern import activations as A
 
-_DTYPES = (torch.float32, torch.bfloat16)
+
+def _dtypes() -> tuple:
+    """float32, and bfloat16 where oneDNN packs it (AVX512-BF16 / AVX-NE-CONVERT CPUs)."""
+    bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return (torch.float32, torch.bfloat16) if bf16 is not None and bf16() else (torch.float32,)
+
+
+_DTYPES = _dtypes()
 _POST_OPS = {
     A.IDENTITY: "none",
     A.RELU: "relu",

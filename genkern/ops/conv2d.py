@@ -30,6 +30,8 @@ def conv2d(
     """
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
+    if isinstance(x, torch.Tensor):
+        x, weight, bias = _fused.autocast(x, weight, bias)
     x, unbatched, stride, dilation = _checks.conv_args(
         "conv2d", x, weight, bias, stride, dilation, groups
     )

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genkern import models, ops
-from genkern.train import amp, distributed, images
+from genkern.train import distributed, images
 
 IMAGE_SIZE = {"dcgan": 32, "vae": 28, "ae": 28, "cnn": 32}
 DEFAULT_LR = {"dcgan": 2e-4, "vae": 1e-3, "ae": 1e-3, "cnn": 1e-3}
@@ -45,8 +45,6 @@ class Task:
         self.build()
         for m in self.models.values():
             m.to(device)
-            if args.amp and self.impl == "genkern":
-                amp.enable(m)
         self.wrapped = {k: self._wrap(m) for k, m in self.models.items()}
         lr = args.lr if args.lr is not None else DEFAULT_LR[self.name]
         betas = BETAS.get(self.name, (0.9, 0.999))
