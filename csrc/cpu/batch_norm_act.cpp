@@ -437,6 +437,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         }
       }
       scalar_t* gxp = gx.data_ptr<scalar_t>();
+      // In evaluation gx = ka * g alone: no "+ 0 * x" term, which would turn an inf or NaN in x
+      // into a NaN gradient (the composite's is finite there).
+      auto apply = [&](auto train_tag) {
+      constexpr bool kTrain = decltype(train_tag)::value;
       if (v.inner == 1) {
         const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));
         at::parallel_for(0, v.outer, rows, [&](int64_t r0, int64_t r1) {
@@ -446,7 +450,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
           for (int64_t r = r0; r < r1; ++r)
             for (int64_t c = 0; c < C; ++c) {
               const int64_t i = r * C + c;
-              gxp[i] = scalar_t(a[c] * gfun(i) + b[c] * opmath_t(xp[i]) + d[c]);
+              if constexpr (kTrain) {
+                gxp[i] = scalar_t(a[c] * gfun(i) + b[c] * opmath_t(xp[i]) + d[c]);
+              } else {
+                gxp[i] = scalar_t(a[c] * gfun(i));
+              }
             }
         });
       } else {
@@ -458,9 +466,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
             const opmath_t a = ka[c], b = kb[c], d = kc[c];
             const int64_t base = p * v.inner;
             for (int64_t i = base; i < base + v.inner; ++i)
-              gxp[i] = scalar_t(a * gfun(i) + b * opmath_t(xp[i]) + d);
+              if constexpr (kTrain) {
+                gxp[i] = scalar_t(a * gfun(i) + b * opmath_t(xp[i]) + d);
+              } else {
+                gxp[i] = scalar_t(a * gfun(i));
+              }
           }
         });
+      }
+      };
+      if (training) {
+        apply(std::true_type{});
+      } else {
+        apply(std::false_type{});
       }
     });
   });
