@@ -302,7 +302,7 @@ BAD_INPUTS = [
         "zero dilation",
         dict(x=_X, weight=_W, dilation=0),
         RuntimeError,
-        "dilation should be greater",
+        "non-positive dilation is not supported",
     ),
     ("zero groups", dict(x=_X, weight=_W, groups=0), RuntimeError, "non-positive groups"),
     (
@@ -321,7 +321,7 @@ BAD_INPUTS = [
         "bad padding string",
         dict(x=_X, weight=_W, padding="full"),
         ValueError,
-        "Invalid padding string 'full'",
+        "Invalid padding string: 'full'",
     ),
     ("stride tuple of 3", dict(x=_X, weight=_W, stride=(1, 1, 1)), TypeError, "stride must be"),
     (

@@ -336,7 +336,7 @@ BAD_INPUTS = [
         "negative output_padding is not supported",
     ),
     ("zero stride", dict(x=_X, weight=_W, stride=0), RuntimeError, "non-positive stride"),
-    ("zero dilation", dict(x=_X, weight=_W, dilation=0), RuntimeError, "dilation should be"),
+    ("zero dilation", dict(x=_X, weight=_W, dilation=0), RuntimeError, "non-positive dilation"),
     ("zero groups", dict(x=_X, weight=_W, groups=0), RuntimeError, "non-positive groups"),
     ("padding string", dict(x=_X, weight=_W, padding="same"), TypeError, "padding must be"),
     (

@@ -453,10 +453,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         if (training) {
           const double mean_g = sum_g[c] / count;
           const double mean_gxhat = sum_gx[c] * idp[c] / count;
-          const double b = -a * idp[c] * mean_gxhat;
+          // gx = a * (g + kb * (x - mean) + kc): the cancellation happens at the scale of g,
+          // before the multiplication by w * invstd (as torch's), not after it
           ka[c] = opmath_t(a);
-          kb[c] = opmath_t(b);
-          kc[c] = opmath_t(-a * mean_g - b * mdp[c]);
+          kb[c] = opmath_t(-idp[c] * mean_gxhat);
+          kc[c] = opmath_t(-mean_g);
         } else {
           ka[c] = opmath_t(a);
           kb[c] = 0;
@@ -464,6 +465,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         }
       }
       scalar_t* gxp = gx.data_ptr<scalar_t>();
+      // In evaluation gx = ka * g alone: no "+ 0 * x" term, which would turn an inf or NaN in x
+      // into a NaN gradient (the composite's is finite there).
+      auto apply = [&](auto train_tag) {
+      constexpr bool kTrain = decltype(train_tag)::value;
       if (v.inner == 1) {
         const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));
         at::parallel_for(0, v.outer, rows, [&](int64_t r0, int64_t r1) {
@@ -473,7 +478,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
           for (int64_t r = r0; r < r1; ++r)
             for (int64_t c = 0; c < C; ++c) {
               const int64_t i = r * C + c;
-              gxp[i] = scalar_t(a[c] * gfun(i, c) + b[c] * opmath_t(xp[i]) + d[c]);
+              if constexpr (kTrain) {
+                gxp[i] = scalar_t(a[c] * (gfun(i, c) + b[c] * (opmath_t(xp[i]) - meanv[c]) + d[c]));
+              } else {
+                gxp[i] = scalar_t(a[c] * gfun(i, c));
+              }
             }
         });
       } else {
@@ -482,12 +491,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
             const int64_t c = p % C;
-            const opmath_t a = ka[c], b = kb[c], d = kc[c];
+            const opmath_t a = ka[c], b = kb[c], d = kc[c], m = meanv[c];
             const int64_t base = p * v.inner;
             for (int64_t i = base; i < base + v.inner; ++i)
-              gxp[i] = scalar_t(a * gfun(i, c) + b * opmath_t(xp[i]) + d);
+              if constexpr (kTrain) {
+                gxp[i] = scalar_t(a * (gfun(i, c) + b * (opmath_t(xp[i]) - m) + d));
+              } else {
+                gxp[i] = scalar_t(a * gfun(i, c));
+              }
           }
         });
+      }
+      };
+      if (training) {
+        apply(std::true_type{});
+      } else {
+        apply(std::false_type{});
       }
       };
       if (recompute) {

@@ -122,7 +122,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
               const int64_t w1 = std::min(w0 + (kW - 1) * dW + 1, IW);
               while (h0 < 0) h0 += dH;
               while (w0 < 0) w0 += dW;
-              int64_t bi = h0 * IW + w0;
+              // a window wholly in the padding (possible with dilation): -inf and index -1
+              // (torch gives an index past the plane, whose backward writes out of bounds)
+              int64_t bi = (h0 < h1 && w0 < w1) ? h0 * IW + w0 : -1;
               opmath_t best = -std::numeric_limits<opmath_t>::infinity();
               for (int64_t ih = h0; ih < h1; ih += dH)
                 for (int64_t iw = w0; iw < w1; iw += dW) {
@@ -173,9 +175,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
             }
           int64_t* io = ip + q * C;
           scalar_t* yo = yp + q * C;
-          for (int64_t c = 0; c < C; ++c) {
+          for (int64_t c = 0; c < C; ++c) {  // no tap: a window wholly in the padding, -1
             yo[c] = scalar_t(b[c]);
-            io[c] = tap_index[t[c]];
+            io[c] = k > 0 ? tap_index[t[c]] : -1;
           }
         }
       });
@@ -206,7 +208,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
           const scalar_t* gp = g + p * OHW;
           const int64_t* pi = ip + p * OHW;
           for (int64_t o = 0; o < OHW; ++o)
-            plane[pi[o]] = scalar_t(opmath_t(plane[pi[o]]) + opmath_t(gp[o]));
+            if (pi[o] >= 0 && pi[o] < IH * IW)  // -1: a window wholly in the padding
+              plane[pi[o]] = scalar_t(opmath_t(plane[pi[o]]) + opmath_t(gp[o]));
         }
       });
     } else {  // per image and channel block, pixels in order: deterministic
@@ -217,6 +220,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
             const scalar_t* gp = g + (n * OHW + o) * C;
             const int64_t* pi = ip + (n * OHW + o) * C;
             for (int64_t c = 0; c < C; ++c) {
+              if (pi[c] < 0 || pi[c] >= IH * IW) continue;  // -1: a window wholly in padding
               scalar_t* dst = img + pi[c] * C + c;
               *dst = scalar_t(opmath_t(*dst) + opmath_t(gp[c]));
             }

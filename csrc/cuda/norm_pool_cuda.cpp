@@ -162,14 +162,16 @@ at::Tensor batch_norm_backward_apply_cuda(const at::Tensor& grad_y,
   const bool has_s = saved.has_value() && saved->defined() && saved->numel() > 0;
   const at::Tensor s = has_s ? saved->contiguous(fmt) : at::Tensor();
   const auto at_ = acc_type(x);
-  const at::Tensor a = ka.to(at_).contiguous(), b = kb.to(at_).contiguous(),
-                   c = kc.to(at_).contiguous();
+  // empty kb / kc: evaluation, gx = ka * g (x is not read: no 0 * x term to turn inf into NaN)
+  const bool train = kb.numel() > 0;
+  const at::Tensor a = ka.to(at_).contiguous();
+  const at::Tensor b = train ? kb.to(at_).contiguous() : a, c = train ? kc.to(at_).contiguous() : a;
   at::Tensor gx = at::empty_like(x, fmt);
   auto stream = at::cuda::getCurrentCUDAStream();
   GK_DISPATCH(x.scalar_type(), "batch_norm_backward_apply_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     check(bn_backward_apply(ptr<scalar_t>(gy), has_s ? ptr<scalar_t>(s) : nullptr,
-                            ptr<scalar_t>(x), ptr<scalar_t>(gx), a.data_ptr<acc_t>(),
+                            train ? ptr<scalar_t>(x) : nullptr, ptr<scalar_t>(gx), a.data_ptr<acc_t>(),
                             b.data_ptr<acc_t>(), c.data_ptr<acc_t>(), v.outer, v.channels,
                             v.inner, static_cast<Activation>(activation), negative_slope, stream),
           "bn_backward_apply");

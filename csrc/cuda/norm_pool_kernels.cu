@@ -138,7 +138,8 @@ __global__ void bn_backward_apply_kernel(const T* gy, const T* s, const T* x, T*
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = channel_of(i, channels, inner);
     const AccT g = grad_of<A, T, AccT>(gy, s, i, slope);
-    gx[i] = store_as<T, AccT>(ka[c] * g + kb[c] * load<T, AccT>(x + i) + kc[c]);
+    // x is null in evaluation: gx = ka * g, no 0 * x term (an inf or NaN in x made it NaN)
+    gx[i] = store_as<T, AccT>(x ? ka[c] * g + kb[c] * load<T, AccT>(x + i) + kc[c] : ka[c] * g);
   }
 }
 
@@ -201,7 +202,7 @@ __global__ void max_pool_fwd_kernel(const T* x, T* y, int64_t* idx, Geometry g) 
     while (h0 < 0) h0 += g.dh;
     while (w0 < 0) w0 += g.dw;
     float best = -INFINITY;
-    int64_t bi = h0 * g.iw + w0;
+    int64_t bi = (h0 < h1 && w0 < w1) ? h0 * g.iw + w0 : -1;  // -1: a window all in padding
     for (int64_t h = h0; h < h1; h += g.dh)
       for (int64_t w = w0; w < w1; w += g.dw) {
         const float v = to_f<T>(x[at(g.xs, o.n, o.c, h, w)]);
@@ -228,7 +229,7 @@ __global__ void max_pool_fwd_kernel<double>(const double* x, double* y, int64_t*
     while (h0 < 0) h0 += g.dh;
     while (w0 < 0) w0 += g.dw;
     double best = -INFINITY;
-    int64_t bi = h0 * g.iw + w0;
+    int64_t bi = (h0 < h1 && w0 < w1) ? h0 * g.iw + w0 : -1;  // -1: a window all in padding
     for (int64_t h = h0; h < h1; h += g.dh)
       for (int64_t w = w0; w < w1; w += g.dw) {
         const double v = x[at(g.xs, o.n, o.c, h, w)];

@@ -81,7 +81,7 @@ def conv_args(op: str, x, weight, bias, stride, dilation, groups):
     stride = pair(stride, "stride")
     dilation = pair(dilation, "dilation")
     check_positive(stride, "non-positive stride is not supported")
-    check_positive(dilation, "dilation should be greater than zero")
+    check_positive(dilation, "non-positive dilation is not supported")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
     return (x.unsqueeze(0) if unbatched else x), unbatched, stride, dilation
@@ -102,7 +102,7 @@ def conv_padding(padding, kernel: Sequence[int], stride: list[int], dilation: li
             left = [t // 2 for t in total]
             return left, [t - 2 * lo for t, lo in zip(total, left)]
         raise ValueError(
-            f"Invalid padding string {padding!r}, should be one of {{'valid', 'same'}}"
+            f"Invalid padding string: {padding!r}, should be one of {{'valid', 'same'}}"
         )
     pad = pair(padding, "padding")
     if min(pad) < 0:

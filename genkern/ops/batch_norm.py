@@ -58,6 +58,11 @@ def batch_norm(
             raise RuntimeError(
                 f"batch_norm(): expected '{name}' to be a floating-point tensor on {x.device}"
             )
+        if t is not None and t.requires_grad:  # torch refuses it too; genkern used to ignore it
+            raise RuntimeError(
+                f"The function 'batch_norm' is not differentiable with respect to argument "
+                f"'{name}'. This input cannot have requires_grad True."
+            )
     if x.dim() < 2:
         raise ValueError(f"expected 2D or higher input to batch_norm (got {x.dim()}D input)")
     channels = x.shape[1]
@@ -430,8 +435,8 @@ def _backward_cuda(grad_y, saved, x, weight, mean, invstd, training, act, slope,
     if training:
         kb = -a * inv * (sum_gx.double() * inv / count)
         kc = -a * (sum_g.double() / count) - kb * mean.double()
-    else:
-        kb, kc = torch.zeros_like(a), torch.zeros_like(a)
+    else:  # empty: evaluation, gx = a * g (no 0 * x term, which made inf in x a NaN gradient)
+        kb, kc = a.new_empty(0), a.new_empty(0)
     gx = ext.batch_norm_backward_apply_cuda(grad_y, saved, x, a, kb, kc, act, slope)
     return gx, gw, gb
 

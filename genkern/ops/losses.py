@@ -224,9 +224,15 @@ def vae_loss(
         else:
             total, rec, kl = kernel(recon, target, mu, logvar, rid, float(beta), scale, mask)[:3]
     else:
+        # Traced (torch.compile): with a symbolic batch size a float scale 1/N would be
+        # specialized, one graph per batch size; so the op sums and the mean divides here.
+        per_batch = reduction == "mean" and recon.dim() > 0
         total, rec, kl, *_ = torch.ops.genkern.vae_loss(
-            recon, target, mu, logvar, rid, float(beta), scale, mask, name
+            recon, target, mu, logvar, rid, float(beta), 1.0 if per_batch else scale, mask, name
         )
+        if per_batch:
+            n = recon.shape[0]
+            total, rec, kl = total / n, rec / n, kl / n
     return (total, rec, kl) if return_components else total
 
 

@@ -92,6 +92,9 @@ def max_pool2d(
     """F.max_pool2d: gradients go to the first maximum of each window; NaN counts as maximum.
 
     With return_indices, also returns the int64 flat indices into each H*W plane (like torch).
+    A window wholly in the padding (possible with dilation) gives -inf, index -1 and no
+    gradient (stock torch gives an index past the plane there, and its backward then writes
+    out of bounds).
     """
     kernel, stride, padding, dilation = _pool_args(
         "max_pool2d", x, kernel_size, stride, padding, dilation
@@ -468,15 +471,30 @@ def _opt(scale):
 
 
 def _max_fwd_torch(x, kernel, stride, padding, dilation, ceil_mode, hw):
-    return F.max_pool2d(
+    y, idx = F.max_pool2d(
         x, kernel, stride, padding, dilation, ceil_mode=ceil_mode, return_indices=True
     )
+
+    # A window wholly in the padding (possible with dilation) gets -inf and, from torch, the
+    # index of an element outside the window (past the plane: its stock backward then writes out
+    # of bounds): genkern's is -1.
+    def has_tap(out, size, k, s, p, d):
+        taps = torch.arange(out).mul_(s).sub_(p)[:, None] + torch.arange(k)[None, :] * d
+        return ((taps >= 0) & (taps < size)).any(1)
+
+    rows = has_tap(y.shape[2], x.shape[2], kernel[0], stride[0], padding[0], dilation[0])
+    cols = has_tap(y.shape[3], x.shape[3], kernel[1], stride[1], padding[1], dilation[1])
+    empty = ~(rows[:, None] & cols[None, :])
+    if bool(empty.any()):
+        idx = idx.masked_fill(empty.to(idx.device), -1)
+    return y, idx
 
 
 def _max_bwd_torch(grad_y, indices, gx, kernel, stride, padding, dilation):
     n, c = gx.shape[:2]
     flat = torch.zeros(n, c, gx.shape[2] * gx.shape[3], dtype=grad_y.dtype, device=grad_y.device)
-    flat.scatter_add_(2, indices.reshape(n, c, -1), grad_y.reshape(n, c, -1))
+    idx, g = indices.reshape(n, c, -1), grad_y.reshape(n, c, -1)
+    flat.scatter_add_(2, idx.clamp_min(0), g.masked_fill(idx < 0, 0))  # -1: all-padding window
     return gx.copy_(flat.view(gx.shape))
 
 

@@ -135,6 +135,7 @@ def _bn_bwd_apply_kernel(
     slope,
     CHANNELS_LAST: tl.constexpr,
     ACT: tl.constexpr,
+    TRAINING: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -149,11 +150,15 @@ def _bn_bwd_apply_kernel(
     else:
         sv = tl.load(s_ptr + i, mask=mask, other=0.0).to(tl.float32)
         g = act_lib.act_backward(gy, sv, ACT, slope)
-    x = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float32)
     a = tl.load(ka_ptr + c, mask=mask, other=0.0)
-    b = tl.load(kb_ptr + c, mask=mask, other=0.0)
-    d = tl.load(kc_ptr + c, mask=mask, other=0.0)
-    tl.store(gx_ptr + i, (a * g + b * x + d).to(gx_ptr.dtype.element_ty), mask=mask)
+    if TRAINING:
+        x = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(kb_ptr + c, mask=mask, other=0.0)
+        d = tl.load(kc_ptr + c, mask=mask, other=0.0)
+        out = a * g + b * x + d
+    else:  # no 0 * x term: an inf or NaN in x must not make the gradient NaN
+        out = a * g
+    tl.store(gx_ptr + i, out.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
 def _view(x: torch.Tensor):
@@ -244,6 +249,7 @@ def batch_norm_act_backward_triton(
             slope,
             CHANNELS_LAST=cl,
             ACT=act,
+            TRAINING=bool(training),
             BLOCK=_EBLOCK,
         )
     return gx if gx is not None else x.new_empty(0), gw, gb

@@ -505,6 +505,7 @@ def conv2d_act_forward_triton(
     x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact
 ):
     """(act(conv2d(x, weight) + bias), the pre-activation or None), in x's dtype."""
+    bias = None if bias is None else bias.contiguous()  # the kernel reads b_ptr + channel
     n, _, h, w = x.shape
     oc, cg, kh, kw = weight.shape
     shape = output_shape(x, weight, stride, padding, dilation)

@@ -51,6 +51,7 @@ from genkern.triton.conv2d import (
     _prune,
     _split,
 )
+from genkern.triton.linear import interp_bf16_in_float32
 
 # ---- kernels ------------------------------------------------------------------------------------
 
@@ -350,9 +351,11 @@ def _phase_taps(stride: int, padding: int, dilation: int, kernel: int) -> list[i
     return table
 
 
+@interp_bf16_in_float32
 def conv_transpose2d_act_forward_triton(x, weight, bias, stride, padding, output_padding, dilation,
                                         groups, act, slope, save_preact):  # fmt: skip
     """(act(conv_transpose2d(x, weight) + bias), the pre-activation or None), in x's dtype."""
+    bias = None if bias is None else bias.contiguous()  # the kernel reads b_ptr + channel
     n, c, h, w = x.shape
     _, ocg, kh, kw = weight.shape
     shape = output_shape(x, weight, stride, padding, output_padding, dilation, groups)
@@ -383,6 +386,7 @@ def conv_transpose2d_act_forward_triton(x, weight, bias, stride, padding, output
     return y, z
 
 
+@interp_bf16_in_float32
 def conv_transpose2d_act_backward_triton(grad_y, saved, x, weight, stride, padding,
                                          output_padding, dilation, groups, act, slope,
                                          output_mask):  # fmt: skip

@@ -39,6 +39,32 @@ _GEMM_TILES = [
 ]
 
 
+def interp_bf16_in_float32(fn):
+    """Under the interpreter, bfloat16 tl.dot gives garbage (numpy has no bfloat16: the products
+    of the raw bits): run fn in float32 on the exactly upcast operands and round its results to
+    bfloat16 (to nearest even), what a GPU's bf16 MMA with float32 accumulation computes. No-op
+    on GPU."""
+    import functools
+    import os
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") or not any(
+            isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args
+        ):
+            return fn(*args, **kwargs)
+        up = [
+            a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args
+        ]
+        out = fn(*up, **kwargs)
+        down = lambda t: (
+            t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        )
+        return tuple(down(t) for t in out) if isinstance(out, (tuple, list)) else down(out)
+
+    return wrapper
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 follows torch.backends.cuda.matmul.allow_tf32, like stock F.linear (IEEE by
     default); half types use the tensor cores in any case."""
@@ -224,8 +250,10 @@ def _linear_act_bwd_kernel(
 # ---- launchers --------------------------------------------------------------------------------
 
 
+@interp_bf16_in_float32
 def linear_act_forward_triton(x, weight, bias, act, slope, save_preact):
     """(act(x @ weight^T + bias), the pre-activation or None) for x [M, K], in x's dtype."""
+    bias = None if bias is None else bias.contiguous()  # the kernel reads b_ptr + channel
     m, k = x.shape
     n = weight.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -257,6 +285,7 @@ def linear_act_forward_triton(x, weight, bias, act, slope, save_preact):
     return y, z
 
 
+@interp_bf16_in_float32
 def linear_act_backward_triton(grad_y, saved, x, weight, act, slope, output_mask):
     """(grad_x, grad_weight, grad_bias), each None where output_mask says it is not needed."""
     need_x, need_w, need_b = (bool(v) for v in output_mask)

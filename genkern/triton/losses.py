@@ -65,11 +65,10 @@ def loss_term(x, TERM: tl.constexpr):
         d = tl.where(t <= 0.0, 0.0, 1.0)
     elif TERM == NEG:
         v = -x
-        d = x * 0.0 - 1.0
-        d = tl.where(x != x, -1.0, d)
+        d = tl.zeros_like(x) - 1.0  # not x * 0 - 1: NaN at x = +-inf (the composite's is -1)
     elif TERM == POS:
         v = x
-        d = tl.where(x != x, 1.0, x * 0.0 + 1.0)
+        d = tl.zeros_like(x) + 1.0
     elif TERM == SQ_ONE:
         d = x - 1.0
         v = 0.5 * d * d
@@ -90,9 +89,14 @@ def recon_term(x, t, RECON: tl.constexpr):
         dx = sigmoid(x) - t
         dt = -x
     elif RECON == RECON_BCE:
-        lx = tl.maximum(tl.log(x), -100.0)
-        l1x = tl.maximum(tl.log(1.0 - x), -100.0)
-        den = tl.maximum((1.0 - x) * x, 1e-12)
+        # clamps that keep NaN (tl.maximum drops it: a probability outside [0, 1] or NaN gave
+        # a finite loss here, NaN on the other backends)
+        lx = tl.log(x)
+        lx = tl.where(lx < -100.0, -100.0, lx)
+        l1x = tl.log(1.0 - x)
+        l1x = tl.where(l1x < -100.0, -100.0, l1x)
+        den = (1.0 - x) * x
+        den = tl.where(den < 1e-12, 1e-12, den)
         dx = (x - t) / den
         dt = l1x - lx
         v = -(t * lx + (1.0 - t) * l1x)

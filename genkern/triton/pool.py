@@ -64,7 +64,7 @@ def _max_pool_fwd_kernel(
     hs = tl.where(h0 < 0, h0 + ((dH - 1 - h0) // dH) * dH, h0)
     ws = tl.where(w0 < 0, w0 + ((dW - 1 - w0) // dW) * dW, w0)
     best = tl.full([BLOCK], float("-inf"), tl.float32)
-    bi = hs * IW + ws
+    bi = tl.where((hs < IH) & (ws < IW), hs * IW + ws, -1)  # -1: a window all in the padding
     base = n * xs_n + c * xs_c
     for kh in tl.static_range(KH):
         ih = h0 + kh * dH

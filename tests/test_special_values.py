@@ -1,0 +1,230 @@
+"""Special values, no mutation, determinism: every op (tests/_strategies.OP_CASES) on every
+backend available here.
+
+- NaN and inf in the inputs propagate to the outputs and gradients exactly as in the composite
+  (genkern.reference, in float64): the same NaN positions, the same infinities.
+  Deliberate differences (documented in README.md, "Special values"): the fused losses give the
+  finite limit for infinite logits where it exists (stock BCE-with-logits gives NaN), and their
+  target gradient of BCE on probabilities is the derivative of the clamped logs the forward uses.
+- No mutation: inputs, and grad_output, are bit-identical after forward and backward (running
+  statistics are updated in place in training, as torch; tested in tests/test_batch_norm.py).
+- Determinism: two runs give bit-identical outputs and gradients on CPU, at 2 threads with sizes
+  that split across them.
+"""
+
+import math
+
+import _strategies as S
+import pytest
+import torch
+from conftest import device_backends
+
+import genkern
+from genkern import reference, testing
+
+BACKENDS = device_backends(torch.float32)
+CASES = list(S.OP_CASES)
+
+
+def _grads(out, inputs, seed=1):
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    g = torch.Generator().manual_seed(seed)
+    gos = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+    wrt = [t for t in inputs if t.requires_grad]
+    return list(torch.autograd.grad(outs, wrt, gos, allow_unused=True)), gos
+
+
+def _inject(inputs, g, nan=True, inf=True):
+    """NaN and +-inf at random positions of the first input (the data tensor)."""
+    x = inputs[0].detach().clone()
+    flat = x.view(-1)
+    n = flat.numel()
+    idx = torch.randperm(n, generator=g)[: max(3, n // 10)]
+    if nan:
+        flat[idx[0]] = float("nan")
+    if inf:
+        flat[idx[1]] = float("inf")
+        flat[idx[2]] = float("-inf")
+    return [x.requires_grad_(inputs[0].requires_grad), *inputs[1:]]
+
+
+# Cases whose composite gives NaN where genkern gives the finite limit (deliberately better).
+LIMIT_CASES = {"vae_loss_bce_logits"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("what", ["nan", "inf", "nan+inf"])
+def test_nan_and_inf_propagate_like_the_composite(case, backend, what):
+    g = torch.Generator().manual_seed(7)
+    inputs, call, ref = S.OP_CASES[case](torch.float32, False, g)
+    inputs = _inject(inputs, g, nan="nan" in what, inf="inf" in what)
+    out = call(backend, *inputs)
+    if case == "vae_loss_bce_probs":
+        # torch raises for probabilities outside [0, 1] (NaN included); genkern returns NaN
+        # (no data-dependent check, no device sync), on every backend
+        with pytest.raises(RuntimeError, match="should be between 0 and 1"):
+            ref(*[t.detach() for t in inputs])
+        assert torch.isnan(out).all()
+        return
+    ref_in = [testing.as_reference(t) for t in inputs]
+    expected = ref(*ref_in)
+    outs = out if isinstance(out, tuple) else (out,)
+    exps = expected if isinstance(expected, tuple) else (expected,)
+    if case in LIMIT_CASES and what != "nan":
+        return  # tested against the limit below
+    for o, e in zip(outs, exps):
+        testing.assert_close_to_reference(o, e, torch.float32, f"{case} forward")
+    grads, gos = _grads(out, inputs)
+    ref_grads = torch.autograd.grad(
+        exps,
+        [t for t in ref_in if t.requires_grad],
+        [go.double() for go in gos],
+        allow_unused=True,
+    )
+    for i, (a, e) in enumerate(zip(grads, ref_grads)):
+        testing.assert_close_to_reference(a, e, torch.float32, f"{case} grad #{i}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["bce", "hinge", "wgan", "lsgan"])
+def test_gan_losses_at_infinite_logits(backend, kind):
+    """Correct where the limit exists: +inf real logits cost nothing for bce/hinge."""
+    inf = float("inf")
+    real = torch.tensor([inf, 0.5, 2.0], requires_grad=True)
+    fake = torch.tensor([-inf, -0.5], requires_grad=True)
+    loss = genkern.ops.discriminator_loss(real, fake, kind, backend=backend)
+    expected = reference.discriminator_loss(real.detach().double(), fake.detach().double(), kind)
+    assert (
+        (loss.double() == expected)
+        or abs(loss.item() - expected.item()) < 1e-6
+        or (math.isinf(expected.item()) and loss.item() == expected.item())
+    ), (loss, expected)
+    if kind in ("bce", "hinge"):
+        gr, gf = torch.autograd.grad(loss, [real, fake])
+        assert torch.isfinite(gr).all() and torch.isfinite(gf).all()
+        assert gr[0] == 0 and gf[0] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vae_bce_logits_finite_limit_for_infinite_logits(backend):
+    """Stock BCE-with-logits gives NaN at logit +inf and target 1; genkern gives the limit 0."""
+    inf = float("inf")
+    recon = torch.tensor([[inf, -inf, inf, -inf]], requires_grad=True)
+    target = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    mu, logvar = torch.zeros(1, 2), torch.zeros(1, 2)
+    stock = torch.nn.functional.binary_cross_entropy_with_logits(
+        recon[:, :1].detach(), target[:, :1], reduction="sum"
+    )
+    assert torch.isnan(stock)  # what genkern improves on
+    total, rec, kl = genkern.ops.vae_loss(
+        recon[:, :2], target[:, :2], mu, logvar, return_components=True, backend=backend
+    )
+    assert rec.item() == 0.0 and kl.item() == 0.0
+    (g,) = torch.autograd.grad(total, recon)
+    assert torch.equal(g[:, :2], torch.zeros(1, 2))
+    wrong = genkern.ops.vae_loss(recon[:, 2:], target[:, 2:], mu, logvar, backend=backend)
+    assert wrong.item() == inf  # a confident wrong answer costs infinitely much
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vae_bce_probabilities_target_gradient_at_0_and_1(backend):
+    """logits=False clamps the logs at -100 (as torch's forward): genkern's target gradient is
+    the derivative of that clamped loss, +-100, where torch's is +-inf."""
+    recon = torch.tensor([[0.0, 1.0]])
+    target = torch.tensor([[0.5, 0.5]], requires_grad=True)
+    z = torch.zeros(1, 1)
+    loss = genkern.ops.vae_loss(recon, target, z, z, logits=False, backend=backend)
+    assert loss.item() == pytest.approx(100.0)
+    (g,) = torch.autograd.grad(loss, target)
+    assert torch.equal(g, torch.tensor([[100.0, -100.0]]))
+
+
+# ---- no mutation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_inputs_and_grad_output_are_never_modified(case, backend):
+    g = torch.Generator().manual_seed(3)
+    inputs, call, _ = S.OP_CASES[case](torch.float32, False, g)
+    before = [t.detach().clone() for t in inputs]
+    out = call(backend, *inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    gos = [torch.randn(o.shape, dtype=o.dtype) for o in outs]
+    gos_before = [t.clone() for t in gos]
+    torch.autograd.grad(outs, [t for t in inputs if t.requires_grad], gos, allow_unused=True)
+    for i, (b, a) in enumerate(zip(before, inputs)):
+        assert torch.equal(b, a.detach()), f"{case}[{backend}]: input #{i} was modified"
+    for i, (b, a) in enumerate(zip(gos_before, gos)):
+        assert torch.equal(b, a), f"{case}[{backend}]: grad_output #{i} was modified"
+
+
+# ---- determinism ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_repeated_runs_are_bit_identical(case, backend, two_threads):
+    big = backend != "triton"  # the interpreter: small sizes (it runs one program at a time)
+    results = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(5)
+        inputs, call, _ = S.OP_CASES[case](torch.float32, big, g)
+        out = call(backend, *inputs)
+        grads, _ = _grads(out, inputs)
+        outs = out if isinstance(out, tuple) else (out,)
+        results.append([o.detach() for o in outs] + [gr for gr in grads if gr is not None])
+    for i, (a, b) in enumerate(zip(*results)):
+        assert torch.equal(a, b), f"{case}[{backend}]: result #{i} differs between runs"
+
+
+# ---- atomics and torch.use_deterministic_algorithms ----------------------------------------
+
+_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_no_kernel_uses_atomics():
+    """genkern's own GPU kernels (CUDA and Triton) are deterministic by construction: no atomics
+    (fixed-order reductions, gather backwards). A kernel that adds one must honour
+    torch.are_deterministic_algorithms_enabled() (a deterministic path, or torch's error) and be
+    listed in README.md ("Determinism"); this test then lists it here."""
+    allowed: dict[str, str] = {}  # file -> how it honours use_deterministic_algorithms
+    pattern = __import__("re").compile(r"\batomic[A-Z_]\w*|\btl\.atomic_\w+")
+    found = []
+    sources = [*(_ROOT / "csrc").rglob("*.cu"), *(_ROOT / "csrc").rglob("*.cuh")]
+    sources += [*(_ROOT / "genkern" / "triton").glob("*.py")]
+    for path in sources:
+        for m in pattern.finditer(path.read_text()):
+            if path.name not in allowed:
+                found.append(f"{path.relative_to(_ROOT)}: {m.group(0)}")
+    assert not found, found
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ops_run_under_use_deterministic_algorithms(backend):
+    """Every op runs (and repeats bit-identically) with torch.use_deterministic_algorithms(True):
+    no genkern kernel needs to refuse it."""
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for case in CASES:
+            runs = []
+            for _ in range(2):
+                g = torch.Generator().manual_seed(11)
+                inputs, call, _ = S.OP_CASES[case](torch.float32, False, g)
+                out = call(backend, *inputs)
+                grads, _ = _grads(out, inputs)
+                outs = out if isinstance(out, tuple) else (out,)
+                runs.append([o.detach() for o in outs] + [x for x in grads if x is not None])
+            assert all(torch.equal(a, b) for a, b in zip(*runs)), case
+    finally:
+        torch.use_deterministic_algorithms(old)
