@@ -426,10 +426,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         if (training) {
           const double mean_g = sum_g[c] / count;
           const double mean_gxhat = sum_gx[c] * idp[c] / count;
-          const double b = -a * idp[c] * mean_gxhat;
+          // gx = a * (g + kb * (x - mean) + kc): the cancellation happens at the scale of g,
+          // before the multiplication by w * invstd (as torch's), not after it
           ka[c] = opmath_t(a);
-          kb[c] = opmath_t(b);
-          kc[c] = opmath_t(-a * mean_g - b * mdp[c]);
+          kb[c] = opmath_t(-idp[c] * mean_gxhat);
+          kc[c] = opmath_t(-mean_g);
         } else {
           ka[c] = opmath_t(a);
           kb[c] = 0;
@@ -451,7 +452,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
             for (int64_t c = 0; c < C; ++c) {
               const int64_t i = r * C + c;
               if constexpr (kTrain) {
-                gxp[i] = scalar_t(a[c] * gfun(i) + b[c] * opmath_t(xp[i]) + d[c]);
+                gxp[i] = scalar_t(a[c] * (gfun(i) + b[c] * (opmath_t(xp[i]) - meanv[c]) + d[c]));
               } else {
                 gxp[i] = scalar_t(a[c] * gfun(i));
               }
@@ -463,11 +464,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
             const int64_t c = p % C;
-            const opmath_t a = ka[c], b = kb[c], d = kc[c];
+            const opmath_t a = ka[c], b = kb[c], d = kc[c], m = meanv[c];
             const int64_t base = p * v.inner;
             for (int64_t i = base; i < base + v.inner; ++i)
               if constexpr (kTrain) {
-                gxp[i] = scalar_t(a * gfun(i) + b * opmath_t(xp[i]) + d);
+                gxp[i] = scalar_t(a * (gfun(i) + b * (opmath_t(xp[i]) - m) + d));
               } else {
                 gxp[i] = scalar_t(a * gfun(i));
               }
