@@ -38,8 +38,9 @@ def _skip_dtype(backend, dtype):
 seeds = st.integers(0, 2**31 - 1)
 
 # Under the Triton interpreter an example costs ~0.1-1 s (every program instance runs in Python):
-# the Triton backend gets this many examples per op there (all of the profile's on a GPU).
-TRITON_INTERPRETER_EXAMPLES = int(os.environ.get("GENKERN_FUZZ_TRITON_EXAMPLES", "40"))
+# at most this many examples per op there (200: ~3 min for the 11 ops on a 2-core machine; all of
+# the profile's on a GPU). GENKERN_FUZZ_TRITON_EXAMPLES=40 for a quick run.
+TRITON_INTERPRETER_EXAMPLES = int(os.environ.get("GENKERN_FUZZ_TRITON_EXAMPLES", "200"))
 
 
 def fuzz(body):
