@@ -239,7 +239,10 @@ def test_fuzz_batch_norm(backend, data):
     momentum = d(st.sampled_from((0.1, 0.0, 1.0, 0.37)))
     eps = d(st.sampled_from((1e-5, 1e-3, 0.1)))
     act, slope = d(S.activations), d(S.negative_slopes)
-    if act in ("relu", "leaky_relu") and x.kind in ("ties", "zeros"):
+    # exact kinks: a channel of equal values (ties, zeros, or an offset that bfloat16 rounds to
+    # equal values) normalizes to exactly 0 in genkern, to +-1e-12 in torch's float64 (its mean
+    # is not exact), and the relu derivative there is a coin toss
+    if act in ("relu", "leaky_relu") and x.kind in ("ties", "zeros", "offset"):
         act = None
     ref_rm = None if rm is None else rm.double().clone()
     ref_rv = None if rv is None else rv.double().clone()
