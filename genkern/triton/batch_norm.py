@@ -129,6 +129,7 @@ def _bn_bwd_apply_kernel(
     ka_ptr,
     kb_ptr,
     kc_ptr,
+    mean_ptr,
     total,
     C,
     S,
@@ -155,7 +156,8 @@ def _bn_bwd_apply_kernel(
         x = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(kb_ptr + c, mask=mask, other=0.0)
         d = tl.load(kc_ptr + c, mask=mask, other=0.0)
-        out = a * g + b * x + d
+        m = tl.load(mean_ptr + c, mask=mask, other=0.0)
+        out = a * (g + b * (x - m) + d)  # cancels at g's scale, before the scaling (as torch)
     else:  # no 0 * x term: an inf or NaN in x must not make the gradient NaN
         out = a * g
     tl.store(gx_ptr + i, out.to(gx_ptr.dtype.element_ty), mask=mask)
@@ -229,8 +231,8 @@ def batch_norm_act_backward_triton(
         w = _f32(weight, c, 1.0, x.device).double()
         a = w * inv
         if training:
-            bcoef = -a * inv * (sum_gx.double() * inv / count)
-            kc = -a * (sum_g.double() / count) - bcoef * mean.double()
+            bcoef = -inv * (sum_gx.double() * inv / count)
+            kc = -(sum_g.double() / count)
         else:
             bcoef, kc = torch.zeros_like(a), torch.zeros_like(a)
         gx = torch.empty_like(x)
@@ -243,6 +245,7 @@ def batch_norm_act_backward_triton(
             a.float(),
             bcoef.float(),
             kc.float(),
+            mean32,
             total,
             c,
             s,
