@@ -227,7 +227,8 @@ def test_fuzz_batch_norm(backend, data):
     stat_dtype = d(st.sampled_from((dtype, torch.float32))) if dtype == torch.bfloat16 else dtype
     has_stats = d(st.booleans()) or not training
     seed = d(seeds)
-    g = torch.Generator().manual_seed(seed)
+    # a seed no input is drawn with (an x equal to running_mean would be an exact relu kink)
+    g = torch.Generator().manual_seed(seed + 2**31)
     rm = torch.randn(c, generator=g, dtype=torch.float64).to(stat_dtype) if has_stats else None
     rv = (
         torch.rand(c, generator=g, dtype=torch.float64).add(0.1).to(stat_dtype)
@@ -443,7 +444,24 @@ def test_fuzz_discriminator_loss(backend, data):
         dtype,
         f"discriminator_loss[{backend},{kind}]",
         d(seeds),
+        forward_atol_extra=_cancellation_bound(r, f, kind, dtype),
     )
+
+
+def _cancellation_bound(r, f, kind, dtype):
+    """The rounding bound of mean(term(r)) + mean(term(f)) in float32 (the two means cancel,
+    e.g. wgan's mean(f) - mean(r) of logits ~1e4): a few ulps of the terms' magnitude."""
+    if dtype == torch.float64:
+        return 0.0
+    rr, ff = r.view().detach().double(), f.view().detach().double()
+    mag = {
+        "bce": lambda v: v.abs() + 1,
+        "hinge": lambda v: v.abs() + 1,
+        "wgan": lambda v: v.abs(),
+        "lsgan": lambda v: 0.5 * (v.abs() + 1) ** 2,
+    }[kind]
+    m = (mag(rr).mean() if rr.numel() else 0.0) + (mag(ff).mean() if ff.numel() else 0.0)
+    return 8 * torch.finfo(torch.float32).eps * float(m)
 
 
 @fuzz
