@@ -118,3 +118,15 @@ def test_auto_mode_keeps_one_choice_per_shape():
         assert layer.weight in _prepacked._CACHE
         assert torch.equal(first, layer(x)) and torch.equal(layer(x), layer(x))
         torch.testing.assert_close(first, _stock(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_geometries_onednn_cannot_pack_fall_back_to_the_regular_path(monkeypatch):
+    # found by the fuzz: a 1x1 transposed conv with dilation 2 and output_padding 1 has no
+    # packed oneDNN primitive; the call must still give torch's result
+    monkeypatch.setattr(_prepacked, "MODE", "always")
+    x, w = torch.randn(1, 1, 1, 1), torch.randn(1, 1, 1, 1)
+    for _ in range(2):
+        with torch.no_grad():
+            y = genkern.ops.conv_transpose2d(x, w, stride=2, output_padding=1, dilation=2)
+        ref = torch.nn.functional.conv_transpose2d(x, w, stride=2, output_padding=1, dilation=2)
+        torch.testing.assert_close(y, ref)

@@ -68,24 +68,32 @@ inline void chunk_moments(const scalar_t* p, int64_t segs, int64_t len, int64_t 
   }
   for (int j = 0; j < kLanes; ++j) s += acc[j];
   const opmath_t m = s / opmath_t(segs * len);
-  opmath_t acc2[kLanes] = {};
-  opmath_t s2 = 0;
+  // second pass around m, with the corrected two-pass formulas: mean = m + sum(d) / n and
+  // M2 = sum(d^2) - sum(d)^2 / n, so m's rounding (ulp(|mean|)) does not reach the results
+  opmath_t acc1[kLanes] = {}, acc2[kLanes] = {};
+  opmath_t s1 = 0, s2 = 0;
   for (int64_t k = 0; k < segs; ++k) {
     const scalar_t* q = p + k * stride;
     int64_t i = 0;
     for (; i + kLanes <= len; i += kLanes)
       for (int j = 0; j < kLanes; ++j) {
         const opmath_t d = opmath_t(q[i + j]) - m;
+        acc1[j] += d;
         acc2[j] += d * d;
       }
     for (; i < len; ++i) {
       const opmath_t d = opmath_t(q[i]) - m;
+      s1 += d;
       s2 += d * d;
     }
   }
-  for (int j = 0; j < kLanes; ++j) s2 += acc2[j];
-  mean = double(m);
-  m2 = double(s2);
+  for (int j = 0; j < kLanes; ++j) {
+    s1 += acc1[j];
+    s2 += acc2[j];
+  }
+  const double n = double(segs * len);
+  mean = double(m) + double(s1) / n;
+  m2 = std::max(0.0, double(s2) - double(s1) * double(s1) / n);
 }
 
 // Per-channel batch mean and biased variance (as double) of x.
@@ -101,12 +109,14 @@ void batch_moments(const scalar_t* xp, const View& v, std::vector<double>& mean,
     const int64_t tasks = (v.outer + rows - 1) / rows;
     std::vector<double> pm(tasks * C), pm2(tasks * C);
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<opmath_t> s(C), s2(C);
+      std::vector<opmath_t> s(C), s1(C), s2(C);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = t * rows, r1 = std::min(v.outer, r0 + rows);
         std::fill(s.begin(), s.end(), opmath_t(0));
+        std::fill(s1.begin(), s1.end(), opmath_t(0));
         std::fill(s2.begin(), s2.end(), opmath_t(0));
         opmath_t* sp = s.data();
+        opmath_t* s1p = s1.data();
         opmath_t* s2p = s2.data();
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* row = xp + r * C;
@@ -118,12 +128,15 @@ void batch_moments(const scalar_t* xp, const View& v, std::vector<double>& mean,
           const scalar_t* row = xp + r * C;
           for (int64_t c = 0; c < C; ++c) {
             const opmath_t d = opmath_t(row[c]) - sp[c];
+            s1p[c] += d;
             s2p[c] += d * d;
           }
         }
-        for (int64_t c = 0; c < C; ++c) {
-          pm[t * C + c] = double(sp[c]);
-          pm2[t * C + c] = double(s2p[c]);
+        const double n = double(r1 - r0);
+        for (int64_t c = 0; c < C; ++c) {  // corrected two-pass, as chunk_moments
+          pm[t * C + c] = double(sp[c]) + double(s1p[c]) / n;
+          pm2[t * C + c] =
+              std::max(0.0, double(s2p[c]) - double(s1p[c]) * double(s1p[c]) / n);
         }
       }
     });
@@ -168,10 +181,13 @@ void batch_moments(const scalar_t* xp, const View& v, std::vector<double>& mean,
   }
 }
 
-// dst = act(x * scale[c] + shift[c]) (A fixed at compile time); pre gets the pre-activation.
+// dst = act((x - center[c]) * scale[c] + shift[c]) (A fixed at compile time); pre gets the
+// pre-activation. Centering first keeps a channel whose mean is large against its spread exact
+// (x * scale + (shift - center * scale) would round at |center| * scale).
 template <Activation A, typename scalar_t, typename opmath_t>
 void affine_act(const scalar_t* xp, scalar_t* yp, scalar_t* pre, const View& v,
-                const opmath_t* scale, const opmath_t* shift, opmath_t slope) {
+                const opmath_t* center, const opmath_t* scale, const opmath_t* shift,
+                opmath_t slope) {
   const int64_t C = v.channels;
   if (v.inner == 1) {
     const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));
@@ -182,13 +198,14 @@ void affine_act(const scalar_t* xp, scalar_t* yp, scalar_t* pre, const View& v,
         if (pre) {
           scalar_t* pr = pre + r * C;
           for (int64_t c = 0; c < C; ++c) {
-            const opmath_t z = opmath_t(xr[c]) * scale[c] + shift[c];
+            const opmath_t z = (opmath_t(xr[c]) - center[c]) * scale[c] + shift[c];
             pr[c] = scalar_t(z);
             yr[c] = scalar_t(act_forward<A, opmath_t>(z, slope));
           }
         } else {
           for (int64_t c = 0; c < C; ++c)
-            yr[c] = scalar_t(act_forward<A, opmath_t>(opmath_t(xr[c]) * scale[c] + shift[c], slope));
+            yr[c] = scalar_t(act_forward<A, opmath_t>(
+                (opmath_t(xr[c]) - center[c]) * scale[c] + shift[c], slope));
         }
       }
     });
@@ -198,19 +215,19 @@ void affine_act(const scalar_t* xp, scalar_t* yp, scalar_t* pre, const View& v,
     at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % C;
-        const opmath_t a = scale[c], b = shift[c];
+        const opmath_t m = center[c], a = scale[c], b = shift[c];
         const scalar_t* xr = xp + p * v.inner;
         scalar_t* yr = yp + p * v.inner;
         if (pre) {
           scalar_t* pr = pre + p * v.inner;
           for (int64_t i = 0; i < v.inner; ++i) {
-            const opmath_t z = opmath_t(xr[i]) * a + b;
+            const opmath_t z = (opmath_t(xr[i]) - m) * a + b;
             pr[i] = scalar_t(z);
             yr[i] = scalar_t(act_forward<A, opmath_t>(z, slope));
           }
         } else {
           for (int64_t i = 0; i < v.inner; ++i)
-            yr[i] = scalar_t(act_forward<A, opmath_t>(opmath_t(xr[i]) * a + b, slope));
+            yr[i] = scalar_t(act_forward<A, opmath_t>((opmath_t(xr[i]) - m) * a + b, slope));
         }
       }
     });
@@ -255,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
         var[c] = rv.data_ptr<double>()[c];
       }
     }
-    std::vector<opmath_t> scale(C), shift(C);
+    std::vector<opmath_t> center(C), scale(C), shift(C);
     at::Tensor wd = has_w ? weight->to(at::kDouble).contiguous() : at::Tensor();
     at::Tensor bd = has_b ? bias->to(at::kDouble).contiguous() : at::Tensor();
     opmath_t* mp = mean_t.data_ptr<opmath_t>();
@@ -268,8 +285,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
       mp[c] = opmath_t(mean[c]);
       vp[c] = opmath_t(var[c]);
       ip[c] = opmath_t(invstd);
+      center[c] = opmath_t(mean[c]);
       scale[c] = opmath_t(w * invstd);
-      shift[c] = opmath_t(b - mean[c] * w * invstd);
+      shift[c] = opmath_t(b);
     }
     if (x.numel() == 0) return;
     const opmath_t slope = opmath_t(negative_slope);
@@ -277,7 +295,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
     if (exp_activation(act)) {  // affine pass, then ATen's vectorized exp-based activation
       at::Tensor z = save_preact ? preact : y;
       affine_act<Activation::kIdentity, scalar_t, opmath_t>(xp, z.data_ptr<scalar_t>(), nullptr,
-                                                            v, scale.data(), shift.data(), slope);
+                                                            v, center.data(), scale.data(),
+                                                            shift.data(), slope);
       activation_(z, activation, negative_slope, save_preact ? &y : nullptr);
       return;
     }
@@ -286,7 +305,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
       constexpr Activation A = decltype(tag)::value;
       if constexpr (A == Activation::kRelu || A == Activation::kLeakyRelu ||
                     A == Activation::kIdentity) {
-        affine_act<A, scalar_t, opmath_t>(xp, yp, pp, v, scale.data(), shift.data(), slope);
+        affine_act<A, scalar_t, opmath_t>(xp, yp, pp, v, center.data(), scale.data(),
+                                          shift.data(), slope);
       }
     });
   });
@@ -301,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
   const auto act = static_cast<Activation>(activation);
   const bool has_saved = saved.has_value() && saved->defined() && saved->numel() > 0;
   // Without the saved tensor, a relu / leaky_relu (slope >= 0) backward needs only the sign of
-  // its input z = x * scale + shift, recomputed from x: two passes fewer over memory.
+  // its input z = (x - mean) * scale + bias, recomputed from x: two passes fewer over memory.
   const bool recompute =
       !has_saved && (act == Activation::kRelu ||
                      (act == Activation::kLeakyRelu && saves_output(act, negative_slope)));
@@ -341,7 +361,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
       meanv[c] = opmath_t(mdp[c]);
       const double a = (has_w ? wd.data_ptr<double>()[c] : 1.0) * idp[c];
       zscale[c] = opmath_t(a);
-      zshift[c] = opmath_t((bd.defined() ? bd.data_ptr<double>()[c] : 0.0) - mdp[c] * a);
+      zshift[c] = opmath_t(bd.defined() ? bd.data_ptr<double>()[c] : 0.0);
     }
     std::vector<double> sum_g(C, 0.0), sum_gx(C, 0.0);  // sum g, sum g * (x - mean)
     dispatch_activation(act, [&](auto tag) {
@@ -355,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         } else {
           opmath_t s;
           if constexpr (R) {
-            s = opmath_t(xp[i]) * zscale[c] + zshift[c];
+            s = (opmath_t(xp[i]) - meanv[c]) * zscale[c] + zshift[c];
           } else {
             s = opmath_t(sp[i]);
           }

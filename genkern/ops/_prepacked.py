@@ -145,12 +145,16 @@ def _call(x, weight, bias, geometry, regular, pack, run):
     hit = _CACHE.get(weight)
     if hit is not None and hit[0] == key:
         return regular() if hit[1] is None else run(hit[1])
-    packed = pack()
+    try:  # oneDNN has no packed primitive for some geometries: the regular path then
+        packed = pack()
+        y_first = run(packed)  # creates the oneDNN primitive: not timed
+    except RuntimeError:
+        _CACHE[weight] = (key, None)
+        return regular()
     if MODE == "always":
         _CACHE[weight] = (key, packed)
-        return run(packed)
+        return y_first
     y_regular, t_regular = _timed(regular)
-    run(packed)
     y_packed, t_packed = _timed(lambda: run(packed))
     keep = packed if t_packed < min(t_regular, _timed(regular)[1]) else None
     _CACHE[weight] = (key, keep)
