@@ -38,9 +38,11 @@ def _make(shape, dtype, layout, affine=True, requires_grad=True):
 def _run_both(x, w, b, rm, rv, training, act, slope, backend, dtype, what):
     rm2, rv2 = rm.clone(), rv.clone()
     fn = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
-        x, rm, rv, w, b, training, 0.3, 1e-4, act, slope, backend=backend)
+        x, rm, rv, w, b, training, 0.3, 1e-4, act, slope, backend=backend
+    )
     ref = lambda x, w, b: reference.batch_norm(  # noqa: E731
-        x, rm2.double(), rv2.double(), w, b, training, 0.3, 1e-4, act, slope)
+        x, rm2.double(), rv2.double(), w, b, training, 0.3, 1e-4, act, slope
+    )
     inputs = [x, w, b]
     testing.check_against_reference(fn, ref, inputs, dtype, what)
     # the running statistics: once more through each, from the same start
@@ -48,8 +50,18 @@ def _run_both(x, w, b, rm, rv, training, act, slope, backend, dtype, what):
     rmr, rvr = rm2.double(), rv2.double()
     with torch.no_grad():
         genkern.ops.batch_norm(x, rm, rv, w, b, training, 0.3, 1e-4, act, slope, backend=backend)
-        reference.batch_norm(x.double(), rmr, rvr, None if w is None else w.double(),
-                             None if b is None else b.double(), training, 0.3, 1e-4, act, slope)
+        reference.batch_norm(
+            x.double(),
+            rmr,
+            rvr,
+            None if w is None else w.double(),
+            None if b is None else b.double(),
+            training,
+            0.3,
+            1e-4,
+            act,
+            slope,
+        )
     testing.assert_close_to_reference(rm, rmr, dtype, f"{what} running_mean")
     testing.assert_close_to_reference(rv, rvr, dtype, f"{what} running_var")
 
@@ -112,16 +124,20 @@ def test_low_precision_like_stock(dtype):
     for backend in backends:
         out, _, grads = testing.forward_and_grads(
             lambda x, w, b, backend=backend: genkern.ops.batch_norm(
-                x, None, None, w, b, True, activation="relu", backend=backend),
-            [t.detach().requires_grad_() for t in (x, w, b)], grad_out)
+                x, None, None, w, b, True, activation="relu", backend=backend
+            ),
+            [t.detach().requires_grad_() for t in (x, w, b)],
+            grad_out,
+        )
         assert out.dtype == dtype
         testing.assert_like_stock(out, stock_out, ref_out, dtype, f"{backend} forward")
         for i, (g, sg, rg) in enumerate(zip(grads, stock_grads, ref_grads, strict=True)):
             testing.assert_like_stock(g, sg, rg, dtype, f"{backend} grad #{i}")
 
 
-@pytest.mark.skipif("cpu" not in grid_backends(torch.float64),
-                    reason="the C++ extension genkern._C is not built")
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("act,slope", [("leaky_relu", 0.2), ("silu", 0.01), ("tanh", 0.01)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -130,7 +146,8 @@ def test_gradcheck_cpu_kernel(layout, act, slope, training):
     x, w, b = (t.cpu().detach().requires_grad_() for t in (x, w, b))
     rm, rv = rm.cpu(), rv.cpu()
     fn = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
-        x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-3, act, slope, backend="cpu")
+        x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-3, act, slope, backend="cpu"
+    )
     assert torch.autograd.gradcheck(fn, (x, w, b), eps=1e-6, atol=1e-5, nondet_tol=0.0)
 
 
@@ -145,13 +162,26 @@ def test_opcheck(backend, act, slope):
             args = (x, w, b, rm, rv, training, 1e-5, act_id, slope, save_preact, backend)
             torch.library.opcheck(torch.ops.genkern.batch_norm_act.default, args)
             y, mean, invstd, var, preact = torch.ops.genkern.batch_norm_act(
-                *[a.detach() if torch.is_tensor(a) else a for a in args])
+                *[a.detach() if torch.is_tensor(a) else a for a in args]
+            )
             saved = None if act is None else (preact if save_preact else y)
-            bargs = (torch.randn_like(y), saved, x.detach(), w.detach(), mean, invstd, training,
-                     act_id, slope, [True, True, True], backend)
+            bargs = (
+                torch.randn_like(y),
+                saved,
+                x.detach(),
+                w.detach(),
+                mean,
+                invstd,
+                training,
+                act_id,
+                slope,
+                [True, True, True],
+                backend,
+            )
             torch.library.opcheck(torch.ops.genkern.batch_norm_act_backward.default, bargs)
-            torch.library.opcheck(torch.ops.genkern.batch_norm_update_stats.default,
-                                  (rm, rv, mean, var, 0.1, 40))
+            torch.library.opcheck(
+                torch.ops.genkern.batch_norm_update_stats.default, (rm, rv, mean, var, 0.1, 40)
+            )
 
 
 def _stock_and_ours(**kw):
@@ -267,26 +297,63 @@ def test_fold_leaves_training_batch_norm():
 _X = torch.randn(2, 3, 4, 4)
 _S = (torch.zeros(3), torch.ones(3))
 BAD_INPUTS = [
-    ("batch 1 of 1x1 in training", dict(x=torch.randn(1, 4, 1, 1), running_mean=None,
-                                        running_var=None, training=True), ValueError,
-     r"Expected more than 1 value per channel when training, got input size "
-     r"torch.Size\(\[1, 4, 1, 1\]\)"),
-    ("eval without stats", dict(x=_X, running_mean=None, running_var=None), RuntimeError,
-     "running_mean must be defined in evaluation mode"),
-    ("running_mean size", dict(x=_X, running_mean=torch.zeros(4), running_var=_S[1]),
-     RuntimeError, "running_mean should contain 3 elements not 4"),
-    ("weight size", dict(x=_X, running_mean=_S[0], running_var=_S[1], weight=torch.ones(2)),
-     RuntimeError, "weight should contain 3 elements not 2"),
-    ("rank 1", dict(x=torch.randn(5), running_mean=None, running_var=None, training=True),
-     ValueError, "expected 2D or higher input"),
-    ("integer input", dict(x=_X.long(), running_mean=_S[0], running_var=_S[1]), TypeError,
-     "floating-point"),
-    ("weight dtype", dict(x=_X, running_mean=_S[0], running_var=_S[1],
-                          weight=torch.ones(3, dtype=torch.float64)), RuntimeError, "same dtype"),
-    ("unknown activation", dict(x=_X, running_mean=_S[0], running_var=_S[1], activation="gelu"),
-     ValueError, "activation must be None or one of"),
-    ("unknown backend", dict(x=_X, running_mean=_S[0], running_var=_S[1], backend="metal"),
-     ValueError, "backend must be one of"),
+    (
+        "batch 1 of 1x1 in training",
+        dict(x=torch.randn(1, 4, 1, 1), running_mean=None, running_var=None, training=True),
+        ValueError,
+        r"Expected more than 1 value per channel when training, got input size "
+        r"torch.Size\(\[1, 4, 1, 1\]\)",
+    ),
+    (
+        "eval without stats",
+        dict(x=_X, running_mean=None, running_var=None),
+        RuntimeError,
+        "running_mean must be defined in evaluation mode",
+    ),
+    (
+        "running_mean size",
+        dict(x=_X, running_mean=torch.zeros(4), running_var=_S[1]),
+        RuntimeError,
+        "running_mean should contain 3 elements not 4",
+    ),
+    (
+        "weight size",
+        dict(x=_X, running_mean=_S[0], running_var=_S[1], weight=torch.ones(2)),
+        RuntimeError,
+        "weight should contain 3 elements not 2",
+    ),
+    (
+        "rank 1",
+        dict(x=torch.randn(5), running_mean=None, running_var=None, training=True),
+        ValueError,
+        "expected 2D or higher input",
+    ),
+    (
+        "integer input",
+        dict(x=_X.long(), running_mean=_S[0], running_var=_S[1]),
+        TypeError,
+        "floating-point",
+    ),
+    (
+        "weight dtype",
+        dict(
+            x=_X, running_mean=_S[0], running_var=_S[1], weight=torch.ones(3, dtype=torch.float64)
+        ),
+        RuntimeError,
+        "same dtype",
+    ),
+    (
+        "unknown activation",
+        dict(x=_X, running_mean=_S[0], running_var=_S[1], activation="gelu"),
+        ValueError,
+        "activation must be None or one of",
+    ),
+    (
+        "unknown backend",
+        dict(x=_X, running_mean=_S[0], running_var=_S[1], backend="metal"),
+        ValueError,
+        "backend must be one of",
+    ),
 ]
 
 

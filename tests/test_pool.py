@@ -84,11 +84,18 @@ def test_max_pool2d_ties_and_nan_like_torch(layout, backend):
 def test_avg_pool2d_float64(case, layout, backend):
     n, c, h, w, k, s, p, ceil, cip, div = case
     x = testing.make_tensor([n, c, h, w], torch.float64, DEVICE, layout, True)
-    kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=cip,
-              divisor_override=div)
+    kw = dict(
+        kernel_size=k,
+        stride=s,
+        padding=p,
+        ceil_mode=ceil,
+        count_include_pad=cip,
+        divisor_override=div,
+    )
     fn = lambda x: genkern.ops.avg_pool2d(x, **kw, backend=backend)  # noqa: E731
-    testing.check_against_reference(fn, lambda x: reference.avg_pool2d(x, **kw), [x],
-                                     torch.float64, backend)
+    testing.check_against_reference(
+        fn, lambda x: reference.avg_pool2d(x, **kw), [x], torch.float64, backend
+    )
     assert fn(x).stride() == F.avg_pool2d(x, **kw).stride()
 
 
@@ -102,8 +109,9 @@ def test_upsample_nearest2d_exact(case, layout, backend):
     ry = F.interpolate(x, size=size, scale_factor=sf, mode="nearest")
     assert torch.equal(y, ry) and y.stride() == ry.stride()
     g = torch.randn_like(y)
-    testing.assert_close_to_reference(torch.autograd.grad(y, x, g)[0],
-                                      torch.autograd.grad(ry, x, g)[0], torch.float64, "grad")
+    testing.assert_close_to_reference(
+        torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ry, x, g)[0], torch.float64, "grad"
+    )
 
 
 @pytest.mark.parametrize("scale", [1.1, 1.3, 2.5, 0.7, 1.99])
@@ -121,28 +129,38 @@ def test_other_dtypes(dtype):
     for backend in grid_backends(dtype):
         for fn, ref in [
             (lambda x, b: genkern.ops.max_pool2d(x, 2, backend=b), lambda x: F.max_pool2d(x, 2)),
-            (lambda x, b: genkern.ops.avg_pool2d(x, 3, 2, 1, backend=b),
-             lambda x: F.avg_pool2d(x, 3, 2, 1)),
-            (lambda x, b: genkern.ops.upsample_nearest2d(x, 2, backend=b),
-             lambda x: F.interpolate(x, scale_factor=2)),
+            (
+                lambda x, b: genkern.ops.avg_pool2d(x, 3, 2, 1, backend=b),
+                lambda x: F.avg_pool2d(x, 3, 2, 1),
+            ),
+            (
+                lambda x, b: genkern.ops.upsample_nearest2d(x, 2, backend=b),
+                lambda x: F.interpolate(x, scale_factor=2),
+            ),
         ]:
             x64 = testing.as_reference(x)
             y, ry = fn(x, backend), ref(x64)
             testing.assert_close_to_reference(y, ry, dtype, f"{backend} forward")
             g = torch.randn_like(y)
-            testing.assert_close_to_reference(torch.autograd.grad(y, x, g)[0],
-                                              torch.autograd.grad(ry, x64, g.double())[0], dtype,
-                                              f"{backend} grad")
+            testing.assert_close_to_reference(
+                torch.autograd.grad(y, x, g)[0],
+                torch.autograd.grad(ry, x64, g.double())[0],
+                dtype,
+                f"{backend} grad",
+            )
 
 
-@pytest.mark.skipif("cpu" not in grid_backends(torch.float64),
-                    reason="the C++ extension genkern._C is not built")
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_gradcheck_cpu_kernels(layout):
     x = testing.make_tensor([2, 3, 5, 6], torch.float64, "cpu", layout, True)
-    for fn in (lambda x: genkern.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True, backend="cpu"),
-               lambda x: genkern.ops.avg_pool2d(x, 3, 2, 1, True, False, backend="cpu"),
-               lambda x: genkern.ops.upsample_nearest2d(x, 1.5, backend="cpu")):
+    for fn in (
+        lambda x: genkern.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True, backend="cpu"),
+        lambda x: genkern.ops.avg_pool2d(x, 3, 2, 1, True, False, backend="cpu"),
+        lambda x: genkern.ops.upsample_nearest2d(x, 1.5, backend="cpu"),
+    ):
         assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5, nondet_tol=0.0)
 
 
@@ -152,36 +170,61 @@ def test_opcheck(backend):
     for layout in ("contiguous", "channels_last"):
         x = testing.make_tensor([2, 3, 7, 6], torch.float64, DEVICE, layout, True)
         cl = layout == "channels_last"
-        torch.library.opcheck(ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True,
-                                                       backend))
+        torch.library.opcheck(
+            ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True, backend)
+        )
         y, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True, backend)
-        torch.library.opcheck(ops.max_pool2d_backward.default,
-                              (torch.randn_like(y), idx, list(x.shape), cl, [3, 3], [2, 2],
-                               [1, 1], [1, 1], backend))
-        torch.library.opcheck(ops.avg_pool2d.default, (x, [3, 2], [2, 1], [1, 1], True, False, 0,
-                                                       backend))
+        torch.library.opcheck(
+            ops.max_pool2d_backward.default,
+            (torch.randn_like(y), idx, list(x.shape), cl, [3, 3], [2, 2], [1, 1], [1, 1], backend),
+        )
+        torch.library.opcheck(
+            ops.avg_pool2d.default, (x, [3, 2], [2, 1], [1, 1], True, False, 0, backend)
+        )
         y = ops.avg_pool2d(x.detach(), [3, 2], [2, 1], [1, 1], True, False, 0, backend)
-        torch.library.opcheck(ops.avg_pool2d_backward.default,
-                              (torch.randn_like(y), list(x.shape), cl, [3, 2], [2, 1], [1, 1],
-                               True, False, 0, backend))
+        torch.library.opcheck(
+            ops.avg_pool2d_backward.default,
+            (
+                torch.randn_like(y),
+                list(x.shape),
+                cl,
+                [3, 2],
+                [2, 1],
+                [1, 1],
+                True,
+                False,
+                0,
+                backend,
+            ),
+        )
         torch.library.opcheck(ops.upsample_nearest2d.default, (x, [11, 9], 1.7, 1.5, backend))
-        torch.library.opcheck(ops.upsample_nearest2d_backward.default,
-                              (torch.randn(2, 3, 11, 9, dtype=torch.float64, device=DEVICE),
-                               list(x.shape), cl, 1.7, 1.5, backend))
+        torch.library.opcheck(
+            ops.upsample_nearest2d_backward.default,
+            (
+                torch.randn(2, 3, 11, 9, dtype=torch.float64, device=DEVICE),
+                list(x.shape),
+                cl,
+                1.7,
+                1.5,
+                backend,
+            ),
+        )
 
 
 def test_compile_fullgraph_matches():
     torch._dynamo.reset()
     model = torch.nn.Sequential(
-        genkern.nn.MaxPool2d(2), genkern.nn.Upsample(scale_factor=2),
+        genkern.nn.MaxPool2d(2),
+        genkern.nn.Upsample(scale_factor=2),
         genkern.nn.AvgPool2d(3, 2, 1, ceil_mode=True),
     ).to(DEVICE)
     x = torch.randn(2, 3, 8, 8, device=DEVICE, requires_grad=True)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     y, yc = model(x), compiled(x)
     torch.testing.assert_close(yc, y)
-    torch.testing.assert_close(torch.autograd.grad(yc.sum(), x)[0],
-                               torch.autograd.grad(y.sum(), x)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(yc.sum(), x)[0], torch.autograd.grad(y.sum(), x)[0]
+    )
 
 
 def test_compile_inductor_no_graph_break():
@@ -195,8 +238,10 @@ def test_compile_inductor_no_graph_break():
 def test_modules_are_drop_in():
     x = torch.randn(2, 3, 9, 9, device=DEVICE)
     pairs = [
-        (genkern.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
-         torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
+        (
+            genkern.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+            torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+        ),
         (genkern.nn.AvgPool2d(2, count_include_pad=False), torch.nn.AvgPool2d(2)),
         (genkern.nn.Upsample(scale_factor=1.5), torch.nn.Upsample(scale_factor=1.5)),
         (genkern.nn.Upsample(size=(4, 13)), torch.nn.Upsample(size=(4, 13))),
@@ -216,42 +261,87 @@ def test_unbatched_and_zero_batch():
     torch.testing.assert_close(genkern.ops.avg_pool2d(x, 2), F.avg_pool2d(x, 2))
     for backend in grid_backends(torch.float32):
         z = torch.randn(0, 3, 6, 6, device=DEVICE, requires_grad=True)
-        for y in (genkern.ops.max_pool2d(z, 2, backend=backend),
-                  genkern.ops.avg_pool2d(z, 2, backend=backend),
-                  genkern.ops.upsample_nearest2d(z, 2, backend=backend)):
+        for y in (
+            genkern.ops.max_pool2d(z, 2, backend=backend),
+            genkern.ops.avg_pool2d(z, 2, backend=backend),
+            genkern.ops.upsample_nearest2d(z, 2, backend=backend),
+        ):
             y.sum().backward()
             assert z.grad.shape == z.shape
 
 
 _X = torch.randn(2, 3, 5, 5)
 BAD_INPUTS = [
-    ("max pad > half kernel", lambda: genkern.ops.max_pool2d(_X, 2, padding=2), RuntimeError,
-     "pad should be at most half of effective kernel size, but got pad=2, kernel_size=2 and "
-     "dilation=1"),
-    ("max dilated pad", lambda: genkern.ops.max_pool2d(_X, 3, dilation=2, padding=3),
-     RuntimeError, "but got pad=3, kernel_size=3 and dilation=2"),
-    ("avg pad > half kernel", lambda: genkern.ops.avg_pool2d(_X, 2, padding=2), RuntimeError,
-     "pad should be at most half of effective kernel size"),
-    ("output too small", lambda: genkern.ops.max_pool2d(torch.randn(2, 3, 1, 1), 2),
-     RuntimeError, r"Given input size: \(3x1x1\). Calculated output size: \(3x0x0\). Output "
-     "size is too small"),
-    ("zero stride", lambda: genkern.ops.max_pool2d(_X, 2, stride=0), RuntimeError,
-     "stride should not be zero"),
-    ("zero dilation", lambda: genkern.ops.max_pool2d(_X, 2, dilation=0), RuntimeError,
-     "dilation should be greater than zero"),
-    ("zero kernel", lambda: genkern.ops.avg_pool2d(_X, 0, stride=1), RuntimeError,
-     "kernel size should be greater than zero"),
-    ("zero divisor", lambda: genkern.ops.avg_pool2d(_X, 2, divisor_override=0), RuntimeError,
-     "divisor must be not zero"),
-    ("rank 2", lambda: genkern.ops.max_pool2d(torch.randn(5, 5), 2), RuntimeError,
-     "3D or 4D"),
+    (
+        "max pad > half kernel",
+        lambda: genkern.ops.max_pool2d(_X, 2, padding=2),
+        RuntimeError,
+        "pad should be at most half of effective kernel size, but got pad=2, kernel_size=2 and "
+        "dilation=1",
+    ),
+    (
+        "max dilated pad",
+        lambda: genkern.ops.max_pool2d(_X, 3, dilation=2, padding=3),
+        RuntimeError,
+        "but got pad=3, kernel_size=3 and dilation=2",
+    ),
+    (
+        "avg pad > half kernel",
+        lambda: genkern.ops.avg_pool2d(_X, 2, padding=2),
+        RuntimeError,
+        "pad should be at most half of effective kernel size",
+    ),
+    (
+        "output too small",
+        lambda: genkern.ops.max_pool2d(torch.randn(2, 3, 1, 1), 2),
+        RuntimeError,
+        r"Given input size: \(3x1x1\). Calculated output size: \(3x0x0\). Output "
+        "size is too small",
+    ),
+    (
+        "zero stride",
+        lambda: genkern.ops.max_pool2d(_X, 2, stride=0),
+        RuntimeError,
+        "stride should not be zero",
+    ),
+    (
+        "zero dilation",
+        lambda: genkern.ops.max_pool2d(_X, 2, dilation=0),
+        RuntimeError,
+        "dilation should be greater than zero",
+    ),
+    (
+        "zero kernel",
+        lambda: genkern.ops.avg_pool2d(_X, 0, stride=1),
+        RuntimeError,
+        "kernel size should be greater than zero",
+    ),
+    (
+        "zero divisor",
+        lambda: genkern.ops.avg_pool2d(_X, 2, divisor_override=0),
+        RuntimeError,
+        "divisor must be not zero",
+    ),
+    ("rank 2", lambda: genkern.ops.max_pool2d(torch.randn(5, 5), 2), RuntimeError, "3D or 4D"),
     ("integer input", lambda: genkern.ops.avg_pool2d(_X.long(), 2), TypeError, "floating-point"),
-    ("size and scale", lambda: genkern.ops.upsample_nearest2d(_X, 2, (4, 4)), ValueError,
-     "only one of size or scale_factor should be defined"),
-    ("neither size nor scale", lambda: genkern.ops.upsample_nearest2d(_X), ValueError,
-     "either size or scale_factor should be defined"),
-    ("upsample rank 3", lambda: genkern.ops.upsample_nearest2d(_X[0], 2), ValueError,
-     "Only 4D input"),
+    (
+        "size and scale",
+        lambda: genkern.ops.upsample_nearest2d(_X, 2, (4, 4)),
+        ValueError,
+        "only one of size or scale_factor should be defined",
+    ),
+    (
+        "neither size nor scale",
+        lambda: genkern.ops.upsample_nearest2d(_X),
+        ValueError,
+        "either size or scale_factor should be defined",
+    ),
+    (
+        "upsample rank 3",
+        lambda: genkern.ops.upsample_nearest2d(_X[0], 2),
+        ValueError,
+        "Only 4D input",
+    ),
 ]
 
 

@@ -9,13 +9,17 @@ import genkern
 from genkern import activations as A
 from genkern import reference, testing
 
-pytestmark = pytest.mark.skipif("triton" not in device_backends(torch.float32),
-                                reason="the Triton backend is not available here")
+pytestmark = pytest.mark.skipif(
+    "triton" not in device_backends(torch.float32),
+    reason="the Triton backend is not available here",
+)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "noncontiguous"])
-@pytest.mark.parametrize("act,slope", [(None, 0.01), ("relu", 0.01), ("leaky_relu", -0.1),
-                                       ("silu", 0.01), ("tanh", 0.01)])
+@pytest.mark.parametrize(
+    "act,slope",
+    [(None, 0.01), ("relu", 0.01), ("leaky_relu", -0.1), ("silu", 0.01), ("tanh", 0.01)],
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_forward_grads_running_stats(training, act, slope, layout):
     x = testing.make_tensor([3, 4, 5, 3], torch.float32, DEVICE, layout, True)
@@ -25,9 +29,11 @@ def test_forward_grads_running_stats(training, act, slope, layout):
     rv = testing.make_tensor([4], torch.float32, DEVICE, low=0.5, high=1.5)
     rmr, rvr = rm.double(), rv.double()
     fn = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
-        x, rm, rv, w, b, training, 0.2, 1e-5, act, slope, backend="triton")
+        x, rm, rv, w, b, training, 0.2, 1e-5, act, slope, backend="triton"
+    )
     ref = lambda x, w, b: reference.batch_norm(  # noqa: E731
-        x, rmr, rvr, w, b, training, 0.2, 1e-5, act, slope)
+        x, rmr, rvr, w, b, training, 0.2, 1e-5, act, slope
+    )
     testing.check_against_reference(fn, ref, [x, w, b], torch.float32, "triton")
     testing.assert_close_to_reference(rm, rmr, torch.float32, "running_mean")
     testing.assert_close_to_reference(rv, rvr, torch.float32, "running_var")
@@ -43,6 +49,17 @@ def test_opcheck():
     act = A.RELU
     x = torch.randn(2, 3, 4, 4, device=DEVICE, requires_grad=True)
     w = torch.rand(3, device=DEVICE, requires_grad=True)
-    args = (x, w, None, torch.zeros(3, device=DEVICE), torch.ones(3, device=DEVICE), True, 1e-5,
-            act, 0.01, False, "triton")
+    args = (
+        x,
+        w,
+        None,
+        torch.zeros(3, device=DEVICE),
+        torch.ones(3, device=DEVICE),
+        True,
+        1e-5,
+        act,
+        0.01,
+        False,
+        "triton",
+    )
     torch.library.opcheck(torch.ops.genkern.batch_norm_act.default, args)

@@ -9,8 +9,10 @@ from conftest import DEVICE, device_backends
 import genkern
 from genkern import testing
 
-pytestmark = pytest.mark.skipif("triton" not in device_backends(torch.float32),
-                                reason="the Triton backend is not available here")
+pytestmark = pytest.mark.skipif(
+    "triton" not in device_backends(torch.float32),
+    reason="the Triton backend is not available here",
+)
 
 
 def _check(fn, ref, x):
@@ -22,14 +24,22 @@ def _check(fn, ref, x):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1,
-                                                          ceil_mode=True),
-                                dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 1),
-                                     dilation=(2, 1))], ids=["2x2", "ceil", "dilated"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kernel_size=2),
+        dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 1), dilation=(2, 1)),
+    ],
+    ids=["2x2", "ceil", "dilated"],
+)
 def test_max_pool2d(kw, layout):
     x = testing.make_tensor([2, 3, 7, 6], torch.float32, DEVICE, layout, True)
-    _check(lambda x: genkern.ops.max_pool2d(x, **kw, backend="triton"),
-           lambda x: F.max_pool2d(x, **kw), x)
+    _check(
+        lambda x: genkern.ops.max_pool2d(x, **kw, backend="triton"),
+        lambda x: F.max_pool2d(x, **kw),
+        x,
+    )
     y, idx = genkern.ops.max_pool2d(x, **kw, return_indices=True, backend="triton")
     assert torch.equal(idx, F.max_pool2d(x, **kw, return_indices=True)[1])
 
@@ -45,20 +55,30 @@ def test_max_pool2d_ties_and_nan():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("kw", [dict(kernel_size=2),
-                                dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
-                                     count_include_pad=False),
-                                dict(kernel_size=3, stride=2, padding=1, divisor_override=5)],
-                         ids=["2x2", "no_pad_count", "divisor"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kernel_size=2),
+        dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        dict(kernel_size=3, stride=2, padding=1, divisor_override=5),
+    ],
+    ids=["2x2", "no_pad_count", "divisor"],
+)
 def test_avg_pool2d(kw, layout):
     x = testing.make_tensor([2, 3, 7, 6], torch.float32, DEVICE, layout, True)
-    _check(lambda x: genkern.ops.avg_pool2d(x, **kw, backend="triton"),
-           lambda x: F.avg_pool2d(x, **kw), x)
+    _check(
+        lambda x: genkern.ops.avg_pool2d(x, **kw, backend="triton"),
+        lambda x: F.avg_pool2d(x, **kw),
+        x,
+    )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("sf,size", [(2, None), (1.7, None), (None, (5, 11))], ids=str)
 def test_upsample_nearest2d(sf, size, layout):
     x = testing.make_tensor([2, 3, 4, 5], torch.float32, DEVICE, layout, True)
-    _check(lambda x: genkern.ops.upsample_nearest2d(x, sf, size, backend="triton"),
-           lambda x: F.interpolate(x, size, sf, mode="nearest"), x)
+    _check(
+        lambda x: genkern.ops.upsample_nearest2d(x, sf, size, backend="triton"),
+        lambda x: F.interpolate(x, size, sf, mode="nearest"),
+        x,
+    )
