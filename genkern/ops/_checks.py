@@ -31,8 +31,10 @@ def pair(value, name: str) -> list[int]:
     raise TypeError(f"{name} must be an int or a tuple of 2 ints, but got {value!r}")
 
 
-def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
-    """Every given tensor is a floating-point tensor of the first one's dtype and device."""
+def check_floating(op: str, float32_params: bool = False, **tensors: torch.Tensor | None) -> None:
+    """Every given tensor is a floating-point tensor of the first one's dtype and device. With
+    float32_params (torch's mixed-precision rule for norm parameters), the tensors after a 16-bit
+    first one may instead all be float32."""
     first_name, first = next(iter(tensors.items()))
     for name, t in tensors.items():
         if t is None:
@@ -43,6 +45,15 @@ def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
             raise TypeError(
                 f"{op}(): expected a floating-point tensor for '{name}', but got {t.dtype}"
             )
+    dtype_name, dtype_of = first_name, first  # the tensor whose dtype the others must have
+    params = [(n, t) for n, t in list(tensors.items())[1:] if t is not None]
+    if (
+        float32_params
+        and first.dtype in (torch.bfloat16, torch.float16)
+        and params
+        and all(t.dtype == torch.float32 for _, t in params)
+    ):
+        dtype_name, dtype_of = params[0]
     for name, t in tensors.items():
         if t is None or t is first:
             continue
@@ -51,10 +62,10 @@ def check_floating(op: str, **tensors: torch.Tensor | None) -> None:
                 "Expected all tensors to be on the same device, but found at least two devices, "
                 f"{first.device} and {t.device}! ({op}: '{first_name}' and '{name}')"
             )
-        if t.dtype != first.dtype:
+        if t.dtype != dtype_of.dtype:
             raise RuntimeError(
-                f"{op}(): expected '{name}' to have the same dtype as '{first_name}' "
-                f"({first.dtype}), but got {t.dtype}"
+                f"{op}(): expected '{name}' to have the same dtype as '{dtype_name}' "
+                f"({dtype_of.dtype}), but got {t.dtype}"
             )
 
 

@@ -72,11 +72,11 @@ def fake_grads(x, weight, bias_size: int, mask):
 def autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """torch.autocast's rule for conv and linear: inside an autocast region of x's device type,
     the op runs in the autocast dtype, on per-call casts of its float32 (not float64) inputs and
-    weights; gradients flow back to the originals. Outside one, the tensors as given."""
-    device_type = x.device.type
-    if not torch.is_autocast_enabled(device_type):
+    weights; gradients flow back to the originals. Outside one (or for a non-tensor x, which the
+    op's checks reject), the arguments as given."""
+    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
         return x, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
+    dtype = torch.get_autocast_dtype(x.device.type)
 
     def cast(t):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():

@@ -21,6 +21,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from genkern import activations as A
+from genkern.ops import _registry
 
 
 def _dtypes() -> tuple:
@@ -47,6 +48,21 @@ if MODE not in ("auto", "always", "never"):
 
 # weight -> (key, packed weight or None for "the regular path won")
 _CACHE = WeakIdKeyDictionary()
+
+
+def conv_eager_cpu(transposed: bool, args: tuple, out_format: torch.memory_format):
+    """The cpu backend's plain eager conv2d / conv_transpose2d call (args as the op's C++ eager
+    entry takes them, without its layout flag): the packed path where eligible, else the entry."""
+    x, weight, bias = args[:3]
+    ext = _registry.extension()
+    entry = ext.conv_transpose2d_act_eager_cpu if transposed else ext.conv2d_act_eager_cpu
+
+    def regular():
+        return entry(*args, out_format == torch.channels_last)
+
+    if not eligible(x, weight, bias):
+        return regular()
+    return (conv_transpose2d if transposed else conv2d)(*args, out_format, regular)
 
 
 def eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -36,23 +36,7 @@ def batch_norm(
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     # as torch: float32 weight and bias may go with a 16-bit input (mixed precision, autocast)
-    mixed = (
-        isinstance(x, torch.Tensor)
-        and x.dtype in (torch.bfloat16, torch.float16)
-        and all(t is None or getattr(t, "dtype", None) == torch.float32 for t in (weight, bias))
-    )
-    if mixed:
-        _checks.check_floating("batch_norm", input=x)
-        _checks.check_floating("batch_norm", weight=weight, bias=bias)
-        if (
-            weight is not None
-            and weight.device != x.device
-            or bias is not None
-            and bias.device != x.device
-        ):
-            _checks.check_floating("batch_norm", input=x, weight=weight, bias=bias)
-    else:
-        _checks.check_floating("batch_norm", input=x, weight=weight, bias=bias)
+    _checks.check_floating("batch_norm", float32_params=True, input=x, weight=weight, bias=bias)
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
         if t is not None and (not t.is_floating_point() or t.device != x.device):
             raise RuntimeError(

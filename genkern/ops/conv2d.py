@@ -30,31 +30,18 @@ def conv2d(
     """
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
-    if isinstance(x, torch.Tensor):
-        x, weight, bias = _fused.autocast(x, weight, bias)
+    x, weight, bias = _fused.autocast(x, weight, bias)
     x, unbatched, stride, dilation = _checks.conv_args(
         "conv2d", x, weight, bias, stride, dilation, groups
     )
     padding, extra = _checks.conv_padding(padding, weight.shape[2:], stride, dilation)
     _check_conv_shapes(x, weight, bias, padding, extra, dilation, groups)
-    if (
-        extra[0] or extra[1]
-    ):  # 'same' with an even kernel: torch pads the extra row/column at the end
+    if extra[0] or extra[1]:  # 'same', even kernel: torch pads the extra row/column at the end
         x = F.pad(x, [0, extra[1], 0, extra[0]])
     name = backends.resolve("conv2d", backend, x)
     if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
-        fmt = output_format(x, weight)
         args = (x, weight, bias, stride, padding, dilation, groups, act, slope)
-
-        def regular():
-            cl = fmt == torch.channels_last
-            return _registry.extension().conv2d_act_eager_cpu(*args, cl)
-
-        y = (
-            _prepacked.conv2d(*args, fmt, regular)
-            if _prepacked.eligible(x, weight, bias)
-            else regular()
-        )
+        y = _prepacked.conv_eager_cpu(False, args, output_format(x, weight))
         return y.squeeze(0) if unbatched else y
     save_preact = _fused.wants_preact(act, slope, x, weight, bias)
     y, _ = torch.ops.genkern.conv2d_act(

@@ -34,8 +34,7 @@ def conv_transpose2d(
     """
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
-    if isinstance(x, torch.Tensor):
-        x, weight, bias = _fused.autocast(x, weight, bias)
+    x, weight, bias = _fused.autocast(x, weight, bias)
     x, unbatched, stride, dilation = _checks.conv_args(
         "conv_transpose2d", x, weight, bias, stride, dilation, groups
     )
@@ -55,15 +54,8 @@ def conv_transpose2d(
     _check_shapes(x, weight, bias, stride, padding, output_padding, dilation, groups)
     name = backends.resolve("conv_transpose2d", backend, x)
     if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
-        fmt = output_format(x, weight)
         args = (x, weight, bias, stride, padding, output_padding, dilation, groups, act, slope)
-
-        def regular():
-            cl = fmt == torch.channels_last
-            return _registry.extension().conv_transpose2d_act_eager_cpu(*args, cl)
-
-        eligible = _prepacked.eligible(x, weight, bias)
-        y = _prepacked.conv_transpose2d(*args, fmt, regular) if eligible else regular()
+        y = _prepacked.conv_eager_cpu(True, args, output_format(x, weight))
         return y.squeeze(0) if unbatched else y
     save_preact = _fused.wants_preact(act, slope, x, weight, bias)
     y, _ = torch.ops.genkern.conv_transpose2d_act(

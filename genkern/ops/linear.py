@@ -31,8 +31,7 @@ def linear(
     """
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
-    if isinstance(x, torch.Tensor):
-        x, weight, bias = _fused.autocast(x, weight, bias)
+    x, weight, bias = _fused.autocast(x, weight, bias)
     _checks.check_floating("linear", input=x, weight=weight, bias=bias)
     if x.dim() == 0:
         raise RuntimeError(
