@@ -4,6 +4,7 @@
 #include "cpu/conv2d_act.h"
 #include "cpu/conv_transpose2d_act.h"
 #include "cpu/eager_autograd.h"
+#include "cpu/fast_entry.h"
 #include "cpu/linear_act.h"
 #include "cpu/losses.h"
 #include "cpu/losses_autograd.h"
@@ -49,6 +50,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv_transpose2d_act_eager_cpu", &genkern::cpu::conv_transpose2d_act_eager_cpu);
   m.def("linear_act_eager_cpu", &genkern::cpu::linear_act_eager_cpu);
   m.def("batch_norm_act_eager_cpu", &genkern::cpu::batch_norm_act_eager_cpu);
+  // optimistic entries of the eager fast paths: None when the call is not the common case
+  m.def("linear_fast", &genkern::cpu::linear_fast);
+  m.def("conv2d_fast", &genkern::cpu::conv2d_fast);
+  m.def("conv_transpose2d_fast", &genkern::cpu::conv_transpose2d_fast);
+  m.def("batch_norm_fast", &genkern::cpu::batch_norm_fast);
+  m.def("gan_loss_fast", &genkern::cpu::gan_loss_fast);
+  m.def("vae_loss_fast", &genkern::cpu::vae_loss_fast);
+  m.def("max_pool2d_fast", &genkern::cpu::max_pool2d_fast);
+  m.def("avg_pool2d_fast", &genkern::cpu::avg_pool2d_fast);
   m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
   m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);
   m.def("avg_pool2d_forward_cpu", &genkern::cpu::avg_pool2d_forward_cpu);

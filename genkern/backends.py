@@ -25,6 +25,14 @@ _FLOAT_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _TRITON_TYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _state = threading.local()
+# use_backend() contexts open in any thread: the ops' C++ fast entries (which know only the
+# backend argument and GENKERN_BACKEND) are tried only while there are none.
+_open_contexts = 0
+_contexts_lock = threading.Lock()
+
+
+def contexts_open() -> bool:
+    return _open_contexts > 0
 
 
 def _check_name(name: str) -> str:
@@ -41,11 +49,16 @@ def use_backend(name: str):
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
+    global _open_contexts
+    with _contexts_lock:
+        _open_contexts += 1
     stack.append(name)
     try:
         yield name
     finally:
         stack.pop()
+        with _contexts_lock:
+            _open_contexts -= 1
 
 
 def triton_interpreter() -> bool:

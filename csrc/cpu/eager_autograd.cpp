@@ -7,6 +7,7 @@
 #include "conv_transpose2d_act.h"
 #include "genkern/activation.h"
 #include "linear_act.h"
+#include "pool.h"
 
 namespace genkern::cpu {
 namespace {
@@ -256,6 +257,98 @@ at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at:
     }
   }
   return y;
+}
+
+namespace {
+
+// Zeros shaped like the pooled input, in its layout: the pooling backward kernels accumulate.
+at::Tensor input_grad_zeros(AutogradContext* ctx, const at::Tensor& like) {
+  const auto shape = ctx->saved_data["shape"].toIntVector();
+  const auto fmt = format(ctx->saved_data["channels_last"].toBool());
+  return at::zeros(shape, like.options().memory_format(fmt));
+}
+
+void save_input_shape(AutogradContext* ctx, const at::Tensor& x, at::MemoryFormat fmt) {
+  ctx->saved_data["shape"] = x.sizes().vec();
+  ctx->saved_data["channels_last"] = fmt == at::MemoryFormat::ChannelsLast;
+}
+
+struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                               std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                               std::vector<int64_t> out_size) {
+    const auto fmt = x.suggest_memory_format();
+    auto [y, idx] = max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, dilation,
+                                           out_size);
+    y = y.contiguous(fmt), idx = idx.contiguous(fmt);
+    save_input_shape(ctx, x, fmt);
+    ctx->save_for_backward({idx});
+    ctx->mark_non_differentiable({idx});
+    return {y, idx};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward("max_pool2d");
+    const at::Tensor idx = ctx->get_saved_variables()[0];
+    const at::Tensor gx = max_pool2d_backward_cpu(grads[0], idx, input_grad_zeros(ctx, grads[0]));
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, std::vector<int64_t> kernel,
+                            std::vector<int64_t> stride, std::vector<int64_t> padding,
+                            std::vector<int64_t> out_size, bool count_include_pad,
+                            int64_t divisor_override) {
+    const auto fmt = x.suggest_memory_format();
+    save_input_shape(ctx, x, fmt);
+    ctx->saved_data["kernel"] = kernel;
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["count_include_pad"] = count_include_pad;
+    ctx->saved_data["divisor_override"] = divisor_override;
+    return avg_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, out_size,
+                                  count_include_pad, divisor_override)
+        .contiguous(fmt);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward("avg_pool2d");
+    auto& d = ctx->saved_data;
+    const at::Tensor gx = avg_pool2d_backward_cpu(
+        grads[0], input_grad_zeros(ctx, grads[0]), d["kernel"].toIntVector(),
+        d["stride"].toIntVector(), d["padding"].toIntVector(), d["count_include_pad"].toBool(),
+        d["divisor_override"].toInt());
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel,
+                                             std::vector<int64_t> stride,
+                                             std::vector<int64_t> padding,
+                                             std::vector<int64_t> dilation,
+                                             std::vector<int64_t> out_size) {
+  if (wants_grad(x)) return MaxPool2d::apply(x, kernel, stride, padding, dilation, out_size);
+  const auto fmt = x.suggest_memory_format();
+  auto [y, idx] =
+      max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, dilation, out_size);
+  return {y.contiguous(fmt), idx.contiguous(fmt)};
+}
+
+at::Tensor avg_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel,
+                                std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                std::vector<int64_t> out_size, bool count_include_pad,
+                                int64_t divisor_override) {
+  if (wants_grad(x))
+    return AvgPool2d::apply(x, kernel, stride, padding, out_size, count_include_pad,
+                            divisor_override);
+  const auto fmt = x.suggest_memory_format();
+  return avg_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, out_size,
+                                count_include_pad, divisor_override)
+      .contiguous(fmt);
 }
 
 }  // namespace genkern::cpu

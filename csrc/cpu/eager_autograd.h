@@ -40,4 +40,16 @@ at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at:
                                     double momentum, double eps, int64_t activation,
                                     double negative_slope);
 
+// (y, indices) of max_pool2d_forward_cpu, and y of avg_pool2d_forward_cpu, in x's dense layout;
+// differentiable in x.
+std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel,
+                                             std::vector<int64_t> stride,
+                                             std::vector<int64_t> padding,
+                                             std::vector<int64_t> dilation,
+                                             std::vector<int64_t> out_size);
+at::Tensor avg_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel,
+                                std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                std::vector<int64_t> out_size, bool count_include_pad,
+                                int64_t divisor_override);
+
 }  // namespace genkern::cpu

@@ -46,6 +46,9 @@ MODE = os.environ.get("GENKERN_CPU_PREPACK", "auto").strip().lower() or "auto"
 if MODE not in ("auto", "always", "never"):
     raise ValueError(f"GENKERN_CPU_PREPACK must be auto, always or never, but got {MODE!r}")
 
+# Whether the packed path may run: the C++ fast entries leave calls that record no graph to it.
+ENABLED = AVAILABLE and MODE != "never"
+
 # weight -> (key, packed weight or None for "the regular path won")
 _CACHE = WeakIdKeyDictionary()
 

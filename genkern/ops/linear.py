@@ -29,6 +29,11 @@ def linear(
     `activation` is None, "relu", "leaky_relu" (with `negative_slope`), "tanh", "sigmoid" or
     "silu"; `backend` is "auto", "torch", "cpu", "cuda" or "triton".
     """
+    fast = _fused.fast()
+    if fast is not None:
+        y = fast.linear_fast(x, weight, bias, activation, negative_slope, backend)
+        if y is not None:
+            return y
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

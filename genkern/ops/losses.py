@@ -143,6 +143,11 @@ def discriminator_loss(
     mean(relu(1 + f)); "wgan" mean(f) - mean(r); "lsgan" 0.5 mean((r - 1)^2) + 0.5 mean(f^2).
     A 0-dim float32 tensor (float64 for float64 logits); 16-bit logits accumulate in float32.
     """
+    fast = _fused.fast()
+    if fast is not None:
+        loss = fast.gan_loss_fast(real_logits, fake_logits, kind, backend, True)
+        if loss is not None:
+            return loss
     real_term, fake_term = D_TERMS[_kind(kind)]
     _checks.check_floating("discriminator_loss", real_logits=real_logits, fake_logits=fake_logits)
     name = backends.resolve("discriminator_loss", backend, fake_logits)
@@ -165,6 +170,11 @@ def generator_loss(
     kind: "bce" mean(softplus(-f)) (non-saturating); "hinge" and "wgan" -mean(f); "lsgan"
     0.5 mean((f - 1)^2). A 0-dim float32 tensor (float64 for float64 logits).
     """
+    fast = _fused.fast()
+    if fast is not None:
+        loss = fast.gan_loss_fast(None, fake_logits, kind, backend, False)
+        if loss is not None:
+            return loss
     term = G_TERMS[_kind(kind)]
     _checks.check_floating("generator_loss", fake_logits=fake_logits)
     name = backends.resolve("generator_loss", backend, fake_logits)
@@ -191,6 +201,22 @@ def vae_loss(
     divides them by the batch size recon.shape[0]. return_components=True returns
     (total, recon_term, kl), each reduced the same way.
     """
+    fast = _fused.fast()
+    if fast is not None:
+        out = fast.vae_loss_fast(
+            recon,
+            target,
+            mu,
+            logvar,
+            recon_loss,
+            beta,
+            reduction,
+            logits,
+            return_components,
+            backend,
+        )
+        if out is not None:
+            return out
     check_vae_args(recon_loss, reduction, beta)
     _checks.check_floating("vae_loss", recon=recon, target=target, mu=mu, logvar=logvar)
     if target.shape != recon.shape:
