@@ -5,6 +5,7 @@
 #include "cpu/conv_transpose2d_act.h"
 #include "cpu/eager_autograd.h"
 #include "cpu/fast_entry.h"
+#include "cpu/prepacked.h"
 #include "cpu/linear_act.h"
 #include "cpu/losses.h"
 #include "cpu/losses_autograd.h"
@@ -58,6 +59,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("gan_loss_fast", &genkern::cpu::gan_loss_fast);
   m.def("vae_loss_fast", &genkern::cpu::vae_loss_fast);
   m.def("max_pool2d_fast", &genkern::cpu::max_pool2d_fast);
+  // the packed-weight inference path of the convs (see prepacked.h)
+  m.def("set_prepack_mode", &genkern::cpu::set_prepack_mode);
+  m.def("prepack_available", &genkern::cpu::prepack_available);
+  m.def("prepack_state", &genkern::cpu::prepack_state);
   m.def("avg_pool2d_fast", &genkern::cpu::avg_pool2d_fast);
   m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
   m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);

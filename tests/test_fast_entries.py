@@ -37,7 +37,7 @@ def _linear(backend="auto", **kw):
     return _c().linear_fast(a["x"], a["w"], a["b"], a["act"], a["slope"], backend)
 
 
-def _conv(backend="auto", prepack=False, **kw):
+def _conv(backend="auto", **kw):
     a = dict(x=_t(2, 3, 6, 6), w=_t(4, 3, 3, 3), b=_t(4), stride=1, padding=1, dilation=1)
     a.update(kw)
     return _c().conv2d_fast(
@@ -51,7 +51,6 @@ def _conv(backend="auto", prepack=False, **kw):
         None,
         0.01,
         backend,
-        prepack,
     )
 
 
@@ -70,7 +69,6 @@ def _conv_t(backend="auto", **kw):
         "tanh",
         0.01,
         backend,
-        False,
     )
 
 
@@ -195,7 +193,6 @@ DECLINED = [
     ("conv 3-tuple stride", lambda: _conv(stride=(1, 1, 1))),
     ("conv kernel too large", lambda: _conv(x=_t(2, 3, 1, 1), padding=0)),
     ("conv channel mismatch", lambda: _conv(x=_t(2, 5, 6, 6))),
-    ("conv packed inference path", lambda: _conv(prepack=True)),
     ("conv_t output_padding", lambda: _conv_t(output_padding=2)),
     ("conv_t channel mismatch", lambda: _conv_t(x=_t(2, 3, 5, 5))),
     ("bn 1 value per channel", lambda: _bn(x=_t(1, 3, 1, 1))),

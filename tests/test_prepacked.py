@@ -1,5 +1,6 @@
-"""The CPU inference path of conv2d / conv_transpose2d (genkern/ops/_prepacked.py): a oneDNN
-weight packed once per shape and weight version, bias and activation as post-ops."""
+"""The CPU inference path of conv2d / conv_transpose2d (csrc/cpu/prepacked.h, switched by
+genkern/ops/_prepacked.py): a oneDNN weight packed once per shape and weight version, bias and
+activation as post-ops."""
 
 import copy
 import io
@@ -24,6 +25,12 @@ LAYERS = [
     lambda act: genkern.nn.ConvTranspose2d(6, 3, 3, 2, 1, output_padding=1, activation=act),
 ]
 IN_CHANNELS = [3, 4, 6, 6]
+
+
+@pytest.fixture
+def always():
+    with _prepacked.mode("always"):
+        yield
 
 
 def _stock(layer, x):
@@ -53,8 +60,7 @@ def _stock(layer, x):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("act", [None, "relu", "leaky_relu", "tanh", "sigmoid", "silu"])
 @pytest.mark.parametrize("i", range(len(LAYERS)))
-def test_packed_path_matches_stock_and_repeats_bit_identically(i, act, layout, monkeypatch):
-    monkeypatch.setattr(_prepacked, "MODE", "always")
+def test_packed_path_matches_stock_and_repeats_bit_identically(i, act, layout, always):
     torch.manual_seed(i)
     layer = LAYERS[i](act).eval()
     x = torch.randn(2, IN_CHANNELS[i], 9, 8)
@@ -63,14 +69,13 @@ def test_packed_path_matches_stock_and_repeats_bit_identically(i, act, layout, m
     with torch.no_grad():
         outs = [layer(x) for _ in range(3)]
         ref = _stock(layer, x)
-    assert _prepacked._CACHE[layer.weight][1] is not None  # the packed path ran
+    assert _prepacked.state(layer.weight) == "packed"
     torch.testing.assert_close(outs[0], ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
     assert outs[1].stride() == ref.stride()
 
 
-def test_weight_update_repacks(monkeypatch):
-    monkeypatch.setattr(_prepacked, "MODE", "always")
+def test_weight_update_repacks(always):
     layer = genkern.nn.ConvTranspose2d(4, 3, 4, 2, 1, activation="relu")
     x = torch.randn(1, 4, 5, 5)
     with torch.no_grad():
@@ -84,20 +89,18 @@ def test_weight_update_repacks(monkeypatch):
         )
 
 
-def test_grad_calls_skip_the_packed_path_and_bad_input_still_raises(monkeypatch):
-    monkeypatch.setattr(_prepacked, "MODE", "always")
+def test_grad_calls_skip_the_packed_path_and_bad_input_still_raises(always):
     layer = genkern.nn.Conv2d(3, 5, 3, activation="relu")
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     y = layer(x)
-    assert y.grad_fn is not None and layer.weight not in _prepacked._CACHE
+    assert y.grad_fn is not None and _prepacked.state(layer.weight) is None
     with torch.no_grad():
         layer(x)
         with pytest.raises(RuntimeError, match="expected input.*to have 3 channels"):
             layer(torch.randn(2, 4, 6, 6))
 
 
-def test_deepcopy_and_save_with_a_packed_weight(monkeypatch):
-    monkeypatch.setattr(_prepacked, "MODE", "always")
+def test_deepcopy_and_save_with_a_packed_weight(always):
     model = torch.nn.Sequential(genkern.nn.Conv2d(3, 4, 3), genkern.nn.ConvTranspose2d(4, 2, 2, 2))
     x = torch.randn(1, 3, 6, 6)
     with torch.no_grad():
@@ -115,18 +118,37 @@ def test_auto_mode_keeps_one_choice_per_shape():
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         first = layer(x)
-        assert layer.weight in _prepacked._CACHE
+        assert _prepacked.state(layer.weight) in ("packed", "regular")
         assert torch.equal(first, layer(x)) and torch.equal(layer(x), layer(x))
         torch.testing.assert_close(first, _stock(layer, x), rtol=1e-5, atol=1e-5)
 
 
-def test_geometries_onednn_cannot_pack_fall_back_to_the_regular_path(monkeypatch):
+def test_geometries_onednn_cannot_pack_fall_back_to_the_regular_path(always):
     # found by the fuzz: a 1x1 transposed conv with dilation 2 and output_padding 1 has no
     # packed oneDNN primitive; the call must still give torch's result
-    monkeypatch.setattr(_prepacked, "MODE", "always")
     x, w = torch.randn(1, 1, 1, 1), torch.randn(1, 1, 1, 1)
     for _ in range(2):
         with torch.no_grad():
             y = genkern.ops.conv_transpose2d(x, w, stride=2, output_padding=1, dilation=2)
         ref = torch.nn.functional.conv_transpose2d(x, w, stride=2, output_padding=1, dilation=2)
         torch.testing.assert_close(y, ref)
+
+
+def test_never_mode_and_dead_weights_leave_no_entry():
+    layer = genkern.nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 6, 6)
+    with _prepacked.mode("never"), torch.no_grad():
+        layer(x)
+        assert _prepacked.state(layer.weight) is None
+    with _prepacked.mode("always"), torch.no_grad():
+        layer(x)
+        assert _prepacked.state(layer.weight) == "packed"
+        twin = genkern.nn.Conv2d(3, 4, 3)
+        del layer
+        twin(x)  # a store drops the entries of weights that are gone
+        assert _prepacked.state(twin.weight) == "packed"
+
+
+def test_mode_names_are_checked():
+    with pytest.raises(ValueError, match="prepack mode must be one of"):
+        _prepacked.set_mode("sometimes")

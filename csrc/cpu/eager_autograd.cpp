@@ -8,6 +8,7 @@
 #include "genkern/activation.h"
 #include "linear_act.h"
 #include "pool.h"
+#include "prepacked.h"
 
 namespace genkern::cpu {
 namespace {
@@ -197,9 +198,14 @@ at::Tensor conv2d_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
     return ConvAct::apply(x, weight, bias, stride, padding, std::vector<int64_t>{0, 0}, dilation,
                           groups, /*transposed=*/false, activation, negative_slope, channels_last);
   at::NoGradGuard no_grad;
-  auto y = std::get<0>(conv2d_act_forward_cpu(x, weight, bias, stride, padding, dilation, groups,
-                                              activation, negative_slope, false));
-  return y.contiguous(format(channels_last));
+  return conv_inference(false, x, weight, bias, stride, padding, {0, 0}, dilation, groups,
+                        activation, negative_slope, channels_last, [&] {
+                          return std::get<0>(conv2d_act_forward_cpu(x, weight, bias, stride,
+                                                                    padding, dilation, groups,
+                                                                    activation, negative_slope,
+                                                                    false))
+                              .contiguous(format(channels_last));
+                        });
 }
 
 at::Tensor conv_transpose2d_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -213,10 +219,14 @@ at::Tensor conv_transpose2d_act_eager_cpu(const at::Tensor& x, const at::Tensor&
     return ConvAct::apply(x, weight, bias, stride, padding, output_padding, dilation, groups,
                           /*transposed=*/true, activation, negative_slope, channels_last);
   at::NoGradGuard no_grad;
-  auto y = std::get<0>(conv_transpose2d_act_forward_cpu(x, weight, bias, stride, padding,
-                                                        output_padding, dilation, groups,
-                                                        activation, negative_slope, false));
-  return y.contiguous(format(channels_last));
+  return conv_inference(true, x, weight, bias, stride, padding, output_padding, dilation, groups,
+                        activation, negative_slope, channels_last, [&] {
+                          return std::get<0>(conv_transpose2d_act_forward_cpu(
+                                                 x, weight, bias, stride, padding, output_padding,
+                                                 dilation, groups, activation, negative_slope,
+                                                 false))
+                              .contiguous(format(channels_last));
+                        });
 }
 
 at::Tensor linear_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,

@@ -236,20 +236,13 @@ struct ConvArgs {
     return x->suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
            w->suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   }
-
-  // A call the packed inference path (Python) may take: no graph, float32.
-  bool leave_to_prepack(bool prepack) const {
-    return prepack && x->scalar_type() == at::kFloat &&
-           !wants_grad(OptTensor(*x), OptTensor(*w), b);
-  }
 };
 
 }  // namespace
 
 py::object conv2d_fast(py::handle x_, py::handle weight_, py::handle bias_, py::handle stride_,
                        py::handle padding_, py::handle dilation_, py::handle groups_,
-                       py::handle activation, py::handle negative_slope, py::handle backend,
-                       bool prepack) {
+                       py::handle activation, py::handle negative_slope, py::handle backend) {
   ConvArgs a;
   if (!starts(backend) || !a.parse(x_, weight_, bias_, stride_, padding_, dilation_, groups_,
                                    activation, negative_slope))
@@ -261,7 +254,6 @@ py::object conv2d_fast(py::handle x_, py::handle weight_, py::handle bias_, py::
     if (x.size(2 + i) + 2 * a.padding[i] < a.dilation[i] * (w.size(2 + i) - 1) + 1)
       return declined();
   }
-  if (a.leave_to_prepack(prepack)) return declined();
   const bool cl = a.channels_last();
   Tensor y;
   {
@@ -276,7 +268,7 @@ py::object conv_transpose2d_fast(py::handle x_, py::handle weight_, py::handle b
                                  py::handle stride_, py::handle padding_,
                                  py::handle output_padding_, py::handle groups_,
                                  py::handle dilation_, py::handle activation,
-                                 py::handle negative_slope, py::handle backend, bool prepack) {
+                                 py::handle negative_slope, py::handle backend) {
   ConvArgs a;
   std::vector<int64_t> output_padding;
   if (!starts(backend) ||
@@ -294,7 +286,6 @@ py::object conv_transpose2d_fast(py::handle x_, py::handle weight_, py::handle b
                          a.dilation[i] * (w.size(2 + i) - 1) + output_padding[i] + 1;
     if (size <= 0) return declined();
   }
-  if (a.leave_to_prepack(prepack)) return declined();
   const bool cl = a.channels_last();
   Tensor y;
   {

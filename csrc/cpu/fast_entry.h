@@ -15,16 +15,13 @@ namespace py = pybind11;
 // Each takes the public op's arguments in its order (genkern.ops.*), the `backend` argument last.
 py::object linear_fast(py::handle x, py::handle weight, py::handle bias, py::handle activation,
                        py::handle negative_slope, py::handle backend);
-// prepack: the packed inference path may run (genkern/ops/_prepacked.py): a call that records no
-// graph then declines, as that path's weight cache lives in Python.
 py::object conv2d_fast(py::handle x, py::handle weight, py::handle bias, py::handle stride,
                        py::handle padding, py::handle dilation, py::handle groups,
-                       py::handle activation, py::handle negative_slope, py::handle backend,
-                       bool prepack);
+                       py::handle activation, py::handle negative_slope, py::handle backend);
 py::object conv_transpose2d_fast(py::handle x, py::handle weight, py::handle bias,
                                  py::handle stride, py::handle padding, py::handle output_padding,
                                  py::handle groups, py::handle dilation, py::handle activation,
-                                 py::handle negative_slope, py::handle backend, bool prepack);
+                                 py::handle negative_slope, py::handle backend);
 py::object batch_norm_fast(py::handle x, py::handle running_mean, py::handle running_var,
                            py::handle weight, py::handle bias, py::handle training,
                            py::handle momentum, py::handle eps, py::handle activation,

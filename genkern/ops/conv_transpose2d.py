@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from genkern import activations as A
 from genkern import backends, reference
-from genkern.ops import _checks, _fused, _prepacked, _registry
+from genkern.ops import _checks, _fused, _registry
 from genkern.ops.conv2d import output_format
 
 
@@ -46,7 +46,6 @@ def conv_transpose2d(
             activation,
             negative_slope,
             backend,
-            _prepacked.ENABLED,
         )
         if y is not None:
             return y
@@ -73,7 +72,8 @@ def conv_transpose2d(
     name = backends.resolve("conv_transpose2d", backend, x)
     if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
         args = (x, weight, bias, stride, padding, output_padding, dilation, groups, act, slope)
-        y = _prepacked.conv_eager_cpu(True, args, output_format(x, weight))
+        entry = _registry.extension().conv_transpose2d_act_eager_cpu
+        y = entry(*args, output_format(x, weight) == torch.channels_last)
         return y.squeeze(0) if unbatched else y
     save_preact = _fused.wants_preact(act, slope, x, weight, bias)
     y, _ = torch.ops.genkern.conv_transpose2d_act(

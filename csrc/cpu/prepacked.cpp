@@ -1,0 +1,222 @@
+#include "prepacked.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/intrusive_ptr.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "genkern/activation.h"
+
+namespace genkern::cpu {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+
+std::atomic<int> g_mode{static_cast<int>(PrepackMode::kAuto)};
+std::atomic<bool> g_bfloat16{false};
+
+struct Ops {
+  std::optional<c10::OperatorHandle> conv, conv_t, reorder, reorder_t;
+  bool available() const { return conv && conv_t && reorder && reorder_t; }
+};
+
+const Ops& ops() {
+  static const Ops found = [] {
+    auto& d = c10::Dispatcher::singleton();
+    Ops o;
+    o.conv = d.findSchema({"mkldnn::_convolution_pointwise", ""});
+    o.conv_t = d.findSchema({"mkldnn::_convolution_transpose_pointwise", ""});
+    o.reorder = d.findSchema({"mkldnn::_reorder_convolution_weight", ""});
+    o.reorder_t = d.findSchema({"mkldnn::_reorder_convolution_transpose_weight", ""});
+    return o;
+  }();
+  return found;
+}
+
+at::Tensor call(const c10::OperatorHandle& op, torch::jit::Stack stack) {
+  op.callBoxed(&stack);
+  return stack.back().toTensor();
+}
+
+// oneDNN's post-op name and scalars for an activation.
+const char* post_op(Activation act) {
+  switch (act) {
+    case Activation::kRelu: return "relu";
+    case Activation::kLeakyRelu: return "leaky_relu";
+    case Activation::kTanh: return "tanh";
+    case Activation::kSigmoid: return "sigmoid";
+    case Activation::kSilu: return "swish";
+    default: return "none";
+  }
+}
+
+struct Call {
+  bool transposed;
+  const at::Tensor& x;
+  const at::Tensor& weight;
+  const std::optional<at::Tensor>& bias;
+  const std::vector<int64_t>& stride;
+  const std::vector<int64_t>& padding;
+  const std::vector<int64_t>& output_padding;
+  const std::vector<int64_t>& dilation;
+  int64_t groups;
+  int64_t activation;
+  double negative_slope;
+  bool channels_last;
+
+  at::Tensor pack() const {
+    const std::vector<int64_t> input_size = x.sizes().vec();
+    if (transposed)
+      return call(*ops().reorder_t,
+                  {weight, padding, output_padding, stride, dilation, groups, input_size});
+    return call(*ops().reorder, {weight, padding, stride, dilation, groups, input_size});
+  }
+
+  at::Tensor run(const at::Tensor& packed) const {
+    const auto act = static_cast<Activation>(activation);
+    c10::List<std::optional<at::Scalar>> scalars;
+    if (act == Activation::kLeakyRelu) scalars.push_back(at::Scalar(negative_slope));
+    const c10::IValue b = bias ? c10::IValue(*bias) : c10::IValue();
+    const std::string attr = post_op(act), algorithm;
+    at::Tensor y =
+        transposed
+            ? call(*ops().conv_t, {x, packed, b, padding, output_padding, stride, dilation,
+                                   groups, attr, scalars, algorithm})
+            : call(*ops().conv,
+                   {x, packed, b, padding, stride, dilation, groups, attr, scalars, algorithm});
+    return y.contiguous(channels_last ? at::MemoryFormat::ChannelsLast
+                                      : at::MemoryFormat::Contiguous);
+  }
+
+  // Everything the packed weight and the primitive depend on.
+  std::vector<int64_t> key() const {
+    std::vector<int64_t> k = {reinterpret_cast<int64_t>(weight.data_ptr()), weight._version(),
+                              static_cast<int64_t>(weight.scalar_type()),
+                              transposed,
+                              groups,
+                              activation,
+                              channels_last};
+    int64_t slope_bits = 0;
+    std::memcpy(&slope_bits, &negative_slope, sizeof slope_bits);
+    k.push_back(slope_bits);
+    for (const auto* v : {&stride, &padding, &output_padding, &dilation})
+      k.insert(k.end(), v->begin(), v->end());
+    k.insert(k.end(), weight.strides().begin(), weight.strides().end());
+    k.insert(k.end(), x.sizes().begin(), x.sizes().end());
+    k.insert(k.end(), x.strides().begin(), x.strides().end());
+    k.push_back(bias ? reinterpret_cast<int64_t>(bias->data_ptr()) : 0);
+    k.push_back(bias ? bias->_version() : -1);
+    k.push_back(bias ? static_cast<int64_t>(bias->scalar_type()) : -1);
+    return k;
+  }
+};
+
+struct Entry {
+  WeakImpl weight;
+  std::vector<int64_t> key;
+  at::Tensor packed;  // undefined: the regular path was kept
+};
+
+std::mutex g_mutex;
+std::unordered_map<const c10::TensorImpl*, Entry> g_cache;
+
+// The live entry of this weight, or nullptr; drops entries of weights that are gone.
+Entry* lookup(const at::Tensor& weight) {
+  auto it = g_cache.find(weight.unsafeGetTensorImpl());
+  if (it == g_cache.end()) return nullptr;
+  if (it->second.weight.lock().get() != weight.unsafeGetTensorImpl()) {
+    g_cache.erase(it);  // a new tensor at a dead one's address
+    return nullptr;
+  }
+  return &it->second;
+}
+
+void store(const at::Tensor& weight, std::vector<int64_t> key, at::Tensor packed) {
+  for (auto it = g_cache.begin(); it != g_cache.end();) {
+    it = it->second.weight.expired() ? g_cache.erase(it) : std::next(it);
+  }
+  g_cache.insert_or_assign(weight.unsafeGetTensorImpl(),
+                           Entry{WeakImpl(weight.getIntrusivePtr()), std::move(key),
+                                 std::move(packed)});
+}
+
+double seconds(const std::function<at::Tensor()>& fn, at::Tensor& out) {
+  const auto t0 = Clock::now();
+  out = fn();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+bool eligible(const at::Tensor& x) {
+  if (static_cast<PrepackMode>(g_mode.load()) == PrepackMode::kNever || !ops().available())
+    return false;
+  const auto dtype = x.scalar_type();
+  return x.dim() == 4 && (dtype == at::kFloat || (dtype == at::kBFloat16 && g_bfloat16.load()));
+}
+
+}  // namespace
+
+void set_prepack_mode(int64_t mode, bool bfloat16) {
+  TORCH_CHECK(mode >= 0 && mode <= 2, "genkern: unknown prepack mode ", mode);
+  g_mode = static_cast<int>(mode);
+  g_bfloat16 = bfloat16;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_cache.clear();
+}
+
+bool prepack_available() { return ops().available(); }
+
+int64_t prepack_state(const at::Tensor& weight) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  const Entry* e = lookup(weight);
+  return e == nullptr ? -1 : (e->packed.defined() ? 1 : 0);
+}
+
+at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias,
+                          const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                          const std::vector<int64_t>& output_padding,
+                          const std::vector<int64_t>& dilation, int64_t groups,
+                          int64_t activation, double negative_slope, bool channels_last,
+                          const std::function<at::Tensor()>& regular) {
+  if (!eligible(x)) return regular();
+  const Call c{transposed, x,      weight,     bias,           stride,        padding,
+               output_padding, dilation, groups, activation, negative_slope, channels_last};
+  std::vector<int64_t> key = c.key();
+  at::Tensor packed;
+  bool hit = false;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    const Entry* e = lookup(weight);
+    if (e != nullptr && e->key == key) packed = e->packed, hit = true;
+  }
+  if (hit) return packed.defined() ? c.run(packed) : regular();
+  at::Tensor y_first;
+  try {  // oneDNN has no packed primitive for some geometries: the regular path then
+    packed = c.pack();
+    y_first = c.run(packed);  // creates the oneDNN primitive: not timed
+  } catch (const std::exception&) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    store(weight, std::move(key), at::Tensor());
+    return regular();
+  }
+  if (static_cast<PrepackMode>(g_mode.load()) == PrepackMode::kAlways) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    store(weight, std::move(key), packed);
+    return y_first;
+  }
+  at::Tensor y_regular, y_packed, unused;
+  const double t_regular = seconds(regular, y_regular);
+  const double t_packed = seconds([&] { return c.run(packed); }, y_packed);
+  const bool keep = t_packed < std::min(t_regular, seconds(regular, unused));
+  std::lock_guard<std::mutex> lock(g_mutex);
+  store(weight, std::move(key), keep ? packed : at::Tensor());
+  return keep ? y_packed : y_regular;
+}
+
+}  // namespace genkern::cpu

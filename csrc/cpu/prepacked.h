@@ -1,0 +1,43 @@
+// Inference path of conv2d / conv_transpose2d on the CPU backend: packed oneDNN weights.
+//
+// When a call records no gradient, the weight is reordered once into oneDNN's blocked layout for
+// the input shape it meets and kept (keyed by the weight's TensorImpl, held weakly) until it
+// changes; later calls of that shape run one oneDNN primitive with the bias and the activation as
+// post-ops. Stock eager reorders the weight on every call, which at batch 1 costs as much as the
+// convolution. The key holds the weight's storage pointer, version counter, dtype and strides,
+// the bias's, and the call's shapes, strides and geometry: an optimizer step, load_state_dict or
+// .to() repacks.
+//
+// Mode (GENKERN_CPU_PREPACK, set from genkern/ops/_prepacked.py): "auto" (on the first call of a
+// shape both paths are timed and the faster kept, as cudnn.benchmark does: packing loses on small
+// 3x3 layers), "always", or "never".
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace genkern::cpu {
+
+enum class PrepackMode : int { kNever = 0, kAuto = 1, kAlways = 2 };
+
+// The mode, and whether bfloat16 weights may be packed (CPUs with AVX512-BF16 / AVX-NE-CONVERT).
+void set_prepack_mode(int64_t mode, bool bfloat16);
+// Whether torch has the oneDNN ops this path calls.
+bool prepack_available();
+// For tests: -1 no cache entry for this weight, 0 the regular path was kept, 1 a packed weight.
+int64_t prepack_state(const at::Tensor& weight);
+
+// act(conv(x) + bias) with no autograd graph, in the layout asked for: the packed path where it
+// is eligible and chosen, else `regular()` (the regular kernels' call, same result layout).
+at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias,
+                          const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                          const std::vector<int64_t>& output_padding,
+                          const std::vector<int64_t>& dilation, int64_t groups,
+                          int64_t activation, double negative_slope, bool channels_last,
+                          const std::function<at::Tensor()>& regular);
+
+}  // namespace genkern::cpu
