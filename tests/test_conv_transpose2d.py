@@ -29,6 +29,8 @@ SHAPES = [
     (2, 2, 3, 3, 3, 3, 2, 1, 1, 1, 2, True),  # dilation 2 with stride 2
     (1, 4, 4, 3, 4, 3, 1, 1, 0, 4, 1, True),  # depthwise
     (2, 3, 4, 2, 2, (3, 2), (1, 3), (2, 0), (0, 1), 1, (2, 1), True),  # rectangular everything
+    (3, 5, 1, 1, 6, 4, 1, 0, 0, 1, 1, True),  # 1x1 input (DCGAN z -> 4x4): the cpu GEMM path
+    (2, 4, 1, 1, 3, (3, 2), 2, 0, 0, 1, 1, False),  # 1x1 input, stride 2, no bias
 ]
 
 
@@ -151,6 +153,40 @@ def test_gradcheck_cpu_kernel(act, slope, layout):
     inputs, kw = _make((1, 4, 2, 3, 4, 3, 2, 1, 1, 2, 1, True), torch.float64, layout, device="cpu")
     fn = _fns(kw, act, slope, "cpu")[0]
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, nondet_tol=0.0)
+
+
+@pytest.mark.parametrize("x_cl", [False, True])
+@pytest.mark.parametrize("w_cl", [False, True])
+def test_one_pixel_input_gemm_path_matches_stock_layouts_and_gradcheck(x_cl, w_cl):
+    # a 1x1 input is one GEMM on the cpu backend (csrc/cpu/conv_transpose2d_act.cpp): values,
+    # output and gradient strides as stock's, for every combination of layouts
+    x = torch.randn(3, 5, 1, 1, dtype=torch.float64)
+    w = torch.randn(5, 4, 3, 2, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    if x_cl:
+        x = x.to(memory_format=torch.channels_last)
+    if w_cl:
+        w = w.to(memory_format=torch.channels_last)
+    outs = []
+    for fn in (
+        lambda x, w, b: genkern.ops.conv_transpose2d(x, w, b, 2, activation="tanh", backend="cpu"),
+        lambda x, w, b: torch.tanh(torch.nn.functional.conv_transpose2d(x, w, b, 2)),
+    ):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        y = fn(*leaves)
+        grads = torch.autograd.grad(y, leaves, torch.linspace(-1, 1, y.numel()).view_as(y))
+        outs.append((y, *grads))
+    for mine, stock in zip(*outs, strict=True):
+        torch.testing.assert_close(mine, stock)
+    # genkern's layout rule (the custom op's fakes): the output channels_last when the input or
+    # the weight is, each gradient in its tensor's layout (stock varies with its kernel choice)
+    fmt = {True: torch.channels_last, False: torch.contiguous_format}
+    y, gx, gw, _ = outs[0]
+    assert y.is_contiguous(memory_format=fmt[x_cl or w_cl])
+    assert gx.is_contiguous(memory_format=fmt[x_cl]) and gw.is_contiguous(memory_format=fmt[w_cl])
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    fn = lambda x, w, b: genkern.ops.conv_transpose2d(x, w, b, 2, activation="silu", backend="cpu")
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", grid_backends(torch.float64))

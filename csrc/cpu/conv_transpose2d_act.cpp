@@ -1,6 +1,6 @@
 // conv_transpose2d + bias + activation on the CPU: the pattern of conv2d_act.cpp.
 // Main loop: ATen's transposed convolution (oneDNN deconvolution), with the bias in its
-// accumulators; ours: the activation in one in-place pass over the fresh output, and the
+// accumulators (a 1x1 input: one GEMM instead, see is_gemm); ours: the activation in one in-place pass over the fresh output, and the
 // backward's prologue (activation backward + bias gradient in one pass over grad_y), then one
 // convolution_backward(transposed=true) for only the gradients asked for.
 #include "conv_transpose2d_act.h"
@@ -8,14 +8,81 @@
 #include "epilogue.h"
 
 namespace genkern::cpu {
+namespace {
+
+// A transposed conv of a 1x1 input with no padding, output_padding or dilation and one group (a
+// DCGAN generator's first layer, z -> 4x4) writes each input pixel's kernel footprint once: it is
+// one GEMM, [N, C_in] x [C_in, C_out * kH * kW], which oneDNN's deconvolution runs several times
+// slower. The columns are ordered as the output's layout (NCHW: c, h, w; channels_last: h, w, c).
+bool is_gemm(const at::Tensor& x, const std::vector<int64_t>& padding,
+             const std::vector<int64_t>& output_padding, const std::vector<int64_t>& dilation,
+             int64_t groups) {
+  return x.dim() == 4 && x.size(2) == 1 && x.size(3) == 1 && groups == 1 && padding[0] == 0 &&
+         padding[1] == 0 && output_padding[0] == 0 && output_padding[1] == 0 &&
+         dilation[0] == 1 && dilation[1] == 1;
+}
+
+bool channels_last(const at::Tensor& t) {
+  return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// The weight [C_in, C_out, kH, kW] as a [C_in, columns] matrix in the column order asked for.
+at::Tensor weight_matrix(const at::Tensor& weight, bool hwc) {
+  const int64_t cin = weight.size(0);
+  return hwc ? weight.permute({0, 2, 3, 1}).reshape({cin, -1}) : weight.reshape({cin, -1});
+}
+
+// A [N or C_in, columns] matrix back to [.., C_out, kH, kW] (a view).
+at::Tensor unflatten(const at::Tensor& m, const at::Tensor& weight, bool hwc) {
+  const int64_t cout = weight.size(1), kh = weight.size(2), kw = weight.size(3);
+  return hwc ? m.view({m.size(0), kh, kw, cout}).permute({0, 3, 1, 2})
+             : m.view({m.size(0), cout, kh, kw});
+}
+
+at::Tensor gemm_forward(const at::Tensor& x, const at::Tensor& weight,
+                        const std::optional<at::Tensor>& bias) {
+  const bool hwc = channels_last(x) || channels_last(weight);  // ATen's output layout rule
+  const at::Tensor x2 = x.reshape({x.size(0), x.size(1)});
+  const at::Tensor w2 = weight_matrix(weight, hwc);
+  at::Tensor z2;
+  if (bias.has_value() && bias->defined()) {
+    const int64_t taps = weight.size(2) * weight.size(3);
+    const at::Tensor row = hwc ? bias->repeat({taps}) : bias->repeat_interleave(taps);
+    z2 = at::addmm(row, x2, w2);
+  } else {
+    z2 = at::mm(x2, w2);
+  }
+  return unflatten(z2, weight, hwc);
+}
+
+// grad_x and grad_w of gemm_forward from the output gradient g.
+std::pair<at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g, const at::Tensor& x,
+                                                const at::Tensor& weight, bool need_x,
+                                                bool need_w) {
+  const bool hwc = channels_last(g);
+  const at::Tensor g2 = hwc ? g.permute({0, 2, 3, 1}).reshape({g.size(0), -1})
+                            : g.reshape({g.size(0), -1});
+  at::Tensor gx, gw;
+  if (need_x)  // in x's exact strides (its size-1 dims make the layout ambiguous)
+    gx = at::empty_like(x).copy_(at::mm(g2, weight_matrix(weight, hwc).t()).view(x.sizes()));
+  if (need_w) {
+    const at::Tensor x2 = x.reshape({x.size(0), x.size(1)});
+    gw = unflatten(at::mm(x2.t(), g2), weight, hwc).contiguous(weight.suggest_memory_format());
+  }
+  return {gx, gw};
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> output_padding,
     std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
     bool save_preact) {
-  at::Tensor z = at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
-                                 output_padding, groups);
+  at::Tensor z = is_gemm(x, padding, output_padding, dilation, groups)
+                     ? gemm_forward(x, weight, bias)
+                     : at::convolution(x, weight, bias, stride, padding, dilation,
+                                       /*transposed=*/true, output_padding, groups);
   if (!save_preact) {
     activation_(z, activation, negative_slope);
     return {z, at::Tensor()};
@@ -33,7 +100,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
   auto [g, grad_bias] =
       act_backward_bias_grad(grad_y, saved, activation, negative_slope, output_mask[2]);
   at::Tensor grad_x, grad_w;
-  if (output_mask[0] || output_mask[1]) {
+  if ((output_mask[0] || output_mask[1]) &&
+      is_gemm(x, padding, output_padding, dilation, groups)) {
+    std::tie(grad_x, grad_w) = gemm_backward(g, x, weight, output_mask[0], output_mask[1]);
+  } else if (output_mask[0] || output_mask[1]) {
     std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
         g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/true, output_padding,
         groups, {output_mask[0], output_mask[1], false});
