@@ -152,3 +152,18 @@ def test_never_mode_and_dead_weights_leave_no_entry():
 def test_mode_names_are_checked():
     with pytest.raises(ValueError, match="prepack mode must be one of"):
         _prepacked.set_mode("sometimes")
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_strided_bias_and_input_are_read_by_their_strides(transposed, always):
+    # found by the thorough fuzz: oneDNN read a strided bias view as if it were contiguous
+    x = torch.randn(2, 4, 7, 6)[:, :, ::2]
+    b = torch.randn(8)[1::2]
+    w = torch.randn(4, 4, 3, 3)[:, :, :, :]
+    op = genkern.ops.conv_transpose2d if transposed else genkern.ops.conv2d
+    stock = torch.nn.functional.conv_transpose2d if transposed else torch.nn.functional.conv2d
+    for _ in range(2):
+        with torch.no_grad():
+            y = op(x, w, b, padding=1, activation="relu")
+        torch.testing.assert_close(y, torch.relu(stock(x, w, b, padding=1)))
+    assert _prepacked.state(w) == "packed"

@@ -70,26 +70,34 @@ struct Call {
   double negative_slope;
   bool channels_last;
 
+  // oneDNN's ops read their tensors as dense (a strided bias view was read as contiguous): the
+  // dense copies where they are not (the bias is tiny; x as ATen's own conv path copies it).
+  static at::Tensor dense(const at::Tensor& t) {
+    return t.contiguous(t.suggest_memory_format());
+  }
+
   at::Tensor pack() const {
     const std::vector<int64_t> input_size = x.sizes().vec();
+    const at::Tensor w = dense(weight);
     if (transposed)
       return call(*ops().reorder_t,
-                  {weight, padding, output_padding, stride, dilation, groups, input_size});
-    return call(*ops().reorder, {weight, padding, stride, dilation, groups, input_size});
+                  {w, padding, output_padding, stride, dilation, groups, input_size});
+    return call(*ops().reorder, {w, padding, stride, dilation, groups, input_size});
   }
 
   at::Tensor run(const at::Tensor& packed) const {
     const auto act = static_cast<Activation>(activation);
     c10::List<std::optional<at::Scalar>> scalars;
     if (act == Activation::kLeakyRelu) scalars.push_back(at::Scalar(negative_slope));
-    const c10::IValue b = bias ? c10::IValue(*bias) : c10::IValue();
+    const c10::IValue b = bias ? c10::IValue(bias->contiguous()) : c10::IValue();
+    const at::Tensor xd = dense(x);
     const std::string attr = post_op(act), algorithm;
     at::Tensor y =
         transposed
-            ? call(*ops().conv_t, {x, packed, b, padding, output_padding, stride, dilation,
+            ? call(*ops().conv_t, {xd, packed, b, padding, output_padding, stride, dilation,
                                    groups, attr, scalars, algorithm})
             : call(*ops().conv,
-                   {x, packed, b, padding, stride, dilation, groups, attr, scalars, algorithm});
+                   {xd, packed, b, padding, stride, dilation, groups, attr, scalars, algorithm});
     return y.contiguous(channels_last ? at::MemoryFormat::ChannelsLast
                                       : at::MemoryFormat::Contiguous);
   }
