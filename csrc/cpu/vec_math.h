@@ -1,9 +1,8 @@
 // Branch-free float32 math for CPU loops the compiler vectorizes (a libm call per element keeps a
-// loop scalar), and the counter-based Philox4x32-10 generator. CPU only, torch-free; every
-// function is static inline, so the copies inlined into a loop compiled for AVX2+FMA (see
-// GK_CPU_CLONES in losses.cpp) never clash with the baseline ones. exp and log1p are
-// genkern/losses.h's float specializations (the loss math shared with CUDA); these add the log
-// of (0, 1] and sin/cos of a fraction of a turn that Box-Muller needs.
+// loop scalar; losses.cpp compiles those loops for AVX2+FMA and for the baseline, see
+// GK_CPU_CLONES), and the counter-based Philox4x32-10 generator. CPU only, torch-free. exp and
+// log1p are genkern/losses.h's float specializations (the loss math shared with CUDA); these add
+// the log of (0, 1] and sin/cos of a fraction of a turn that Box-Muller needs.
 #pragma once
 
 #include <cstdint>
@@ -24,12 +23,13 @@ static inline int32_t to_bits(float f) {
   return b;
 }
 
-// log(u) for u in (0, 1] (normal floats): u = m 2^k with m in [1, 2), log(u) = k ln 2 + log(m).
+// log(u) for u in (0, 1] (normal floats): u = 2^k (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)).
 static inline float log_unit(float u) {
   const int32_t b = to_bits(u);
-  const float k = static_cast<float>((b >> 23) - 127);
-  const float m = from_bits((b & 0x007fffff) | 0x3f800000);
-  return (detail::log_1_2(m) + k * -2.12194440e-4f) + k * 0.693359375f;
+  const float m = from_bits((b & 0x007fffff) | 0x3f800000);  // in [1, 2)
+  const bool big = m > 1.41421356237f;
+  const float k = static_cast<float>((b >> 23) - 127) + (big ? 1.0f : 0.0f);
+  return detail::log_reduced(k, big ? 0.5f * m - 1.0f : m - 1.0f);
 }
 
 // sin and cos of 2 pi t for t in [0, 1] (Cephes sinf/cosf on [-pi/4, pi/4] after taking out
@@ -54,8 +54,9 @@ static inline void sincos_turns(float t, float* s, float* c) {
 }
 
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011): four
-// 32-bit words from a 128-bit counter and a 64-bit key. Plain integer code: a loop over
-// independent counters vectorizes (32x32->64-bit products).
+// 32-bit words from a 128-bit counter and a 64-bit key (checked against Random123's known-answer
+// vectors). Plain integer code: a loop over independent counters vectorizes (32x32->64-bit
+// products).
 static inline void philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
                                  uint32_t k1, uint32_t out[4]) {
   for (int round = 0; round < 10; ++round) {

@@ -83,11 +83,8 @@ inline float exp_reduced(float x) {
   return y * s1 * s2;
 }
 
-// log(u) for u in [1, 2] (Cephes logf): u = 2^k (1 + f), f in [sqrt(1/2) - 1, sqrt(2) - 1].
-inline float log_1_2(float u) {
-  const bool big = u > 1.41421356237f;
-  const float k = big ? 1.0f : 0.0f;
-  const float f = big ? 0.5f * u - 1.0f : u - 1.0f;
+// k ln 2 + log1p(f) for f in [sqrt(1/2) - 1, sqrt(2) - 1] (Cephes logf after its reduction).
+inline float log_reduced(float k, float f) {
   const float z = f * f, z2 = z * z;
   const float q01 = 3.3333331174e-1f - 2.4999993993e-1f * f;
   const float q23 = 2.0000714765e-1f - 1.6668057665e-1f * f;
@@ -99,6 +96,12 @@ inline float log_1_2(float u) {
   const float lo = k * -2.12194440e-4f - 0.5f * z;
   const float hi = f + k * 0.693359375f;
   return (p * (f * z) + lo) + hi;
+}
+
+// log(u) for u in [1, 2]: u = 2^k (1 + f), f in [sqrt(1/2) - 1, sqrt(2) - 1].
+inline float log_1_2(float u) {
+  const bool big = u > 1.41421356237f;
+  return log_reduced(big ? 1.0f : 0.0f, big ? 0.5f * u - 1.0f : u - 1.0f);
 }
 
 }  // namespace detail
