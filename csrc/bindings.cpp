@@ -43,6 +43,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("reparameterize_cpu", &genkern::cpu::reparameterize_cpu);
   m.def("gan_loss_autograd_cpu", &genkern::cpu::gan_loss_autograd_cpu);
   m.def("vae_loss_autograd_cpu", &genkern::cpu::vae_loss_autograd_cpu);
+  m.def("reparameterize_eager_cpu", &genkern::cpu::reparameterize_eager_cpu);
   // batch_norm + activation, pooling, upsampling
   m.def("batch_norm_act_forward_cpu", &genkern::cpu::batch_norm_act_forward_cpu);
   m.def("batch_norm_act_backward_cpu", &genkern::cpu::batch_norm_act_backward_cpu);

@@ -197,7 +197,109 @@ def test_reparameterize(backend):
         device=DEVICE,
         generator=torch.Generator(device=DEVICE).manual_seed(3),
     )
-    torch.testing.assert_close(z, reference.reparameterize(mu, lv, eps2))
+    expected = reference.reparameterize(mu, lv, eps2)
+    if backend == "cpu":  # the eager cpu path draws its own eps (test_reparameterize_draws_*)
+        expected = reference.reparameterize(mu, lv, (z - mu) / torch.exp(0.5 * lv))
+    torch.testing.assert_close(z, expected)
+
+
+# ---- reparameterize's own draws (cpu backend, eager: Philox + Box-Muller in the kernel) --------
+
+_cpu_only = pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the cpu backend is not built"
+)
+
+
+def _draw(n, dtype=torch.float32, generator=None, lv=0.0):
+    mu = torch.zeros(n, dtype=dtype)
+    return genkern.ops.reparameterize(
+        mu, torch.full_like(mu, lv), generator=generator, backend="cpu"
+    )
+
+
+@_cpu_only
+def test_reparameterize_draws_are_reproducible():
+    torch.manual_seed(7)
+    a, b = _draw(1000), _draw(1000)
+    torch.manual_seed(7)
+    assert torch.equal(_draw(1000), a) and torch.equal(_draw(1000), b)
+    assert not torch.equal(a, b)  # successive calls differ
+    # the generator argument is honoured, and the default generator left alone
+    torch.manual_seed(7)
+    g1 = _draw(1000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(_draw(1000), a)
+    assert torch.equal(_draw(1000, generator=torch.Generator().manual_seed(1)), g1)
+    assert not torch.equal(_draw(1000, generator=torch.Generator().manual_seed(2)), g1)
+    # an element's draw depends on its index alone: a prefix of a bigger draw, any thread count
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        big = _draw(100_003, generator=torch.Generator().manual_seed(1))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(big[:1000], g1)
+    assert torch.equal(_draw(100_003, generator=torch.Generator().manual_seed(1)), big)
+
+
+def _normal_cdf(x):
+    return 0.5 * torch.erfc(-x / math.sqrt(2.0))
+
+
+@_cpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_reparameterize_draws_are_standard_normal(dtype):
+    n = 1_000_000
+    z = _draw(n, dtype, torch.Generator().manual_seed(11)).double()
+    assert torch.isfinite(z).all()
+    assert abs(z.mean().item()) < 5 / math.sqrt(n)
+    tol = 5e-3 if dtype != torch.bfloat16 else 1e-2  # bf16 rounds each draw to 8 bits
+    assert abs(z.std().item() - 1) < tol
+    # Kolmogorov-Smirnov statistic vs the normal CDF (critical value at 1e-6: about 0.0026)
+    if dtype != torch.bfloat16:
+        s, _ = z.sort()
+        cdf = _normal_cdf(s)
+        i = torch.arange(1, n + 1, dtype=torch.float64)
+        ks = torch.maximum(i / n - cdf, cdf - (i - 1) / n).max().item()
+        assert ks < 0.002, ks
+    # no correlation between neighbours, nor between the four normals of one Philox call
+    for lag in (1, 4, 64, 128, 256):
+        r = torch.corrcoef(torch.stack([z[:-lag], z[lag:]]))[0, 1].item()
+        assert abs(r) < 5 / math.sqrt(n), (lag, r)
+    # the tails are there: P(|z| > 4) = 6.3e-5, 63 expected
+    assert 30 < (z.abs() > 4).sum().item() < 110
+
+
+@_cpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reparameterize_draws_gradients(dtype):
+    gen = torch.Generator().manual_seed(5)
+    mu = testing.make_tensor((37, 11), dtype, "cpu", "contiguous", True)
+    lv = testing.make_tensor((37, 11), dtype, "cpu", "contiguous", True)
+    z = genkern.ops.reparameterize(mu, lv, generator=gen, backend="cpu")
+    w = torch.randn(z.shape, dtype=dtype, generator=gen)
+    gm, gl = torch.autograd.grad((z * w).sum(), [mu, lv])
+    m64, l64 = (t.detach().double().requires_grad_() for t in (mu, lv))
+    eps = (z.detach().double() - m64.detach()) / torch.exp(0.5 * l64.detach())
+    z64 = reference.reparameterize(m64, l64, eps)
+    rm, rl = torch.autograd.grad((z64 * w.double()).sum(), [m64, l64])
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z.double(), z64.detach(), **tol)
+    torch.testing.assert_close(gm.double(), rm, **tol)
+    torch.testing.assert_close(gl.double(), rl, **tol)
+
+
+@_cpu_only
+def test_reparameterize_eps_given_same_on_both_eager_paths(monkeypatch):
+    mu, lv, eps = (
+        testing.make_tensor((5, 300), torch.float32, "cpu", "contiguous", True) for _ in range(3)
+    )
+    outs = []
+    for fast in (True, False):
+        monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+        z = genkern.ops.reparameterize(mu, lv, eps, backend="cpu")
+        outs.append((z, *torch.autograd.grad(z.square().sum(), [mu, lv, eps])))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-6)
 
 
 # ---- extreme values ---------------------------------------------------------------------------

@@ -5,16 +5,19 @@
 // the bits depend neither on the thread count nor on scheduling.
 #include "losses.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
 #include "genkern/losses.h"
+#include "vec_math.h"
 
 namespace genkern::cpu {
 namespace {
@@ -24,9 +27,12 @@ constexpr int64_t kGrain = 4;  // chunks per task at least: small inputs stay on
 
 int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
-// The per-element loops are compiled twice, for AVX2 and for the baseline ISA, and picked at load
-// time by the CPU (GCC's target_clones): the loops vectorize 8 floats wide where AVX2 exists.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// The per-element loops are compiled twice, for x86-64-v3 (AVX2 + FMA) and for the baseline ISA,
+// and picked at load time by the CPU (GCC's target_clones, an ifunc resolver testing the CPU's
+// features once): the loops vectorize 8 floats wide, the polynomials with fused multiply-adds.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+#define GK_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define GK_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define GK_CPU_CLONES
@@ -63,6 +69,19 @@ GK_CPU_CLONES void recon_fill(const scalar_t* __restrict__ x, const scalar_t* __
   }
 }
 
+template <typename scalar_t>
+GK_CPU_CLONES void kl_fill(const scalar_t* __restrict__ m, const scalar_t* __restrict__ lv,
+                           scalar_t* __restrict__ gm, scalar_t* __restrict__ glv,
+                           opmath<scalar_t>* __restrict__ buf, int64_t len, opmath<scalar_t> s) {
+  using opmath_t = opmath<scalar_t>;
+  for (int64_t j = 0; j < len; ++j) {
+    opmath_t dm, dl;
+    buf[j] = kl_term<opmath_t>(opmath_t(m[j]), opmath_t(lv[j]), &dm, &dl);
+    gm[j] = static_cast<scalar_t>(dm * s);
+    glv[j] = static_cast<scalar_t>(dl * s);
+  }
+}
+
 // Calls f(std::integral_constant<bool, b>{}) for the runtime bool b: loops specialized on it.
 template <typename F>
 void dispatch_bool(bool b, F&& f) {
@@ -74,22 +93,24 @@ void dispatch_bool(bool b, F&& f) {
 }
 
 // Sub-blocks of a chunk: a vectorizable pass writes the per-element values of kSub elements to a
-// buffer, which is then summed in float64 over 4 fixed lanes (the compiler does not vectorize a
-// floating-point reduction itself: that would reorder it).
+// buffer, which is then summed in float64 over kLanes fixed lanes (the compiler does not
+// vectorize a floating-point reduction itself: that would reorder it). 16 lanes are four
+// independent 4-wide AVX2 accumulators: the sum is not bound by the latency of one add chain.
 constexpr int64_t kSub = 256;
+constexpr int kLanes = 16;
 
 template <typename opmath_t>
-double sum_buffer(const opmath_t* buf, int64_t len) {
-  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+GK_CPU_CLONES double sum_buffer(const opmath_t* __restrict__ buf, int64_t len) {
+  double a[kLanes] = {};
   int64_t j = 0;
-  for (; j + 4 <= len; j += 4) {
-    a0 += double(buf[j]);
-    a1 += double(buf[j + 1]);
-    a2 += double(buf[j + 2]);
-    a3 += double(buf[j + 3]);
+  for (; j + kLanes <= len; j += kLanes) {
+    for (int k = 0; k < kLanes; ++k) a[k] += double(buf[j + k]);
   }
-  for (; j < len; ++j) a0 += double(buf[j]);
-  return (a0 + a1) + (a2 + a3);
+  for (; j < len; ++j) a[0] += double(buf[j]);
+  for (int w = kLanes / 2; w > 0; w /= 2) {
+    for (int k = 0; k < w; ++k) a[k] += a[k + w];
+  }
+  return a[0];
 }
 
 // The float64 sum over [i0, i1) of the values fill(s, len, buf) writes for elements [s, s + len).
@@ -224,16 +245,13 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
     scalar_t* glp = mask[3] ? glv.data_ptr<scalar_t>() : nullptr;
     const opmath_t s = static_cast<opmath_t>(scale);
     at::parallel_for(0, num_chunks(k), kGrain, [&](int64_t c0, int64_t c1) {
+      scalar_t gbuf[2][kSub];  // the gradients nobody asked for land here
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t i0 = c * kChunk, i1 = std::min(k, i0 + kChunk);
-        double acc = 0;
-        for (int64_t i = i0; i < i1; ++i) {
-          opmath_t dm, dl;
-          acc += static_cast<double>(kl_term<opmath_t>(opmath_t(mp[i]), opmath_t(lp[i]), &dm, &dl));
-          if (gmp) gmp[i] = static_cast<scalar_t>(dm * s);
-          if (glp) glp[i] = static_cast<scalar_t>(dl * s);
-        }
-        kpartial[c] = acc;
+        kpartial[c] = chunk_sum<opmath_t>(i0, i1, [&](int64_t q, int64_t len, opmath_t* buf) {
+          kl_fill<scalar_t>(mp + q, lp + q, gmp ? gmp + q : gbuf[0], glp ? glp + q : gbuf[1], buf,
+                            len, s);
+        });
       }
     });
   });
@@ -245,27 +263,132 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
           at::scalar_tensor(kl, opts), gx, gt, gm, glv};
 }
 
-std::tuple<at::Tensor, at::Tensor> reparameterize_cpu(const at::Tensor& mu, const at::Tensor& logvar,
-                                                      const at::Tensor& eps) {
-  const at::Tensor m = mu.contiguous(), lv = logvar.contiguous(), e = eps.contiguous();
+namespace {
+
+// ---- reparameterize -------------------------------------------------------------------------
+
+constexpr int64_t kNormGroups = 64;              // Philox calls per block
+constexpr int64_t kNormBlock = 4 * kNormGroups;  // normals per block
+constexpr int64_t kNormGrain = 16;               // blocks per task at least
+
+// The standard normals of block b of the stream keyed by (k0, k1): element b * kNormBlock +
+// r * kNormGroups + j is normal r of Philox counter (b * kNormGroups + j, 0, 0, 0), Box-Muller on
+// its words (0, 1) (normals 0 and 1) and (2, 3) (normals 2 and 3). Each element's value depends
+// on its index alone: not on the thread count, nor on where a call's range starts.
+GK_CPU_CLONES void normal_block(int64_t b, uint32_t k0, uint32_t k1, float* __restrict__ out) {
+  uint32_t w[4][kNormGroups];
+  for (int64_t j = 0; j < kNormGroups; ++j) {
+    const uint64_t g = static_cast<uint64_t>(b * kNormGroups + j);
+    uint32_t o[4];
+    vmath::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), 0, 0, k0, k1,
+                         o);
+    w[0][j] = o[0];
+    w[1][j] = o[1];
+    w[2][j] = o[2];
+    w[3][j] = o[3];
+  }
+  for (int p = 0; p < 2; ++p) {
+    for (int64_t j = 0; j < kNormGroups; ++j) {
+      const float r = std::sqrt(-2.0f * vmath::log_unit(vmath::uniform_open0(w[2 * p][j])));
+      float sn, cs;
+      vmath::sincos_turns(vmath::uniform_open1(w[2 * p + 1][j]), &sn, &cs);
+      out[2 * p * kNormGroups + j] = r * cs;
+      out[(2 * p + 1) * kNormGroups + j] = r * sn;
+    }
+  }
+}
+
+// float64: two Philox calls per group (counter word 2 = 0, 1), 53-bit uniforms from word pairs,
+// the math library's log, sin and cos.
+void normal_block(int64_t b, uint32_t k0, uint32_t k1, double* out) {
+  constexpr double kTwoPi = 6.28318530717958647692, kUlp = 1.0 / 9007199254740992.0;  // 2^-53
+  for (int64_t j = 0; j < kNormGroups; ++j) {
+    const uint64_t g = static_cast<uint64_t>(b * kNormGroups + j);
+    for (uint32_t p = 0; p < 2; ++p) {
+      uint32_t o[4];
+      vmath::philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), p, 0, k0,
+                           k1, o);
+      const double u1 = double(((uint64_t{o[0]} << 32 | o[1]) >> 11) + 1) * kUlp;  // (0, 1]
+      const double u2 = double((uint64_t{o[2]} << 32 | o[3]) >> 11) * kUlp;        // [0, 1)
+      const double r = std::sqrt(-2.0 * std::log(u1));
+      out[2 * p * kNormGroups + j] = r * std::cos(kTwoPi * u2);
+      out[(2 * p + 1) * kNormGroups + j] = r * std::sin(kTwoPi * u2);
+    }
+  }
+}
+
+// z = mu + eps * s with s = exp(logvar / 2); h = eps * s / 2 (d z / d logvar) and sd = s when
+// asked.
+template <typename scalar_t, typename eps_t, bool H, bool SD>
+GK_CPU_CLONES void reparam_fill(const scalar_t* __restrict__ m, const scalar_t* __restrict__ lv,
+                                const eps_t* __restrict__ e, scalar_t* __restrict__ z,
+                                scalar_t* __restrict__ h, scalar_t* __restrict__ sd, int64_t len) {
+  using opmath_t = opmath<scalar_t>;
+  for (int64_t j = 0; j < len; ++j) {
+    const opmath_t s = exp_full<opmath_t>(opmath_t(0.5) * opmath_t(lv[j]));
+    const opmath_t es = opmath_t(e[j]) * s;
+    z[j] = static_cast<scalar_t>(opmath_t(m[j]) + es);
+    if constexpr (H) h[j] = static_cast<scalar_t>(opmath_t(0.5) * es);
+    if constexpr (SD) sd[j] = static_cast<scalar_t>(s);
+  }
+}
+
+}  // namespace
+
+uint64_t philox_key_cpu(const std::optional<at::Generator>& generator) {
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
+      generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return gen->random64();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_fused_cpu(
+    const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& eps,
+    uint64_t key, bool need_h, bool need_sd) {
+  const at::Tensor m = mu.contiguous(), lv = logvar.contiguous();
+  const bool drawn = !(eps.has_value() && eps->defined());
+  const at::Tensor e = drawn ? at::Tensor() : eps->contiguous();
   at::Tensor z = at::empty(m.sizes(), m.options());
-  at::Tensor sd = at::empty(m.sizes(), m.options());
+  at::Tensor h = need_h ? at::empty(m.sizes(), m.options()) : at::Tensor();
+  at::Tensor sd = need_sd ? at::empty(m.sizes(), m.options()) : at::Tensor();
   const int64_t n = m.numel();
+  const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
+  const auto k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, m.scalar_type(), "reparam", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* mp = m.data_ptr<scalar_t>();
     const scalar_t* lp = lv.data_ptr<scalar_t>();
-    const scalar_t* ep = e.data_ptr<scalar_t>();
+    const scalar_t* ep = drawn ? nullptr : e.data_ptr<scalar_t>();
     scalar_t* zp = z.data_ptr<scalar_t>();
-    scalar_t* sp = sd.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 16384, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const opmath_t s = std::exp(opmath_t(0.5) * opmath_t(lp[i]));
-        sp[i] = static_cast<scalar_t>(s);
-        zp[i] = static_cast<scalar_t>(opmath_t(mp[i]) + opmath_t(ep[i]) * s);
-      }
+    scalar_t* hp = need_h ? h.data_ptr<scalar_t>() : nullptr;
+    scalar_t* sp = need_sd ? sd.data_ptr<scalar_t>() : nullptr;
+    dispatch_bool(need_h, [&](auto need_h_tag) {
+      dispatch_bool(need_sd, [&](auto need_sd_tag) {
+        constexpr bool H = decltype(need_h_tag)::value, SD = decltype(need_sd_tag)::value;
+        at::parallel_for(0, blocks, kNormGrain, [&](int64_t b0, int64_t b1) {
+          opmath_t buf[kNormBlock];
+          for (int64_t b = b0; b < b1; ++b) {
+            const int64_t i = b * kNormBlock, len = std::min(kNormBlock, n - i);
+            scalar_t* hb = H ? hp + i : nullptr;
+            scalar_t* sb = SD ? sp + i : nullptr;
+            if (drawn) {
+              normal_block(b, k0, k1, buf);
+              reparam_fill<scalar_t, opmath_t, H, SD>(mp + i, lp + i, buf, zp + i, hb, sb, len);
+            } else {
+              reparam_fill<scalar_t, scalar_t, H, SD>(mp + i, lp + i, ep + i, zp + i, hb, sb, len);
+            }
+          }
+        });
+      });
     });
   });
+  return {z, h, sd};
+}
+
+std::tuple<at::Tensor, at::Tensor> reparameterize_cpu(const at::Tensor& mu,
+                                                      const at::Tensor& logvar,
+                                                      const at::Tensor& eps) {
+  auto [z, h, sd] = reparameterize_fused_cpu(mu, logvar, eps, 0, false, true);
   return {z, sd};
 }
 

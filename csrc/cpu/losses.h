@@ -26,6 +26,18 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
              const at::Tensor& logvar, int64_t recon_loss, double beta, double scale,
              std::array<bool, 4> mask);
 
+// 64 random bits from `generator` (the default CPU generator when none), under its mutex: the key
+// of reparameterize's Philox stream (torch.manual_seed makes it reproducible; each call advances
+// the generator, so successive calls draw differently).
+uint64_t philox_key_cpu(const std::optional<at::Generator>& generator);
+
+// z = mu + eps * exp(0.5 * logvar), in one pass; eps given, or (none) drawn ~ N(0, 1) inside the
+// kernel: Philox4x32-10 keyed by `key`, Box-Muller. When asked, also h = eps * exp(0.5 * logvar)
+// / 2 (d z / d logvar) and sd = exp(0.5 * logvar).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_fused_cpu(
+    const at::Tensor& mu, const at::Tensor& logvar, const std::optional<at::Tensor>& eps,
+    uint64_t key, bool need_h, bool need_sd);
+
 // z = mu + eps * exp(0.5 * logvar) and std = exp(0.5 * logvar), in one pass.
 std::tuple<at::Tensor, at::Tensor> reparameterize_cpu(const at::Tensor& mu, const at::Tensor& logvar,
                                                       const at::Tensor& eps);

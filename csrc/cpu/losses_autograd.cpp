@@ -64,7 +64,40 @@ struct VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
   }
 };
 
+struct ReparamFunction : public torch::autograd::Function<ReparamFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
+                            const std::optional<at::Tensor>& eps, uint64_t key) {
+    const bool need_eps = eps.has_value() && eps->defined() && eps->requires_grad();
+    auto [z, h, sd] = reparameterize_fused_cpu(mu, logvar, eps, key, logvar.requires_grad(),
+                                               need_eps);
+    ctx->save_for_backward({h, sd});
+    return z;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "genkern: the second derivative of reparameterize's eager CPU path is not "
+                "implemented (backward with create_graph=True); pass backend=\"torch\"");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& g = grads[0];
+    return {g, saved[0].defined() ? g * saved[0] : at::Tensor(),
+            saved[1].defined() ? g * saved[1] : at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
+
+at::Tensor reparameterize_eager_cpu(const at::Tensor& mu, const at::Tensor& logvar,
+                                    const std::optional<at::Tensor>& eps,
+                                    const std::optional<at::Generator>& generator) {
+  const bool drawn = !(eps.has_value() && eps->defined());
+  const uint64_t key = drawn ? philox_key_cpu(generator) : 0;
+  const bool grad =
+      at::GradMode::is_enabled() &&
+      (mu.requires_grad() || logvar.requires_grad() || (!drawn && eps->requires_grad()));
+  if (!grad) return std::get<0>(reparameterize_fused_cpu(mu, logvar, eps, key, false, false));
+  return ReparamFunction::apply(mu, logvar, eps, key);
+}
 
 at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake, int64_t real_term,
                                  int64_t fake_term, bool has_real) {

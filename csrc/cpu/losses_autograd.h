@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <vector>
 
 namespace genkern::cpu {
@@ -18,5 +19,12 @@ at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake,
 std::vector<at::Tensor> vae_loss_autograd_cpu(const at::Tensor& recon, const at::Tensor& target,
                                               const at::Tensor& mu, const at::Tensor& logvar,
                                               int64_t recon_loss, double beta, double scale);
+
+// reparameterize's eager CPU path: z = mu + eps * exp(logvar / 2), differentiable; eps given,
+// or (none) drawn inside the kernel from a Philox stream keyed by `generator` (default: torch's
+// default CPU generator).
+at::Tensor reparameterize_eager_cpu(const at::Tensor& mu, const at::Tensor& logvar,
+                                    const std::optional<at::Tensor>& eps,
+                                    const std::optional<at::Generator>& generator);
 
 }  // namespace genkern::cpu

@@ -269,15 +269,24 @@ def reparameterize(
     generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """mu + eps * exp(logvar / 2); eps ~ N(0, 1) drawn with `generator` when not given."""
+    """mu + eps * exp(logvar / 2); eps ~ N(0, 1) drawn with `generator` when not given.
+
+    On the cpu backend in eager mode a missing eps is drawn inside the fused kernel (Philox4x32-10
+    keyed by 64 bits taken from `generator`, or torch's default CPU generator, then Box-Muller):
+    the same distribution, reproducible under the same seed (torch.manual_seed or the generator's
+    own), but not bitwise torch.randn's draws. Elsewhere (other backends, torch.compile) eps is
+    torch.randn's. That eager cpu path has no second derivative (create_graph=True).
+    """
     _checks.check_floating("reparameterize", mu=mu, logvar=logvar, eps=eps)
     if logvar.shape != mu.shape:
         raise ValueError(f"logvar size ({logvar.size()}) must be the same as mu size ({mu.size()})")
-    if eps is None:
-        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
-    elif eps.shape != mu.shape:
+    if eps is not None and eps.shape != mu.shape:
         raise ValueError(f"eps size ({eps.size()}) must be the same as mu size ({mu.size()})")
     name = backends.resolve("reparameterize", backend, mu)
+    if name == "cpu" and _fused.fast_eager(mu, logvar, eps):
+        return _registry.extension().reparameterize_eager_cpu(mu, logvar, eps, generator)
+    if eps is None:
+        eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
     z, _ = torch.ops.genkern.reparameterize(mu, logvar, eps, name)
     return z
 

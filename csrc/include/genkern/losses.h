@@ -32,66 +32,24 @@ constexpr int kNumLossTerms = 8;
 
 enum class ReconLoss : int { kBceLogits = 0, kBce = 1, kMse = 2 };
 
-// exp(-a) for a >= 0 (or NaN), and log1p(e) for e in [0, 1]. On the device and for double these
-// are the math library's; for float on the host they are branch-free Cephes-style polynomials
-// (about 1-2 ulp) that the compiler vectorizes, where a libm call per element would not.
+// exp(-a) for a >= 0 (or NaN), exp(x) for any x, and log1p(e) for e in [0, 1]. On the device and
+// for double these are the math library's; for float on the host they are branch-free
+// Cephes-style range reductions and polynomials (about 1-2 ulp) that the compiler vectorizes,
+// where a libm call per element would not. The polynomials are evaluated in Estrin's scheme
+// (pairs, then powers of the argument), not Horner's: a vectorized loop over them is bound by
+// the latency of its dependency chain, which that shortens.
 template <typename T>
 GK_HOST_DEVICE T exp_neg(T a) {
   return exp(-a);
 }
 template <typename T>
+GK_HOST_DEVICE T exp_full(T x) {
+  return exp(x);
+}
+template <typename T>
 GK_HOST_DEVICE T log1p_unit(T e) {
   return log1p(e);
 }
-#if !defined(__CUDA_ARCH__)
-template <>
-inline float exp_neg<float>(float a) {
-  // exp(-a) = 2^n * exp(r), n = round(-a / ln 2), |r| <= ln(2) / 2
-  const float x = -(a > 88.0f ? 88.0f : a);  // NaN stays NaN (the comparison is false)
-  const float t = x * 1.44269504088896341f;
-  const float n = (t - 12582912.0f) + 12582912.0f;  // round to nearest, |t| < 2^22
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  const float z = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * z + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // n in [-127, 0]
-  float scale;
-  __builtin_memcpy(&scale, &bits, sizeof scale);
-  const float y = p * scale;
-  return a > 87.0f ? 0.0f : y;  // below float's normal range: 0 (as the limit at +inf)
-}
-template <>
-inline float log1p_unit<float>(float e) {
-  // u = 1 + e in [1, 2]; log(u) = k ln 2 + log1p(f) with f in [sqrt(1/2) - 1, sqrt(2) - 1],
-  // plus the rounding error of 1 + e, (e - (u - 1)) / u.
-  const float u = 1.0f + e;
-  const bool big = u > 1.41421356237f;
-  const float k = big ? 1.0f : 0.0f;
-  const float f = big ? 0.5f * u - 1.0f : u - 1.0f;
-  const float z = f * f;
-  float p = 7.0376836292e-2f;
-  p = p * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
-  float y = p * f * z;
-  y = y + k * -2.12194440e-4f;
-  y = y - 0.5f * z;
-  const float logu = f + y + k * 0.693359375f;
-  return logu + (e - (u - 1.0f)) / u;
-}
-#endif
-
 // log1p(e) for e in [0, 1] given u = 1 + e and inv = 1 / u (shared with the sigmoid: one
 // division less per element on the CPU path).
 template <typename T>
@@ -101,26 +59,72 @@ GK_HOST_DEVICE T log1p_unit(T e, T u, T inv) {
   return log1p(e);
 }
 #if !defined(__CUDA_ARCH__)
+namespace detail {
+
+// 2^n exp(r) for x in [-104, 89]: n = round(x / ln 2), |r| <= ln(2) / 2 (Cephes expf); 2^n is
+// applied as two scales 2^(n / 2) and 2^(n - n / 2), each a normal float for n in [-150, 129].
+inline float exp_reduced(float x) {
+  const float t = x * 1.44269504088896341f;
+  const float n = (t - 12582912.0f) + 12582912.0f;  // round to nearest, |t| < 2^22
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const float z = r * r;
+  const float q01 = 5.0000001201e-1f + 1.6666665459e-1f * r;
+  const float q23 = 4.1665795894e-2f + 8.3334519073e-3f * r;
+  const float q45 = 1.3981999507e-3f + 1.9875691500e-4f * r;
+  const float p = (q01 + q23 * z) + q45 * (z * z);
+  const float y = p * z + r + 1.0f;
+  const int32_t ni = static_cast<int32_t>(n);
+  const int32_t h = ni >> 1;
+  const int32_t b1 = (h + 127) << 23, b2 = (ni - h + 127) << 23;
+  float s1, s2;
+  __builtin_memcpy(&s1, &b1, sizeof s1);
+  __builtin_memcpy(&s2, &b2, sizeof s2);
+  return y * s1 * s2;
+}
+
+// k ln 2 + log1p(f) for f in [sqrt(1/2) - 1, sqrt(2) - 1] (Cephes logf after its reduction).
+inline float log_reduced(float k, float f) {
+  const float z = f * f, z2 = z * z;
+  const float q01 = 3.3333331174e-1f - 2.4999993993e-1f * f;
+  const float q23 = 2.0000714765e-1f - 1.6668057665e-1f * f;
+  const float q45 = 1.4249322787e-1f - 1.2420140846e-1f * f;
+  const float q67 = 1.1676998740e-1f - 1.1514610310e-1f * f;
+  const float p = ((q01 + q23 * z) + (q45 + q67 * z) * z2) + 7.0376836292e-2f * (z2 * z2);
+  // Cephes sums p f^3 + k ln2_lo - z / 2, then f, then k ln2_hi; the terms that do not wait for p
+  // are summed beside it here (a shorter chain; f + k ln2_hi rounds once more, < 1 ulp).
+  const float lo = k * -2.12194440e-4f - 0.5f * z;
+  const float hi = f + k * 0.693359375f;
+  return (p * (f * z) + lo) + hi;
+}
+
+// log(u) for u in [1, 2]: u = 2^k (1 + f), f in [sqrt(1/2) - 1, sqrt(2) - 1].
+inline float log_1_2(float u) {
+  const bool big = u > 1.41421356237f;
+  return log_reduced(big ? 1.0f : 0.0f, big ? 0.5f * u - 1.0f : u - 1.0f);
+}
+
+}  // namespace detail
+
+template <>
+inline float exp_neg<float>(float a) {
+  const float y = detail::exp_reduced(-(a > 88.0f ? 88.0f : a));  // NaN stays NaN
+  return a > 87.0f ? 0.0f : y;  // below float's normal range: 0 (as the limit at +inf)
+}
+// inf above 88.72, gradual underflow to 0 below -87.3, NaN -> NaN.
+template <>
+inline float exp_full<float>(float x) {
+  return detail::exp_reduced(x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x));  // NaN stays
+}
+// u = 1 + e rounds: its rounding error, (e - (u - 1)) / u, is added back.
+template <>
+inline float log1p_unit<float>(float e) {
+  const float u = 1.0f + e;
+  return detail::log_1_2(u) + (e - (u - 1.0f)) / u;
+}
 template <>
 inline float log1p_unit<float>(float e, float u, float inv) {
-  const bool big = u > 1.41421356237f;
-  const float k = big ? 1.0f : 0.0f;
-  const float f = big ? 0.5f * u - 1.0f : u - 1.0f;
-  const float z = f * f;
-  float p = 7.0376836292e-2f;
-  p = p * f - 1.1514610310e-1f;
-  p = p * f + 1.1676998740e-1f;
-  p = p * f - 1.2420140846e-1f;
-  p = p * f + 1.4249322787e-1f;
-  p = p * f - 1.6668057665e-1f;
-  p = p * f + 2.0000714765e-1f;
-  p = p * f - 2.4999993993e-1f;
-  p = p * f + 3.3333331174e-1f;
-  float y = p * f * z;
-  y = y + k * -2.12194440e-4f;
-  y = y - 0.5f * z;
-  const float logu = f + y + k * 0.693359375f;
-  return logu + (e - (u - 1.0f)) * inv;
+  return detail::log_1_2(u) + (e - (u - 1.0f)) * inv;
 }
 #endif
 
@@ -270,7 +274,7 @@ inline void dispatch_recon_loss(ReconLoss r, F&& f) {
 // d/dlv = 0.5 * (exp(lv) - 1).
 template <typename T>
 GK_HOST_DEVICE T kl_term(T mu, T lv, T* dmu, T* dlv) {
-  const T e = exp(lv);
+  const T e = exp_full(lv);
   *dmu = mu;
   *dlv = T(0.5) * (e - T(1));
   return T(-0.5) * (T(1) + lv - mu * mu - e);
