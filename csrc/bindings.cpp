@@ -60,6 +60,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("gan_loss_fast", &genkern::cpu::gan_loss_fast);
   m.def("vae_loss_fast", &genkern::cpu::vae_loss_fast);
   m.def("max_pool2d_fast", &genkern::cpu::max_pool2d_fast);
+  m.def("reparameterize_fast", &genkern::cpu::reparameterize_fast);
   // the packed-weight inference path of the convs (see prepacked.h)
   m.def("set_prepack_mode", &genkern::cpu::set_prepack_mode);
   m.def("prepack_available", &genkern::cpu::prepack_available);

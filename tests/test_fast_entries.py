@@ -127,7 +127,13 @@ def _vae(backend="auto", **kw):
     )
 
 
-ENTRIES = [_linear, _conv, _conv_t, _bn, _max_pool, _avg_pool, _gan, _vae]
+def _reparam(backend="auto", **kw):
+    a = dict(mu=_t(4, 3), eps=None, generator=None)
+    a.update(kw)
+    return _c().reparameterize_fast(a["mu"], _t(4, 3), a["eps"], a["generator"], backend)
+
+
+ENTRIES = [_linear, _conv, _conv_t, _bn, _max_pool, _avg_pool, _gan, _vae, _reparam]
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.__name__[1:])
@@ -216,6 +222,9 @@ DECLINED = [
         lambda: _vae(recon=_t(()), target=torch.rand(()), reduction="mean"),
     ),
     ("vae unknown reduction", lambda: _vae(reduction="none")),
+    ("reparameterize eps shape", lambda: _reparam(eps=_t(3, 4))),
+    ("reparameterize generator type", lambda: _reparam(generator=3)),
+    ("reparameterize float64 mu", lambda: _reparam(mu=_t(4, 3, dtype=torch.float64))),
 ]
 
 

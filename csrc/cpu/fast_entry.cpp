@@ -5,6 +5,7 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/Generator.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <cmath>
@@ -492,6 +493,30 @@ py::object avg_pool2d_fast(py::handle x_, py::handle kernel_size, py::handle str
                              divisor);
   }
   return wrap(std::move(y));
+}
+
+py::object reparameterize_fast(py::handle mu_, py::handle logvar_, py::handle eps_,
+                               py::handle generator, py::handle backend) {
+  if (!starts(backend)) return declined();
+  const Tensor* mu = float_tensor(mu_);
+  const Tensor* logvar = float_tensor(logvar_);
+  OptTensor eps;
+  if (mu == nullptr || logvar == nullptr || logvar->scalar_type() != mu->scalar_type() ||
+      !logvar->sizes().equals(mu->sizes()) || !optional_tensor(eps_, mu->scalar_type(), eps) ||
+      (eps && !eps->sizes().equals(mu->sizes())))
+    return declined();
+  std::optional<at::Generator> gen;
+  if (!generator.is_none()) {
+    if (!THPGenerator_Check(generator.ptr())) return declined();
+    gen = reinterpret_cast<THPGenerator*>(generator.ptr())->cdata;
+    if (gen->device().type() != at::kCPU) return declined();
+  }
+  Tensor z;
+  {
+    py::gil_scoped_release no_gil;
+    z = reparameterize_eager_cpu(*mu, *logvar, eps, gen);
+  }
+  return wrap(std::move(z));
 }
 
 }  // namespace genkern::cpu

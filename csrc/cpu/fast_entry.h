@@ -33,6 +33,8 @@ py::object vae_loss_fast(py::handle recon, py::handle target, py::handle mu, py:
                          py::handle recon_loss, py::handle beta, py::handle reduction,
                          py::handle logits, py::handle return_components, py::handle backend);
 
+py::object reparameterize_fast(py::handle mu, py::handle logvar, py::handle eps,
+                               py::handle generator, py::handle backend);
 py::object max_pool2d_fast(py::handle x, py::handle kernel_size, py::handle stride,
                            py::handle padding, py::handle dilation, py::handle ceil_mode,
                            py::handle return_indices, py::handle backend);

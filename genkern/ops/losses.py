@@ -277,6 +277,11 @@ def reparameterize(
     own), but not bitwise torch.randn's draws. Elsewhere (other backends, torch.compile) eps is
     torch.randn's. That eager cpu path has no second derivative (create_graph=True).
     """
+    fast = _fused.fast()
+    if fast is not None:
+        z = fast.reparameterize_fast(mu, logvar, eps, generator, backend)
+        if z is not None:
+            return z
     _checks.check_floating("reparameterize", mu=mu, logvar=logvar, eps=eps)
     if logvar.shape != mu.shape:
         raise ValueError(f"logvar size ({logvar.size()}) must be the same as mu size ({mu.size()})")
