@@ -34,6 +34,7 @@ void stats(const scalar_t* xp, int64_t C, int64_t L, int64_t n0, int64_t n1,
       opmath_t a[kLanes] = {}, b[kLanes] = {};
       int64_t i = 0;
       for (; i + kLanes <= L; i += kLanes)
+#pragma omp simd
         for (int j = 0; j < kLanes; ++j) {
           const opmath_t d = opmath_t(q[i + j]) - k;
           a[j] += d;
@@ -46,6 +47,7 @@ void stats(const scalar_t* xp, int64_t C, int64_t L, int64_t n0, int64_t n1,
       }
       opmath_t* p1 = acc1 + c * kLanes;
       opmath_t* p2 = acc2 + c * kLanes;
+#pragma omp simd
       for (int j = 0; j < kLanes; ++j) {
         p1[j] += a[j];
         p2[j] += b[j];
@@ -67,17 +69,15 @@ void affine(const scalar_t* xp, scalar_t* yp, scalar_t* pre, int64_t C, int64_t 
       const opmath_t m = center[c], a = scale[c], b = shift[c];
       if (pre) {
         scalar_t* pr = pre + base;
+#pragma omp simd
         for (int64_t i = 0; i < L; ++i) {
           const opmath_t z = (opmath_t(xr[i]) - m) * a + b;
           pr[i] = scalar_t(z);
           yr[i] = scalar_t(act_forward<A, opmath_t>(z, slope));
         }
       } else {
-        int64_t i = 0;
-        for (; i + kLanes <= L; i += kLanes)
-          for (int j = 0; j < kLanes; ++j)
-            yr[i + j] = scalar_t(act_forward<A, opmath_t>((opmath_t(xr[i + j]) - m) * a + b, slope));
-        for (; i < L; ++i)
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i)
           yr[i] = scalar_t(act_forward<A, opmath_t>((opmath_t(xr[i]) - m) * a + b, slope));
       }
     }
@@ -98,24 +98,24 @@ void grad_sums(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, int6
       const scalar_t* sr = src + base;
       const opmath_t m = mean[c], zs = zscale[c], zb = zshift[c];
       opmath_t a[kLanes] = {}, b[kLanes] = {};
-      auto at = [&](int64_t i) {
-        return grad_in<A, R, opmath_t>(opmath_t(gr[i]), opmath_t(sr[i]), m, zs,
-                                       zb, slope);
-      };
       int64_t i = 0;
       for (; i + kLanes <= L; i += kLanes)
+#pragma omp simd
         for (int j = 0; j < kLanes; ++j) {
-          const opmath_t g = at(i + j);
+          const opmath_t g =
+              grad_in<A, R, opmath_t>(opmath_t(gr[i + j]), opmath_t(sr[i + j]), m, zs, zb, slope);
           a[j] += g;
           b[j] += g * (opmath_t(xr[i + j]) - m);
         }
       for (int j = 0; i < L; ++i, ++j) {
-        const opmath_t g = at(i);
+        const opmath_t g =
+            grad_in<A, R, opmath_t>(opmath_t(gr[i]), opmath_t(sr[i]), m, zs, zb, slope);
         a[j] += g;
         b[j] += g * (opmath_t(xr[i]) - m);
       }
       opmath_t* pa = accg + c * kLanes;
       opmath_t* pb = accgx + c * kLanes;
+#pragma omp simd
       for (int j = 0; j < kLanes; ++j) {
         pa[j] += a[j];
         pb[j] += b[j];
@@ -138,20 +138,16 @@ void grad_apply(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, sca
       const scalar_t* sr = src + base;
       scalar_t* out = gxp + base;
       const opmath_t m = mean[c], zs = zscale[c], zb = zshift[c], a = ka[c], b = kb[c], d = kc[c];
-      auto one = [&](int64_t i) {
-        const opmath_t g = grad_in<A, R, opmath_t>(opmath_t(gr[i]),
-                                                   opmath_t(sr[i]), m, zs, zb,
-                                                   slope);
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) {
+        const opmath_t g =
+            grad_in<A, R, opmath_t>(opmath_t(gr[i]), opmath_t(sr[i]), m, zs, zb, slope);
         if constexpr (kTrain) {
           out[i] = scalar_t(a * (g + b * (opmath_t(xr[i]) - m) + d));
         } else {
           out[i] = scalar_t(a * g);
         }
-      };
-      int64_t i = 0;
-      for (; i + kLanes <= L; i += kLanes)
-        for (int j = 0; j < kLanes; ++j) one(i + j);
-      for (; i < L; ++i) one(i);
+      }
     }
 }
 
