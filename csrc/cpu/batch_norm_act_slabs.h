@@ -23,34 +23,79 @@ inline opmath_t grad_in(opmath_t gy, opmath_t s, opmath_t m, opmath_t zs, opmath
   }
 }
 
-// acc1[c, j] += sum(x - shift[c]), acc2[c, j] += sum((x - shift[c])^2) over the slabs [n0, n1).
+// kLanes opmath values as kLanes / W GCC vectors of W = 32 bytes (AVX2 registers; pairs of SSE2
+// ones): accumulators held in registers over a row.
+template <typename T>
+struct Lanes {
+  static constexpr int W = 32 / sizeof(T), N = kLanes / W;
+  typedef T vec __attribute__((vector_size(32)));
+  typedef T uvec __attribute__((vector_size(32), aligned(alignof(T)), may_alias));  // unaligned
+  vec v[N];
+  void load(const T* p) {
+    for (int k = 0; k < N; ++k) v[k] = *reinterpret_cast<const uvec*>(p + k * W);
+  }
+  template <typename S>
+  void load(const S* p) {
+    for (int k = 0; k < N; ++k)
+      for (int j = 0; j < W; ++j) v[k][j] = T(p[k * W + j]);
+  }
+  void store(T* p) const {
+    for (int k = 0; k < N; ++k) *reinterpret_cast<uvec*>(p + k * W) = v[k];
+  }
+};
+
+// g = grad_in(g, s) on one vector (by reference: no vector-ABI question between the builds):
+// relu and leaky_relu as selects, other activations element by element.
+template <Activation A, bool R, typename opmath_t, typename V>
+inline void grad_in_lanes(V& g, const V& saved, opmath_t m, opmath_t zs, opmath_t zb,
+                          opmath_t slope) {
+  if constexpr (A != Activation::kIdentity) {
+    V s = saved;
+    if constexpr (R) s = (s - m) * zs + zb;
+    if constexpr (A == Activation::kRelu) {
+      g = s <= opmath_t(0) ? V{} : g;  // NaN s passes grad, as act_backward
+    } else if constexpr (A == Activation::kLeakyRelu) {
+      const V neg = g * slope;
+      g = s > opmath_t(0) ? g : neg;
+    } else {
+      for (int j = 0; j < int(sizeof(V) / sizeof(opmath_t)); ++j)
+        g[j] = act_backward<A, opmath_t>(g[j], s[j], slope);
+    }
+  }
+}
+
+// acc1[c, j] += sum(x - shift[c]), acc2[c, j] += sum((x - shift[c])^2) over the slabs [n0, n1),
+// slab by slab (in memory order): each row adds into its channel's lanes, held in registers over
+// the row.
 template <typename scalar_t, typename opmath_t>
 void stats(const scalar_t* xp, int64_t C, int64_t L, int64_t n0, int64_t n1,
            const opmath_t* shift, opmath_t* acc1, opmath_t* acc2) {
+  using V = Lanes<opmath_t>;
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t c = 0; c < C; ++c) {
       const scalar_t* q = xp + (n * C + c) * L;
       const opmath_t k = shift[c];
-      opmath_t a[kLanes] = {}, b[kLanes] = {};
-      int64_t i = 0;
-      for (; i + kLanes <= L; i += kLanes)
-#pragma omp simd
-        for (int j = 0; j < kLanes; ++j) {
-          const opmath_t d = opmath_t(q[i + j]) - k;
-          a[j] += d;
-          b[j] += d * d;
-        }
-      for (int j = 0; i < L; ++i, ++j) {  // the tail (L % kLanes) in the first lanes
-        const opmath_t d = opmath_t(q[i]) - k;
-        a[j] += d;
-        b[j] += d * d;
-      }
       opmath_t* p1 = acc1 + c * kLanes;
       opmath_t* p2 = acc2 + c * kLanes;
-#pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        p1[j] += a[j];
-        p2[j] += b[j];
+      V a, b;
+      a.load(p1);
+      b.load(p2);
+      int64_t i = 0;
+      for (; i + kLanes <= L; i += kLanes) {
+        V x;
+        x.load(q + i);
+        for (int v = 0; v < V::N; ++v) {
+          const auto d = x.v[v] - k;
+          a.v[v] += d;
+          b.v[v] += d * d;
+        }
+      }
+      a.store(p1);
+      b.store(p2);
+      for (int j = 0; i < L; ++i, ++j) {  // the tail (L % kLanes) in the first lanes
+        const opmath_t d = opmath_t(q[i]) - k;
+        p1[j] += d;
+        p2[j] += d * d;
       }
     }
 }
@@ -84,11 +129,12 @@ void affine(const scalar_t* xp, scalar_t* yp, scalar_t* pre, int64_t C, int64_t 
 }
 
 // accg[c, j] += sum(g), accgx[c, j] += sum(g * (x - mean[c])) over the slabs [n0, n1), g = act's
-// backward of grad_y (s: the saved tensor, unless R).
+// backward of grad_y (s: the saved tensor, unless R); slab by slab, as stats.
 template <Activation A, bool R, typename scalar_t, typename opmath_t>
 void grad_sums(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, int64_t C, int64_t L,
                int64_t n0, int64_t n1, const opmath_t* mean, const opmath_t* zscale,
                const opmath_t* zshift, opmath_t slope, opmath_t* accg, opmath_t* accgx) {
+  using V = Lanes<opmath_t>;
   const scalar_t* src = R || sp == nullptr ? xp : sp;  // never null: no test per element
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t c = 0; c < C; ++c) {
@@ -97,28 +143,30 @@ void grad_sums(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, int6
       const scalar_t* xr = xp + base;
       const scalar_t* sr = src + base;
       const opmath_t m = mean[c], zs = zscale[c], zb = zshift[c];
-      opmath_t a[kLanes] = {}, b[kLanes] = {};
+      opmath_t* pa = accg + c * kLanes;
+      opmath_t* pb = accgx + c * kLanes;
+      V a, b;
+      a.load(pa);
+      b.load(pb);
       int64_t i = 0;
-      for (; i + kLanes <= L; i += kLanes)
-#pragma omp simd
-        for (int j = 0; j < kLanes; ++j) {
-          const opmath_t g =
-              grad_in<A, R, opmath_t>(opmath_t(gr[i + j]), opmath_t(sr[i + j]), m, zs, zb, slope);
-          a[j] += g;
-          b[j] += g * (opmath_t(xr[i + j]) - m);
+      for (; i + kLanes <= L; i += kLanes) {
+        V xv, g, sv;
+        xv.load(xr + i);
+        g.load(gr + i);
+        if constexpr (!R) sv.load(sr + i);
+        for (int v = 0; v < V::N; ++v) {
+          grad_in_lanes<A, R, opmath_t>(g.v[v], R ? xv.v[v] : sv.v[v], m, zs, zb, slope);
+          a.v[v] += g.v[v];
+          b.v[v] += g.v[v] * (xv.v[v] - m);
         }
+      }
+      a.store(pa);
+      b.store(pb);
       for (int j = 0; i < L; ++i, ++j) {
         const opmath_t g =
             grad_in<A, R, opmath_t>(opmath_t(gr[i]), opmath_t(sr[i]), m, zs, zb, slope);
-        a[j] += g;
-        b[j] += g * (opmath_t(xr[i]) - m);
-      }
-      opmath_t* pa = accg + c * kLanes;
-      opmath_t* pb = accgx + c * kLanes;
-#pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        pa[j] += a[j];
-        pb[j] += b[j];
+        pa[j] += g;
+        pb[j] += g * (opmath_t(xr[i]) - m);
       }
     }
 }
