@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -53,8 +54,10 @@ constexpr int kLanes = 16;         // independent accumulators: the loops vector
 #include "batch_norm_act_slabs.h"
 #undef GK_SLABS_NS
 #pragma GCC pop_options
-bool use_avx2() {
+bool use_avx2() {  // GENKERN_CPU_NO_AVX2=1 forces the baseline code (tests of it on AVX2 machines)
   static const bool yes = [] {
+    const char* off = std::getenv("GENKERN_CPU_NO_AVX2");
+    if (off && *off && std::strcmp(off, "0") != 0) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") != 0;
   }();
