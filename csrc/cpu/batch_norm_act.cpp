@@ -229,28 +229,28 @@ void batch_moments(const scalar_t* xp, const View& v, std::vector<double>& mean,
   } else {  // planes
     // the exact per-channel moments: the planes of channel c, chunks merged in order
     auto channel = [&](int64_t c) {
-        Moments m;
-        double cm, cm2;
-        if (v.inner <= kChunk) {  // groups of whole planes of this channel
-          const int64_t group = std::max<int64_t>(1, kChunk / v.inner);
-          for (int64_t o0 = 0; o0 < v.outer; o0 += group) {
-            const int64_t segs = std::min(group, v.outer - o0);
-            chunk_moments<scalar_t, opmath_t>(xp + (o0 * C + c) * v.inner, segs, v.inner,
-                                              C * v.inner, cm, cm2);
-            m.merge(double(segs * v.inner), cm, cm2);
-          }
-        } else {  // large planes: fixed chunks of each
-          for (int64_t o = 0; o < v.outer; ++o) {
-            const scalar_t* plane = xp + (o * C + c) * v.inner;
-            for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
-              const int64_t n = std::min(kChunk, v.inner - i0);
-              chunk_moments<scalar_t, opmath_t>(plane + i0, 1, n, 0, cm, cm2);
-              m.merge(double(n), cm, cm2);
-            }
+      Moments m;
+      double cm, cm2;
+      if (v.inner <= kChunk) {  // groups of whole planes of this channel
+        const int64_t group = std::max<int64_t>(1, kChunk / v.inner);
+        for (int64_t o0 = 0; o0 < v.outer; o0 += group) {
+          const int64_t segs = std::min(group, v.outer - o0);
+          chunk_moments<scalar_t, opmath_t>(xp + (o0 * C + c) * v.inner, segs, v.inner,
+                                            C * v.inner, cm, cm2);
+          m.merge(double(segs * v.inner), cm, cm2);
+        }
+      } else {  // large planes: fixed chunks of each
+        for (int64_t o = 0; o < v.outer; ++o) {
+          const scalar_t* plane = xp + (o * C + c) * v.inner;
+          for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
+            const int64_t n = std::min(kChunk, v.inner - i0);
+            chunk_moments<scalar_t, opmath_t>(plane + i0, 1, n, 0, cm, cm2);
+            m.merge(double(n), cm, cm2);
           }
         }
-        mean[c] = m.mean;
-        var[c] = m.n > 0 ? m.m2 / m.n : 0.0;
+      }
+      mean[c] = m.mean;
+      var[c] = m.n > 0 ? m.m2 / m.n : 0.0;
     };
     if (!use_slabs(v)) {  // one task per channel
       at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
