@@ -36,8 +36,11 @@ struct Lanes {
   }
   template <typename S>
   void load(const S* p) {
-    for (int k = 0; k < N; ++k)
-      for (int j = 0; j < W; ++j) v[k][j] = T(p[k * W + j]);
+    for (int k = 0; k < N; ++k) {
+      vec t = {};  // built whole: element stores into v[k] read it as maybe-uninitialized (GCC)
+      for (int j = 0; j < W; ++j) t[j] = T(p[k * W + j]);
+      v[k] = t;
+    }
   }
   void store(T* p) const {
     for (int k = 0; k < N; ++k) *reinterpret_cast<uvec*>(p + k * W) = v[k];
