@@ -110,6 +110,33 @@ def test_statistics_are_stable_with_a_large_mean():
         assert testing.max_error(y, ref) < 5e-3, backend
 
 
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("act,slope", [("relu", 0.01), ("leaky_relu", -0.1)])
+def test_cpu_slabs_shifted_statistics_and_thread_count(act, slope):
+    """NCHW with small planes runs slab by slab in fixed tasks (here 2), its statistics one pass of
+    sums shifted by x[0, c, 0]: a channel whose first element is an outlier is redone exactly; the
+    results do not depend on the number of threads."""
+    (x, w, b), (rm, rv) = _make((600, 4, 8, 8), torch.float32, "contiguous")
+    with torch.no_grad():
+        x[:, 1] += 3.0  # an offset mean
+        x[0, 2, 0, 0] = 1e3  # an outlier first: a shift far from the mean, redone exactly
+    _run_both(x, w, b, rm, rv, True, act, slope, "cpu", torch.float32, f"slabs {act}")
+    runs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            y = genkern.ops.batch_norm(x, None, None, w, b, True, 0.1, 1e-5, act, slope, "cpu")
+            runs.append((y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y))))
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for t, u in zip(runs[0], other, strict=True):
+            assert torch.equal(t, u)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_like_stock(dtype):
     backends = [b for b in grid_backends(dtype) if b != "torch"]

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -40,6 +42,79 @@ at::MemoryFormat format_of(const at::Tensor& t) {
 
 constexpr int64_t kChunk = 16384;  // elements per task; fixed so results do not depend on threads
 constexpr int kLanes = 16;         // independent accumulators: the loops vectorize without -ffast-math
+
+// The slab kernels (batch_norm_act_slabs.h), as baseline code and as AVX2 code chosen at run time.
+#define GK_SLABS_NS slabs_base
+#include "batch_norm_act_slabs.h"
+#undef GK_SLABS_NS
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#define GK_SLABS_NS slabs_avx2
+#include "batch_norm_act_slabs.h"
+#undef GK_SLABS_NS
+#pragma GCC pop_options
+bool use_avx2() {  // GENKERN_CPU_NO_AVX2=1 forces the baseline code (tests of it on AVX2 machines)
+  static const bool yes = [] {
+    const char* off = std::getenv("GENKERN_CPU_NO_AVX2");
+    if (off && *off && std::strcmp(off, "0") != 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return yes;
+}
+#else
+namespace slabs_avx2 = slabs_base;
+bool use_avx2() { return false; }
+#endif
+#define GK_SLABS(...) (use_avx2() ? slabs_avx2::__VA_ARGS__ : slabs_base::__VA_ARGS__)
+
+// NCHW with planes of at most kSlabPlane elements goes slab by slab (n by n) rather than channel
+// by channel over rows of L elements: tasks of kSlabTask elements (whole slabs), fixed so that the
+// results do not depend on the number of threads, whose per-channel partial sums are added in
+// task order.
+constexpr int64_t kSlabPlane = 4096;
+constexpr int64_t kSlabTask = 131072;
+
+bool use_slabs(const View& v) { return v.inner > 1 && v.inner <= kSlabPlane; }
+
+int64_t slab_block(const View& v) {
+  return std::max<int64_t>(1, kSlabTask / std::max<int64_t>(1, v.channels * v.inner));
+}
+
+// Runs fn(n0, n1, acc1, acc2) for each task, acc1/acc2 = kLanes zeroed lanes per channel, and
+// returns (sum1, sum2) per channel: each task's lanes summed pairwise, the tasks in order.
+template <typename opmath_t, typename F>
+std::pair<std::vector<double>, std::vector<double>> slab_sums(const View& v, const F& fn) {
+  const int64_t C = v.channels, nb = slab_block(v), tasks = (v.outer + nb - 1) / nb;
+  std::vector<double> part(2 * tasks * C);
+  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<opmath_t> acc(2 * C * kLanes);
+    opmath_t* a1 = acc.data();
+    opmath_t* a2 = a1 + C * kLanes;
+    for (int64_t t = t0; t < t1; ++t) {
+      std::fill(acc.begin(), acc.end(), opmath_t(0));
+      fn(t * nb, std::min(v.outer, (t + 1) * nb), a1, a2);
+      double* p = part.data() + 2 * t * C;
+      for (int64_t c = 0; c < C; ++c)
+        for (int k = 0; k < 2; ++k) {
+          const opmath_t* q = (k ? a2 : a1) + c * kLanes;
+          double l[kLanes];
+          for (int j = 0; j < kLanes; ++j) l[j] = double(q[j]);
+          for (int h = kLanes / 2; h > 0; h /= 2)
+            for (int j = 0; j < h; ++j) l[j] += l[j + h];
+          p[k * C + c] = l[0];
+        }
+    }
+  });
+  std::vector<double> s1(C, 0.0), s2(C, 0.0);
+  for (int64_t t = 0; t < tasks; ++t)
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += part[2 * t * C + c];
+      s2[c] += part[(2 * t + 1) * C + c];
+    }
+  return {std::move(s1), std::move(s2)};
+}
 
 struct Moments {
   double n = 0, mean = 0, m2 = 0;
@@ -151,33 +226,56 @@ void batch_moments(const scalar_t* xp, const View& v, std::vector<double>& mean,
         var[c] = m.n > 0 ? m.m2 / m.n : 0.0;
       }
     });
-  } else {  // planes: one task per channel, chunks of each plane merged in order
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        Moments m;
-        double cm, cm2;
-        if (v.inner <= kChunk) {  // groups of whole planes of this channel
-          const int64_t group = std::max<int64_t>(1, kChunk / v.inner);
-          for (int64_t o0 = 0; o0 < v.outer; o0 += group) {
-            const int64_t segs = std::min(group, v.outer - o0);
-            chunk_moments<scalar_t, opmath_t>(xp + (o0 * C + c) * v.inner, segs, v.inner,
-                                              C * v.inner, cm, cm2);
-            m.merge(double(segs * v.inner), cm, cm2);
-          }
-        } else {  // large planes: fixed chunks of each
-          for (int64_t o = 0; o < v.outer; ++o) {
-            const scalar_t* plane = xp + (o * C + c) * v.inner;
-            for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
-              const int64_t n = std::min(kChunk, v.inner - i0);
-              chunk_moments<scalar_t, opmath_t>(plane + i0, 1, n, 0, cm, cm2);
-              m.merge(double(n), cm, cm2);
-            }
+  } else {  // planes
+    // the exact per-channel moments: the planes of channel c, chunks merged in order
+    auto channel = [&](int64_t c) {
+      Moments m;
+      double cm, cm2;
+      if (v.inner <= kChunk) {  // groups of whole planes of this channel
+        const int64_t group = std::max<int64_t>(1, kChunk / v.inner);
+        for (int64_t o0 = 0; o0 < v.outer; o0 += group) {
+          const int64_t segs = std::min(group, v.outer - o0);
+          chunk_moments<scalar_t, opmath_t>(xp + (o0 * C + c) * v.inner, segs, v.inner,
+                                            C * v.inner, cm, cm2);
+          m.merge(double(segs * v.inner), cm, cm2);
+        }
+      } else {  // large planes: fixed chunks of each
+        for (int64_t o = 0; o < v.outer; ++o) {
+          const scalar_t* plane = xp + (o * C + c) * v.inner;
+          for (int64_t i0 = 0; i0 < v.inner; i0 += kChunk) {
+            const int64_t n = std::min(kChunk, v.inner - i0);
+            chunk_moments<scalar_t, opmath_t>(plane + i0, 1, n, 0, cm, cm2);
+            m.merge(double(n), cm, cm2);
           }
         }
-        mean[c] = m.mean;
-        var[c] = m.n > 0 ? m.m2 / m.n : 0.0;
       }
+      mean[c] = m.mean;
+      var[c] = m.n > 0 ? m.m2 / m.n : 0.0;
+    };
+    if (!use_slabs(v)) {  // one task per channel
+      at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) channel(c);
+      });
+      return;
+    }
+    // Slabs: one pass of shifted sums around k = x[0, c, 0], with the corrected formulas (mean =
+    // k + S1 / n, M2 = S2 - S1^2 / n), whose relative error grows as 1 + (mean - k)^2 / var;
+    // a channel where (mean - k)^2 > 16 var (or not finite) is redone exactly by `channel`.
+    std::vector<opmath_t> shift(C);
+    for (int64_t c = 0; c < C; ++c) shift[c] = opmath_t(xp[c * v.inner]);
+    auto [s1, s2] = slab_sums<opmath_t>(v, [&](int64_t n0, int64_t n1, opmath_t* a1, opmath_t* a2) {
+      GK_SLABS(stats<scalar_t, opmath_t>)(xp, C, v.inner, n0, n1, shift.data(), a1, a2);
     });
+    const double n = double(v.outer) * double(v.inner);
+    for (int64_t c = 0; c < C; ++c) {
+      const double dm = s1[c] / n, m2 = s2[c] - s1[c] * dm;
+      if (dm * dm * n <= 16.0 * m2) {
+        mean[c] = double(shift[c]) + dm;
+        var[c] = std::max(0.0, m2) / n;
+      } else {
+        channel(c);
+      }
+    }
   }
 }
 
@@ -208,6 +306,11 @@ void affine_act(const scalar_t* xp, scalar_t* yp, scalar_t* pre, const View& v,
                 (opmath_t(xr[c]) - center[c]) * scale[c] + shift[c], slope));
         }
       }
+    });
+  } else if (use_slabs(v)) {
+    at::parallel_for(0, v.outer, slab_block(v), [&](int64_t n0, int64_t n1) {
+      GK_SLABS(affine<A, scalar_t, opmath_t>)(xp, yp, pre, C, v.inner, n0, n1, center, scale, shift,
+                                              slope);
     });
   } else {
     const int64_t planes = v.outer * C;
@@ -408,6 +511,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
               sum_g[c] += double(pg[t * C + c]);
               sum_gx[c] += double(pgx[t * C + c]);
             }
+        } else if (use_slabs(v)) {
+          std::tie(sum_g, sum_gx) = slab_sums<opmath_t>(
+              v, [&](int64_t n0, int64_t n1, opmath_t* a1, opmath_t* a2) {
+                GK_SLABS(grad_sums<A, R, scalar_t, opmath_t>)(
+                    gyp, sp, xp, C, v.inner, n0, n1, meanv.data(), zscale.data(), zshift.data(),
+                    slope, a1, a2);
+              });
         } else {
           at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
             for (int64_t c = c0; c < c1; ++c) {
@@ -504,6 +614,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
                 gxp[i] = scalar_t(a[c] * gfun(i, c));
               }
             }
+        });
+      } else if (use_slabs(v)) {
+        at::parallel_for(0, v.outer, slab_block(v), [&](int64_t n0, int64_t n1) {
+          GK_SLABS(grad_apply<A, R, kTrain, scalar_t, opmath_t>)(
+              gyp, sp, xp, gxp, C, v.inner, n0, n1, meanv.data(), zscale.data(), zshift.data(),
+              ka.data(), kb.data(), kc.data(), slope);
         });
       } else {
         const int64_t planes = v.outer * C;

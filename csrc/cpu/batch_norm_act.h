@@ -1,6 +1,8 @@
 // Fused batch_norm + activation on the CPU: batch statistics in one deterministic two-level pass
-// (per-chunk mean / M2 merged with Chan's formula), the normalization and activation in one pass;
-// the backward in one reduction pass + one elementwise pass with the activation's backward fused.
+// (per-chunk mean / M2 merged with Chan's formula; NCHW with planes of up to 4096 elements: one
+// pass of shifted sums slab by slab, see batch_norm_act_slabs.h), the normalization and activation
+// in one pass; the backward in one reduction pass + one elementwise pass with the activation's
+// backward fused. Results do not depend on the number of threads.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,0 +1,205 @@
+// The loops of batch_norm's NCHW path, each n seen as a [C, L] slab (L = H*W): torch-free ranges
+// over n that the OpenMP glue in batch_norm_act.cpp calls. Included twice by batch_norm_act.cpp:
+// once as baseline code and once under `#pragma GCC target("avx2")` (runtime dispatch), each time
+// with GK_SLABS_NS naming the namespace. No FMA: both builds round alike and, as the lanes are
+// explicit, give the same bits.
+//
+// Reductions keep kLanes partial sums per channel in `acc[c * kLanes + j]` (opmath), added into
+// row by row: no horizontal sum per (n, c) row, which for L = 16 would cost more than the row.
+// No include guard, on purpose; the headers it needs are included by batch_norm_act.cpp first.
+
+namespace GK_SLABS_NS {
+
+// act's backward at one element: from the saved tensor (R false: s is its value) or from the
+// recomputed pre-activation (R true: s is x's value).
+template <Activation A, bool R, typename opmath_t>
+inline opmath_t grad_in(opmath_t gy, opmath_t s, opmath_t m, opmath_t zs, opmath_t zb,
+                        opmath_t slope) {
+  if constexpr (A == Activation::kIdentity) {
+    return gy;
+  } else {
+    if constexpr (R) s = (s - m) * zs + zb;
+    return act_backward<A, opmath_t>(gy, s, slope);
+  }
+}
+
+// kLanes opmath values as kLanes / W GCC vectors of W = 32 bytes (AVX2 registers; pairs of SSE2
+// ones): accumulators held in registers over a row.
+template <typename T>
+struct Lanes {
+  static constexpr int W = 32 / sizeof(T), N = kLanes / W;
+  typedef T vec __attribute__((vector_size(32)));
+  typedef T uvec __attribute__((vector_size(32), aligned(alignof(T)), may_alias));  // unaligned
+  vec v[N];
+  void load(const T* p) {
+    for (int k = 0; k < N; ++k) v[k] = *reinterpret_cast<const uvec*>(p + k * W);
+  }
+  template <typename S>
+  void load(const S* p) {
+    for (int k = 0; k < N; ++k) {
+      vec t = {};  // built whole: element stores into v[k] read it as maybe-uninitialized (GCC)
+      for (int j = 0; j < W; ++j) t[j] = T(p[k * W + j]);
+      v[k] = t;
+    }
+  }
+  void store(T* p) const {
+    for (int k = 0; k < N; ++k) *reinterpret_cast<uvec*>(p + k * W) = v[k];
+  }
+};
+
+// g = grad_in(g, s) on one vector (by reference: no vector-ABI question between the builds):
+// relu and leaky_relu as selects, other activations element by element.
+template <Activation A, bool R, typename opmath_t, typename V>
+inline void grad_in_lanes(V& g, const V& saved, opmath_t m, opmath_t zs, opmath_t zb,
+                          opmath_t slope) {
+  if constexpr (A != Activation::kIdentity) {
+    V s = saved;
+    if constexpr (R) s = (s - m) * zs + zb;
+    if constexpr (A == Activation::kRelu) {
+      g = s <= opmath_t(0) ? V{} : g;  // NaN s passes grad, as act_backward
+    } else if constexpr (A == Activation::kLeakyRelu) {
+      const V neg = g * slope;
+      g = s > opmath_t(0) ? g : neg;
+    } else {
+      for (int j = 0; j < int(sizeof(V) / sizeof(opmath_t)); ++j)
+        g[j] = act_backward<A, opmath_t>(g[j], s[j], slope);
+    }
+  }
+}
+
+// acc1[c, j] += sum(x - shift[c]), acc2[c, j] += sum((x - shift[c])^2) over the slabs [n0, n1),
+// slab by slab (in memory order): each row adds into its channel's lanes, held in registers over
+// the row.
+template <typename scalar_t, typename opmath_t>
+void stats(const scalar_t* xp, int64_t C, int64_t L, int64_t n0, int64_t n1,
+           const opmath_t* shift, opmath_t* acc1, opmath_t* acc2) {
+  using V = Lanes<opmath_t>;
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* q = xp + (n * C + c) * L;
+      const opmath_t k = shift[c];
+      opmath_t* p1 = acc1 + c * kLanes;
+      opmath_t* p2 = acc2 + c * kLanes;
+      V a, b;
+      a.load(p1);
+      b.load(p2);
+      int64_t i = 0;
+      for (; i + kLanes <= L; i += kLanes) {
+        V x;
+        x.load(q + i);
+        for (int v = 0; v < V::N; ++v) {
+          const auto d = x.v[v] - k;
+          a.v[v] += d;
+          b.v[v] += d * d;
+        }
+      }
+      a.store(p1);
+      b.store(p2);
+      for (int j = 0; i < L; ++i, ++j) {  // the tail (L % kLanes) in the first lanes
+        const opmath_t d = opmath_t(q[i]) - k;
+        p1[j] += d;
+        p2[j] += d * d;
+      }
+    }
+}
+
+// y = act((x - center[c]) * scale[c] + shift[c]) over the slabs [n0, n1); pre (if not null) gets
+// the pre-activation.
+template <Activation A, typename scalar_t, typename opmath_t>
+void affine(const scalar_t* xp, scalar_t* yp, scalar_t* pre, int64_t C, int64_t L, int64_t n0,
+            int64_t n1, const opmath_t* center, const opmath_t* scale, const opmath_t* shift,
+            opmath_t slope) {
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t base = (n * C + c) * L;
+      const scalar_t* xr = xp + base;
+      scalar_t* yr = yp + base;
+      const opmath_t m = center[c], a = scale[c], b = shift[c];
+      if (pre) {
+        scalar_t* pr = pre + base;
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i) {
+          const opmath_t z = (opmath_t(xr[i]) - m) * a + b;
+          pr[i] = scalar_t(z);
+          yr[i] = scalar_t(act_forward<A, opmath_t>(z, slope));
+        }
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < L; ++i)
+          yr[i] = scalar_t(act_forward<A, opmath_t>((opmath_t(xr[i]) - m) * a + b, slope));
+      }
+    }
+}
+
+// accg[c, j] += sum(g), accgx[c, j] += sum(g * (x - mean[c])) over the slabs [n0, n1), g = act's
+// backward of grad_y (s: the saved tensor, unless R); slab by slab, as stats.
+template <Activation A, bool R, typename scalar_t, typename opmath_t>
+void grad_sums(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, int64_t C, int64_t L,
+               int64_t n0, int64_t n1, const opmath_t* mean, const opmath_t* zscale,
+               const opmath_t* zshift, opmath_t slope, opmath_t* accg, opmath_t* accgx) {
+  using V = Lanes<opmath_t>;
+  const scalar_t* src = R || sp == nullptr ? xp : sp;  // never null: no test per element
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t base = (n * C + c) * L;
+      const scalar_t* gr = gyp + base;
+      const scalar_t* xr = xp + base;
+      const scalar_t* sr = src + base;
+      const opmath_t m = mean[c], zs = zscale[c], zb = zshift[c];
+      opmath_t* pa = accg + c * kLanes;
+      opmath_t* pb = accgx + c * kLanes;
+      V a, b;
+      a.load(pa);
+      b.load(pb);
+      int64_t i = 0;
+      for (; i + kLanes <= L; i += kLanes) {
+        V xv, g, sv;
+        xv.load(xr + i);
+        g.load(gr + i);
+        if constexpr (!R) sv.load(sr + i);
+        for (int v = 0; v < V::N; ++v) {
+          grad_in_lanes<A, R, opmath_t>(g.v[v], R ? xv.v[v] : sv.v[v], m, zs, zb, slope);
+          a.v[v] += g.v[v];
+          b.v[v] += g.v[v] * (xv.v[v] - m);
+        }
+      }
+      a.store(pa);
+      b.store(pb);
+      for (int j = 0; i < L; ++i, ++j) {
+        const opmath_t g =
+            grad_in<A, R, opmath_t>(opmath_t(gr[i]), opmath_t(sr[i]), m, zs, zb, slope);
+        pa[j] += g;
+        pb[j] += g * (opmath_t(xr[i]) - m);
+      }
+    }
+}
+
+// gx = ka * (g + kb * (x - mean) + kc) (kTrain) or ka * g over the slabs [n0, n1).
+template <Activation A, bool R, bool kTrain, typename scalar_t, typename opmath_t>
+void grad_apply(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, scalar_t* gxp,
+                int64_t C, int64_t L, int64_t n0, int64_t n1, const opmath_t* mean,
+                const opmath_t* zscale, const opmath_t* zshift, const opmath_t* ka,
+                const opmath_t* kb, const opmath_t* kc, opmath_t slope) {
+  const scalar_t* src = R || sp == nullptr ? xp : sp;  // never null: no test per element
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t base = (n * C + c) * L;
+      const scalar_t* gr = gyp + base;
+      const scalar_t* xr = xp + base;
+      const scalar_t* sr = src + base;
+      scalar_t* out = gxp + base;
+      const opmath_t m = mean[c], zs = zscale[c], zb = zshift[c], a = ka[c], b = kb[c], d = kc[c];
+#pragma omp simd
+      for (int64_t i = 0; i < L; ++i) {
+        const opmath_t g =
+            grad_in<A, R, opmath_t>(opmath_t(gr[i]), opmath_t(sr[i]), m, zs, zb, slope);
+        if constexpr (kTrain) {
+          out[i] = scalar_t(a * (g + b * (opmath_t(xr[i]) - m) + d));
+        } else {
+          out[i] = scalar_t(a * g);
+        }
+      }
+    }
+}
+
+}  // namespace GK_SLABS_NS
