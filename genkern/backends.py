@@ -25,14 +25,20 @@ _FLOAT_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _TRITON_TYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _state = threading.local()
-# use_backend() contexts open in any thread: the ops' C++ fast entries (which know only the
-# backend argument and GENKERN_BACKEND) are tried only while there are none.
+# use_backend() contexts open in any thread: while there are none, a call's request is its
+# backend argument (and GENKERN_BACKEND), which the ops' C++ fast entries read themselves.
 _open_contexts = 0
 _contexts_lock = threading.Lock()
 
 
-def contexts_open() -> bool:
-    return _open_contexts > 0
+def fast_request(backend: str) -> str:
+    """The backend request a C++ fast entry gets: `backend`, or for "auto" the innermost
+    use_backend() context of this thread (GENKERN_BACKEND is read by the entry)."""
+    if backend == "auto" and _open_contexts:
+        stack = getattr(_state, "stack", None)
+        if stack:
+            return stack[-1]
+    return backend
 
 
 def _check_name(name: str) -> str:

@@ -233,11 +233,16 @@ def test_entry_declines_uncommon_calls(call):
     assert call() is None
 
 
-def test_use_backend_context_switches_the_entries_off():
-    assert _fused.fast() is not None
-    with genkern.use_backend("cpu"):
-        assert _fused.fast() is None
-    assert _fused.fast() is not None
+def test_use_backend_contexts_are_honoured():
+    x, w = _t(4, 5, grad=True), _t(3, 5, grad=True)
+    assert backends.fast_request("auto") == "auto"
+    with genkern.use_backend("torch"):
+        assert backends.fast_request("auto") == "torch"
+        assert backends.fast_request("cpu") == "cpu"  # the call's own argument wins
+        assert "CppNode" not in genkern.ops.linear(x, w).grad_fn.name()
+        with genkern.use_backend("cpu"):
+            assert "CppNode" in genkern.ops.linear(x, w).grad_fn.name()
+    assert backends.fast_request("auto") == "auto"
 
 
 POOL_GRAD_CALLS = [

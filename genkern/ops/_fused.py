@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from genkern import _ext, backends
+from genkern import _ext
 from genkern import activations as A
 from genkern.ops import _checks
 
@@ -43,12 +43,12 @@ def eager() -> bool:
 
 def fast():
     """genkern._C, whose optimistic `*_fast` entries (csrc/cpu/fast_entry.h) a public op tries
-    first: they check in C++ that the call is a plain eager one of the cpu backend on plain float
-    tensors with valid arguments, and run it, or return None. None here when they may not run at
-    all: fast paths off, traced by torch.compile, a use_backend() context open, no extension."""
-    if FAST_EAGER and _ext.HAS_CPU and not backends.contexts_open():
-        if not torch.compiler.is_compiling():
-            return _ext._C
+    first, with the backend request `backends.fast_request(backend)`: they check in C++ that the
+    call is a plain eager one of the cpu backend on plain float tensors with valid arguments, and
+    run it, or return None. None here when they may not run at all: fast paths off, traced by
+    torch.compile, no extension."""
+    if FAST_EAGER and _ext.HAS_CPU and not torch.compiler.is_compiling():
+        return _ext._C
     return None
 
 

@@ -46,7 +46,7 @@ def batch_norm(
             eps,
             activation,
             negative_slope,
-            backend,
+            backends.fast_request(backend),
         )
         if y is not None:
             return y

@@ -40,7 +40,7 @@ def conv2d(
             groups,
             activation,
             negative_slope,
-            backend,
+            backends.fast_request(backend),
         )
         if y is not None:
             return y

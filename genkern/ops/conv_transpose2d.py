@@ -45,7 +45,7 @@ def conv_transpose2d(
             dilation,
             activation,
             negative_slope,
-            backend,
+            backends.fast_request(backend),
         )
         if y is not None:
             return y

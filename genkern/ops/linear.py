@@ -31,7 +31,9 @@ def linear(
     """
     fast = _fused.fast()
     if fast is not None:
-        y = fast.linear_fast(x, weight, bias, activation, negative_slope, backend)
+        y = fast.linear_fast(
+            x, weight, bias, activation, negative_slope, backends.fast_request(backend)
+        )
         if y is not None:
             return y
     act = A.activation_id(activation)

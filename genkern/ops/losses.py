@@ -145,7 +145,9 @@ def discriminator_loss(
     """
     fast = _fused.fast()
     if fast is not None:
-        loss = fast.gan_loss_fast(real_logits, fake_logits, kind, backend, True)
+        loss = fast.gan_loss_fast(
+            real_logits, fake_logits, kind, backends.fast_request(backend), True
+        )
         if loss is not None:
             return loss
     real_term, fake_term = D_TERMS[_kind(kind)]
@@ -172,7 +174,7 @@ def generator_loss(
     """
     fast = _fused.fast()
     if fast is not None:
-        loss = fast.gan_loss_fast(None, fake_logits, kind, backend, False)
+        loss = fast.gan_loss_fast(None, fake_logits, kind, backends.fast_request(backend), False)
         if loss is not None:
             return loss
     term = G_TERMS[_kind(kind)]
@@ -213,7 +215,7 @@ def vae_loss(
             reduction,
             logits,
             return_components,
-            backend,
+            backends.fast_request(backend),
         )
         if out is not None:
             return out
@@ -279,7 +281,7 @@ def reparameterize(
     """
     fast = _fused.fast()
     if fast is not None:
-        z = fast.reparameterize_fast(mu, logvar, eps, generator, backend)
+        z = fast.reparameterize_fast(mu, logvar, eps, generator, backends.fast_request(backend))
         if z is not None:
             return z
     _checks.check_floating("reparameterize", mu=mu, logvar=logvar, eps=eps)

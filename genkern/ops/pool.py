@@ -99,7 +99,14 @@ def max_pool2d(
     fast = _fused.fast()
     if fast is not None:
         y = fast.max_pool2d_fast(
-            x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend
+            x,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            ceil_mode,
+            return_indices,
+            backends.fast_request(backend),
         )
         if y is not None:
             return y
@@ -133,7 +140,14 @@ def avg_pool2d(
     fast = _fused.fast()
     if fast is not None:
         y = fast.avg_pool2d_fast(
-            x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend
+            x,
+            kernel_size,
+            stride,
+            padding,
+            ceil_mode,
+            count_include_pad,
+            divisor_override,
+            backends.fast_request(backend),
         )
         if y is not None:
             return y
