@@ -283,29 +283,6 @@ void save_input_shape(AutogradContext* ctx, const at::Tensor& x, at::MemoryForma
   ctx->saved_data["channels_last"] = fmt == at::MemoryFormat::ChannelsLast;
 }
 
-struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
-                               std::vector<int64_t> kernel, std::vector<int64_t> stride,
-                               std::vector<int64_t> padding, std::vector<int64_t> dilation,
-                               std::vector<int64_t> out_size) {
-    const auto fmt = x.suggest_memory_format();
-    auto [y, idx] = max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, dilation,
-                                           out_size);
-    y = y.contiguous(fmt), idx = idx.contiguous(fmt);
-    save_input_shape(ctx, x, fmt);
-    ctx->save_for_backward({idx});
-    ctx->mark_non_differentiable({idx});
-    return {y, idx};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_double_backward("max_pool2d");
-    const at::Tensor idx = ctx->get_saved_variables()[0];
-    const at::Tensor gx = max_pool2d_backward_cpu(grads[0], idx, input_grad_zeros(ctx, grads[0]));
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
 struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, std::vector<int64_t> kernel,
                             std::vector<int64_t> stride, std::vector<int64_t> padding,
@@ -341,7 +318,7 @@ std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<in
                                              std::vector<int64_t> padding,
                                              std::vector<int64_t> dilation,
                                              std::vector<int64_t> out_size) {
-  if (wants_grad(x)) return MaxPool2d::apply(x, kernel, stride, padding, dilation, out_size);
+  TORCH_CHECK(!wants_grad(x), "genkern: max_pool2d_eager_cpu records no graph");
   const auto fmt = x.suggest_memory_format();
   auto [y, idx] =
       max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, dilation, out_size);
