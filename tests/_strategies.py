@@ -207,12 +207,14 @@ def compare(
     grad_seed: int = 0,
     extra: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
     forward_atol_extra: float = 0.0,
+    grad_atol_per_unit: float = 0.0,
 ) -> None:
     """fn on the inputs' views vs ref on float64 copies of the same views: every output, and the
     gradient of every leaf that requires grad (with a random grad_output per output).
 
     `extra`, if given, returns more (actual, expected) pairs to compare after the call (e.g. the
-    running statistics batch_norm updates)."""
+    running statistics batch_norm updates). `forward_atol_extra` / `grad_atol_per_unit`: known
+    rounding-error bounds of the op's outputs / of its gradients per unit of grad_output."""
     views = [None if a is None else a.view() for a in inputs]
     refs = [None if a is None else a.reference() for a in inputs]
     out = _as_tuple(fn(*views))
@@ -268,7 +270,11 @@ def compare(
             assert gr is None or not gr.any(), f"{what} grad #{i}: nonzero, expected none"
             continue
         assert gr is not None, f"{what} grad #{i}: missing"
-        _check(gr, rg, lambda i=i: stock() and stock()[1][i], dtype, f"{what} grad #{i}")
+        # a known bound of the gradient's rounding error per unit of grad_output (see its test)
+        atol_extra = grad_atol_per_unit * max(float(go.abs().max()) for go in gos)
+        _check(
+            gr, rg, lambda i=i: stock() and stock()[1][i], dtype, f"{what} grad #{i}", atol_extra
+        )
 
 
 # ---- one fixed call of every op, for the special-value, mutation, determinism, concurrency and

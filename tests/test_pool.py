@@ -349,3 +349,21 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_clearly(desc, fn, exc, pattern):
     with pytest.raises(exc, match=pattern):
         fn()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_upsample_backward_sums_16bit_gradients_in_float32(layout):
+    # found by the thorough fuzz: many outputs share a source pixel; a bfloat16 sum rounded after
+    # every add was ~10x stock's error
+    x = torch.randn(1, 2, 3, 2).to(torch.bfloat16)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(1, 2, 24, 16).to(torch.bfloat16)
+    leaf = x.clone().requires_grad_()
+    y = genkern.ops.upsample_nearest2d(leaf, scale_factor=8, backend="cpu")
+    (gx,) = torch.autograd.grad(y, [leaf], g)
+    stock_leaf = x.clone().requires_grad_()
+    stock_y = torch.nn.functional.interpolate(stock_leaf, scale_factor=8, mode="nearest")
+    (stock_gx,) = torch.autograd.grad(stock_y, [stock_leaf], g)
+    expected = g.double().view(1, 2, 3, 8, 2, 8).sum((3, 5))
+    testing.assert_like_stock(gx, stock_gx, expected, torch.bfloat16, "upsample grad")

@@ -1,5 +1,6 @@
 #include "pool.h"
 
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace genkern::cpu {
@@ -446,17 +448,20 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
   const int64_t* wp = sw.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d_bwd", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
+    // 16-bit gradients are summed in float32 and rounded once, as torch's kernel (a sum rounded
+    // after every add lost ~10x stock's accuracy where many outputs share a source pixel)
+    constexpr bool exact = std::is_same_v<scalar_t, opmath_t>;
+    const at::Tensor acc = exact ? gx : gx.to(at::kFloat);  // gx's exact strides
     const scalar_t* g = gy.data_ptr<scalar_t>();
-    scalar_t* out = gx.data_ptr<scalar_t>();
+    opmath_t* out = acc.data_ptr<opmath_t>();
     if (fmt == at::MemoryFormat::Contiguous) {
       at::parallel_for(0, N * C, grain_for(OH * OW), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
-          scalar_t* plane = out + p * IH * IW;
+          opmath_t* plane = out + p * IH * IW;
           for (int64_t oh = 0; oh < OH; ++oh) {
-            scalar_t* row = plane + hp[oh] * IW;
+            opmath_t* row = plane + hp[oh] * IW;
             const scalar_t* gr = g + (p * OH + oh) * OW;
-            for (int64_t ow = 0; ow < OW; ++ow)
-              row[wp[ow]] = scalar_t(opmath_t(row[wp[ow]]) + opmath_t(gr[ow]));
+            for (int64_t ow = 0; ow < OW; ++ow) row[wp[ow]] += opmath_t(gr[ow]);
           }
         }
       });
@@ -465,12 +470,13 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
         for (int64_t n = n0; n < n1; ++n)
           for (int64_t oh = 0; oh < OH; ++oh)
             for (int64_t ow = 0; ow < OW; ++ow) {
-              scalar_t* d = out + ((n * IH + hp[oh]) * IW + wp[ow]) * C;
+              opmath_t* d = out + ((n * IH + hp[oh]) * IW + wp[ow]) * C;
               const scalar_t* gp = g + ((n * OH + oh) * OW + ow) * C;
-              for (int64_t c = 0; c < C; ++c) d[c] = scalar_t(opmath_t(d[c]) + opmath_t(gp[c]));
+              for (int64_t c = 0; c < C; ++c) d[c] += opmath_t(gp[c]);
             }
       });
     }
+    if (!exact) gx.copy_(acc);
   });
   return gx;
 }
