@@ -107,7 +107,7 @@ def _avg_pool(backend="auto", **kw):
 def _gan(backend="auto", **kw):
     a = dict(real=_t(8), fake=_t(8), kind="hinge")
     a.update(kw)
-    return _c().gan_loss_fast(a["real"], a["fake"], a["kind"], backend, True)
+    return _c().gan_loss_fast(a["real"], a["fake"], a["kind"], True, backend)
 
 
 def _vae(backend="auto", **kw):

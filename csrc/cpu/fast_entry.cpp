@@ -162,11 +162,6 @@ bool to_activation(py::handle name, py::handle slope, int64_t& act, double& nega
   return to_double(slope, negative_slope);
 }
 
-template <typename... Ts>
-bool wants_grad(const Ts&... ts) {
-  return at::GradMode::is_enabled() && ((ts.has_value() && ts->requires_grad()) || ...);
-}
-
 py::object wrap(Tensor t) { return py::reinterpret_steal<py::object>(THPVariable_Wrap(t)); }
 
 const py::object declined() { return py::none(); }
@@ -336,8 +331,8 @@ py::object batch_norm_fast(py::handle x_, py::handle running_mean_, py::handle r
   return wrap(std::move(y));
 }
 
-py::object gan_loss_fast(py::handle real_, py::handle fake_, py::handle kind, py::handle backend,
-                         bool discriminator) {
+py::object gan_loss_fast(py::handle real_, py::handle fake_, py::handle kind, bool discriminator,
+                         py::handle backend) {
   // The mirror of genkern/ops/losses.py's D_TERMS and G_TERMS.
   static const std::vector<const char*> kinds = {"bce", "hinge", "wgan", "lsgan"};
   using T = LossTerm;
@@ -353,18 +348,11 @@ py::object gan_loss_fast(py::handle real_, py::handle fake_, py::handle kind, py
     return declined();
   const auto real_term = static_cast<int64_t>(discriminator ? real_terms[k] : T::kSoftplusNeg);
   const auto fake_term = static_cast<int64_t>(discriminator ? fake_terms[k] : generator_terms[k]);
-  const bool grad = at::GradMode::is_enabled() &&
-                    (fake->requires_grad() || (real != nullptr && real->requires_grad()));
   Tensor loss;
   {
     py::gil_scoped_release no_gil;
-    if (grad) {
-      loss = gan_loss_autograd_cpu(real != nullptr ? *real : *fake, *fake, real_term, fake_term,
-                                   real != nullptr);
-    } else {
-      const OptTensor r = real != nullptr ? OptTensor(*real) : std::nullopt;
-      loss = std::get<0>(gan_loss_cpu(r, *fake, real_term, fake_term, false, false));
-    }
+    loss = gan_loss_autograd_cpu(real != nullptr ? *real : *fake, *fake, real_term, fake_term,
+                                 real != nullptr);
   }
   return wrap(std::move(loss));
 }

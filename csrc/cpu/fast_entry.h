@@ -27,8 +27,8 @@ py::object batch_norm_fast(py::handle x, py::handle running_mean, py::handle run
                            py::handle momentum, py::handle eps, py::handle activation,
                            py::handle negative_slope, py::handle backend);
 // real is None for the generator's loss.
-py::object gan_loss_fast(py::handle real, py::handle fake, py::handle kind, py::handle backend,
-                         bool discriminator);
+py::object gan_loss_fast(py::handle real, py::handle fake, py::handle kind, bool discriminator,
+                         py::handle backend);
 py::object vae_loss_fast(py::handle recon, py::handle target, py::handle mu, py::handle logvar,
                          py::handle recon_loss, py::handle beta, py::handle reduction,
                          py::handle logits, py::handle return_components, py::handle backend);

@@ -108,8 +108,9 @@ at::Tensor reparameterize_eager_cpu(const at::Tensor& mu, const at::Tensor& logv
 
 at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake, int64_t real_term,
                                  int64_t fake_term, bool has_real) {
-  const bool need_r = has_real && real.requires_grad();
-  const bool need_f = fake.requires_grad();
+  const bool grad_mode = at::GradMode::is_enabled();  // no gradient is computed without it
+  const bool need_r = grad_mode && has_real && real.requires_grad();
+  const bool need_f = grad_mode && fake.requires_grad();
   at::Tensor loss, gr, gf;
   {
     at::NoGradGuard no_grad;
@@ -117,7 +118,7 @@ at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake,
         gan_loss_cpu(has_real ? std::optional<at::Tensor>(real) : std::nullopt, fake, real_term,
                      fake_term, need_r, need_f);
   }
-  if (!at::GradMode::is_enabled() || !(need_r || need_f)) return loss;
+  if (!(need_r || need_f)) return loss;
   auto node = c10::make_intrusive<GanLossBackward>();
   node->has_real = has_real;
   node->set_next_edges(has_real ? torch::autograd::collect_next_edges(real, fake)

@@ -11,7 +11,8 @@
 
 namespace genkern::cpu {
 
-// loss of gan_loss_cpu, differentiable; `real` is ignored unless has_real.
+// loss of gan_loss_cpu, differentiable (gradients computed only in grad mode, for inputs that
+// require them); `real` is ignored unless has_real.
 at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake, int64_t real_term,
                                  int64_t fake_term, bool has_real);
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from genkern import _ext
+from genkern import _ext, backends
 from genkern import activations as A
 from genkern.ops import _checks
 
@@ -41,14 +41,13 @@ def eager() -> bool:
     )
 
 
-def fast():
-    """genkern._C, whose optimistic `*_fast` entries (csrc/cpu/fast_entry.h) a public op tries
-    first, with the backend request `backends.fast_request(backend)`: they check in C++ that the
-    call is a plain eager one of the cpu backend on plain float tensors with valid arguments, and
-    run it, or return None. None here when they may not run at all: fast paths off, traced by
-    torch.compile, no extension."""
+def try_fast(entry: str, *args, backend: str):
+    """The result of genkern._C's optimistic entry `entry` (csrc/cpu/fast_entry.h) for a public
+    op's arguments, or None: the entry checks in C++ that the call is a plain eager one of the cpu
+    backend on plain float tensors with valid arguments and runs it, or declines; and it is not
+    tried with the fast paths off, under torch.compile, or without the extension."""
     if FAST_EAGER and _ext.HAS_CPU and not torch.compiler.is_compiling():
-        return _ext._C
+        return getattr(_ext._C, entry)(*args, backends.fast_request(backend))
     return None
 
 

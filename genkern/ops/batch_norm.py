@@ -33,23 +33,22 @@ def batch_norm(
     In training, batch statistics normalize and the running statistics are updated in place
     (unbiased variance, as torch). `activation` as in genkern.ops.conv2d.
     """
-    fast = _fused.fast()
-    if fast is not None:
-        y = fast.batch_norm_fast(
-            x,
-            running_mean,
-            running_var,
-            weight,
-            bias,
-            training,
-            momentum,
-            eps,
-            activation,
-            negative_slope,
-            backends.fast_request(backend),
-        )
-        if y is not None:
-            return y
+    y = _fused.try_fast(
+        "batch_norm_fast",
+        x,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        activation,
+        negative_slope,
+        backend=backend,
+    )
+    if y is not None:
+        return y
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     # as torch: float32 weight and bias may go with a 16-bit input (mixed precision, autocast)

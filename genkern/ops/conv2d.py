@@ -28,22 +28,21 @@ def conv2d(
     "silu"; `padding` also takes "same"/"valid"; `backend` is "auto", "torch", "cpu", "cuda" or
     "triton". Accepts batched (4-D) or unbatched (3-D) input, like torch.
     """
-    fast = _fused.fast()
-    if fast is not None:
-        y = fast.conv2d_fast(
-            x,
-            weight,
-            bias,
-            stride,
-            padding,
-            dilation,
-            groups,
-            activation,
-            negative_slope,
-            backends.fast_request(backend),
-        )
-        if y is not None:
-            return y
+    y = _fused.try_fast(
+        "conv2d_fast",
+        x,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        groups,
+        activation,
+        negative_slope,
+        backend=backend,
+    )
+    if y is not None:
+        return y
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

@@ -32,23 +32,22 @@ def conv_transpose2d(
     "silu"; `backend` is "auto", "torch", "cpu", "cuda" or "triton". Accepts batched (4-D) or
     unbatched (3-D) input, like torch.
     """
-    fast = _fused.fast()
-    if fast is not None:
-        y = fast.conv_transpose2d_fast(
-            x,
-            weight,
-            bias,
-            stride,
-            padding,
-            output_padding,
-            groups,
-            dilation,
-            activation,
-            negative_slope,
-            backends.fast_request(backend),
-        )
-        if y is not None:
-            return y
+    y = _fused.try_fast(
+        "conv_transpose2d_fast",
+        x,
+        weight,
+        bias,
+        stride,
+        padding,
+        output_padding,
+        groups,
+        dilation,
+        activation,
+        negative_slope,
+        backend=backend,
+    )
+    if y is not None:
+        return y
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

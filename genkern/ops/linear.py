@@ -29,13 +29,9 @@ def linear(
     `activation` is None, "relu", "leaky_relu" (with `negative_slope`), "tanh", "sigmoid" or
     "silu"; `backend` is "auto", "torch", "cpu", "cuda" or "triton".
     """
-    fast = _fused.fast()
-    if fast is not None:
-        y = fast.linear_fast(
-            x, weight, bias, activation, negative_slope, backends.fast_request(backend)
-        )
-        if y is not None:
-            return y
+    y = _fused.try_fast("linear_fast", x, weight, bias, activation, negative_slope, backend=backend)
+    if y is not None:
+        return y
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

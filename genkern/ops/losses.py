@@ -143,13 +143,9 @@ def discriminator_loss(
     mean(relu(1 + f)); "wgan" mean(f) - mean(r); "lsgan" 0.5 mean((r - 1)^2) + 0.5 mean(f^2).
     A 0-dim float32 tensor (float64 for float64 logits); 16-bit logits accumulate in float32.
     """
-    fast = _fused.fast()
-    if fast is not None:
-        loss = fast.gan_loss_fast(
-            real_logits, fake_logits, kind, backends.fast_request(backend), True
-        )
-        if loss is not None:
-            return loss
+    loss = _fused.try_fast("gan_loss_fast", real_logits, fake_logits, kind, True, backend=backend)
+    if loss is not None:
+        return loss
     real_term, fake_term = D_TERMS[_kind(kind)]
     _checks.check_floating("discriminator_loss", real_logits=real_logits, fake_logits=fake_logits)
     name = backends.resolve("discriminator_loss", backend, fake_logits)
@@ -172,11 +168,9 @@ def generator_loss(
     kind: "bce" mean(softplus(-f)) (non-saturating); "hinge" and "wgan" -mean(f); "lsgan"
     0.5 mean((f - 1)^2). A 0-dim float32 tensor (float64 for float64 logits).
     """
-    fast = _fused.fast()
-    if fast is not None:
-        loss = fast.gan_loss_fast(None, fake_logits, kind, backends.fast_request(backend), False)
-        if loss is not None:
-            return loss
+    loss = _fused.try_fast("gan_loss_fast", None, fake_logits, kind, False, backend=backend)
+    if loss is not None:
+        return loss
     term = G_TERMS[_kind(kind)]
     _checks.check_floating("generator_loss", fake_logits=fake_logits)
     name = backends.resolve("generator_loss", backend, fake_logits)
@@ -203,22 +197,21 @@ def vae_loss(
     divides them by the batch size recon.shape[0]. return_components=True returns
     (total, recon_term, kl), each reduced the same way.
     """
-    fast = _fused.fast()
-    if fast is not None:
-        out = fast.vae_loss_fast(
-            recon,
-            target,
-            mu,
-            logvar,
-            recon_loss,
-            beta,
-            reduction,
-            logits,
-            return_components,
-            backends.fast_request(backend),
-        )
-        if out is not None:
-            return out
+    out = _fused.try_fast(
+        "vae_loss_fast",
+        recon,
+        target,
+        mu,
+        logvar,
+        recon_loss,
+        beta,
+        reduction,
+        logits,
+        return_components,
+        backend=backend,
+    )
+    if out is not None:
+        return out
     check_vae_args(recon_loss, reduction, beta)
     _checks.check_floating("vae_loss", recon=recon, target=target, mu=mu, logvar=logvar)
     if target.shape != recon.shape:
@@ -279,11 +272,9 @@ def reparameterize(
     own), but not bitwise torch.randn's draws. Elsewhere (other backends, torch.compile) eps is
     torch.randn's. That eager cpu path has no second derivative (create_graph=True).
     """
-    fast = _fused.fast()
-    if fast is not None:
-        z = fast.reparameterize_fast(mu, logvar, eps, generator, backends.fast_request(backend))
-        if z is not None:
-            return z
+    z = _fused.try_fast("reparameterize_fast", mu, logvar, eps, generator, backend=backend)
+    if z is not None:
+        return z
     _checks.check_floating("reparameterize", mu=mu, logvar=logvar, eps=eps)
     if logvar.shape != mu.shape:
         raise ValueError(f"logvar size ({logvar.size()}) must be the same as mu size ({mu.size()})")

@@ -96,20 +96,19 @@ def max_pool2d(
     gradient (stock torch gives an index past the plane there, and its backward then writes
     out of bounds).
     """
-    fast = _fused.fast()
-    if fast is not None:
-        y = fast.max_pool2d_fast(
-            x,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            ceil_mode,
-            return_indices,
-            backends.fast_request(backend),
-        )
-        if y is not None:
-            return y
+    y = _fused.try_fast(
+        "max_pool2d_fast",
+        x,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        ceil_mode,
+        return_indices,
+        backend=backend,
+    )
+    if y is not None:
+        return y
     kernel, stride, padding, dilation = _pool_args(
         "max_pool2d", x, kernel_size, stride, padding, dilation
     )
@@ -137,20 +136,19 @@ def avg_pool2d(
     backend: str = "auto",
 ) -> torch.Tensor:
     """F.avg_pool2d, with ceil_mode, count_include_pad and divisor_override exactly as torch."""
-    fast = _fused.fast()
-    if fast is not None:
-        y = fast.avg_pool2d_fast(
-            x,
-            kernel_size,
-            stride,
-            padding,
-            ceil_mode,
-            count_include_pad,
-            divisor_override,
-            backends.fast_request(backend),
-        )
-        if y is not None:
-            return y
+    y = _fused.try_fast(
+        "avg_pool2d_fast",
+        x,
+        kernel_size,
+        stride,
+        padding,
+        ceil_mode,
+        count_include_pad,
+        divisor_override,
+        backend=backend,
+    )
+    if y is not None:
+        return y
     kernel, stride, padding, _ = _pool_args("avg_pool2d", x, kernel_size, stride, padding, 1)
     if divisor_override is not None:
         if isinstance(divisor_override, bool) or not isinstance(divisor_override, int):
