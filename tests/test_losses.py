@@ -743,6 +743,62 @@ def test_backward_with_unit_grad_retain_graph_and_accumulation():
             torch.testing.assert_close(g2, first)
 
 
+def _scaled_backward_cases(backend):
+    """(name, fn, inputs) whose backward scales gradients the forward saved (g != 1)."""
+    f = _logits((6, 7), torch.float64)
+    r = _logits((5,), torch.float64)
+    vae = _vae_inputs(torch.float64)
+    mu, lv, eps = (_logits((4, 3), torch.float64) for _ in range(3))
+    return [
+        ("d", lambda r, f: genkern.ops.discriminator_loss(r, f, backend=backend), [r, f]),
+        ("vae", lambda *a: genkern.ops.vae_loss(*a, beta=0.6, backend=backend), vae),
+        ("reparam", lambda *a: genkern.ops.reparameterize(*a, backend=backend), [mu, lv, eps]),
+    ]
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+def test_scaled_backward_is_repeatable_and_leaves_saved_tensors_alone(backend):
+    # The CPU eager backward may scale its saved gradient in place: only when the graph is freed
+    # afterwards and no saved-tensor hook holds the buffer. Same gradients in every situation.
+    for name, fn, inputs in _scaled_backward_cases(backend):
+        out = fn(*inputs)
+        g = torch.full_like(out, -1.75) if out.dim() else torch.tensor(-1.75, dtype=out.dtype)
+        first = torch.autograd.grad(out, inputs, g, retain_graph=True)
+        again = torch.autograd.grad(out, inputs, g)  # frees the graph: may scale in place
+        for a, b in zip(first, again):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+        packed = []
+
+        def pack(t):
+            packed.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn(*inputs)
+        snapshot = [t.clone() for t in packed]
+        hooked = torch.autograd.grad(out, inputs, g)
+        for a, b in zip(first, hooked):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+        for t, before in zip(packed, snapshot):
+            assert torch.equal(t, before), f"{name}: a hook's saved tensor was modified"
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+def test_vae_components_backward_alone(backend):
+    # a backward through one component only: the others' gradients are absent, not zeros
+    inputs = _vae_inputs(torch.float64)
+    for comp in range(3):
+        ours = genkern.ops.vae_loss(*inputs, beta=0.6, return_components=True, backend=backend)
+        ref = reference.vae_loss(*inputs, beta=0.6, return_components=True)
+        got = torch.autograd.grad(ours[comp] * 1.5, inputs[::2] + inputs[3:], allow_unused=True)
+        want = torch.autograd.grad(ref[comp] * 1.5, inputs[::2] + inputs[3:], allow_unused=True)
+        for a, b in zip(got, want):
+            if b is None:
+                assert a is None or not a.any(), f"component {comp}"
+            else:
+                torch.testing.assert_close(a, b, msg=f"component {comp}")
+
+
 def test_double_backward_refused_not_silent():
     for backend in grid_backends(torch.float64):
         f = _logits((5,), torch.float64)

@@ -1,7 +1,8 @@
 #include "losses_autograd.h"
 
-#include <torch/csrc/autograd/custom_function.h>
+#include <ATen/SavedTensorHooks.h>
 #include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 
@@ -10,25 +11,55 @@
 namespace genkern::cpu {
 namespace {
 
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// saved * g; the saved gradient itself when g is a CPU 1 (loss.backward()) and no graph of the
-// backward is built (as genkern/ops/losses.py's _scaled): a pass less.
-at::Tensor scaled(const at::Tensor& saved, const at::Tensor& g) {
-  TORCH_CHECK(!at::GradMode::is_enabled(),
-              "genkern: the second derivative of the fused losses is not implemented "
-              "(backward with create_graph=True)");
-  if (!saved.defined()) return at::Tensor();
-  if (g.device().is_cpu() && !at::GradMode::is_enabled() && g.item<double>() == 1.0) return saved;
-  return saved * g;
+// The incoming gradient of loss.backward(): a CPU 1.
+bool is_cpu_one(const at::Tensor& g) {
+  return g.defined() && g.device().is_cpu() && g.numel() == 1 && g.item<double>() == 1.0;
 }
+
+// A gradient the forward pass computed into a fresh buffer of ours, saved for backward, which
+// multiplies it by the incoming gradient g (a loss's 0-dim one, or one of the saved shape):
+// returned as it is when g is a CPU 1 (loss.backward()), and scaled in place when nothing else
+// can see the buffer (no saved-tensor hooks took it when it was saved, no other reference, and
+// this backward frees the graph: not retain_graph); else saved * g. Either shortcut saves a pass
+// and an allocation the size of the input.
+struct SavedGrad {
+  torch::autograd::SavedVariable var;
+  bool private_buffer = false;
+
+  void save(const at::Tensor& grad) {
+    var = torch::autograd::SavedVariable(grad, false);
+    private_buffer = at::SavedTensorDefaultHooks::get_tls_state().stack.empty();
+  }
+
+  // g_is_one: is_cpu_one(g), asked once per backward.
+  at::Tensor scaled_by(const at::Tensor& g, bool g_is_one) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "genkern: the second derivative of the fused losses is not implemented "
+                "(backward with create_graph=True)");
+    at::Tensor saved = var.unpack();
+    if (!saved.defined()) return saved;
+    if (g_is_one) return saved;
+    if (!g.device().is_cpu()) return saved * g;
+    const bool alone = saved.use_count() == 2 && saved.storage().use_count() == 1;  // var + here
+    const bool same_result = g.dim() == 0 || (g.sizes() == saved.sizes() &&
+                                              g.scalar_type() == saved.scalar_type());
+    if (private_buffer && alone && same_result &&
+        !torch::autograd::get_current_graph_task_keep_graph()) {
+      return saved.mul_(g);
+    }
+    return saved * g;
+  }
+
+  void release() { var.reset_data(); }
+};
 
 // The GAN loss's backward as a plain autograd Node (not a torch::autograd::Function, whose
 // CppNode bookkeeping costs ~10 us a call, as much as the loss of 4096 logits): it scales the
 // gradients the forward pass produced. Edges: real's (when given), then fake's.
 struct GanLossBackward : public torch::autograd::Node {
-  torch::autograd::SavedVariable grad_real, grad_fake;
+  SavedGrad grad_real, grad_fake;
   bool has_real = false;
 
   std::string name() const override { return "GanLossBackward"; }
@@ -36,59 +67,77 @@ struct GanLossBackward : public torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     variable_list out(has_real ? 2 : 1);  // undefined: no gradient flows
     if (!grads[0].defined()) return out;
-    if (has_real) out[0] = scaled(grad_real.unpack(), grads[0]);
-    out.back() = scaled(grad_fake.unpack(), grads[0]);
+    const bool one = is_cpu_one(grads[0]);
+    if (has_real) out[0] = grad_real.scaled_by(grads[0], one);
+    out.back() = grad_fake.scaled_by(grads[0], one);
     return out;
   }
 
   void release_variables() override {
-    grad_real.reset_data();
-    grad_fake.reset_data();
+    grad_real.release();
+    grad_fake.release();
   }
 };
 
-struct VaeLossFunction : public torch::autograd::Function<VaeLossFunction> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& recon,
-                               const at::Tensor& target, const at::Tensor& mu,
-                               const at::Tensor& logvar, int64_t recon_loss, double beta,
-                               double scale) {
-    const std::array<bool, 4> mask{recon.requires_grad(), target.requires_grad(),
-                                   mu.requires_grad(), logvar.requires_grad()};
-    auto [total, rec, kl, gx, gt, gm, glv] =
-        vae_loss_cpu(recon, target, mu, logvar, recon_loss, beta, scale, mask);
-    ctx->save_for_backward({gx, gt, gm, glv});
-    ctx->saved_data["beta"] = beta;
-    return {total, rec, kl};
+// The VAE loss's backward: outputs (total, recon, kl), edges recon, target, mu, logvar. The
+// gradients of the forward pass are scaled by d total / d recon + d recon-output (recon, target)
+// and beta d total + d kl (mu, logvar); an output nobody used has an undefined gradient.
+struct VaeLossBackward : public torch::autograd::Node {
+  std::array<SavedGrad, 4> grads;
+  double beta = 1.0;
+
+  std::string name() const override { return "VaeLossBackward"; }
+
+  variable_list apply(variable_list&& g) override {
+    variable_list out(4);
+    const at::Tensor gr = sum_defined(g[0], 1.0, g[1]);
+    const at::Tensor gk = sum_defined(g[0], beta, g[2]);
+    const bool gr_one = is_cpu_one(gr);
+    const bool gk_one = gk.is_same(gr) ? gr_one : is_cpu_one(gk);
+    for (size_t i = 0; i < 4; ++i) {
+      const at::Tensor& scale = i < 2 ? gr : gk;
+      if (scale.defined() && should_compute_output(i))
+        out[i] = grads[i].scaled_by(scale, i < 2 ? gr_one : gk_one);
+    }
+    return out;
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const double beta = ctx->saved_data["beta"].toDouble();
-    const at::Tensor gr = grads[0] + grads[1];
-    const at::Tensor gk = grads[0] * beta + grads[2];
-    return {scaled(saved[0], gr), scaled(saved[1], gr), scaled(saved[2], gk),
-            scaled(saved[3], gk), at::Tensor(), at::Tensor(), at::Tensor()};
+  // w * a + b over the defined ones of a and b (undefined when neither is).
+  static at::Tensor sum_defined(const at::Tensor& a, double w, const at::Tensor& b) {
+    if (!a.defined()) return b;
+    const at::Tensor wa = w == 1.0 ? a : a * w;
+    return b.defined() ? wa + b : wa;
+  }
+
+  void release_variables() override {
+    for (auto& v : grads) v.release();
   }
 };
 
-struct ReparamFunction : public torch::autograd::Function<ReparamFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
-                            const std::optional<at::Tensor>& eps, uint64_t key) {
-    const bool need_eps = eps.has_value() && eps->defined() && eps->requires_grad();
-    auto [z, h, sd] = reparameterize_fused_cpu(mu, logvar, eps, key, logvar.requires_grad(),
-                                               need_eps);
-    ctx->save_for_backward({h, sd});
-    return z;
-  }
+// reparameterize's backward: edges mu, logvar, eps; d z / d mu = 1, d z / d logvar = h,
+// d z / d eps = sd (saved by the forward pass where asked).
+struct ReparamBackward : public torch::autograd::Node {
+  SavedGrad h, sd;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  std::string name() const override { return "ReparameterizeBackward"; }
+
+  variable_list apply(variable_list&& grads) override {
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "genkern: the second derivative of reparameterize's eager CPU path is not "
                 "implemented (backward with create_graph=True); pass backend=\"torch\"");
-    const auto saved = ctx->get_saved_variables();
+    variable_list out(3);
     const at::Tensor& g = grads[0];
-    return {g, saved[0].defined() ? g * saved[0] : at::Tensor(),
-            saved[1].defined() ? g * saved[1] : at::Tensor(), at::Tensor()};
+    if (!g.defined()) return out;
+    if (should_compute_output(0)) out[0] = g;
+    const bool one = is_cpu_one(g);
+    if (should_compute_output(1)) out[1] = h.scaled_by(g, one);
+    if (should_compute_output(2)) out[2] = sd.scaled_by(g, one);
+    return out;
+  }
+
+  void release_variables() override {
+    h.release();
+    sd.release();
   }
 };
 
@@ -102,8 +151,20 @@ at::Tensor reparameterize_eager_cpu(const at::Tensor& mu, const at::Tensor& logv
   const bool grad =
       at::GradMode::is_enabled() &&
       (mu.requires_grad() || logvar.requires_grad() || (!drawn && eps->requires_grad()));
-  if (!grad) return std::get<0>(reparameterize_fused_cpu(mu, logvar, eps, key, false, false));
-  return ReparamFunction::apply(mu, logvar, eps, key);
+  const bool need_eps = !drawn && eps->requires_grad();
+  at::Tensor z, h, sd;
+  {
+    at::NoGradGuard no_grad;
+    std::tie(z, h, sd) = reparameterize_fused_cpu(mu, logvar, eps, key,
+                                                  grad && logvar.requires_grad(), grad && need_eps);
+  }
+  if (!grad) return z;
+  auto node = c10::make_intrusive<ReparamBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(mu, logvar, drawn ? at::Tensor() : *eps));
+  node->h.save(h);
+  node->sd.save(sd);
+  torch::autograd::set_history(z, node);
+  return z;
 }
 
 at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake, int64_t real_term,
@@ -123,8 +184,8 @@ at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake,
   node->has_real = has_real;
   node->set_next_edges(has_real ? torch::autograd::collect_next_edges(real, fake)
                                 : torch::autograd::collect_next_edges(fake));
-  node->grad_real = torch::autograd::SavedVariable(gr, false);
-  node->grad_fake = torch::autograd::SavedVariable(gf, false);
+  node->grad_real.save(gr);
+  node->grad_fake.save(gf);
   torch::autograd::set_history(loss, node);
   return loss;
 }
@@ -132,7 +193,25 @@ at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake,
 std::vector<at::Tensor> vae_loss_autograd_cpu(const at::Tensor& recon, const at::Tensor& target,
                                               const at::Tensor& mu, const at::Tensor& logvar,
                                               int64_t recon_loss, double beta, double scale) {
-  return VaeLossFunction::apply(recon, target, mu, logvar, recon_loss, beta, scale);
+  const bool grad_mode = at::GradMode::is_enabled();
+  const std::array<bool, 4> mask{grad_mode && recon.requires_grad(),
+                                 grad_mode && target.requires_grad(),
+                                 grad_mode && mu.requires_grad(), grad_mode && logvar.requires_grad()};
+  at::Tensor total, rec, kl, gx, gt, gm, glv;
+  {
+    at::NoGradGuard no_grad;
+    std::tie(total, rec, kl, gx, gt, gm, glv) =
+        vae_loss_cpu(recon, target, mu, logvar, recon_loss, beta, scale, mask);
+  }
+  std::vector<at::Tensor> outputs{total, rec, kl};
+  if (!(mask[0] || mask[1] || mask[2] || mask[3])) return outputs;
+  auto node = c10::make_intrusive<VaeLossBackward>();
+  node->beta = beta;
+  node->set_next_edges(torch::autograd::collect_next_edges(recon, target, mu, logvar));
+  const std::array<at::Tensor, 4> saved{gx, gt, gm, glv};
+  for (size_t i = 0; i < 4; ++i) node->grads[i].save(saved[i]);
+  torch::autograd::set_history(outputs, node);
+  return outputs;
 }
 
 }  // namespace genkern::cpu

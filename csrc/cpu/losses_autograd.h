@@ -1,4 +1,4 @@
-// Eager autograd wrappers of the CPU loss kernels (torch::autograd::Function in C++): the eager
+// Eager autograd wrappers of the CPU loss kernels (plain autograd Nodes in C++): the eager
 // fast path of genkern.ops losses when a gradient is needed. A Python autograd.Function costs tens
 // of microseconds a call (forward and backward), as much as the whole loss on 4096 logits; these
 // cost a few. Same kernels and backward as the registered custom ops (which torch.compile uses).
