@@ -25,6 +25,9 @@ def _bn_stats_kernel(x_ptr, mean_ptr, var_ptr, N, S, s_n, s_c, s_s, BLOCK: tl.co
     c = tl.program_id(0).to(tl.int64)
     M = N * S
     offs = tl.arange(0, BLOCK)
+    # statistics of x - ref (ref: the channel's first element): a constant channel's mean comes
+    # out as its value exactly, and values far from 0 keep their low bits
+    ref = tl.load(x_ptr + c * s_c).to(tl.float32)
     cnt = 0.0
     mean = 0.0
     m2 = 0.0
@@ -34,6 +37,7 @@ def _bn_stats_kernel(x_ptr, mean_ptr, var_ptr, N, S, s_n, s_c, s_s, BLOCK: tl.co
         n = m // S
         s = m % S
         v = tl.load(x_ptr + n * s_n + c * s_c + s * s_s, mask=mask, other=0.0).to(tl.float32)
+        v = tl.where(mask, v - ref, 0.0)
         nb = tl.minimum(M - start, BLOCK).to(tl.float32)
         bmean = tl.sum(v, axis=0) / nb
         d = tl.where(mask, v - bmean, 0.0)
@@ -43,7 +47,7 @@ def _bn_stats_kernel(x_ptr, mean_ptr, var_ptr, N, S, s_n, s_c, s_s, BLOCK: tl.co
         mean = mean + delta * (nb / tot)
         m2 = m2 + bm2 + delta * delta * (cnt * nb / tot)
         cnt = tot
-    tl.store(mean_ptr + c, mean)
+    tl.store(mean_ptr + c, ref + mean)
     tl.store(var_ptr + c, m2 / cnt)
 
 
@@ -52,8 +56,9 @@ def _bn_apply_kernel(
     x_ptr,
     y_ptr,
     pre_ptr,
+    mean_ptr,
     scale_ptr,
-    shift_ptr,
+    bias_ptr,
     total,
     C,
     S,
@@ -70,9 +75,10 @@ def _bn_apply_kernel(
     else:
         c = (i // S) % C
     x = tl.load(x_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    mu = tl.load(mean_ptr + c, mask=mask, other=0.0)
     a = tl.load(scale_ptr + c, mask=mask, other=0.0)
-    b = tl.load(shift_ptr + c, mask=mask, other=0.0)
-    z = x * a + b
+    b = tl.load(bias_ptr + c, mask=mask, other=0.0)
+    z = (x - mu) * a + b  # centered first, as the composite: a constant channel gives b exactly
     if SAVE_PRE:
         tl.store(pre_ptr + i, z.to(pre_ptr.dtype.element_ty), mask=mask)
     y = act_lib.act_forward(z, ACT, slope)
@@ -186,7 +192,6 @@ def batch_norm_act_forward_triton(x, weight, bias, rm, rv, training, eps, act, s
     invstd = torch.rsqrt(var.double() + eps)
     w, b = _f32(weight, c, 1.0, x.device).double(), _f32(bias, c, 0.0, x.device).double()
     scale = (w * invstd).float()
-    shift = (b - mean.double() * w * invstd).float()
     y = torch.empty_like(x)
     pre = torch.empty_like(x) if save_preact else y
     total = x.numel()
@@ -194,8 +199,9 @@ def batch_norm_act_forward_triton(x, weight, bias, rm, rv, training, eps, act, s
         x,
         y,
         pre,
+        mean,
         scale,
-        shift,
+        b.float(),
         total,
         c,
         s,
