@@ -35,6 +35,18 @@ def _skip_dtype(backend, dtype):
         S.NO_SUBNORMALS.add(torch.bfloat16)  # the interpreter misreads them (see _strategies)
 
 
+def _activation(backend, dtype, draw):
+    """An activation and slope; under the Triton interpreter with bfloat16, not tanh or sigmoid:
+    the interpreter casts float32 to bfloat16 by truncation (a GPU, like torch, rounds to nearest),
+    and their backward reads the saved bfloat16 output, so near saturation 1 - y^2 comes out 2^-7
+    instead of ~0 (0.9999 stored as 0.996: a gradient error of ~100x stock's, from the cast alone;
+    found by the thorough profile). Those examples run on the GPU and the other backends."""
+    act, slope = draw(S.activations), draw(S.negative_slopes)
+    truncating = backend == "triton" and genkern.backends.triton_interpreter()
+    assume(not (truncating and dtype == torch.bfloat16 and act in ("tanh", "sigmoid")))
+    return act, slope
+
+
 seeds = st.integers(0, 2**31 - 1)
 
 # Under the Triton interpreter an example costs ~0.1-1 s (every program instance runs in Python):
@@ -118,7 +130,7 @@ def test_fuzz_conv2d(backend, data):
     x = d(S.args(xshape, dtype))
     wt = d(S.args([cout, cin // groups, kh, kw], dtype))
     b = d(st.none() | S.args([cout], dtype))
-    act, slope = d(S.activations), d(S.negative_slopes)
+    act, slope = _activation(backend, dtype, d)
     if x.kind == "ties" or wt.kind == "ties":
         act = None if act in ("relu", "leaky_relu") else act  # exact kinks: derivative choice
     kw_ = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
@@ -155,7 +167,7 @@ def test_fuzz_conv_transpose2d(backend, data):
     x = d(S.args([cin, h, w] if unbatched else [n, cin, h, w], dtype))
     wt = d(S.args([cin, cout_g, kh, kw], dtype))
     b = d(st.none() | S.args([cout_g * groups], dtype))
-    act, slope = d(S.activations), d(S.negative_slopes)
+    act, slope = _activation(backend, dtype, d)
     if x.kind == "ties" or wt.kind == "ties":
         act = None if act in ("relu", "leaky_relu") else act
     kw_ = dict(
@@ -185,7 +197,7 @@ def test_fuzz_linear(backend, data):
     x = d(S.args([*lead, k], dtype))
     wt = d(S.args([m, k], dtype))
     b = d(st.none() | S.args([m], dtype))
-    act, slope = d(S.activations), d(S.negative_slopes)
+    act, slope = _activation(backend, dtype, d)
     if x.kind == "ties" or wt.kind == "ties":
         act = None if act in ("relu", "leaky_relu") else act
     S.compare(
@@ -239,7 +251,7 @@ def test_fuzz_batch_norm(backend, data):
         rm = rm.expand(c) if rm.dim() == 1 else rm
     momentum = d(st.sampled_from((0.1, 0.0, 1.0, 0.37)))
     eps = d(st.sampled_from((1e-5, 1e-3, 0.1)))
-    act, slope = d(S.activations), d(S.negative_slopes)
+    act, slope = _activation(backend, dtype, d)
     # exact kinks: a channel of equal values (ties, zeros, or an offset that bfloat16 rounds to
     # equal values) normalizes to exactly 0 in genkern, to +-1e-12 in torch's float64 (its mean
     # is not exact), and the relu derivative there is a coin toss
