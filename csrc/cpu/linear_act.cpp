@@ -1,13 +1,42 @@
 // linear + bias + activation on the CPU: the pattern of conv2d_act.cpp for a plain GEMM.
-// Main loop: ATen's addmm (MKL/oneDNN sgemm, bias inside the GEMM: beta * bias broadcast into C
-// before accumulation), then the activation in one in-place pass over the [M, N] output. Backward:
-// activation backward + bias gradient (column sums) in one pass over grad_y, then one mm per
-// gradient asked for.
+// Main loop: for float32 products small enough (small_gemm_wins), genkern's own register-tiled
+// GEMM with bias and activation applied to each tile before its store (small_gemm.cpp); otherwise
+// ATen's addmm (MKL/oneDNN sgemm, bias inside the GEMM: beta * bias broadcast into C before
+// accumulation), then the activation in one in-place pass over the [M, N] output. Backward:
+// activation backward + bias gradient (column sums) in one pass over grad_y, then one GEMM per
+// gradient asked for (the small kernel reads g^T through strides: no copy).
 #include "linear_act.h"
 
 #include "epilogue.h"
+#include "small_gemm.h"
 
 namespace genkern::cpu {
+namespace {
+
+bool is_f32(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && t.layout() == at::kStrided;
+}
+
+// out[M, N] = a[M, K] b[K, N] by the small kernel (any strides), no bias or activation.
+at::Tensor small_mm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  GemmArgs g;
+  g.M = a.size(0), g.N = b.size(1), g.K = a.size(1);
+  g.A = a.data_ptr<float>(), g.a_rs = a.stride(0), g.a_cs = a.stride(1);
+  g.B = b.data_ptr<float>(), g.b_rs = b.stride(0), g.b_cs = b.stride(1);
+  g.C = out.data_ptr<float>(), g.ldc = g.N;
+  small_gemm_f32(g);
+  return out;
+}
+
+// a @ b, by the small kernel where it beats ATen's.
+at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
+  if (is_f32(a) && is_f32(b) && small_gemm_wins(a.size(0), b.size(1), a.size(1)))
+    return small_mm(a, b);
+  return at::mm(a, b);
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& x,
                                                           const at::Tensor& weight,
@@ -15,6 +44,34 @@ std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& x,
                                                           int64_t activation, double negative_slope,
                                                           bool save_preact) {
   const bool has_bias = bias.has_value() && bias->defined();
+  const int64_t M = x.size(0), N = weight.size(0), K = weight.size(1);
+  if (x.dim() == 2 && is_f32(x) && is_f32(weight) && (!has_bias || is_f32(*bias)) &&
+      small_gemm_wins(M, N, K)) {
+    // relu-like activations go on each tile before its store; exp/tanh ones in ATen's
+    // vectorized pass after it (scalar libm on the tiles would cost more than the GEMM).
+    const auto act = static_cast<Activation>(activation);
+    const bool on_tiles = act == Activation::kIdentity || act == Activation::kRelu ||
+                          act == Activation::kLeakyRelu;
+    at::Tensor y = at::empty({M, N}, x.options());
+    at::Tensor z = save_preact ? at::empty({M, N}, x.options()) : at::Tensor();
+    GemmArgs g;
+    g.M = M, g.N = N, g.K = K;
+    g.A = x.data_ptr<float>(), g.a_rs = x.stride(0), g.a_cs = x.stride(1);
+    g.B = weight.data_ptr<float>(), g.b_rs = weight.stride(1), g.b_cs = weight.stride(0);
+    if (has_bias) g.bias = bias->data_ptr<float>(), g.bias_stride = bias->stride(0);
+    g.C = on_tiles || !save_preact ? y.data_ptr<float>() : z.data_ptr<float>(), g.ldc = N;
+    g.Z = on_tiles && save_preact ? z.data_ptr<float>() : nullptr;
+    g.act = on_tiles ? act : Activation::kIdentity;
+    g.slope = static_cast<float>(negative_slope);
+    small_gemm_f32(g);
+    if (!on_tiles) {
+      if (save_preact)
+        activation_(z, activation, negative_slope, &y);
+      else
+        activation_(y, activation, negative_slope);
+    }
+    return {y, z};
+  }
   at::Tensor z = has_bias ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
   if (!save_preact) {
     activation_(z, activation, negative_slope);
@@ -31,8 +88,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
     std::array<bool, 3> output_mask) {
   auto [g, grad_bias] =
       act_backward_bias_grad(grad_y, saved, activation, negative_slope, output_mask[2]);
-  at::Tensor grad_x = output_mask[0] ? at::mm(g, weight) : at::Tensor();
-  at::Tensor grad_w = output_mask[1] ? at::mm(g.t(), x) : at::Tensor();
+  at::Tensor grad_x = output_mask[0] ? gemm(g, weight) : at::Tensor();
+  at::Tensor grad_w = output_mask[1] ? gemm(g.t(), x) : at::Tensor();
   return {grad_x, grad_w, grad_bias};
 }
 

@@ -1,0 +1,113 @@
+#include "small_gemm.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
+#define GK_GEMM_HAS_AVX2 1
+#else
+#define GK_GEMM_HAS_AVX2 0
+#endif
+
+namespace genkern::cpu {
+namespace {
+
+constexpr int kTileRows = 6;   // rows of C per register tile
+constexpr int kTileCols = 16;  // columns of C per tile and per packed panel of B
+
+#define GK_GEMM_NS gemm_base
+#define GK_GEMM_AVX2 0
+#include "small_gemm_kernels.h"
+#undef GK_GEMM_AVX2
+#undef GK_GEMM_NS
+#if GK_GEMM_HAS_AVX2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define GK_GEMM_NS gemm_avx2
+#define GK_GEMM_AVX2 1
+#include "small_gemm_kernels.h"
+#undef GK_GEMM_AVX2
+#undef GK_GEMM_NS
+#pragma GCC pop_options
+bool use_avx2() {  // GENKERN_CPU_NO_AVX2=1 forces the baseline code (tests of it on AVX2 machines)
+  static const bool yes = [] {
+    const char* off = std::getenv("GENKERN_CPU_NO_AVX2");
+    if (off && *off && std::strcmp(off, "0") != 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+}
+#else
+namespace gemm_avx2 = gemm_base;
+bool use_avx2() { return false; }
+#endif
+
+// Below this many multiply-adds one thread does it all: a parallel region costs more than it saves.
+constexpr int64_t kSerialMacs = 256 * 1024;
+
+// The packed B, reused from call to call by the calling thread.
+float* packed_buffer(size_t floats) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+template <Activation A, bool HasBias>
+void run(const GemmArgs& g) {
+  const int64_t panels = (g.N + kTileCols - 1) / kTileCols;
+  const int64_t floats = std::max<int64_t>(g.K, 1) * panels * kTileCols;
+  float* packed = packed_buffer(static_cast<size_t>(floats));
+  const bool serial = g.M * g.N * g.K < kSerialMacs;
+  const bool avx2 = use_avx2();
+  at::parallel_for(0, panels, serial ? panels : 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      if (avx2)
+        gemm_avx2::pack_task(g, p, packed);
+      else
+        gemm_base::pack_task(g, p, packed);
+    }
+  });
+  // Few panels: rows are split too (whole tiles), so that two threads find work.
+  const int64_t row_chunks = panels >= 4 ? 1 : std::min<int64_t>(4, (g.M + 23) / 24);
+  const int64_t chunk_rows =
+      ((g.M + row_chunks - 1) / row_chunks + kTileRows - 1) / kTileRows * kTileRows;
+  const int64_t tasks = panels * row_chunks;
+  at::parallel_for(0, tasks, serial ? tasks : 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t panel = t / row_chunks, r0 = (t % row_chunks) * chunk_rows;
+      const int64_t r1 = std::min(g.M, r0 + chunk_rows);
+      if (r0 >= r1) continue;
+      if (avx2)
+        gemm_avx2::gemm_task<A, HasBias>(g, panel, r0, r1, packed);
+      else
+        gemm_base::gemm_task<A, HasBias>(g, panel, r0, r1, packed);
+    }
+  });
+}
+
+}  // namespace
+
+void small_gemm_f32(const GemmArgs& g) {
+  if (g.M == 0 || g.N == 0) return;
+  dispatch_activation(g.act, [&](auto tag) {
+    constexpr Activation A = decltype(tag)::value;
+    if (g.bias != nullptr)
+      run<A, true>(g);
+    else
+      run<A, false>(g);
+  });
+}
+
+bool small_gemm_wins(int64_t M, int64_t N, int64_t K) {
+  // Measured (2-core AMD EPYC, AVX2): 2-3x faster than MKL at ~0.1M multiply-adds (MKL's setup
+  // dominates), ~1.1-1.3x at ~1M, a tie at ~6M, 0.85-0.95x at 40M (MKL's kernel is faster).
+  return M * N * K <= (int64_t(1) << 21);
+}
+
+}  // namespace genkern::cpu

@@ -1,0 +1,36 @@
+// A small-GEMM kernel for float32: C[M, N] = act(A[M, K] B[K, N] + bias), the epilogue applied to
+// each register tile before it is stored. For the dense layers of the reference nets (batch 128,
+// a few hundred features), where MKL's sgemm spends more on setup and threading than on the FMAs.
+// Torch-free but for at::parallel_for: raw pointers and element strides.
+#pragma once
+
+#include <cstdint>
+
+#include "genkern/activation.h"
+
+namespace genkern::cpu {
+
+struct GemmArgs {
+  int64_t M = 0, N = 0, K = 0;
+  const float* A = nullptr;  // A[m, k] = A[m * a_rs + k * a_cs]: any strides (transposed views)
+  int64_t a_rs = 0, a_cs = 0;
+  const float* B = nullptr;  // B[k, n] = B[k * b_rs + n * b_cs]: packed into column panels
+  int64_t b_rs = 0, b_cs = 0;
+  const float* bias = nullptr;  // per column of C, or null
+  int64_t bias_stride = 1;
+  float* C = nullptr;  // row-major, rows ldc apart
+  int64_t ldc = 0;
+  float* Z = nullptr;  // when given (rows ldc apart too): the pre-activation A B + bias
+  Activation act = Activation::kIdentity;
+  float slope = 0.f;
+};
+
+// Computes g.C (and g.Z). Each element of C is summed by one thread over k in order, so the bits
+// do not depend on the thread count. AVX2+FMA code where the CPU has it (GENKERN_CPU_NO_AVX2=1
+// forces the portable code).
+void small_gemm_f32(const GemmArgs& g);
+
+// Whether small_gemm_f32 is expected to beat ATen's mm (MKL) on an [M, K] x [K, N] product.
+bool small_gemm_wins(int64_t M, int64_t N, int64_t K);
+
+}  // namespace genkern::cpu

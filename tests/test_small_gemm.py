@@ -1,0 +1,116 @@
+"""The CPU backend's small-GEMM kernel (csrc/cpu/small_gemm.cpp), through genkern.ops.linear:
+sizes hitting every tail of its 6 x 16 register tiles, each activation, with and without bias,
+non-contiguous inputs, against the float64 reference; bits independent of the thread count; the
+portable (non-AVX2) code under GENKERN_CPU_NO_AVX2=1."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import grid_backends
+
+import genkern
+from genkern import reference, testing
+
+pytestmark = pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+
+ACTIVATIONS = [
+    (None, 0.01),
+    ("relu", 0.01),
+    ("leaky_relu", 0.2),
+    ("leaky_relu", -0.1),  # the backward needs the pre-activation: the kernel stores both
+    ("tanh", 0.01),
+    ("sigmoid", 0.01),
+    ("silu", 0.01),
+]
+ROWS = [1, 2, 5, 6, 7, 13, 128]  # M: tiles of 6 rows and every tail
+COLS = [1, 3, 8, 10, 16, 17, 33]  # N: panels of 16 (8 for a narrow last one) and tails
+DEPTHS = [1, 2, 7, 84, 400]  # K
+
+
+def _x(m, k, layout, gen):
+    """x [m, k]: contiguous, every other column of a wider tensor, or a transposed view."""
+    if layout == "transposed":
+        return testing.make_tensor([k, m], torch.float32, generator=gen).t().requires_grad_()
+    return testing.make_tensor([m, k], torch.float32, "cpu", layout, True, generator=gen)
+
+
+def _check(m, n, k, act, slope, bias, layout, gen):
+    x = _x(m, k, layout, gen)
+    w = testing.make_tensor([n, k], torch.float32, requires_grad=True, generator=gen)
+    b = testing.make_tensor([n], torch.float32, requires_grad=True, generator=gen) if bias else None
+    testing.check_against_reference(
+        lambda x, w, b: genkern.ops.linear(x, w, b, act, slope, backend="cpu"),
+        lambda x, w, b: reference.linear(x, w, b, act, slope),
+        [x, w, b],
+        torch.float32,
+        f"M={m} N={n} K={k} {act} bias={bias} {layout}",
+    )
+
+
+@pytest.mark.parametrize("act,slope", ACTIVATIONS)
+@pytest.mark.parametrize("m", ROWS)
+def test_tails_against_float64_reference(m, act, slope):
+    gen = torch.Generator().manual_seed(m)
+    layouts = ["contiguous", "noncontiguous", "transposed"]
+    for i, n in enumerate(COLS):
+        for j, k in enumerate(DEPTHS):
+            for bias in (True, False):
+                _check(m, n, k, act, slope, bias, layouts[(i + j + bias) % 3], gen)
+
+
+def _run(x, w, b, act, slope, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        xs, ws, bs = (t.detach().clone().requires_grad_() for t in (x, w, b))
+        y = genkern.ops.linear(xs, ws, bs, act, slope, backend="cpu")
+        grads = torch.autograd.grad(y, (xs, ws, bs), torch.ones_like(y))
+        return [y, *grads]
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("m,k,n", [(128, 400, 33), (128, 400, 20), (128, 84, 120), (20, 128, 400)])
+@pytest.mark.parametrize("act,slope", [("relu", 0.01), ("silu", 0.01)])
+def test_bits_do_not_depend_on_threads(m, k, n, act, slope):
+    gen = torch.Generator().manual_seed(0)
+    x = testing.make_tensor([m, k], torch.float32, generator=gen)
+    w = testing.make_tensor([n, k], torch.float32, generator=gen)
+    b = testing.make_tensor([n], torch.float32, generator=gen)
+    one, two = _run(x, w, b, act, slope, 1), _run(x, w, b, act, slope, 2)
+    for a, c in zip(one, two):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.skipif(
+    os.environ.get("GENKERN_CPU_NO_AVX2", "0") not in ("", "0"), reason="already the portable code"
+)
+def test_portable_code_without_avx2():
+    """The same tail tests with GENKERN_CPU_NO_AVX2=1 (read once per process: a subprocess)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
+    env = dict(os.environ, GENKERN_CPU_NO_AVX2="1")
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "tails and (relu or sigmoid or None) or bits",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
