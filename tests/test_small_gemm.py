@@ -27,7 +27,9 @@ ACTIVATIONS = [
     ("sigmoid", 0.01),
     ("silu", 0.01),
 ]
-ROWS = [1, 2, 5, 6, 7, 13, 128]  # M: tiles of 6 rows and every tail
+# M: tiles of 6 rows and every tail, in the backward's products (any M) and in the forward (which
+# takes the kernel from 8 rows on: below, MKL's gemv beats packing W^T)
+ROWS = [1, 5, 6, 8, 9, 10, 11, 13, 128]
 COLS = [1, 3, 8, 10, 16, 17, 33]  # N: panels of 16 (8 for a narrow last one) and tails
 DEPTHS = [1, 2, 7, 84, 400]  # K
 
