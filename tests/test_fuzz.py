@@ -305,6 +305,13 @@ def test_fuzz_batch_norm(backend, data):
     w_max = w64.abs().max().item() if w64.numel() else 1.0
     acc_eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
     grad_atol = 8 * count * acc_eps * invstd * max(w_max, 1.0)
+    # 16-bit x through an expanded view: each element's gradient (up to ~3 invstd |w| |g|) is
+    # rounded to the dtype before expand's backward sums the copies, and a constant channel's sum
+    # cancels to ~0, keeping that rounding (any kernel, stock too; the Triton interpreter, which
+    # truncates, found it): one ulp of it per summed copy
+    if x.layout == "expanded" and dtype in (torch.float16, torch.bfloat16):
+        copies = x.view().numel() // max(x.leaf.numel(), 1)
+        grad_atol += copies * 3 * torch.finfo(dtype).eps * invstd * max(w_max, 1.0)
     S.compare(
         lambda x, w, b: genkern.ops.batch_norm(
             x, rm, rv, w, b, training, momentum, eps, act, slope, backend=backend
