@@ -1,10 +1,12 @@
 // conv_transpose2d + bias + activation on the CPU: the pattern of conv2d_act.cpp.
 // Main loop: ATen's transposed convolution (oneDNN deconvolution), with the bias in its
-// accumulators (a 1x1 input: one GEMM instead, see is_gemm); ours: the activation in one in-place pass over the fresh output, and the
+// accumulators (a 1x1 input: one GEMM instead, see is_gemm; few output channels: ATen's GEMM +
+// col2im kernel, see col2im_path.h); ours: the activation in one in-place pass over the fresh output, and the
 // backward's prologue (activation backward + bias gradient in one pass over grad_y), then one
 // convolution_backward(transposed=true) for only the gradients asked for.
 #include "conv_transpose2d_act.h"
 
+#include "col2im_path.h"
 #include "epilogue.h"
 
 namespace genkern::cpu {
@@ -72,17 +74,52 @@ std::pair<at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g, const at::T
   return {gx, gw};
 }
 
+// Whether no output position along one spatial dim receives a tap: every ii * s - p + j * d for
+// ii < in, j < k falls outside [0, out), out = (in - 1) s - 2p + d (k - 1) + op + 1.
+bool dim_untouched(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, int64_t op) {
+  const int64_t out = (in - 1) * s - 2 * p + d * (k - 1) + op + 1;
+  for (int64_t ii = 0; ii < in; ++ii)
+    for (int64_t j = 0; j < k; ++j)
+      if (const int64_t o = ii * s - p + j * d; o >= 0 && o < out) return false;
+  return true;
+}
+
+std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return t->to(at::kFloat);
+}
+
 }  // namespace
+
+// (why: see the header)
+bool avoid_16bit_deconv(const at::Tensor& x, const at::Tensor& weight,
+                        const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                        const std::vector<int64_t>& output_padding,
+                        const std::vector<int64_t>& dilation) {
+  const auto t = x.scalar_type();
+  if ((t != at::kBFloat16 && t != at::kHalf) || x.dim() != 4) return false;
+  for (int i = 0; i < 2; ++i)
+    if (dim_untouched(x.size(i + 2), weight.size(i + 2), stride[i], padding[i], dilation[i],
+                      output_padding[i]))
+      return true;
+  return false;
+}
 
 std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> output_padding,
     std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
     bool save_preact) {
-  at::Tensor z = is_gemm(x, padding, output_padding, dilation, groups)
-                     ? gemm_forward(x, weight, bias)
-                     : at::convolution(x, weight, bias, stride, padding, dilation,
-                                       /*transposed=*/true, output_padding, groups);
+  at::Tensor z =
+      is_gemm(x, padding, output_padding, dilation, groups) ? gemm_forward(x, weight, bias)
+      : avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation)
+          ? at::convolution(x.to(at::kFloat), weight.to(at::kFloat), as_float(bias), stride,
+                            padding, dilation, /*transposed=*/true, output_padding, groups)
+                .to(x.scalar_type())
+      : use_col2im(x, weight, groups)
+          ? conv_transpose2d_col2im(x, weight, bias, stride, padding, output_padding, dilation)
+          : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
+                            output_padding, groups);
   if (!save_preact) {
     activation_(z, activation, negative_slope);
     return {z, at::Tensor()};
@@ -103,6 +140,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
   if ((output_mask[0] || output_mask[1]) &&
       is_gemm(x, padding, output_padding, dilation, groups)) {
     std::tie(grad_x, grad_w) = gemm_backward(g, x, weight, output_mask[0], output_mask[1]);
+  } else if ((output_mask[0] || output_mask[1]) &&
+             avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation)) {
+    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
+        g.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), std::nullopt, stride, padding,
+        dilation, /*transposed=*/true, output_padding, groups,
+        {output_mask[0], output_mask[1], false});
+    if (output_mask[0]) grad_x = grad_x.to(x.scalar_type());
+    if (output_mask[1]) grad_w = grad_w.to(weight.scalar_type());
   } else if (output_mask[0] || output_mask[1]) {
     std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
         g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/true, output_padding,

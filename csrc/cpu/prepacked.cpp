@@ -10,6 +10,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "conv_transpose2d_act.h"
 #include "genkern/activation.h"
 
 namespace genkern::cpu {
@@ -192,7 +193,9 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
                           const std::vector<int64_t>& dilation, int64_t groups,
                           int64_t activation, double negative_slope, bool channels_last,
                           const std::function<at::Tensor()>& regular) {
-  if (!eligible(x)) return regular();
+  if (!eligible(x) ||
+      (transposed && avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation)))
+    return regular();
   const Call c{transposed, x,      weight,     bias,           stride,        padding,
                output_padding, dilation, groups, activation, negative_slope, channels_last};
   std::vector<int64_t> key = c.key();

@@ -281,10 +281,36 @@ _conv_transpose2d_act.register_autograd(_backward, setup_context=_setup_context)
 # ---- backends ---------------------------------------------------------------------------------
 
 
+def _avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation) -> bool:
+    """torch 2.13's oneDNN 16-bit deconvolution crashes the process on some calls whose output has
+    a spatial dim that no tap reaches (csrc/cpu/conv_transpose2d_act.cpp says more): every such
+    call runs in float32 (the same float32 accumulation, one rounding)."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or x.device.type != "cpu" or x.dim() != 4:
+        return False
+    for i in range(2):
+        size, k, s, p, d = x.shape[i + 2], weight.shape[i + 2], stride[i], padding[i], dilation[i]
+        out = (size - 1) * s - 2 * p + d * (k - 1) + output_padding[i] + 1
+        if not any(0 <= a * s - p + j * d < out for a in range(size) for j in range(k)):
+            return True
+    return False
+
+
 def _forward_torch(
     x, weight, bias, stride, padding, output_padding, dilation, groups, act, slope, save_preact
 ):
-    z = F.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
+    if _avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation):
+        z = F.conv_transpose2d(
+            x.float(),
+            weight.float(),
+            None if bias is None else bias.float(),
+            stride,
+            padding,
+            output_padding,
+            groups,
+            dilation,
+        ).to(x.dtype)
+    else:
+        z = F.conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation)
     y = reference.activation(z, A.ID_TO_NAME[act], slope)
     return y, z if save_preact else None
 
@@ -293,6 +319,15 @@ def _backward_torch(
     grad_y, saved, x, weight, stride, padding, output_padding, dilation, groups, act, slope, mask
 ):
     g = reference.activation_backward(grad_y, saved, act, slope)
+    if _avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation):
+        grads = _backward_torch(
+            g.float(), None, x.float(), weight.float(), stride, padding, output_padding,
+            dilation, groups, A.activation_id(None), slope, mask,
+        )  # fmt: skip
+        return tuple(
+            None if t is None else t.to(dtype)
+            for t, dtype in zip(grads, (x.dtype, weight.dtype, g.dtype), strict=True)
+        )
     return torch.ops.aten.convolution_backward(
         g,
         x,
