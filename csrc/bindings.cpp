@@ -1,6 +1,7 @@
 // genkern._C: the C++ (and, when built with CUDA, CUDA) entry points, bound with pybind11.
 #include <torch/extension.h>
 
+#include "cpu/col2im_path.h"
 #include "cpu/conv2d_act.h"
 #include "cpu/conv_transpose2d_act.h"
 #include "cpu/eager_autograd.h"
@@ -65,6 +66,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_prepack_mode", &genkern::cpu::set_prepack_mode);
   m.def("prepack_available", &genkern::cpu::prepack_available);
   m.def("prepack_state", &genkern::cpu::prepack_state);
+  // few-channel transposed convs through ATen's GEMM + col2im kernel (see col2im_path.h)
+  m.def("set_col2im_mode", &genkern::cpu::set_col2im_mode);
+  m.def("col2im_mode", &genkern::cpu::col2im_mode);
+  m.def("use_col2im", &genkern::cpu::use_col2im);
   m.def("avg_pool2d_fast", &genkern::cpu::avg_pool2d_fast);
   m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
   m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);

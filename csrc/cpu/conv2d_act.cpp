@@ -4,9 +4,11 @@
 // the activation in one in-place pass over the fresh output (no extra allocation, unlike stock's
 // out-of-place activation), and the backward's prologue (activation backward + bias gradient in one
 // pass over grad_y), after which one convolution_backward call computes only the gradients asked
-// for.
+// for. The input gradient of a conv from few channels (an image's 1-3) is a transposed conv onto
+// few channels, which goes through ATen's GEMM + col2im kernel instead (see col2im_path.h).
 #include "conv2d_act.h"
 
+#include "col2im_path.h"
 #include "epilogue.h"
 
 namespace genkern::cpu {
@@ -34,11 +36,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
   auto [g, grad_bias] =
       act_backward_bias_grad(grad_y, saved, activation, negative_slope, output_mask[2]);
   at::Tensor grad_x, grad_w;
-  if (output_mask[0] || output_mask[1]) {
+  const bool col2im = output_mask[0] && use_col2im(g, weight, groups);
+  if ((output_mask[0] && !col2im) || output_mask[1]) {
     std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
         g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/false,
-        /*output_padding=*/{0, 0}, groups, {output_mask[0], output_mask[1], false});
+        /*output_padding=*/{0, 0}, groups, {output_mask[0] && !col2im, output_mask[1], false});
   }
+  if (col2im) grad_x = conv2d_input_grad_col2im(g, x, weight, stride, padding, dilation);
   return {grad_x, grad_w, grad_bias};
 }
 

@@ -1,0 +1,85 @@
+#include "col2im_path.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace genkern::cpu {
+namespace {
+
+int64_t mode_from_env() {
+  const char* v = std::getenv("GENKERN_CPU_COL2IM");
+  if (v == nullptr || std::strcmp(v, "auto") == 0 || v[0] == '\0') return 1;
+  if (std::strcmp(v, "never") == 0) return 0;
+  if (std::strcmp(v, "always") == 0) return 2;
+  return 1;  // genkern/ops/_col2im.py rejects other values with a clear message at import
+}
+
+std::atomic<int64_t> g_mode{mode_from_env()};
+
+// ATen's output layout rule for a convolution of x with w.
+at::MemoryFormat conv_format(const at::Tensor& x, const at::Tensor& w) {
+  const bool cl = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                  w.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+}  // namespace
+
+void set_col2im_mode(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 2, "col2im mode must be 0 (never), 1 (auto) or 2 (always)");
+  g_mode.store(mode);
+}
+
+int64_t col2im_mode() { return g_mode.load(); }
+
+bool use_col2im(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+  const int64_t mode = g_mode.load(std::memory_order_relaxed);
+  if (mode == 0 || groups != 1 || x.dim() != 4 || x.numel() == 0 || weight.numel() == 0)
+    return false;
+  const auto dtype = x.scalar_type();
+  if (mode == 2) return dtype == at::kFloat || dtype == at::kDouble;
+  // the measured rule: 1 output channel from 32 or more, or 2-3 from 64 or more (4 output
+  // channels already lose on some stride-1 shapes, 3 from 16-32 on most)
+  const int64_t in = weight.size(0), out = weight.size(1);
+  return dtype == at::kFloat && (out == 1 ? in >= 32 : (out <= 3 && in >= 64));
+}
+
+at::Tensor conv_transpose2d_col2im(const at::Tensor& x, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias,
+                                   const std::vector<int64_t>& stride,
+                                   const std::vector<int64_t>& padding,
+                                   const std::vector<int64_t>& output_padding,
+                                   const std::vector<int64_t>& dilation) {
+  const auto fmt = conv_format(x, weight);
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = bias->contiguous();
+  at::Tensor y = at::slow_conv_transpose2d(x.contiguous(fmt), weight.contiguous(fmt),
+                                           {weight.size(2), weight.size(3)}, b, stride, padding,
+                                           output_padding, dilation);
+  return y.is_contiguous(fmt) ? y : y.contiguous(fmt);
+}
+
+at::Tensor conv2d_input_grad_col2im(const at::Tensor& g, const at::Tensor& x,
+                                    const at::Tensor& weight, const std::vector<int64_t>& stride,
+                                    const std::vector<int64_t>& padding,
+                                    const std::vector<int64_t>& dilation) {
+  // the transposed conv's output_padding that lands exactly on x's size (always < stride)
+  std::vector<int64_t> output_padding(2);
+  for (int i = 0; i < 2; ++i) {
+    const int64_t reach =
+        (g.size(i + 2) - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.size(i + 2) - 1) + 1;
+    output_padding[i] = x.size(i + 2) - reach;
+    if (output_padding[i] < 0 || output_padding[i] >= std::max(stride[i], dilation[i]))
+      return std::get<0>(at::convolution_backward(g, x, weight, std::nullopt, stride, padding,
+                                                  dilation, /*transposed=*/false, {0, 0}, 1,
+                                                  {true, false, false}));
+  }
+  at::Tensor gx = conv_transpose2d_col2im(g, weight, std::nullopt, stride, padding,
+                                          output_padding, dilation);
+  const auto fmt = conv_format(x, weight);
+  return gx.is_contiguous(fmt) ? gx : gx.contiguous(fmt);
+}
+
+}  // namespace genkern::cpu
