@@ -367,3 +367,39 @@ def test_upsample_backward_sums_16bit_gradients_in_float32(layout):
     (stock_gx,) = torch.autograd.grad(stock_y, [stock_leaf], g)
     expected = g.double().view(1, 2, 3, 8, 2, 8).sum((3, 5))
     testing.assert_like_stock(gx, stock_gx, expected, torch.bfloat16, "upsample grad")
+
+
+# windows that do not overlap (no padding or dilation, kernel <= stride): the cpu backward zeroes
+# each band of input rows and writes its windows' gradients (no zero fill, no scatter over all)
+TILED = [
+    (2, 3, 9, 7, (2, 2), (2, 2), False),  # odd sizes: a last input row and column in no window
+    (1, 4, 8, 9, (2, 1), (3, 2), False),  # kernel < stride: gap rows and columns
+    (2, 2, 7, 8, (3, 3), (3, 3), True),  # ceil_mode: clipped last windows
+    (1, 3, 1, 5, (1, 2), (1, 2), False),  # a 1-row input
+]
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", TILED, ids=_id)
+def test_max_pool_backward_of_tiled_windows_is_stocks_bits(case, layout, dtype):
+    n, c, h, w, k, s, ceil = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (n, c, h, w), generator=g).to(dtype)  # ties on a coarse grid
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    grads = []
+    for fn in (
+        lambda t: genkern.ops.max_pool2d(t, k, s, ceil_mode=ceil, backend="cpu"),
+        lambda t: F.max_pool2d(t, k, s, ceil_mode=ceil),
+    ):
+        leaf = x.detach().clone().requires_grad_()
+        y = fn(leaf)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        gy[..., 0] = -0.0  # a negative zero becomes +0, as in a scatter-add into zeros
+        grads.append(torch.autograd.grad(y, leaf, gy)[0])
+    assert grads[0].stride() == grads[1].stride() or c == 1
+    assert torch.equal(grads[0], grads[1])
+    assert torch.equal(grads[0].signbit(), grads[1].signbit())

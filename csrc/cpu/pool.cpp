@@ -189,21 +189,64 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& indices,
-                                   const at::Tensor& grad_input) {
+                                   const at::Tensor& grad_input, std::vector<int64_t> kernel,
+                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                   std::vector<int64_t> dilation) {
   const auto fmt = format_of(grad_input);
   const at::Tensor& x = grad_input;
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
   const at::Tensor gy = grad_y.contiguous(fmt);
   const at::Tensor id = indices.contiguous(fmt);
-  const int64_t OHW = gy.size(2) * gy.size(3);
-  at::Tensor gx = grad_input;  // zero-filled by the caller
-  if (gy.numel() == 0 || gx.numel() == 0) return gx;
+  const int64_t OH = gy.size(2), OW = gy.size(3), OHW = OH * OW;
+  at::Tensor gx = grad_input;  // uninitialized: every element is written below
+  if (gx.numel() == 0) return gx;
+  const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
+  // Windows that do not overlap (no padding or dilation, kernel <= stride): each input element
+  // lies in at most one window, so each band of input rows under a row of windows is zeroed and
+  // then receives its windows' gradients while in cache (one pass over memory instead of a zero
+  // fill and a scatter); the same bits as the scatter-add into zeros.
+  const bool tiled = padding[0] == 0 && padding[1] == 0 && dilation[0] == 1 && dilation[1] == 1 &&
+                     kH <= sH && kW <= sW && gy.numel() > 0;
+  if (!tiled) {
+    gx.zero_();
+    if (gy.numel() == 0) return gx;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d_bwd", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* g = gy.data_ptr<scalar_t>();
     const int64_t* ip = id.data_ptr<int64_t>();
     scalar_t* out = gx.data_ptr<scalar_t>();
-    if (fmt == at::MemoryFormat::Contiguous) {
+    // band oh: input rows [oh * sH, min(oh * sH + sH, IH)), which only windows of row oh reach;
+    // rows from OH * sH on are in no window (zeroed with the last band)
+    if (tiled && fmt == at::MemoryFormat::Contiguous) {
+      at::parallel_for(0, N * C * OH, grain_for(sH * IW), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t p = r / OH, oh = r % OH, h0 = oh * sH, h1 = std::min(h0 + sH, IH);
+          scalar_t* plane = out + p * IH * IW;
+          std::fill(plane + h0 * IW, plane + h1 * IW, scalar_t(0));
+          if (oh == OH - 1) std::fill(plane + h1 * IW, plane + IH * IW, scalar_t(0));
+          const scalar_t* gp = g + p * OHW + oh * OW;
+          const int64_t* pi = ip + p * OHW + oh * OW;
+          for (int64_t ow = 0; ow < OW; ++ow)
+            plane[pi[ow]] = scalar_t(opmath_t(gp[ow]) + opmath_t(0));  // -0 -> +0, as 0 + g
+        }
+      });
+    } else if (tiled) {  // channels_last: a band is IW * C contiguous elements a row
+      at::parallel_for(0, N * OH, grain_for(sH * IW * C), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t n = r / OH, oh = r % OH, h0 = oh * sH, h1 = std::min(h0 + sH, IH);
+          scalar_t* img = out + n * IH * IW * C;
+          std::fill(img + h0 * IW * C, img + h1 * IW * C, scalar_t(0));
+          if (oh == OH - 1) std::fill(img + h1 * IW * C, img + IH * IW * C, scalar_t(0));
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const scalar_t* gp = g + ((n * OH + oh) * OW + ow) * C;
+            const int64_t* pi = ip + ((n * OH + oh) * OW + ow) * C;
+            for (int64_t c = 0; c < C; ++c)
+              img[pi[c] * C + c] = scalar_t(opmath_t(gp[c]) + opmath_t(0));
+          }
+        }
+      });
+    } else if (fmt == at::MemoryFormat::Contiguous) {
       at::parallel_for(0, N * C, grain_for(OHW), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           scalar_t* plane = out + p * IH * IW;

@@ -17,9 +17,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
                                                           std::vector<int64_t> dilation,
                                                           std::vector<int64_t> out_size);
 
-// The backward kernels accumulate into grad_input, zero-filled by the caller in the input's layout.
+// grad_input (uninitialized, in the input's layout) receives the max-pool gradient: a gather where
+// windows do not overlap, else zeros and a scatter-add.
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& indices,
-                                   const at::Tensor& grad_input);
+                                   const at::Tensor& grad_input, std::vector<int64_t> kernel,
+                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
+                                   std::vector<int64_t> dilation);
+
+// The backward kernels below accumulate into grad_input, zero-filled by the caller in the input's
+// layout.
 
 // divisor_override <= 0: none.
 at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kernel,

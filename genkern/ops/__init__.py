@@ -1,8 +1,10 @@
 """genkern.ops: the public functional API. Each op is one torch.library custom op (namespace
 "genkern") with a fake kernel and a registered backward, dispatched per call to a backend."""
 
-from genkern.ops import _prepacked  # noqa: F401  (applies GENKERN_CPU_PREPACK)
-from genkern.ops import _col2im  # noqa: F401  (applies GENKERN_CPU_COL2IM)
+from genkern.ops import (
+    _col2im,  # noqa: F401  (applies GENKERN_CPU_COL2IM)
+    _prepacked,  # noqa: F401  (applies GENKERN_CPU_PREPACK)
+)
 from genkern.ops.batch_norm import batch_norm
 from genkern.ops.conv2d import conv2d
 from genkern.ops.conv_transpose2d import conv_transpose2d

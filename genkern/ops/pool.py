@@ -290,9 +290,9 @@ def _max_pool2d_backward(
     dilation: list[int],
     backend: str,
 ) -> torch.Tensor:
-    gx = _zeros(input_size, channels_last, grad_y)
-    if gx.numel() == 0 or grad_y.numel() == 0:
-        return gx
+    if 0 in input_size or grad_y.numel() == 0:
+        return _zeros(input_size, channels_last, grad_y)
+    gx = _empty(input_size, channels_last, grad_y)  # every backend's kernel writes all of it
     return _registry.kernel("max_pool2d_backward", backend)(
         grad_y, indices, gx, kernel, stride, padding, dilation
     )
@@ -555,7 +555,7 @@ def _max_fwd_cpu(x, kernel, stride, padding, dilation, ceil_mode, hw):
 
 
 def _max_bwd_cpu(grad_y, indices, gx, kernel, stride, padding, dilation):
-    return _ext().max_pool2d_backward_cpu(grad_y, indices, gx)
+    return _ext().max_pool2d_backward_cpu(grad_y, indices, gx, kernel, stride, padding, dilation)
 
 
 def _avg_fwd_cpu(x, kernel, stride, padding, hw, ceil_mode, cip, div):
