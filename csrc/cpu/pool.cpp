@@ -464,17 +464,28 @@ at::Tensor upsample_nearest2d_forward_cpu(const at::Tensor& x, const at::Tensor&
           for (int64_t ow = 0; ow < OW; ++ow) yo[ow] = row[wp[ow]];
         }
       });
-    } else {
-      at::parallel_for(0, N * OH * OW, grain_for(C), [&](int64_t q0, int64_t q1) {
-        for (int64_t q = q0; q < q1; ++q) {
-          const int64_t n = q / (OH * OW), oh = (q / OW) % OH, ow = q % OW;
-          std::memcpy(yp + q * C, xp + ((n * IH + hp[oh]) * IW + wp[ow]) * C,
-                      sizeof(scalar_t) * C);
+    } else {  // channels_last: per output row, a C-vector copy per pixel
+      at::parallel_for(0, N * OH, grain_for(OW * C), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t n = r / OH, oh = r % OH;
+          const scalar_t* row = xp + (n * IH + hp[oh]) * IW * C;
+          scalar_t* yo = yp + r * OW * C;
+          for (int64_t ow = 0; ow < OW; ++ow)
+            std::memcpy(yo + ow * C, row + wp[ow] * C, sizeof(scalar_t) * C);
         }
       });
     }
   });
   return y;
+}
+
+// The outputs [lo[i], hi[i]) whose nearest source is input i (src is non-decreasing).
+static std::pair<std::vector<int64_t>, std::vector<int64_t>> source_ranges(const int64_t* src,
+                                                                     int64_t out, int64_t in) {
+  std::vector<int64_t> lo(in, 0), hi(in, 0);
+  for (int64_t o = out - 1; o >= 0; --o) lo[src[o]] = o;
+  for (int64_t o = 0; o < out; ++o) hi[src[o]] = o + 1;
+  return {lo, hi};
 }
 
 at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& src_h,
@@ -484,8 +495,9 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
   const int64_t OH = src_h.numel(), OW = src_w.numel();
   const at::Tensor gy = grad_y.contiguous(fmt);
-  at::Tensor gx = grad_input;  // zero-filled by the caller
-  if (gy.numel() == 0 || gx.numel() == 0) return gx;
+  at::Tensor gx = grad_input;  // uninitialized: every element is written below
+  if (gx.numel() == 0) return gx;
+  if (gy.numel() == 0) return gx.zero_();
   const at::Tensor sh = src_h.contiguous(), sw = src_w.contiguous();
   const int64_t* hp = sh.data_ptr<int64_t>();
   const int64_t* wp = sw.data_ptr<int64_t>();
@@ -494,10 +506,10 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
     // 16-bit gradients are summed in float32 and rounded once, as torch's kernel (a sum rounded
     // after every add lost ~10x stock's accuracy where many outputs share a source pixel)
     constexpr bool exact = std::is_same_v<scalar_t, opmath_t>;
-    const at::Tensor acc = exact ? gx : gx.to(at::kFloat);  // gx's exact strides
     const scalar_t* g = gy.data_ptr<scalar_t>();
-    opmath_t* out = acc.data_ptr<opmath_t>();
     if (fmt == at::MemoryFormat::Contiguous) {
+      const at::Tensor acc = exact ? gx.zero_() : at::zeros(gx.sizes(), gx.options().dtype(at::kFloat));
+      opmath_t* out = acc.data_ptr<opmath_t>();
       at::parallel_for(0, N * C, grain_for(OH * OW), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           opmath_t* plane = out + p * IH * IW;
@@ -508,18 +520,29 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
           }
         }
       });
-    } else {
-      at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n)
-          for (int64_t oh = 0; oh < OH; ++oh)
-            for (int64_t ow = 0; ow < OW; ++ow) {
-              opmath_t* d = out + ((n * IH + hp[oh]) * IW + wp[ow]) * C;
-              const scalar_t* gp = g + ((n * OH + oh) * OW + ow) * C;
-              for (int64_t c = 0; c < C; ++c) d[c] += opmath_t(gp[c]);
-            }
+      if (!exact) gx.copy_(acc);
+    } else {  // channels_last: a gather per input pixel, the same adds in the same order
+      const auto [h_lo, h_hi] = source_ranges(hp, OH, IH);
+      const auto [w_lo, w_hi] = source_ranges(wp, OW, IW);
+      scalar_t* out = gx.data_ptr<scalar_t>();
+      at::parallel_for(0, N * IH, grain_for(IW * C * 4), [&](int64_t r0, int64_t r1) {
+        std::vector<opmath_t> sum(C);
+        opmath_t* __restrict__ acc = sum.data();
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t n = r / IH, ih = r % IH;
+          for (int64_t iw = 0; iw < IW; ++iw) {
+            for (int64_t c = 0; c < C; ++c) acc[c] = opmath_t(0);
+            for (int64_t oh = h_lo[ih]; oh < h_hi[ih]; ++oh)
+              for (int64_t ow = w_lo[iw]; ow < w_hi[iw]; ++ow) {
+                const scalar_t* __restrict__ gp = g + ((n * OH + oh) * OW + ow) * C;
+                for (int64_t c = 0; c < C; ++c) acc[c] += opmath_t(gp[c]);
+              }
+            scalar_t* __restrict__ d = out + (r * IW + iw) * C;
+            for (int64_t c = 0; c < C; ++c) d[c] = scalar_t(acc[c]);
+          }
+        }
       });
     }
-    if (!exact) gx.copy_(acc);
   });
   return gx;
 }

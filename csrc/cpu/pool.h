@@ -24,7 +24,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
                                    std::vector<int64_t> stride, std::vector<int64_t> padding,
                                    std::vector<int64_t> dilation);
 
-// The backward kernels below accumulate into grad_input, zero-filled by the caller in the input's
+// avg_pool2d's backward accumulates into grad_input, zero-filled by the caller in the input's
 // layout.
 
 // divisor_override <= 0: none.
@@ -42,6 +42,8 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& g
 at::Tensor upsample_nearest2d_forward_cpu(const at::Tensor& x, const at::Tensor& src_h,
                                           const at::Tensor& src_w);
 
+// grad_input (uninitialized, in the input's layout; src_h / src_w non-decreasing) receives the sum
+// of the gradients of the outputs copied from each input pixel.
 at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& src_h,
                                            const at::Tensor& src_w,
                                            const at::Tensor& grad_input);
