@@ -369,3 +369,24 @@ def test_gradcheck_cpu_kernel_full_jacobian():
     args = [t.to("cpu").detach().requires_grad_() for t in (x, w, b)]
     fn = lambda x, w, b: genkern.ops.conv2d(x, w, b, **kw, activation="silu", backend="cpu")
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", [b for b in grid_backends(torch.bfloat16) if b != "triton"])
+def test_16bit_output_column_in_the_padding(backend):
+    # a 1-column input, padding 1, stride 2, dilation 2: the first output column's window lies
+    # wholly in the padding. torch 2.13's oneDNN bf16 conv crashed the process here (SIGSEGV on
+    # AVX-512 CPUs, found by the fuzz); genkern runs such calls in float32
+    if torch.device(DEVICE).type != "cpu":
+        pytest.skip("the oneDNN crash this guards against is a CPU one")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 3, 1, generator=g).bfloat16()
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(3, 3, 2, 1, generator=g).bfloat16().requires_grad_()
+    kw = dict(stride=[1, 2], padding=[1, 1], dilation=[1, 2])
+    fn = lambda x, w: genkern.ops.conv2d(x, w, **kw, activation="silu", backend=backend)
+    ref = lambda x, w: reference.conv2d(x, w, **kw, activation="silu")
+    testing.check_against_reference(fn, ref, [x, w], torch.bfloat16, backend)
+    with torch.no_grad():  # a call that records no graph (the packed-weight path on the cpu)
+        testing.assert_close_to_reference(
+            fn(x, w), ref(x.double(), w.double()), torch.bfloat16, backend
+        )

@@ -167,3 +167,23 @@ def test_strided_bias_and_input_are_read_by_their_strides(transposed, always):
             y = op(x, w, b, padding=1, activation="relu")
         torch.testing.assert_close(y, torch.relu(stock(x, w, b, padding=1)))
     assert _prepacked.state(w) == "packed"
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_outputs_no_tap_reaches_take_the_regular_path(transposed, always):
+    # an output column whose window lies wholly in the padding (a 1-column input, 1x1 kernel,
+    # stride 2, dilation 2, padding 1) or that no input pixel reaches: oneDNN's packed conv with
+    # a bias post-op crashed the process here (SIGSEGV on an AVX-512 Xeon, found by the fuzz)
+    g = torch.Generator().manual_seed(0)
+    if transposed:
+        x, w = torch.randn(1, 6, 1, 4, generator=g), torch.randn(6, 1, 2, 3, generator=g)
+        kw = dict(stride=1, padding=[1, 0], groups=2, dilation=2)
+        fn, stock = genkern.ops.conv_transpose2d, torch.nn.functional.conv_transpose2d
+    else:
+        x, w = torch.randn(1, 6, 1, 1, generator=g), torch.randn(2, 3, 1, 1, generator=g)
+        kw = dict(stride=[1, 2], padding=[0, 1], groups=2, dilation=[1, 2])
+        fn, stock = genkern.ops.conv2d, torch.nn.functional.conv2d
+    b = torch.randn(2, generator=g)
+    y = fn(x, w, b, **kw, activation="tanh")
+    torch.testing.assert_close(y, torch.tanh(stock(x, w, b, **kw)))
+    assert _prepacked.state(w) is None  # never packed

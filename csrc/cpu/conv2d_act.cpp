@@ -9,6 +9,7 @@
 #include "conv2d_act.h"
 
 #include "col2im_path.h"
+#include "conv_geometry.h"
 #include "epilogue.h"
 
 namespace genkern::cpu {
@@ -17,8 +18,13 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
     int64_t groups, int64_t activation, double negative_slope, bool save_preact) {
-  at::Tensor z = at::convolution(x, weight, bias, stride, padding, dilation,
-                                 /*transposed=*/false, /*output_padding=*/{0, 0}, groups);
+  at::Tensor z =
+      run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)  // see the header
+          ? at::convolution(x.to(at::kFloat), weight.to(at::kFloat), float32_copy(bias), stride,
+                            padding, dilation, /*transposed=*/false, {0, 0}, groups)
+                .to(x.scalar_type())
+          : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/false,
+                            /*output_padding=*/{0, 0}, groups);
   if (!save_preact) {
     activation_(z, activation, negative_slope);
     return {z, at::Tensor()};
@@ -36,6 +42,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
   auto [g, grad_bias] =
       act_backward_bias_grad(grad_y, saved, activation, negative_slope, output_mask[2]);
   at::Tensor grad_x, grad_w;
+  if ((output_mask[0] || output_mask[1]) &&
+      run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)) {
+    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
+        g.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), std::nullopt, stride, padding,
+        dilation, /*transposed=*/false, {0, 0}, groups, {output_mask[0], output_mask[1], false});
+    if (output_mask[0]) grad_x = grad_x.to(x.scalar_type());
+    if (output_mask[1]) grad_w = grad_w.to(weight.scalar_type());
+    return {grad_x, grad_w, grad_bias};
+  }
   const bool col2im = output_mask[0] && use_col2im(g, weight, groups);
   if ((output_mask[0] && !col2im) || output_mask[1]) {
     std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(

@@ -7,6 +7,7 @@
 #include "conv_transpose2d_act.h"
 
 #include "col2im_path.h"
+#include "conv_geometry.h"
 #include "epilogue.h"
 
 namespace genkern::cpu {
@@ -74,36 +75,8 @@ std::pair<at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g, const at::T
   return {gx, gw};
 }
 
-// Whether no output position along one spatial dim receives a tap: every ii * s - p + j * d for
-// ii < in, j < k falls outside [0, out), out = (in - 1) s - 2p + d (k - 1) + op + 1.
-bool dim_untouched(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, int64_t op) {
-  const int64_t out = (in - 1) * s - 2 * p + d * (k - 1) + op + 1;
-  for (int64_t ii = 0; ii < in; ++ii)
-    for (int64_t j = 0; j < k; ++j)
-      if (const int64_t o = ii * s - p + j * d; o >= 0 && o < out) return false;
-  return true;
-}
-
-std::optional<at::Tensor> as_float(const std::optional<at::Tensor>& t) {
-  if (!t.has_value() || !t->defined()) return std::nullopt;
-  return t->to(at::kFloat);
-}
 
 }  // namespace
-
-// (why: see the header)
-bool avoid_16bit_deconv(const at::Tensor& x, const at::Tensor& weight,
-                        const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
-                        const std::vector<int64_t>& output_padding,
-                        const std::vector<int64_t>& dilation) {
-  const auto t = x.scalar_type();
-  if ((t != at::kBFloat16 && t != at::kHalf) || x.dim() != 4) return false;
-  for (int i = 0; i < 2; ++i)
-    if (dim_untouched(x.size(i + 2), weight.size(i + 2), stride[i], padding[i], dilation[i],
-                      output_padding[i]))
-      return true;
-  return false;
-}
 
 std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -112,8 +85,8 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
     bool save_preact) {
   at::Tensor z =
       is_gemm(x, padding, output_padding, dilation, groups) ? gemm_forward(x, weight, bias)
-      : avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation)
-          ? at::convolution(x.to(at::kFloat), weight.to(at::kFloat), as_float(bias), stride,
+      : run_16bit_in_float32(true, x, weight, stride, padding, output_padding, dilation)
+          ? at::convolution(x.to(at::kFloat), weight.to(at::kFloat), float32_copy(bias), stride,
                             padding, dilation, /*transposed=*/true, output_padding, groups)
                 .to(x.scalar_type())
       : use_col2im(x, weight, groups)
@@ -141,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
       is_gemm(x, padding, output_padding, dilation, groups)) {
     std::tie(grad_x, grad_w) = gemm_backward(g, x, weight, output_mask[0], output_mask[1]);
   } else if ((output_mask[0] || output_mask[1]) &&
-             avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation)) {
+             run_16bit_in_float32(true, x, weight, stride, padding, output_padding, dilation)) {
     std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
         g.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), std::nullopt, stride, padding,
         dilation, /*transposed=*/true, output_padding, groups,

@@ -25,14 +25,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
     std::vector<int64_t> output_padding, std::vector<int64_t> dilation, int64_t groups,
     int64_t activation, double negative_slope, std::array<bool, 3> output_mask);
 
-// oneDNN's 16-bit deconvolution in torch 2.13 crashes the process (SIGSEGV, with 2 threads, on
-// AVX-512/AMX CPUs) on some calls whose output has a spatial dim that no tap reaches, e.g. a
-// 1-row bfloat16 input, a 2-row kernel dilated by 2 and padding 1 (found by the fuzz; stock
-// F.conv_transpose2d crashes too). True for every 16-bit call with such a dim: genkern runs them
-// in float32 (the same float32 accumulation, one rounding to the 16-bit dtype), packed or not.
-bool avoid_16bit_deconv(const at::Tensor& x, const at::Tensor& weight,
-                        const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
-                        const std::vector<int64_t>& output_padding,
-                        const std::vector<int64_t>& dilation);
-
 }  // namespace genkern::cpu

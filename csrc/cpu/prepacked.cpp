@@ -10,7 +10,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "conv_transpose2d_act.h"
+#include "conv_geometry.h"
 #include "genkern/activation.h"
 
 namespace genkern::cpu {
@@ -194,7 +194,8 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
                           int64_t activation, double negative_slope, bool channels_last,
                           const std::function<at::Tensor()>& regular) {
   if (!eligible(x) ||
-      (transposed && avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation)))
+      has_empty_output(transposed, x, weight, stride, padding, output_padding, dilation))  // see
+                                                                                        // conv_geometry.h
     return regular();
   const Call c{transposed, x,      weight,     bias,           stride,        padding,
                output_padding, dilation, groups, activation, negative_slope, channels_last};

@@ -137,3 +137,28 @@ def dense_format(t: torch.Tensor) -> torch.memory_format:
             return torch.contiguous_format
         low = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
     return torch.channels_last
+
+
+def runs_16bit_in_float32(x, weight, stride, padding, output_padding, dilation, transposed) -> bool:
+    """A 16-bit CPU conv or transposed conv with an output position no tap reaches (its window
+    wholly in the padding, or no input pixel landing on it): torch 2.13's oneDNN crashes the
+    process there (csrc/cpu/conv_geometry.h says more), so such calls run in float32 (the same
+    float32 accumulation, one rounding)."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or x.device.type != "cpu" or x.dim() != 4:
+        return False
+    for i in range(2):
+        size, k, s, p, d = x.shape[i + 2], weight.shape[i + 2], stride[i], padding[i], dilation[i]
+        if transposed:
+            out = (size - 1) * s - 2 * p + d * (k - 1) + output_padding[i] + 1
+            taps = lambda o: any(  # noqa: E731
+                (o + p - j * d) >= 0 and (o + p - j * d) % s == 0 and (o + p - j * d) // s < size
+                for j in range(k)
+            )
+        else:
+            if p == 0:
+                continue
+            out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+            taps = lambda o: any(0 <= o * s - p + j * d < size for j in range(k))  # noqa: E731
+        if not all(taps(o) for o in range(out)):
+            return True
+    return False

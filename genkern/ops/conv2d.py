@@ -253,13 +253,26 @@ _conv2d_act.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _forward_torch(x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact):
-    z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if _checks.runs_16bit_in_float32(x, weight, stride, padding, [0, 0], dilation, False):
+        b = None if bias is None else bias.float()
+        z = F.conv2d(x.float(), weight.float(), b, stride, padding, dilation, groups).to(x.dtype)
+    else:
+        z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     y = reference.activation(z, A.ID_TO_NAME[act], slope)
     return y, z if save_preact else None
 
 
 def _backward_torch(grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask):
     g = reference.activation_backward(grad_y, saved, act, slope)
+    if _checks.runs_16bit_in_float32(x, weight, stride, padding, [0, 0], dilation, False):
+        grads = _backward_torch(
+            g.float(), None, x.float(), weight.float(), stride, padding, dilation, groups,
+            A.activation_id(None), slope, mask,
+        )  # fmt: skip
+        return tuple(
+            None if t is None else t.to(dtype)
+            for t, dtype in zip(grads, (x.dtype, weight.dtype, g.dtype), strict=True)
+        )
     gx, gw, gb = torch.ops.aten.convolution_backward(
         g, x, weight, [weight.shape[0]], stride, padding, dilation, False, [0, 0], groups, mask
     )

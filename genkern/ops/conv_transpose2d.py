@@ -281,24 +281,10 @@ _conv_transpose2d_act.register_autograd(_backward, setup_context=_setup_context)
 # ---- backends ---------------------------------------------------------------------------------
 
 
-def _avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation) -> bool:
-    """torch 2.13's oneDNN 16-bit deconvolution crashes the process on some calls whose output has
-    a spatial dim that no tap reaches (csrc/cpu/conv_transpose2d_act.cpp says more): every such
-    call runs in float32 (the same float32 accumulation, one rounding)."""
-    if x.dtype not in (torch.bfloat16, torch.float16) or x.device.type != "cpu" or x.dim() != 4:
-        return False
-    for i in range(2):
-        size, k, s, p, d = x.shape[i + 2], weight.shape[i + 2], stride[i], padding[i], dilation[i]
-        out = (size - 1) * s - 2 * p + d * (k - 1) + output_padding[i] + 1
-        if not any(0 <= a * s - p + j * d < out for a in range(size) for j in range(k)):
-            return True
-    return False
-
-
 def _forward_torch(
     x, weight, bias, stride, padding, output_padding, dilation, groups, act, slope, save_preact
 ):
-    if _avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation):
+    if _checks.runs_16bit_in_float32(x, weight, stride, padding, output_padding, dilation, True):
         z = F.conv_transpose2d(
             x.float(),
             weight.float(),
@@ -319,7 +305,7 @@ def _backward_torch(
     grad_y, saved, x, weight, stride, padding, output_padding, dilation, groups, act, slope, mask
 ):
     g = reference.activation_backward(grad_y, saved, act, slope)
-    if _avoid_16bit_deconv(x, weight, stride, padding, output_padding, dilation):
+    if _checks.runs_16bit_in_float32(x, weight, stride, padding, output_padding, dilation, True):
         grads = _backward_torch(
             g.float(), None, x.float(), weight.float(), stride, padding, output_padding,
             dilation, groups, A.activation_id(None), slope, mask,
