@@ -107,16 +107,16 @@ void small_gemm_f32(const GemmArgs& g) {
 bool small_gemm_wins(int64_t M, int64_t N, int64_t K) {
   // Measured (2-core AMD EPYC, AVX2): 2-3x faster than MKL at ~0.1M multiply-adds (MKL's setup
   // dominates), ~1.1-1.3x at ~1M, a tie at ~6M, 0.85-0.95x at 40M (MKL's kernel is faster).
-  // On AVX-512 CPUs MKL's kernel is twice as wide as our AVX2 tile. Measured on a 2-core Xeon
-  // (bias, x [128, K] -> N): ours wins 1.15-1.45x where the inner dim is short (K = 20, 84, 120)
-  // and loses 0.87-0.96x at K = 256-400 from 0.5M multiply-adds (N = 20-32).
+  return M * N * K <= (int64_t(1) << 21);
+}
+
+bool cpu_has_avx512() {
 #if defined(__GNUC__) && defined(__x86_64__)
   static const bool avx512 = __builtin_cpu_supports("avx512f") != 0;
+  return avx512;
 #else
-  constexpr bool avx512 = false;
+  return false;
 #endif
-  const int64_t madds = M * N * K;
-  return madds <= (int64_t(1) << 21) && (!avx512 || K <= 128 || madds <= (int64_t(1) << 18));
 }
 
 }  // namespace genkern::cpu

@@ -33,4 +33,7 @@ void small_gemm_f32(const GemmArgs& g);
 // Whether small_gemm_f32 is expected to beat ATen's mm (MKL) on an [M, K] x [K, N] product.
 bool small_gemm_wins(int64_t M, int64_t N, int64_t K);
 
+// Whether this CPU has AVX-512 (where MKL's kernels are twice as wide as our AVX2 tile).
+bool cpu_has_avx512();
+
 }  // namespace genkern::cpu
