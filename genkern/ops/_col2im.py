@@ -10,36 +10,17 @@ their shape grids through it), or "never". `set_mode` changes it at run time.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 from genkern import _ext
+from genkern.ops import _modes
 
-MODES = ("never", "auto", "always")  # the ids of genkern::cpu::Col2imMode
-MODE = os.environ.get("GENKERN_CPU_COL2IM", "auto").strip().lower() or "auto"
-if MODE not in MODES:
-    raise ValueError(f"GENKERN_CPU_COL2IM must be auto, always or never, but got {MODE!r}")
+MODES = _modes.MODES
 
 
-def set_mode(mode: str) -> None:
-    """Switch the few-channel col2im path's mode for this process."""
-    global MODE
-    if mode not in MODES:
-        raise ValueError(f"col2im mode must be one of {MODES}, but got {mode!r}")
-    MODE = mode
+def _apply(mode_id: int) -> None:
     if _ext.HAS_CPU:
-        _ext._C.set_col2im_mode(MODES.index(mode))
+        _ext._C.set_col2im_mode(mode_id)
 
 
-@contextlib.contextmanager
-def mode(name: str):
-    """set_mode(name) inside the block, the previous mode after it."""
-    previous = MODE
-    set_mode(name)
-    try:
-        yield
-    finally:
-        set_mode(previous)
-
-
-set_mode(MODE)
+_SWITCH = _modes.Switch("GENKERN_CPU_COL2IM", "col2im", _apply)
+set_mode = _SWITCH.set  # switch the few-channel col2im path's mode for this process
+mode = _SWITCH.scoped  # set_mode(name) inside a with-block, the previous mode after it

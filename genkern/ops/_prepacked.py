@@ -9,14 +9,18 @@ non-oneDNN kernel), "always", or "never". `set_mode` changes it at run time (and
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 
 from genkern import _ext
+from genkern.ops import _modes
 
-MODES = ("never", "auto", "always")  # the ids of genkern::cpu::PrepackMode
+MODES = _modes.MODES
+AVAILABLE = _ext.HAS_CPU and torch.backends.mkldnn.is_available() and _ext._C.prepack_available()
+
+
+def _apply(mode_id: int) -> None:  # a new mode clears the packed weights
+    if _ext.HAS_CPU:
+        _ext._C.set_prepack_mode(mode_id, _bfloat16())
 
 
 def _bfloat16() -> bool:
@@ -25,37 +29,12 @@ def _bfloat16() -> bool:
     return bf16 is not None and bool(bf16())
 
 
-AVAILABLE = _ext.HAS_CPU and torch.backends.mkldnn.is_available() and _ext._C.prepack_available()
-MODE = os.environ.get("GENKERN_CPU_PREPACK", "auto").strip().lower() or "auto"
-if MODE not in MODES:
-    raise ValueError(f"GENKERN_CPU_PREPACK must be auto, always or never, but got {MODE!r}")
-
-
-def set_mode(mode: str) -> None:
-    """Switch the packed path's mode for this process (clears the packed weights)."""
-    global MODE
-    if mode not in MODES:
-        raise ValueError(f"prepack mode must be one of {MODES}, but got {mode!r}")
-    MODE = mode
-    if _ext.HAS_CPU:
-        _ext._C.set_prepack_mode(MODES.index(mode), _bfloat16())
-
-
-@contextlib.contextmanager
-def mode(name: str):
-    """set_mode(name) inside the block, the previous mode after it."""
-    previous = MODE
-    set_mode(name)
-    try:
-        yield
-    finally:
-        set_mode(previous)
+_SWITCH = _modes.Switch("GENKERN_CPU_PREPACK", "prepack", _apply)
+set_mode = _SWITCH.set  # switch the packed path's mode for this process (clears the cache)
+mode = _SWITCH.scoped  # set_mode(name) inside a with-block, the previous mode after it
 
 
 def state(weight: torch.Tensor) -> str | None:
     """What the cache holds for this weight: None, "regular" (the regular path was faster or
     oneDNN has no packed primitive for the call) or "packed"."""
     return (None, "regular", "packed")[_ext._C.prepack_state(weight) + 1]
-
-
-set_mode(MODE)

@@ -1,0 +1,37 @@
+"""A process-wide switch of a C++ path (never / auto / always), read from an environment variable
+at import and changeable at run time: the packed-weight conv path (_prepacked) and the
+few-channel col2im path (_col2im) each have one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+
+MODES = ("never", "auto", "always")  # the ids the C++ side takes: 0, 1, 2
+
+
+class Switch:
+    def __init__(self, env: str, what: str, apply: Callable[[int], None]):
+        self.what, self._apply = what, apply
+        name = os.environ.get(env, "auto").strip().lower() or "auto"
+        if name not in MODES:
+            raise ValueError(f"{env} must be auto, always or never, but got {name!r}")
+        self.set(name)
+
+    def set(self, name: str) -> None:
+        """Switch the mode for this process."""
+        if name not in MODES:
+            raise ValueError(f"{self.what} mode must be one of {MODES}, but got {name!r}")
+        self.current = name
+        self._apply(MODES.index(name))
+
+    @contextlib.contextmanager
+    def scoped(self, name: str):
+        """set(name) inside the block, the previous mode after it."""
+        previous = self.current
+        self.set(name)
+        try:
+            yield
+        finally:
+            self.set(previous)
