@@ -2,28 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
+
+#include "conv_geometry.h"
 
 namespace genkern::cpu {
 namespace {
 
-int64_t mode_from_env() {
-  const char* v = std::getenv("GENKERN_CPU_COL2IM");
-  if (v == nullptr || std::strcmp(v, "auto") == 0 || v[0] == '\0') return 1;
-  if (std::strcmp(v, "never") == 0) return 0;
-  if (std::strcmp(v, "always") == 0) return 2;
-  return 1;  // genkern/ops/_col2im.py rejects other values with a clear message at import
-}
-
-std::atomic<int64_t> g_mode{mode_from_env()};
-
-// ATen's output layout rule for a convolution of x with w.
-at::MemoryFormat conv_format(const at::Tensor& x, const at::Tensor& w) {
-  const bool cl = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
-                  w.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
+// genkern/ops/_col2im.py sets it from GENKERN_CPU_COL2IM when genkern.ops is imported
+std::atomic<int64_t> g_mode{static_cast<int64_t>(Col2imMode::kAuto)};
 
 }  // namespace
 
@@ -35,11 +21,11 @@ void set_col2im_mode(int64_t mode) {
 int64_t col2im_mode() { return g_mode.load(); }
 
 bool use_col2im(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
-  const int64_t mode = g_mode.load(std::memory_order_relaxed);
-  if (mode == 0 || groups != 1 || x.dim() != 4 || x.numel() == 0 || weight.numel() == 0)
+  const auto mode = static_cast<Col2imMode>(g_mode.load(std::memory_order_relaxed));
+  if (mode == Col2imMode::kNever || groups != 1 || x.dim() != 4 || x.numel() == 0 || weight.numel() == 0)
     return false;
   const auto dtype = x.scalar_type();
-  if (mode == 2) return dtype == at::kFloat || dtype == at::kDouble;
+  if (mode == Col2imMode::kAlways) return dtype == at::kFloat || dtype == at::kDouble;
   // the measured rule: 1 output channel from 32 or more, or 2-3 from 64 or more (4 output
   // channels already lose on some stride-1 shapes, 3 from 16-32 on most)
   const int64_t in = weight.size(0), out = weight.size(1);
@@ -52,7 +38,7 @@ at::Tensor conv_transpose2d_col2im(const at::Tensor& x, const at::Tensor& weight
                                    const std::vector<int64_t>& padding,
                                    const std::vector<int64_t>& output_padding,
                                    const std::vector<int64_t>& dilation) {
-  const auto fmt = conv_format(x, weight);
+  const auto fmt = conv_output_format(x, weight);
   std::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) b = bias->contiguous();
   at::Tensor y = at::slow_conv_transpose2d(x.contiguous(fmt), weight.contiguous(fmt),
@@ -78,7 +64,7 @@ at::Tensor conv2d_input_grad_col2im(const at::Tensor& g, const at::Tensor& x,
   }
   at::Tensor gx = conv_transpose2d_col2im(g, weight, std::nullopt, stride, padding,
                                           output_padding, dilation);
-  const auto fmt = conv_format(x, weight);
+  const auto fmt = conv_output_format(x, weight);
   return gx.is_contiguous(fmt) ? gx : gx.contiguous(fmt);
 }
 

@@ -20,9 +20,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
     int64_t groups, int64_t activation, double negative_slope, bool save_preact) {
   at::Tensor z =
       run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)  // see the header
-          ? at::convolution(x.to(at::kFloat), weight.to(at::kFloat), float32_copy(bias), stride,
-                            padding, dilation, /*transposed=*/false, {0, 0}, groups)
-                .to(x.scalar_type())
+          ? convolution_in_float32(x, weight, bias, stride, padding, dilation,
+                                   /*transposed=*/false, {0, 0}, groups)
           : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/false,
                             /*output_padding=*/{0, 0}, groups);
   if (!save_preact) {
@@ -44,11 +43,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
   at::Tensor grad_x, grad_w;
   if ((output_mask[0] || output_mask[1]) &&
       run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)) {
-    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
-        g.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), std::nullopt, stride, padding,
-        dilation, /*transposed=*/false, {0, 0}, groups, {output_mask[0], output_mask[1], false});
-    if (output_mask[0]) grad_x = grad_x.to(x.scalar_type());
-    if (output_mask[1]) grad_w = grad_w.to(weight.scalar_type());
+    std::tie(grad_x, grad_w) =
+        convolution_backward_in_float32(g, x, weight, stride, padding, dilation,
+                                        /*transposed=*/false, {0, 0}, groups, output_mask[0],
+                                        output_mask[1]);
     return {grad_x, grad_w, grad_bias};
   }
   const bool col2im = output_mask[0] && use_col2im(g, weight, groups);

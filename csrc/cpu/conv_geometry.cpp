@@ -39,9 +39,34 @@ bool run_16bit_in_float32(bool transposed, const at::Tensor& x, const at::Tensor
          has_empty_output(transposed, x, weight, stride, padding, output_padding, dilation);
 }
 
-std::optional<at::Tensor> float32_copy(const std::optional<at::Tensor>& t) {
-  if (!t.has_value() || !t->defined()) return std::nullopt;
-  return t->to(at::kFloat);
+at::Tensor convolution_in_float32(const at::Tensor& x, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias,
+                                  const std::vector<int64_t>& stride,
+                                  const std::vector<int64_t>& padding,
+                                  const std::vector<int64_t>& dilation, bool transposed,
+                                  const std::vector<int64_t>& output_padding, int64_t groups) {
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b = bias->to(at::kFloat);
+  return at::convolution(x.to(at::kFloat), weight.to(at::kFloat), b, stride, padding, dilation,
+                         transposed, output_padding, groups)
+      .to(x.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> convolution_backward_in_float32(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& dilation, bool transposed,
+    const std::vector<int64_t>& output_padding, int64_t groups, bool need_x, bool need_w) {
+  auto [gx, gw, unused] = at::convolution_backward(
+      g.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), std::nullopt, stride, padding,
+      dilation, transposed, output_padding, groups, {need_x, need_w, false});
+  return {need_x ? gx.to(x.scalar_type()) : gx, need_w ? gw.to(weight.scalar_type()) : gw};
+}
+
+at::MemoryFormat conv_output_format(const at::Tensor& x, const at::Tensor& w) {
+  const bool cl = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                  w.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 }  // namespace genkern::cpu

@@ -1,4 +1,5 @@
-// Convolution geometry the CPU engines get wrong. torch 2.13's oneDNN crashes the process
+// Convolution geometry shared by the CPU conv paths: ATen's output layout rule, and the geometry
+// the engines get wrong. torch 2.13's oneDNN crashes the process
 // (SIGSEGV, 2 threads, on this project's AVX-512/AMX Xeons; stock F.conv2d / F.conv_transpose2d
 // crash too) on calls where some output position gets no tap at all: its window lies wholly in
 // the padding (conv), or no input pixel reaches it (transposed conv). Seen by the fuzz with
@@ -10,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace genkern::cpu {
@@ -27,7 +29,21 @@ bool run_16bit_in_float32(bool transposed, const at::Tensor& x, const at::Tensor
                           const std::vector<int64_t>& output_padding,
                           const std::vector<int64_t>& dilation);
 
-// An optional tensor (a bias) as float32, or nothing.
-std::optional<at::Tensor> float32_copy(const std::optional<at::Tensor>& t);
+// at::convolution / at::convolution_backward (only the input and weight gradients, as
+// output_mask asks) on float32 copies, the results cast back to the inputs' dtypes.
+at::Tensor convolution_in_float32(const at::Tensor& x, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias,
+                                  const std::vector<int64_t>& stride,
+                                  const std::vector<int64_t>& padding,
+                                  const std::vector<int64_t>& dilation, bool transposed,
+                                  const std::vector<int64_t>& output_padding, int64_t groups);
+std::pair<at::Tensor, at::Tensor> convolution_backward_in_float32(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& dilation, bool transposed,
+    const std::vector<int64_t>& output_padding, int64_t groups, bool need_x, bool need_w);
+
+// ATen's output layout for a convolution of x with w: channels_last when either is.
+at::MemoryFormat conv_output_format(const at::Tensor& x, const at::Tensor& w);
 
 }  // namespace genkern::cpu

@@ -1,8 +1,8 @@
 // conv_transpose2d + bias + activation on the CPU: the pattern of conv2d_act.cpp.
 // Main loop: ATen's transposed convolution (oneDNN deconvolution), with the bias in its
 // accumulators (a 1x1 input: one GEMM instead, see is_gemm; few output channels: ATen's GEMM +
-// col2im kernel, see col2im_path.h); ours: the activation in one in-place pass over the fresh output, and the
-// backward's prologue (activation backward + bias gradient in one pass over grad_y), then one
+// col2im kernel, see col2im_path.h); ours: the activation in one in-place pass over the fresh
+// output, and the backward's prologue (activation backward + bias gradient in one pass over grad_y), then one
 // convolution_backward(transposed=true) for only the gradients asked for.
 #include "conv_transpose2d_act.h"
 
@@ -44,7 +44,7 @@ at::Tensor unflatten(const at::Tensor& m, const at::Tensor& weight, bool hwc) {
 
 at::Tensor gemm_forward(const at::Tensor& x, const at::Tensor& weight,
                         const std::optional<at::Tensor>& bias) {
-  const bool hwc = channels_last(x) || channels_last(weight);  // ATen's output layout rule
+  const bool hwc = conv_output_format(x, weight) == at::MemoryFormat::ChannelsLast;
   const at::Tensor x2 = x.reshape({x.size(0), x.size(1)});
   const at::Tensor w2 = weight_matrix(weight, hwc);
   at::Tensor z2;
@@ -75,7 +75,6 @@ std::pair<at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g, const at::T
   return {gx, gw};
 }
 
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
@@ -86,9 +85,8 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
   at::Tensor z =
       is_gemm(x, padding, output_padding, dilation, groups) ? gemm_forward(x, weight, bias)
       : run_16bit_in_float32(true, x, weight, stride, padding, output_padding, dilation)
-          ? at::convolution(x.to(at::kFloat), weight.to(at::kFloat), float32_copy(bias), stride,
-                            padding, dilation, /*transposed=*/true, output_padding, groups)
-                .to(x.scalar_type())
+          ? convolution_in_float32(x, weight, bias, stride, padding, dilation,
+                                   /*transposed=*/true, output_padding, groups)
       : use_col2im(x, weight, groups)
           ? conv_transpose2d_col2im(x, weight, bias, stride, padding, output_padding, dilation)
           : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
@@ -115,12 +113,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
     std::tie(grad_x, grad_w) = gemm_backward(g, x, weight, output_mask[0], output_mask[1]);
   } else if ((output_mask[0] || output_mask[1]) &&
              run_16bit_in_float32(true, x, weight, stride, padding, output_padding, dilation)) {
-    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
-        g.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat), std::nullopt, stride, padding,
-        dilation, /*transposed=*/true, output_padding, groups,
-        {output_mask[0], output_mask[1], false});
-    if (output_mask[0]) grad_x = grad_x.to(x.scalar_type());
-    if (output_mask[1]) grad_w = grad_w.to(weight.scalar_type());
+    std::tie(grad_x, grad_w) =
+        convolution_backward_in_float32(g, x, weight, stride, padding, dilation,
+                                        /*transposed=*/true, output_padding, groups,
+                                        output_mask[0], output_mask[1]);
   } else if (output_mask[0] || output_mask[1]) {
     std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
         g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/true, output_padding,

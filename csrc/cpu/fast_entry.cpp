@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "conv_geometry.h"
 #include "eager_autograd.h"
 #include "genkern/losses.h"
 #include "losses.h"
@@ -229,8 +230,7 @@ struct ConvArgs {
 
   // The output's layout: channels_last when the input or the weight is (ATen's rule).
   bool channels_last() const {
-    return x->suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
-           w->suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+    return conv_output_format(*x, *w) == at::MemoryFormat::ChannelsLast;
   }
 };
 

@@ -24,15 +24,13 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
                                    std::vector<int64_t> stride, std::vector<int64_t> padding,
                                    std::vector<int64_t> dilation);
 
-// avg_pool2d's backward accumulates into grad_input, zero-filled by the caller in the input's
-// layout.
-
 // divisor_override <= 0: none.
 at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kernel,
                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
                                   std::vector<int64_t> out_size, bool count_include_pad,
                                   int64_t divisor_override);
 
+// Accumulates into grad_input, zero-filled by the caller in the input's layout.
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_input,
                                    std::vector<int64_t> kernel, std::vector<int64_t> stride,
                                    std::vector<int64_t> padding, bool count_include_pad,

@@ -193,9 +193,9 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
                           const std::vector<int64_t>& dilation, int64_t groups,
                           int64_t activation, double negative_slope, bool channels_last,
                           const std::function<at::Tensor()>& regular) {
+  // no packed call where an output position gets no tap: oneDNN crashes there (conv_geometry.h)
   if (!eligible(x) ||
-      has_empty_output(transposed, x, weight, stride, padding, output_padding, dilation))  // see
-                                                                                        // conv_geometry.h
+      has_empty_output(transposed, x, weight, stride, padding, output_padding, dilation))
     return regular();
   const Call c{transposed, x,      weight,     bias,           stride,        padding,
                output_padding, dilation, groups, activation, negative_slope, channels_last};

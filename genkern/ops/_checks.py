@@ -139,6 +139,11 @@ def dense_format(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last
 
 
+def as_dtypes(tensors, dtypes) -> tuple:
+    """Each tensor cast to its dtype (None stays None): float32 detours' results, cast back."""
+    return tuple(None if t is None else t.to(d) for t, d in zip(tensors, dtypes, strict=True))
+
+
 def runs_16bit_in_float32(x, weight, stride, padding, output_padding, dilation, transposed) -> bool:
     """A 16-bit CPU conv or transposed conv with an output position no tap reaches (its window
     wholly in the padding, or no input pixel landing on it): torch 2.13's oneDNN crashes the

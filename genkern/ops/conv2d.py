@@ -269,10 +269,7 @@ def _backward_torch(grad_y, saved, x, weight, stride, padding, dilation, groups,
             g.float(), None, x.float(), weight.float(), stride, padding, dilation, groups,
             A.activation_id(None), slope, mask,
         )  # fmt: skip
-        return tuple(
-            None if t is None else t.to(dtype)
-            for t, dtype in zip(grads, (x.dtype, weight.dtype, g.dtype), strict=True)
-        )
+        return _checks.as_dtypes(grads, (x.dtype, weight.dtype, g.dtype))
     gx, gw, gb = torch.ops.aten.convolution_backward(
         g, x, weight, [weight.shape[0]], stride, padding, dilation, False, [0, 0], groups, mask
     )

@@ -310,10 +310,7 @@ def _backward_torch(
             g.float(), None, x.float(), weight.float(), stride, padding, output_padding,
             dilation, groups, A.activation_id(None), slope, mask,
         )  # fmt: skip
-        return tuple(
-            None if t is None else t.to(dtype)
-            for t, dtype in zip(grads, (x.dtype, weight.dtype, g.dtype), strict=True)
-        )
+        return _checks.as_dtypes(grads, (x.dtype, weight.dtype, g.dtype))
     return torch.ops.aten.convolution_backward(
         g,
         x,
