@@ -9,6 +9,7 @@ import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
 from _helpers import assert_unchanged, clones
+from conftest import DEVICE
 
 import genkern
 from genkern import _ext, backends, reference, testing
@@ -138,3 +139,12 @@ def test_mode_names():
     for name in _col2im.MODES:
         with _col2im.mode(name):
             assert _ext._C.col2im_mode() == _col2im.MODES.index(name)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the ops' opcheck tests build their inputs on DEVICE")
+@pytest.mark.parametrize("act,slope", [(None, 0.01), ("leaky_relu", 0.2), ("silu", 0.01)])
+def test_opcheck_through_the_path(act, slope, always):
+    # the custom ops' own opcheck tests (forward and backward ops), with every one-group call
+    # going through col2im: conv2d's input gradient and conv_transpose2d's forward
+    c2.test_opcheck("cpu", act, slope)
+    ct.test_opcheck("cpu", act, slope)
