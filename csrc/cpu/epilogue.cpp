@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu_clones.h"
 #include "genkern/activation.h"
 #include "genkern/channel_view.h"
 
@@ -16,12 +17,101 @@ namespace {
 // Elements handed to one task; fixed, so reductions do not depend on the thread count.
 constexpr int64_t kChunk = 16384;
 
+// The grain of a parallel_for over `tasks` tasks sharing `elements`: all of them on one thread
+// below kSerialElements (waking the other threads costs more than they save), else 1.
+constexpr int64_t kSerialElements = 65536;
+int64_t serial_grain(int64_t elements, int64_t tasks) {
+  return elements < kSerialElements ? std::max<int64_t>(tasks, 1) : 1;
+}
+
 // dst[i] = act(src[i]) over [i0, i1); dst may be src. The activation is a compile-time constant
 // and the loop has no other control flow, so it vectorizes.
 template <Activation A, typename scalar_t, typename opmath_t>
 inline void act_run(const scalar_t* src, scalar_t* dst, int64_t i0, int64_t i1, opmath_t slope) {
   for (int64_t i = i0; i < i1; ++i) {
     dst[i] = static_cast<scalar_t>(act_forward<A, opmath_t>(static_cast<opmath_t>(src[i]), slope));
+  }
+}
+
+// The activation's backward, g = act'(grad_y, saved), fused with the bias gradient's sums. Each
+// loop writes g (not for identity: g is grad_y) and sums the values it wrote, the rounded ones the
+// weight and input gradients will read. Sums run in float64 over kLanes independent lanes, added
+// in a fixed order at the end: vectorizable (one add chain would be latency-bound, and the
+// compiler may not reorder it itself) and independent of the thread count.
+constexpr int kLanes = 16;
+
+template <typename scalar_t>
+using opmath = at::opmath_type<scalar_t>;
+
+// p + offset, or null for null (saved is absent for identity, g for identity too).
+template <typename T>
+T* offset_by(T* p, int64_t offset) {
+  return p != nullptr ? p + offset : p;
+}
+
+template <Activation A, typename scalar_t>
+inline scalar_t grad_at(const scalar_t* gy, const scalar_t* s, int64_t i, opmath<scalar_t> slope) {
+  if constexpr (A == Activation::kIdentity) {
+    return gy[i];
+  } else {
+    using opmath_t = opmath<scalar_t>;
+    return static_cast<scalar_t>(act_backward<A, opmath_t>(opmath_t(gy[i]), opmath_t(s[i]), slope));
+  }
+}
+
+// g[i] for i < n.
+template <Activation A, typename scalar_t>
+GK_CPU_CLONES void act_grad(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ s,
+                            scalar_t* __restrict__ g, int64_t n, opmath<scalar_t> slope) {
+  for (int64_t i = 0; i < n; ++i) g[i] = grad_at<A>(gy, s, i, slope);
+}
+
+// g[i] for i < n, and their sum.
+template <Activation A, typename scalar_t>
+GK_CPU_CLONES double act_grad_sum(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ s,
+                                  scalar_t* __restrict__ g, int64_t n, opmath<scalar_t> slope) {
+  double lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
+      const scalar_t v = grad_at<A>(gy, s, i + k, slope);
+      if constexpr (A != Activation::kIdentity) g[i + k] = v;
+      lanes[k] += double(v);
+    }
+  }
+  for (; i < n; ++i) {
+    const scalar_t v = grad_at<A>(gy, s, i, slope);
+    if constexpr (A != Activation::kIdentity) g[i] = v;
+    lanes[0] += double(v);
+  }
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
+  return lanes[0];
+}
+
+// g over rows x channels (rows contiguous), acc[c] += the column sums: blocks of kBlockRows rows
+// summed in opmath (float but for double: one vector add per 16 floats, the pass stays
+// memory-bound), each block's sums added to acc in float64. block: channels of scratch.
+constexpr int64_t kBlockRows = 32;
+
+template <Activation A, typename scalar_t>
+GK_CPU_CLONES void act_grad_column_sums(const scalar_t* __restrict__ gy,
+                                        const scalar_t* __restrict__ s, scalar_t* __restrict__ g,
+                                        int64_t rows, int64_t channels, double* __restrict__ acc,
+                                        opmath<scalar_t>* __restrict__ block,
+                                        opmath<scalar_t> slope) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+    for (int64_t c = 0; c < channels; ++c) block[c] = 0;
+    const int64_t r1 = std::min(rows, r0 + kBlockRows);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t base = r * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t v = grad_at<A>(gy, s, base + c, slope);
+        if constexpr (A != Activation::kIdentity) g[base + c] = v;
+        block[c] += opmath<scalar_t>(v);
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) acc[c] += double(block[c]);
   }
 }
 
@@ -81,62 +171,47 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
   const ChannelView v = channel_view(gy);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gy.scalar_type(), "act_backward", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    using acc_t = double;  // bias sums in double: cheap in a memory-bound pass, and accurate
     const scalar_t* gyp = gy.data_ptr<scalar_t>();
     const scalar_t* sp = has_saved ? s.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gp = g.data_ptr<scalar_t>();
-    const opmath_t slope = static_cast<opmath_t>(negative_slope);
+    scalar_t* gp = identity ? nullptr : g.data_ptr<scalar_t>();
+    const auto slope = static_cast<opmath<scalar_t>>(negative_slope);
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      // g over [i0, i1) (unless identity: g is grad_y); returns nothing, sums done by callers
-      auto grad_run = [&](int64_t i0, int64_t i1) {
-        if constexpr (A != Activation::kIdentity) {
-          for (int64_t i = i0; i < i1; ++i) {
-            gp[i] = static_cast<scalar_t>(
-                act_backward<A, opmath_t>(opmath_t(gyp[i]), opmath_t(sp[i]), slope));
-          }
-        }
-      };
-      const scalar_t* gsrc = identity ? gyp : gp;  // the bias gradient sums what dx/dw will see
-      if (v.inner == 1) {  // rows of C: fixed row chunks with partial sums, then ordered sums
+      if (!need_bias_grad) {  // a flat elementwise pass (not identity: returned above)
+        at::parallel_for(0, gy.numel(), kChunk, [&](int64_t i0, int64_t i1) {
+          act_grad<A, scalar_t>(gyp + i0, offset_by(sp, i0), gp + i0, i1 - i0, slope);
+        });
+        return;
+      }
+      scalar_t* bg = bias_grad.data_ptr<scalar_t>();
+      if (v.inner == 1) {  // rows of C: fixed chunks of rows with partial sums, then ordered sums
         const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(v.channels, 1));
         const int64_t tasks = (v.outer + rows - 1) / rows;
-        std::vector<acc_t> partial(need_bias_grad ? tasks * v.channels : 0, acc_t(0));
-        at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<double> partial(tasks * v.channels, 0.0);
+        at::parallel_for(0, tasks, serial_grain(gy.numel(), tasks), [&](int64_t t0, int64_t t1) {
+          std::vector<opmath<scalar_t>> block(v.channels);
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t r0 = t * rows, r1 = std::min(v.outer, r0 + rows);
-            grad_run(r0 * v.channels, r1 * v.channels);
-            if (!need_bias_grad) continue;
-            acc_t* acc = partial.data() + t * v.channels;
-            for (int64_t r = r0; r < r1; ++r) {
-              const scalar_t* row = gsrc + r * v.channels;
-              for (int64_t c = 0; c < v.channels; ++c) acc[c] += acc_t(row[c]);
-            }
+            const int64_t off = r0 * v.channels;
+            act_grad_column_sums<A, scalar_t>(gyp + off, offset_by(sp, off), offset_by(gp, off), r1 - r0,
+                                              v.channels, partial.data() + t * v.channels,
+                                              block.data(), slope);
           }
         });
-        if (need_bias_grad) {
-          scalar_t* bg = bias_grad.data_ptr<scalar_t>();
-          for (int64_t c = 0; c < v.channels; ++c) {
-            acc_t sum = 0;
-            for (int64_t t = 0; t < tasks; ++t) sum += partial[t * v.channels + c];
-            bg[c] = static_cast<scalar_t>(sum);
-          }
+        for (int64_t c = 0; c < v.channels; ++c) {
+          double sum = 0;
+          for (int64_t t = 0; t < tasks; ++t) sum += partial[t * v.channels + c];
+          bg[c] = static_cast<scalar_t>(sum);
         }
-      } else if (!need_bias_grad) {  // planes, no reduction: a flat elementwise pass
-        at::parallel_for(0, gy.numel(), kChunk, grad_run);
       } else {  // planes: one task per channel walks every plane of it, in order
-        scalar_t* bg = bias_grad.data_ptr<scalar_t>();
-        at::parallel_for(0, v.channels, 1, [&](int64_t c0, int64_t c1) {
+        const int64_t grain = serial_grain(gy.numel(), v.channels);
+        at::parallel_for(0, v.channels, grain, [&](int64_t c0, int64_t c1) {
           for (int64_t c = c0; c < c1; ++c) {
-            acc_t sum = 0;
+            double sum = 0;
             for (int64_t o = 0; o < v.outer; ++o) {
-              const int64_t base = (o * v.channels + c) * v.inner;
-              grad_run(base, base + v.inner);
-              const scalar_t* plane = gsrc + base;
-              acc_t part = 0;
-              for (int64_t i = 0; i < v.inner; ++i) part += acc_t(plane[i]);
-              sum += part;
+              const int64_t off = (o * v.channels + c) * v.inner;
+              sum += act_grad_sum<A, scalar_t>(gyp + off, offset_by(sp, off), offset_by(gp, off), v.inner,
+                                               slope);
             }
             bg[c] = static_cast<scalar_t>(sum);
           }

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_clones.h"
 #include "genkern/losses.h"
 #include "vec_math.h"
 
@@ -27,18 +28,8 @@ constexpr int64_t kGrain = 4;  // chunks per task at least: small inputs stay on
 
 int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
-// The per-element loops are compiled three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 +
-// FMA) and the baseline ISA, and picked at load time by the CPU (GCC's target_clones, an ifunc
-// resolver testing the CPU's features once): the loops vectorize 8 (or 16) floats wide, the
-// polynomials with fused multiply-adds.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
-#define GK_CPU_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define GK_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define GK_CPU_CLONES
-#endif
+// The per-element loops are GK_CPU_CLONES (cpu_clones.h): they vectorize 8 (or 16) floats wide,
+// the polynomials with fused multiply-adds.
 
 template <typename scalar_t>
 using opmath = at::opmath_type<scalar_t>;
