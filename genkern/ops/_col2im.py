@@ -10,17 +10,11 @@ their shape grids through it), or "never". `set_mode` changes it at run time.
 
 from __future__ import annotations
 
-from genkern import _ext
 from genkern.ops import _modes
 
 MODES = _modes.MODES
 
 
-def _apply(mode_id: int) -> None:
-    if _ext.HAS_CPU:
-        _ext._C.set_col2im_mode(mode_id)
-
-
-_SWITCH = _modes.Switch("GENKERN_CPU_COL2IM", "col2im", _apply)
+_SWITCH = _modes.extension_switch("GENKERN_CPU_COL2IM", "col2im", "set_col2im_mode")
 set_mode = _SWITCH.set  # switch the few-channel col2im path's mode for this process
 mode = _SWITCH.scoped  # set_mode(name) inside a with-block, the previous mode after it

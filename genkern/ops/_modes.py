@@ -1,6 +1,6 @@
 """A process-wide switch of a C++ path (never / auto / always), read from an environment variable
-at import and changeable at run time: the packed-weight conv path (_prepacked) and the
-few-channel col2im path (_col2im) each have one."""
+at import and changeable at run time: the packed-weight conv path (_prepacked), the few-channel
+col2im path (_col2im) and the batched-GEMM deconv path (_deconv_gemm) each have one."""
 
 from __future__ import annotations
 
@@ -35,3 +35,14 @@ class Switch:
             yield
         finally:
             self.set(previous)
+
+
+def extension_switch(env: str, what: str, setter: str) -> Switch:
+    """A Switch whose mode ids go to genkern._C.<setter> (when the extension is built)."""
+    from genkern import _ext
+
+    def apply(mode_id: int) -> None:
+        if _ext.HAS_CPU:
+            getattr(_ext._C, setter)(mode_id)
+
+    return Switch(env, what, apply)

@@ -1,0 +1,217 @@
+#include "deconv_gemm.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "conv_geometry.h"
+
+namespace genkern::cpu {
+namespace {
+
+// genkern/ops/_deconv_gemm.py sets it from GENKERN_CPU_DECONV_GEMM when genkern.ops is imported
+std::atomic<int64_t> g_mode{1};
+
+// Column-buffer floats per chunk of samples: 8 MB in float32, and GEMMs of 512 rows or more
+// for the layers the rule picks (as fast per FLOP as one GEMM over the whole batch, measured).
+constexpr int64_t kColumnFloats = int64_t(1) << 21;
+
+// For each output index o of one spatial dim, the (tap k, input index i) pairs with
+// o = i * stride - padding + k * dilation, in increasing k: entries [start[o], start[o + 1]).
+struct Taps {
+  std::vector<int64_t> start, k, i;
+};
+
+Taps taps_of(int64_t out, int64_t in, int64_t kernel, int64_t stride, int64_t padding,
+             int64_t dilation) {
+  Taps t;
+  t.start.reserve(out + 1);
+  for (int64_t o = 0; o < out; ++o) {
+    t.start.push_back(static_cast<int64_t>(t.k.size()));
+    for (int64_t k = 0; k < kernel; ++k) {
+      const int64_t s = o + padding - k * dilation;  // = i * stride
+      if (s < 0 || s % stride != 0 || s / stride >= in) continue;
+      t.k.push_back(k);
+      t.i.push_back(s / stride);
+    }
+  }
+  t.start.push_back(static_cast<int64_t>(t.k.size()));
+  return t;
+}
+
+struct Geometry {
+  int64_t ci, h, w, co, kh, kw, oh, ow;
+  int64_t columns() const { return co * kh * kw; }
+  // The column buffer's row stride: 16 floats past `columns`, so that rows a power of two apart
+  // do not all map to the same cache sets (the gather reads one line from each of many rows).
+  int64_t ld() const { return columns() + 16; }
+};
+
+// Samples per chunk: the column buffer at most kColumnFloats, at least one sample.
+int64_t chunk_samples(const Geometry& g) {
+  return std::max<int64_t>(1, kColumnFloats / std::max<int64_t>(g.h * g.w * g.columns(), 1));
+}
+
+// y[n, co, oh, ow] (NCHW, contiguous, `count` samples) = bias[co] + the sum of the columns of
+// every tap landing there, read from cols[(n, ih, iw), (co, kh, kw)] (rows g.ld() apart).
+template <typename scalar_t>
+void col2im(const scalar_t* cols, const scalar_t* bias, scalar_t* y, int64_t count,
+            const Geometry& g, const Taps& th, const Taps& tw) {
+  const int64_t ld = g.ld(), taps = g.kh * g.kw, plane = g.oh * g.ow;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(plane * 4, 1));
+  at::parallel_for(0, count * g.co, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p / g.co, c = p % g.co;
+      const scalar_t* base = cols + n * g.h * g.w * ld + c * taps;
+      scalar_t* out = y + p * plane;
+      const scalar_t b = bias != nullptr ? bias[c] : scalar_t(0);
+      for (int64_t oh = 0; oh < g.oh; ++oh) {
+        for (int64_t ow = 0; ow < g.ow; ++ow) {
+          scalar_t acc = b;
+          for (int64_t a = th.start[oh]; a < th.start[oh + 1]; ++a) {
+            const scalar_t* row = base + th.i[a] * g.w * ld + th.k[a] * g.kw;
+            for (int64_t e = tw.start[ow]; e < tw.start[ow + 1]; ++e)
+              acc += row[tw.i[e] * ld + tw.k[e]];
+          }
+          out[oh * g.ow + ow] = acc;
+        }
+      }
+    }
+  });
+}
+
+// d[(n, ih, iw), (co, kh, kw)] = grad_y[n0 + n, co, ih * s - p + kh * d, ..] (0 off the output)
+// for `count` samples (rows g.ld() apart): the rows the backward's GEMMs read.
+template <typename scalar_t>
+void im2col(const at::Tensor& grad_y, int64_t n0, int64_t count, const Geometry& g,
+            const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+            const std::vector<int64_t>& dilation, scalar_t* d) {
+  const scalar_t* gy = grad_y.data_ptr<scalar_t>();
+  const int64_t sn = grad_y.stride(0), sc = grad_y.stride(1), sh = grad_y.stride(2),
+                sw = grad_y.stride(3), ld = g.ld();
+  at::parallel_for(0, count * g.h * g.w, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = n0 + r / (g.h * g.w), ih = r / g.w % g.h, iw = r % g.w;
+      scalar_t* row = d + r * ld;
+      for (int64_t c = 0; c < g.co; ++c) {
+        const scalar_t* src = gy + n * sn + c * sc;
+        for (int64_t a = 0; a < g.kh; ++a) {
+          const int64_t oh = ih * stride[0] - padding[0] + a * dilation[0];
+          const bool in_h = oh >= 0 && oh < g.oh;
+          for (int64_t b = 0; b < g.kw; ++b) {
+            const int64_t ow = iw * stride[1] - padding[1] + b * dilation[1];
+            *row++ = in_h && ow >= 0 && ow < g.ow ? src[oh * sh + ow * sw] : scalar_t(0);
+          }
+        }
+      }
+    }
+  });
+}
+
+Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t oh, int64_t ow) {
+  return {x.size(1),      x.size(2),      x.size(3), weight.size(1),
+          weight.size(2), weight.size(3), oh,        ow};
+}
+
+// x's samples [n0, n0 + count) as rows [(n, ih, iw), ci] (a view for channels_last x).
+at::Tensor rows_of(const at::Tensor& x, int64_t n0, int64_t count) {
+  return x.narrow(0, n0, count).permute({0, 2, 3, 1}).reshape({-1, x.size(1)});
+}
+
+}  // namespace
+
+void set_deconv_gemm_mode(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 2,
+              "deconv GEMM mode must be 0 (never), 1 (auto) or 2 (always)");
+  g_mode.store(mode);
+}
+
+int64_t deconv_gemm_mode() { return g_mode.load(); }
+
+bool use_deconv_gemm(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+  const int64_t mode = g_mode.load(std::memory_order_relaxed);
+  if (mode == 0 || groups != 1 || x.dim() != 4 || x.numel() == 0 || weight.numel() == 0)
+    return false;
+  const auto dtype = x.scalar_type();
+  if (mode == 2) return dtype == at::kFloat || dtype == at::kDouble;
+  // the measured rule (benchmarks/README.md): a long inner dim (C_in) over a small input
+  const int64_t in = weight.size(0);
+  return dtype == at::kFloat && in >= 512 && x.size(2) * x.size(3) <= 16;
+}
+
+at::Tensor conv_transpose2d_gemm(const at::Tensor& x, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias,
+                                 const std::vector<int64_t>& stride,
+                                 const std::vector<int64_t>& padding,
+                                 const std::vector<int64_t>& output_padding,
+                                 const std::vector<int64_t>& dilation) {
+  int64_t out[2];
+  for (int i = 0; i < 2; ++i) {
+    out[i] = (x.size(i + 2) - 1) * stride[i] - 2 * padding[i] +
+             dilation[i] * (weight.size(i + 2) - 1) + output_padding[i] + 1;
+  }
+  const Geometry g = geometry(x, weight, out[0], out[1]);
+  const int64_t n = x.size(0);
+  at::Tensor y = at::empty({n, g.co, g.oh, g.ow}, x.options());
+  const at::Tensor w2 = weight.contiguous().view({g.ci, g.columns()});
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const Taps th = taps_of(g.oh, g.h, g.kh, stride[0], padding[0], dilation[0]);
+  const Taps tw = taps_of(g.ow, g.w, g.kw, stride[1], padding[1], dilation[1]);
+  const int64_t chunk = chunk_samples(g);
+  const at::Tensor buffer = at::empty({std::min(chunk, n) * g.h * g.w, g.ld()}, x.options());
+  for (int64_t n0 = 0; n0 < n; n0 += chunk) {
+    const int64_t count = std::min(chunk, n - n0);
+    at::Tensor cols = buffer.narrow(0, 0, count * g.h * g.w).narrow(1, 0, g.columns());
+    at::mm_out(cols, rows_of(x, n0, count), w2);
+    TORCH_INTERNAL_ASSERT(cols.stride(0) == g.ld() && cols.data_ptr() == buffer.data_ptr());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose2d_gemm", [&] {
+      col2im<scalar_t>(cols.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+                       y.data_ptr<scalar_t>() + n0 * g.co * g.oh * g.ow, count, g, th, tw);
+    });
+  }
+  const auto fmt = conv_output_format(x, weight);
+  return fmt == at::MemoryFormat::Contiguous ? y : y.contiguous(fmt);
+}
+
+std::pair<at::Tensor, at::Tensor> conv_transpose2d_gemm_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& dilation, bool need_x, bool need_w) {
+  const Geometry g = geometry(x, weight, grad_y.size(2), grad_y.size(3));
+  const int64_t n = x.size(0);
+  at::Tensor grad_x, grad_w2;
+  if (need_x) grad_x = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
+  if (need_w) grad_w2 = at::empty({g.ci, g.columns()}, x.options());
+  const at::Tensor w2 = weight.contiguous().view({g.ci, g.columns()});
+  const int64_t chunk = chunk_samples(g);
+  const at::Tensor d = at::empty({std::min(chunk, n) * g.h * g.w, g.ld()}, x.options());
+  for (int64_t n0 = 0; n0 < n; n0 += chunk) {
+    const int64_t count = std::min(chunk, n - n0);
+    const at::Tensor dc = d.narrow(0, 0, count * g.h * g.w).narrow(1, 0, g.columns());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose2d_gemm_backward", [&] {
+      im2col<scalar_t>(grad_y, n0, count, g, stride, padding, dilation, dc.data_ptr<scalar_t>());
+    });
+    if (need_x) {
+      const at::Tensor rows = at::mm(dc, w2.t());  // [(n, ih, iw), ci]
+      grad_x.narrow(0, n0, count).permute({0, 2, 3, 1}).copy_(rows.view({count, g.h, g.w, g.ci}));
+    }
+    if (need_w) {
+      const at::Tensor xt = rows_of(x, n0, count).t();
+      if (n0 == 0)
+        at::mm_out(grad_w2, xt, dc);
+      else
+        grad_w2.addmm_(xt, dc);
+    }
+  }
+  at::Tensor grad_w;
+  if (need_w) {
+    grad_w = grad_w2.view(weight.sizes());
+    if (weight.suggest_memory_format() != at::MemoryFormat::Contiguous)
+      grad_w = grad_w.contiguous(weight.suggest_memory_format());
+  }
+  return {grad_x, grad_w};
+}
+
+}  // namespace genkern::cpu

@@ -1,0 +1,43 @@
+// A transposed convolution with many input channels over a small input (a generator's 512 -> 256
+// channel, 4x4 -> 8x8 layer) as one batched GEMM and a col2im gather: cols[(n, ih, iw), (co, kh,
+// kw)] = x[(n, ih, iw), ci] @ weight[ci, (co, kh, kw)], then each output pixel sums the taps that
+// land on it. oneDNN's deconvolution runs such layers at about half the matmul peak; the GEMM
+// runs at ~90% of it (K = C_in is long, M = N*H*W spans the batch). The backward is the same
+// GEMMs on an im2col of the output gradient: grad_x rows = D @ weight^T, grad_w = x^T D. Batches
+// are processed in chunks that bound the column buffer (kColumnFloats). Deterministic: fixed
+// chunking, every output pixel summed by one thread in a fixed tap order.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace genkern::cpu {
+
+// GENKERN_CPU_DECONV_GEMM: 0 never, 1 auto (the measured rule, see use_deconv_gemm), 2 always
+// (any one-group float32/float64 call: how the tests run every shape through this path).
+void set_deconv_gemm_mode(int64_t mode);
+int64_t deconv_gemm_mode();
+
+// Whether conv_transpose2d(x, weight) with these groups goes through the batched GEMM path.
+bool use_deconv_gemm(const at::Tensor& x, const at::Tensor& weight, int64_t groups);
+
+// conv_transpose2d(x, weight, bias) (weight [C_in, C_out, kH, kW], one group), in the memory
+// format at::convolution gives the same arguments.
+at::Tensor conv_transpose2d_gemm(const at::Tensor& x, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias,
+                                 const std::vector<int64_t>& stride,
+                                 const std::vector<int64_t>& padding,
+                                 const std::vector<int64_t>& output_padding,
+                                 const std::vector<int64_t>& dilation);
+
+// grad_x (in x's layout) and grad_w of conv_transpose2d_gemm from the output gradient g; each
+// undefined unless asked for.
+std::pair<at::Tensor, at::Tensor> conv_transpose2d_gemm_backward(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& dilation, bool need_x, bool need_w);
+
+}  // namespace genkern::cpu
