@@ -2,7 +2,7 @@
 #include <torch/extension.h>
 
 #include "cpu/col2im_path.h"
-#include "cpu/deconv_gemm.h"
+#include "cpu/conv_gemm.h"
 #include "cpu/conv2d_act.h"
 #include "cpu/conv_transpose2d_act.h"
 #include "cpu/eager_autograd.h"
@@ -71,11 +71,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_col2im_mode", &genkern::cpu::set_col2im_mode);
   m.def("col2im_mode", &genkern::cpu::col2im_mode);
   m.def("use_col2im", &genkern::cpu::use_col2im);
-  // transposed convs with many input channels over a small input as one batched GEMM (see
-  // deconv_gemm.h)
-  m.def("set_deconv_gemm_mode", &genkern::cpu::set_deconv_gemm_mode);
-  m.def("deconv_gemm_mode", &genkern::cpu::deconv_gemm_mode);
-  m.def("use_deconv_gemm", &genkern::cpu::use_deconv_gemm);
+  // transposed convs from many channels over a small input, and convs onto many channels over a
+  // small output, as GEMMs over the whole batch (see conv_gemm.h)
+  m.def("set_conv_gemm_mode", &genkern::cpu::set_conv_gemm_mode);
+  m.def("conv_gemm_mode", &genkern::cpu::conv_gemm_mode);
+  m.def("use_conv_gemm", &genkern::cpu::use_conv_gemm);
+  m.def("use_conv2d_gemm", &genkern::cpu::use_conv2d_gemm);
   m.def("avg_pool2d_fast", &genkern::cpu::avg_pool2d_fast);
   m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
   m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);

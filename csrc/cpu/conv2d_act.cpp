@@ -5,14 +5,30 @@
 // out-of-place activation), and the backward's prologue (activation backward + bias gradient in one
 // pass over grad_y), after which one convolution_backward call computes only the gradients asked
 // for. The input gradient of a conv from few channels (an image's 1-3) is a transposed conv onto
-// few channels, which goes through ATen's GEMM + col2im kernel instead (see col2im_path.h).
+// few channels, which goes through ATen's GEMM + col2im kernel instead (see col2im_path.h); a
+// conv onto 512+ channels over a few output pixels runs as one batched GEMM (see conv_gemm.h).
 #include "conv2d_act.h"
 
 #include "col2im_path.h"
+#include "conv_gemm.h"
 #include "conv_geometry.h"
 #include "epilogue.h"
 
 namespace genkern::cpu {
+namespace {
+
+int64_t output_pixels(const at::Tensor& x, const at::Tensor& weight,
+                      const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                      const std::vector<int64_t>& dilation) {
+  int64_t pixels = 1;
+  for (int i = 0; i < 2; ++i) {
+    const int64_t reach = x.size(i + 2) + 2 * padding[i] - dilation[i] * (weight.size(i + 2) - 1);
+    pixels *= reach > 0 ? (reach - 1) / stride[i] + 1 : 0;
+  }
+  return pixels;
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -22,6 +38,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
       run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)  // see the header
           ? convolution_in_float32(x, weight, bias, stride, padding, dilation,
                                    /*transposed=*/false, {0, 0}, groups)
+      : use_conv2d_gemm(x, weight, groups, output_pixels(x, weight, stride, padding, dilation))
+          ? conv2d_gemm(x, weight, bias, stride, padding, dilation)
           : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/false,
                             /*output_padding=*/{0, 0}, groups);
   if (!save_preact) {
@@ -47,6 +65,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
         convolution_backward_in_float32(g, x, weight, stride, padding, dilation,
                                         /*transposed=*/false, {0, 0}, groups, output_mask[0],
                                         output_mask[1]);
+    return {grad_x, grad_w, grad_bias};
+  }
+  if ((output_mask[0] || output_mask[1]) &&
+      use_conv2d_gemm(x, weight, groups, g.size(2) * g.size(3))) {
+    std::tie(grad_x, grad_w) = conv2d_gemm_backward(g, x, weight, stride, padding, dilation,
+                                                    output_mask[0], output_mask[1]);
     return {grad_x, grad_w, grad_bias};
   }
   const bool col2im = output_mask[0] && use_col2im(g, weight, groups);

@@ -2,14 +2,14 @@
 // Main loop: ATen's transposed convolution (oneDNN deconvolution), with the bias in its
 // accumulators (a 1x1 input: one GEMM instead, see is_gemm; few output channels: ATen's GEMM +
 // col2im kernel, see col2im_path.h; many input channels over a small input: one batched GEMM +
-// col2im, see deconv_gemm.h); ours: the activation in one in-place pass over the fresh
+// col2im, see conv_gemm.h); ours: the activation in one in-place pass over the fresh
 // output, and the backward's prologue (activation backward + bias gradient in one pass over grad_y), then one
 // convolution_backward(transposed=true) for only the gradients asked for.
 #include "conv_transpose2d_act.h"
 
 #include "col2im_path.h"
 #include "conv_geometry.h"
-#include "deconv_gemm.h"
+#include "conv_gemm.h"
 #include "epilogue.h"
 
 namespace genkern::cpu {
@@ -91,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
                                    /*transposed=*/true, output_padding, groups)
       : use_col2im(x, weight, groups)
           ? conv_transpose2d_col2im(x, weight, bias, stride, padding, output_padding, dilation)
-      : use_deconv_gemm(x, weight, groups)
+      : use_conv_gemm(x, weight, groups)
           ? conv_transpose2d_gemm(x, weight, bias, stride, padding, output_padding, dilation)
           : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
                             output_padding, groups);
@@ -121,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
         convolution_backward_in_float32(g, x, weight, stride, padding, dilation,
                                         /*transposed=*/true, output_padding, groups,
                                         output_mask[0], output_mask[1]);
-  } else if ((output_mask[0] || output_mask[1]) && use_deconv_gemm(x, weight, groups)) {
+  } else if ((output_mask[0] || output_mask[1]) && use_conv_gemm(x, weight, groups)) {
     std::tie(grad_x, grad_w) = conv_transpose2d_gemm_backward(
         g, x, weight, stride, padding, dilation, output_mask[0], output_mask[1]);
   } else if (output_mask[0] || output_mask[1]) {

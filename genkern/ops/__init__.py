@@ -3,7 +3,7 @@
 
 from genkern.ops import (
     _col2im,  # noqa: F401  (applies GENKERN_CPU_COL2IM)
-    _deconv_gemm,  # noqa: F401  (applies GENKERN_CPU_DECONV_GEMM)
+    _conv_gemm,  # noqa: F401  (applies GENKERN_CPU_CONV_GEMM)
     _prepacked,  # noqa: F401  (applies GENKERN_CPU_PREPACK)
 )
 from genkern.ops.batch_norm import batch_norm

@@ -1,4 +1,4 @@
-#include "deconv_gemm.h"
+#include "conv_gemm.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -11,7 +11,7 @@
 namespace genkern::cpu {
 namespace {
 
-// genkern/ops/_deconv_gemm.py sets it from GENKERN_CPU_DECONV_GEMM when genkern.ops is imported
+// genkern/ops/_conv_gemm.py sets it from GENKERN_CPU_CONV_GEMM when genkern.ops is imported
 std::atomic<int64_t> g_mode{1};
 
 // Column-buffer floats per chunk of samples: 8 MB in float32, and GEMMs of 512 rows or more
@@ -120,25 +120,78 @@ at::Tensor rows_of(const at::Tensor& x, int64_t n0, int64_t count) {
   return x.narrow(0, n0, count).permute({0, 2, 3, 1}).reshape({-1, x.size(1)});
 }
 
+// The GEMMs on an im2col of t (the output gradient of a transposed conv, the input of a conv2d),
+// over chunks of the n samples, for the transposed conv of geometry g with weight [g.ci, g.co,
+// kh, kw]: out (when defined: [n, g.ci, g.h, g.w], any layout) = D @ weight^T (+ bias), one row
+// per pixel; grad_w2 (when defined: [g.ci, g.columns()]) = the sum over chunks of src's rows^T D.
+void im2col_gemms(const at::Tensor& t, const Geometry& g, int64_t n, const at::Tensor& weight,
+                  const at::Tensor& bias, const std::vector<int64_t>& stride,
+                  const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+                  at::Tensor& out, const at::Tensor& src, at::Tensor& grad_w2) {
+  const at::Tensor w2 = weight.contiguous().view({g.ci, g.columns()});
+  const int64_t chunk = chunk_samples(g);
+  const at::Tensor d = at::empty({std::min(chunk, n) * g.h * g.w, g.ld()}, t.options());
+  for (int64_t n0 = 0; n0 < n; n0 += chunk) {
+    const int64_t count = std::min(chunk, n - n0);
+    const at::Tensor dc = d.narrow(0, 0, count * g.h * g.w).narrow(1, 0, g.columns());
+    AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "conv_gemm_im2col", [&] {
+      im2col<scalar_t>(t, n0, count, g, stride, padding, dilation, dc.data_ptr<scalar_t>());
+    });
+    if (out.defined()) {
+      const at::Tensor rows = bias.defined() ? at::addmm(bias, dc, w2.t()) : at::mm(dc, w2.t());
+      out.narrow(0, n0, count).permute({0, 2, 3, 1}).copy_(rows.view({count, g.h, g.w, g.ci}));
+    }
+    if (grad_w2.defined()) {
+      const at::Tensor st = rows_of(src, n0, count).t();
+      if (n0 == 0)
+        at::mm_out(grad_w2, st, dc);
+      else
+        grad_w2.addmm_(st, dc);
+    }
+  }
+}
+
+// [C_in, C_out * kH * kW] as the weight's shape and memory format.
+at::Tensor as_weight(const at::Tensor& grad_w2, const at::Tensor& weight) {
+  const at::Tensor w = grad_w2.view(weight.sizes());
+  const auto fmt = weight.suggest_memory_format();
+  return fmt == at::MemoryFormat::Contiguous ? w : w.contiguous(fmt);
+}
+
 }  // namespace
 
-void set_deconv_gemm_mode(int64_t mode) {
+void set_conv_gemm_mode(int64_t mode) {
   TORCH_CHECK(mode >= 0 && mode <= 2,
-              "deconv GEMM mode must be 0 (never), 1 (auto) or 2 (always)");
+              "conv GEMM mode must be 0 (never), 1 (auto) or 2 (always)");
   g_mode.store(mode);
 }
 
-int64_t deconv_gemm_mode() { return g_mode.load(); }
+int64_t conv_gemm_mode() { return g_mode.load(); }
 
-bool use_deconv_gemm(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+namespace {
+
+// The rule, for the transposed conv of `in` channels over `pixels` input pixels (a conv2d is the
+// transposed conv of its output: C_out channels over its output pixels).
+bool gemm_pays(at::ScalarType dtype, int64_t groups, int64_t in, int64_t pixels, bool empty) {
   const int64_t mode = g_mode.load(std::memory_order_relaxed);
-  if (mode == 0 || groups != 1 || x.dim() != 4 || x.numel() == 0 || weight.numel() == 0)
-    return false;
-  const auto dtype = x.scalar_type();
+  if (mode == 0 || groups != 1 || empty) return false;
   if (mode == 2) return dtype == at::kFloat || dtype == at::kDouble;
-  // the measured rule (benchmarks/README.md): a long inner dim (C_in) over a small input
-  const int64_t in = weight.size(0);
-  return dtype == at::kFloat && in >= 512 && x.size(2) * x.size(3) <= 16;
+  // measured (benchmarks/README.md): a long inner dim (C_in) over few pixels
+  return dtype == at::kFloat && in >= 512 && pixels <= 16;
+}
+
+}  // namespace
+
+bool use_conv_gemm(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+  return x.dim() == 4 && gemm_pays(x.scalar_type(), groups, weight.size(0),
+                                   x.size(2) * x.size(3), x.numel() == 0 || weight.numel() == 0);
+}
+
+bool use_conv2d_gemm(const at::Tensor& x, const at::Tensor& weight, int64_t groups,
+                     int64_t out_pixels) {
+  return x.dim() == 4 &&
+         gemm_pays(x.scalar_type(), groups, weight.size(0), out_pixels,
+                   x.numel() == 0 || weight.numel() == 0 || out_pixels == 0);
 }
 
 at::Tensor conv_transpose2d_gemm(const at::Tensor& x, const at::Tensor& weight,
@@ -180,38 +233,57 @@ std::pair<at::Tensor, at::Tensor> conv_transpose2d_gemm_backward(
     const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
     const std::vector<int64_t>& dilation, bool need_x, bool need_w) {
   const Geometry g = geometry(x, weight, grad_y.size(2), grad_y.size(3));
-  const int64_t n = x.size(0);
   at::Tensor grad_x, grad_w2;
   if (need_x) grad_x = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
   if (need_w) grad_w2 = at::empty({g.ci, g.columns()}, x.options());
-  const at::Tensor w2 = weight.contiguous().view({g.ci, g.columns()});
-  const int64_t chunk = chunk_samples(g);
-  const at::Tensor d = at::empty({std::min(chunk, n) * g.h * g.w, g.ld()}, x.options());
-  for (int64_t n0 = 0; n0 < n; n0 += chunk) {
-    const int64_t count = std::min(chunk, n - n0);
-    const at::Tensor dc = d.narrow(0, 0, count * g.h * g.w).narrow(1, 0, g.columns());
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_transpose2d_gemm_backward", [&] {
-      im2col<scalar_t>(grad_y, n0, count, g, stride, padding, dilation, dc.data_ptr<scalar_t>());
-    });
-    if (need_x) {
-      const at::Tensor rows = at::mm(dc, w2.t());  // [(n, ih, iw), ci]
-      grad_x.narrow(0, n0, count).permute({0, 2, 3, 1}).copy_(rows.view({count, g.h, g.w, g.ci}));
-    }
-    if (need_w) {
-      const at::Tensor xt = rows_of(x, n0, count).t();
-      if (n0 == 0)
-        at::mm_out(grad_w2, xt, dc);
-      else
-        grad_w2.addmm_(xt, dc);
-    }
+  im2col_gemms(grad_y, g, x.size(0), weight, at::Tensor(), stride, padding, dilation, grad_x,
+               x, grad_w2);
+  return {grad_x, need_w ? as_weight(grad_w2, weight) : at::Tensor()};
+}
+
+at::Tensor conv2d_gemm(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const std::vector<int64_t>& stride,
+                       const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
+  int64_t out[2];
+  for (int i = 0; i < 2; ++i) {
+    out[i] = (x.size(i + 2) + 2 * padding[i] - dilation[i] * (weight.size(i + 2) - 1) - 1) /
+                 stride[i] + 1;
   }
-  at::Tensor grad_w;
+  // the transposed conv of the output: C_out channels over out[] pixels onto x's C_in x H x W
+  const Geometry g{weight.size(0), out[0],    out[1],    weight.size(1),
+                   weight.size(2), weight.size(3), x.size(2), x.size(3)};
+  at::Tensor y = at::empty({x.size(0), g.ci, out[0], out[1]},
+                           x.options().memory_format(conv_output_format(x, weight)));
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  at::Tensor none;
+  im2col_gemms(x, g, x.size(0), weight, b, stride, padding, dilation, y, at::Tensor(), none);
+  return y;
+}
+
+std::pair<at::Tensor, at::Tensor> conv2d_gemm_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& dilation, bool need_x, bool need_w) {
+  at::Tensor grad_x, grad_w2;
+  if (need_x) {  // the transposed conv of grad_y onto x's size
+    std::vector<int64_t> output_padding(2);
+    for (int i = 0; i < 2; ++i) {
+      output_padding[i] = x.size(i + 2) - ((grad_y.size(i + 2) - 1) * stride[i] -
+                                           2 * padding[i] +
+                                           dilation[i] * (weight.size(i + 2) - 1) + 1);
+    }
+    grad_x = conv_transpose2d_gemm(grad_y, weight, std::nullopt, stride, padding, output_padding,
+                                   dilation)
+                 .contiguous(x.suggest_memory_format());
+  }
   if (need_w) {
-    grad_w = grad_w2.view(weight.sizes());
-    if (weight.suggest_memory_format() != at::MemoryFormat::Contiguous)
-      grad_w = grad_w.contiguous(weight.suggest_memory_format());
+    const Geometry g = geometry(grad_y, weight, x.size(2), x.size(3));
+    grad_w2 = at::empty({g.ci, g.columns()}, x.options());
+    at::Tensor none;
+    im2col_gemms(x, g, x.size(0), weight, at::Tensor(), stride, padding, dilation, none, grad_y,
+                 grad_w2);
   }
-  return {grad_x, grad_w};
+  return {grad_x, need_w ? as_weight(grad_w2, weight) : at::Tensor()};
 }
 
 }  // namespace genkern::cpu

@@ -16,13 +16,13 @@
 
 namespace genkern::cpu {
 
-// GENKERN_CPU_DECONV_GEMM: 0 never, 1 auto (the measured rule, see use_deconv_gemm), 2 always
+// GENKERN_CPU_CONV_GEMM: 0 never, 1 auto (the measured rule, see use_conv_gemm), 2 always
 // (any one-group float32/float64 call: how the tests run every shape through this path).
-void set_deconv_gemm_mode(int64_t mode);
-int64_t deconv_gemm_mode();
+void set_conv_gemm_mode(int64_t mode);
+int64_t conv_gemm_mode();
 
 // Whether conv_transpose2d(x, weight) with these groups goes through the batched GEMM path.
-bool use_deconv_gemm(const at::Tensor& x, const at::Tensor& weight, int64_t groups);
+bool use_conv_gemm(const at::Tensor& x, const at::Tensor& weight, int64_t groups);
 
 // conv_transpose2d(x, weight, bias) (weight [C_in, C_out, kH, kW], one group), in the memory
 // format at::convolution gives the same arguments.
@@ -37,6 +37,24 @@ at::Tensor conv_transpose2d_gemm(const at::Tensor& x, const at::Tensor& weight,
 // undefined unless asked for.
 std::pair<at::Tensor, at::Tensor> conv_transpose2d_gemm_backward(
     const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& dilation, bool need_x, bool need_w);
+
+// The same engine for a conv2d whose transposed conv qualifies (C_out >= 512 over at most 16
+// output pixels: a discriminator's 256 -> 512 channel, 8x8 -> 4x4 layer): the forward is the
+// transposed conv's input gradient (im2col of x + a GEMM, bias in it), the input gradient its
+// forward, the weight gradient its weight gradient with the roles of x and grad_y swapped.
+bool use_conv2d_gemm(const at::Tensor& x, const at::Tensor& weight, int64_t groups,
+                     int64_t out_pixels);
+
+// conv2d(x, weight, bias) (weight [C_out, C_in, kH, kW], one group), in at::convolution's layout.
+at::Tensor conv2d_gemm(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const std::vector<int64_t>& stride,
+                       const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation);
+
+// grad_x (in x's layout) and grad_w of conv2d_gemm; each undefined unless asked for.
+std::pair<at::Tensor, at::Tensor> conv2d_gemm_backward(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight,
     const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
     const std::vector<int64_t>& dilation, bool need_x, bool need_w);
 

@@ -1,0 +1,173 @@
+"""The cpu backend's batched-GEMM conv path (csrc/cpu/conv_gemm.h, switched by
+genkern/ops/_conv_gemm.py): conv_transpose2d forward (GEMM + col2im) and backward (im2col +
+GEMMs) over the whole batch, and conv2d through the same two (its forward is the transposed conv's
+input gradient). Every one-group shape of the conv_transpose2d and conv2d grids is run through it
+with mode "always" (the few-channel col2im path off, so that nothing bypasses it); the measured
+rule ("auto") is pinned on the layers it is for; chunks of the batch are covered by a batch whose
+column buffer spans several."""
+
+import pytest
+import test_conv2d as c2
+import test_conv_transpose2d as ct
+import torch
+import torch.nn.functional as F
+from _helpers import assert_unchanged, clones
+from conftest import DEVICE
+
+import genkern
+from genkern import _ext, backends, reference, testing
+from genkern.ops import _col2im, _conv_gemm
+
+pytestmark = pytest.mark.skipif(
+    backends.unavailable_reason("cpu", torch.device("cpu"), torch.float64) is not None,
+    reason="the C++ extension genkern._C is not built",
+)
+
+ONE_GROUP_CONVT = [case for case in ct.SHAPES if case[9] == 1]
+ONE_GROUP_CONV = [case for case in c2.SHAPES if case[9] == 1]
+ACTS = [(None, 0.01), ("relu", 0.01), ("leaky_relu", -0.1), ("tanh", 0.01)]
+
+
+@pytest.fixture
+def always():
+    with _col2im.mode("never"), _conv_gemm.mode("always"):
+        yield
+
+
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+@pytest.mark.parametrize("act,slope", ACTS)
+@pytest.mark.parametrize("case", ONE_GROUP_CONVT, ids=ct._case_id)
+def test_conv_transpose2d_float64(case, act, slope, layout, always):
+    inputs, kw = ct._make(case, torch.float64, layout, device="cpu")
+    assert _ext._C.use_conv_gemm(inputs[0], inputs[1], 1)
+    before = clones(inputs)
+    fn, ref = ct._fns(kw, act, slope, "cpu")
+    testing.check_against_reference(fn, ref, inputs, torch.float64, "cpu conv GEMM")
+    assert_unchanged(before, inputs)
+
+
+def _conv_fns(kw, act, slope):
+    fn = lambda x, w, b: genkern.ops.conv2d(
+        x, w, b, **kw, activation=act, negative_slope=slope, backend="cpu"
+    )
+    ref = lambda x, w, b: reference.conv2d(x, w, b, **kw, activation=act, negative_slope=slope)
+    return fn, ref
+
+
+def _on_cpu(inputs):
+    return [None if t is None else t.detach().cpu().requires_grad_(t.requires_grad) for t in inputs]
+
+
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+@pytest.mark.parametrize("act,slope", ACTS)
+@pytest.mark.parametrize("case", ONE_GROUP_CONV, ids=c2._case_id)
+def test_conv2d_float64(case, act, slope, layout, always):
+    inputs, kw = c2._make(case, torch.float64, layout)
+    inputs = _on_cpu(inputs)
+    x, w, _ = inputs
+    y = torch.nn.functional.conv2d(x.detach(), w.detach(), **kw)
+    assert _ext._C.use_conv2d_gemm(x, w, 1, y.shape[2] * y.shape[3]) == (y.numel() > 0)
+    before = clones(inputs)
+    testing.check_against_reference(
+        *_conv_fns(kw, act, slope), inputs, torch.float64, "cpu conv2d GEMM"
+    )
+    assert_unchanged(before, inputs)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck(layout, always):
+    (x, w, b), kw = c2._make((2, 3, 6, 5, 4, 3, 2, 1, 2, 1, True), torch.float64, layout)
+    assert torch.autograd.gradcheck(_conv_fns(kw, "silu", 0.01)[0], _on_cpu([x, w, b]), eps=1e-6)
+    inputs, kw = ct._make(
+        (2, 3, 3, 4, 2, 3, 2, 1, 1, 1, 1, True), torch.float64, layout, device="cpu"
+    )
+    fn = ct._fns(kw, "tanh", 0.01, "cpu")[0]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+
+
+def _dcgan_g2(layout, batch=3, cin=512, size=4, cout=8):
+    """A DCGAN generator's second layer (512 -> .., 4x4 -> 8x8), few output channels and samples."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cin, size, size, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(cin, cout, 4, 4, generator=gen) * cin**-0.5
+    b = torch.randn(cout, generator=gen)
+    return [t.requires_grad_() for t in (x, w, b)], dict(stride=2, padding=1)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_auto_rule_float32(layout):
+    inputs, kw = _dcgan_g2(layout)
+    x, w, _ = inputs
+    with _conv_gemm.mode("auto"):
+        assert _ext._C.use_conv_gemm(x, w, 1)
+        assert not _ext._C.use_conv_gemm(x.double(), w.double(), 1)  # float64: oneDNN
+        fn, ref = ct._fns(kw, "relu", 0.01, "cpu")
+        testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv GEMM auto")
+        y = fn(*inputs)
+        gx = torch.autograd.grad(y, x, torch.ones_like(y))[0]
+    with _conv_gemm.mode("never"):  # the layouts of the oneDNN path's (and stock's) results
+        y0 = fn(*inputs)
+        assert y.stride() == y0.stride()
+        assert gx.stride() == torch.autograd.grad(y0, x, torch.ones_like(y0))[0].stride()
+    assert y.stride() == F.conv_transpose2d(*inputs, **kw).stride()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_auto_rule_conv2d_float32(layout):
+    # a DCGAN discriminator's 4th layer (.. -> 512 channels, 8x8 -> 4x4), few input channels
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, 8, 8, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(512, 8, 4, 4, generator=gen) * 0.1
+    b = torch.randn(512, generator=gen)
+    inputs, kw = [t.requires_grad_() for t in (x, w, b)], dict(stride=2, padding=1)
+    fn, ref = _conv_fns(kw, "leaky_relu", 0.2)
+    with _conv_gemm.mode("auto"):
+        assert _ext._C.use_conv2d_gemm(x, w, 1, 16)
+        assert not _ext._C.use_conv2d_gemm(x, w, 1, 64)  # 8x8 outputs
+        assert not _ext._C.use_conv2d_gemm(x, w[:256], 1, 16)  # 256 output channels
+        testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv2d GEMM auto")
+        y = fn(*inputs)
+        gx = torch.autograd.grad(y, x, torch.ones_like(y))[0]
+    with _conv_gemm.mode("never"):  # the layouts of the oneDNN path's (and stock's) results
+        y0 = fn(*inputs)
+        assert y.stride() == y0.stride()
+        assert gx.stride() == torch.autograd.grad(y0, x, torch.ones_like(y0))[0].stride()
+
+
+def test_rule_leaves_other_layers_to_onednn():
+    x = torch.zeros(2, 512, 4, 4)
+    with _conv_gemm.mode("auto"):
+        assert not _ext._C.use_conv_gemm(x[:, :256], torch.zeros(256, 128, 4, 4), 1)  # C_in
+        assert not _ext._C.use_conv_gemm(torch.zeros(2, 512, 8, 8), torch.zeros(512, 8, 4, 4), 1)
+        assert not _ext._C.use_conv_gemm(x, torch.zeros(512, 8, 4, 4), 2)  # groups
+        assert not _ext._C.use_conv_gemm(x.bfloat16(), torch.zeros(512, 8, 4, 4).bfloat16(), 1)
+    with _conv_gemm.mode("never"):
+        assert not _ext._C.use_conv_gemm(x, torch.zeros(512, 8, 4, 4), 1)
+
+
+def test_batch_in_several_chunks():
+    # 512 -> 256 channels of 4x4 taps over 4x4 inputs: the 8 MB column buffer holds 32 samples,
+    # so a batch of 70 runs in three chunks (the weight gradient summed over them)
+    inputs, kw = _dcgan_g2("contiguous", batch=70, cout=256)
+    with _col2im.mode("never"), _conv_gemm.mode("always"):
+        fn, ref = ct._fns(kw, "relu", 0.01, "cpu")
+        testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv GEMM chunks")
+
+
+def test_mode_names():
+    with pytest.raises(ValueError, match="conv GEMM mode must be one of"):
+        _conv_gemm.set_mode("sometimes")
+    for name in _conv_gemm.MODES:
+        with _conv_gemm.mode(name):
+            assert _ext._C.conv_gemm_mode() == _conv_gemm.MODES.index(name)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the ops' opcheck tests build their inputs on DEVICE")
+@pytest.mark.parametrize("act,slope", [(None, 0.01), ("leaky_relu", 0.2), ("silu", 0.01)])
+def test_opcheck_through_the_path(act, slope, always):
+    ct.test_opcheck("cpu", act, slope)
+    c2.test_opcheck("cpu", act, slope)
