@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from _helpers import assert_unchanged, clones
 from conftest import DEVICE
+from test_col2im_path import _conv_fns, _on_cpu
 
-import genkern
-from genkern import _ext, backends, reference, testing
+from genkern import _ext, backends, testing
 from genkern.ops import _col2im, _conv_gemm
 
 pytestmark = pytest.mark.skipif(
@@ -44,18 +44,6 @@ def test_conv_transpose2d_float64(case, act, slope, layout, always):
     fn, ref = ct._fns(kw, act, slope, "cpu")
     testing.check_against_reference(fn, ref, inputs, torch.float64, "cpu conv GEMM")
     assert_unchanged(before, inputs)
-
-
-def _conv_fns(kw, act, slope):
-    fn = lambda x, w, b: genkern.ops.conv2d(
-        x, w, b, **kw, activation=act, negative_slope=slope, backend="cpu"
-    )
-    ref = lambda x, w, b: reference.conv2d(x, w, b, **kw, activation=act, negative_slope=slope)
-    return fn, ref
-
-
-def _on_cpu(inputs):
-    return [None if t is None else t.detach().cpu().requires_grad_(t.requires_grad) for t in inputs]
 
 
 @pytest.mark.parametrize("layout", testing.LAYOUTS)
@@ -96,6 +84,20 @@ def _dcgan_g2(layout, batch=3, cin=512, size=4, cout=8):
     return [t.requires_grad_() for t in (x, w, b)], dict(stride=2, padding=1)
 
 
+def _auto_matches_onednn_layouts(fn, inputs):
+    """The output's and the input gradient's layouts under mode auto, checked to be those of the
+    oneDNN path (mode never); returns the output's strides."""
+    x = inputs[0]
+    results = {}
+    for name in ("auto", "never"):
+        with _conv_gemm.mode(name):
+            y = fn(*inputs)
+            gx = torch.autograd.grad(y, x, torch.ones_like(y))[0]
+            results[name] = (y.stride(), gx.stride())
+    assert results["auto"] == results["never"]
+    return results["auto"][0]
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_auto_rule_float32(layout):
     inputs, kw = _dcgan_g2(layout)
@@ -105,13 +107,8 @@ def test_auto_rule_float32(layout):
         assert not _ext._C.use_conv_gemm(x.double(), w.double(), 1)  # float64: oneDNN
         fn, ref = ct._fns(kw, "relu", 0.01, "cpu")
         testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv GEMM auto")
-        y = fn(*inputs)
-        gx = torch.autograd.grad(y, x, torch.ones_like(y))[0]
-    with _conv_gemm.mode("never"):  # the layouts of the oneDNN path's (and stock's) results
-        y0 = fn(*inputs)
-        assert y.stride() == y0.stride()
-        assert gx.stride() == torch.autograd.grad(y0, x, torch.ones_like(y0))[0].stride()
-    assert y.stride() == F.conv_transpose2d(*inputs, **kw).stride()
+    strides = _auto_matches_onednn_layouts(fn, inputs)
+    assert strides == F.conv_transpose2d(*inputs, **kw).stride()
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -130,12 +127,8 @@ def test_auto_rule_conv2d_float32(layout):
         assert not _ext._C.use_conv2d_gemm(x, w, 1, 64)  # 8x8 outputs
         assert not _ext._C.use_conv2d_gemm(x, w[:256], 1, 16)  # 256 output channels
         testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv2d GEMM auto")
-        y = fn(*inputs)
-        gx = torch.autograd.grad(y, x, torch.ones_like(y))[0]
-    with _conv_gemm.mode("never"):  # the layouts of the oneDNN path's (and stock's) results
-        y0 = fn(*inputs)
-        assert y.stride() == y0.stride()
-        assert gx.stride() == torch.autograd.grad(y0, x, torch.ones_like(y0))[0].stride()
+    strides = _auto_matches_onednn_layouts(fn, inputs)
+    assert strides == F.conv2d(*inputs, **kw).stride()
 
 
 def test_rule_leaves_other_layers_to_onednn():
