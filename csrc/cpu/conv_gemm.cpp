@@ -176,8 +176,10 @@ bool gemm_pays(at::ScalarType dtype, int64_t groups, int64_t in, int64_t pixels,
   const int64_t mode = g_mode.load(std::memory_order_relaxed);
   if (mode == 0 || groups != 1 || empty) return false;
   if (mode == 2) return dtype == at::kFloat || dtype == at::kDouble;
-  // measured (benchmarks/README.md): a long inner dim (C_in) over few pixels
-  return dtype == at::kFloat && in >= 512 && pixels <= 16;
+  // measured (interleaved f+b, 2-core Xeon, k4 s2; benchmarks/README.md): a long inner dim over
+  // few pixels. Wins: 384 and 512 channels over 2x2-4x4 (1.1-3x); losses: 256 over 4x4 (0.7-1.0x),
+  // anything over 8x8 (0.5-0.9x)
+  return dtype == at::kFloat && in >= 384 && pixels <= 16;
 }
 
 }  // namespace

@@ -40,7 +40,7 @@ std::pair<at::Tensor, at::Tensor> conv_transpose2d_gemm_backward(
     const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
     const std::vector<int64_t>& dilation, bool need_x, bool need_w);
 
-// The same engine for a conv2d whose transposed conv qualifies (C_out >= 512 over at most 16
+// The same engine for a conv2d whose transposed conv qualifies (C_out >= 384 over at most 16
 // output pixels: a discriminator's 256 -> 512 channel, 8x8 -> 4x4 layer): the forward is the
 // transposed conv's input gradient (im2col of x + a GEMM, bias in it), the input gradient its
 // forward, the weight gradient its weight gradient with the roles of x and grad_y swapped.

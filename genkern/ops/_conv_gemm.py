@@ -5,7 +5,7 @@ small output as the same engine with the roles swapped (forward: im2col of x + o
 oneDNN runs at about half the matmul peak (a DCGAN generator's 512 -> 256 channel 4x4 -> 8x8 layer,
 its discriminator's 256 -> 512 channel 8x8 -> 4x4 one).
 
-GENKERN_CPU_CONV_GEMM: "auto" (default: the measured rule, float32, one group, 512 or more channels
+GENKERN_CPU_CONV_GEMM: "auto" (default: the measured rule, float32, one group, 384 or more channels
 on the small side over at most 16 pixels), "always" (every one-group float32/float64 call: the
 tests run their shape grids through it), or "never". `set_mode` changes it at run time.
 """
