@@ -1,7 +1,8 @@
 """The CPU backend's small-GEMM kernel (csrc/cpu/small_gemm.cpp), through genkern.ops.linear:
-sizes hitting every tail of its 6 x 16 register tiles, each activation, with and without bias,
-non-contiguous inputs, against the float64 reference; bits independent of the thread count; the
-portable (non-AVX2) code under GENKERN_CPU_NO_AVX2=1."""
+sizes hitting every tail of its 6 x 16 (AVX2) and 12 x 16 (AVX-512) register tiles, each
+activation, with and without bias, non-contiguous inputs, against the float64 reference; bits
+independent of the thread count and the same from both tiles; the portable (non-AVX2) code under
+GENKERN_CPU_NO_AVX2=1."""
 
 import os
 import subprocess
@@ -27,8 +28,9 @@ ACTIVATIONS = [
     ("sigmoid", 0.01),
     ("silu", 0.01),
 ]
-# M: tiles of 6 rows and every tail, in the backward's products (any M) and in the forward (which
-# takes the kernel from 8 rows on: below, MKL's gemv beats packing W^T)
+# M: tiles of 6 (AVX2) and 12 (AVX-512) rows and their tails, in the backward's products (any M;
+# on AVX2 CPUs) and in the forward (which takes the kernel from 8 rows on: below, MKL's gemv beats
+# packing W^T)
 ROWS = [1, 5, 6, 8, 9, 10, 11, 13, 128]
 COLS = [1, 3, 8, 10, 16, 17, 33]  # N: panels of 16 (8 for a narrow last one) and tails
 DEPTHS = [1, 2, 7, 84, 400]  # K
@@ -116,3 +118,40 @@ def test_portable_code_without_avx2():
         timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+_TILE_BITS = """
+import sys, torch, genkern
+from genkern import testing
+gen = torch.Generator().manual_seed(0)
+outs = []
+for m, k, n in [(128, 84, 120), (13, 20, 33), (9, 128, 17), (30, 7, 8), (25, 1, 40)]:
+    x = testing.make_tensor([m, k], torch.float32, generator=gen)
+    w = testing.make_tensor([n, k], torch.float32, generator=gen)
+    b = testing.make_tensor([n], torch.float32, generator=gen)
+    with torch.no_grad():
+        outs.append(genkern.ops.linear(x, w, b, "leaky_relu", 0.2, backend="cpu"))
+        outs.append(genkern.ops.linear(x, w, None, None, 0.01, backend="cpu"))
+torch.save(outs, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() != "AVX512", reason="needs a CPU with AVX-512"
+)
+def test_avx512_tile_gives_the_avx2_tiles_bits(tmp_path):
+    """The 12-row AVX-512 tile and the 6-row AVX2 one sum each element as the same chain of FMAs:
+    the same bits, over tiles with every row and column tail (the forward's packed products)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
+    outs = {}
+    for name, off in (("avx512", "0"), ("avx2", "1")):
+        env = dict(os.environ, GENKERN_CPU_NO_AVX512=off)
+        env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+        path = tmp_path / f"{name}.pt"
+        run = subprocess.run(
+            [sys.executable, "-c", _TILE_BITS, str(path)], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        outs[name] = torch.load(path)
+    for a, c in zip(outs["avx512"], outs["avx2"]):
+        assert torch.equal(a, c)

@@ -33,15 +33,17 @@ at::Tensor small_mm(const at::Tensor& a, const at::Tensor& b) {
 // that stays below MKL's fixed cost (~10 us) and is shared by a few rows of x. Measured: packed,
 // 1x256 -> 3136 took 3x MKL's gemv and 32x400 -> 120 0.87x; 128x120 -> 84 beat it by 1.2-1.4x.
 // On AVX-512 CPUs (a 2-core Xeon) MKL's wider kernel also wins over a long inner dim: 128x400 ->
-// 20 ran 0.78x packed, 0.92x on MKL; 128x120 -> 84 and 128x20 -> 400 still win packed.
+// 20 ran 0.78x packed (AVX2 tile), 0.92x on MKL, ~1.0x with the AVX-512 tile; 128x120 -> 84 and
+// 128x20 -> 400 win packed (AVX-512 tile, hot: 16.5-19 vs stock's 22-25 us, 17-19 vs 46 us).
 bool packing_pays(int64_t M, int64_t N, int64_t K) {
   return M >= 8 && N * K <= 16384 && (K <= 128 || !cpu_has_avx512());
 }
 
 // a @ b (the backward's products), by the small kernel where it beats ATen's. On AVX-512 CPUs
-// MKL's kernel won every one measured (a 2-core Xeon, hot, the whole backward of one layer: vae-mu
-// 38 -> 25 us, cifar-fc2 54 -> 36, vae-dec1 79 -> 64, cifar-fc3 11 -> 8), on AVX2 ones ours
-// (small_gemm_wins).
+// MKL's kernel won every one measured with our AVX2 tile (a 2-core Xeon, hot, the whole backward
+// of one layer: vae-mu 38 -> 25 us, cifar-fc2 54 -> 36, vae-dec1 79 -> 64, cifar-fc3 11 -> 8)
+// and all but one with the AVX-512 tile (cifar-fc2 grad_x 16.5 vs 12.2 us, vae-dec1 20 vs 14;
+// vae-mu's grad_x 16.5 vs 18), on AVX2 ones ours (small_gemm_wins).
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
   if (is_f32(a) && is_f32(b) && !cpu_has_avx512() &&
       small_gemm_wins(a.size(0), b.size(1), a.size(1)))

@@ -17,35 +17,60 @@
 namespace genkern::cpu {
 namespace {
 
-constexpr int kTileRows = 6;   // rows of C per register tile
 constexpr int kTileCols = 16;  // columns of C per tile and per packed panel of B
+constexpr int kChunkRows = 12;  // row chunks are whole tiles of every variant (6 or 12 rows)
 
 #define GK_GEMM_NS gemm_base
-#define GK_GEMM_AVX2 0
+#define GK_GEMM_ROWS 6
 #include "small_gemm_kernels.h"
-#undef GK_GEMM_AVX2
+#undef GK_GEMM_ROWS
 #undef GK_GEMM_NS
 #if GK_GEMM_HAS_AVX2
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define GK_GEMM_NS gemm_avx2
 #define GK_GEMM_AVX2 1
+#define GK_GEMM_ROWS 6
 #include "small_gemm_kernels.h"
+#undef GK_GEMM_ROWS
 #undef GK_GEMM_AVX2
 #undef GK_GEMM_NS
 #pragma GCC pop_options
-bool use_avx2() {  // GENKERN_CPU_NO_AVX2=1 forces the baseline code (tests of it on AVX2 machines)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#define GK_GEMM_NS gemm_avx512
+#define GK_GEMM_AVX512 1
+#define GK_GEMM_ROWS 12
+#include "small_gemm_kernels.h"
+#undef GK_GEMM_ROWS
+#undef GK_GEMM_AVX512
+#undef GK_GEMM_NS
+#pragma GCC pop_options
+
+// GENKERN_CPU_NO_AVX2=1 forces the baseline code, GENKERN_CPU_NO_AVX512=1 the AVX2 code (tests of
+// each on machines that have more).
+bool env_off(const char* name) {
+  const char* off = std::getenv(name);
+  return off && *off && std::strcmp(off, "0") != 0;
+}
+bool use_avx2() {
   static const bool yes = [] {
-    const char* off = std::getenv("GENKERN_CPU_NO_AVX2");
-    if (off && *off && std::strcmp(off, "0") != 0) return false;
+    if (env_off("GENKERN_CPU_NO_AVX2")) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }();
   return yes;
 }
+bool use_avx512() {
+  static const bool yes = use_avx2() && !env_off("GENKERN_CPU_NO_AVX512") &&
+                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  return yes;
+}
 #else
 namespace gemm_avx2 = gemm_base;
+namespace gemm_avx512 = gemm_base;
 bool use_avx2() { return false; }
+bool use_avx512() { return false; }
 #endif
 
 // Below this many multiply-adds one thread does it all: a parallel region costs more than it saves.
@@ -64,10 +89,12 @@ void run(const GemmArgs& g) {
   const int64_t floats = std::max<int64_t>(g.K, 1) * panels * kTileCols;
   float* packed = packed_buffer(static_cast<size_t>(floats));
   const bool serial = g.M * g.N * g.K < kSerialMacs;
-  const bool avx2 = use_avx2();
+  const bool avx512 = use_avx512(), avx2 = use_avx2();
   at::parallel_for(0, panels, serial ? panels : 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      if (avx2)
+      if (avx512)
+        gemm_avx512::pack_task(g, p, packed);
+      else if (avx2)
         gemm_avx2::pack_task(g, p, packed);
       else
         gemm_base::pack_task(g, p, packed);
@@ -76,14 +103,16 @@ void run(const GemmArgs& g) {
   // Few panels: rows are split too (whole tiles), so that two threads find work.
   const int64_t row_chunks = panels >= 4 ? 1 : std::min<int64_t>(4, (g.M + 23) / 24);
   const int64_t chunk_rows =
-      ((g.M + row_chunks - 1) / row_chunks + kTileRows - 1) / kTileRows * kTileRows;
+      ((g.M + row_chunks - 1) / row_chunks + kChunkRows - 1) / kChunkRows * kChunkRows;
   const int64_t tasks = panels * row_chunks;
   at::parallel_for(0, tasks, serial ? tasks : 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t panel = t / row_chunks, r0 = (t % row_chunks) * chunk_rows;
       const int64_t r1 = std::min(g.M, r0 + chunk_rows);
       if (r0 >= r1) continue;
-      if (avx2)
+      if (avx512)
+        gemm_avx512::gemm_task<A, HasBias>(g, panel, r0, r1, packed);
+      else if (avx2)
         gemm_avx2::gemm_task<A, HasBias>(g, panel, r0, r1, packed);
       else
         gemm_base::gemm_task<A, HasBias>(g, panel, r0, r1, packed);

@@ -26,14 +26,15 @@ struct GemmArgs {
 };
 
 // Computes g.C (and g.Z). Each element of C is summed by one thread over k in order, so the bits
-// do not depend on the thread count. AVX2+FMA code where the CPU has it (GENKERN_CPU_NO_AVX2=1
-// forces the portable code).
+// do not depend on the thread count. A 12x16 AVX-512 tile where the CPU has AVX-512, a 6x16
+// AVX2+FMA one where it has AVX2 (the same bits: the same FMA chain per element), else portable
+// code (GENKERN_CPU_NO_AVX512=1 forces the AVX2 tile, GENKERN_CPU_NO_AVX2=1 the portable code).
 void small_gemm_f32(const GemmArgs& g);
 
 // Whether small_gemm_f32 is expected to beat ATen's mm (MKL) on an [M, K] x [K, N] product.
 bool small_gemm_wins(int64_t M, int64_t N, int64_t K);
 
-// Whether this CPU has AVX-512 (where MKL's kernels are twice as wide as our AVX2 tile).
+// Whether this CPU has AVX-512 (where MKL's AVX-512 kernels win most products, see linear_act.cpp).
 bool cpu_has_avx512();
 
 }  // namespace genkern::cpu

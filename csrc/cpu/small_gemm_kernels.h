@@ -1,8 +1,10 @@
 // The loops of small_gemm.cpp: packing of B, the register-blocked tile and its epilogue, one task
-// (one column panel over a range of rows). Included twice by small_gemm.cpp: once as baseline code
-// (GK_GEMM_AVX2 0, a portable tile the compiler vectorizes for SSE2) and once under
-// `#pragma GCC target("avx2,fma")` (GK_GEMM_AVX2 1, an intrinsics tile: 6 rows x 16 columns in 12
-// ymm accumulators). The two round differently (FMA), each is deterministic on its own.
+// (one column panel over a range of rows). Included three times by small_gemm.cpp: as baseline
+// code (a portable tile the compiler vectorizes for SSE2), under `#pragma GCC target("avx2,fma")`
+// (GK_GEMM_AVX2: an intrinsics tile of 6 rows x 16 columns in 12 ymm accumulators) and under an
+// AVX-512 target (GK_GEMM_AVX512: 12 rows x 16 columns in 12 zmm accumulators). The AVX2 and
+// AVX-512 tiles compute every element as the same chain of FMAs over k in order (the same bits);
+// the portable one rounds differently (no FMA). GK_GEMM_ROWS: the tile's rows.
 // No include guard, on purpose; the headers it needs are included by small_gemm.cpp first.
 
 namespace GK_GEMM_NS {
@@ -33,14 +35,44 @@ inline void pack_panel(const GemmArgs& g, int64_t col0, int cols, int width, flo
   }
 }
 
-#if GK_GEMM_AVX2
+constexpr int kRows = GK_GEMM_ROWS;
+
+#if GK_GEMM_AVX512
+// tile[r][j] = sum_k A[r, k] * Bp[k, j] for R rows, V * 8 columns (rows of Bp ldb apart): one zmm
+// per row, the 8-column panel through a masked load (it reads nothing past the panel).
+template <int R, int V>
+void tile_kernel(int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* bp,
+                 int64_t ldb, float* tile) {
+  static_assert(R >= 1 && R <= kRows && (V == 1 || V == 2), "tile shape");
+  const __mmask16 mask = V > 1 ? 0xFFFF : 0x00FF;
+#define GK_ACC(r) __m512 c##r = _mm512_setzero_ps();
+  GK_ACC(0) GK_ACC(1) GK_ACC(2) GK_ACC(3) GK_ACC(4) GK_ACC(5)
+  GK_ACC(6) GK_ACC(7) GK_ACC(8) GK_ACC(9) GK_ACC(10) GK_ACC(11)
+#undef GK_ACC
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < K; ++k) {
+    const float* ak = a + k * a_cs;
+    const __m512 b = _mm512_maskz_loadu_ps(mask, bp + k * ldb);
+#define GK_FMA(r) \
+  if constexpr (R > r) c##r = _mm512_fmadd_ps(_mm512_set1_ps(ak[r * a_rs]), b, c##r);
+    GK_FMA(0) GK_FMA(1) GK_FMA(2) GK_FMA(3) GK_FMA(4) GK_FMA(5)
+    GK_FMA(6) GK_FMA(7) GK_FMA(8) GK_FMA(9) GK_FMA(10) GK_FMA(11)
+#undef GK_FMA
+  }
+#define GK_STORE(r) \
+  if constexpr (R > r) _mm512_mask_storeu_ps(tile + r * kTileCols, mask, c##r);
+  GK_STORE(0) GK_STORE(1) GK_STORE(2) GK_STORE(3) GK_STORE(4) GK_STORE(5)
+  GK_STORE(6) GK_STORE(7) GK_STORE(8) GK_STORE(9) GK_STORE(10) GK_STORE(11)
+#undef GK_STORE
+}
+#elif GK_GEMM_AVX2
 // tile[r][j] = sum_k A[r, k] * Bp[k, j] for R rows, V * 8 columns (rows of Bp ldb apart):
 // broadcast A, FMA with B rows. The accumulators are named variables, not an array: GCC keeps
 // an array of them in memory too, one store per FMA.
 template <int R, int V>
 void tile_kernel(int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* bp,
                  int64_t ldb, float* tile) {
-  static_assert(R >= 1 && R <= kTileRows && (V == 1 || V == 2), "tile shape");
+  static_assert(R >= 1 && R <= kRows && (V == 1 || V == 2), "tile shape");
 #define GK_ACC(r) __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps();
   GK_ACC(0) GK_ACC(1) GK_ACC(2) GK_ACC(3) GK_ACC(4) GK_ACC(5)
 #undef GK_ACC
@@ -94,8 +126,18 @@ void tile_rows(int rows, int64_t K, const float* a, int64_t a_rs, int64_t a_cs, 
     case 3: return tile_kernel<3, V>(K, a, a_rs, a_cs, bp, ldb, tile);
     case 4: return tile_kernel<4, V>(K, a, a_rs, a_cs, bp, ldb, tile);
     case 5: return tile_kernel<5, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-    default: return tile_kernel<kTileRows, V>(K, a, a_rs, a_cs, bp, ldb, tile);
   }
+  if constexpr (kRows > 6) {
+    switch (rows) {
+      case 6: return tile_kernel<6, V>(K, a, a_rs, a_cs, bp, ldb, tile);
+      case 7: return tile_kernel<7, V>(K, a, a_rs, a_cs, bp, ldb, tile);
+      case 8: return tile_kernel<8, V>(K, a, a_rs, a_cs, bp, ldb, tile);
+      case 9: return tile_kernel<9, V>(K, a, a_rs, a_cs, bp, ldb, tile);
+      case 10: return tile_kernel<10, V>(K, a, a_rs, a_cs, bp, ldb, tile);
+      case 11: return tile_kernel<11, V>(K, a, a_rs, a_cs, bp, ldb, tile);
+    }
+  }
+  tile_kernel<kRows, V>(K, a, a_rs, a_cs, bp, ldb, tile);
 }
 
 // C[r, j] = act(tile[r][j] + bias[j]) for the tile's rows and cols (and Z = the sum, when asked).
@@ -145,9 +187,9 @@ void gemm_task(const GemmArgs& g, int64_t panel, int64_t r0, int64_t r1, const f
   float bias[kTileCols] = {};
   if constexpr (HasBias)
     for (int j = 0; j < cols; ++j) bias[j] = g.bias[(col0 + j) * g.bias_stride];
-  alignas(32) float tile[kTileRows * kTileCols];
-  for (int64_t r = r0; r < r1; r += kTileRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, r1 - r));
+  alignas(64) float tile[kRows * kTileCols];
+  for (int64_t r = r0; r < r1; r += kRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, r1 - r));
     const float* a = g.A + r * g.a_rs;
     if (cols <= 8)
       tile_rows<1>(rows, g.K, a, g.a_rs, g.a_cs, bp, ldb, tile);
