@@ -15,6 +15,7 @@ from _helpers import assert_unchanged, clones
 from conftest import DEVICE
 from test_col2im_path import _conv_fns, _on_cpu
 
+import genkern
 from genkern import _ext, backends, testing
 from genkern.ops import _col2im, _conv_gemm
 
@@ -34,11 +35,22 @@ def always():
         yield
 
 
+def _weight_in(inputs, weight_layout):
+    """inputs with the weight in weight_layout: a channels_last weight switches the path to its
+    (kh, kw, c) column order (NHWC col2im and im2col)."""
+    x, w, b = inputs
+    if weight_layout == "channels_last":
+        w = w.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    return [x, w, b]
+
+
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("layout", testing.LAYOUTS)
 @pytest.mark.parametrize("act,slope", ACTS)
 @pytest.mark.parametrize("case", ONE_GROUP_CONVT, ids=ct._case_id)
-def test_conv_transpose2d_float64(case, act, slope, layout, always):
+def test_conv_transpose2d_float64(case, act, slope, layout, weight_layout, always):
     inputs, kw = ct._make(case, torch.float64, layout, device="cpu")
+    inputs = _weight_in(inputs, weight_layout)
     assert _ext._C.use_conv_gemm(inputs[0], inputs[1], 1)
     before = clones(inputs)
     fn, ref = ct._fns(kw, act, slope, "cpu")
@@ -46,12 +58,13 @@ def test_conv_transpose2d_float64(case, act, slope, layout, always):
     assert_unchanged(before, inputs)
 
 
+@pytest.mark.parametrize("weight_layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("layout", testing.LAYOUTS)
 @pytest.mark.parametrize("act,slope", ACTS)
 @pytest.mark.parametrize("case", ONE_GROUP_CONV, ids=c2._case_id)
-def test_conv2d_float64(case, act, slope, layout, always):
+def test_conv2d_float64(case, act, slope, layout, weight_layout, always):
     inputs, kw = c2._make(case, torch.float64, layout)
-    inputs = _on_cpu(inputs)
+    inputs = _weight_in(_on_cpu(inputs), weight_layout)
     x, w, _ = inputs
     y = torch.nn.functional.conv2d(x.detach(), w.detach(), **kw)
     assert _ext._C.use_conv2d_gemm(x, w, 1, y.shape[2] * y.shape[3]) == (y.numel() > 0)
@@ -60,6 +73,30 @@ def test_conv2d_float64(case, act, slope, layout, always):
         *_conv_fns(kw, act, slope), inputs, torch.float64, "cpu conv2d GEMM"
     )
     assert_unchanged(before, inputs)
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_layouts_of_results_match_stock(layout, transposed, always):
+    # a channels_last model's layer (weight channels_last too) and an NCHW one: output, input
+    # gradient and weight gradient in the layouts stock PyTorch gives them
+    gen = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(3, 6, 4, 4, generator=gen).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(6, 5, 4, 4, generator=gen).contiguous(memory_format=fmt).requires_grad_()
+    ours_op, stock_op = (
+        (genkern.ops.conv_transpose2d, F.conv_transpose2d)
+        if transposed
+        else (genkern.ops.conv2d, F.conv2d)
+    )
+    if not transposed:  # [C_out, C_in = 6, 4, 4]
+        w = w.detach().permute(1, 0, 2, 3).contiguous(memory_format=fmt).requires_grad_()
+    ours, stock = ours_op(x, w, None, 2, 1, backend="cpu"), stock_op(x, w, None, 2, 1)
+    results = [(ours, *torch.autograd.grad(ours.sum(), (x, w)))]
+    results.append((stock, *torch.autograd.grad(stock.sum(), (x, w))))
+    for a, b in zip(*results):
+        assert a.stride() == b.stride()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

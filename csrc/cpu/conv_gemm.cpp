@@ -41,9 +41,15 @@ Taps taps_of(int64_t out, int64_t in, int64_t kernel, int64_t stride, int64_t pa
   return t;
 }
 
+// The transposed conv of ci channels over h x w pixels onto co channels over oh x ow (weight
+// [ci, co, kh, kw]). The columns of cols and of the im2col rows follow the weight's memory order:
+// (co, kh, kw) for a contiguous weight, (kh, kw, co) for a channels_last one (hwc), so that the
+// weight is a [ci, columns] matrix without a copy.
 struct Geometry {
   int64_t ci, h, w, co, kh, kw, oh, ow;
+  bool hwc = false;
   int64_t columns() const { return co * kh * kw; }
+  int64_t column(int64_t c, int64_t tap) const { return hwc ? tap * co + c : c * kh * kw + tap; }
   // The column buffer's row stride: 16 floats past `columns`, so that rows a power of two apart
   // do not all map to the same cache sets (the gather reads one line from each of many rows).
   int64_t ld() const { return columns() + 16; }
@@ -54,17 +60,36 @@ int64_t chunk_samples(const Geometry& g) {
   return std::max<int64_t>(1, kColumnFloats / std::max<int64_t>(g.h * g.w * g.columns(), 1));
 }
 
-// y[n, co, oh, ow] (NCHW, contiguous, `count` samples) = bias[co] + the sum of the columns of
-// every tap landing there, read from cols[(n, ih, iw), (co, kh, kw)] (rows g.ld() apart).
+// y[n, co, oh, ow] (`count` samples, NCHW or, for hwc, NHWC, contiguous) = bias[co] + the sum of
+// the columns of every tap landing there, in increasing (kh, kw), read from cols[(n, ih, iw),
+// column(co, tap)] (rows g.ld() apart). Both layouts add in the same order: the same bits.
 template <typename scalar_t>
 void col2im(const scalar_t* cols, const scalar_t* bias, scalar_t* y, int64_t count,
             const Geometry& g, const Taps& th, const Taps& tw) {
-  const int64_t ld = g.ld(), taps = g.kh * g.kw, plane = g.oh * g.ow;
+  const int64_t ld = g.ld(), plane = g.oh * g.ow;
+  if (g.hwc) {  // one output pixel per task step: contiguous rows of co floats added
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(g.co * 4, 1));
+    at::parallel_for(0, count * plane, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n = p / plane, oh = p % plane / g.ow, ow = p % g.ow;
+        scalar_t* out = y + p * g.co;
+        for (int64_t c = 0; c < g.co; ++c) out[c] = bias != nullptr ? bias[c] : scalar_t(0);
+        for (int64_t a = th.start[oh]; a < th.start[oh + 1]; ++a) {
+          for (int64_t e = tw.start[ow]; e < tw.start[ow + 1]; ++e) {
+            const scalar_t* src = cols + ((n * g.h + th.i[a]) * g.w + tw.i[e]) * ld +
+                                  (th.k[a] * g.kw + tw.k[e]) * g.co;
+            for (int64_t c = 0; c < g.co; ++c) out[c] += src[c];
+          }
+        }
+      }
+    });
+    return;
+  }
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(plane * 4, 1));
   at::parallel_for(0, count * g.co, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n = p / g.co, c = p % g.co;
-      const scalar_t* base = cols + n * g.h * g.w * ld + c * taps;
+      const scalar_t* base = cols + n * g.h * g.w * ld + g.column(c, 0);
       scalar_t* out = y + p * plane;
       const scalar_t b = bias != nullptr ? bias[c] : scalar_t(0);
       for (int64_t oh = 0; oh < g.oh; ++oh) {
@@ -82,8 +107,8 @@ void col2im(const scalar_t* cols, const scalar_t* bias, scalar_t* y, int64_t cou
   });
 }
 
-// d[(n, ih, iw), (co, kh, kw)] = grad_y[n0 + n, co, ih * s - p + kh * d, ..] (0 off the output)
-// for `count` samples (rows g.ld() apart): the rows the backward's GEMMs read.
+// d[(n, ih, iw), column(co, tap)] = grad_y[n0 + n, co, ih * s - p + kh * d, ..] (0 off the
+// output) for `count` samples (rows g.ld() apart): the rows the backward's GEMMs read.
 template <typename scalar_t>
 void im2col(const at::Tensor& grad_y, int64_t n0, int64_t count, const Geometry& g,
             const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
@@ -95,6 +120,22 @@ void im2col(const at::Tensor& grad_y, int64_t n0, int64_t count, const Geometry&
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = n0 + r / (g.h * g.w), ih = r / g.w % g.h, iw = r % g.w;
       scalar_t* row = d + r * ld;
+      if (g.hwc) {  // taps outer, channels inner: contiguous reads of a channels_last grad_y
+        for (int64_t a = 0; a < g.kh; ++a) {
+          const int64_t oh = ih * stride[0] - padding[0] + a * dilation[0];
+          for (int64_t b = 0; b < g.kw; ++b) {
+            const int64_t ow = iw * stride[1] - padding[1] + b * dilation[1];
+            scalar_t* dst = row + (a * g.kw + b) * g.co;
+            if (oh < 0 || oh >= g.oh || ow < 0 || ow >= g.ow) {
+              for (int64_t c = 0; c < g.co; ++c) dst[c] = scalar_t(0);
+            } else {
+              const scalar_t* src = gy + n * sn + oh * sh + ow * sw;
+              for (int64_t c = 0; c < g.co; ++c) dst[c] = src[c * sc];
+            }
+          }
+        }
+        continue;
+      }
       for (int64_t c = 0; c < g.co; ++c) {
         const scalar_t* src = gy + n * sn + c * sc;
         for (int64_t a = 0; a < g.kh; ++a) {
@@ -110,9 +151,21 @@ void im2col(const at::Tensor& grad_y, int64_t n0, int64_t count, const Geometry&
   });
 }
 
+bool channels_last_weight(const at::Tensor& weight) {
+  return !weight.is_contiguous() && weight.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 Geometry geometry(const at::Tensor& x, const at::Tensor& weight, int64_t oh, int64_t ow) {
   return {x.size(1),      x.size(2),      x.size(3), weight.size(1),
-          weight.size(2), weight.size(3), oh,        ow};
+          weight.size(2), weight.size(3), oh,        ow,
+          channels_last_weight(weight)};
+}
+
+// The weight [rows, c, kh, kw] as the [rows, columns] matrix of g's column order (a view when
+// the weight is laid out in that order, as it is whenever g.hwc).
+at::Tensor weight_matrix(const at::Tensor& weight, const Geometry& g) {
+  return g.hwc ? weight.permute({0, 2, 3, 1}).reshape({weight.size(0), g.columns()})
+               : weight.reshape({weight.size(0), g.columns()});
 }
 
 // x's samples [n0, n0 + count) as rows [(n, ih, iw), ci] (a view for channels_last x).
@@ -128,7 +181,7 @@ void im2col_gemms(const at::Tensor& t, const Geometry& g, int64_t n, const at::T
                   const at::Tensor& bias, const std::vector<int64_t>& stride,
                   const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
                   at::Tensor& out, const at::Tensor& src, at::Tensor& grad_w2) {
-  const at::Tensor w2 = weight.contiguous().view({g.ci, g.columns()});
+  const at::Tensor w2 = weight_matrix(weight, g);
   const int64_t chunk = chunk_samples(g);
   const at::Tensor d = at::empty({std::min(chunk, n) * g.h * g.w, g.ld()}, t.options());
   for (int64_t n0 = 0; n0 < n; n0 += chunk) {
@@ -137,9 +190,14 @@ void im2col_gemms(const at::Tensor& t, const Geometry& g, int64_t n, const at::T
     AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "conv_gemm_im2col", [&] {
       im2col<scalar_t>(t, n0, count, g, stride, padding, dilation, dc.data_ptr<scalar_t>());
     });
-    if (out.defined()) {
-      const at::Tensor rows = bias.defined() ? at::addmm(bias, dc, w2.t()) : at::mm(dc, w2.t());
-      out.narrow(0, n0, count).permute({0, 2, 3, 1}).copy_(rows.view({count, g.h, g.w, g.ci}));
+    if (out.defined()) {  // into a channels_last out directly, else through a copy
+      const at::Tensor dst = out.narrow(0, n0, count).permute({0, 2, 3, 1});
+      at::Tensor rows = dst.is_contiguous() ? dst.view({-1, g.ci}) : at::empty({0}, t.options());
+      if (bias.defined())
+        at::addmm_out(rows, bias, dc, w2.t());
+      else
+        at::mm_out(rows, dc, w2.t());
+      if (!dst.is_contiguous()) dst.copy_(rows.view({count, g.h, g.w, g.ci}));
     }
     if (grad_w2.defined()) {
       const at::Tensor st = rows_of(src, n0, count).t();
@@ -151,11 +209,13 @@ void im2col_gemms(const at::Tensor& t, const Geometry& g, int64_t n, const at::T
   }
 }
 
-// [C_in, C_out * kH * kW] as the weight's shape and memory format.
-at::Tensor as_weight(const at::Tensor& grad_w2, const at::Tensor& weight) {
-  const at::Tensor w = grad_w2.view(weight.sizes());
+// [rows, columns] (g's column order) as the weight's shape and memory format.
+at::Tensor as_weight(const at::Tensor& grad_w2, const at::Tensor& weight, const Geometry& g) {
+  const at::Tensor w =
+      g.hwc ? grad_w2.view({weight.size(0), g.kh, g.kw, weight.size(1)}).permute({0, 3, 1, 2})
+            : grad_w2.view(weight.sizes());
   const auto fmt = weight.suggest_memory_format();
-  return fmt == at::MemoryFormat::Contiguous ? w : w.contiguous(fmt);
+  return w.suggest_memory_format() == fmt ? w : w.contiguous(fmt);
 }
 
 }  // namespace
@@ -209,8 +269,10 @@ at::Tensor conv_transpose2d_gemm(const at::Tensor& x, const at::Tensor& weight,
   }
   const Geometry g = geometry(x, weight, out[0], out[1]);
   const int64_t n = x.size(0);
-  at::Tensor y = at::empty({n, g.co, g.oh, g.ow}, x.options());
-  const at::Tensor w2 = weight.contiguous().view({g.ci, g.columns()});
+  // col2im writes NCHW, or NHWC in the hwc column order
+  const auto written = g.hwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor y = at::empty({n, g.co, g.oh, g.ow}, x.options().memory_format(written));
+  const at::Tensor w2 = weight_matrix(weight, g);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const Taps th = taps_of(g.oh, g.h, g.kh, stride[0], padding[0], dilation[0]);
   const Taps tw = taps_of(g.ow, g.w, g.kw, stride[1], padding[1], dilation[1]);
@@ -227,7 +289,7 @@ at::Tensor conv_transpose2d_gemm(const at::Tensor& x, const at::Tensor& weight,
     });
   }
   const auto fmt = conv_output_format(x, weight);
-  return fmt == at::MemoryFormat::Contiguous ? y : y.contiguous(fmt);
+  return fmt == written ? y : y.contiguous(fmt);
 }
 
 std::pair<at::Tensor, at::Tensor> conv_transpose2d_gemm_backward(
@@ -240,7 +302,7 @@ std::pair<at::Tensor, at::Tensor> conv_transpose2d_gemm_backward(
   if (need_w) grad_w2 = at::empty({g.ci, g.columns()}, x.options());
   im2col_gemms(grad_y, g, x.size(0), weight, at::Tensor(), stride, padding, dilation, grad_x,
                x, grad_w2);
-  return {grad_x, need_w ? as_weight(grad_w2, weight) : at::Tensor()};
+  return {grad_x, need_w ? as_weight(grad_w2, weight, g) : at::Tensor()};
 }
 
 at::Tensor conv2d_gemm(const at::Tensor& x, const at::Tensor& weight,
@@ -252,8 +314,8 @@ at::Tensor conv2d_gemm(const at::Tensor& x, const at::Tensor& weight,
                  stride[i] + 1;
   }
   // the transposed conv of the output: C_out channels over out[] pixels onto x's C_in x H x W
-  const Geometry g{weight.size(0), out[0],    out[1],    weight.size(1),
-                   weight.size(2), weight.size(3), x.size(2), x.size(3)};
+  const Geometry g{weight.size(0), out[0],         out[1],    weight.size(1), weight.size(2),
+                   weight.size(3), x.size(2),      x.size(3), channels_last_weight(weight)};
   at::Tensor y = at::empty({x.size(0), g.ci, out[0], out[1]},
                            x.options().memory_format(conv_output_format(x, weight)));
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
@@ -278,14 +340,14 @@ std::pair<at::Tensor, at::Tensor> conv2d_gemm_backward(
                                    dilation)
                  .contiguous(x.suggest_memory_format());
   }
+  const Geometry g = geometry(grad_y, weight, x.size(2), x.size(3));
   if (need_w) {
-    const Geometry g = geometry(grad_y, weight, x.size(2), x.size(3));
     grad_w2 = at::empty({g.ci, g.columns()}, x.options());
     at::Tensor none;
     im2col_gemms(x, g, x.size(0), weight, at::Tensor(), stride, padding, dilation, none, grad_y,
                  grad_w2);
   }
-  return {grad_x, need_w ? as_weight(grad_w2, weight) : at::Tensor()};
+  return {grad_x, need_w ? as_weight(grad_w2, weight, g) : at::Tensor()};
 }
 
 }  // namespace genkern::cpu
