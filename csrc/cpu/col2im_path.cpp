@@ -22,7 +22,8 @@ int64_t col2im_mode() { return g_mode.load(); }
 
 bool use_col2im(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
   const auto mode = static_cast<Col2imMode>(g_mode.load(std::memory_order_relaxed));
-  if (mode == Col2imMode::kNever || groups != 1 || x.dim() != 4 || x.numel() == 0 || weight.numel() == 0)
+  if (mode == Col2imMode::kNever || groups != 1 || x.dim() != 4 || x.numel() == 0 ||
+      weight.numel() == 0)
     return false;
   const auto dtype = x.scalar_type();
   if (mode == Col2imMode::kAlways) return dtype == at::kFloat || dtype == at::kDouble;
@@ -52,11 +53,9 @@ at::Tensor conv2d_input_grad_col2im(const at::Tensor& g, const at::Tensor& x,
                                     const std::vector<int64_t>& padding,
                                     const std::vector<int64_t>& dilation) {
   // the transposed conv's output_padding that lands exactly on x's size (always < stride)
-  std::vector<int64_t> output_padding(2);
+  const std::vector<int64_t> output_padding =
+      input_grad_output_padding(g, x, weight, stride, padding, dilation);
   for (int i = 0; i < 2; ++i) {
-    const int64_t reach =
-        (g.size(i + 2) - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.size(i + 2) - 1) + 1;
-    output_padding[i] = x.size(i + 2) - reach;
     if (output_padding[i] < 0 || output_padding[i] >= std::max(stride[i], dilation[i]))
       return std::get<0>(at::convolution_backward(g, x, weight, std::nullopt, stride, padding,
                                                   dilation, /*transposed=*/false, {0, 0}, 1,

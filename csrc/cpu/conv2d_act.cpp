@@ -6,7 +6,7 @@
 // pass over grad_y), after which one convolution_backward call computes only the gradients asked
 // for. The input gradient of a conv from few channels (an image's 1-3) is a transposed conv onto
 // few channels, which goes through ATen's GEMM + col2im kernel instead (see col2im_path.h); a
-// conv onto 512+ channels over a few output pixels runs as one batched GEMM (see conv_gemm.h).
+// conv onto 384+ channels over a few output pixels runs as batched GEMMs (see conv_gemm.h).
 #include "conv2d_act.h"
 
 #include "col2im_path.h"
@@ -21,10 +21,9 @@ int64_t output_pixels(const at::Tensor& x, const at::Tensor& weight,
                       const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                       const std::vector<int64_t>& dilation) {
   int64_t pixels = 1;
-  for (int i = 0; i < 2; ++i) {
-    const int64_t reach = x.size(i + 2) + 2 * padding[i] - dilation[i] * (weight.size(i + 2) - 1);
-    pixels *= reach > 0 ? (reach - 1) / stride[i] + 1 : 0;
-  }
+  for (int i = 0; i < 2; ++i)
+    pixels *= conv_output_size(x.size(i + 2), weight.size(i + 2), stride[i], padding[i],
+                               dilation[i]);
   return pixels;
 }
 

@@ -264,8 +264,8 @@ at::Tensor conv_transpose2d_gemm(const at::Tensor& x, const at::Tensor& weight,
                                  const std::vector<int64_t>& dilation) {
   int64_t out[2];
   for (int i = 0; i < 2; ++i) {
-    out[i] = (x.size(i + 2) - 1) * stride[i] - 2 * padding[i] +
-             dilation[i] * (weight.size(i + 2) - 1) + output_padding[i] + 1;
+    out[i] = transposed_output_size(x.size(i + 2), weight.size(i + 2), stride[i], padding[i],
+                                    output_padding[i], dilation[i]);
   }
   const Geometry g = geometry(x, weight, out[0], out[1]);
   const int64_t n = x.size(0);
@@ -309,10 +309,9 @@ at::Tensor conv2d_gemm(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const std::vector<int64_t>& stride,
                        const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
   int64_t out[2];
-  for (int i = 0; i < 2; ++i) {
-    out[i] = (x.size(i + 2) + 2 * padding[i] - dilation[i] * (weight.size(i + 2) - 1) - 1) /
-                 stride[i] + 1;
-  }
+  for (int i = 0; i < 2; ++i)
+    out[i] =
+        conv_output_size(x.size(i + 2), weight.size(i + 2), stride[i], padding[i], dilation[i]);
   // the transposed conv of the output: C_out channels over out[] pixels onto x's C_in x H x W
   const Geometry g{weight.size(0), out[0],         out[1],    weight.size(1), weight.size(2),
                    weight.size(3), x.size(2),      x.size(3), channels_last_weight(weight)};
@@ -329,14 +328,10 @@ std::pair<at::Tensor, at::Tensor> conv2d_gemm_backward(
     const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
     const std::vector<int64_t>& dilation, bool need_x, bool need_w) {
   at::Tensor grad_x, grad_w2;
-  if (need_x) {  // the transposed conv of grad_y onto x's size
-    std::vector<int64_t> output_padding(2);
-    for (int i = 0; i < 2; ++i) {
-      output_padding[i] = x.size(i + 2) - ((grad_y.size(i + 2) - 1) * stride[i] -
-                                           2 * padding[i] +
-                                           dilation[i] * (weight.size(i + 2) - 1) + 1);
-    }
-    grad_x = conv_transpose2d_gemm(grad_y, weight, std::nullopt, stride, padding, output_padding,
+  if (need_x) {  // the transposed conv of grad_y onto x's size (any output_padding: ours)
+    grad_x = conv_transpose2d_gemm(grad_y, weight, std::nullopt, stride, padding,
+                                   input_grad_output_padding(grad_y, x, weight, stride, padding,
+                                                             dilation),
                                    dilation)
                  .contiguous(x.suggest_memory_format());
   }

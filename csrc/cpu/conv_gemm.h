@@ -1,7 +1,8 @@
 // A transposed convolution with many input channels over a small input (a generator's 512 -> 256
 // channel, 4x4 -> 8x8 layer) as one batched GEMM and a col2im gather: cols[(n, ih, iw), (co, kh,
 // kw)] = x[(n, ih, iw), ci] @ weight[ci, (co, kh, kw)], then each output pixel sums the taps that
-// land on it. oneDNN's deconvolution runs such layers at about half the matmul peak; the GEMM
+// land on it (columns in (kh, kw, co) order instead for a channels_last weight: the weight's memory
+// order). oneDNN's deconvolution runs such layers at about half the matmul peak; the GEMM
 // runs at ~90% of it (K = C_in is long, M = N*H*W spans the batch). The backward is the same
 // GEMMs on an im2col of the output gradient: grad_x rows = D @ weight^T, grad_w = x^T D. Batches
 // are processed in chunks that bound the column buffer (kColumnFloats). Deterministic: fixed

@@ -2,6 +2,31 @@
 
 namespace genkern::cpu {
 
+int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding,
+                         int64_t dilation) {
+  const int64_t reach = in + 2 * padding - dilation * (kernel - 1);
+  return reach > 0 ? (reach - 1) / stride + 1 : 0;
+}
+
+int64_t transposed_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding,
+                               int64_t output_padding, int64_t dilation) {
+  return (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1;
+}
+
+std::vector<int64_t> input_grad_output_padding(const at::Tensor& g, const at::Tensor& x,
+                                               const at::Tensor& weight,
+                                               const std::vector<int64_t>& stride,
+                                               const std::vector<int64_t>& padding,
+                                               const std::vector<int64_t>& dilation) {
+  std::vector<int64_t> output_padding(2);
+  for (int i = 0; i < 2; ++i) {
+    output_padding[i] = x.size(i + 2) - transposed_output_size(g.size(i + 2), weight.size(i + 2),
+                                                               stride[i], padding[i], 0,
+                                                               dilation[i]);
+  }
+  return output_padding;
+}
+
 bool has_empty_output(bool transposed, const at::Tensor& x, const at::Tensor& weight,
                       const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                       const std::vector<int64_t>& output_padding,
@@ -11,8 +36,8 @@ bool has_empty_output(bool transposed, const at::Tensor& x, const at::Tensor& we
     const int64_t in = x.size(i + 2), k = weight.size(i + 2), s = stride[i], p = padding[i];
     const int64_t d = dilation[i];
     if (p == 0 && !transposed) continue;  // every window starts inside the input
-    const int64_t out = transposed ? (in - 1) * s - 2 * p + d * (k - 1) + output_padding[i] + 1
-                                   : (in + 2 * p - d * (k - 1) - 1) / s + 1;
+    const int64_t out = transposed ? transposed_output_size(in, k, s, p, output_padding[i], d)
+                                   : conv_output_size(in, k, s, p, d);
     for (int64_t o = 0; o < out; ++o) {
       bool tap = false;
       for (int64_t j = 0; j < k && !tap; ++j) {

@@ -16,6 +16,22 @@
 
 namespace genkern::cpu {
 
+// Output size along one spatial dim of a conv (0 when the dilated kernel does not fit) and of a
+// transposed conv: torch's formulas.
+int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding,
+                         int64_t dilation);
+int64_t transposed_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding,
+                               int64_t output_padding, int64_t dilation);
+
+// The output_padding of the transposed conv of a conv's output gradient g [N, C_out, ..] that
+// lands exactly on x's size (its input gradient); it may fall outside [0, max(stride, dilation)),
+// where no transposed conv gives that size.
+std::vector<int64_t> input_grad_output_padding(const at::Tensor& g, const at::Tensor& x,
+                                               const at::Tensor& weight,
+                                               const std::vector<int64_t>& stride,
+                                               const std::vector<int64_t>& padding,
+                                               const std::vector<int64_t>& dilation);
+
 // Whether some output position along a spatial dim gets no tap.
 bool has_empty_output(bool transposed, const at::Tensor& x, const at::Tensor& weight,
                       const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,

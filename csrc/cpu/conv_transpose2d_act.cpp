@@ -2,8 +2,8 @@
 // Main loop: ATen's transposed convolution (oneDNN deconvolution), with the bias in its
 // accumulators (a 1x1 input: one GEMM instead, see is_gemm; few output channels: ATen's GEMM +
 // col2im kernel, see col2im_path.h; many input channels over a small input: one batched GEMM +
-// col2im, see conv_gemm.h); ours: the activation in one in-place pass over the fresh
-// output, and the backward's prologue (activation backward + bias gradient in one pass over grad_y), then one
+// col2im, see conv_gemm.h); ours: the activation in one in-place pass over the fresh output, and
+// the backward's prologue (activation backward + bias gradient in one pass over grad_y), then one
 // convolution_backward(transposed=true) for only the gradients asked for.
 #include "conv_transpose2d_act.h"
 

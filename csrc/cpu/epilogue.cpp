@@ -193,8 +193,8 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t r0 = t * rows, r1 = std::min(v.outer, r0 + rows);
             const int64_t off = r0 * v.channels;
-            act_grad_column_sums<A, scalar_t>(gyp + off, offset_by(sp, off), offset_by(gp, off), r1 - r0,
-                                              v.channels, partial.data() + t * v.channels,
+            act_grad_column_sums<A, scalar_t>(gyp + off, offset_by(sp, off), offset_by(gp, off),
+                                              r1 - r0, v.channels, partial.data() + t * v.channels,
                                               block.data(), slope);
           }
         });
@@ -210,8 +210,8 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
             double sum = 0;
             for (int64_t o = 0; o < v.outer; ++o) {
               const int64_t off = (o * v.channels + c) * v.inner;
-              sum += act_grad_sum<A, scalar_t>(gyp + off, offset_by(sp, off), offset_by(gp, off), v.inner,
-                                               slope);
+              sum += act_grad_sum<A, scalar_t>(gyp + off, offset_by(sp, off), offset_by(gp, off),
+                                               v.inner, slope);
             }
             bg[c] = static_cast<scalar_t>(sum);
           }

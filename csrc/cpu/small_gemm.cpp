@@ -62,8 +62,8 @@ bool use_avx2() {
   return yes;
 }
 bool use_avx512() {
-  static const bool yes = use_avx2() && !env_off("GENKERN_CPU_NO_AVX512") &&
-                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  static const bool yes = use_avx2() && !env_off("GENKERN_CPU_NO_AVX512") && cpu_has_avx512() &&
+                          __builtin_cpu_supports("avx512vl");
   return yes;
 }
 #else
