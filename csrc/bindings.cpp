@@ -4,6 +4,7 @@
 #include "cpu/col2im_path.h"
 #include "cpu/conv_gemm.h"
 #include "cpu/conv2d_act.h"
+#include "cpu/dot_gemm.h"
 #include "cpu/conv_transpose2d_act.h"
 #include "cpu/eager_autograd.h"
 #include "cpu/fast_entry.h"
@@ -77,6 +78,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv_gemm_mode", &genkern::cpu::conv_gemm_mode);
   m.def("use_conv_gemm", &genkern::cpu::use_conv_gemm);
   m.def("use_conv2d_gemm", &genkern::cpu::use_conv2d_gemm);
+  // linear forwards as row-by-row dot products (see dot_gemm.h)
+  m.def("set_dot_gemm_mode", &genkern::cpu::set_dot_gemm_mode);
+  m.def("dot_gemm_mode", &genkern::cpu::dot_gemm_mode);
+  m.def("use_dot_gemm", &genkern::cpu::use_dot_gemm);
   m.def("avg_pool2d_fast", &genkern::cpu::avg_pool2d_fast);
   m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
   m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);

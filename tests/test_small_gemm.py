@@ -2,7 +2,8 @@
 sizes hitting every tail of its 6 x 16 (AVX2) and 12 x 16 (AVX-512) register tiles, each
 activation, with and without bias, non-contiguous inputs, against the float64 reference; bits
 independent of the thread count and the same from both tiles; the portable (non-AVX2) code under
-GENKERN_CPU_NO_AVX2=1."""
+GENKERN_CPU_NO_AVX2=1. The dot-product GEMM, which takes many of these forwards on AVX-512 CPUs,
+is off here (test_dot_gemm.py runs the same grid through it)."""
 
 import os
 import subprocess
@@ -14,10 +15,21 @@ from conftest import grid_backends
 
 import genkern
 from genkern import reference, testing
+from genkern.ops import _dot_gemm
 
 pytestmark = pytest.mark.skipif(
     "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
 )
+
+# the subprocesses' environment: the tile, not the dot-product GEMM, on every forward
+NO_DOT = {"GENKERN_CPU_DOT_GEMM": "never"}
+
+
+@pytest.fixture(autouse=True)
+def _tile_not_dot():
+    with _dot_gemm.mode("never"):
+        yield
+
 
 ACTIVATIONS = [
     (None, 0.01),
@@ -37,15 +49,19 @@ DEPTHS = [1, 2, 7, 84, 400]  # K
 
 
 def _x(m, k, layout, gen):
-    """x [m, k]: contiguous, every other column of a wider tensor, or a transposed view."""
+    """x [m, k]: contiguous, every other column of a wider tensor, a transposed view, or the
+    leading columns of a wider tensor ("sliced": rows contiguous, further apart)."""
     if layout == "transposed":
         return testing.make_tensor([k, m], torch.float32, generator=gen).t().requires_grad_()
+    if layout == "sliced":
+        wide = testing.make_tensor([m, k + 5], torch.float32, generator=gen)
+        return wide[:, :k].requires_grad_()
     return testing.make_tensor([m, k], torch.float32, "cpu", layout, True, generator=gen)
 
 
 def _check(m, n, k, act, slope, bias, layout, gen):
     x = _x(m, k, layout, gen)
-    w = testing.make_tensor([n, k], torch.float32, requires_grad=True, generator=gen)
+    w = _x(n, k, "sliced" if layout == "sliced" else "contiguous", gen)
     b = testing.make_tensor([n], torch.float32, requires_grad=True, generator=gen) if bias else None
     testing.check_against_reference(
         lambda x, w, b: genkern.ops.linear(x, w, b, act, slope, backend="cpu"),
@@ -60,11 +76,11 @@ def _check(m, n, k, act, slope, bias, layout, gen):
 @pytest.mark.parametrize("m", ROWS)
 def test_tails_against_float64_reference(m, act, slope):
     gen = torch.Generator().manual_seed(m)
-    layouts = ["contiguous", "noncontiguous", "transposed"]
+    layouts = ["contiguous", "noncontiguous", "transposed", "sliced"]
     for i, n in enumerate(COLS):
         for j, k in enumerate(DEPTHS):
             for bias in (True, False):
-                _check(m, n, k, act, slope, bias, layouts[(i + j + bias) % 3], gen)
+                _check(m, n, k, act, slope, bias, layouts[(i + j + bias) % 4], gen)
 
 
 def _run(x, w, b, act, slope, threads):
@@ -97,7 +113,7 @@ def test_bits_do_not_depend_on_threads(m, k, n, act, slope):
 def test_portable_code_without_avx2():
     """The same tail tests with GENKERN_CPU_NO_AVX2=1 (read once per process: a subprocess)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
-    env = dict(os.environ, GENKERN_CPU_NO_AVX2="1")
+    env = dict(os.environ, GENKERN_CPU_NO_AVX2="1", **NO_DOT)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     out = subprocess.run(
         [
@@ -145,7 +161,7 @@ def test_avx512_tile_gives_the_avx2_tiles_bits(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
     outs = {}
     for name, off in (("avx512", "0"), ("avx2", "1")):
-        env = dict(os.environ, GENKERN_CPU_NO_AVX512=off)
+        env = dict(os.environ, GENKERN_CPU_NO_AVX512=off, **NO_DOT)
         env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
         path = tmp_path / f"{name}.pt"
         run = subprocess.run(
@@ -154,4 +170,19 @@ def test_avx512_tile_gives_the_avx2_tiles_bits(tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
         outs[name] = torch.load(path)
     for a, c in zip(outs["avx512"], outs["avx2"]):
+        assert torch.equal(a, c)
+
+
+def test_backward_products_side_by_side_leave_no_history():
+    """On two threads the backward's two products run side by side on the pool's threads (each
+    with its own grad mode): the gradients must come back as plain tensors, equal to one
+    thread's."""
+    gen = torch.Generator().manual_seed(3)
+    x = testing.make_tensor([128, 400], torch.float32, generator=gen)
+    w = testing.make_tensor([33, 400], torch.float32, generator=gen)
+    b = testing.make_tensor([33], torch.float32, generator=gen)
+    two = _run(x, w, b, "relu", 0.01, 2)
+    for g in two[1:]:
+        assert not g.requires_grad and g.grad_fn is None
+    for a, c in zip(two, _run(x, w, b, "relu", 0.01, 1)):
         assert torch.equal(a, c)

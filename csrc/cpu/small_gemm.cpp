@@ -124,12 +124,8 @@ void run(const GemmArgs& g) {
 
 void small_gemm_f32(const GemmArgs& g) {
   if (g.M == 0 || g.N == 0) return;
-  dispatch_activation(g.act, [&](auto tag) {
-    constexpr Activation A = decltype(tag)::value;
-    if (g.bias != nullptr)
-      run<A, true>(g);
-    else
-      run<A, false>(g);
+  dispatch_epilogue(g, [&](auto act, auto bias) {
+    run<decltype(act)::value, decltype(bias)::value>(g);
   });
 }
 
@@ -138,6 +134,8 @@ bool small_gemm_wins(int64_t M, int64_t N, int64_t K) {
   // dominates), ~1.1-1.3x at ~1M, a tie at ~6M, 0.85-0.95x at 40M (MKL's kernel is faster).
   return M * N * K <= (int64_t(1) << 21);
 }
+
+bool avx512_kernels_enabled() { return use_avx512(); }
 
 bool cpu_has_avx512() {
 #if defined(__GNUC__) && defined(__x86_64__)

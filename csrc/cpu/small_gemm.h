@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "genkern/activation.h"
 
@@ -25,6 +26,18 @@ struct GemmArgs {
   float slope = 0.f;
 };
 
+// f(ActivationTag<g.act>, std::bool_constant<g.bias != nullptr>): the kernels' epilogues are
+// specialized on both.
+template <typename F>
+void dispatch_epilogue(const GemmArgs& g, F&& f) {
+  dispatch_activation(g.act, [&](auto act) {
+    if (g.bias != nullptr)
+      f(act, std::true_type{});
+    else
+      f(act, std::false_type{});
+  });
+}
+
 // Computes g.C (and g.Z). Each element of C is summed by one thread over k in order, so the bits
 // do not depend on the thread count. A 12x16 AVX-512 tile where the CPU has AVX-512, a 6x16
 // AVX2+FMA one where it has AVX2 (the same bits: the same FMA chain per element), else portable
@@ -36,5 +49,8 @@ bool small_gemm_wins(int64_t M, int64_t N, int64_t K);
 
 // Whether this CPU has AVX-512 (where MKL's AVX-512 kernels win most products, see linear_act.cpp).
 bool cpu_has_avx512();
+
+// Whether genkern's AVX-512 kernels run: cpu_has_avx512(), AVX-512VL, GENKERN_CPU_NO_AVX512 unset.
+bool avx512_kernels_enabled();
 
 }  // namespace genkern::cpu

@@ -4,6 +4,7 @@
 from genkern.ops import (
     _col2im,  # noqa: F401  (applies GENKERN_CPU_COL2IM)
     _conv_gemm,  # noqa: F401  (applies GENKERN_CPU_CONV_GEMM)
+    _dot_gemm,  # noqa: F401  (applies GENKERN_CPU_DOT_GEMM)
     _prepacked,  # noqa: F401  (applies GENKERN_CPU_PREPACK)
 )
 from genkern.ops.batch_norm import batch_norm

@@ -1,6 +1,7 @@
 """A process-wide switch of a C++ path (never / auto / always), read from an environment variable
 at import and changeable at run time: the packed-weight conv path (_prepacked), the few-channel
-col2im path (_col2im) and the batched-GEMM deconv path (_conv_gemm) each have one."""
+col2im path (_col2im), the batched-GEMM deconv path (_conv_gemm) and the linear forward's
+dot-product GEMM (_dot_gemm) each have one."""
 
 from __future__ import annotations
 

@@ -1,0 +1,102 @@
+"""The CPU backend's dot-product GEMM (csrc/cpu/dot_gemm.cpp, switched by
+genkern/ops/_dot_gemm.py), the linear forward on AVX-512 CPUs: the small-GEMM grid (every tail of
+its 4x4 blocks and of its 16-lane k steps, each activation, with and without bias) run through it
+with mode "always", rows of x and W that are slices of wider tensors, bits independent of the
+thread count, the rule pinned on the layers it is for, and the calls it must decline."""
+
+import pytest
+import test_small_gemm as sg
+import torch
+from conftest import grid_backends
+
+import genkern
+from genkern import _ext, reference, testing
+from genkern.ops import _dot_gemm
+
+pytestmark = [
+    pytest.mark.skipif(
+        "cpu" not in grid_backends(torch.float32),
+        reason="the C++ extension genkern._C is not built",
+    ),
+    pytest.mark.skipif(
+        not (_ext.HAS_CPU and _ext._C.use_dot_gemm(128, 20, 400)),
+        reason="the dot-product GEMM needs a CPU with AVX-512 (and GENKERN_CPU_NO_AVX512 unset)",
+    ),
+]
+
+
+@pytest.fixture
+def always():
+    with _dot_gemm.mode("always"):
+        yield
+
+
+@pytest.mark.parametrize("act,slope", sg.ACTIVATIONS)
+@pytest.mark.parametrize("m", sg.ROWS)
+def test_tails_against_float64_reference(m, act, slope, always):
+    gen = torch.Generator().manual_seed(m)
+    for i, n in enumerate(sg.COLS):
+        for j, k in enumerate([*sg.DEPTHS, 16, 17]):
+            for bias in (True, False):
+                sg._check(m, n, k, act, slope, bias, "contiguous" if (i + j) % 2 else "sliced", gen)
+
+
+def test_sliced_operands_are_read_in_place(always):
+    """Rows of x and W that are the leading columns of wider tensors (k-contiguous, rows further
+    apart) and a strided bias: the kernel reads them where they are."""
+    gen = torch.Generator().manual_seed(1)
+    x = testing.make_tensor([9, 70], torch.float32, generator=gen)[:, 3:40]
+    w = testing.make_tensor([6, 50], torch.float32, generator=gen)[:, 5:42]
+    b = testing.make_tensor([12], torch.float32, generator=gen)[::2]
+    assert x.stride(1) == 1 and w.stride(1) == 1 and not x.is_contiguous()
+    with torch.no_grad():
+        y = genkern.ops.linear(x, w, b, "relu", backend="cpu")
+    ref = reference.linear(x.double(), w.double(), b.double(), "relu")
+    testing.assert_close_to_reference(y, ref, torch.float32)
+
+
+@pytest.mark.parametrize("m,k,n", [(128, 400, 20), (1, 400, 20), (13, 100, 33), (128, 784, 10)])
+def test_bits_do_not_depend_on_threads(m, k, n, always):
+    gen = torch.Generator().manual_seed(0)
+    x = testing.make_tensor([m, k], torch.float32, generator=gen)
+    w = testing.make_tensor([n, k], torch.float32, generator=gen)
+    b = testing.make_tensor([n], torch.float32, generator=gen)
+    one, two = sg._run(x, w, b, "leaky_relu", -0.1, 1), sg._run(x, w, b, "leaky_relu", -0.1, 2)
+    for a, c in zip(one, two):
+        assert torch.equal(a, c)
+
+
+def test_differs_from_the_tile_only_by_rounding():
+    """The same layer through the dot GEMM and through the broadcast tile: float32 rounding apart
+    (the sums are ordered differently), so the switch really changes the path."""
+    gen = torch.Generator().manual_seed(2)
+    x = testing.make_tensor([128, 400], torch.float32, generator=gen)
+    w = testing.make_tensor([20, 400], torch.float32, generator=gen)
+    with torch.no_grad(), _dot_gemm.mode("always"):
+        dot = genkern.ops.linear(x, w, None, backend="cpu")
+    with torch.no_grad(), _dot_gemm.mode("never"):
+        other = genkern.ops.linear(x, w, None, backend="cpu")
+    assert not torch.equal(dot, other)
+    torch.testing.assert_close(dot, other, rtol=1e-5, atol=1e-5)
+
+
+def test_rule_takes_the_layers_it_is_for():
+    use = _ext._C.use_dot_gemm
+    assert _dot_gemm.MODES.index("auto") == _ext._C.dot_gemm_mode()
+    # the VAE's mu head, the CIFAR CNN's fc1, batch-1 layers of every width
+    assert use(128, 20, 400) and use(128, 120, 400) and use(32, 120, 400)
+    assert use(1, 20, 400) and use(1, 400, 20) and use(1, 1024, 1024)
+    # left to the tile (short k) and to MKL (many outputs over many rows)
+    assert not use(128, 400, 20) and not use(128, 10, 32)
+    assert not use(128, 400, 784) and not use(128, 784, 400)
+    with _dot_gemm.mode("never"):
+        assert not use(1, 20, 400)
+    with _dot_gemm.mode("always"):
+        assert use(128, 784, 400)
+
+
+def test_bad_mode_raises():
+    with pytest.raises(ValueError, match="dot GEMM mode must be one of"):
+        _dot_gemm.set_mode("sometimes")
+    with pytest.raises(RuntimeError, match="dot GEMM mode must be 0"):
+        _ext._C.set_dot_gemm_mode(3)
