@@ -40,6 +40,19 @@ def test_runner_times_a_correct_provider():
     assert results[1].peak_mb is not None
 
 
+def test_runner_leaves_out_eager_cl_where_it_is_eager_again():
+    """eager_cl converts 4-D tensors of several channels and pixels only; elsewhere it would time
+    the eager call twice (a duplicate that biases the interleaved rounds) and is left out."""
+    case = _tiny_case(lambda x, backend: torch.relu(x))
+    results = _run(case, ["eager", "eager_cl", "genkern:cpu"])
+    assert [r.provider for r in results] == ["eager", "genkern:cpu"]
+    assert not runner.changed_by_channels_last(torch.randn(64, 1, 8, 8))
+    assert not runner.changed_by_channels_last(torch.randn(2, 3, 1, 1))
+    assert runner.changed_by_channels_last(torch.randn(2, 3, 4, 4))
+    cl = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert not runner.changed_by_channels_last(cl)
+
+
 def test_runner_reports_wrong_and_broken_providers():
     wrong = _run(_tiny_case(lambda x, backend: torch.relu(x) + 1), ["eager", "genkern:cpu"])[1]
     assert wrong.status == "wrong" and wrong.median_ms is None
