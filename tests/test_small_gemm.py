@@ -186,3 +186,29 @@ def test_backward_products_side_by_side_leave_no_history():
         assert not g.requires_grad and g.grad_fn is None
     for a, c in zip(two, _run(x, w, b, "relu", 0.01, 1)):
         assert torch.equal(a, c)
+
+
+_ONEDNN_PAIR = """
+import torch, genkern
+torch.set_num_threads(2)
+torch.backends.mkldnn.matmul.fp32_precision = "bf16"  # at::mm on oneDNN, not MKL
+x, w, b = (torch.randn(*s, requires_grad=True) for s in ((128, 784), (400, 784), (400,)))
+for _ in range(5):
+    y = genkern.ops.linear(x, w, b, "relu", backend="cpu")
+    grads = torch.autograd.grad(y, (x, w, b), torch.ones_like(y))
+y = torch.relu(torch.nn.functional.linear(x, w, b))
+for a, r in zip(grads, torch.autograd.grad(y, (x, w, b), torch.ones_like(y))):
+    assert (a - r).abs().max() <= 1e-2 * r.abs().max(), (a - r).abs().max()
+"""
+
+
+def test_backward_pair_side_by_side_on_onednn_matmul():
+    """With fp32 matmul precision bf16 the pair's products run on oneDNN inside the parallel region
+    (oneDNN's conv backward deadlocks there: its weight-gradient reduction waits for the threads it
+    planned for); they must finish, and agree with stock's."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run(
+        [sys.executable, "-c", _ONEDNN_PAIR], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
