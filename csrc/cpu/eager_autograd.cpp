@@ -4,7 +4,9 @@
 
 #include "batch_norm_act.h"
 #include "conv2d_act.h"
+#include "conv_gemm.h"
 #include "conv_transpose2d_act.h"
+#include "epilogue.h"
 #include "genkern/activation.h"
 #include "linear_act.h"
 #include "pool.h"
@@ -48,6 +50,20 @@ void refuse_double_backward(const char* op) {
 
 at::MemoryFormat format(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// act(z) in place, in the layout asked for (the GEMM paths' results: fresh tensors of ours).
+at::Tensor activated(at::Tensor z, int64_t activation, double negative_slope, bool channels_last) {
+  activation_(z, activation, negative_slope);
+  return z.contiguous(format(channels_last));
+}
+
+// The batched-GEMM path as an inference candidate (conv_inference times it against the others):
+// one-group float32 calls, unless GENKERN_CPU_CONV_GEMM is "never"; else none.
+std::function<at::Tensor()> gemm_candidate(const at::Tensor& x, int64_t groups,
+                                           std::function<at::Tensor()> gemm) {
+  if (groups != 1 || x.scalar_type() != at::kFloat || conv_gemm_mode() == 0) return {};
+  return gemm;
 }
 
 std::optional<at::Tensor> opt(const at::Tensor& t) {
@@ -198,14 +214,18 @@ at::Tensor conv2d_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
     return ConvAct::apply(x, weight, bias, stride, padding, std::vector<int64_t>{0, 0}, dilation,
                           groups, /*transposed=*/false, activation, negative_slope, channels_last);
   at::NoGradGuard no_grad;
+  const auto regular = [&] {
+    return std::get<0>(conv2d_act_forward_cpu(x, weight, bias, stride, padding, dilation, groups,
+                                              activation, negative_slope, false))
+        .contiguous(format(channels_last));
+  };
+  const auto gemm = [&] {
+    return activated(conv2d_gemm(x, weight, bias, stride, padding, dilation), activation,
+                     negative_slope, channels_last);
+  };
   return conv_inference(false, x, weight, bias, stride, padding, {0, 0}, dilation, groups,
-                        activation, negative_slope, channels_last, [&] {
-                          return std::get<0>(conv2d_act_forward_cpu(x, weight, bias, stride,
-                                                                    padding, dilation, groups,
-                                                                    activation, negative_slope,
-                                                                    false))
-                              .contiguous(format(channels_last));
-                        });
+                        activation, negative_slope, channels_last, regular,
+                        gemm_candidate(x, groups, gemm));
 }
 
 at::Tensor conv_transpose2d_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -219,14 +239,20 @@ at::Tensor conv_transpose2d_act_eager_cpu(const at::Tensor& x, const at::Tensor&
     return ConvAct::apply(x, weight, bias, stride, padding, output_padding, dilation, groups,
                           /*transposed=*/true, activation, negative_slope, channels_last);
   at::NoGradGuard no_grad;
+  const auto regular = [&] {
+    return std::get<0>(conv_transpose2d_act_forward_cpu(x, weight, bias, stride, padding,
+                                                        output_padding, dilation, groups,
+                                                        activation, negative_slope, false))
+        .contiguous(format(channels_last));
+  };
+  const auto gemm = [&] {
+    return activated(conv_transpose2d_gemm(x, weight, bias, stride, padding, output_padding,
+                                           dilation),
+                     activation, negative_slope, channels_last);
+  };
   return conv_inference(true, x, weight, bias, stride, padding, output_padding, dilation, groups,
-                        activation, negative_slope, channels_last, [&] {
-                          return std::get<0>(conv_transpose2d_act_forward_cpu(
-                                                 x, weight, bias, stride, padding, output_padding,
-                                                 dilation, groups, activation, negative_slope,
-                                                 false))
-                              .contiguous(format(channels_last));
-                        });
+                        activation, negative_slope, channels_last, regular,
+                        gemm_candidate(x, groups, gemm));
 }
 
 at::Tensor linear_act_eager_cpu(const at::Tensor& x, const at::Tensor& weight,

@@ -3,6 +3,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -126,10 +127,13 @@ struct Call {
   }
 };
 
+enum class Path : int8_t { kRegular = 0, kPacked = 1, kGemm = 2 };
+
 struct Entry {
   WeakImpl weight;
   std::vector<int64_t> key;
-  at::Tensor packed;  // undefined: the regular path was kept
+  Path path = Path::kRegular;
+  at::Tensor packed;  // path kPacked: the packed weight
 };
 
 std::mutex g_mutex;
@@ -146,13 +150,13 @@ Entry* lookup(const at::Tensor& weight) {
   return &it->second;
 }
 
-void store(const at::Tensor& weight, std::vector<int64_t> key, at::Tensor packed) {
+void store(const at::Tensor& weight, std::vector<int64_t> key, Path path, at::Tensor packed) {
   for (auto it = g_cache.begin(); it != g_cache.end();) {
     it = it->second.weight.expired() ? g_cache.erase(it) : std::next(it);
   }
   g_cache.insert_or_assign(weight.unsafeGetTensorImpl(),
-                           Entry{WeakImpl(weight.getIntrusivePtr()), std::move(key),
-                                 std::move(packed)});
+                           Entry{WeakImpl(weight.getIntrusivePtr()), std::move(key), path,
+                                 path == Path::kPacked ? std::move(packed) : at::Tensor()});
 }
 
 double seconds(const std::function<at::Tensor()>& fn, at::Tensor& out) {
@@ -183,7 +187,7 @@ bool prepack_available() { return ops().available(); }
 int64_t prepack_state(const at::Tensor& weight) {
   std::lock_guard<std::mutex> lock(g_mutex);
   const Entry* e = lookup(weight);
-  return e == nullptr ? -1 : (e->packed.defined() ? 1 : 0);
+  return e == nullptr ? -1 : static_cast<int64_t>(e->path);
 }
 
 at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor& weight,
@@ -192,7 +196,8 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
                           const std::vector<int64_t>& output_padding,
                           const std::vector<int64_t>& dilation, int64_t groups,
                           int64_t activation, double negative_slope, bool channels_last,
-                          const std::function<at::Tensor()>& regular) {
+                          const std::function<at::Tensor()>& regular,
+                          const std::function<at::Tensor()>& gemm) {
   // no packed call where an output position gets no tap: oneDNN crashes there (conv_geometry.h)
   if (!eligible(x) ||
       has_empty_output(transposed, x, weight, stride, padding, output_padding, dilation))
@@ -200,35 +205,45 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   const Call c{transposed, x,      weight,     bias,           stride,        padding,
                output_padding, dilation, groups, activation, negative_slope, channels_last};
   std::vector<int64_t> key = c.key();
+  Path path = Path::kRegular;
   at::Tensor packed;
   bool hit = false;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
     const Entry* e = lookup(weight);
-    if (e != nullptr && e->key == key) packed = e->packed, hit = true;
+    if (e != nullptr && e->key == key) path = e->path, packed = e->packed, hit = true;
   }
-  if (hit) return packed.defined() ? c.run(packed) : regular();
+  if (hit) {
+    return path == Path::kPacked ? c.run(packed) : path == Path::kGemm ? gemm() : regular();
+  }
   at::Tensor y_first;
   try {  // oneDNN has no packed primitive for some geometries: the regular path then
     packed = c.pack();
     y_first = c.run(packed);  // creates the oneDNN primitive: not timed
   } catch (const std::exception&) {
     std::lock_guard<std::mutex> lock(g_mutex);
-    store(weight, std::move(key), at::Tensor());
+    store(weight, std::move(key), Path::kRegular, at::Tensor());
     return regular();
   }
   if (static_cast<PrepackMode>(g_mode.load()) == PrepackMode::kAlways) {
     std::lock_guard<std::mutex> lock(g_mutex);
-    store(weight, std::move(key), packed);
+    store(weight, std::move(key), Path::kPacked, packed);
     return y_first;
   }
-  at::Tensor y_regular, y_packed, unused;
-  const double t_regular = seconds(regular, y_regular);
-  const double t_packed = seconds([&] { return c.run(packed); }, y_packed);
-  const bool keep = t_packed < std::min(t_regular, seconds(regular, unused));
+  // each candidate's best of two calls (one call's time swings by 10-20% here), the GEMM path
+  // after an untimed call that sizes its buffers
+  at::Tensor y[3], unused;
+  if (gemm) gemm();
+  double best[3] = {1e300, 1e300, 1e300};
+  for (int round = 0; round < 2; ++round) {
+    best[0] = std::min(best[0], seconds(regular, round ? unused : y[0]));
+    best[1] = std::min(best[1], seconds([&] { return c.run(packed); }, round ? unused : y[1]));
+    if (gemm) best[2] = std::min(best[2], seconds(gemm, round ? unused : y[2]));
+  }
+  const int kept = static_cast<int>(std::min_element(best, best + 3) - best);
   std::lock_guard<std::mutex> lock(g_mutex);
-  store(weight, std::move(key), keep ? packed : at::Tensor());
-  return keep ? y_packed : y_regular;
+  store(weight, std::move(key), static_cast<Path>(kept), packed);
+  return y[kept];
 }
 
 }  // namespace genkern::cpu

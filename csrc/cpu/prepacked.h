@@ -9,8 +9,10 @@
 // .to() repacks.
 //
 // Mode (GENKERN_CPU_PREPACK, set from genkern/ops/_prepacked.py): "auto" (on the first call of a
-// shape both paths are timed and the faster kept, as cudnn.benchmark does: packing loses on small
-// 3x3 layers), "always", or "never".
+// shape the paths are timed and the fastest kept, as cudnn.benchmark does: packing loses on small
+// 3x3 layers, and the batched-GEMM path, a third candidate for one-group float32 calls, wins the
+// transposed convs of batch-1 decoders: 64 -> 32 channels 7x7 -> 14x14 106 -> 55 us), "always",
+// or "never".
 #pragma once
 
 #include <ATen/ATen.h>
@@ -27,17 +29,21 @@ enum class PrepackMode : int { kNever = 0, kAuto = 1, kAlways = 2 };
 void set_prepack_mode(int64_t mode, bool bfloat16);
 // Whether torch has the oneDNN ops this path calls.
 bool prepack_available();
-// For tests: -1 no cache entry for this weight, 0 the regular path was kept, 1 a packed weight.
+// For tests: -1 no cache entry for this weight, 0 the regular path was kept, 1 a packed weight,
+// 2 the batched-GEMM path was kept.
 int64_t prepack_state(const at::Tensor& weight);
 
 // act(conv(x) + bias) with no autograd graph, in the layout asked for: the packed path where it
-// is eligible and chosen, else `regular()` (the regular kernels' call, same result layout).
+// is eligible and chosen, `gemm()` (the batched-GEMM path of conv_gemm.h, when given: empty where
+// it cannot take the call) where chosen, else `regular()` (the regular kernels' call); all three
+// give the same result layout. In auto mode the first call of a shape times the candidates.
 at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias,
                           const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                           const std::vector<int64_t>& output_padding,
                           const std::vector<int64_t>& dilation, int64_t groups,
                           int64_t activation, double negative_slope, bool channels_last,
-                          const std::function<at::Tensor()>& regular);
+                          const std::function<at::Tensor()>& regular,
+                          const std::function<at::Tensor()>& gemm);
 
 }  // namespace genkern::cpu

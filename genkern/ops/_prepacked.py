@@ -36,5 +36,6 @@ mode = _SWITCH.scoped  # set_mode(name) inside a with-block, the previous mode a
 
 def state(weight: torch.Tensor) -> str | None:
     """What the cache holds for this weight: None, "regular" (the regular path was faster or
-    oneDNN has no packed primitive for the call) or "packed"."""
-    return (None, "regular", "packed")[_ext._C.prepack_state(weight) + 1]
+    oneDNN has no packed primitive for the call), "packed" or "gemm" (the batched-GEMM path of
+    genkern/ops/_conv_gemm.py was faster)."""
+    return (None, "regular", "packed", "gemm")[_ext._C.prepack_state(weight) + 1]
