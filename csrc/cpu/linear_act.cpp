@@ -23,16 +23,15 @@ bool is_f32(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && t.layout() == at::kStrided;
 }
 
-// out[M, N] = a[M, K] b[K, N] by the small kernel (any strides), no bias or activation.
-at::Tensor small_mm(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+// out[M, N] = a[M, K] b[K, N] (out row-major) by the small kernel (any strides), no bias or
+// activation.
+void small_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   GemmArgs g;
   g.M = a.size(0), g.N = b.size(1), g.K = a.size(1);
   g.A = a.data_ptr<float>(), g.a_rs = a.stride(0), g.a_cs = a.stride(1);
   g.B = b.data_ptr<float>(), g.b_rs = b.stride(0), g.b_cs = b.stride(1);
   g.C = out.data_ptr<float>(), g.ldc = g.N;
   small_gemm_f32(g);
-  return out;
 }
 
 // The forward packs W^T (its rows are strided) on every call, ~0.75 ns a float here: worth it while
@@ -50,11 +49,18 @@ bool packing_pays(int64_t M, int64_t N, int64_t K) {
 // of one layer: vae-mu 38 -> 25 us, cifar-fc2 54 -> 36, vae-dec1 79 -> 64, cifar-fc3 11 -> 8)
 // and all but one with the AVX-512 tile (cifar-fc2 grad_x 16.5 vs 12.2 us, vae-dec1 20 vs 14;
 // vae-mu's grad_x 16.5 vs 18), on AVX2 ones ours (small_gemm_wins).
-at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
+void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   if (is_f32(a) && is_f32(b) && !cpu_has_avx512() &&
       small_gemm_wins(a.size(0), b.size(1), a.size(1)))
-    return small_mm(a, b);
-  return at::mm(a, b);
+    small_mm_into(out, a, b);
+  else
+    at::mm_out(out, a, b);
+}
+
+at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  gemm_into(out, a, b);
+  return out;
 }
 
 // Whether the backward's two products run side by side, one thread each (MKL single-threaded
@@ -128,13 +134,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
       act_backward_bias_grad(grad_y, saved, activation, negative_slope, output_mask[2]);
   at::Tensor grad_x, grad_w;
   if (output_mask[0] && output_mask[1] && side_by_side(g, x)) {
+    // allocated here, where the caller's profiler and memory tracking see them
+    grad_x = at::empty({g.size(0), weight.size(1)}, g.options());
+    grad_w = at::empty({g.size(1), x.size(1)}, g.options());
     at::parallel_for(0, 2, 1, [&](int64_t i0, int64_t i1) {
       at::NoGradGuard no_grad;  // a worker thread's own grad mode is on
       for (int64_t i = i0; i < i1; ++i) {
         if (i == 0)
-          grad_x = gemm(g, weight);
+          gemm_into(grad_x, g, weight);
         else
-          grad_w = gemm(g.t(), x);
+          gemm_into(grad_w, g.t(), x);
       }
     });
     return {grad_x, grad_w, grad_bias};
