@@ -492,18 +492,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
           std::vector<opmath_t> pg(tasks * C, 0), pgx(tasks * C, 0);
           at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; ++t) {
-              opmath_t* a = pg.data() + t * C;
-              opmath_t* b = pgx.data() + t * C;
-              const opmath_t* m = meanv.data();
-              const int64_t r1 = std::min(v.outer, (t + 1) * rows);
-              for (int64_t r = t * rows; r < r1; ++r) {
-                for (int64_t c = 0; c < C; ++c) {
-                  const int64_t i = r * C + c;
-                  const opmath_t g = gfun(i, c);
-                  a[c] += g;
-                  b[c] += g * (opmath_t(xp[i]) - m[c]);
-                }
-              }
+              GK_SLABS(row_grad_sums<A, R, scalar_t, opmath_t>)(
+                  gyp, sp, xp, C, t * rows, std::min(v.outer, (t + 1) * rows), meanv.data(),
+                  zscale.data(), zshift.data(), slope, pg.data() + t * C, pgx.data() + t * C);
             }
           });
           for (int64_t t = 0; t < tasks; ++t)
@@ -602,18 +593,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
       if (v.inner == 1) {
         const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(C, 1));
         at::parallel_for(0, v.outer, rows, [&](int64_t r0, int64_t r1) {
-          const opmath_t* a = ka.data();
-          const opmath_t* b = kb.data();
-          const opmath_t* d = kc.data();
-          for (int64_t r = r0; r < r1; ++r)
-            for (int64_t c = 0; c < C; ++c) {
-              const int64_t i = r * C + c;
-              if constexpr (kTrain) {
-                gxp[i] = scalar_t(a[c] * (gfun(i, c) + b[c] * (opmath_t(xp[i]) - meanv[c]) + d[c]));
-              } else {
-                gxp[i] = scalar_t(a[c] * gfun(i, c));
-              }
-            }
+          GK_SLABS(row_grad_apply<A, R, kTrain, scalar_t, opmath_t>)(
+              gyp, sp, xp, gxp, C, r0, r1, meanv.data(), zscale.data(), zshift.data(), ka.data(),
+              kb.data(), kc.data(), slope);
         });
       } else if (use_slabs(v)) {
         at::parallel_for(0, v.outer, slab_block(v), [&](int64_t n0, int64_t n1) {

@@ -1,5 +1,6 @@
-// The loops of batch_norm's NCHW path, each n seen as a [C, L] slab (L = H*W): torch-free ranges
-// over n that the OpenMP glue in batch_norm_act.cpp calls. Included twice by batch_norm_act.cpp:
+// The loops of batch_norm's NCHW path, each n seen as a [C, L] slab (L = H*W), and of its backward
+// over channels_last rows of C: torch-free ranges that the OpenMP glue in batch_norm_act.cpp
+// calls. Included twice by batch_norm_act.cpp:
 // once as baseline code and once under `#pragma GCC target("avx2")` (runtime dispatch), each time
 // with GK_SLABS_NS naming the namespace. No FMA: both builds round alike and, as the lanes are
 // explicit, give the same bits.
@@ -200,6 +201,56 @@ void grad_apply(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, sca
         }
       }
     }
+}
+
+// Rows of C (channels_last: one row per pixel), rows [r0, r1): accg[c] += g, accgx[c] += g * (x -
+// mean[c]), each channel's sum over the rows in row order, vectorized across the row's channels.
+template <Activation A, bool R, typename scalar_t, typename opmath_t>
+void row_grad_sums(const scalar_t* __restrict__ gyp, const scalar_t* __restrict__ sp,
+                   const scalar_t* __restrict__ xp, int64_t C, int64_t r0, int64_t r1,
+                   const opmath_t* __restrict__ mean, const opmath_t* __restrict__ zscale,
+                   const opmath_t* __restrict__ zshift, opmath_t slope,
+                   opmath_t* __restrict__ accg, opmath_t* __restrict__ accgx) {
+  const scalar_t* src = R || sp == nullptr ? xp : sp;  // never null: no test per element
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* gr = gyp + r * C;
+    const scalar_t* xr = xp + r * C;
+    const scalar_t* sr = src + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const opmath_t g = grad_in<A, R, opmath_t>(opmath_t(gr[c]), opmath_t(sr[c]), mean[c],
+                                                 zscale[c], zshift[c], slope);
+      accg[c] += g;
+      accgx[c] += g * (opmath_t(xr[c]) - mean[c]);
+    }
+  }
+}
+
+// gx = ka * (g + kb * (x - mean) + kc) (kTrain) or ka * g over rows [r0, r1) of C.
+template <Activation A, bool R, bool kTrain, typename scalar_t, typename opmath_t>
+void row_grad_apply(const scalar_t* __restrict__ gyp, const scalar_t* __restrict__ sp,
+                    const scalar_t* __restrict__ xp, scalar_t* __restrict__ gxp, int64_t C,
+                    int64_t r0, int64_t r1, const opmath_t* __restrict__ mean,
+                    const opmath_t* __restrict__ zscale, const opmath_t* __restrict__ zshift,
+                    const opmath_t* __restrict__ ka, const opmath_t* __restrict__ kb,
+                    const opmath_t* __restrict__ kc, opmath_t slope) {
+  const scalar_t* src = R || sp == nullptr ? xp : sp;
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* gr = gyp + r * C;
+    const scalar_t* xr = xp + r * C;
+    const scalar_t* sr = src + r * C;
+    scalar_t* out = gxp + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      const opmath_t g = grad_in<A, R, opmath_t>(opmath_t(gr[c]), opmath_t(sr[c]), mean[c],
+                                                 zscale[c], zshift[c], slope);
+      if constexpr (kTrain) {
+        out[c] = scalar_t(ka[c] * (g + kb[c] * (opmath_t(xr[c]) - mean[c]) + kc[c]));
+      } else {
+        out[c] = scalar_t(ka[c] * g);
+      }
+    }
+  }
 }
 
 }  // namespace GK_SLABS_NS
