@@ -12,8 +12,33 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu_clones.h"
+
 namespace genkern::cpu {
 namespace {
+
+// The channels_last loops over a pixel's C channels, as functions of their own so that they get
+// the AVX-512 / AVX2 clones (the rest of the file is baseline code: 4 floats a vector).
+
+// One window tap of a channels_last max pool: b[c] = max(b[c], px[c]) (NaN wins, as torch), t[c]
+// the tap it came from.
+template <typename scalar_t, typename opmath_t>
+GK_CPU_CLONES void max_tap(const scalar_t* __restrict__ px, opmath_t* __restrict__ b,
+                           int32_t* __restrict__ t, int32_t k, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const opmath_t v = opmath_t(px[c]);
+    const bool take = (v > b[c]) || (v != v);
+    b[c] = take ? v : b[c];
+    t[c] = take ? k : t[c];
+  }
+}
+
+// d[c] += g[c] / div over a channels_last pixel (avg pool's backward, one window tap).
+template <typename scalar_t, typename opmath_t>
+GK_CPU_CLONES void add_divided(scalar_t* __restrict__ d, const scalar_t* __restrict__ g,
+                               opmath_t div, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) d[c] = scalar_t(opmath_t(d[c]) + opmath_t(g[c]) / div);
+}
 
 bool channels_last(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -167,13 +192,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
           for (int64_t ih = h0; ih < h1; ih += dH)
             for (int64_t iw = w0; iw < w1; iw += dW, ++k) {
               tap_index[k] = ih * IW + iw;
-              const scalar_t* __restrict__ px = xp + (n * IH * IW + ih * IW + iw) * C;
-              for (int64_t c = 0; c < C; ++c) {
-                const opmath_t v = opmath_t(px[c]);
-                const bool take = (v > b[c]) || (v != v);  // NaN wins, as torch
-                b[c] = take ? v : b[c];
-                t[c] = take ? k : t[c];
-              }
+              max_tap<scalar_t, opmath_t>(xp + (n * IH * IW + ih * IW + iw) * C, b, t, k, C);
             }
           int64_t* io = ip + q * C;
           scalar_t* yo = yp + q * C;
@@ -431,9 +450,8 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& g
               const opmath_t div = opmath_t(w.divisor);
               for (int64_t ih = w.h0; ih < w.h1; ++ih)
                 for (int64_t iw = w.w0; iw < w.w1; ++iw) {
-                  scalar_t* d = out + ((n * IH + ih) * IW + iw) * C;
-                  for (int64_t c = 0; c < C; ++c)
-                    d[c] = scalar_t(opmath_t(d[c]) + opmath_t(gp[c]) / div);
+                  add_divided<scalar_t, opmath_t>(out + ((n * IH + ih) * IW + iw) * C, gp, div,
+                                                  C);
                 }
             }
       });
