@@ -20,16 +20,36 @@ namespace {
 // The channels_last loops over a pixel's C channels, as functions of their own so that they get
 // the AVX-512 / AVX2 clones (the rest of the file is baseline code: 4 floats a vector).
 
-// One window tap of a channels_last max pool: b[c] = max(b[c], px[c]) (NaN wins, as torch), t[c]
-// the tap it came from.
+// One output pixel of a channels_last max pool over its k window taps (rows of C): y[c] the max
+// (NaN wins, as torch) and index[c] the flat input index of the tap it came from (-inf and -1 for
+// a window wholly in the padding). Channels in blocks whose running max and tap (an int32, as
+// wide as a float: the select vectorizes) stay in L1 over the taps.
 template <typename scalar_t, typename opmath_t>
-GK_CPU_CLONES void max_tap(const scalar_t* __restrict__ px, opmath_t* __restrict__ b,
-                           int32_t* __restrict__ t, int32_t k, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) {
-    const opmath_t v = opmath_t(px[c]);
-    const bool take = (v > b[c]) || (v != v);
-    b[c] = take ? v : b[c];
-    t[c] = take ? k : t[c];
+GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restrict__ tap_index,
+                             int32_t k, int64_t C, scalar_t* __restrict__ y,
+                             int64_t* __restrict__ index) {
+  constexpr int64_t kBlock = 64;
+  opmath_t b[kBlock];
+  int32_t t[kBlock];
+  for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
+    const int64_t n = std::min(kBlock, C - c0);
+    for (int64_t c = 0; c < n; ++c) {
+      b[c] = -std::numeric_limits<opmath_t>::infinity();
+      t[c] = 0;
+    }
+    for (int32_t j = 0; j < k; ++j) {
+      const scalar_t* __restrict__ px = taps[j] + c0;
+      for (int64_t c = 0; c < n; ++c) {
+        const opmath_t v = opmath_t(px[c]);
+        const bool take = (v > b[c]) || (v != v);
+        b[c] = take ? v : b[c];
+        t[c] = take ? j : t[c];
+      }
+    }
+    for (int64_t c = 0; c < n; ++c) {
+      y[c0 + c] = scalar_t(b[c]);
+      index[c0 + c] = k > 0 ? tap_index[t[c]] : -1;
+    }
   }
 }
 
@@ -172,8 +192,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
       // The running max and the tap it came from (an int32, as wide as a float: the select
       // vectorizes), turned into the flat input index once per pixel.
       at::parallel_for(0, N * OH * OW, grain_for(C * kH * kW), [&](int64_t q0, int64_t q1) {
-        std::vector<opmath_t> best(C);
-        std::vector<int32_t> tap(C);
+        std::vector<const scalar_t*> taps(kH * kW);
         std::vector<int64_t> tap_index(kH * kW);  // tap -> flat input index, per pixel
         for (int64_t q = q0; q < q1; ++q) {
           const int64_t n = q / (OH * OW), oh = (q / OW) % OH, ow = q % OW;
@@ -182,24 +201,14 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
           const int64_t w1 = std::min(w0 + (kW - 1) * dW + 1, IW);
           while (h0 < 0) h0 += dH;
           while (w0 < 0) w0 += dW;
-          opmath_t* __restrict__ b = best.data();
-          int32_t* __restrict__ t = tap.data();
-          for (int64_t c = 0; c < C; ++c) {
-            b[c] = -std::numeric_limits<opmath_t>::infinity();
-            t[c] = 0;
-          }
           int32_t k = 0;
           for (int64_t ih = h0; ih < h1; ih += dH)
             for (int64_t iw = w0; iw < w1; iw += dW, ++k) {
               tap_index[k] = ih * IW + iw;
-              max_tap<scalar_t, opmath_t>(xp + (n * IH * IW + ih * IW + iw) * C, b, t, k, C);
+              taps[k] = xp + (n * IH * IW + ih * IW + iw) * C;
             }
-          int64_t* io = ip + q * C;
-          scalar_t* yo = yp + q * C;
-          for (int64_t c = 0; c < C; ++c) {  // no tap: a window wholly in the padding, -1
-            yo[c] = scalar_t(b[c]);
-            io[c] = k > 0 ? tap_index[t[c]] : -1;
-          }
+          max_pixel<scalar_t, opmath_t>(taps.data(), tap_index.data(), k, C, yp + q * C,
+                                        ip + q * C);
         }
       });
     }
