@@ -21,19 +21,6 @@ constexpr int kBlock = 4;  // rows of A and of B per register block: 4x4 element
 // Below this many multiply-adds one thread does it all: a parallel region costs more than it saves.
 constexpr int64_t kSerialMacs = 256 * 1024;
 
-// C[r, j] = act(sums[r * kBlock + j] + bias[j]) over the block's rows and cols (and Z = the sum).
-template <Activation A, bool HasBias>
-void store_block(const float* sums, int rows, int cols, const float* bias, float slope, float* c,
-                 float* z, int64_t ldc) {
-  for (int r = 0; r < rows; ++r) {
-    for (int j = 0; j < cols; ++j) {
-      const float v = HasBias ? sums[r * kBlock + j] + bias[j] : sums[r * kBlock + j];
-      if (z != nullptr) z[r * ldc + j] = v;
-      c[r * ldc + j] = act_forward<A, float>(v, slope);
-    }
-  }
-}
-
 #if GK_DOT_HAS_AVX512
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
@@ -135,7 +122,8 @@ void dot_task(const GemmArgs& g, int64_t r0, int64_t r1, int64_t n0, int64_t n1)
       const int rows = static_cast<int>(std::min<int64_t>(kBlock, r1 - r));
       dot_block_any(rows, cols, g.K, g.A + r * g.a_rs, g.a_rs, g.B + n * g.b_cs, g.b_cs, sums);
       float* z = g.Z != nullptr ? g.Z + r * g.ldc + n : nullptr;
-      store_block<A, HasBias>(sums, rows, cols, bias, g.slope, g.C + r * g.ldc + n, z, g.ldc);
+      store_block<A, HasBias>(sums, kBlock, rows, cols, bias, g.slope, g.C + r * g.ldc + n, z,
+                              g.ldc);
     }
   }
 }

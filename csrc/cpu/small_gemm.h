@@ -38,6 +38,28 @@ void dispatch_epilogue(const GemmArgs& g, F&& f) {
   });
 }
 
+// The register-blocked kernels' epilogue: C[r, j] = act(acc[r * acc_ld + j] + bias[j]) over a
+// block's rows and cols (rows of C and Z ldc apart), and Z = the pre-activation sum when given.
+template <Activation A, bool HasBias>
+inline void store_block(const float* acc, int64_t acc_ld, int rows, int cols, const float* bias,
+                        float slope, float* c, float* z, int64_t ldc) {
+  for (int r = 0; r < rows; ++r) {
+    const float* t = acc + r * acc_ld;
+    float* cr = c + r * ldc;
+    if (z != nullptr) {
+      float* zr = z + r * ldc;
+      for (int j = 0; j < cols; ++j) {
+        const float v = HasBias ? t[j] + bias[j] : t[j];
+        zr[j] = v;
+        cr[j] = act_forward<A, float>(v, slope);
+      }
+    } else {
+      for (int j = 0; j < cols; ++j)
+        cr[j] = act_forward<A, float>(HasBias ? t[j] + bias[j] : t[j], slope);
+    }
+  }
+}
+
 // Computes g.C (and g.Z). Each element of C is summed by one thread over k in order, so the bits
 // do not depend on the thread count. A 12x16 AVX-512 tile where the CPU has AVX-512, a 6x16
 // AVX2+FMA one where it has AVX2 (the same bits: the same FMA chain per element), else portable

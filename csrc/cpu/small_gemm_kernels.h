@@ -117,48 +117,14 @@ void tile_kernel(int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const fl
 }
 #endif
 
-template <int V>
+// tile_kernel<rows, V> for a tile of 1..kRows rows (a chunk's last tile may be short).
+template <int V, int R = 1>
 void tile_rows(int rows, int64_t K, const float* a, int64_t a_rs, int64_t a_cs, const float* bp,
                int64_t ldb, float* tile) {
-  switch (rows) {
-    case 1: return tile_kernel<1, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-    case 2: return tile_kernel<2, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-    case 3: return tile_kernel<3, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-    case 4: return tile_kernel<4, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-    case 5: return tile_kernel<5, V>(K, a, a_rs, a_cs, bp, ldb, tile);
+  if constexpr (R < kRows) {
+    if (rows != R) return tile_rows<V, R + 1>(rows, K, a, a_rs, a_cs, bp, ldb, tile);
   }
-  if constexpr (kRows > 6) {
-    switch (rows) {
-      case 6: return tile_kernel<6, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-      case 7: return tile_kernel<7, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-      case 8: return tile_kernel<8, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-      case 9: return tile_kernel<9, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-      case 10: return tile_kernel<10, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-      case 11: return tile_kernel<11, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-    }
-  }
-  tile_kernel<kRows, V>(K, a, a_rs, a_cs, bp, ldb, tile);
-}
-
-// C[r, j] = act(tile[r][j] + bias[j]) for the tile's rows and cols (and Z = the sum, when asked).
-template <Activation A, bool HasBias>
-void store_tile(const float* tile, int rows, int cols, const float* bias, float slope, float* c,
-                int64_t ldc, float* z) {
-  for (int r = 0; r < rows; ++r) {
-    const float* t = tile + r * kTileCols;
-    float* cr = c + r * ldc;
-    if (z != nullptr) {
-      float* zr = z + r * ldc;
-      for (int j = 0; j < cols; ++j) {
-        const float v = HasBias ? t[j] + bias[j] : t[j];
-        zr[j] = v;
-        cr[j] = act_forward<A, float>(v, slope);
-      }
-    } else {
-      for (int j = 0; j < cols; ++j)
-        cr[j] = act_forward<A, float>(HasBias ? t[j] + bias[j] : t[j], slope);
-    }
-  }
+  tile_kernel<R, V>(K, a, a_rs, a_cs, bp, ldb, tile);
 }
 
 // Whether panel `panel` is read from B in place (rows of B contiguous, all kTileCols columns
@@ -196,7 +162,8 @@ void gemm_task(const GemmArgs& g, int64_t panel, int64_t r0, int64_t r1, const f
     else
       tile_rows<2>(rows, g.K, a, g.a_rs, g.a_cs, bp, ldb, tile);
     float* z = g.Z != nullptr ? g.Z + r * g.ldc + col0 : nullptr;
-    store_tile<A, HasBias>(tile, rows, cols, bias, g.slope, g.C + r * g.ldc + col0, g.ldc, z);
+    store_block<A, HasBias>(tile, kTileCols, rows, cols, bias, g.slope, g.C + r * g.ldc + col0, z,
+                            g.ldc);
   }
 }
 
