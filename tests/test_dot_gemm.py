@@ -11,6 +11,7 @@ from conftest import grid_backends
 
 import genkern
 from genkern import _ext, reference, testing
+from genkern import activations as A
 from genkern.ops import _dot_gemm
 
 pytestmark = [
@@ -100,3 +101,17 @@ def test_bad_mode_raises():
         _dot_gemm.set_mode("sometimes")
     with pytest.raises(RuntimeError, match="dot GEMM mode must be 0"):
         _ext._C.set_dot_gemm_mode(3)
+
+
+@pytest.mark.parametrize("act,slope", [("leaky_relu", -0.1), ("sigmoid", 0.01), (None, 0.01)])
+def test_opcheck_through_the_dot_gemm(act, slope, always):
+    """genkern::linear_act's registration (fake, autograd, schema) with its float32 CPU forward on
+    the dot GEMM, the pre-activation saved where the activation's backward needs it."""
+    gen = torch.Generator().manual_seed(4)
+    x = testing.make_tensor([9, 40], torch.float32, requires_grad=True, generator=gen)
+    w = testing.make_tensor([6, 40], torch.float32, requires_grad=True, generator=gen)
+    b = testing.make_tensor([6], torch.float32, requires_grad=True, generator=gen)
+    act_id = A.activation_id(act)
+    assert _ext._C.use_dot_gemm(9, 6, 40)
+    args = (x, w, b, act_id, slope, not A.saves_output(act_id, slope), "cpu")
+    torch.library.opcheck(torch.ops.genkern.linear_act.default, args)
