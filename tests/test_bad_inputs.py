@@ -146,6 +146,8 @@ BAD_INPUTS = [
     ("pool", "max: output too small", lambda: _mp(kernel_size=7), RuntimeError, r"Given input size: \(3x6x6\). Calculated output size: \(3x0x0\). Output size is too small", lambda: F.max_pool2d(X, 7)),
     ("pool", "avg: zero divisor", lambda: _ap(divisor_override=0), RuntimeError, "divisor must be not zero", lambda: F.avg_pool2d(X, 2, divisor_override=0)),
     ("pool", "avg: float divisor", lambda: _ap(divisor_override=1.5), TypeError, "divisor_override must be an int or None"),
+    ("pool", "max: unknown activation", lambda: _mp(activation="gelu"), ValueError, ACT),
+    ("pool", "max: slope not a float", lambda: _mp(activation="leaky_relu", negative_slope="x"), TypeError, "negative_slope must be a float"),
     ("pool", "max: kernel of 3 values", lambda: _mp(kernel_size=(2, 2, 2)), TypeError, "kernel_size must be an int or a tuple of 2 ints"),
     ("pool", "upsample: integer input", lambda: _up(x=X.long(), scale_factor=2), TypeError, FLOAT + " 'input'"),
     ("pool", "upsample: 3-D input", lambda: _up(x=X[0], scale_factor=2), ValueError, r"Only 4D input Tensors are supported for nearest 2D upsampling \(got 3D\)"),

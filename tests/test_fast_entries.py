@@ -94,7 +94,7 @@ def _max_pool(backend="auto", **kw):
     a = dict(x=_t(2, 3, 6, 6), kernel=2, stride=None, padding=0)
     a.update(kw)
     return _c().max_pool2d_fast(
-        a["x"], a["kernel"], a["stride"], a["padding"], 1, False, False, backend
+        a["x"], a["kernel"], a["stride"], a["padding"], 1, False, False, a.get("act"), 0.01, backend
     )
 
 
@@ -212,6 +212,7 @@ DECLINED = [
     ("max_pool empty stride list", lambda: _max_pool(stride=[])),
     ("max_pool empty channels", lambda: _max_pool(x=_t(2, 0, 6, 6))),
     ("max_pool with a gradient", lambda: _max_pool(x=_t(2, 3, 6, 6, grad=True))),
+    ("max_pool unknown activation", lambda: _max_pool(act="gelu")),
     ("avg_pool zero divisor", lambda: _avg_pool(divisor=0)),
     ("avg_pool float divisor", lambda: _avg_pool(divisor=2.0)),
     ("gan unknown kind", lambda: _gan(kind="bc")),

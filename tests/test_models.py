@@ -9,7 +9,7 @@ from conftest import DEVICE
 from torch import nn
 
 import genkern
-from genkern import models
+from genkern import models, testing
 
 
 def _pair(cls, **kw):
@@ -143,6 +143,41 @@ def test_convert_swaps_folds_and_matches():
     assert list(converted.state_dict()) == list(stock.state_dict())
     x = torch.randn(2, 3, 8, 8, device=DEVICE)
     torch.testing.assert_close(converted(x), stock(x))
+
+
+def _conv_relu_pool(pool: nn.Module, act: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), act, pool, nn.Conv2d(4, 2, 3)).to(DEVICE)
+
+
+def test_convert_moves_relu_onto_the_max_pool():
+    """conv -> relu -> max pool: the relu runs on the pooled output (relu commutes with max), so
+    the conv's full-size output is not saved for the backward; values and gradients as stock."""
+    torch.manual_seed(0)
+    stock = _conv_relu_pool(nn.MaxPool2d(2), nn.ReLU(inplace=True)).double()
+    ours = genkern.nn.convert(stock)
+    assert ours[0].activation is None and ours[2].activation == "relu"
+    assert list(ours.state_dict()) == list(stock.state_dict())
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    testing.check_against_reference(ours, stock, [x.requires_grad_()], torch.float64, "model")
+    # what the backward keeps: the input, the pooled output and indices, not the conv's output
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ours(x)
+    assert not any(t.shape == (2, 4, 8, 8) for t in saved)
+
+
+@pytest.mark.parametrize(
+    "pool,act",
+    [
+        (nn.MaxPool2d(3, 2, padding=1, dilation=2), nn.ReLU()),  # a window may be all padding
+        (nn.MaxPool2d(2), nn.LeakyReLU(0.2)),  # rounding can tie two inputs: another argmax
+        (nn.AvgPool2d(2), nn.ReLU()),  # relu does not commute with a mean
+    ],
+    ids=["dilated", "leaky", "avg"],
+)
+def test_convert_keeps_the_activation_where_moving_it_could_change_results(pool, act):
+    ours = genkern.nn.convert(_conv_relu_pool(pool, act))
+    assert ours[0].activation is not None and getattr(ours[2], "activation", None) is None
 
 
 def test_convert_checkpoints_load_both_ways():

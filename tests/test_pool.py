@@ -59,6 +59,36 @@ def test_max_pool2d_float64(case, layout, backend):
     assert_unchanged(before, [x])
 
 
+# (activation, negative_slope): each backward kind (output saved; input saved: the pooled preact)
+POOL_ACTIVATIONS = [
+    ("relu", 0.01),
+    ("leaky_relu", 0.2),
+    ("leaky_relu", -0.3),
+    ("tanh", 0.01),
+    ("sigmoid", 0.01),
+    ("silu", 0.01),
+]
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+@pytest.mark.parametrize("act", POOL_ACTIVATIONS, ids=lambda a: f"{a[0]}{a[1]}")
+@pytest.mark.parametrize("case", MAX_CASES[:3], ids=_id)
+def test_max_pool2d_activation_float64(case, act, layout, backend):
+    """act(max pool): forward and gradient against the float64 reference, indices unchanged."""
+    n, c, h, w, k, s, p, d, ceil = case
+    x = testing.make_tensor([n, c, h, w], torch.float64, DEVICE, layout, True)
+    kw = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    name, slope = act
+    fn = lambda x: genkern.ops.max_pool2d(  # noqa: E731
+        x, **kw, activation=name, negative_slope=slope, backend=backend
+    )
+    ref = lambda x: reference.activation(F.max_pool2d(x, **kw), name, slope)  # noqa: E731
+    testing.check_against_reference(fn, ref, [x], torch.float64, backend)
+    _, idx = genkern.ops.max_pool2d(x, **kw, return_indices=True, activation=name, backend=backend)
+    assert torch.equal(idx, F.max_pool2d(x, **kw, return_indices=True)[1])
+
+
 @pytest.mark.parametrize("backend", grid_backends(torch.float32))
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_max_pool2d_ties_and_nan_like_torch(layout, backend):
@@ -158,6 +188,8 @@ def test_gradcheck_cpu_kernels(layout):
     x = testing.make_tensor([2, 3, 5, 6], torch.float64, "cpu", layout, True)
     for fn in (
         lambda x: genkern.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True, backend="cpu"),
+        lambda x: genkern.ops.max_pool2d(x, 2, activation="tanh", backend="cpu"),
+        lambda x: genkern.ops.max_pool2d(x, 3, 2, 1, activation="silu", backend="cpu"),
         lambda x: genkern.ops.avg_pool2d(x, 3, 2, 1, True, False, backend="cpu"),
         lambda x: genkern.ops.upsample_nearest2d(x, 1.5, backend="cpu"),
     ):
@@ -170,14 +202,27 @@ def test_opcheck(backend):
     for layout in ("contiguous", "channels_last"):
         x = testing.make_tensor([2, 3, 7, 6], torch.float64, DEVICE, layout, True)
         cl = layout == "channels_last"
-        torch.library.opcheck(
-            ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True, backend)
-        )
-        y, idx = ops.max_pool2d(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True, backend)
-        torch.library.opcheck(
-            ops.max_pool2d_backward.default,
-            (torch.randn_like(y), idx, list(x.shape), cl, [3, 3], [2, 2], [1, 1], [1, 1], backend),
-        )
+        # no activation; relu (its output saved); silu (its input saved: the pooled preact)
+        for act, slope, save_preact in ((0, 0.01, False), (1, 0.01, False), (5, 0.01, True)):
+            geometry = ([3, 3], [2, 2], [1, 1], [1, 1])
+            args = (x, *geometry, True, act, slope, save_preact, backend)
+            torch.library.opcheck(ops.max_pool2d.default, args)
+            y, idx, preact = ops.max_pool2d(x.detach(), *args[1:])
+            saved = None if act == 0 else preact if save_preact else y
+            torch.library.opcheck(
+                ops.max_pool2d_backward.default,
+                (
+                    torch.randn_like(y),
+                    saved,
+                    idx,
+                    list(x.shape),
+                    cl,
+                    *geometry,
+                    act,
+                    slope,
+                    backend,
+                ),
+            )
         torch.library.opcheck(
             ops.avg_pool2d.default, (x, [3, 2], [2, 1], [1, 1], True, False, 0, backend)
         )

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import DEVICE, device_backends
 
 import genkern
-from genkern import testing
+from genkern import reference, testing
 
 pytestmark = pytest.mark.skipif(
     "triton" not in device_backends(torch.float32),
@@ -42,6 +42,27 @@ def test_max_pool2d(kw, layout):
     )
     y, idx = genkern.ops.max_pool2d(x, **kw, return_indices=True, backend="triton")
     assert torch.equal(idx, F.max_pool2d(x, **kw, return_indices=True)[1])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize(
+    "act", [("relu", 0.01), ("leaky_relu", -0.3), ("sigmoid", 0.01), ("silu", 0.01)], ids=str
+)
+def test_max_pool2d_activation(act, layout):
+    """act(max pool) fused in the kernels: output saved (relu, sigmoid) or the pooled preact
+    (silu, leaky_relu with a negative slope), against the float64 reference."""
+    name, slope = act
+    x = testing.make_tensor([2, 3, 7, 6], torch.float32, DEVICE, layout, True)
+    kw = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    testing.check_against_reference(
+        lambda x: genkern.ops.max_pool2d(
+            x, **kw, activation=name, negative_slope=slope, backend="triton"
+        ),
+        lambda x: reference.activation(F.max_pool2d(x, **kw), name, slope),
+        [x],
+        torch.float32,
+        "triton",
+    )
 
 
 def test_max_pool2d_ties_and_nan():

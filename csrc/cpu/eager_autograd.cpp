@@ -343,11 +343,13 @@ std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<in
                                              std::vector<int64_t> stride,
                                              std::vector<int64_t> padding,
                                              std::vector<int64_t> dilation,
-                                             std::vector<int64_t> out_size) {
+                                             std::vector<int64_t> out_size,
+                                             int64_t activation, double negative_slope) {
   TORCH_CHECK(!wants_grad(x), "genkern: max_pool2d_eager_cpu records no graph");
   const auto fmt = x.suggest_memory_format();
-  auto [y, idx] =
-      max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, dilation, out_size);
+  auto [y, idx, preact] = max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding,
+                                                 dilation, out_size, activation, negative_slope,
+                                                 false);
   return {y.contiguous(fmt), idx.contiguous(fmt)};
 }
 

@@ -448,11 +448,15 @@ struct PoolArgs {
 
 py::object max_pool2d_fast(py::handle x_, py::handle kernel_size, py::handle stride,
                            py::handle padding, py::handle dilation, py::handle ceil_mode,
-                           py::handle return_indices, py::handle backend) {
+                           py::handle return_indices, py::handle activation,
+                           py::handle negative_slope, py::handle backend) {
   PoolArgs a;
   bool indices = false;
+  int64_t act = 0;
+  double slope = 0.0;
   if (!starts(backend) || !a.parse(x_, kernel_size, stride, padding, ceil_mode) ||
-      !to_pair(dilation, 1, a.dilation) || !to_bool(return_indices, indices) || !a.sizes())
+      !to_pair(dilation, 1, a.dilation) || !to_bool(return_indices, indices) || !a.sizes() ||
+      !to_activation(activation, negative_slope, act, slope))
     return declined();
   // With a gradient, the custom op: the C++ Function's step peaked one pooled-output-sized
   // buffer higher (measured on channels_last training steps; the cause is not found yet).
@@ -460,7 +464,8 @@ py::object max_pool2d_fast(py::handle x_, py::handle kernel_size, py::handle str
   std::vector<Tensor> out;
   {
     py::gil_scoped_release no_gil;
-    out = max_pool2d_eager_cpu(*a.x, a.kernel, a.stride, a.padding, a.dilation, a.out_size);
+    out = max_pool2d_eager_cpu(*a.x, a.kernel, a.stride, a.padding, a.dilation, a.out_size, act,
+                               slope);
   }
   if (!indices) return wrap(std::move(out[0]));
   return py::make_tuple(wrap(std::move(out[0])), wrap(std::move(out[1])));

@@ -37,7 +37,8 @@ py::object reparameterize_fast(py::handle mu, py::handle logvar, py::handle eps,
                                py::handle generator, py::handle backend);
 py::object max_pool2d_fast(py::handle x, py::handle kernel_size, py::handle stride,
                            py::handle padding, py::handle dilation, py::handle ceil_mode,
-                           py::handle return_indices, py::handle backend);
+                           py::handle return_indices, py::handle activation,
+                           py::handle negative_slope, py::handle backend);
 py::object avg_pool2d_fast(py::handle x, py::handle kernel_size, py::handle stride,
                            py::handle padding, py::handle ceil_mode, py::handle count_include_pad,
                            py::handle divisor_override, py::handle backend);

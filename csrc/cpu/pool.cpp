@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "cpu_clones.h"
+#include "epilogue.h"
+#include "genkern/activation.h"
 
 namespace genkern::cpu {
 namespace {
@@ -24,9 +26,9 @@ namespace {
 // (NaN wins, as torch) and index[c] the flat input index of the tap it came from (-inf and -1 for
 // a window wholly in the padding). Channels in blocks whose running max and tap (an int32, as
 // wide as a float: the select vectorizes) stay in L1 over the taps.
-template <typename scalar_t, typename opmath_t>
+template <Activation A, typename scalar_t, typename opmath_t>
 GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restrict__ tap_index,
-                             int32_t k, int64_t C, scalar_t* __restrict__ y,
+                             int32_t k, int64_t C, opmath_t slope, scalar_t* __restrict__ y,
                              int64_t* __restrict__ index) {
   constexpr int64_t kBlock = 64;
   opmath_t b[kBlock];
@@ -47,7 +49,7 @@ GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restr
       }
     }
     for (int64_t c = 0; c < n; ++c) {
-      y[c0 + c] = scalar_t(b[c]);
+      y[c0 + c] = scalar_t(act_forward<A, opmath_t>(b[c], slope));
       index[c0 + c] = k > 0 ? tap_index[t[c]] : -1;
     }
   }
@@ -75,14 +77,33 @@ int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(work_per_item, 1));
 }
 
+// The activations the max pool applies as it stores each value: those with a select for a
+// forward (any other runs as one vectorized pass after the pool).
+bool stores_activation(Activation act) {
+  return act == Activation::kIdentity || act == Activation::kRelu ||
+         act == Activation::kLeakyRelu;
+}
+
+template <typename F>
+void dispatch_store_activation(Activation act, F&& f) {
+  if (act == Activation::kRelu) return f(ActivationTag<Activation::kRelu>{});
+  if (act == Activation::kLeakyRelu) return f(ActivationTag<Activation::kLeakyRelu>{});
+  f(ActivationTag<Activation::kIdentity>{});
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
-                                                          std::vector<int64_t> kernel,
-                                                          std::vector<int64_t> stride,
-                                                          std::vector<int64_t> padding,
-                                                          std::vector<int64_t> dilation,
-                                                          std::vector<int64_t> out_size) {
+namespace {
+
+// The pool with an activation A applied as each value is stored (identity, relu or leaky_relu,
+// whose backward needs only the output: the cheap ones; the others run as a pass after).
+std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
+                                                  const std::vector<int64_t>& kernel,
+                                                  const std::vector<int64_t>& stride,
+                                                  const std::vector<int64_t>& padding,
+                                                  const std::vector<int64_t>& dilation,
+                                                  const std::vector<int64_t>& out_size,
+                                                  Activation act, double negative_slope) {
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
   const int64_t OH = out_size[0], OW = out_size[1];
   const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
@@ -92,7 +113,11 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
   at::Tensor idx = at::empty({N, C, OH, OW}, x.options().dtype(at::kLong).memory_format(fmt));
   if (y.numel() == 0) return {y, idx};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d", [&] {
+   dispatch_store_activation(act, [&](auto tag) {
+    constexpr Activation A = decltype(tag)::value;
     using opmath_t = at::opmath_type<scalar_t>;
+    const opmath_t slope = static_cast<opmath_t>(negative_slope);
+    const auto out = [slope](opmath_t v) { return scalar_t(act_forward<A, opmath_t>(v, slope)); };
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     int64_t* ip = idx.data_ptr<int64_t>();
@@ -128,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
                 take = (v > best) | (v != v);
                 best = take ? v : best;
                 k = take ? iw2 : k;
-                yr[ow] = scalar_t(best);
+                yr[ow] = out(best);
                 t[ow] = k;
               }
               const int64_t base = oh * 2 * IW;
@@ -158,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
                 best = take ? v : best;
                 bi = take ? (ih + 1) * IW + iw + 1 : bi;
                 // the first tap vs torch's -inf start: a NaN first tap is kept by both rules
-                yo[oh * OW + ow] = scalar_t(best);
+                yo[oh * OW + ow] = out(best);
                 io[oh * OW + ow] = bi;
               }
               continue;
@@ -182,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
                     bi = i;
                   }
                 }
-              yo[oh * OW + ow] = scalar_t(best);
+              yo[oh * OW + ow] = out(best);
               io[oh * OW + ow] = bi;
             }
           }
@@ -207,24 +232,55 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
               tap_index[k] = ih * IW + iw;
               taps[k] = xp + (n * IH * IW + ih * IW + iw) * C;
             }
-          max_pixel<scalar_t, opmath_t>(taps.data(), tap_index.data(), k, C, yp + q * C,
-                                        ip + q * C);
+          max_pixel<A, scalar_t, opmath_t>(taps.data(), tap_index.data(), k, C, slope,
+                                           yp + q * C, ip + q * C);
         }
       });
     }
+   });
   });
   return {y, idx};
 }
 
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& indices,
-                                   const at::Tensor& grad_input, std::vector<int64_t> kernel,
-                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                   std::vector<int64_t> dilation) {
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_cpu(
+    const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+    std::vector<int64_t> padding, std::vector<int64_t> dilation, std::vector<int64_t> out_size,
+    int64_t activation, double negative_slope, bool save_preact) {
+  const auto act = static_cast<Activation>(activation);
+  if (!save_preact && stores_activation(act)) {
+    auto [y, idx] = max_pool2d_act(x, kernel, stride, padding, dilation, out_size, act,
+                                   negative_slope);
+    return {y, idx, at::Tensor()};
+  }
+  // a pass of the activation over the pooled output (a quarter of the input for 2x2 pools)
+  auto [z, idx] = max_pool2d_act(x, kernel, stride, padding, dilation, out_size,
+                                 Activation::kIdentity, 0.0);
+  if (!save_preact) {
+    activation_(z, activation, negative_slope);
+    return {z, idx, at::Tensor()};
+  }
+  at::Tensor y = at::empty_like(z);
+  activation_(z, activation, negative_slope, &y);
+  return {y, idx, z};
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional<at::Tensor>& saved,
+                                   const at::Tensor& indices, const at::Tensor& grad_input,
+                                   std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                   std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                   int64_t activation, double negative_slope) {
+  const auto act = static_cast<Activation>(activation);
+  TORCH_CHECK(act == Activation::kIdentity || (saved && saved->defined()),
+              "genkern: max_pool2d's activation backward needs the saved tensor");
   const auto fmt = format_of(grad_input);
   const at::Tensor& x = grad_input;
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
   const at::Tensor gy = grad_y.contiguous(fmt);
   const at::Tensor id = indices.contiguous(fmt);
+  // the activation's output or input at each pooled output, read beside grad_y
+  const at::Tensor sv = act == Activation::kIdentity ? gy : saved->contiguous(fmt);
   const int64_t OH = gy.size(2), OW = gy.size(3), OHW = OH * OW;
   at::Tensor gx = grad_input;  // uninitialized: every element is written below
   if (gx.numel() == 0) return gx;
@@ -240,8 +296,17 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
     if (gy.numel() == 0) return gx;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d_bwd", [&] {
+   dispatch_activation(act, [&](auto tag) {
+    constexpr Activation A = decltype(tag)::value;
     using opmath_t = at::opmath_type<scalar_t>;
+    const opmath_t slope = static_cast<opmath_t>(negative_slope);
     const scalar_t* g = gy.data_ptr<scalar_t>();
+    const scalar_t* sp = sv.data_ptr<scalar_t>();
+    // act_backward(grad_y, saved) at pooled output i, rounded as a stored gradient would be
+    const auto grad_at = [slope, g, sp](int64_t i) -> opmath_t {
+      if constexpr (A == Activation::kIdentity) return opmath_t(g[i]);
+      return opmath_t(scalar_t(act_backward<A, opmath_t>(opmath_t(g[i]), opmath_t(sp[i]), slope)));
+    };
     const int64_t* ip = id.data_ptr<int64_t>();
     scalar_t* out = gx.data_ptr<scalar_t>();
     // band oh: input rows [oh * sH, min(oh * sH + sH, IH)), which only windows of row oh reach;
@@ -253,10 +318,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
           scalar_t* plane = out + p * IH * IW;
           std::fill(plane + h0 * IW, plane + h1 * IW, scalar_t(0));
           if (oh == OH - 1) std::fill(plane + h1 * IW, plane + IH * IW, scalar_t(0));
-          const scalar_t* gp = g + p * OHW + oh * OW;
-          const int64_t* pi = ip + p * OHW + oh * OW;
+          const int64_t o0 = p * OHW + oh * OW;
+          const int64_t* pi = ip + o0;
           for (int64_t ow = 0; ow < OW; ++ow)
-            plane[pi[ow]] = scalar_t(opmath_t(gp[ow]) + opmath_t(0));  // -0 -> +0, as 0 + g
+            plane[pi[ow]] = scalar_t(grad_at(o0 + ow) + opmath_t(0));  // -0 -> +0, as 0 + g
         }
       });
     } else if (tiled) {  // channels_last: a band is IW * C contiguous elements a row
@@ -267,10 +332,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
           std::fill(img + h0 * IW * C, img + h1 * IW * C, scalar_t(0));
           if (oh == OH - 1) std::fill(img + h1 * IW * C, img + IH * IW * C, scalar_t(0));
           for (int64_t ow = 0; ow < OW; ++ow) {
-            const scalar_t* gp = g + ((n * OH + oh) * OW + ow) * C;
-            const int64_t* pi = ip + ((n * OH + oh) * OW + ow) * C;
+            const int64_t o0 = ((n * OH + oh) * OW + ow) * C;
+            const int64_t* pi = ip + o0;
             for (int64_t c = 0; c < C; ++c)
-              img[pi[c] * C + c] = scalar_t(opmath_t(gp[c]) + opmath_t(0));
+              img[pi[c] * C + c] = scalar_t(grad_at(o0 + c) + opmath_t(0));
           }
         }
       });
@@ -278,11 +343,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
       at::parallel_for(0, N * C, grain_for(OHW), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           scalar_t* plane = out + p * IH * IW;
-          const scalar_t* gp = g + p * OHW;
           const int64_t* pi = ip + p * OHW;
           for (int64_t o = 0; o < OHW; ++o)
             if (pi[o] >= 0 && pi[o] < IH * IW)  // -1: a window wholly in the padding
-              plane[pi[o]] = scalar_t(opmath_t(plane[pi[o]]) + opmath_t(gp[o]));
+              plane[pi[o]] = scalar_t(opmath_t(plane[pi[o]]) + grad_at(p * OHW + o));
         }
       });
     } else {  // per image and channel block, pixels in order: deterministic
@@ -290,17 +354,18 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& i
         for (int64_t n = n0; n < n1; ++n) {
           scalar_t* img = out + n * IH * IW * C;
           for (int64_t o = 0; o < OHW; ++o) {
-            const scalar_t* gp = g + (n * OHW + o) * C;
-            const int64_t* pi = ip + (n * OHW + o) * C;
+            const int64_t o0 = (n * OHW + o) * C;
+            const int64_t* pi = ip + o0;
             for (int64_t c = 0; c < C; ++c) {
               if (pi[c] < 0 || pi[c] >= IH * IW) continue;  // -1: a window wholly in padding
               scalar_t* dst = img + pi[c] * C + c;
-              *dst = scalar_t(opmath_t(*dst) + opmath_t(gp[c]));
+              *dst = scalar_t(opmath_t(*dst) + grad_at(o0 + c));
             }
           }
         }
       });
     }
+   });
   });
   return gx;
 }

@@ -4,25 +4,28 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
 #include <vector>
 
 namespace genkern::cpu {
 
-// (y, indices): indices are int64 flat offsets into each input plane (H * W), as torch's.
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& x,
-                                                          std::vector<int64_t> kernel,
-                                                          std::vector<int64_t> stride,
-                                                          std::vector<int64_t> padding,
-                                                          std::vector<int64_t> dilation,
-                                                          std::vector<int64_t> out_size);
+// (y, indices, preact): y = act(max pool of x); indices are int64 flat offsets into each input
+// plane (H * W), as torch's; preact (the pooled values before the activation) is defined only
+// when save_preact (the activation's backward needs its input: see activations.py).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_cpu(
+    const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+    std::vector<int64_t> padding, std::vector<int64_t> dilation, std::vector<int64_t> out_size,
+    int64_t activation, double negative_slope, bool save_preact);
 
-// grad_input (uninitialized, in the input's layout) receives the max-pool gradient: a gather where
-// windows do not overlap, else zeros and a scatter-add.
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& indices,
-                                   const at::Tensor& grad_input, std::vector<int64_t> kernel,
-                                   std::vector<int64_t> stride, std::vector<int64_t> padding,
-                                   std::vector<int64_t> dilation);
+// grad_input (uninitialized, in the input's layout) receives the max-pool gradient of
+// act_backward(grad_y, saved): a gather where windows do not overlap, else zeros and a
+// scatter-add. saved is the activation's output or input (undefined for the identity).
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional<at::Tensor>& saved,
+                                   const at::Tensor& indices, const at::Tensor& grad_input,
+                                   std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                   std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                                   int64_t activation, double negative_slope);
 
 // divisor_override <= 0: none.
 at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kernel,

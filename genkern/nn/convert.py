@@ -3,9 +3,11 @@
 Every torch.nn layer genkern has a drop-in for is swapped in place of its class (parameters,
 buffers and hooks kept, so state_dict keys and values stay the same); an activation module that
 directly follows a layer with a fused activation in an nn.Sequential is folded into that layer and
-replaced by nn.Identity. With trace=True, torch.fx finds layer-then-activation pairs in models
-whose forward calls modules one by one. With fold_bn=True (eval models), a BatchNorm2d directly
-after a conv / transposed conv is folded into its weights.
+replaced by nn.Identity; a ReLU so folded into a layer directly followed by a max pool moves onto
+the pool (relu commutes with max: the same values and gradients), so that the layer's full-size
+output is not kept for the backward, only the pooled one. With trace=True, torch.fx finds
+layer-then-activation pairs in models whose forward calls modules one by one. With fold_bn=True
+(eval models), a BatchNorm2d directly after a conv / transposed conv is folded into its weights.
 """
 
 from __future__ import annotations
@@ -99,6 +101,26 @@ def _convert_children(parent: nn.Module, drop_ins: dict[type, type]) -> None:
             if act is not None and _fusable(layer):
                 layer.activation, layer.negative_slope = act
                 setattr(parent, b, nn.Identity())
+        _relu_onto_max_pools(parent)
+
+
+def _relu_onto_max_pools(seq: nn.Sequential) -> None:
+    """layer(relu) [Identity...] MaxPool2d -> layer, MaxPool2d(relu): relu(max(z)) == max(relu(z))
+    bit for bit, and the gradient reaches the same element (the first maximum of z where it is
+    positive; zero elsewhere either way). Only relu: a leaky_relu or sigmoid can round two
+    different inputs to one output, and the first of those ties need not be z's maximum."""
+    from genkern.nn.pooling import MaxPool2d
+
+    mods = [m for m in seq.children() if type(m) is not nn.Identity]
+    for layer, pool in zip(mods, mods[1:]):
+        if (
+            getattr(layer, "activation", None) == "relu"
+            and type(layer).__module__.startswith("genkern.")
+            and type(pool) is MaxPool2d
+            and pool.activation is None
+            and pool.dilation in (1, (1, 1))  # every window then holds an input element (no -inf)
+        ):
+            layer.activation, pool.activation = None, "relu"
 
 
 def _fold_bn_in_sequentials(model: nn.Module) -> None:

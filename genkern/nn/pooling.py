@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from genkern import ops
+from genkern.nn._fused import FusedActivationMixin
 
 
-class MaxPool2d(torch.nn.MaxPool2d):
-    """torch.nn.MaxPool2d on genkern.ops.max_pool2d; extra argument `backend`."""
+class MaxPool2d(FusedActivationMixin, torch.nn.MaxPool2d):
+    """torch.nn.MaxPool2d on genkern.ops.max_pool2d; extra arguments `activation` and
+    `negative_slope` (applied to the pooled output, as genkern.nn.Conv2d's) and `backend`."""
 
     def __init__(
         self,
@@ -19,9 +21,12 @@ class MaxPool2d(torch.nn.MaxPool2d):
         return_indices=False,
         ceil_mode=False,
         *,
+        activation: str | None = None,
+        negative_slope: float = 0.01,
         backend: str = "auto",
     ):
         super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
+        self._init_activation(activation, negative_slope)
         self.backend = backend
 
     def forward(self, input: torch.Tensor):
@@ -33,8 +38,13 @@ class MaxPool2d(torch.nn.MaxPool2d):
             self.dilation,
             self.ceil_mode,
             self.return_indices,
+            self.activation,
+            self.negative_slope,
             self.backend,
         )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._activation_repr()
 
 
 class AvgPool2d(torch.nn.AvgPool2d):

@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from genkern import backends
+from genkern import activations as A
+from genkern import backends, reference
 from genkern.ops import _checks, _fused, _registry
 from genkern.ops.batch_norm import _require_backend
 
@@ -87,9 +88,14 @@ def max_pool2d(
     dilation=1,
     ceil_mode: bool = False,
     return_indices: bool = False,
+    activation: str | None = None,
+    negative_slope: float = 0.01,
     backend: str = "auto",
 ):
-    """F.max_pool2d: gradients go to the first maximum of each window; NaN counts as maximum.
+    """act(F.max_pool2d(x, ...)): gradients go to the first maximum of each window; NaN counts as
+    maximum. The activation (as conv2d's) runs on the pooled output, a quarter of the input for a
+    2x2 pool; genkern.nn.convert moves a conv's ReLU onto the max pool after it (the same values:
+    relu commutes with max), so the conv's full-size output is not kept for the backward.
 
     With return_indices, also returns the int64 flat indices into each H*W plane (like torch).
     A window wholly in the padding (possible with dilation) gives -inf, index -1 and no
@@ -105,6 +111,8 @@ def max_pool2d(
         dilation,
         ceil_mode,
         return_indices,
+        activation,
+        negative_slope,
         backend=backend,
     )
     if y is not None:
@@ -112,14 +120,18 @@ def max_pool2d(
     kernel, stride, padding, dilation = _pool_args(
         "max_pool2d", x, kernel_size, stride, padding, dilation
     )
+    act = A.activation_id(activation)
+    slope = A.check_negative_slope(negative_slope)
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
     _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
     name = backends.resolve("max_pool2d", backend, x)
     _require_backend("max_pool2d", "max_pool2d_forward", name)
-    args = (x, kernel, stride, padding, dilation, bool(ceil_mode), name)
-    y, idx = _max_pool2d_body(*args) if _no_graph(x) else torch.ops.genkern.max_pool2d(*args)
+    save_preact = _fused.wants_preact(act, slope, x)
+    args = (x, kernel, stride, padding, dilation, bool(ceil_mode), act, slope, save_preact, name)
+    op = _max_pool2d_body if _no_graph(x) else torch.ops.genkern.max_pool2d
+    y, idx, _ = op(*args)
     if unbatched:
         y, idx = y.squeeze(0), idx.squeeze(0)
     return (y, idx) if return_indices else y
@@ -254,33 +266,48 @@ def _max_pool2d(
     padding: list[int],
     dilation: list[int],
     ceil_mode: bool,
+    activation: int,
+    negative_slope: float,
+    save_preact: bool,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _max_pool2d_body(x, kernel, stride, padding, dilation, ceil_mode, backend)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _max_pool2d_body(
+        x, kernel, stride, padding, dilation, ceil_mode, activation, negative_slope, save_preact,
+        backend,
+    )  # fmt: skip
 
 
-def _max_pool2d_body(x, kernel, stride, padding, dilation, ceil_mode, backend):
+def _max_pool2d_body(x, kernel, stride, padding, dilation, ceil_mode, act, slope, save_preact,
+                     backend):  # fmt: skip
+    """(act(y), indices, y if save_preact else an empty tensor) for y the max pool of x."""
     hw = _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
     fmt = _format(x)
     if x.numel() == 0:
         y = x.new_empty([*x.shape[:2], *hw]).contiguous(memory_format=fmt)
-        return y, torch.empty_like(y, dtype=torch.int64)
-    y, idx = _registry.kernel("max_pool2d_forward", backend)(
-        _dense(x), kernel, stride, padding, dilation, ceil_mode, hw
+        preact = torch.empty_like(y) if save_preact else x.new_empty(0)
+        return y, torch.empty_like(y, dtype=torch.int64), preact
+    y, idx, preact = _registry.kernel("max_pool2d_forward", backend)(
+        _dense(x), kernel, stride, padding, dilation, ceil_mode, hw, act, slope, save_preact
     )
-    return y.contiguous(memory_format=fmt), idx.contiguous(memory_format=fmt)
+    preact = preact.contiguous(memory_format=fmt) if save_preact else x.new_empty(0)
+    return y.contiguous(memory_format=fmt), idx.contiguous(memory_format=fmt), preact
 
 
 @_max_pool2d.register_fake
-def _(x, kernel, stride, padding, dilation, ceil_mode, backend):
+def _(x, kernel, stride, padding, dilation, ceil_mode, act, slope, save_preact, backend):
     hw = _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
     y = x.new_empty([*x.shape[:2], *hw]).contiguous(memory_format=_format(x))
-    return y, torch.empty_like(y, dtype=torch.int64)
+    return (
+        y,
+        torch.empty_like(y, dtype=torch.int64),
+        torch.empty_like(y) if save_preact else x.new_empty(0),
+    )
 
 
 @torch.library.custom_op("genkern::max_pool2d_backward", mutates_args=())
 def _max_pool2d_backward(
     grad_y: torch.Tensor,
+    saved: torch.Tensor | None,
     indices: torch.Tensor,
     input_size: list[int],
     channels_last: bool,
@@ -288,24 +315,28 @@ def _max_pool2d_backward(
     stride: list[int],
     padding: list[int],
     dilation: list[int],
+    activation: int,
+    negative_slope: float,
     backend: str,
 ) -> torch.Tensor:
     if 0 in input_size or grad_y.numel() == 0:
         return _zeros(input_size, channels_last, grad_y)
     gx = _empty(input_size, channels_last, grad_y)  # every backend's kernel writes all of it
     return _registry.kernel("max_pool2d_backward", backend)(
-        grad_y, indices, gx, kernel, stride, padding, dilation
+        grad_y, saved, indices, gx, kernel, stride, padding, dilation, activation, negative_slope
     )
 
 
 @_max_pool2d_backward.register_fake
-def _(grad_y, indices, input_size, channels_last, kernel, stride, padding, dilation, backend):
+def _(grad_y, saved, indices, input_size, channels_last, kernel, stride, padding, dilation, act,
+      slope, backend):  # fmt: skip
     return _empty(input_size, channels_last, grad_y)
 
 
 def _max_setup(ctx, inputs, output):
-    x, kernel, stride, padding, dilation, ceil_mode, backend = inputs
-    ctx.save_for_backward(output[1])
+    x, kernel, stride, padding, dilation, ceil_mode, act, slope, save_preact, backend = inputs
+    y, idx, preact = output
+    ctx.save_for_backward(_fused.saved_for_backward(act, slope, y, preact), idx)
     ctx.args = (
         list(x.shape),
         _format(x) == torch.channels_last,
@@ -313,14 +344,16 @@ def _max_setup(ctx, inputs, output):
         stride,
         padding,
         dilation,
+        act,
+        slope,
         backend,
     )
 
 
-def _max_backward(ctx, grad_y, _grad_idx):
-    (idx,) = ctx.saved_tensors
-    gx = torch.ops.genkern.max_pool2d_backward(grad_y, idx, *ctx.args)
-    return gx, None, None, None, None, None, None
+def _max_backward(ctx, grad_y, _grad_idx, _grad_preact):
+    saved, idx = ctx.saved_tensors
+    gx = torch.ops.genkern.max_pool2d_backward(grad_y, saved, idx, *ctx.args)
+    return gx, *([None] * 9)
 
 
 _max_pool2d.register_autograd(_max_backward, setup_context=_max_setup)
@@ -516,6 +549,27 @@ def _max_fwd_torch(x, kernel, stride, padding, dilation, ceil_mode, hw):
     return y, idx
 
 
+def _activation_after(pool_forward):
+    """A backend's max-pool forward kernel followed by the activation, by torch's elementwise ops
+    (the torch and CUDA backends; CPU and Triton fuse it into their own kernels)."""
+
+    def forward(x, kernel, stride, padding, dilation, ceil_mode, hw, act, slope, save_preact):
+        y, idx = pool_forward(x, kernel, stride, padding, dilation, ceil_mode, hw)
+        return reference.activation(y, A.ID_TO_NAME[act], slope), idx, y if save_preact else None
+
+    return forward
+
+
+def _activation_before(pool_backward):
+    """The activation's backward by torch's elementwise ops, then a max-pool backward kernel."""
+
+    def backward(grad_y, saved, indices, gx, kernel, stride, padding, dilation, act, slope):
+        g = reference.activation_backward(grad_y, saved, act, slope)
+        return pool_backward(g, indices, gx, kernel, stride, padding, dilation)
+
+    return backward
+
+
 def _max_bwd_torch(grad_y, indices, gx, kernel, stride, padding, dilation):
     n, c = gx.shape[:2]
     flat = torch.zeros(n, c, gx.shape[2] * gx.shape[3], dtype=grad_y.dtype, device=grad_y.device)
@@ -550,12 +604,17 @@ def _ext():
     return _registry.extension()
 
 
-def _max_fwd_cpu(x, kernel, stride, padding, dilation, ceil_mode, hw):
-    return _ext().max_pool2d_forward_cpu(x, kernel, stride, padding, dilation, hw)
+def _max_fwd_cpu(x, kernel, stride, padding, dilation, ceil_mode, hw, act, slope, save_preact):
+    y, idx, preact = _ext().max_pool2d_forward_cpu(
+        x, kernel, stride, padding, dilation, hw, act, slope, save_preact
+    )
+    return y, idx, preact if save_preact else None
 
 
-def _max_bwd_cpu(grad_y, indices, gx, kernel, stride, padding, dilation):
-    return _ext().max_pool2d_backward_cpu(grad_y, indices, gx, kernel, stride, padding, dilation)
+def _max_bwd_cpu(grad_y, saved, indices, gx, kernel, stride, padding, dilation, act, slope):
+    return _ext().max_pool2d_backward_cpu(
+        grad_y, saved, indices, gx, kernel, stride, padding, dilation, act, slope
+    )
 
 
 def _avg_fwd_cpu(x, kernel, stride, padding, hw, ceil_mode, cip, div):
@@ -585,8 +644,10 @@ def _up_bwd_cpu(grad_y, input_size, cl, scale_h, scale_w):
     return _ext().upsample_nearest2d_backward_cpu(grad_y, sh, sw, gx)
 
 
-_registry.register("max_pool2d_forward", torch=_max_fwd_torch, cpu=_max_fwd_cpu)
-_registry.register("max_pool2d_backward", torch=_max_bwd_torch, cpu=_max_bwd_cpu)
+_registry.register("max_pool2d_forward", torch=_activation_after(_max_fwd_torch), cpu=_max_fwd_cpu)
+_registry.register(
+    "max_pool2d_backward", torch=_activation_before(_max_bwd_torch), cpu=_max_bwd_cpu
+)
 _registry.register("avg_pool2d_forward", torch=_avg_fwd_torch, cpu=_avg_fwd_cpu)
 _registry.register("avg_pool2d_backward", torch=_avg_bwd_torch, cpu=_avg_bwd_cpu)
 _registry.register("upsample_nearest2d_forward", torch=_up_fwd_torch, cpu=_up_fwd_cpu)
@@ -634,8 +695,8 @@ def _up_bwd_cuda(grad_y, input_size, cl, scale_h, scale_w):
     return _ext().upsample_nearest2d_backward_cuda(grad_y, *ranges, gx)
 
 
-_registry.register("max_pool2d_forward", cuda=_max_fwd_cuda)
-_registry.register("max_pool2d_backward", cuda=_max_bwd_cuda)
+_registry.register("max_pool2d_forward", cuda=_activation_after(_max_fwd_cuda))
+_registry.register("max_pool2d_backward", cuda=_activation_before(_max_bwd_cuda))
 _registry.register("avg_pool2d_forward", cuda=_avg_fwd_cuda)
 _registry.register("avg_pool2d_backward", cuda=_avg_bwd_cuda)
 _registry.register("upsample_nearest2d_forward", cuda=_up_fwd_cuda)

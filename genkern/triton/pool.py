@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from genkern import backends
+from genkern.triton.activations import act_backward, act_forward
 
 _INTERPRET = backends.triton_interpreter()
 _BLOCK = 128 if _INTERPRET else 512
@@ -32,6 +33,7 @@ def _max_pool_fwd_kernel(
     x_ptr,
     y_ptr,
     idx_ptr,
+    preact_ptr,
     total,
     C,
     IH,
@@ -52,8 +54,11 @@ def _max_pool_fwd_kernel(
     pW,
     dH,
     dW,
+    slope,
     KH: tl.constexpr,
     KW: tl.constexpr,
+    ACT: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -78,13 +83,18 @@ def _max_pool_fwd_kernel(
             best = tl.where(take, v, best)
             bi = tl.where(take, ih * IW + iw, bi)
     out = n * ys_n + c * ys_c + oh * ys_h + ow * ys_w
-    tl.store(y_ptr + out, best.to(y_ptr.dtype.element_ty), mask=mask)
+    # the pooled value rounded to the storage type first, as an activation applied after the pool
+    pooled = best.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + out, act_forward(pooled, ACT, slope).to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(idx_ptr + out, bi.to(tl.int64), mask=mask)
+    if SAVE_PREACT:
+        tl.store(preact_ptr + out, pooled, mask=mask)
 
 
 @triton.jit
 def _max_pool_bwd_kernel(
     gy_ptr,
+    saved_ptr,
     idx_ptr,
     gx_ptr,
     total,
@@ -107,8 +117,10 @@ def _max_pool_bwd_kernel(
     pW,
     dH,
     dW,
+    slope,
     KH: tl.constexpr,
     KW: tl.constexpr,
+    ACT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -126,8 +138,11 @@ def _max_pool_bwd_kernel(
             valid = mask & ok_h & (tw >= 0) & (tw % sW == 0) & (ow < OW)
             off = n * gs_n + c * gs_c + oh * gs_h + ow * gs_w
             idx = tl.load(idx_ptr + off, mask=valid, other=-1)
-            g = tl.load(gy_ptr + off, mask=valid, other=0.0).to(tl.float32)
-            acc += tl.where(valid & (idx == me), g, 0.0)
+            g = tl.load(gy_ptr + off, mask=valid, other=0.0)
+            if ACT != 0:  # the activation's backward at the window's output
+                g = act_backward(g, tl.load(saved_ptr + off, mask=valid, other=0.0), ACT, slope)
+                g = g.to(gy_ptr.dtype.element_ty)  # rounded as the unfused backward stores it
+            acc += tl.where(valid & (idx == me), g.to(tl.float32), 0.0)
     tl.store(
         gx_ptr + n * xs_n + c * xs_c + ih * xs_h + iw * xs_w,
         acc.to(gx_ptr.dtype.element_ty),
@@ -357,18 +372,22 @@ def _grid(total):
     return (triton.cdiv(total, _BLOCK),)
 
 
-def max_pool2d_forward_triton(x, kernel, stride, padding, dilation, ceil_mode, hw):
+def max_pool2d_forward_triton(
+    x, kernel, stride, padding, dilation, ceil_mode, hw, act, slope, save_preact
+):
     fmt = torch.channels_last if (x.dim() == 4 and not x.is_contiguous()) else None
     shape = [x.shape[0], x.shape[1], *hw]
     y = torch.empty(
         shape, dtype=x.dtype, device=x.device, memory_format=fmt or torch.contiguous_format
     )
     idx = torch.empty_like(y, dtype=torch.int64)
+    preact = torch.empty_like(y) if save_preact else None
     total = y.numel()
     _max_pool_fwd_kernel[_grid(total)](
         x,
         y,
         idx,
+        y if preact is None else preact,
         total,
         x.shape[1],
         x.shape[2],
@@ -380,20 +399,27 @@ def max_pool2d_forward_triton(x, kernel, stride, padding, dilation, ceil_mode, h
         *stride,
         *padding,
         *dilation,
+        float(slope),
         KH=kernel[0],
         KW=kernel[1],
+        ACT=act,
+        SAVE_PREACT=save_preact,
         BLOCK=_BLOCK,
     )
-    return y, idx
+    return y, idx, preact
 
 
-def max_pool2d_backward_triton(grad_y, indices, gx, kernel, stride, padding, dilation):
+def max_pool2d_backward_triton(
+    grad_y, saved, indices, gx, kernel, stride, padding, dilation, act, slope
+):
     """Writes every element of gx (its zeros are not needed)."""
     gy = grad_y.contiguous(memory_format=_fmt(gx))
     idx = indices.contiguous(memory_format=_fmt(gx))
+    s = gy if act == 0 else saved.contiguous(memory_format=_fmt(gx))
     total = gx.numel()
     _max_pool_bwd_kernel[_grid(total)](
         gy,
+        s,
         idx,
         gx,
         total,
@@ -407,8 +433,10 @@ def max_pool2d_backward_triton(grad_y, indices, gx, kernel, stride, padding, dil
         *stride,
         *padding,
         *dilation,
+        float(slope),
         KH=kernel[0],
         KW=kernel[1],
+        ACT=act,
         BLOCK=_BLOCK,
     )
     return gx
