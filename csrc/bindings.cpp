@@ -50,6 +50,7 @@ PYBIND11_MODULE(_C, m) {
   // batch_norm + activation, pooling, upsampling
   m.def("batch_norm_act_forward_cpu", &genkern::cpu::batch_norm_act_forward_cpu);
   m.def("batch_norm_act_backward_cpu", &genkern::cpu::batch_norm_act_backward_cpu);
+  m.def("batch_norm_keeps_output", &genkern::cpu::batch_norm_keeps_output);
   // eager fast paths (C++ autograd Functions over the kernels above; see eager_autograd.h)
   m.def("conv2d_act_eager_cpu", &genkern::cpu::conv2d_act_eager_cpu);
   m.def("conv_transpose2d_act_eager_cpu", &genkern::cpu::conv_transpose2d_act_eager_cpu);

@@ -101,6 +101,50 @@ def test_float32_against_float64_reference(act, slope, layout, backend):
     _run_both(x, w, b, rm, rv, True, act, slope, backend, torch.float32, backend)
 
 
+def _saved_by(fn, *args):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fn(*args)
+    return y, {t.data_ptr() for t in saved}
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("fast", [True, False], ids=["eager_entry", "custom_op"])
+@pytest.mark.parametrize("shape", [(6, 5, 7, 6), (3, 4, 70, 70)], ids=["slabs", "planes"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("scale_low", [0.5, 0.0], ids=["scales_from_0.5", "a_zero_scale"])
+def test_leaky_relu_keeps_its_output_not_its_input(scale_low, layout, shape, fast, monkeypatch):
+    """Training + leaky_relu on the cpu backend: the node keeps y (which the next layer keeps
+    anyway) in x's place and reads x - mean back from it, unless a scale is near 0; either way
+    the float64 reference's values and gradients, and the same bits on the C++ eager path and the
+    custom op's."""
+    from genkern.ops import _fused
+
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+    (x, w, b), _ = _make(shape, torch.float32, layout)
+    with torch.no_grad():
+        w.uniform_(scale_low, 1.5)[0] = scale_low
+    fn = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
+        x, None, None, w, b, True, activation="leaky_relu", negative_slope=0.2, backend="cpu"
+    )
+    y, saved = _saved_by(fn, x, w, b)
+    assert (x.data_ptr() not in saved) == (scale_low > 0)
+    assert y.data_ptr() in saved or scale_low == 0  # (the C++ node then recomputes act's sign)
+    ref = lambda x, w, b: reference.batch_norm(  # noqa: E731
+        x, None, None, w, b, True, 0.1, 1e-5, "leaky_relu", 0.2
+    )
+    testing.check_against_reference(fn, ref, [x, w, b], torch.float32, "leaky_relu")
+    grads = {}
+    g = torch.randn_like(y)
+    for entry in (True, False):  # the same bits either way
+        monkeypatch.setattr(_fused, "FAST_EAGER", entry)
+        grads[entry] = torch.autograd.grad(fn(x, w, b), [x, w, b], g)
+    for a, c in zip(grads[True], grads[False], strict=True):
+        assert torch.equal(a, c)
+
+
 def test_statistics_are_stable_with_a_large_mean():
     """The one-pass statistics are Welford-like: a mean of 1e4 costs no variance accuracy."""
     for backend in grid_backends(torch.float32):

@@ -246,3 +246,23 @@ def test_batch_norm_takes_float32_parameters_with_a_16bit_input(backend):
     torch.testing.assert_close(w.grad, ws.grad, rtol=1e-3, atol=1e-3)  # float32 sums, not bf16
     torch.testing.assert_close(b.grad, bs.grad, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(rm, rms) and torch.testing.assert_close(rv, rvs)
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+def test_conv_backward_overwrites_only_a_gradient_nobody_else_holds(op):
+    """The C++ node writes the activation's backward over the output gradient it was handed
+    when nobody else holds it; a gradient a hook or retain_grad keeps stays as it was."""
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w = torch.randn(*((3, 4) if op == "conv_transpose2d" else (4, 3)), 3, 3, requires_grad=True)
+    y = getattr(genkern.ops, op)(x, w, activation="leaky_relu", negative_slope=0.2, backend="cpu")
+    assert "CppNode" in y.grad_fn.name()
+    kept = []
+    y.register_hook(kept.append)
+    y.retain_grad()
+    (y * 3).sum().backward()
+    assert torch.equal(kept[0], torch.full_like(y, 3.0))
+    assert torch.equal(y.grad, torch.full_like(y, 3.0))
+    stock = torch.nn.functional.leaky_relu(getattr(torch.nn.functional, op)(x, w), 0.2)
+    gx, gw = torch.autograd.grad((stock * 3).sum(), [x, w])
+    torch.testing.assert_close(x.grad, gx)
+    torch.testing.assert_close(w.grad, gw)

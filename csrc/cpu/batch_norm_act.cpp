@@ -42,6 +42,9 @@ at::MemoryFormat format_of(const at::Tensor& t) {
 
 constexpr int64_t kChunk = 16384;  // elements per task; fixed so results do not depend on threads
 constexpr int kLanes = 16;         // independent accumulators: the loops vectorize without -ffast-math
+// Where the backward reads act's input sign and x - mean from (batch_norm_act_slabs.h): the saved
+// tensor and x; x alone (recomputing the sign); or act's output y alone, read in x's place.
+constexpr int kSaved = 0, kRecompute = 1, kOutput = 2;
 
 // The slab kernels (batch_norm_act_slabs.h), as baseline code and as AVX2 code chosen at run time.
 #define GK_SLABS_NS slabs_base
@@ -420,15 +423,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
     const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd,
     bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask,
-    const std::optional<at::Tensor>& bias) {
+    const std::optional<at::Tensor>& bias, bool x_is_output) {
   const auto act = static_cast<Activation>(activation);
-  const bool has_saved = saved.has_value() && saved->defined() && saved->numel() > 0;
+  TORCH_CHECK(!x_is_output || batch_norm_keeps_output(x, weight, training, activation,
+                                                      negative_slope),
+              "genkern: batch_norm backward from the output needs what batch_norm_keeps_output "
+              "checks");
+  const bool has_saved =
+      !x_is_output && saved.has_value() && saved->defined() && saved->numel() > 0;
   // Without the saved tensor, a relu / leaky_relu (slope >= 0) backward needs only the sign of
   // its input z = (x - mean) * scale + bias, recomputed from x: two passes fewer over memory.
   const bool recompute =
-      !has_saved && (act == Activation::kRelu ||
-                     (act == Activation::kLeakyRelu && saves_output(act, negative_slope)));
-  TORCH_CHECK(has_saved || recompute || act == Activation::kIdentity,
+      !x_is_output && !has_saved &&
+      (act == Activation::kRelu ||
+       (act == Activation::kLeakyRelu && saves_output(act, negative_slope)));
+  TORCH_CHECK(has_saved || recompute || x_is_output || act == Activation::kIdentity,
               "genkern: batch_norm backward needs the saved tensor");
   const auto fmt = format_of(x);
   const at::Tensor gy = grad_y.contiguous(fmt);
@@ -457,33 +466,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     const double* mdp = md.data_ptr<double>();
     const double* idp = id.data_ptr<double>();
     std::vector<opmath_t> meanv(C), zscale(C), zshift(C);
-    at::Tensor bd = recompute && bias.has_value() && bias->defined()
+    at::Tensor bd = (recompute || x_is_output) && bias.has_value() && bias->defined()
                         ? bias->to(at::kDouble).contiguous()
                         : at::Tensor();
     for (int64_t c = 0; c < C; ++c) {
-      meanv[c] = opmath_t(mdp[c]);
       const double a = (has_w ? wd.data_ptr<double>()[c] : 1.0) * idp[c];
-      zscale[c] = opmath_t(a);
-      zshift[c] = opmath_t(bd.defined() ? bd.data_ptr<double>()[c] : 0.0);
+      const double b = bd.defined() ? bd.data_ptr<double>()[c] : 0.0;
+      // kOutput: x - mean = (z - b) * (1 / a), z from y (see centered in the slabs header)
+      meanv[c] = opmath_t(x_is_output ? b : mdp[c]);
+      zscale[c] = opmath_t(x_is_output ? 1.0 / a : a);
+      zshift[c] = opmath_t(b);
     }
     std::vector<double> sum_g(C, 0.0), sum_gx(C, 0.0);  // sum g, sum g * (x - mean)
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation A = decltype(tag)::value;
-      auto body = [&](auto recompute_tag) {
-      constexpr bool R = decltype(recompute_tag)::value;  // compile time: the loops vectorize
-      // g at element i of channel c: act's backward from the saved tensor or the recomputed z
+      auto body = [&](auto mode_tag) {
+      constexpr int R = decltype(mode_tag)::value;  // compile time: the loops vectorize
+      if constexpr (R == kOutput && A != Activation::kLeakyRelu) {
+        return;  // unreachable (checked above): no code for it
+      } else {
+      // g at element i of channel c: act's backward from the saved tensor, the recomputed z or y
       auto gfun = [&](int64_t i, int64_t c) -> opmath_t {
         if constexpr (A == Activation::kIdentity) {
           return opmath_t(gyp[i]);
         } else {
           opmath_t s;
-          if constexpr (R) {
+          if constexpr (R == kRecompute) {
             s = (opmath_t(xp[i]) - meanv[c]) * zscale[c] + zshift[c];
+          } else if constexpr (R == kOutput) {
+            s = opmath_t(xp[i]);
           } else {
             s = opmath_t(sp[i]);
           }
           return act_backward<A, opmath_t>(opmath_t(gyp[i]), s, slope);
         }
+      };
+      // x - mean at element i of channel c
+      const opmath_t inv_slope = opmath_t(1) / slope;
+      auto xc = [&](int64_t i, int64_t c) -> opmath_t {
+        return slabs_base::centered<R>(opmath_t(xp[i]), meanv[c], zscale[c], inv_slope);
       };
       if (need_reduce && x.numel() > 0) {
         if (v.inner == 1) {
@@ -526,13 +547,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
                     for (int j = 0; j < kLanes; ++j) {
                       const opmath_t g = gfun(off + i + j, c);
                       a[j] += g;
-                      b[j] += g * (opmath_t(xp[off + i + j]) - m);
+                      b[j] += g * xc(off + i + j, c);
                     }
                   opmath_t ra = 0, rb = 0;
                   for (; i < n; ++i) {
                     const opmath_t g = gfun(off + i, c);
                     ra += g;
-                    rb += g * (opmath_t(xp[off + i]) - m);
+                    rb += g * xc(off + i, c);
                   }
                   tg += double(ra);
                   tgx += double(rb);
@@ -613,7 +634,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
             const int64_t base = p * v.inner;
             for (int64_t i = base; i < base + v.inner; ++i)
               if constexpr (kTrain) {
-                gxp[i] = scalar_t(a * (gfun(i, c) + b * (opmath_t(xp[i]) - m) + d));
+                gxp[i] = scalar_t(a * (gfun(i, c) + b * xc(i, c) + d));
               } else {
                 gxp[i] = scalar_t(a * gfun(i, c));
               }
@@ -626,17 +647,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
       } else {
         apply(std::false_type{});
       }
+      }
       };
-      if (recompute) {
-        body(std::true_type{});
+      if (x_is_output) {
+        body(std::integral_constant<int, kOutput>{});
+      } else if (recompute) {
+        body(std::integral_constant<int, kRecompute>{});
       } else {
-        body(std::false_type{});
+        body(std::integral_constant<int, kSaved>{});
       }
     });
   });
   if (output_mask[1]) gw = gw.to(param_dtype);
   if (output_mask[2]) gb = gb.to(param_dtype);
   return {gx, gw, gb};
+}
+
+bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                             bool training, int64_t activation, double negative_slope) {
+  constexpr double kMinScale = 0.1;
+  const auto dtype = x.scalar_type();
+  if (!training || static_cast<Activation>(activation) != Activation::kLeakyRelu ||
+      !(negative_slope > 0) || (dtype != at::kFloat && dtype != at::kDouble) ||
+      !weight.has_value() || !weight->defined() || weight->numel() == 0 ||
+      weight->device().type() != at::kCPU)
+    return false;
+  return weight->detach().abs().min().item<double>() >= kMinScale;  // false for a NaN scale too
 }
 
 }  // namespace genkern::cpu

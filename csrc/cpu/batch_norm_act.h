@@ -25,10 +25,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
 
 // (grad_x, grad_weight, grad_bias); `training` says whether mean/invstd were batch statistics
 // (then grad_x carries the statistics' gradient). Unrequested gradients come back empty.
+// x_is_output: `x` holds act's output y instead (see batch_norm_keeps_output), read in x's place.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
     const std::optional<at::Tensor>& weight, const at::Tensor& mean, const at::Tensor& invstd,
     bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask,
-    const std::optional<at::Tensor>& bias);
+    const std::optional<at::Tensor>& bias, bool x_is_output);
+
+// Whether the autograd node may keep act's output y alone, not x, the backward reading x - mean
+// back from y: ((y > 0 ? y : y / slope) - b) / (w * invstd). y is kept by the next layer anyway,
+// so the step holds one tensor fewer per such layer (the conv output before a discriminator's
+// batch norm + leaky_relu). Needs training (batch statistics), leaky_relu with a positive slope
+// (invertible), every |w| >= 0.1 (the rounding of y grows by 1 / |w|), float32 or float64.
+bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                             bool training, int64_t activation, double negative_slope);
 
 }  // namespace genkern::cpu

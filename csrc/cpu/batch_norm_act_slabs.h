@@ -11,16 +11,29 @@
 
 namespace GK_SLABS_NS {
 
-// act's backward at one element: from the saved tensor (R false: s is its value) or from the
-// recomputed pre-activation (R true: s is x's value).
-template <Activation A, bool R, typename opmath_t>
+// act's backward at one element: from the saved tensor (R = kSaved: s is its value; kOutput: s
+// is y, act's output, read in x's place) or from the recomputed pre-activation (kRecompute: s is
+// x's value).
+template <Activation A, int R, typename opmath_t>
 inline opmath_t grad_in(opmath_t gy, opmath_t s, opmath_t m, opmath_t zs, opmath_t zb,
                         opmath_t slope) {
   if constexpr (A == Activation::kIdentity) {
     return gy;
   } else {
-    if constexpr (R) s = (s - m) * zs + zb;
+    if constexpr (R == kRecompute) s = (s - m) * zs + zb;
     return act_backward<A, opmath_t>(gy, s, slope);
+  }
+}
+
+// x - mean at one element (a value or a vector): from x, or (kOutput) from the leaky_relu output
+// y read in x's place: ((y > 0 ? y : y * (1 / slope)) - b) * k, with m = b (the batch norm's
+// bias) and zs = k = 1 / (w * invstd) passed in mean's and zscale's places.
+template <int R, typename T, typename opmath_t>
+inline T centered(const T& v, opmath_t m, opmath_t zs, opmath_t inv_slope) {
+  if constexpr (R == kOutput) {
+    return ((v > opmath_t(0) ? v : v * inv_slope) - m) * zs;
+  } else {
+    return v - m;
   }
 }
 
@@ -50,12 +63,12 @@ struct Lanes {
 
 // g = grad_in(g, s) on one vector (by reference: no vector-ABI question between the builds):
 // relu and leaky_relu as selects, other activations element by element.
-template <Activation A, bool R, typename opmath_t, typename V>
+template <Activation A, int R, typename opmath_t, typename V>
 inline void grad_in_lanes(V& g, const V& saved, opmath_t m, opmath_t zs, opmath_t zb,
                           opmath_t slope) {
   if constexpr (A != Activation::kIdentity) {
     V s = saved;
-    if constexpr (R) s = (s - m) * zs + zb;
+    if constexpr (R == kRecompute) s = (s - m) * zs + zb;
     if constexpr (A == Activation::kRelu) {
       g = s <= opmath_t(0) ? V{} : g;  // NaN s passes grad, as act_backward
     } else if constexpr (A == Activation::kLeakyRelu) {
@@ -133,13 +146,14 @@ void affine(const scalar_t* xp, scalar_t* yp, scalar_t* pre, int64_t C, int64_t 
 }
 
 // accg[c, j] += sum(g), accgx[c, j] += sum(g * (x - mean[c])) over the slabs [n0, n1), g = act's
-// backward of grad_y (s: the saved tensor, unless R); slab by slab, as stats.
-template <Activation A, bool R, typename scalar_t, typename opmath_t>
+// backward of grad_y (s: the saved tensor, for kSaved); slab by slab, as stats.
+template <Activation A, int R, typename scalar_t, typename opmath_t>
 void grad_sums(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, int64_t C, int64_t L,
                int64_t n0, int64_t n1, const opmath_t* mean, const opmath_t* zscale,
                const opmath_t* zshift, opmath_t slope, opmath_t* accg, opmath_t* accgx) {
   using V = Lanes<opmath_t>;
-  const scalar_t* src = R || sp == nullptr ? xp : sp;  // never null: no test per element
+  const scalar_t* src = R != kSaved || sp == nullptr ? xp : sp;  // never null: no test per element
+  const opmath_t inv_slope = opmath_t(1) / slope;  // kOutput's y -> z
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t c = 0; c < C; ++c) {
       const int64_t base = (n * C + c) * L;
@@ -157,11 +171,11 @@ void grad_sums(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, int6
         V xv, g, sv;
         xv.load(xr + i);
         g.load(gr + i);
-        if constexpr (!R) sv.load(sr + i);
+        if constexpr (R == kSaved) sv.load(sr + i);
         for (int v = 0; v < V::N; ++v) {
-          grad_in_lanes<A, R, opmath_t>(g.v[v], R ? xv.v[v] : sv.v[v], m, zs, zb, slope);
+          grad_in_lanes<A, R, opmath_t>(g.v[v], R == kSaved ? sv.v[v] : xv.v[v], m, zs, zb, slope);
           a.v[v] += g.v[v];
-          b.v[v] += g.v[v] * (xv.v[v] - m);
+          b.v[v] += g.v[v] * centered<R>(xv.v[v], m, zs, inv_slope);
         }
       }
       a.store(pa);
@@ -170,18 +184,19 @@ void grad_sums(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, int6
         const opmath_t g =
             grad_in<A, R, opmath_t>(opmath_t(gr[i]), opmath_t(sr[i]), m, zs, zb, slope);
         pa[j] += g;
-        pb[j] += g * (opmath_t(xr[i]) - m);
+        pb[j] += g * centered<R>(opmath_t(xr[i]), m, zs, inv_slope);
       }
     }
 }
 
 // gx = ka * (g + kb * (x - mean) + kc) (kTrain) or ka * g over the slabs [n0, n1).
-template <Activation A, bool R, bool kTrain, typename scalar_t, typename opmath_t>
+template <Activation A, int R, bool kTrain, typename scalar_t, typename opmath_t>
 void grad_apply(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, scalar_t* gxp,
                 int64_t C, int64_t L, int64_t n0, int64_t n1, const opmath_t* mean,
                 const opmath_t* zscale, const opmath_t* zshift, const opmath_t* ka,
                 const opmath_t* kb, const opmath_t* kc, opmath_t slope) {
-  const scalar_t* src = R || sp == nullptr ? xp : sp;  // never null: no test per element
+  const scalar_t* src = R != kSaved || sp == nullptr ? xp : sp;  // never null: no test per element
+  const opmath_t inv_slope = opmath_t(1) / slope;  // kOutput's y -> z
   for (int64_t n = n0; n < n1; ++n)
     for (int64_t c = 0; c < C; ++c) {
       const int64_t base = (n * C + c) * L;
@@ -195,7 +210,7 @@ void grad_apply(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, sca
         const opmath_t g =
             grad_in<A, R, opmath_t>(opmath_t(gr[i]), opmath_t(sr[i]), m, zs, zb, slope);
         if constexpr (kTrain) {
-          out[i] = scalar_t(a * (g + b * (opmath_t(xr[i]) - m) + d));
+          out[i] = scalar_t(a * (g + b * centered<R>(opmath_t(xr[i]), m, zs, inv_slope) + d));
         } else {
           out[i] = scalar_t(a * g);
         }
@@ -205,13 +220,14 @@ void grad_apply(const scalar_t* gyp, const scalar_t* sp, const scalar_t* xp, sca
 
 // Rows of C (channels_last: one row per pixel), rows [r0, r1): accg[c] += g, accgx[c] += g * (x -
 // mean[c]), each channel's sum over the rows in row order, vectorized across the row's channels.
-template <Activation A, bool R, typename scalar_t, typename opmath_t>
+template <Activation A, int R, typename scalar_t, typename opmath_t>
 void row_grad_sums(const scalar_t* __restrict__ gyp, const scalar_t* __restrict__ sp,
                    const scalar_t* __restrict__ xp, int64_t C, int64_t r0, int64_t r1,
                    const opmath_t* __restrict__ mean, const opmath_t* __restrict__ zscale,
                    const opmath_t* __restrict__ zshift, opmath_t slope,
                    opmath_t* __restrict__ accg, opmath_t* __restrict__ accgx) {
-  const scalar_t* src = R || sp == nullptr ? xp : sp;  // never null: no test per element
+  const scalar_t* src = R != kSaved || sp == nullptr ? xp : sp;  // never null: no test per element
+  const opmath_t inv_slope = opmath_t(1) / slope;  // kOutput's y -> z
   for (int64_t r = r0; r < r1; ++r) {
     const scalar_t* gr = gyp + r * C;
     const scalar_t* xr = xp + r * C;
@@ -221,20 +237,21 @@ void row_grad_sums(const scalar_t* __restrict__ gyp, const scalar_t* __restrict_
       const opmath_t g = grad_in<A, R, opmath_t>(opmath_t(gr[c]), opmath_t(sr[c]), mean[c],
                                                  zscale[c], zshift[c], slope);
       accg[c] += g;
-      accgx[c] += g * (opmath_t(xr[c]) - mean[c]);
+      accgx[c] += g * centered<R>(opmath_t(xr[c]), mean[c], zscale[c], inv_slope);
     }
   }
 }
 
 // gx = ka * (g + kb * (x - mean) + kc) (kTrain) or ka * g over rows [r0, r1) of C.
-template <Activation A, bool R, bool kTrain, typename scalar_t, typename opmath_t>
+template <Activation A, int R, bool kTrain, typename scalar_t, typename opmath_t>
 void row_grad_apply(const scalar_t* __restrict__ gyp, const scalar_t* __restrict__ sp,
                     const scalar_t* __restrict__ xp, scalar_t* __restrict__ gxp, int64_t C,
                     int64_t r0, int64_t r1, const opmath_t* __restrict__ mean,
                     const opmath_t* __restrict__ zscale, const opmath_t* __restrict__ zshift,
                     const opmath_t* __restrict__ ka, const opmath_t* __restrict__ kb,
                     const opmath_t* __restrict__ kc, opmath_t slope) {
-  const scalar_t* src = R || sp == nullptr ? xp : sp;
+  const scalar_t* src = R != kSaved || sp == nullptr ? xp : sp;
+  const opmath_t inv_slope = opmath_t(1) / slope;  // kOutput's y -> z
   for (int64_t r = r0; r < r1; ++r) {
     const scalar_t* gr = gyp + r * C;
     const scalar_t* xr = xp + r * C;
@@ -245,7 +262,9 @@ void row_grad_apply(const scalar_t* __restrict__ gyp, const scalar_t* __restrict
       const opmath_t g = grad_in<A, R, opmath_t>(opmath_t(gr[c]), opmath_t(sr[c]), mean[c],
                                                  zscale[c], zshift[c], slope);
       if constexpr (kTrain) {
-        out[c] = scalar_t(ka[c] * (g + kb[c] * (opmath_t(xr[c]) - mean[c]) + kc[c]));
+        out[c] = scalar_t(ka[c] * (g + kb[c] * centered<R>(opmath_t(xr[c]), mean[c], zscale[c],
+                                                            inv_slope) +
+                                   kc[c]));
       } else {
         out[c] = scalar_t(ka[c] * g);
       }

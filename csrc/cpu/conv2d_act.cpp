@@ -51,12 +51,14 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
-    const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
+    at::Tensor grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
     const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
     std::array<bool, 3> output_mask) {
-  auto [g, grad_bias] =
-      act_backward_bias_grad(grad_y, saved, activation, negative_slope, output_mask[2]);
+  // handed over by move (ConvAct), grad_y takes g in place; else g is new and grad_y is freed
+  auto [g, grad_bias] = act_backward_bias_grad(grad_y, saved, activation, negative_slope,
+                                               output_mask[2], sole_owner(grad_y));
+  grad_y = at::Tensor();
   at::Tensor grad_x, grad_w;
   if ((output_mask[0] || output_mask[1]) &&
       run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)) {

@@ -19,7 +19,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
 // (grad_x, grad_weight, grad_bias) from grad_y and the saved tensor (y or preact); a gradient
 // whose mask entry is false comes back empty.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
-    const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
+    at::Tensor grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
     const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
     std::array<bool, 3> output_mask);

@@ -115,7 +115,10 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
     return y;
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  // grads by reference: the engine's own list (CppNode::apply passes it as an lvalue), so that
+  // grad_y moves into the kernels, which may write the activation's backward over it (one
+  // layer-output-sized buffer less at a training step's memory peak).
+  static variable_list backward(AutogradContext* ctx, variable_list& grads) {
     const auto& d = ctx->saved_data;
     const bool transposed = d.at("transposed").toBool();
     refuse_double_backward(transposed ? "conv_transpose2d" : "conv2d");
@@ -125,12 +128,13 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
     const auto dilation = d.at("dilation").toIntVector();
     const int64_t groups = d.at("groups").toInt(), act = d.at("act").toInt();
     const double slope = d.at("slope").toDouble();
+    const auto output_padding = d.at("output_padding").toIntVector();
     auto [gx, gw, gb] =
-        transposed ? conv_transpose2d_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1], stride,
-                                                       padding, d.at("output_padding").toIntVector(),
-                                                       dilation, groups, act, slope, mask)
-                   : conv2d_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1], stride, padding,
-                                             dilation, groups, act, slope, mask);
+        transposed ? conv_transpose2d_act_backward_cpu(std::move(grads[0]), opt(s[2]), s[0], s[1],
+                                                       stride, padding, output_padding, dilation,
+                                                       groups, act, slope, mask)
+                   : conv2d_act_backward_cpu(std::move(grads[0]), opt(s[2]), s[0], s[1], stride,
+                                             padding, dilation, groups, act, slope, mask);
     return grads_for(12, gx, gw, gb);
   }
 };
@@ -171,13 +175,16 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
         training ? std::nullopt : running_var, training, 0.0, eps, act, slope,
         keeps_preact(act, slope));
     ctx->mark_non_differentiable({mean, var});
-    // relu / leaky_relu: the backward recomputes the sign of act's input from x (no saved y)
+    // relu / leaky_relu: the backward recomputes the sign of act's input from x (no saved y),
+    // or keeps y alone, in x's place (see batch_norm_keeps_output)
     const auto a = static_cast<Activation>(act);
+    const bool keeps_y = batch_norm_keeps_output(x, weight, training, act, slope);
     const bool recompute = a == Activation::kRelu ||
                            (a == Activation::kLeakyRelu && saves_output(a, slope));
-    ctx->save_for_backward({x, weight.value_or(at::Tensor()), mean, invstd,
+    ctx->save_for_backward({keeps_y ? y : x, weight.value_or(at::Tensor()), mean, invstd,
                             recompute ? at::Tensor() : saved_for_backward(act, slope, y, preact),
                             bias.value_or(at::Tensor())});
+    ctx->saved_data["keeps_output"] = keeps_y;
     ctx->saved_data["training"] = training;
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
@@ -196,7 +203,8 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
                                    has_b && ctx->needs_input_grad(has_w ? 2 : 1)};
     auto [gx, gw, gb] = batch_norm_act_backward_cpu(
         grads[0], opt(s[4]), s[0], opt(s[1]), s[2], s[3], d.at("training").toBool(),
-        d.at("act").toInt(), d.at("slope").toDouble(), mask, opt(s[5]));
+        d.at("act").toInt(), d.at("slope").toDouble(), mask, opt(s[5]),
+        d.at("keeps_output").toBool());
     const auto dtype = has_w ? s[1].scalar_type() : s[0].scalar_type();
     return grads_for(9, mask[0] ? gx : at::Tensor(), mask[1] ? gw.to(dtype) : at::Tensor(),
                      mask[2] ? gb.to(dtype) : at::Tensor());

@@ -66,6 +66,13 @@ GK_CPU_CLONES void act_grad(const scalar_t* __restrict__ gy, const scalar_t* __r
   for (int64_t i = 0; i < n; ++i) g[i] = grad_at<A>(gy, s, i, slope);
 }
 
+// g[i] = act'(g[i], s[i]) in place, for i < n.
+template <Activation A, typename scalar_t>
+GK_CPU_CLONES void act_grad_in_place(scalar_t* g, const scalar_t* __restrict__ s, int64_t n,
+                                     opmath<scalar_t> slope) {
+  for (int64_t i = 0; i < n; ++i) g[i] = grad_at<A>(g, s, i, slope);
+}
+
 // g[i] for i < n, and their sum.
 template <Activation A, typename scalar_t>
 GK_CPU_CLONES double act_grad_sum(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ s,
@@ -150,7 +157,7 @@ void activation_(at::Tensor& z, int64_t activation, double negative_slope, at::T
 std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad_y,
                                                           const std::optional<at::Tensor>& saved,
                                                           int64_t activation, double negative_slope,
-                                                          bool need_bias_grad) {
+                                                          bool need_bias_grad, bool may_overwrite) {
   const auto act = static_cast<Activation>(activation);
   const bool has_saved = saved.has_value() && saved->defined() && saved->numel() > 0;
   TORCH_CHECK(has_saved || act == Activation::kIdentity,
@@ -161,7 +168,9 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
   const int64_t channels = gy.dim() >= 2 ? gy.size(1) : gy.numel();
   at::Tensor bias_grad = need_bias_grad ? at::empty({channels}, gy.options()) : at::Tensor();
   const bool identity = act == Activation::kIdentity;
-  at::Tensor g = identity ? gy : at::empty_like(gy, format);
+  // in place: no bias sums to fuse and no copy of grad_y made above
+  const bool in_place = may_overwrite && !identity && !need_bias_grad && gy.is_same(grad_y);
+  at::Tensor g = identity || in_place ? gy : at::empty_like(gy, format);
   if (gy.numel() == 0) {
     if (need_bias_grad) bias_grad.zero_();
     return {g, bias_grad};
@@ -179,7 +188,10 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
       constexpr Activation A = decltype(tag)::value;
       if (!need_bias_grad) {  // a flat elementwise pass (not identity: returned above)
         at::parallel_for(0, gy.numel(), kChunk, [&](int64_t i0, int64_t i1) {
-          act_grad<A, scalar_t>(gyp + i0, offset_by(sp, i0), gp + i0, i1 - i0, slope);
+          if (in_place)
+            act_grad_in_place<A, scalar_t>(gp + i0, offset_by(sp, i0), i1 - i0, slope);
+          else
+            act_grad<A, scalar_t>(gyp + i0, offset_by(sp, i0), gp + i0, i1 - i0, slope);
         });
         return;
       }
@@ -220,6 +232,11 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
     });
   });
   return {g, bias_grad};
+}
+
+bool sole_owner(const at::Tensor& t) {
+  return t.defined() && t.use_count() == 1 && !t.is_view() && !t.requires_grad() &&
+         t.storage().use_count() == 1;
 }
 
 }  // namespace genkern::cpu

@@ -17,9 +17,16 @@ void activation_(at::Tensor& z, int64_t activation, double negative_slope,
 
 // g = act_backward(grad_y, saved) in one pass, with the bias gradient (sum of g over every dim
 // but 1) reduced in the same pass when need_bias_grad. Deterministic: fixed chunking, ordered sums.
+// may_overwrite: grad_y is the caller's alone (see sole_owner), so g may be written over it.
 std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad_y,
                                                           const std::optional<at::Tensor>& saved,
                                                           int64_t activation, double negative_slope,
-                                                          bool need_bias_grad);
+                                                          bool need_bias_grad,
+                                                          bool may_overwrite = false);
+
+// Whether t is held by nobody but the caller's one reference (no other tensor, view or storage
+// reference, no autograd history): a gradient an autograd Function's backward was handed by
+// move, which it may then overwrite instead of allocating another of its size.
+bool sole_owner(const at::Tensor& t);
 
 }  // namespace genkern::cpu

@@ -29,16 +29,20 @@ FAST_EAGER = True
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def eager() -> bool:
-    """True in plain eager mode: not traced by torch.compile/export, no dispatch mode (such as
-    FakeTensorMode) or torch function mode active, no functorch transform."""
+def untraced() -> bool:
+    """Not traced by torch.compile/export, no dispatch mode (such as FakeTensorMode) or torch
+    function mode active, no functorch transform: the tensors hold real values."""
     return (
-        FAST_EAGER
-        and not torch.compiler.is_compiling()
+        not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._functorch.peek_interpreter_stack() is None
     )
+
+
+def eager() -> bool:
+    """True in plain eager mode (untraced) with the fast paths on."""
+    return FAST_EAGER and untraced()
 
 
 def try_fast(entry: str, *args, backend: str):

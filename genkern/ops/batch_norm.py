@@ -303,24 +303,45 @@ def _(
     )
 
 
+def _keeps_output(x, weight, training, act, slope, backend) -> bool:
+    """The cpu backend keeps act's output y in x's place where batch_norm_keeps_output allows
+    (csrc/cpu/batch_norm_act.h), as its C++ eager node does (the same bits); not under tracing,
+    where the weight's values are unknown."""
+    return (
+        backend == "cpu"
+        and _fused.untraced()
+        and _registry.extension().batch_norm_keeps_output(x, weight, training, act, slope)
+    )
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, rm, rv, training, eps, act, slope, save_preact, backend = inputs
     y, mean, invstd, var, preact = output
     ctx.mark_non_differentiable(mean, invstd, var, preact)
-    saved = None
-    if A.needs_saved(act):
-        saved = y if A.saves_output(act, slope) else preact
-    ctx.save_for_backward(x, weight, mean, invstd, saved)
+    ctx.keeps_output = _keeps_output(x, weight, training, act, slope, backend)
+    if ctx.keeps_output:
+        ctx.save_for_backward(y, weight, mean, invstd, None, bias)
+    else:
+        saved = None
+        if A.needs_saved(act):
+            saved = y if A.saves_output(act, slope) else preact
+        ctx.save_for_backward(x, weight, mean, invstd, saved, None)
     ctx.args = (training, act, slope, backend)
 
 
 def _backward(ctx, grad_y, _gm, _gi, _gv, _gp):
-    x, weight, mean, invstd, saved = ctx.saved_tensors
+    x, weight, mean, invstd, saved, bias = ctx.saved_tensors
     training, act, slope, backend = ctx.args
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    gx, gw, gb = torch.ops.genkern.batch_norm_act_backward(
-        grad_y, saved, x, weight, mean, invstd, training, act, slope, mask, backend
-    )
+    if ctx.keeps_output:  # x holds y; an eager call (see _keeps_output): the kernel directly
+        grads = _registry.extension().batch_norm_act_backward_cpu(
+            grad_y, None, x, weight, mean, invstd, training, act, slope, mask, bias, True
+        )
+        gx, gw, gb = _grads_out(x, weight, mask, *grads)
+    else:
+        gx, gw, gb = torch.ops.genkern.batch_norm_act_backward(
+            grad_y, saved, x, weight, mean, invstd, training, act, slope, mask, backend
+        )
     return (
         gx if mask[0] else None,
         gw if mask[1] else None,
@@ -389,7 +410,7 @@ def _forward_cpu(x, weight, bias, rm, rv, training, eps, act, slope, save_preact
 
 def _backward_cpu(grad_y, saved, x, weight, mean, invstd, training, act, slope, mask):
     return _registry.extension().batch_norm_act_backward_cpu(
-        grad_y, saved, x, weight, mean, invstd, training, act, slope, mask, None
+        grad_y, saved, x, weight, mean, invstd, training, act, slope, mask, None, False
     )
 
 
