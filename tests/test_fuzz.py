@@ -398,9 +398,18 @@ def test_fuzz_max_pool2d(backend, data):
     kinds = ("ties", "ties", "normal", "large", "zeros", "subnormal")
     x = d(S.args([c, h, w] if unbatched else [n, c, h, w], dtype, kinds=kinds, requires_grad=True))
     kw_ = dict(kernel_size=k, stride=stride, padding=pad, dilation=dil, ceil_mode=ceil)
+    act = d(S.activations)
+    slope = d(S.negative_slopes)
+
+    def reference_(x):
+        y, idx = _max_pool_reference(x, **kw_)
+        return reference.activation(y, act, slope), idx
+
     S.compare(
-        lambda x: genkern.ops.max_pool2d(x, **kw_, return_indices=True, backend=backend),
-        lambda x: _max_pool_reference(x, **kw_),
+        lambda x: genkern.ops.max_pool2d(
+            x, **kw_, return_indices=True, activation=act, negative_slope=slope, backend=backend
+        ),
+        reference_,
         [x],
         dtype,
         f"max_pool2d[{backend}]",
