@@ -145,6 +145,25 @@ def test_leaky_relu_keeps_its_output_not_its_input(scale_low, layout, shape, fas
         assert torch.equal(a, c)
 
 
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("fast", [True, False], ids=["eager_entry", "custom_op"])
+def test_kept_output_modified_in_place_raises(fast, monkeypatch):
+    """The kept output changed in place before the backward: autograd's error, not a wrong
+    gradient (as stock's LeakyReLU(inplace=True))."""
+    from genkern.ops import _fused
+
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+    (x, w, b), _ = _make((4, 3, 5, 5), torch.float32, "contiguous")
+    y = genkern.ops.batch_norm(
+        x, None, None, w, b, True, activation="leaky_relu", negative_slope=0.2, backend="cpu"
+    )
+    y.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
 def test_statistics_are_stable_with_a_large_mean():
     """The one-pass statistics are Welford-like: a mean of 1e4 costs no variance accuracy."""
     for backend in grid_backends(torch.float32):

@@ -172,8 +172,9 @@ def test_convert_moves_relu_onto_the_max_pool():
         (nn.MaxPool2d(3, 2, padding=1, dilation=2), nn.ReLU()),  # a window may be all padding
         (nn.MaxPool2d(2), nn.LeakyReLU(0.2)),  # rounding can tie two inputs: another argmax
         (nn.AvgPool2d(2), nn.ReLU()),  # relu does not commute with a mean
+        (nn.MaxPool2d(2, return_indices=True), nn.ReLU()),  # indices of a window all <= 0
     ],
-    ids=["dilated", "leaky", "avg"],
+    ids=["dilated", "leaky", "avg", "indices"],
 )
 def test_convert_keeps_the_activation_where_moving_it_could_change_results(pool, act):
     ours = genkern.nn.convert(_conv_relu_pool(pool, act))

@@ -108,7 +108,8 @@ def _relu_onto_max_pools(seq: nn.Sequential) -> None:
     """layer(relu) [Identity...] MaxPool2d -> layer, MaxPool2d(relu): relu(max(z)) == max(relu(z))
     bit for bit, and the gradient reaches the same element (the first maximum of z where it is
     positive; zero elsewhere either way). Only relu: a leaky_relu or sigmoid can round two
-    different inputs to one output, and the first of those ties need not be z's maximum."""
+    different inputs to one output, and the first of those ties need not be z's maximum; and
+    not onto a pool returning its indices (those would differ where a window is all <= 0)."""
     from genkern.nn.pooling import MaxPool2d
 
     mods = [m for m in seq.children() if type(m) is not nn.Identity]
@@ -119,6 +120,7 @@ def _relu_onto_max_pools(seq: nn.Sequential) -> None:
             and type(pool) is MaxPool2d
             and pool.activation is None
             and pool.dilation in (1, (1, 1))  # every window then holds an input element (no -inf)
+            and not pool.return_indices  # a window of z <= 0: relu's first 0, not z's maximum
         ):
             layer.activation, pool.activation = None, "relu"
 
