@@ -91,10 +91,6 @@ void dispatch_store_activation(Activation act, F&& f) {
   f(ActivationTag<Activation::kIdentity>{});
 }
 
-}  // namespace
-
-namespace {
-
 // The pool with an activation A applied as each value is stored (identity, relu or leaky_relu,
 // whose backward needs only the output: the cheap ones; the others run as a pass after).
 std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
