@@ -1,5 +1,7 @@
 """2x2 pooling (and the decoder's nearest upsampling) of the MNIST autoencoder (batch 256,
-28x28 / 14x14) and the CIFAR CNN (batch 128, 32 / 16 / 8), max pool with indices in training.
+28x28 / 14x14) and the CIFAR CNN (batch 128, 32 / 16 / 8), max pool with indices in training;
+and the conv blocks' ReLU + max pool as users write it (stock: max_pool2d(relu(x))) against
+genkern's max pool with the ReLU on its output (what genkern.nn.convert makes of the block).
 
 bytes = the floor of one pass: read x, write y (forward); backward adds read grad_y (and the int64
 indices of max pool, saved by the forward and by stock alike) and write grad_x.
@@ -14,13 +16,19 @@ import genkern
 from genkern.bench.case import Case
 
 
-def _pool_case(tag, kind, n, c, hw, mode, quick):
+def _pool_case(tag, kind, n, c, hw, mode, quick, relu=False):
     def make_inputs(device, dtype):
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(n, c, hw, hw, generator=gen).to(device, dtype)
         return [x.requires_grad_(mode != "forward")]
 
-    if kind == "max":
+    if kind == "max" and relu:
+        stock = lambda x: F.max_pool2d(F.relu(x), 2)  # noqa: E731
+        fused = lambda x, backend: genkern.ops.max_pool2d(  # noqa: E731
+            x, 2, activation="relu", backend=backend
+        )
+        out = n * c * (hw // 2) ** 2
+    elif kind == "max":
         stock = lambda x: F.max_pool2d(x, 2)  # noqa: E731
         fused = lambda x, backend: genkern.ops.max_pool2d(x, 2, backend=backend)  # noqa: E731
         out = n * c * (hw // 2) ** 2
@@ -38,7 +46,7 @@ def _pool_case(tag, kind, n, c, hw, mode, quick):
     return Case(
         name=f"{kind}_pool2d/{tag}" if kind != "up" else f"upsample_nearest2d/{tag}",
         family="pool",
-        shape=f"{n}x{c}x{hw}x{hw} {'2x2' if kind != 'up' else 'x2'}",
+        shape=f"{n}x{c}x{hw}x{hw} {'2x2' if kind != 'up' else 'x2'}" + (" relu" if relu else ""),
         mode=mode,
         make_inputs=make_inputs,
         stock=stock,
@@ -60,8 +68,15 @@ LAYERS = [
     ("cifar-avg", "avg", 128, 64, 16, False),
 ]
 
+# (tag, N, C, HW): ReLU + max pool blocks
+RELU_LAYERS = [("ae-enc1-relu", 256, 32, 28), ("cifar-1-relu", 128, 32, 32)]
+
 CASES = [
     _pool_case(tag, *args, mode=mode, quick=quick)
     for (tag, *args, quick) in LAYERS
+    for mode in ("forward", "forward+backward")
+] + [
+    _pool_case(tag, "max", n, c, hw, mode=mode, quick=False, relu=True)
+    for (tag, n, c, hw) in RELU_LAYERS
     for mode in ("forward", "forward+backward")
 ]
