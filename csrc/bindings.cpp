@@ -3,6 +3,8 @@
 
 #include "cpu/col2im_path.h"
 #include "cpu/conv_gemm.h"
+#include "cpu/small_gemm.h"
+#include "cpu/stem_conv.h"
 #include "cpu/conv2d_act.h"
 #include "cpu/dot_gemm.h"
 #include "cpu/conv_transpose2d_act.h"
@@ -79,6 +81,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv_gemm_mode", &genkern::cpu::conv_gemm_mode);
   m.def("use_conv_gemm", &genkern::cpu::use_conv_gemm);
   m.def("use_conv2d_gemm", &genkern::cpu::use_conv2d_gemm);
+  // convs from 1-4 channels on direct AVX-512 kernels (see stem_conv.h)
+  m.def("set_stem_conv_mode", &genkern::cpu::set_stem_conv_mode);
+  m.def("stem_conv_mode", &genkern::cpu::stem_conv_mode);
+  m.def("use_stem_conv", &genkern::cpu::use_stem_conv);
+  m.def("avx512_kernels_enabled", &genkern::cpu::avx512_kernels_enabled);
   // linear forwards as row-by-row dot products (see dot_gemm.h)
   m.def("set_dot_gemm_mode", &genkern::cpu::set_dot_gemm_mode);
   m.def("dot_gemm_mode", &genkern::cpu::dot_gemm_mode);

@@ -13,6 +13,8 @@
 #include "conv_gemm.h"
 #include "conv_geometry.h"
 #include "epilogue.h"
+#include "genkern/activation.h"
+#include "stem_conv.h"
 
 namespace genkern::cpu {
 namespace {
@@ -33,6 +35,19 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
     int64_t groups, int64_t activation, double negative_slope, bool save_preact) {
+  const auto act = static_cast<Activation>(activation);
+  if (use_stem_conv(x, weight, groups)) {
+    // relu / leaky_relu in the kernel's registers unless the pre-activation is kept too
+    const bool fused = !save_preact && (act == Activation::kIdentity ||
+                                        act == Activation::kRelu ||
+                                        act == Activation::kLeakyRelu);
+    at::Tensor z = stem_conv2d(x, weight, bias, stride, padding, dilation,
+                               fused ? activation : 0, negative_slope);
+    if (fused) return {z, at::Tensor()};
+    at::Tensor y = at::empty_like(z);
+    activation_(z, activation, negative_slope, save_preact ? &y : nullptr);
+    return save_preact ? std::make_tuple(y, z) : std::make_tuple(z, at::Tensor());
+  }
   at::Tensor z =
       run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)  // see the header
           ? convolution_in_float32(x, weight, bias, stride, padding, dilation,
@@ -55,6 +70,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
     const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
     std::array<bool, 3> output_mask) {
+  if (output_mask[1] && !output_mask[0] && use_stem_conv(x, weight, groups)) {
+    // a net's first layer: its activation backward and bias gradient run inside the weight
+    // gradient's kernel, chunk by chunk (g is never written out whole)
+    auto [grad_w, grad_bias] =
+        stem_conv2d_param_grads(grad_y, saved, x, weight, stride, padding, dilation, activation,
+                                negative_slope, output_mask[2]);
+    return {at::Tensor(), grad_w, grad_bias};
+  }
   // handed over by move (ConvAct), grad_y takes g in place; else g is new and grad_y is freed
   auto [g, grad_bias] = act_backward_bias_grad(grad_y, saved, activation, negative_slope,
                                                output_mask[2], sole_owner(grad_y));
@@ -75,10 +98,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
     return {grad_x, grad_w, grad_bias};
   }
   const bool col2im = output_mask[0] && use_col2im(g, weight, groups);
+  if (output_mask[1] && use_stem_conv(x, weight, groups)) {
+    grad_w = std::get<0>(stem_conv2d_param_grads(g, std::nullopt, x, weight, stride, padding,
+                                                 dilation, /*identity*/ 0, 0.0, false));
+    output_mask[1] = false;
+  }
   if ((output_mask[0] && !col2im) || output_mask[1]) {
-    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
+    at::Tensor aten_grad_w;
+    std::tie(grad_x, aten_grad_w, std::ignore) = at::convolution_backward(
         g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/false,
         /*output_padding=*/{0, 0}, groups, {output_mask[0] && !col2im, output_mask[1], false});
+    if (output_mask[1]) grad_w = aten_grad_w;
   }
   if (col2im) grad_x = conv2d_input_grad_col2im(g, x, weight, stride, padding, dilation);
   return {grad_x, grad_w, grad_bias};

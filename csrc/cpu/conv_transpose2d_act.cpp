@@ -11,6 +11,7 @@
 #include "conv_geometry.h"
 #include "conv_gemm.h"
 #include "epilogue.h"
+#include "stem_conv.h"
 
 namespace genkern::cpu {
 namespace {
@@ -126,6 +127,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
   } else if ((output_mask[0] || output_mask[1]) && use_conv_gemm(x, weight, groups)) {
     std::tie(grad_x, grad_w) = conv_transpose2d_gemm_backward(
         g, x, weight, stride, padding, dilation, output_mask[0], output_mask[1]);
+  } else if ((output_mask[0] || output_mask[1]) && use_stem_conv(g, weight, groups) &&
+             stem_conv_lands_on(g, x, weight, stride, padding, dilation)) {
+    // onto 1-4 channels (a generator's or decoder's last layer): the backward is a conv from
+    // those channels, the stem kernels' case. grad_x = conv2d(g, weight); grad_w = that conv's
+    // weight gradient with x as its output gradient (weight [C_in, C_out, ..] read as [out, in])
+    if (output_mask[0])
+      grad_x = stem_conv2d(g, weight, std::nullopt, stride, padding, dilation, 0, 0.0)
+                   .contiguous(conv_output_format(x, weight));  // ATen's layout for it
+    if (output_mask[1])
+      grad_w = std::get<0>(stem_conv2d_param_grads(x, std::nullopt, g, weight, stride, padding,
+                                                   dilation, /*identity*/ 0, 0.0, false));
   } else if (output_mask[0] || output_mask[1]) {
     std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
         g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/true, output_padding,

@@ -6,6 +6,7 @@ from genkern.ops import (
     _conv_gemm,  # noqa: F401  (applies GENKERN_CPU_CONV_GEMM)
     _dot_gemm,  # noqa: F401  (applies GENKERN_CPU_DOT_GEMM)
     _prepacked,  # noqa: F401  (applies GENKERN_CPU_PREPACK)
+    _stem_conv,  # noqa: F401  (applies GENKERN_CPU_STEM_CONV)
 )
 from genkern.ops.batch_norm import batch_norm
 from genkern.ops.conv2d import conv2d

@@ -1,0 +1,507 @@
+#include "stem_conv.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "conv_geometry.h"
+#include "genkern/activation.h"
+#include "small_gemm.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
+#define GK_STEM_AVX512 1
+#else
+#define GK_STEM_AVX512 0
+#endif
+
+namespace genkern::cpu {
+namespace {
+
+// genkern/ops/_stem_conv.py sets it from GENKERN_CPU_STEM_CONV when genkern.ops is imported
+std::atomic<int64_t> g_mode{1};
+
+constexpr int kPanel = 64;              // output channels per pass: four zmm
+constexpr int64_t kChunkPixels = 512;   // weight gradient: output pixels per partial sum
+
+// The conv's shape over the zero-padded NHWC input xp [n, hp, wp, cin]. Taps k run over
+// (kh, kw, cin), the memory order of a channels_last weight.
+struct Stem {
+  int64_t n, cin, hp, wp, cout, kh, kw, oh, ow, sh, sw, dh, dw;
+  int64_t taps() const { return cin * kh * kw; }
+  int64_t pixels() const { return n * oh * ow; }
+  // Where the windows of output pixels p, p + 1, ... start in xp: counters, no divisions.
+  struct Walk {
+    const Stem& s;
+    int64_t b, oh, ow;
+    Walk(const Stem& st, int64_t p)
+        : s(st), b(p / (st.oh * st.ow)), oh(p / st.ow % st.oh), ow(p % st.ow) {}
+    int64_t next() {
+      const int64_t o = ((b * s.hp + oh * s.sh) * s.wp + ow * s.sw) * s.cin;
+      if (++ow == s.ow) {
+        ow = 0;
+        if (++oh == s.oh) oh = 0, ++b;
+      }
+      return o;
+    }
+  };
+  std::vector<int64_t> tap_offsets() const {
+    std::vector<int64_t> off;
+    off.reserve(taps());
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j)
+        for (int64_t c = 0; c < cin; ++c) off.push_back((i * dh * wp + j * dw) * cin + c);
+    return off;
+  }
+};
+
+Stem stem_of(const at::Tensor& x, const at::Tensor& weight, const std::vector<int64_t>& stride,
+             const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
+  Stem s{};
+  s.n = x.size(0);
+  s.cin = x.size(1);
+  s.hp = x.size(2) + 2 * padding[0];
+  s.wp = x.size(3) + 2 * padding[1];
+  s.cout = weight.size(0);
+  s.kh = weight.size(2);
+  s.kw = weight.size(3);
+  s.oh = conv_output_size(x.size(2), s.kh, stride[0], padding[0], dilation[0]);
+  s.ow = conv_output_size(x.size(3), s.kw, stride[1], padding[1], dilation[1]);
+  s.sh = stride[0];
+  s.sw = stride[1];
+  s.dh = dilation[0];
+  s.dw = dilation[1];
+  return s;
+}
+
+// x [N, C, H, W] (any layout) as a contiguous NHWC copy with ph / pw zero rows / columns around:
+// one pass, a row of the copy per task step.
+at::Tensor padded_nhwc(const at::Tensor& x, int64_t ph, int64_t pw) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t hp = H + 2 * ph, wp = W + 2 * pw;
+  at::Tensor xp = at::empty({N, hp, wp, C}, x.options());
+  const float* src = x.data_ptr<float>();
+  float* dst = xp.data_ptr<float>();
+  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+  const int64_t grain = std::max<int64_t>(1, 16384 / (wp * C));
+  at::parallel_for(0, N * hp, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / hp, h = r % hp - ph;
+      float* row = dst + r * wp * C;
+      if (h < 0 || h >= H) {
+        std::fill(row, row + wp * C, 0.f);
+        continue;
+      }
+      std::fill(row, row + pw * C, 0.f);
+      std::fill(row + (pw + W) * C, row + wp * C, 0.f);
+      const float* in = src + n * sn + h * sh;
+      float* out = row + pw * C;
+      if ((sc == 1 || C == 1) && sw == C) {  // channels_last rows (or one channel): a copy
+        std::copy(in, in + W * C, out);
+      } else {
+        for (int64_t w = 0; w < W; ++w)
+          for (int64_t c = 0; c < C; ++c) out[w * C + c] = in[w * sw + c * sc];
+      }
+    }
+  });
+  return xp;
+}
+
+// zmm per output-channel pass: C_out rounded up to 16, at most four
+int vectors_for(int64_t cout) { return static_cast<int>(std::min<int64_t>(4, (cout + 15) / 16)); }
+
+#if GK_STEM_AVX512
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+
+// Accumulators a<r>_<v> as named variables (GCC keeps an array of them in memory): r < 12, v < 4,
+// only R * V <= 24 of them live.
+#define GK_ACC_ROW(r)                                                                       \
+  __m512 a##r##_0 = _mm512_setzero_ps(), a##r##_1 = a##r##_0, a##r##_2 = a##r##_0, \
+         a##r##_3 = a##r##_0;
+#define GK_ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11)
+#define GK_FMA_ROW(r, x)                                           \
+  {                                                                \
+    const __m512 xv = _mm512_set1_ps(x);                           \
+    a##r##_0 = _mm512_fmadd_ps(xv, b0, a##r##_0);                  \
+    if constexpr (V > 1) a##r##_1 = _mm512_fmadd_ps(xv, b1, a##r##_1); \
+    if constexpr (V > 2) a##r##_2 = _mm512_fmadd_ps(xv, b2, a##r##_2); \
+    if constexpr (V > 3) a##r##_3 = _mm512_fmadd_ps(xv, b3, a##r##_3); \
+  }
+#define GK_STORE_ROW(r)                                                         \
+  if constexpr (R > r) {                                                        \
+    _mm512_storeu_ps(out + r * ldo, a##r##_0);                                  \
+    if constexpr (V > 1) _mm512_storeu_ps(out + r * ldo + 16, a##r##_1);        \
+    if constexpr (V > 2) _mm512_storeu_ps(out + r * ldo + 32, a##r##_2);        \
+    if constexpr (V > 3) _mm512_storeu_ps(out + r * ldo + 48, a##r##_3);        \
+  }
+
+// y = act(v + bias) on one zmm of output channels, as act_forward computes it (the same bits)
+template <Activation A, bool HasBias>
+inline __m512 epilogue(__m512 v, __m512 bias, __m512 slope) {
+  if constexpr (HasBias) v = _mm512_add_ps(v, bias);
+  const __m512 zero = _mm512_setzero_ps();
+  if constexpr (A == Activation::kRelu) v = _mm512_max_ps(zero, v);  // NaN and -0 pass through
+  if constexpr (A == Activation::kLeakyRelu)
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), _mm512_mul_ps(v, slope), v);
+  return v;
+}
+
+// Forward: y[r * ldy + c] = act(sum_k px[r][off[k]] * w[k * kPanel + c] + bias[c]) for the first
+// `rows` of R pixels (window starts px) and V * 16 channels of the packed weight w (kPanel
+// columns per tap, zero past C_out; bias likewise), zmm v stored through mask[v].
+template <int R, int V, Activation A, bool HasBias>
+void forward_tile(const float* const* px, const int64_t* off, int64_t taps, const float* w,
+                  const float* bias, float slope, int rows, const __mmask16* mask, float* y,
+                  int64_t ldy) {
+  GK_ROWS(GK_ACC_ROW)
+  for (int64_t k = 0; k < taps; ++k) {
+    const float* wk = w + k * kPanel;
+    const __m512 b0 = _mm512_loadu_ps(wk);
+    const __m512 b1 = V > 1 ? _mm512_loadu_ps(wk + 16) : b0;
+    const __m512 b2 = V > 2 ? _mm512_loadu_ps(wk + 32) : b0;
+    const __m512 b3 = V > 3 ? _mm512_loadu_ps(wk + 48) : b0;
+    const int64_t o = off[k];
+#define GK_FWD(r) \
+  if constexpr (R > r) GK_FMA_ROW(r, px[r][o])
+    GK_ROWS(GK_FWD)
+#undef GK_FWD
+  }
+  const __m512 sl = _mm512_set1_ps(slope);
+  __m512 bv[4];
+  for (int v = 0; v < V; ++v) bv[v] = HasBias ? _mm512_loadu_ps(bias + 16 * v) : sl;
+#define GK_OUT(r, v)                                                                      \
+  if constexpr (V > v)                                                                    \
+    _mm512_mask_storeu_ps(y + r * ldy + 16 * v, mask[v],                                  \
+                          epilogue<A, HasBias>(a##r##_##v, bv[v], sl));
+#define GK_OUT_ROW(r)                                   \
+  if constexpr (R > r) {                                \
+    if (r < rows) {                                     \
+      GK_OUT(r, 0) GK_OUT(r, 1) GK_OUT(r, 2) GK_OUT(r, 3) \
+    }                                                   \
+  }
+  GK_ROWS(GK_OUT_ROW)
+#undef GK_OUT_ROW
+#undef GK_OUT
+}
+
+// Weight gradient: out[j * ldo + c] = sum_{p < count} xs[org[p] + off[j]] * g[p * ldg + c] for R
+// taps j and V * 16 channels of g (masks: the valid lanes of each zmm), and with Sums the column
+// sums of g too, sums[c] = sum_p g[p * ldg + c] (the bias gradient); every sum in p order.
+template <int R, int V, bool Sums>
+void weight_grad_tile(const float* xs, const int64_t* org, int64_t count, const int64_t* off,
+                      const float* g, int64_t ldg, const __mmask16* mask, float* out,
+                      int64_t ldo, float* sums) {
+  GK_ROWS(GK_ACC_ROW)
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t o[R];
+  for (int j = 0; j < R; ++j) o[j] = off[j];
+  for (int64_t p = 0; p < count; ++p) {
+    const float* gp = g + p * ldg;
+    const __m512 b0 = _mm512_maskz_loadu_ps(mask[0], gp);
+    const __m512 b1 = V > 1 ? _mm512_maskz_loadu_ps(mask[1], gp + 16) : b0;
+    const __m512 b2 = V > 2 ? _mm512_maskz_loadu_ps(mask[2], gp + 32) : b0;
+    const __m512 b3 = V > 3 ? _mm512_maskz_loadu_ps(mask[3], gp + 48) : b0;
+    if constexpr (Sums) {
+      s0 = _mm512_add_ps(s0, b0);
+      if constexpr (V > 1) s1 = _mm512_add_ps(s1, b1);
+      if constexpr (V > 2) s2 = _mm512_add_ps(s2, b2);
+      if constexpr (V > 3) s3 = _mm512_add_ps(s3, b3);
+    }
+    const float* xo = xs + org[p];
+#define GK_WG(r) \
+  if constexpr (R > r) GK_FMA_ROW(r, xo[o[r]])
+    GK_ROWS(GK_WG)
+#undef GK_WG
+  }
+  GK_ROWS(GK_STORE_ROW)
+  if constexpr (Sums) {
+    _mm512_mask_storeu_ps(sums, mask[0], s0);
+    if constexpr (V > 1) _mm512_mask_storeu_ps(sums + 16, mask[1], s1);
+    if constexpr (V > 2) _mm512_mask_storeu_ps(sums + 32, mask[2], s2);
+    if constexpr (V > 3) _mm512_mask_storeu_ps(sums + 48, mask[3], s3);
+  }
+}
+
+#undef GK_STORE_ROW
+#undef GK_FMA_ROW
+#undef GK_ROWS
+#undef GK_ACC_ROW
+
+// mask[v]: the lanes of zmm v of a panel that hold one of its `channels` channels
+inline void lane_masks(int64_t channels, __mmask16* mask) {
+  for (int v = 0; v < 4; ++v)
+    mask[v] = static_cast<__mmask16>((1u << std::clamp<int64_t>(channels - 16 * v, 0, 16)) - 1u);
+}
+
+// rows per tile for V zmm: 24 accumulators (fewer for one zmm: the loads bound it)
+template <int V>
+constexpr int tile_rows() {
+  return V == 4 ? 6 : V == 3 ? 8 : 12;
+}
+
+template <Activation A, bool HasBias, int V>
+void forward_all(const Stem& s, const float* xs, const float* wpacked, const float* bias,
+                 float slope, float* y) {
+  constexpr int R = tile_rows<V>();
+  const std::vector<int64_t> off = s.tap_offsets();
+  const int64_t M = s.pixels(), tiles = (M + R - 1) / R, taps = s.taps();
+  const int64_t panels = (s.cout + kPanel - 1) / kPanel;
+  at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
+    const float* px[R];
+    Stem::Walk walk(s, t0 * R);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t p0 = t * R;
+      const int rows = static_cast<int>(std::min<int64_t>(R, M - p0));
+      for (int r = 0; r < rows; ++r) px[r] = xs + walk.next();
+      for (int r = rows; r < R; ++r) px[r] = px[rows - 1];
+      for (int64_t panel = 0; panel < panels; ++panel) {
+        const int64_t c0 = panel * kPanel;
+        __mmask16 mask[4];
+        lane_masks(s.cout - c0, mask);
+        forward_tile<R, V, A, HasBias>(px, off.data(), taps, wpacked + panel * taps * kPanel,
+                                       bias + c0, slope, rows, mask, y + p0 * s.cout + c0,
+                                       s.cout);
+      }
+    }
+  });
+}
+
+// weight_grad_tile<rows, V, Sums> for 1 <= rows <= tile_rows<V>()
+template <int V, bool Sums, int R = 1>
+void weight_grad_rows(int rows, const float* xs, const int64_t* org, int64_t count,
+                      const int64_t* off, const float* g, int64_t ldg, const __mmask16* mask,
+                      float* out, int64_t ldo, float* sums) {
+  if constexpr (R < tile_rows<V>()) {
+    if (rows != R)
+      return weight_grad_rows<V, Sums, R + 1>(rows, xs, org, count, off, g, ldg, mask, out, ldo,
+                                              sums);
+  }
+  weight_grad_tile<R, V, Sums>(xs, org, count, off, g, ldg, mask, out, ldo, sums);
+}
+
+// partial[c] = chunk c's sums for every tap (rows of `width`), and at row `taps` its bias sums
+// when need_bias: g = act'(.) * grad_y made chunk by chunk in a buffer that stays in cache (read
+// in place for identity); saved: what act_backward reads, or null.
+template <Activation A, int V>
+void weight_grad_all(const Stem& s, const float* xs, const float* gy, const float* saved,
+                     float slope, bool need_bias, float* partial) {
+  const std::vector<int64_t> off = s.tap_offsets();
+  const int64_t M = s.pixels(), taps = s.taps(), chunks = (M + kChunkPixels - 1) / kChunkPixels;
+  const int64_t panels = (s.cout + kPanel - 1) / kPanel, width = panels * kPanel;
+  // taps in blocks of at most tile_rows<V>() rows, as even as they go (27 = 9 + 9 + 9)
+  const int64_t blocks = (taps + tile_rows<V>() - 1) / tile_rows<V>();
+  constexpr bool in_place = A == Activation::kIdentity;  // g is grad_y
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<int64_t> org(kChunkPixels);
+    std::vector<float> buffer(in_place ? 0 : kChunkPixels * s.cout);  // g of one chunk
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t p0 = c * kChunkPixels, count = std::min(kChunkPixels, M - p0);
+      Stem::Walk walk(s, p0);
+      for (int64_t p = 0; p < count; ++p) org[p] = walk.next();
+      float* part = partial + c * (taps + need_bias) * width;
+      const float* g = gy + p0 * s.cout;
+      if constexpr (!in_place) {
+        const float* sv = saved != nullptr ? saved + p0 * s.cout : nullptr;
+        float* b = buffer.data();
+        for (int64_t i = 0; i < count * s.cout; ++i)
+          b[i] = act_backward<A, float>(g[i], sv != nullptr ? sv[i] : 0.f, slope);
+        g = b;
+      }
+      for (int64_t panel = 0; panel < panels; ++panel) {
+        const int64_t col0 = panel * kPanel;
+        __mmask16 mask[4];
+        lane_masks(s.cout - col0, mask);
+        for (int64_t b = 0; b < blocks; ++b) {
+          const int64_t k0 = b * taps / blocks, k1 = (b + 1) * taps / blocks;
+          const int rows = static_cast<int>(k1 - k0);
+          float* tap_sums = part + k0 * width + col0;
+          if (need_bias && b == 0)  // the bias gradient's sums ride along the first block
+            weight_grad_rows<V, true>(rows, xs, org.data(), count, off.data() + k0, g + col0,
+                                      s.cout, mask, tap_sums, width, part + taps * width + col0);
+          else
+            weight_grad_rows<V, false>(rows, xs, org.data(), count, off.data() + k0, g + col0,
+                                       s.cout, mask, tap_sums, width, nullptr);
+        }
+      }
+    }
+  });
+}
+
+#pragma GCC pop_options
+#endif  // GK_STEM_AVX512
+
+// f(std::integral_constant<int, V>) for V = vectors_for(cout)
+template <typename F>
+void dispatch_vectors(int64_t cout, F&& f) {
+  switch (vectors_for(cout)) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+    default:
+      return f(std::integral_constant<int, 4>{});
+  }
+}
+
+void check_float32(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(GK_STEM_AVX512 && avx512_kernels_enabled(),
+              "genkern: the stem conv kernels need an AVX-512 CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
+              "genkern: the stem conv kernels take float32, but got ", x.scalar_type(), " and ",
+              weight.scalar_type());
+}
+
+}  // namespace
+
+void set_stem_conv_mode(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 2, "stem conv mode must be 0 (never), 1 (auto) or 2 (always)");
+  g_mode.store(mode);
+}
+
+int64_t stem_conv_mode() { return g_mode.load(); }
+
+bool use_stem_conv(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+  const int64_t mode = g_mode.load(std::memory_order_relaxed);
+  if (mode == 0 || !GK_STEM_AVX512 || !avx512_kernels_enabled() || groups != 1 ||
+      x.dim() != 4 || weight.dim() != 4 || x.numel() == 0 || weight.numel() == 0 ||
+      x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat)
+    return false;
+  if (mode == 2) return true;
+  // the measured rule: few input channels and taps, channels_last output (the layout the
+  // kernels write; an NCHW output would cost a transpose)
+  const int64_t taps = weight.size(1) * weight.size(2) * weight.size(3);
+  return weight.size(1) <= 4 && taps <= 64 &&
+         conv_output_format(x, weight) == at::MemoryFormat::ChannelsLast;
+}
+
+bool stem_conv_lands_on(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,
+                        const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                        const std::vector<int64_t>& dilation) {
+  for (int i = 0; i < 2; ++i) {
+    if (conv_output_size(x.size(i + 2), weight.size(i + 2), stride[i], padding[i],
+                         dilation[i]) != y.size(i + 2))
+      return false;
+  }
+  return true;
+}
+
+at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const std::vector<int64_t>& stride,
+                       const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+                       int64_t activation, double negative_slope) {
+  check_float32(x, weight);
+  const auto act = static_cast<Activation>(activation);
+  TORCH_CHECK(act == Activation::kIdentity || act == Activation::kRelu ||
+                  act == Activation::kLeakyRelu,
+              "genkern: the stem conv applies identity, relu or leaky_relu only");
+  const Stem s = stem_of(x, weight, stride, padding, dilation);
+  const auto fmt = conv_output_format(x, weight);
+  at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options(), at::MemoryFormat::ChannelsLast);
+  if (y.numel() == 0) return y.contiguous(fmt);
+  const at::Tensor xp = padded_nhwc(x, padding[0], padding[1]);
+  // packed weight: per pass of kPanel channels, [taps, kPanel], zero past C_out
+  const int64_t taps = s.taps(), panels = (s.cout + kPanel - 1) / kPanel;
+  at::Tensor wpacked = at::zeros({panels, taps, kPanel}, weight.options());
+  const at::Tensor wt = weight.permute({2, 3, 1, 0}).reshape({taps, s.cout});  // [(kh, kw, ci), co]
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t cols = std::min<int64_t>(kPanel, s.cout - p * kPanel);
+    wpacked[p].narrow(1, 0, cols).copy_(wt.narrow(1, p * kPanel, cols));
+  }
+  at::Tensor b;  // zero past C_out, as the packed weight
+  if (bias.has_value() && bias->defined()) {
+    b = at::zeros({panels * kPanel}, weight.options());
+    b.narrow(0, 0, s.cout).copy_(*bias);
+  }
+#if GK_STEM_AVX512
+  const auto run = [&](auto a, auto has_bias) {
+    dispatch_vectors(s.cout, [&](auto v) {
+      forward_all<decltype(a)::value, decltype(has_bias)::value, decltype(v)::value>(
+          s, xp.data_ptr<float>(), wpacked.data_ptr<float>(),
+          b.defined() ? b.data_ptr<float>() : nullptr, static_cast<float>(negative_slope),
+          y.data_ptr<float>());
+    });
+  };
+  const auto with_act = [&](auto a) {
+    if (b.defined())
+      run(a, std::true_type{});
+    else
+      run(a, std::false_type{});
+  };
+  if (act == Activation::kRelu)
+    with_act(ActivationTag<Activation::kRelu>{});
+  else if (act == Activation::kLeakyRelu)
+    with_act(ActivationTag<Activation::kLeakyRelu>{});
+  else
+    with_act(ActivationTag<Activation::kIdentity>{});
+#endif
+  return y.is_contiguous(fmt) ? y : y.contiguous(fmt);
+}
+
+std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
+    const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
+    const at::Tensor& weight, const std::vector<int64_t>& stride,
+    const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+    int64_t activation, double negative_slope, bool need_bias) {
+  check_float32(x, weight);
+  const auto act = static_cast<Activation>(activation);
+  const bool has_saved = saved.has_value() && saved->defined();
+  TORCH_CHECK(has_saved || act == Activation::kIdentity,
+              "genkern: activation backward needs the saved tensor");
+  const Stem s = stem_of(x, weight, stride, padding, dilation);
+  // in the layout ATen's (oneDNN's) backward gives it: channels_last when x or weight is
+  at::Tensor grad_w = at::empty(weight.sizes(), weight.options(), conv_output_format(x, weight));
+  at::Tensor grad_b = need_bias ? at::empty({s.cout}, weight.options()) : at::Tensor();
+  const int64_t taps = s.taps(), M = s.pixels(), rows = taps + need_bias;
+  if (M == 0) {
+    if (need_bias) grad_b.zero_();
+    return {grad_w.zero_(), grad_b};
+  }
+  // rows of C_out channels per pixel
+  const at::Tensor gy = grad_y.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor sv =
+      has_saved ? saved->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
+  const at::Tensor xp = padded_nhwc(x, padding[0], padding[1]);
+  const int64_t chunks = (M + kChunkPixels - 1) / kChunkPixels;
+  const int64_t width = (s.cout + kPanel - 1) / kPanel * kPanel;
+  at::Tensor partial = at::empty({chunks, rows, width}, x.options());
+#if GK_STEM_AVX512
+  dispatch_activation(act, [&](auto a) {
+    dispatch_vectors(s.cout, [&](auto v) {
+      weight_grad_all<decltype(a)::value, decltype(v)::value>(
+          s, xp.data_ptr<float>(), gy.data_ptr<float>(),
+          has_saved ? sv.data_ptr<float>() : nullptr, static_cast<float>(negative_slope),
+          need_bias, partial.data_ptr<float>());
+    });
+  });
+#endif
+  // each row's chunk sums added in chunk order (in double); row k < taps is tap
+  // k = (i * kw + j) * cin + ci of grad_w[:, ci, i, j], row `taps` the bias gradient
+  const float* part = partial.data_ptr<float>();
+  float* w_out = grad_w.data_ptr<float>();
+  float* b_out = need_bias ? grad_b.data_ptr<float>() : nullptr;
+  const auto st = grad_w.strides();
+  at::parallel_for(0, rows, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<double> sum(s.cout);
+    for (int64_t k = k0; k < k1; ++k) {
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* row = part + (c * rows + k) * width;
+        for (int64_t co = 0; co < s.cout; ++co) sum[co] += row[co];
+      }
+      if (k == taps) {
+        for (int64_t co = 0; co < s.cout; ++co) b_out[co] = static_cast<float>(sum[co]);
+        continue;
+      }
+      const int64_t ci = k % s.cin, j = k / s.cin % s.kw, i = k / s.cin / s.kw;
+      for (int64_t co = 0; co < s.cout; ++co)
+        w_out[co * st[0] + ci * st[1] + i * st[2] + j * st[3]] = static_cast<float>(sum[co]);
+    }
+  });
+  return {grad_w, grad_b};
+}
+
+}  // namespace genkern::cpu

@@ -1,0 +1,50 @@
+// A direct conv for few input channels: a net's first layer, on an image's 1-3 channels (DCGAN's
+// 3 -> 64 4x4 stride 2, the CIFAR CNN's 3 -> 32 3x3, the MNIST nets' 1 -> 32). There the GEMM's
+// reduction C_in * kH * kW is only 9-48 long, and oneDNN runs such convs at 10-25% of the matmul
+// peak: the work is the output's write, not the FMAs. These AVX-512 kernels read a zero-padded
+// channels_last copy of x (a few MB) and write each output pixel's C_out channels once, bias and
+// relu / leaky_relu applied in registers. Forward: a tile of pixels x 64 channels summed over the
+// taps; weight gradient: a tile of taps x 64 channels summed over fixed chunks of pixels, the
+// chunks' partial sums then added in chunk order (the same bits for any thread count).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace genkern::cpu {
+
+// GENKERN_CPU_STEM_CONV: 0 never, 1 auto (the measured rule, see use_stem_conv), 2 always
+// (any one-group float32 call on an AVX-512 CPU: how the tests run every shape through it).
+void set_stem_conv_mode(int64_t mode);
+int64_t stem_conv_mode();
+
+// Whether conv2d(x, weight) with these groups runs on the stem kernels.
+bool use_stem_conv(const at::Tensor& x, const at::Tensor& weight, int64_t groups);
+
+// Whether conv2d(x, weight) has y's spatial size: the conv of a transposed conv's output
+// gradient lands on its input only where output_padding < stride.
+bool stem_conv_lands_on(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,
+                        const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                        const std::vector<int64_t>& dilation);
+
+// act(conv2d(x, weight, bias)) for act = identity (0), relu (1) or leaky_relu (2), in the memory
+// format at::convolution gives the same arguments.
+at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, const std::vector<int64_t>& stride,
+                       const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+                       int64_t activation, double negative_slope);
+
+// The weight gradient (in ATen's layout for it) of act(conv2d(x, weight) + bias) from its
+// output gradient grad_y, and the bias gradient when need_bias. saved: the tensor the
+// activation's backward reads (see saves_output; none for identity). g = act'(.) * grad_y is
+// made chunk by chunk in a buffer that stays in cache, never as a whole tensor.
+std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
+    const at::Tensor& grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
+    const at::Tensor& weight, const std::vector<int64_t>& stride,
+    const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+    int64_t activation, double negative_slope, bool need_bias);
+
+}  // namespace genkern::cpu
