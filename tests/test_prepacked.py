@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import genkern
-from genkern import backends
+from genkern import _ext, backends
 from genkern.ops import _prepacked
 
 pytestmark = pytest.mark.skipif(
@@ -119,7 +119,7 @@ def test_auto_mode_keeps_one_choice_per_shape():
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         first = layer(x)
-        assert _prepacked.state(layer.weight) in ("packed", "regular", "gemm")
+        assert _prepacked.state(layer.weight) in ("packed", "regular", "gemm", "direct")
         assert torch.equal(first, layer(x)) and torch.equal(layer(x), layer(x))
         torch.testing.assert_close(first, _stock(layer, x), rtol=1e-5, atol=1e-5)
 
@@ -190,7 +190,7 @@ def test_outputs_no_tap_reaches_take_the_regular_path(transposed, always):
     assert _prepacked.state(w) is None  # never packed
 
 
-# batch-1 decoder and encoder layers (one group, float32): the three candidates of auto mode
+# batch-1 decoder and encoder layers (one group, float32): the candidates of auto mode
 SMALL_BATCH = [
     lambda act: genkern.nn.ConvTranspose2d(16, 1, 4, 2, 1, activation=act),  # AE-like last
     lambda act: genkern.nn.ConvTranspose2d(64, 32, 4, 2, 1, activation=act),  # VAE decoder
@@ -215,7 +215,7 @@ def test_auto_mode_at_batch_1_matches_stock_on_the_path_it_keeps(i, act, layout)
         x = x.to(memory_format=torch.channels_last)
     with torch.no_grad():
         first = layer(x)
-        assert _prepacked.state(layer.weight) in ("packed", "regular", "gemm")
+        assert _prepacked.state(layer.weight) in ("packed", "regular", "gemm", "direct")
         again = layer(x)
         expected = _stock(layer, x)
     assert torch.equal(first, again)
@@ -240,4 +240,38 @@ def test_auto_mode_keeps_the_gemm_path_where_it_wins_by_far():
         other = SMALL_BATCH[0]("sigmoid").eval()
         with _conv_gemm.mode("never"):
             other(x)
-            assert _prepacked.state(other.weight) in ("packed", "regular")
+            assert _prepacked.state(other.weight) in ("packed", "regular", "direct")
+
+
+@pytest.mark.skipif(
+    not (_ext.HAS_CPU and _ext._C.avx512_kernels_enabled()),
+    reason="the direct conv kernels need an AVX-512 CPU",
+)
+def test_auto_mode_keeps_the_direct_kernels_on_batch_1_cnn_layers():
+    """The CIFAR CNN's 32 -> 64 (16x16) and 64 -> 128 (8x8) 3x3 convs at batch 1: genkern's
+    direct kernels ran them in 57-87 and ~100 us against ATen's 122-154 and 127 (2-core Xeon),
+    so auto mode keeps them on at least one; the kept result has the bits of the same kernels'
+    training-path call. With GENKERN_CPU_STEM_CONV "never" they are no candidate."""
+    from genkern.ops import _stem_conv
+
+    torch.manual_seed(0)
+    shapes = [(32, 64, 16), (64, 128, 8)]
+    layers = [
+        genkern.nn.Conv2d(i, o, 3, padding=1).to(memory_format=torch.channels_last).eval()
+        for i, o, _ in shapes
+    ]
+    xs = [torch.randn(1, i, s, s).to(memory_format=torch.channels_last) for i, _, s in shapes]
+    states = []
+    for layer, x in zip(layers, xs):
+        with torch.no_grad():
+            y = layer(x)
+        states.append(_prepacked.state(layer.weight))
+        if states[-1] == "direct":
+            with _stem_conv.mode("always"):
+                assert torch.equal(y, layer(x).detach())  # a graph-recording call: same kernels
+        torch.testing.assert_close(y, _stock(layer, x), rtol=1e-4, atol=1e-4)
+    assert "direct" in states, states
+    with _stem_conv.mode("never"), torch.no_grad():
+        other = genkern.nn.Conv2d(32, 64, 3, padding=1).to(memory_format=torch.channels_last)
+        other.eval()(xs[0])
+        assert _prepacked.state(other.weight) != "direct"

@@ -127,13 +127,13 @@ struct Call {
   }
 };
 
-enum class Path : int8_t { kRegular = 0, kPacked = 1, kGemm = 2 };
+enum class Path : int8_t { kRegular = 0, kPacked = 1, kGemm = 2, kDirect = 3 };
 
 struct Entry {
   WeakImpl weight;
   std::vector<int64_t> key;
   Path path = Path::kRegular;
-  at::Tensor packed;  // path kPacked: the packed weight
+  at::Tensor packed;  // paths kPacked and kDirect: their packed weight
 };
 
 std::mutex g_mutex;
@@ -156,7 +156,9 @@ void store(const at::Tensor& weight, std::vector<int64_t> key, Path path, at::Te
   }
   g_cache.insert_or_assign(weight.unsafeGetTensorImpl(),
                            Entry{WeakImpl(weight.getIntrusivePtr()), std::move(key), path,
-                                 path == Path::kPacked ? std::move(packed) : at::Tensor()});
+                                 path == Path::kPacked || path == Path::kDirect
+                                     ? std::move(packed)
+                                     : at::Tensor()});
 }
 
 double seconds(const std::function<at::Tensor()>& fn, at::Tensor& out) {
@@ -197,7 +199,8 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
                           const std::vector<int64_t>& dilation, int64_t groups,
                           int64_t activation, double negative_slope, bool channels_last,
                           const std::function<at::Tensor()>& regular,
-                          const std::function<at::Tensor()>& gemm) {
+                          const std::function<at::Tensor()>& gemm,
+                          const PackedCandidate& direct) {
   // no packed call where an output position gets no tap: oneDNN crashes there (conv_geometry.h)
   if (!eligible(x) ||
       has_empty_output(transposed, x, weight, stride, padding, output_padding, dilation))
@@ -214,7 +217,12 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     if (e != nullptr && e->key == key) path = e->path, packed = e->packed, hit = true;
   }
   if (hit) {
-    return path == Path::kPacked ? c.run(packed) : path == Path::kGemm ? gemm() : regular();
+    switch (path) {
+      case Path::kPacked: return c.run(packed);
+      case Path::kGemm: return gemm();
+      case Path::kDirect: return direct.run(packed);
+      default: return regular();
+    }
   }
   at::Tensor y_first;
   try {  // oneDNN has no packed primitive for some geometries: the regular path then
@@ -232,17 +240,21 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   }
   // each candidate's best of two calls (one call's time swings by 10-20% here), the GEMM path
   // after an untimed call that sizes its buffers
-  at::Tensor y[3], unused;
+  at::Tensor y[4], unused;
   if (gemm) gemm();
-  double best[3] = {1e300, 1e300, 1e300};
+  const at::Tensor direct_packed = direct ? direct.pack() : at::Tensor();
+  const auto run_direct = [&] { return direct.run(direct_packed); };
+  double best[4] = {1e300, 1e300, 1e300, 1e300};
   for (int round = 0; round < 2; ++round) {
     best[0] = std::min(best[0], seconds(regular, round ? unused : y[0]));
     best[1] = std::min(best[1], seconds([&] { return c.run(packed); }, round ? unused : y[1]));
     if (gemm) best[2] = std::min(best[2], seconds(gemm, round ? unused : y[2]));
+    if (direct) best[3] = std::min(best[3], seconds(run_direct, round ? unused : y[3]));
   }
-  const int kept = static_cast<int>(std::min_element(best, best + 3) - best);
+  const int kept = static_cast<int>(std::min_element(best, best + 4) - best);
+  const auto kept_path = static_cast<Path>(kept);
   std::lock_guard<std::mutex> lock(g_mutex);
-  store(weight, std::move(key), static_cast<Path>(kept), packed);
+  store(weight, std::move(key), kept_path, kept_path == Path::kDirect ? direct_packed : packed);
   return y[kept];
 }
 

@@ -30,13 +30,22 @@ void set_prepack_mode(int64_t mode, bool bfloat16);
 // Whether torch has the oneDNN ops this path calls.
 bool prepack_available();
 // For tests: -1 no cache entry for this weight, 0 the regular path was kept, 1 a packed weight,
-// 2 the batched-GEMM path was kept.
+// 2 the batched-GEMM path was kept, 3 the direct kernels (with their own packed weight).
 int64_t prepack_state(const at::Tensor& weight);
+
+// A candidate on a weight of its own layout (the direct kernels of stem_conv.h): pack() makes
+// that weight once per cache entry, run(packed) the call's result. Empty: no candidate.
+struct PackedCandidate {
+  std::function<at::Tensor()> pack;
+  std::function<at::Tensor(const at::Tensor&)> run;
+  explicit operator bool() const { return static_cast<bool>(pack); }
+};
 
 // act(conv(x) + bias) with no autograd graph, in the layout asked for: the packed path where it
 // is eligible and chosen, `gemm()` (the batched-GEMM path of conv_gemm.h, when given: empty where
-// it cannot take the call) where chosen, else `regular()` (the regular kernels' call); all three
-// give the same result layout. In auto mode the first call of a shape times the candidates.
+// it cannot take the call) or `direct` (when given) where chosen, else `regular()` (the regular
+// kernels' call); all give the same result layout. In auto mode the first call of a shape times
+// the candidates.
 at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias,
                           const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
@@ -44,6 +53,7 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
                           const std::vector<int64_t>& dilation, int64_t groups,
                           int64_t activation, double negative_slope, bool channels_last,
                           const std::function<at::Tensor()>& regular,
-                          const std::function<at::Tensor()>& gemm);
+                          const std::function<at::Tensor()>& gemm,
+                          const PackedCandidate& direct = {});
 
 }  // namespace genkern::cpu

@@ -150,7 +150,7 @@ inline __m512 epilogue(__m512 v, __m512 bias, __m512 slope) {
 
 // Forward: y[r * ldy + c] = act(sum_k px[r][off[k]] * w[k * kPanel + c] + bias[c]) for the first
 // `rows` of R pixels (window starts px) and V * 16 channels of the packed weight w (kPanel
-// columns per tap, zero past C_out; bias likewise), zmm v stored through mask[v].
+// columns per tap, zero past C_out), zmm v read from bias and stored through mask[v].
 template <int R, int V, Activation A, bool HasBias>
 void forward_tile(const float* const* px, const int64_t* off, int64_t taps, const float* w,
                   const float* bias, float slope, int rows, const __mmask16* mask, float* y,
@@ -170,7 +170,7 @@ void forward_tile(const float* const* px, const int64_t* off, int64_t taps, cons
   }
   const __m512 sl = _mm512_set1_ps(slope);
   __m512 bv[4];
-  for (int v = 0; v < V; ++v) bv[v] = HasBias ? _mm512_loadu_ps(bias + 16 * v) : sl;
+  for (int v = 0; v < V; ++v) bv[v] = HasBias ? _mm512_maskz_loadu_ps(mask[v], bias + 16 * v) : sl;
 #define GK_OUT(r, v)                                                                      \
   if constexpr (V > v)                                                                    \
     _mm512_mask_storeu_ps(y + r * ldy + 16 * v, mask[v],                                  \
@@ -248,7 +248,9 @@ void forward_all(const Stem& s, const float* xs, const float* wpacked, const flo
   const std::vector<int64_t> off = s.tap_offsets();
   const int64_t M = s.pixels(), tiles = (M + R - 1) / R, taps = s.taps();
   const int64_t panels = (s.cout + kPanel - 1) / kPanel;
-  at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
+  // tasks of about 16K multiply-adds per pixel row, so that a batch-1 layer spreads too
+  const int64_t grain = std::max<int64_t>(1, 16384 / (taps * panels * R));
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
     const float* px[R];
     Stem::Walk walk(s, t0 * R);
     for (int64_t t = t0; t < t1; ++t) {
@@ -364,13 +366,16 @@ void set_stem_conv_mode(int64_t mode) {
 
 int64_t stem_conv_mode() { return g_mode.load(); }
 
+bool stem_conv_available(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+  return g_mode.load(std::memory_order_relaxed) != 0 && GK_STEM_AVX512 &&
+         avx512_kernels_enabled() && groups == 1 && x.dim() == 4 && weight.dim() == 4 &&
+         x.numel() != 0 && weight.numel() != 0 && x.scalar_type() == at::kFloat &&
+         weight.scalar_type() == at::kFloat;
+}
+
 bool use_stem_conv(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
-  const int64_t mode = g_mode.load(std::memory_order_relaxed);
-  if (mode == 0 || !GK_STEM_AVX512 || !avx512_kernels_enabled() || groups != 1 ||
-      x.dim() != 4 || weight.dim() != 4 || x.numel() == 0 || weight.numel() == 0 ||
-      x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat)
-    return false;
-  if (mode == 2) return true;
+  if (!stem_conv_available(x, weight, groups)) return false;
+  if (g_mode.load(std::memory_order_relaxed) == 2) return true;
   // the measured rule: few input channels and taps, channels_last output (the layout the
   // kernels write; an NCHW output would cost a transpose)
   const int64_t taps = weight.size(1) * weight.size(2) * weight.size(3);
@@ -389,10 +394,30 @@ bool stem_conv_lands_on(const at::Tensor& x, const at::Tensor& y, const at::Tens
   return true;
 }
 
+at::Tensor stem_pack_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat,
+              "genkern: the stem conv kernels take a 4-D float32 weight");
+  const int64_t cout = weight.size(0), cin = weight.size(1), kh = weight.size(2),
+                kw = weight.size(3), taps = cin * kh * kw, panels = (cout + kPanel - 1) / kPanel;
+  at::Tensor packed = at::zeros({panels, taps, kPanel}, weight.options());
+  const float* w = weight.data_ptr<float>();
+  float* out = packed.data_ptr<float>();
+  const auto st = weight.strides();
+  for (int64_t co = 0; co < cout; ++co) {  // tap (i, j, ci) -> row (i * kw + j) * cin + ci
+    float* panel = out + co / kPanel * taps * kPanel + co % kPanel;
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j)
+        for (int64_t ci = 0; ci < cin; ++ci)
+          panel[((i * kw + j) * cin + ci) * kPanel] =
+              w[co * st[0] + ci * st[1] + i * st[2] + j * st[3]];
+  }
+  return packed;
+}
+
 at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const std::vector<int64_t>& stride,
                        const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
-                       int64_t activation, double negative_slope) {
+                       int64_t activation, double negative_slope, const at::Tensor& packed) {
   check_float32(x, weight);
   const auto act = static_cast<Activation>(activation);
   TORCH_CHECK(act == Activation::kIdentity || act == Activation::kRelu ||
@@ -403,19 +428,11 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options(), at::MemoryFormat::ChannelsLast);
   if (y.numel() == 0) return y.contiguous(fmt);
   const at::Tensor xp = padded_nhwc(x, padding[0], padding[1]);
-  // packed weight: per pass of kPanel channels, [taps, kPanel], zero past C_out
-  const int64_t taps = s.taps(), panels = (s.cout + kPanel - 1) / kPanel;
-  at::Tensor wpacked = at::zeros({panels, taps, kPanel}, weight.options());
-  const at::Tensor wt = weight.permute({2, 3, 1, 0}).reshape({taps, s.cout});  // [(kh, kw, ci), co]
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t cols = std::min<int64_t>(kPanel, s.cout - p * kPanel);
-    wpacked[p].narrow(1, 0, cols).copy_(wt.narrow(1, p * kPanel, cols));
-  }
-  at::Tensor b;  // zero past C_out, as the packed weight
-  if (bias.has_value() && bias->defined()) {
-    b = at::zeros({panels * kPanel}, weight.options());
-    b.narrow(0, 0, s.cout).copy_(*bias);
-  }
+  const at::Tensor wpacked = packed.defined() ? packed : stem_pack_weight(weight);
+  TORCH_CHECK(wpacked.numel() == (s.cout + kPanel - 1) / kPanel * s.taps() * kPanel,
+              "genkern: the stem conv's packed weight does not fit this weight");
+  const at::Tensor b =
+      bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
 #if GK_STEM_AVX512
   const auto run = [&](auto a, auto has_bias) {
     dispatch_vectors(s.cout, [&](auto v) {

@@ -21,8 +21,16 @@ namespace genkern::cpu {
 void set_stem_conv_mode(int64_t mode);
 int64_t stem_conv_mode();
 
-// Whether conv2d(x, weight) with these groups runs on the stem kernels.
+// Whether the kernels can run conv2d(x, weight) with these groups (mode not never, AVX-512,
+// float32, one group), and whether it runs on them in training and in the regular path (mode
+// always, or the auto rule). Batch-1 inference times them against the other paths for any
+// number of channels (prepacked.h).
+bool stem_conv_available(const at::Tensor& x, const at::Tensor& weight, int64_t groups);
 bool use_stem_conv(const at::Tensor& x, const at::Tensor& weight, int64_t groups);
+
+// weight [C_out, C_in, kH, kW] in the kernels' layout: per pass of 64 output channels a
+// [C_in * kH * kW, 64] block, zero past C_out (what stem_conv2d packs when given none).
+at::Tensor stem_pack_weight(const at::Tensor& weight);
 
 // Whether conv2d(x, weight) has y's spatial size: the conv of a transposed conv's output
 // gradient lands on its input only where output_padding < stride.
@@ -31,11 +39,12 @@ bool stem_conv_lands_on(const at::Tensor& x, const at::Tensor& y, const at::Tens
                         const std::vector<int64_t>& dilation);
 
 // act(conv2d(x, weight, bias)) for act = identity (0), relu (1) or leaky_relu (2), in the memory
-// format at::convolution gives the same arguments.
+// format at::convolution gives the same arguments; packed: stem_pack_weight(weight), or none.
 at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, const std::vector<int64_t>& stride,
                        const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
-                       int64_t activation, double negative_slope);
+                       int64_t activation, double negative_slope,
+                       const at::Tensor& packed = at::Tensor());
 
 // The weight gradient (in ATen's layout for it) of act(conv2d(x, weight) + bias) from its
 // output gradient grad_y, and the bias gradient when need_bias. saved: the tensor the

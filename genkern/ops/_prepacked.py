@@ -2,9 +2,10 @@
 (csrc/cpu/prepacked.h: a call that records no gradient runs on a weight reordered once per input
 shape and weight version, with the bias and the activation as oneDNN post-ops).
 
-GENKERN_CPU_PREPACK: "auto" (default: on the first call of a shape both paths are timed and the
-faster is kept, as cudnn.benchmark does: packing loses on small 3x3 layers, where ATen picks a
-non-oneDNN kernel), "always", or "never". `set_mode` changes it at run time (and clears the cache).
+GENKERN_CPU_PREPACK: "auto" (default: on the first call of a shape the paths are timed and the
+fastest is kept, as cudnn.benchmark does: packing loses on small 3x3 layers, where ATen picks a
+non-oneDNN kernel, and genkern's direct conv kernels win most batch-1 convs on AVX-512 CPUs),
+"always", or "never". `set_mode` changes it at run time (and clears the cache).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ mode = _SWITCH.scoped  # set_mode(name) inside a with-block, the previous mode a
 
 def state(weight: torch.Tensor) -> str | None:
     """What the cache holds for this weight: None, "regular" (the regular path was faster or
-    oneDNN has no packed primitive for the call), "packed" or "gemm" (the batched-GEMM path of
-    genkern/ops/_conv_gemm.py was faster)."""
-    return (None, "regular", "packed", "gemm")[_ext._C.prepack_state(weight) + 1]
+    oneDNN has no packed primitive for the call), "packed", "gemm" (the batched-GEMM path of
+    genkern/ops/_conv_gemm.py was faster) or "direct" (the direct conv kernels of
+    genkern/ops/_stem_conv.py, on their own packed weight, were faster)."""
+    return (None, "regular", "packed", "gemm", "direct")[_ext._C.prepack_state(weight) + 1]
