@@ -4,6 +4,7 @@
 
 #include "batch_norm_act.h"
 #include "conv2d_act.h"
+#include "conv_geometry.h"
 #include "conv_gemm.h"
 #include "conv_transpose2d_act.h"
 #include "epilogue.h"
@@ -67,16 +68,20 @@ std::function<at::Tensor()> gemm_candidate(const at::Tensor& x, int64_t groups,
   return gemm;
 }
 
-// The direct kernels of stem_conv.h as an inference candidate of conv2d (any channel counts:
-// at batch 1 they beat ATen's kernels on small 3x3 layers), on a weight packed once; relu and
-// leaky_relu in their registers, other activations after. None where they cannot run.
+// The direct kernels of stem_conv.h as an inference candidate of conv2d with a channels_last
+// output (any channel counts: at batch 1 they beat ATen's kernels on small 3x3 layers), on a
+// weight packed once; relu and leaky_relu in their registers, other activations after. None
+// where they cannot run.
 PackedCandidate direct_candidate(const at::Tensor& x, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias,
                                  const std::vector<int64_t>& stride,
                                  const std::vector<int64_t>& padding,
                                  const std::vector<int64_t>& dilation, int64_t groups,
                                  int64_t activation, double negative_slope, bool channels_last) {
-  if (!stem_conv_available(x, weight, groups)) return {};
+  // channels_last outputs only: an NCHW one would cost a transpose of the kernels' NHWC rows
+  if (!stem_conv_available(x, weight, groups) ||
+      conv_output_format(x, weight) != at::MemoryFormat::ChannelsLast)
+    return {};
   const auto act = static_cast<Activation>(activation);
   const bool fused =
       act == Activation::kIdentity || act == Activation::kRelu || act == Activation::kLeakyRelu;
