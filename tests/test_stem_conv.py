@@ -32,12 +32,14 @@ ONE_GROUP_CONVT = [case for case in ct.SHAPES if case[9] == 1] + [
     (2, 64, 5, 4, 3, 4, 2, 1, 0, 1, 1, False),  # a generator's last layer (backward: 3 -> 64)
     (2, 40, 9, 8, 1, 4, 2, 1, 1, 1, 1, True),  # a decoder's, output_padding, several chunks
 ]
-# beside the grid: several 64-channel passes with a ragged last one (130), pixels over several
-# weight-gradient chunks (2 x 3 x 40 x 36 -> 1440 output pixels, 512 per chunk), 48 taps in
-# blocks, one output channel, a 5x5 kernel with dilation and padding over the input's size
+# beside the grid: several 64-channel passes with a ragged last one (130), weight-gradient chunks
+# of whole samples and of row bands (41 x 37 output pixels a sample: 4 bands), more chunks than
+# partial-sum groups (5 samples x 4 bands > 16), 48 taps in blocks, one output channel, a 5x5
+# kernel with dilation and padding over the input's size
 EXTRA = [
     (2, 3, 40, 36, 130, 4, 2, 1, 1, 1, True),
     (2, 3, 40, 36, 64, 4, 1, 2, 1, 1, False),
+    (5, 2, 48, 40, 16, 3, 1, 1, 1, 1, True),
     (3, 1, 9, 11, 1, 5, 1, 4, 2, 1, True),
     (1, 4, 6, 5, 20, 3, 1, 3, 1, 1, True),
 ]
@@ -127,7 +129,7 @@ def test_output_and_gradient_layouts_match_aten(layout, w_layout):
 
 
 def test_same_bits_for_any_thread_count(always):
-    inputs, kw = _make(EXTRA[0], "channels_last", False)
+    inputs, kw = _make(EXTRA[2], "channels_last", False)
     fn = _fns(kw, "relu", 0.01)[0]
     threads = torch.get_num_threads()
     results = []

@@ -23,7 +23,12 @@ namespace {
 std::atomic<int64_t> g_mode{1};
 
 constexpr int kPanel = 64;              // output channels per pass: four zmm
-constexpr int64_t kChunkPixels = 512;   // weight gradient: output pixels per partial sum
+// Weight gradient: pixels go in chunks of about kChunkPixels (whole samples, or bands of output
+// rows of one sample), each padding its own input rows into a small buffer; the chunks' sums are
+// added into kGroups partial sums, each over a fixed run of chunks in order (the same bits for any
+// thread count, and a few hundred KB of partials whatever the batch).
+constexpr int64_t kChunkPixels = 512;
+constexpr int64_t kGroups = 16;
 
 // The conv's shape over the zero-padded NHWC input xp [n, hp, wp, cin]. Taps k run over
 // (kh, kw, cin), the memory order of a channels_last weight.
@@ -56,6 +61,36 @@ struct Stem {
   }
 };
 
+// Chunk c of the weight gradient: samples [n0, n1), output rows [r0, r1) of each (every row when
+// n1 - n0 > 1), the padded input rows [h0, h1) they read.
+struct Chunk {
+  int64_t n0, n1, r0, r1, h0, h1;
+};
+
+struct Chunking {
+  int64_t per, bands, rows_per, count;  // samples per chunk or bands per sample, chunks
+  explicit Chunking(const Stem& s) {
+    const int64_t plane = s.oh * s.ow;
+    per = plane <= kChunkPixels ? std::max<int64_t>(1, kChunkPixels / std::max<int64_t>(plane, 1))
+                                : 1;
+    rows_per = plane <= kChunkPixels ? s.oh : std::max<int64_t>(1, kChunkPixels / s.ow);
+    bands = (s.oh + rows_per - 1) / rows_per;
+    count = plane <= kChunkPixels ? (s.n + per - 1) / per : s.n * bands;
+  }
+  Chunk operator()(const Stem& s, int64_t c) const {
+    Chunk k{};
+    if (bands == 1) {
+      k.n0 = c * per, k.n1 = std::min(s.n, k.n0 + per), k.r0 = 0, k.r1 = s.oh;
+      k.h0 = 0, k.h1 = s.hp;
+      return k;
+    }
+    k.n0 = c / bands, k.n1 = k.n0 + 1, k.r0 = c % bands * rows_per;
+    k.r1 = std::min(s.oh, k.r0 + rows_per);
+    k.h0 = k.r0 * s.sh, k.h1 = (k.r1 - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+    return k;
+  }
+};
+
 Stem stem_of(const at::Tensor& x, const at::Tensor& weight, const std::vector<int64_t>& stride,
              const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
   Stem s{};
@@ -75,35 +110,49 @@ Stem stem_of(const at::Tensor& x, const at::Tensor& weight, const std::vector<in
   return s;
 }
 
-// x [N, C, H, W] (any layout) as a contiguous NHWC copy with ph / pw zero rows / columns around:
-// one pass, a row of the copy per task step.
-at::Tensor padded_nhwc(const at::Tensor& x, int64_t ph, int64_t pw) {
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t hp = H + 2 * ph, wp = W + 2 * pw;
-  at::Tensor xp = at::empty({N, hp, wp, C}, x.options());
-  const float* src = x.data_ptr<float>();
-  float* dst = xp.data_ptr<float>();
-  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
-  const int64_t grain = std::max<int64_t>(1, 16384 / (wp * C));
-  at::parallel_for(0, N * hp, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / hp, h = r % hp - ph;
-      float* row = dst + r * wp * C;
-      if (h < 0 || h >= H) {
-        std::fill(row, row + wp * C, 0.f);
-        continue;
-      }
-      std::fill(row, row + pw * C, 0.f);
-      std::fill(row + (pw + W) * C, row + wp * C, 0.f);
-      const float* in = src + n * sn + h * sh;
-      float* out = row + pw * C;
-      if ((sc == 1 || C == 1) && sw == C) {  // channels_last rows (or one channel): a copy
-        std::copy(in, in + W * C, out);
-      } else {
-        for (int64_t w = 0; w < W; ++w)
-          for (int64_t c = 0; c < C; ++c) out[w * C + c] = in[w * sw + c * sc];
-      }
+// x [N, C, H, W] (any layout) read as its zero-padded NHWC copy [N, H + 2 ph, W + 2 pw, C]:
+// row(n, h, dst) writes row h of sample n of that copy.
+struct Padded {
+  const float* src;
+  int64_t sn, sc, sh, sw, C, H, W, ph, pw;
+  Padded(const at::Tensor& x, int64_t ph_, int64_t pw_)
+      : src(x.data_ptr<float>()), sn(x.stride(0)), sc(x.stride(1)), sh(x.stride(2)),
+        sw(x.stride(3)), C(x.size(1)), H(x.size(2)), W(x.size(3)), ph(ph_), pw(pw_) {}
+  int64_t hp() const { return H + 2 * ph; }
+  int64_t wp() const { return W + 2 * pw; }
+  int64_t sample_floats() const { return hp() * wp() * C; }
+  void row(int64_t n, int64_t h, float* dst) const {
+    const int64_t ih = h - ph;
+    if (ih < 0 || ih >= H) {
+      std::fill(dst, dst + wp() * C, 0.f);
+      return;
     }
+    std::fill(dst, dst + pw * C, 0.f);
+    std::fill(dst + (pw + W) * C, dst + wp() * C, 0.f);
+    const float* in = src + n * sn + ih * sh;
+    float* out = dst + pw * C;
+    if ((sc == 1 || C == 1) && sw == C) {  // channels_last rows (or one channel): a copy
+      std::copy(in, in + W * C, out);
+    } else {
+      for (int64_t w = 0; w < W; ++w)
+        for (int64_t c = 0; c < C; ++c) out[w * C + c] = in[w * sw + c * sc];
+    }
+  }
+  // samples [n0, n1) into dst, one after another
+  void samples(int64_t n0, int64_t n1, float* dst) const {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t h = 0; h < hp(); ++h) row(n, h, dst + ((n - n0) * hp() + h) * wp() * C);
+  }
+};
+
+// The whole padded copy, a row per task step.
+at::Tensor padded_nhwc(const at::Tensor& x, int64_t ph, int64_t pw) {
+  const Padded pad(x, ph, pw);
+  at::Tensor xp = at::empty({x.size(0), pad.hp(), pad.wp(), pad.C}, x.options());
+  float* dst = xp.data_ptr<float>();
+  const int64_t row_floats = pad.wp() * pad.C, grain = std::max<int64_t>(1, 16384 / row_floats);
+  at::parallel_for(0, x.size(0) * pad.hp(), grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) pad.row(r / pad.hp(), r % pad.hp(), dst + r * row_floats);
   });
   return xp;
 }
@@ -283,49 +332,72 @@ void weight_grad_rows(int rows, const float* xs, const int64_t* org, int64_t cou
   weight_grad_tile<R, V, Sums>(xs, org, count, off, g, ldg, mask, out, ldo, sums);
 }
 
-// partial[c] = chunk c's sums for every tap (rows of `width`), and at row `taps` its bias sums
-// when need_bias: g = act'(.) * grad_y made chunk by chunk in a buffer that stays in cache (read
-// in place for identity); saved: what act_backward reads, or null.
+// partial[g] = the sums of chunk group g for every tap (rows of `width`), and at row `taps` its
+// bias sums when need_bias: g = act'(.) * grad_y made chunk by chunk in a buffer that stays in
+// cache (read in place for identity); saved: what act_backward reads, or null.
 template <Activation A, int V>
-void weight_grad_all(const Stem& s, const float* xs, const float* gy, const float* saved,
+void weight_grad_all(const Stem& s, const Padded& pad, const float* gy, const float* saved,
                      float slope, bool need_bias, float* partial) {
   const std::vector<int64_t> off = s.tap_offsets();
-  const int64_t M = s.pixels(), taps = s.taps(), chunks = (M + kChunkPixels - 1) / kChunkPixels;
+  const Chunking chunking(s);
+  const int64_t taps = s.taps(), plane = s.oh * s.ow, rows = taps + need_bias;
+  const int64_t groups = std::min(kGroups, chunking.count);
   const int64_t panels = (s.cout + kPanel - 1) / kPanel, width = panels * kPanel;
+  const int64_t most = chunking.bands == 1 ? chunking.per * plane : chunking.rows_per * s.ow;
+  const int64_t band_rows_max = (chunking.rows_per - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+  const int64_t band_floats = chunking.bands == 1 ? chunking.per * pad.sample_floats()
+                                                  : band_rows_max * pad.wp() * pad.C;
   // taps in blocks of at most tile_rows<V>() rows, as even as they go (27 = 9 + 9 + 9)
   const int64_t blocks = (taps + tile_rows<V>() - 1) / tile_rows<V>();
   constexpr bool in_place = A == Activation::kIdentity;  // g is grad_y
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<int64_t> org(kChunkPixels);
-    std::vector<float> buffer(in_place ? 0 : kChunkPixels * s.cout);  // g of one chunk
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t p0 = c * kChunkPixels, count = std::min(kChunkPixels, M - p0);
-      Stem::Walk walk(s, p0);
-      for (int64_t p = 0; p < count; ++p) org[p] = walk.next();
-      float* part = partial + c * (taps + need_bias) * width;
-      const float* g = gy + p0 * s.cout;
-      if constexpr (!in_place) {
-        const float* sv = saved != nullptr ? saved + p0 * s.cout : nullptr;
-        float* b = buffer.data();
-        for (int64_t i = 0; i < count * s.cout; ++i)
-          b[i] = act_backward<A, float>(g[i], sv != nullptr ? sv[i] : 0.f, slope);
-        g = b;
-      }
-      for (int64_t panel = 0; panel < panels; ++panel) {
-        const int64_t col0 = panel * kPanel;
-        __mmask16 mask[4];
-        lane_masks(s.cout - col0, mask);
-        for (int64_t b = 0; b < blocks; ++b) {
-          const int64_t k0 = b * taps / blocks, k1 = (b + 1) * taps / blocks;
-          const int rows = static_cast<int>(k1 - k0);
-          float* tap_sums = part + k0 * width + col0;
-          if (need_bias && b == 0)  // the bias gradient's sums ride along the first block
-            weight_grad_rows<V, true>(rows, xs, org.data(), count, off.data() + k0, g + col0,
-                                      s.cout, mask, tap_sums, width, part + taps * width + col0);
-          else
-            weight_grad_rows<V, false>(rows, xs, org.data(), count, off.data() + k0, g + col0,
-                                       s.cout, mask, tap_sums, width, nullptr);
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<int64_t> org(most);
+    std::vector<float> buffer(in_place ? 0 : most * s.cout);  // g of one chunk
+    std::vector<float> padded(band_floats);                   // x of one chunk
+    std::vector<float> sums(rows * width);                    // one chunk's sums
+    const float* xs = padded.data();
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      float* part = partial + grp * rows * width;
+      std::fill(part, part + rows * width, 0.f);
+      const int64_t c_end = (grp + 1) * chunking.count / groups;
+      for (int64_t c = grp * chunking.count / groups; c < c_end; ++c) {
+        const Chunk k = chunking(s, c);
+        const int64_t p0 = k.n0 * plane + k.r0 * s.ow;
+        const int64_t count = (k.n1 - k.n0 - 1) * plane + (k.r1 - k.r0) * s.ow;
+        const int64_t band_rows = k.h1 - k.h0, row_floats = pad.wp() * pad.C;
+        for (int64_t n = k.n0; n < k.n1; ++n)
+          for (int64_t h = k.h0; h < k.h1; ++h)
+            pad.row(n, h, padded.data() + ((n - k.n0) * band_rows + h - k.h0) * row_floats);
+        // window origins in the chunk's padded rows
+        const int64_t base = (k.n0 * s.hp + k.h0) * s.wp * s.cin;
+        Stem::Walk walk(s, p0);
+        for (int64_t p = 0; p < count; ++p) org[p] = walk.next() - base;
+        const float* g = gy + p0 * s.cout;
+        if constexpr (!in_place) {
+          const float* sv = saved != nullptr ? saved + p0 * s.cout : nullptr;
+          float* b = buffer.data();
+          for (int64_t i = 0; i < count * s.cout; ++i)
+            b[i] = act_backward<A, float>(g[i], sv != nullptr ? sv[i] : 0.f, slope);
+          g = b;
         }
+        for (int64_t panel = 0; panel < panels; ++panel) {
+          const int64_t col0 = panel * kPanel;
+          __mmask16 mask[4];
+          lane_masks(s.cout - col0, mask);
+          for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t k0 = b * taps / blocks, k1 = (b + 1) * taps / blocks;
+            const int tile = static_cast<int>(k1 - k0);
+            float* tap_sums = sums.data() + k0 * width + col0;
+            if (need_bias && b == 0)  // the bias gradient's sums ride along the first block
+              weight_grad_rows<V, true>(tile, xs, org.data(), count, off.data() + k0, g + col0,
+                                        s.cout, mask, tap_sums, width,
+                                        sums.data() + taps * width + col0);
+            else
+              weight_grad_rows<V, false>(tile, xs, org.data(), count, off.data() + k0, g + col0,
+                                         s.cout, mask, tap_sums, width, nullptr);
+          }
+        }
+        for (int64_t i = 0; i < rows * width; ++i) part[i] += sums[i];
       }
     }
   });
@@ -481,21 +553,21 @@ std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
   const at::Tensor gy = grad_y.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor sv =
       has_saved ? saved->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
-  const at::Tensor xp = padded_nhwc(x, padding[0], padding[1]);
-  const int64_t chunks = (M + kChunkPixels - 1) / kChunkPixels;
+  const Padded pad(x, padding[0], padding[1]);
+  const int64_t groups = std::min(kGroups, Chunking(s).count);
   const int64_t width = (s.cout + kPanel - 1) / kPanel * kPanel;
-  at::Tensor partial = at::empty({chunks, rows, width}, x.options());
+  at::Tensor partial = at::empty({groups, rows, width}, x.options());
 #if GK_STEM_AVX512
   dispatch_activation(act, [&](auto a) {
     dispatch_vectors(s.cout, [&](auto v) {
       weight_grad_all<decltype(a)::value, decltype(v)::value>(
-          s, xp.data_ptr<float>(), gy.data_ptr<float>(),
+          s, pad, gy.data_ptr<float>(),
           has_saved ? sv.data_ptr<float>() : nullptr, static_cast<float>(negative_slope),
           need_bias, partial.data_ptr<float>());
     });
   });
 #endif
-  // each row's chunk sums added in chunk order (in double); row k < taps is tap
+  // each row's group sums added in group order (in double); row k < taps is tap
   // k = (i * kw + j) * cin + ci of grad_w[:, ci, i, j], row `taps` the bias gradient
   const float* part = partial.data_ptr<float>();
   float* w_out = grad_w.data_ptr<float>();
@@ -505,7 +577,7 @@ std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
     std::vector<double> sum(s.cout);
     for (int64_t k = k0; k < k1; ++k) {
       std::fill(sum.begin(), sum.end(), 0.0);
-      for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t c = 0; c < groups; ++c) {
         const float* row = part + (c * rows + k) * width;
         for (int64_t co = 0; co < s.cout; ++co) sum[co] += row[co];
       }

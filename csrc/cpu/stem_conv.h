@@ -2,10 +2,11 @@
 // 3 -> 64 4x4 stride 2, the CIFAR CNN's 3 -> 32 3x3, the MNIST nets' 1 -> 32). There the GEMM's
 // reduction C_in * kH * kW is only 9-48 long, and oneDNN runs such convs at 10-25% of the matmul
 // peak: the work is the output's write, not the FMAs. These AVX-512 kernels read a zero-padded
-// channels_last copy of x (a few MB) and write each output pixel's C_out channels once, bias and
-// relu / leaky_relu applied in registers. Forward: a tile of pixels x 64 channels summed over the
-// taps; weight gradient: a tile of taps x 64 channels summed over fixed chunks of pixels, the
-// chunks' partial sums then added in chunk order (the same bits for any thread count).
+// channels_last copy of x and write each output pixel's C_out channels once, bias and relu /
+// leaky_relu applied in registers. Forward: a tile of pixels x 64 channels summed over the taps
+// (x padded whole, a few MB); weight gradient: a tile of taps x 64 channels summed over chunks
+// of about 512 pixels (whole samples or row bands, each padding its own rows), the chunks added
+// into 16 fixed groups in order, the groups in order (the same bits for any thread count).
 #pragma once
 
 #include <ATen/ATen.h>
