@@ -241,6 +241,9 @@ def test_auto_mode_keeps_the_gemm_path_where_it_wins_by_far():
         with _conv_gemm.mode("never"):
             other(x)
             assert _prepacked.state(other.weight) in ("packed", "regular", "direct")
+            y_again = layer(x)  # its kept GEMM path is no longer offered: timed again
+            assert _prepacked.state(layer.weight) != "gemm"
+            torch.testing.assert_close(y_again, y, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(
@@ -271,7 +274,10 @@ def test_auto_mode_keeps_the_direct_kernels_on_batch_1_cnn_layers():
                 assert torch.equal(y, layer(x).detach())  # a graph-recording call: same kernels
         torch.testing.assert_close(y, _stock(layer, x), rtol=1e-4, atol=1e-4)
     assert "direct" in states, states
-    with _stem_conv.mode("never"), torch.no_grad():
+    with _stem_conv.mode("never"), torch.no_grad():  # a kept direct path no longer offered
+        for layer, x in zip(layers, xs):
+            torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-4, atol=1e-4)
+            assert _prepacked.state(layer.weight) != "direct"
         other = genkern.nn.Conv2d(32, 64, 3, padding=1).to(memory_format=torch.channels_last)
         other.eval()(xs[0])
         assert _prepacked.state(other.weight) != "direct"

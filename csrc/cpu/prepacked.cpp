@@ -216,6 +216,8 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     const Entry* e = lookup(weight);
     if (e != nullptr && e->key == key) path = e->path, packed = e->packed, hit = true;
   }
+  // a kept candidate this call does not offer (its mode switched to never since): time again
+  if (hit && ((path == Path::kGemm && !gemm) || (path == Path::kDirect && !direct))) hit = false;
   if (hit) {
     switch (path) {
       case Path::kPacked: return c.run(packed);
