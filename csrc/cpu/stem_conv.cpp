@@ -138,11 +138,6 @@ struct Padded {
         for (int64_t c = 0; c < C; ++c) out[w * C + c] = in[w * sw + c * sc];
     }
   }
-  // samples [n0, n1) into dst, one after another
-  void samples(int64_t n0, int64_t n1, float* dst) const {
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t h = 0; h < hp(); ++h) row(n, h, dst + ((n - n0) * hp() + h) * wp() * C);
-  }
 };
 
 // The whole padded copy, a row per task step.
@@ -166,24 +161,24 @@ int vectors_for(int64_t cout) { return static_cast<int>(std::min<int64_t>(4, (co
 
 // Accumulators a<r>_<v> as named variables (GCC keeps an array of them in memory): r < 12, v < 4,
 // only R * V <= 24 of them live.
-#define GK_ACC_ROW(r)                                                                       \
+#define GK_ACC_ROW(r)                                                              \
   __m512 a##r##_0 = _mm512_setzero_ps(), a##r##_1 = a##r##_0, a##r##_2 = a##r##_0, \
          a##r##_3 = a##r##_0;
 #define GK_ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11)
-#define GK_FMA_ROW(r, x)                                           \
-  {                                                                \
-    const __m512 xv = _mm512_set1_ps(x);                           \
-    a##r##_0 = _mm512_fmadd_ps(xv, b0, a##r##_0);                  \
+#define GK_FMA_ROW(r, x)                                               \
+  {                                                                    \
+    const __m512 xv = _mm512_set1_ps(x);                               \
+    a##r##_0 = _mm512_fmadd_ps(xv, b0, a##r##_0);                      \
     if constexpr (V > 1) a##r##_1 = _mm512_fmadd_ps(xv, b1, a##r##_1); \
     if constexpr (V > 2) a##r##_2 = _mm512_fmadd_ps(xv, b2, a##r##_2); \
     if constexpr (V > 3) a##r##_3 = _mm512_fmadd_ps(xv, b3, a##r##_3); \
   }
-#define GK_STORE_ROW(r)                                                         \
-  if constexpr (R > r) {                                                        \
-    _mm512_storeu_ps(out + r * ldo, a##r##_0);                                  \
-    if constexpr (V > 1) _mm512_storeu_ps(out + r * ldo + 16, a##r##_1);        \
-    if constexpr (V > 2) _mm512_storeu_ps(out + r * ldo + 32, a##r##_2);        \
-    if constexpr (V > 3) _mm512_storeu_ps(out + r * ldo + 48, a##r##_3);        \
+#define GK_STORE_ROW(r)                                                  \
+  if constexpr (R > r) {                                                 \
+    _mm512_storeu_ps(out + r * ldo, a##r##_0);                           \
+    if constexpr (V > 1) _mm512_storeu_ps(out + r * ldo + 16, a##r##_1); \
+    if constexpr (V > 2) _mm512_storeu_ps(out + r * ldo + 32, a##r##_2); \
+    if constexpr (V > 3) _mm512_storeu_ps(out + r * ldo + 48, a##r##_3); \
   }
 
 // y = act(v + bias) on one zmm of output channels, as act_forward computes it (the same bits)
@@ -220,15 +215,15 @@ void forward_tile(const float* const* px, const int64_t* off, int64_t taps, cons
   const __m512 sl = _mm512_set1_ps(slope);
   __m512 bv[4];
   for (int v = 0; v < V; ++v) bv[v] = HasBias ? _mm512_maskz_loadu_ps(mask[v], bias + 16 * v) : sl;
-#define GK_OUT(r, v)                                                                      \
-  if constexpr (V > v)                                                                    \
-    _mm512_mask_storeu_ps(y + r * ldy + 16 * v, mask[v],                                  \
+#define GK_OUT(r, v)                                     \
+  if constexpr (V > v)                                   \
+    _mm512_mask_storeu_ps(y + r * ldy + 16 * v, mask[v], \
                           epilogue<A, HasBias>(a##r##_##v, bv[v], sl));
-#define GK_OUT_ROW(r)                                   \
-  if constexpr (R > r) {                                \
-    if (r < rows) {                                     \
+#define GK_OUT_ROW(r)                                     \
+  if constexpr (R > r) {                                  \
+    if (r < rows) {                                       \
       GK_OUT(r, 0) GK_OUT(r, 1) GK_OUT(r, 2) GK_OUT(r, 3) \
-    }                                                   \
+    }                                                     \
   }
   GK_ROWS(GK_OUT_ROW)
 #undef GK_OUT_ROW
