@@ -13,7 +13,6 @@
 #include "conv_gemm.h"
 #include "conv_geometry.h"
 #include "epilogue.h"
-#include "genkern/activation.h"
 #include "stem_conv.h"
 
 namespace genkern::cpu {
@@ -35,27 +34,20 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
     int64_t groups, int64_t activation, double negative_slope, bool save_preact) {
-  const auto act = static_cast<Activation>(activation);
-  if (use_stem_conv(x, weight, groups)) {
-    // relu / leaky_relu in the kernel's registers unless the pre-activation is kept too
-    const bool fused = !save_preact && (act == Activation::kIdentity ||
-                                        act == Activation::kRelu ||
-                                        act == Activation::kLeakyRelu);
-    at::Tensor z = stem_conv2d(x, weight, bias, stride, padding, dilation,
-                               fused ? activation : 0, negative_slope);
-    if (fused) return {z, at::Tensor()};
-    at::Tensor y = at::empty_like(z);
-    activation_(z, activation, negative_slope, save_preact ? &y : nullptr);
-    return save_preact ? std::make_tuple(y, z) : std::make_tuple(z, at::Tensor());
-  }
+  const bool stem = use_stem_conv(x, weight, groups);
+  // relu / leaky_relu in the stem kernel's registers unless the pre-activation is kept too
+  const bool fused = stem && !save_preact && stem_conv_fuses(activation);
   at::Tensor z =
-      run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)  // see the header
+      stem ? stem_conv2d(x, weight, bias, stride, padding, dilation, fused ? activation : 0,
+                         negative_slope)
+      : run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)  // see the header
           ? convolution_in_float32(x, weight, bias, stride, padding, dilation,
                                    /*transposed=*/false, {0, 0}, groups)
       : use_conv2d_gemm(x, weight, groups, output_pixels(x, weight, stride, padding, dilation))
           ? conv2d_gemm(x, weight, bias, stride, padding, dilation)
           : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/false,
                             /*output_padding=*/{0, 0}, groups);
+  if (fused) return {z, at::Tensor()};
   if (!save_preact) {
     activation_(z, activation, negative_slope);
     return {z, at::Tensor()};

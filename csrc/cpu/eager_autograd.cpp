@@ -82,9 +82,7 @@ PackedCandidate direct_candidate(const at::Tensor& x, const at::Tensor& weight,
   if (!stem_conv_available(x, weight, groups) ||
       conv_output_format(x, weight) != at::MemoryFormat::ChannelsLast)
     return {};
-  const auto act = static_cast<Activation>(activation);
-  const bool fused =
-      act == Activation::kIdentity || act == Activation::kRelu || act == Activation::kLeakyRelu;
+  const bool fused = stem_conv_fuses(activation);
   return {[weight] { return stem_pack_weight(weight); },
           [=, &x, &weight, &bias](const at::Tensor& packed) {
             at::Tensor z = stem_conv2d(x, weight, bias, stride, padding, dilation,

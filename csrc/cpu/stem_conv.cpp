@@ -36,6 +36,7 @@ struct Stem {
   int64_t n, cin, hp, wp, cout, kh, kw, oh, ow, sh, sw, dh, dw;
   int64_t taps() const { return cin * kh * kw; }
   int64_t pixels() const { return n * oh * ow; }
+  int64_t panels() const { return (cout + kPanel - 1) / kPanel; }  // passes of kPanel channels
   // Where the windows of output pixels p, p + 1, ... start in xp: counters, no divisions.
   struct Walk {
     const Stem& s;
@@ -77,6 +78,7 @@ struct Chunking {
     bands = (s.oh + rows_per - 1) / rows_per;
     count = plane <= kChunkPixels ? (s.n + per - 1) / per : s.n * bands;
   }
+  int64_t groups() const { return std::min(kGroups, count); }  // partial sums
   Chunk operator()(const Stem& s, int64_t c) const {
     Chunk k{};
     if (bands == 1) {
@@ -291,7 +293,7 @@ void forward_all(const Stem& s, const float* xs, const float* wpacked, const flo
   constexpr int R = tile_rows<V>();
   const std::vector<int64_t> off = s.tap_offsets();
   const int64_t M = s.pixels(), tiles = (M + R - 1) / R, taps = s.taps();
-  const int64_t panels = (s.cout + kPanel - 1) / kPanel;
+  const int64_t panels = s.panels();
   // tasks of about 16K multiply-adds per pixel row, so that a batch-1 layer spreads too
   const int64_t grain = std::max<int64_t>(1, 16384 / (taps * panels * R));
   at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
@@ -327,6 +329,34 @@ void weight_grad_rows(int rows, const float* xs, const int64_t* org, int64_t cou
   weight_grad_tile<R, V, Sums>(xs, org, count, off, g, ldg, mask, out, ldo, sums);
 }
 
+// One chunk's sums, out[k * width + c] for every tap k (width: C_out rounded up to kPanel) and
+// at row `taps` the bias sums when need_bias, from its pixels' window origins org and g (rows of
+// C_out). Kept out of line: nothing in it depends on the activation.
+template <int V>
+__attribute__((noinline)) void chunk_sums(const Stem& s, const float* xs, const int64_t* org,
+                                          int64_t count, const int64_t* off, const float* g,
+                                          bool need_bias, float* out) {
+  const int64_t taps = s.taps(), panels = s.panels(), width = panels * kPanel;
+  // taps in blocks of at most tile_rows<V>() rows, as even as they go (27 = 9 + 9 + 9)
+  const int64_t blocks = (taps + tile_rows<V>() - 1) / tile_rows<V>();
+  for (int64_t panel = 0; panel < panels; ++panel) {
+    const int64_t col0 = panel * kPanel;
+    __mmask16 mask[4];
+    lane_masks(s.cout - col0, mask);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t k0 = b * taps / blocks, k1 = (b + 1) * taps / blocks;
+      const int tile = static_cast<int>(k1 - k0);
+      float* tap_sums = out + k0 * width + col0;
+      if (need_bias && b == 0)  // the bias gradient's sums ride along the first block
+        weight_grad_rows<V, true>(tile, xs, org, count, off + k0, g + col0, s.cout, mask,
+                                  tap_sums, width, out + taps * width + col0);
+      else
+        weight_grad_rows<V, false>(tile, xs, org, count, off + k0, g + col0, s.cout, mask,
+                                   tap_sums, width, nullptr);
+    }
+  }
+}
+
 // partial[g] = the sums of chunk group g for every tap (rows of `width`), and at row `taps` its
 // bias sums when need_bias: g = act'(.) * grad_y made chunk by chunk in a buffer that stays in
 // cache (read in place for identity); saved: what act_backward reads, or null.
@@ -336,14 +366,11 @@ void weight_grad_all(const Stem& s, const Padded& pad, const float* gy, const fl
   const std::vector<int64_t> off = s.tap_offsets();
   const Chunking chunking(s);
   const int64_t taps = s.taps(), plane = s.oh * s.ow, rows = taps + need_bias;
-  const int64_t groups = std::min(kGroups, chunking.count);
-  const int64_t panels = (s.cout + kPanel - 1) / kPanel, width = panels * kPanel;
+  const int64_t groups = chunking.groups(), width = s.panels() * kPanel;
   const int64_t most = chunking.bands == 1 ? chunking.per * plane : chunking.rows_per * s.ow;
   const int64_t band_rows_max = (chunking.rows_per - 1) * s.sh + (s.kh - 1) * s.dh + 1;
   const int64_t band_floats = chunking.bands == 1 ? chunking.per * pad.sample_floats()
                                                   : band_rows_max * pad.wp() * pad.C;
-  // taps in blocks of at most tile_rows<V>() rows, as even as they go (27 = 9 + 9 + 9)
-  const int64_t blocks = (taps + tile_rows<V>() - 1) / tile_rows<V>();
   constexpr bool in_place = A == Activation::kIdentity;  // g is grad_y
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     std::vector<int64_t> org(most);
@@ -375,23 +402,7 @@ void weight_grad_all(const Stem& s, const Padded& pad, const float* gy, const fl
             b[i] = act_backward<A, float>(g[i], sv != nullptr ? sv[i] : 0.f, slope);
           g = b;
         }
-        for (int64_t panel = 0; panel < panels; ++panel) {
-          const int64_t col0 = panel * kPanel;
-          __mmask16 mask[4];
-          lane_masks(s.cout - col0, mask);
-          for (int64_t b = 0; b < blocks; ++b) {
-            const int64_t k0 = b * taps / blocks, k1 = (b + 1) * taps / blocks;
-            const int tile = static_cast<int>(k1 - k0);
-            float* tap_sums = sums.data() + k0 * width + col0;
-            if (need_bias && b == 0)  // the bias gradient's sums ride along the first block
-              weight_grad_rows<V, true>(tile, xs, org.data(), count, off.data() + k0, g + col0,
-                                        s.cout, mask, tap_sums, width,
-                                        sums.data() + taps * width + col0);
-            else
-              weight_grad_rows<V, false>(tile, xs, org.data(), count, off.data() + k0, g + col0,
-                                         s.cout, mask, tap_sums, width, nullptr);
-          }
-        }
+        chunk_sums<V>(s, xs, org.data(), count, off.data(), g, need_bias, sums.data());
         for (int64_t i = 0; i < rows * width; ++i) part[i] += sums[i];
       }
     }
@@ -461,6 +472,12 @@ bool stem_conv_lands_on(const at::Tensor& x, const at::Tensor& y, const at::Tens
   return true;
 }
 
+bool stem_conv_fuses(int64_t activation) {
+  const auto act = static_cast<Activation>(activation);
+  return act == Activation::kIdentity || act == Activation::kRelu ||
+         act == Activation::kLeakyRelu;
+}
+
 at::Tensor stem_pack_weight(const at::Tensor& weight) {
   TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == at::kFloat,
               "genkern: the stem conv kernels take a 4-D float32 weight");
@@ -486,17 +503,16 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
                        const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
                        int64_t activation, double negative_slope, const at::Tensor& packed) {
   check_float32(x, weight);
-  const auto act = static_cast<Activation>(activation);
-  TORCH_CHECK(act == Activation::kIdentity || act == Activation::kRelu ||
-                  act == Activation::kLeakyRelu,
+  TORCH_CHECK(stem_conv_fuses(activation),
               "genkern: the stem conv applies identity, relu or leaky_relu only");
+  const auto act = static_cast<Activation>(activation);
   const Stem s = stem_of(x, weight, stride, padding, dilation);
   const auto fmt = conv_output_format(x, weight);
   at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options(), at::MemoryFormat::ChannelsLast);
   if (y.numel() == 0) return y.contiguous(fmt);
   const at::Tensor xp = padded_nhwc(x, padding[0], padding[1]);
   const at::Tensor wpacked = packed.defined() ? packed : stem_pack_weight(weight);
-  TORCH_CHECK(wpacked.numel() == (s.cout + kPanel - 1) / kPanel * s.taps() * kPanel,
+  TORCH_CHECK(wpacked.numel() == s.panels() * s.taps() * kPanel,
               "genkern: the stem conv's packed weight does not fit this weight");
   const at::Tensor b =
       bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
@@ -549,8 +565,8 @@ std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
   const at::Tensor sv =
       has_saved ? saved->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
   const Padded pad(x, padding[0], padding[1]);
-  const int64_t groups = std::min(kGroups, Chunking(s).count);
-  const int64_t width = (s.cout + kPanel - 1) / kPanel * kPanel;
+  const int64_t groups = Chunking(s).groups();
+  const int64_t width = s.panels() * kPanel;
   at::Tensor partial = at::empty({groups, rows, width}, x.options());
 #if GK_STEM_AVX512
   dispatch_activation(act, [&](auto a) {

@@ -39,6 +39,10 @@ bool stem_conv_lands_on(const at::Tensor& x, const at::Tensor& y, const at::Tens
                         const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                         const std::vector<int64_t>& dilation);
 
+// Whether stem_conv2d applies this activation itself (identity, relu, leaky_relu); others are
+// applied after it.
+bool stem_conv_fuses(int64_t activation);
+
 // act(conv2d(x, weight, bias)) for act = identity (0), relu (1) or leaky_relu (2), in the memory
 // format at::convolution gives the same arguments; packed: stem_pack_weight(weight), or none.
 at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
