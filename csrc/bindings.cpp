@@ -4,6 +4,8 @@
 #include "cpu/col2im_path.h"
 #include "cpu/conv_gemm.h"
 #include "cpu/small_gemm.h"
+#include "cpu/layout_copy.h"
+#include "cpu/onednn_layout.h"
 #include "cpu/stem_conv.h"
 #include "cpu/conv2d_act.h"
 #include "cpu/dot_gemm.h"
@@ -86,6 +88,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("stem_conv_mode", &genkern::cpu::stem_conv_mode);
   m.def("use_stem_conv", &genkern::cpu::use_stem_conv);
   m.def("avx512_kernels_enabled", &genkern::cpu::avx512_kernels_enabled);
+  // NCHW convs run by oneDNN in channels_last where timed faster (see onednn_layout.h)
+  m.def("set_onednn_layout_mode", &genkern::cpu::set_onednn_layout_mode);
+  m.def("onednn_layout_mode", &genkern::cpu::onednn_layout_mode);
+  m.def("onednn_layout_channels_last_calls", &genkern::cpu::onednn_layout_channels_last_calls);
+  m.def("onednn_layout_choices", &genkern::cpu::onednn_layout_choices);
+  m.def("to_channels_last", &genkern::cpu::to_channels_last);
+  m.def("to_contiguous", &genkern::cpu::to_contiguous);
+  m.def("to_channels_last_scratch", &genkern::cpu::to_channels_last_scratch);
   // linear forwards as row-by-row dot products (see dot_gemm.h)
   m.def("set_dot_gemm_mode", &genkern::cpu::set_dot_gemm_mode);
   m.def("dot_gemm_mode", &genkern::cpu::dot_gemm_mode);

@@ -10,6 +10,7 @@ from torch import nn
 
 import genkern
 from genkern import models, testing
+from genkern.ops import _onednn_layout
 
 
 def _pair(cls, **kw):
@@ -50,21 +51,28 @@ def test_vae_builds_match():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_training_steps_match_for_a_classifier():
+# On the cpu, an NCHW float32 conv may run in channels_last (genkern/ops/_onednn_layout.py): the
+# same math rounded differently, enough to flip a max-pool window's argmax between two values
+# 9e-8 apart (seen at the second step: 0.33821094 vs 0.33821085), which routes that window's
+# gradient elsewhere. "never" keeps stock's layouts, where the steps match to 1e-5; "always" is
+# held to what one such flip moves.
+@pytest.mark.parametrize("layout,atol", [("never", 1e-5), ("always", 5e-4)])
+def test_training_steps_match_for_a_classifier(layout, atol):
     stock, ours = _pair(models.CNNClassifier)
     x, y = torch.randn(8, 3, 32, 32, device=DEVICE), torch.randint(0, 10, (8,), device=DEVICE)
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (stock, ours)]
-    for _ in range(3):
-        losses = []
-        for m, opt in zip((stock, ours), opts):
-            opt.zero_grad()
-            loss = F.cross_entropy(m(x), y)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        assert abs(losses[0] - losses[1]) < 1e-4
+    with _onednn_layout.mode(layout):
+        for _ in range(3):
+            losses = []
+            for m, opt in zip((stock, ours), opts):
+                opt.zero_grad()
+                loss = F.cross_entropy(m(x), y)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            assert abs(losses[0] - losses[1]) < 1e-4
     for (n, p), (_, q) in zip(stock.named_parameters(), ours.named_parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=atol, msg=n)
 
 
 def test_gan_d_and_g_steps_match():

@@ -13,6 +13,7 @@
 #include "conv_gemm.h"
 #include "conv_geometry.h"
 #include "epilogue.h"
+#include "onednn_layout.h"
 #include "stem_conv.h"
 
 namespace genkern::cpu {
@@ -45,8 +46,8 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
                                    /*transposed=*/false, {0, 0}, groups)
       : use_conv2d_gemm(x, weight, groups, output_pixels(x, weight, stride, padding, dilation))
           ? conv2d_gemm(x, weight, bias, stride, padding, dilation)
-          : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/false,
-                            /*output_padding=*/{0, 0}, groups);
+          : onednn_convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/false,
+                               /*output_padding=*/{0, 0}, groups);
   if (fused) return {z, at::Tensor()};
   if (!save_preact) {
     activation_(z, activation, negative_slope);
@@ -97,9 +98,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
   }
   if ((output_mask[0] && !col2im) || output_mask[1]) {
     at::Tensor aten_grad_w;
-    std::tie(grad_x, aten_grad_w, std::ignore) = at::convolution_backward(
-        g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/false,
-        /*output_padding=*/{0, 0}, groups, {output_mask[0] && !col2im, output_mask[1], false});
+    std::tie(grad_x, aten_grad_w) = onednn_convolution_backward(
+        g, x, weight, stride, padding, dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
+        groups, output_mask[0] && !col2im, output_mask[1]);
     if (output_mask[1]) grad_w = aten_grad_w;
   }
   if (col2im) grad_x = conv2d_input_grad_col2im(g, x, weight, stride, padding, dilation);

@@ -11,6 +11,7 @@
 #include "conv_geometry.h"
 #include "conv_gemm.h"
 #include "epilogue.h"
+#include "onednn_layout.h"
 #include "stem_conv.h"
 
 namespace genkern::cpu {
@@ -94,8 +95,8 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
           ? conv_transpose2d_col2im(x, weight, bias, stride, padding, output_padding, dilation)
       : use_conv_gemm(x, weight, groups)
           ? conv_transpose2d_gemm(x, weight, bias, stride, padding, output_padding, dilation)
-          : at::convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
-                            output_padding, groups);
+          : onednn_convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
+                               output_padding, groups);
   if (!save_preact) {
     activation_(z, activation, negative_slope);
     return {z, at::Tensor()};
@@ -139,9 +140,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
       grad_w = std::get<0>(stem_conv2d_param_grads(x, std::nullopt, g, weight, stride, padding,
                                                    dilation, /*identity*/ 0, 0.0, false));
   } else if (output_mask[0] || output_mask[1]) {
-    std::tie(grad_x, grad_w, std::ignore) = at::convolution_backward(
-        g, x, weight, std::nullopt, stride, padding, dilation, /*transposed=*/true, output_padding,
-        groups, {output_mask[0], output_mask[1], false});
+    std::tie(grad_x, grad_w) =
+        onednn_convolution_backward(g, x, weight, stride, padding, dilation, /*transposed=*/true,
+                                    output_padding, groups, output_mask[0], output_mask[1]);
   }
   return {grad_x, grad_w, grad_bias};
 }

@@ -135,6 +135,7 @@ bool small_gemm_wins(int64_t M, int64_t N, int64_t K) {
   return M * N * K <= (int64_t(1) << 21);
 }
 
+bool avx2_kernels_enabled() { return use_avx2(); }
 bool avx512_kernels_enabled() { return use_avx512(); }
 
 bool cpu_has_avx512() {

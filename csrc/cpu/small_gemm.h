@@ -72,6 +72,9 @@ bool small_gemm_wins(int64_t M, int64_t N, int64_t K);
 // Whether this CPU has AVX-512 (where MKL's AVX-512 kernels win most products, see linear_act.cpp).
 bool cpu_has_avx512();
 
+// Whether genkern's AVX2 kernels run: AVX2 and FMA, GENKERN_CPU_NO_AVX2 unset.
+bool avx2_kernels_enabled();
+
 // Whether genkern's AVX-512 kernels run: cpu_has_avx512(), AVX-512VL, GENKERN_CPU_NO_AVX512 unset.
 bool avx512_kernels_enabled();
 

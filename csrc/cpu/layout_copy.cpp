@@ -1,0 +1,154 @@
+#include "layout_copy.h"
+
+#include <ATen/Parallel.h>
+
+#include <c10/util/strides.h>
+
+#include <algorithm>
+
+#include "small_gemm.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define GK_LAYOUT_AVX2 1
+#else
+#define GK_LAYOUT_AVX2 0
+#endif
+
+namespace genkern::cpu {
+namespace {
+
+constexpr int64_t kTile = 8;          // the register tile: 8 x 8 floats
+constexpr int64_t kBlock = 64;  // a task's block: 64 x 64 floats
+
+// dst[c][r] = src[r][c] for r < rows, c < cols (row strides ld_src, ld_dst).
+void transpose_scalar(const float* src, int64_t ld_src, float* dst, int64_t ld_dst,
+                      int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+#if GK_LAYOUT_AVX2
+__attribute__((target("avx2"))) void transpose_8x8(const float* src, int64_t ld_src, float* dst,
+                                                   int64_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {  // rows h..h+3: four-element columns of each 128-bit lane
+    r[h] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+#endif
+
+// The same as transpose_scalar for a block of at most kBlock x kBlock, in 8 x 8 register tiles
+// where AVX2 runs. The tiles go along the side with the longer row stride (a whole 64-float run
+// of each of its rows before the next 8 rows): rows 4 KB apart would otherwise evict each other
+// from the cache's set between the two halves of a line.
+void transpose_block(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows,
+                     int64_t cols) {
+#if GK_LAYOUT_AVX2
+  if (avx2_kernels_enabled()) {
+    const int64_t rows8 = rows / kTile * kTile, cols8 = cols / kTile * kTile;
+    const auto tile = [&](int64_t r, int64_t c) {
+      transpose_8x8(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst);
+    };
+    if (ld_src >= ld_dst) {
+      for (int64_t r = 0; r < rows8; r += kTile)
+        for (int64_t c = 0; c < cols8; c += kTile) tile(r, c);
+    } else {
+      for (int64_t c = 0; c < cols8; c += kTile)
+        for (int64_t r = 0; r < rows8; r += kTile) tile(r, c);
+    }
+    transpose_scalar(src + cols8, ld_src, dst + cols8 * ld_dst, ld_dst, rows, cols - cols8);
+    transpose_scalar(src + rows8 * ld_src, ld_src, dst + rows8, ld_dst, rows - rows8, cols8);
+    return;
+  }
+#endif
+  transpose_scalar(src, ld_src, dst, ld_dst, rows, cols);
+}
+
+// Each of `batch` [rows, cols] matrices of src (contiguous) transposed into dst's [cols, rows],
+// a task per block.
+void transpose_batched(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
+  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
+  const int64_t col_blocks = (cols + kBlock - 1) / kBlock;
+  const int64_t per_matrix = row_blocks * col_blocks;
+  at::parallel_for(0, batch * per_matrix, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / per_matrix;
+      const int64_t r0 = t % per_matrix / col_blocks * kBlock, c0 = t % col_blocks * kBlock;
+      const float* s = src + b * rows * cols + r0 * cols + c0;
+      float* d = dst + b * rows * cols + c0 * rows + r0;
+      transpose_block(s, cols, d, rows, std::min(kBlock, rows - r0), std::min(kBlock, cols - c0));
+    }
+  });
+}
+
+bool plain_float(const at::Tensor& t) {
+  return t.dim() == 4 && t.scalar_type() == at::kFloat && t.device().is_cpu() && t.numel() > 0;
+}
+
+// A channels_last tensor of t's sizes and dtype in `buffer`'s storage (grown when too small), or
+// in fresh memory when a tensor made from it earlier is still alive.
+at::Tensor scratch_like(const at::Tensor& t, at::Tensor& buffer) {
+  if (!buffer.defined() || buffer.numel() < t.numel() || buffer.storage().use_count() != 1 ||
+      buffer.scalar_type() != t.scalar_type())
+    buffer = at::empty({t.numel()}, t.options());
+  const int64_t C = t.size(1), H = t.size(2), W = t.size(3);
+  return buffer.as_strided(t.sizes(), {C * H * W, 1, W * C, C});
+}
+
+void transpose_to_channels_last(const at::Tensor& t, at::Tensor& out) {
+  // per sample: [C, H * W] -> [H * W, C]
+  transpose_batched(t.data_ptr<float>(), out.data_ptr<float>(), t.size(0), t.size(1),
+                    t.size(2) * t.size(3));
+}
+
+bool needs_transpose(const at::Tensor& t) {
+  return plain_float(t) && t.is_contiguous() && !t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+}  // namespace
+
+at::Tensor to_channels_last(const at::Tensor& t) {
+  if (!needs_transpose(t)) return t.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
+  transpose_to_channels_last(t, out);
+  return out;
+}
+
+at::Tensor to_channels_last_scratch(const at::Tensor& t, int slot) {
+  TORCH_CHECK(slot == 0 || slot == 1, "genkern: scratch slot must be 0 or 1");
+  if (!needs_transpose(t)) return t.contiguous(at::MemoryFormat::ChannelsLast);
+  thread_local at::Tensor buffers[2];
+  at::Tensor out = scratch_like(t, buffers[slot]);
+  transpose_to_channels_last(t, out);
+  return out;
+}
+
+at::Tensor to_contiguous(const at::Tensor& t) {
+  if (t.is_contiguous()) {  // with the strides at::empty gives (a size-1 dim's may differ)
+    const auto strides = c10::contiguous_strides(t.sizes());
+    return t.strides() == at::IntArrayRef(strides) ? t
+                                                   : t.as_strided(t.sizes(), strides,
+                                                                  t.storage_offset());
+  }
+  if (!plain_float(t) || !t.is_contiguous(at::MemoryFormat::ChannelsLast)) return t.contiguous();
+  at::Tensor out = at::empty(t.sizes(), t.options());
+  // per sample: [H * W, C] -> [C, H * W]
+  transpose_batched(t.data_ptr<float>(), out.data_ptr<float>(), t.size(0), t.size(2) * t.size(3),
+                    t.size(1));
+  return out;
+}
+
+}  // namespace genkern::cpu

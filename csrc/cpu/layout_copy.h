@@ -1,0 +1,24 @@
+// Copies of float32 tensors between NCHW and channels_last. ATen's strided copy moves 16 MB
+// either way in 2.2-2.7 ms on this project's Xeons, against 0.6 ms for a plain clone; these
+// transpose 8x8 tiles in AVX2 registers (a blocked scalar loop without AVX2).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace genkern::cpu {
+
+// t.contiguous(ChannelsLast) (t itself where it already is), the copy of a contiguous float32
+// 4-D t made here.
+at::Tensor to_channels_last(const at::Tensor& t);
+
+// The same as to_channels_last, the copy made in this thread's reusable buffer `slot` (0 or 1):
+// a temporary that lives until this thread's next call for that slot. The buffers keep the
+// largest size asked for; fresh memory for a copy of many MB costs more in page faults (~2 us per
+// 4 KB page here) than the copy itself.
+at::Tensor to_channels_last_scratch(const at::Tensor& t, int slot);
+
+// t.contiguous() with at::empty's strides (t itself, or a view of it with those strides where a
+// size-1 dim's stride differs), the copy of a channels_last float32 4-D t made here.
+at::Tensor to_contiguous(const at::Tensor& t);
+
+}  // namespace genkern::cpu

@@ -1,0 +1,165 @@
+#include "onednn_layout.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <mutex>
+
+#include "conv_geometry.h"
+#include "layout_copy.h"
+
+namespace genkern::cpu {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
+
+// Below this many multiply-adds a call is left in ATen's layout: the copies would weigh more,
+// and the first call's timing would be noise.
+constexpr double kMinMacs = 1 << 23;
+
+std::atomic<int64_t> g_mode{1};
+std::atomic<int64_t> g_channels_last_calls{0};
+std::mutex g_mutex;
+std::map<std::vector<int64_t>, bool> g_choice;  // key -> run in channels_last
+
+struct Geometry {
+  const at::Tensor& x;
+  const at::Tensor& weight;
+  const std::vector<int64_t>& stride;
+  const std::vector<int64_t>& padding;
+  const std::vector<int64_t>& dilation;
+  bool transposed;
+  const std::vector<int64_t>& output_padding;
+  int64_t groups;
+
+  // Plain contiguous NCHW float32 tensors, a call big enough (any in mode always), no empty
+  // output position (where oneDNN crashes, conv_geometry.h).
+  bool eligible(const at::Tensor& other) const {
+    if (g_mode.load(std::memory_order_relaxed) == 0 || x.dim() != 4 || weight.dim() != 4 ||
+        x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat ||
+        !x.is_contiguous() || !weight.is_contiguous() ||
+        conv_output_format(x, weight) == kChannelsLast ||
+        other.suggest_memory_format() == kChannelsLast || x.numel() == 0 || weight.numel() == 0)
+      return false;
+    // multiply-adds: every input pixel meets C_out / groups * kH * kW weights (either direction)
+    const int64_t out_channels = transposed ? weight.size(1) * groups : weight.size(0);
+    const double macs = static_cast<double>(x.numel()) * static_cast<double>(out_channels) /
+                        static_cast<double>(groups) * weight.size(2) * weight.size(3);
+    return (macs >= kMinMacs || g_mode.load(std::memory_order_relaxed) == 2) &&
+           !has_empty_output(transposed, x, weight, stride, padding, output_padding, dilation);
+  }
+
+  std::vector<int64_t> key(int64_t direction) const {
+    std::vector<int64_t> k{direction, transposed, groups, at::get_num_threads()};
+    for (const auto* v : {&stride, &padding, &dilation, &output_padding})
+      k.insert(k.end(), v->begin(), v->end());
+    k.insert(k.end(), x.sizes().begin(), x.sizes().end());
+    k.insert(k.end(), weight.sizes().begin(), weight.sizes().end());
+    return k;
+  }
+};
+
+double seconds(const std::function<void()>& fn) {
+  const auto t0 = Clock::now();
+  fn();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Runs `call(channels_last)` in the layout kept for `key`, or in the faster of the two, each
+// timed by its best of two calls (one call's time swings by 10-20% on these machines), the
+// first call of each also making its oneDNN primitive.
+template <typename Result>
+Result run_in_chosen_layout(const std::vector<int64_t>& key,
+                            const std::function<Result(bool)>& call) {
+  if (g_mode.load(std::memory_order_relaxed) == 2) {
+    g_channels_last_calls.fetch_add(1);
+    return call(true);
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    const auto it = g_choice.find(key);
+    if (it != g_choice.end()) {
+      if (it->second) g_channels_last_calls.fetch_add(1);
+      return call(it->second);
+    }
+  }
+  Result result[2];
+  double best[2] = {1e300, 1e300};
+  for (int round = 0; round < 2; ++round) {
+    for (int cl = 0; cl < 2; ++cl) {
+      best[cl] = std::min(best[cl], seconds([&] {
+                            Result r = call(cl == 1);
+                            if (round == 0) result[cl] = std::move(r);
+                          }));
+    }
+  }
+  const bool cl = best[1] < best[0];
+  if (cl) g_channels_last_calls.fetch_add(1);
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_choice.emplace(key, cl);
+  return std::move(result[cl]);
+}
+
+}  // namespace
+
+void set_onednn_layout_mode(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 2,
+              "oneDNN layout mode must be 0 (never), 1 (auto) or 2 (always)");
+  g_mode.store(mode);
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_choice.clear();
+}
+
+int64_t onednn_layout_mode() { return g_mode.load(); }
+
+int64_t onednn_layout_channels_last_calls() { return g_channels_last_calls.load(); }
+
+int64_t onednn_layout_choices() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return static_cast<int64_t>(g_choice.size());
+}
+
+at::Tensor onednn_convolution(const at::Tensor& x, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias,
+                              const std::vector<int64_t>& stride,
+                              const std::vector<int64_t>& padding,
+                              const std::vector<int64_t>& dilation, bool transposed,
+                              const std::vector<int64_t>& output_padding, int64_t groups) {
+  const auto aten = [&](const at::Tensor& input) {
+    return at::convolution(input, weight, bias, stride, padding, dilation, transposed,
+                           output_padding, groups);
+  };
+  const Geometry geo{x, weight, stride, padding, dilation, transposed, output_padding, groups};
+  if (!geo.eligible(x)) return aten(x);
+  return run_in_chosen_layout<at::Tensor>(geo.key(0), [&](bool cl) {
+    return cl ? to_contiguous(aten(to_channels_last_scratch(x, 0))) : aten(x);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> onednn_convolution_backward(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& dilation, bool transposed,
+    const std::vector<int64_t>& output_padding, int64_t groups, bool need_x, bool need_w) {
+  using Grads = std::tuple<at::Tensor, at::Tensor>;
+  const auto aten = [&](const at::Tensor& gi, const at::Tensor& xi) -> Grads {
+    auto [gx, gw, gb] = at::convolution_backward(gi, xi, weight, std::nullopt, stride, padding,
+                                                 dilation, transposed, output_padding, groups,
+                                                 {need_x, need_w, false});
+    return {gx, gw};
+  };
+  const Geometry geo{x, weight, stride, padding, dilation, transposed, output_padding, groups};
+  if (!(need_x || need_w) || !geo.eligible(g)) return aten(g, x);
+  return run_in_chosen_layout<Grads>(geo.key(1 + need_x + 2 * need_w), [&](bool cl) -> Grads {
+    if (!cl) return aten(g, x);
+    auto [gx, gw] = aten(to_channels_last_scratch(g, 0), to_channels_last_scratch(x, 1));
+    return {need_x ? to_contiguous(gx) : gx, need_w ? to_contiguous(gw) : gw};
+  });
+}
+
+}  // namespace genkern::cpu
