@@ -71,8 +71,11 @@ double seconds(const std::function<void()>& fn) {
 }
 
 // Runs `call(channels_last)` in the layout kept for `key`, or in the faster of the two, each
-// timed by its best of two calls (one call's time swings by 10-20% on these machines), the
-// first call of each also making its oneDNN primitive.
+// timed by its best of kRounds calls, interleaved (one call's time swings by 10-20% on these
+// machines; the first call of each also makes its oneDNN primitive). channels_last is kept only
+// when it wins by kMargin: a tie stays with ATen's (and stock's) layout.
+constexpr int kRounds = 3;
+constexpr double kMargin = 0.95;
 template <typename Result>
 Result run_in_chosen_layout(const std::vector<int64_t>& key,
                             const std::function<Result(bool)>& call) {
@@ -90,7 +93,7 @@ Result run_in_chosen_layout(const std::vector<int64_t>& key,
   }
   Result result[2];
   double best[2] = {1e300, 1e300};
-  for (int round = 0; round < 2; ++round) {
+  for (int round = 0; round < kRounds; ++round) {
     for (int cl = 0; cl < 2; ++cl) {
       best[cl] = std::min(best[cl], seconds([&] {
                             Result r = call(cl == 1);
@@ -98,7 +101,7 @@ Result run_in_chosen_layout(const std::vector<int64_t>& key,
                           }));
     }
   }
-  const bool cl = best[1] < best[0];
+  const bool cl = best[1] < kMargin * best[0];
   if (cl) g_channels_last_calls.fetch_add(1);
   std::lock_guard<std::mutex> lock(g_mutex);
   g_choice.emplace(key, cl);

@@ -240,9 +240,11 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     store(weight, std::move(key), Path::kPacked, packed);
     return y_first;
   }
-  // each candidate's best of two calls (one call's time swings by 10-20% here), the GEMM path
-  // after an untimed call that sizes its buffers
+  // each candidate's best of two calls (one call's time swings by 10-20% here), each after an
+  // untimed call, as the packed one had above: the regular path's makes its oneDNN primitive
+  // and its layout choice (onednn_layout.h, itself timed), the GEMM path's sizes its buffers
   at::Tensor y[4], unused;
+  regular();
   if (gemm) gemm();
   const at::Tensor direct_packed = direct ? direct.pack() : at::Tensor();
   const auto run_direct = [&] { return direct.run(direct_packed); };
