@@ -122,7 +122,48 @@ GK_CPU_CLONES void act_grad_column_sums(const scalar_t* __restrict__ gy,
   }
 }
 
+// One row of bias_activation_: v = z[c] + b[c]; y[c] = act(v), and z[c] = v when y is another
+// tensor (the pre-activation kept).
+template <Activation A, typename scalar_t>
+GK_CPU_CLONES void bias_act_row(scalar_t* __restrict__ z, const scalar_t* __restrict__ b,
+                                scalar_t* __restrict__ y, bool keep_z, int64_t n,
+                                opmath<scalar_t> slope) {
+  using opmath_t = opmath<scalar_t>;
+  for (int64_t c = 0; c < n; ++c) {
+    const opmath_t v = opmath_t(z[c]) + opmath_t(b[c]);
+    if (keep_z) z[c] = static_cast<scalar_t>(v);
+    y[c] = static_cast<scalar_t>(act_forward<A, opmath_t>(v, slope));
+  }
+}
+
 }  // namespace
+
+void bias_activation_(at::Tensor& z, const at::Tensor& bias, int64_t activation,
+                      double negative_slope, at::Tensor* act_out) {
+  const auto act = static_cast<Activation>(activation);
+  if (act == Activation::kTanh || z.dim() != 2 || !z.is_contiguous() || !bias.is_contiguous() ||
+      bias.scalar_type() != z.scalar_type()) {
+    z.add_(bias);  // ATen's vectorized exp / tanh after it (see activation_)
+    activation_(z, activation, negative_slope, act_out);
+    return;
+  }
+  const int64_t rows = z.size(0), n = z.size(1);
+  if (z.numel() == 0) return;
+  at::Tensor& y = act_out ? *act_out : z;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z.scalar_type(), "bias_act", [&] {
+    scalar_t* zp = z.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
+    const auto slope = static_cast<opmath<scalar_t>>(negative_slope);
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation A = decltype(tag)::value;
+      at::parallel_for(0, rows, serial_grain(z.numel(), rows), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          bias_act_row<A, scalar_t>(zp + r * n, bp, yp + r * n, yp != zp, n, slope);
+      });
+    });
+  });
+}
 
 void activation_(at::Tensor& z, int64_t activation, double negative_slope, at::Tensor* act_out) {
   if (z.numel() == 0) return;

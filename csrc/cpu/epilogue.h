@@ -15,6 +15,12 @@ namespace genkern::cpu {
 void activation_(at::Tensor& z, int64_t activation, double negative_slope,
                  at::Tensor* act_out = nullptr);
 
+// z <- z + bias (along the last of its two dims) and act(.), as activation_ does (act_out: z keeps
+// the pre-activation), in one pass where the activation's math is ours (identity, relu,
+// leaky_relu on a contiguous [rows, N] z); an add, then activation_, otherwise.
+void bias_activation_(at::Tensor& z, const at::Tensor& bias, int64_t activation,
+                      double negative_slope, at::Tensor* act_out = nullptr);
+
 // g = act_backward(grad_y, saved) in one pass, with the bias gradient (sum of g over every dim
 // but 1) reduced in the same pass when need_bias_grad. Deterministic: fixed chunking, ordered sums.
 // may_overwrite: grad_y is the caller's alone (see sole_owner), so g may be written over it.

@@ -8,15 +8,10 @@
 
 #include <cmath>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define GK_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define GK_HOST_DEVICE inline
-#endif
+#include "genkern/exp_math.h"  // GK_HOST_DEVICE, exp_full
 
 namespace genkern {
 
-using std::exp;  // float overloads for float math, on host and device
 using std::tanh;
 
 enum class Activation : int {
@@ -42,9 +37,10 @@ GK_HOST_DEVICE bool saves_output(Activation act, double negative_slope) {
   }
 }
 
+// 1 / (1 + exp(-x)): 0 at -inf, 1 at +inf, NaN -> NaN; vectorizable for float on the host.
 template <typename T>
 GK_HOST_DEVICE T sigmoid(T x) {
-  return T(1) / (T(1) + exp(-x));
+  return T(1) / (T(1) + exp_full(-x));
 }
 
 // y = act(x), the activation fixed at compile time so loops over it vectorize.
