@@ -93,15 +93,22 @@ Result run_in_chosen_layout(const std::vector<int64_t>& key,
   }
   Result result[2];
   double best[2] = {1e300, 1e300};
+  bool cl_failed = false;  // oneDNN refused the channels_last call: ATen's layout, as stock
   for (int round = 0; round < kRounds; ++round) {
-    for (int cl = 0; cl < 2; ++cl) {
-      best[cl] = std::min(best[cl], seconds([&] {
-                            Result r = call(cl == 1);
-                            if (round == 0) result[cl] = std::move(r);
-                          }));
+    for (int cl = 0; cl < 2 - cl_failed; ++cl) {
+      const auto run = [&] {
+        Result r = call(cl == 1);
+        if (round == 0) result[cl] = std::move(r);
+      };
+      try {
+        best[cl] = std::min(best[cl], seconds(run));
+      } catch (const std::exception&) {
+        if (cl == 0) throw;
+        cl_failed = true;
+      }
     }
   }
-  const bool cl = best[1] < kMargin * best[0];
+  const bool cl = !cl_failed && best[1] < kMargin * best[0];
   if (cl) g_channels_last_calls.fetch_add(1);
   std::lock_guard<std::mutex> lock(g_mutex);
   g_choice.emplace(key, cl);
