@@ -2,10 +2,10 @@
 // Main loop, float32: on AVX-512 CPUs where it wins (use_dot_gemm: batch-1 layers, a long k into
 // few outputs) row-by-row dot products of x and W as they lie (dot_gemm.cpp); for other products
 // small enough (small_gemm_wins), genkern's own register-tiled GEMM (small_gemm.cpp); both apply
-// bias and activation to each block before its store. Otherwise ATen's mm (MKL/oneDNN sgemm), the
-// bias added in place after it (16-bit types: addmm, the bias inside the GEMM), then the
-// activation in one in-place pass over the [M, N] output. Backward: activation backward + bias gradient (column
-// sums) in one pass over grad_y, then one GEMM per gradient asked for (the small kernel reads g^T
+// bias and activation to each block before its store. Otherwise ATen's mm (MKL/oneDNN sgemm),
+// then the bias and the activation in one in-place pass over the [M, N] output (16-bit types:
+// addmm, the bias inside the GEMM). Backward: activation backward + bias gradient (column sums)
+// in one pass over grad_y, then one GEMM per gradient asked for (the small kernel reads g^T
 // through strides: no copy), the two side by side on a 2-thread pool.
 #include "linear_act.h"
 

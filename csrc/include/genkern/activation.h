@@ -120,7 +120,8 @@ GK_HOST_DEVICE T act_forward(Activation act, T x, T slope) {
 template <typename T>
 GK_HOST_DEVICE T act_backward(Activation act, T grad, T s, T slope) {
   T g = grad;
-  dispatch_activation(act, [&](auto tag) { g = act_backward<decltype(tag)::value>(grad, s, slope); });
+  dispatch_activation(act,
+                      [&](auto tag) { g = act_backward<decltype(tag)::value>(grad, s, slope); });
   return g;
 }
 
