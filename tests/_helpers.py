@@ -16,4 +16,11 @@ def clones(tensors):
     return [None if t is None else t.detach().clone() for t in tensors]
 
 
-__all__ = ["assert_unchanged", "clones", "testing"]
+def check_against_reference_unmodified(fn, ref, inputs, dtype, what) -> None:
+    """testing.check_against_reference, and every input bit-identical after it (never mutated)."""
+    before = clones(inputs)
+    testing.check_against_reference(fn, ref, inputs, dtype, what)
+    assert_unchanged(before, inputs)
+
+
+__all__ = ["assert_unchanged", "check_against_reference_unmodified", "clones", "testing"]

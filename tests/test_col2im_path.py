@@ -8,7 +8,7 @@ import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
-from _helpers import assert_unchanged, clones
+from _helpers import check_against_reference_unmodified
 from conftest import DEVICE
 
 import genkern
@@ -49,10 +49,8 @@ def _on_cpu(inputs):
 def test_conv2d_input_grad_float64(case, act, slope, layout, always):
     inputs, kw = c2._make(case, torch.float64, layout)
     inputs = _on_cpu(inputs)
-    before = clones(inputs)
     fn, ref = _conv_fns(kw, act, slope)
-    testing.check_against_reference(fn, ref, inputs, torch.float64, "cpu col2im")
-    assert_unchanged(before, inputs)
+    check_against_reference_unmodified(fn, ref, inputs, torch.float64, "cpu col2im")
 
 
 @pytest.mark.parametrize("layout", testing.LAYOUTS)
@@ -60,10 +58,8 @@ def test_conv2d_input_grad_float64(case, act, slope, layout, always):
 @pytest.mark.parametrize("case", ONE_GROUP_CONVT, ids=ct._case_id)
 def test_conv_transpose2d_float64(case, act, slope, layout, always):
     inputs, kw = ct._make(case, torch.float64, layout, device="cpu")
-    before = clones(inputs)
     fn, ref = ct._fns(kw, act, slope, "cpu")
-    testing.check_against_reference(fn, ref, inputs, torch.float64, "cpu col2im")
-    assert_unchanged(before, inputs)
+    check_against_reference_unmodified(fn, ref, inputs, torch.float64, "cpu col2im")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import assert_unchanged, clones
+from _helpers import check_against_reference_unmodified
 from conftest import DEVICE, grid_backends
 
 import genkern
@@ -53,13 +53,11 @@ def _make(case, dtype, layout, requires_grad=(True, True, True)):
 @pytest.mark.parametrize("case", SHAPES, ids=_case_id)
 def test_forward_and_grads_float64(case, act, slope, layout, backend):
     inputs, kw = _make(case, torch.float64, layout)
-    before = clones(inputs)
     fn = lambda x, w, b: genkern.ops.conv2d(
         x, w, b, **kw, activation=act, negative_slope=slope, backend=backend
     )
     ref = lambda x, w, b: reference.conv2d(x, w, b, **kw, activation=act, negative_slope=slope)
-    testing.check_against_reference(fn, ref, inputs, torch.float64, f"{backend}")
-    assert_unchanged(before, inputs)
+    check_against_reference_unmodified(fn, ref, inputs, torch.float64, f"{backend}")
 
 
 @pytest.mark.parametrize("backend", grid_backends(torch.float32))

@@ -16,7 +16,7 @@ import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
-from _helpers import assert_unchanged, clones
+from _helpers import check_against_reference_unmodified
 
 from genkern import _ext, activations, backends, testing
 from genkern.ops import _stem_conv
@@ -84,9 +84,7 @@ def test_against_float64_reference(case, act, slope, layout, x_grad, always):
     inputs, kw = _make(case, layout, x_grad)
     x, w, _ = inputs
     assert _ext._C.use_stem_conv(x, w, 1)
-    before = clones(inputs)
-    testing.check_against_reference(*_fns(kw, act, slope), inputs, torch.float32, "cpu stem")
-    assert_unchanged(before, inputs)
+    check_against_reference_unmodified(*_fns(kw, act, slope), inputs, torch.float32, "cpu stem")
 
 
 @pytest.mark.parametrize("layout", testing.LAYOUTS)
@@ -96,10 +94,8 @@ def test_conv_transpose2d_backward_against_float64_reference(case, act, slope, l
     # the backward of a transposed conv is a conv from its output's channels: the stem kernels
     # where that conv lands on the input's size (output_padding < stride), ATen's elsewhere
     inputs, kw = ct._make(case, torch.float32, layout, device="cpu")
-    before = clones(inputs)
     fn, ref = ct._fns(kw, act, slope, "cpu")
-    testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu stem convT")
-    assert_unchanged(before, inputs)
+    check_against_reference_unmodified(fn, ref, inputs, torch.float32, "cpu stem convT")
 
 
 @pytest.mark.parametrize("w_layout", ["contiguous", "channels_last"])

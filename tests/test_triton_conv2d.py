@@ -7,7 +7,7 @@ there is no GPU); shapes are tiny so the interpreter gets through the module qui
 import pytest
 import torch
 import torch.nn.functional as F
-from _helpers import assert_unchanged, clones
+from _helpers import check_against_reference_unmodified
 from conftest import DEVICE
 
 import genkern
@@ -82,10 +82,8 @@ def _fns(kw, act, slope):
 def _check(case, act, slope, layout="contiguous", requires_grad=(True, True, True),
            weight_layout="contiguous"):  # fmt: skip
     inputs, kw = _make(case, torch.float32, layout, requires_grad, weight_layout)
-    before = clones(inputs)
     fn, ref = _fns(kw, act, slope)
-    testing.check_against_reference(fn, ref, inputs, torch.float32, f"triton {act}")
-    assert_unchanged(before, inputs)
+    check_against_reference_unmodified(fn, ref, inputs, torch.float32, f"triton {act}")
 
 
 @pytest.mark.parametrize("act,slope", ACTIVATIONS)
