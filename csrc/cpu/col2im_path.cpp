@@ -4,6 +4,7 @@
 #include <atomic>
 
 #include "conv_geometry.h"
+#include "path_mode.h"
 
 namespace genkern::cpu {
 namespace {
@@ -14,8 +15,7 @@ std::atomic<int64_t> g_mode{static_cast<int64_t>(Col2imMode::kAuto)};
 }  // namespace
 
 void set_col2im_mode(int64_t mode) {
-  TORCH_CHECK(mode >= 0 && mode <= 2, "col2im mode must be 0 (never), 1 (auto) or 2 (always)");
-  g_mode.store(mode);
+  set_path_mode(g_mode, mode, "col2im");
 }
 
 int64_t col2im_mode() { return g_mode.load(); }

@@ -7,6 +7,7 @@
 #include <atomic>
 
 #include "conv_geometry.h"
+#include "path_mode.h"
 
 namespace genkern::cpu {
 namespace {
@@ -221,9 +222,7 @@ at::Tensor as_weight(const at::Tensor& grad_w2, const at::Tensor& weight, const 
 }  // namespace
 
 void set_conv_gemm_mode(int64_t mode) {
-  TORCH_CHECK(mode >= 0 && mode <= 2,
-              "conv GEMM mode must be 0 (never), 1 (auto) or 2 (always)");
-  g_mode.store(mode);
+  set_path_mode(g_mode, mode, "conv GEMM");
 }
 
 int64_t conv_gemm_mode() { return g_mode.load(); }

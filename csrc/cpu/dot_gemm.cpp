@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 
+#include "path_mode.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include <immintrin.h>
 #define GK_DOT_HAS_AVX512 1
@@ -148,8 +150,7 @@ void run(const GemmArgs& g) {
 }  // namespace
 
 void set_dot_gemm_mode(int64_t mode) {
-  TORCH_CHECK(mode >= 0 && mode <= 2, "dot GEMM mode must be 0 (never), 1 (auto) or 2 (always)");
-  g_mode.store(mode);
+  set_path_mode(g_mode, mode, "dot GEMM");
 }
 
 int64_t dot_gemm_mode() { return g_mode.load(); }

@@ -11,6 +11,7 @@
 
 #include "conv_geometry.h"
 #include "layout_copy.h"
+#include "path_mode.h"
 
 namespace genkern::cpu {
 namespace {
@@ -118,9 +119,7 @@ Result run_in_chosen_layout(const std::vector<int64_t>& key,
 }  // namespace
 
 void set_onednn_layout_mode(int64_t mode) {
-  TORCH_CHECK(mode >= 0 && mode <= 2,
-              "oneDNN layout mode must be 0 (never), 1 (auto) or 2 (always)");
-  g_mode.store(mode);
+  set_path_mode(g_mode, mode, "oneDNN layout");
   std::lock_guard<std::mutex> lock(g_mutex);
   g_choice.clear();
 }

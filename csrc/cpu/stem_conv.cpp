@@ -7,6 +7,7 @@
 
 #include "conv_geometry.h"
 #include "genkern/activation.h"
+#include "path_mode.h"
 #include "small_gemm.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -438,8 +439,7 @@ void check_float32(const at::Tensor& x, const at::Tensor& weight) {
 }  // namespace
 
 void set_stem_conv_mode(int64_t mode) {
-  TORCH_CHECK(mode >= 0 && mode <= 2, "stem conv mode must be 0 (never), 1 (auto) or 2 (always)");
-  g_mode.store(mode);
+  set_path_mode(g_mode, mode, "stem conv");
 }
 
 int64_t stem_conv_mode() { return g_mode.load(); }
