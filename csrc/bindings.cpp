@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "cpu/col2im_path.h"
+#include "cpu/head_convt.h"
 #include "cpu/conv_gemm.h"
 #include "cpu/small_gemm.h"
 #include "cpu/layout_copy.h"
@@ -77,6 +78,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_col2im_mode", &genkern::cpu::set_col2im_mode);
   m.def("col2im_mode", &genkern::cpu::col2im_mode);
   m.def("use_col2im", &genkern::cpu::use_col2im);
+  // ... of which those that fit on direct AVX-512 kernels (see head_convt.h)
+  m.def("set_head_convt_mode", &genkern::cpu::set_head_convt_mode);
+  m.def("head_convt_mode", &genkern::cpu::head_convt_mode);
+  m.def("use_head_convt", &genkern::cpu::use_head_convt);
   // transposed convs from many channels over a small input, and convs onto many channels over a
   // small output, as GEMMs over the whole batch (see conv_gemm.h)
   m.def("set_conv_gemm_mode", &genkern::cpu::set_conv_gemm_mode);

@@ -4,6 +4,7 @@
 #include <atomic>
 
 #include "conv_geometry.h"
+#include "head_convt.h"
 #include "path_mode.h"
 
 namespace genkern::cpu {
@@ -40,6 +41,8 @@ at::Tensor conv_transpose2d_col2im(const at::Tensor& x, const at::Tensor& weight
                                    const std::vector<int64_t>& output_padding,
                                    const std::vector<int64_t>& dilation) {
   const auto fmt = conv_output_format(x, weight);
+  if (use_head_convt(x, weight, 1, stride, padding, output_padding, dilation))
+    return head_conv_transpose2d(x, weight, bias, stride, padding, output_padding, fmt);
   std::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) b = bias->contiguous();
   at::Tensor y = at::slow_conv_transpose2d(x.contiguous(fmt), weight.contiguous(fmt),

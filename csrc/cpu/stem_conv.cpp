@@ -9,6 +9,7 @@
 #include "genkern/activation.h"
 #include "path_mode.h"
 #include "small_gemm.h"
+#include "zmm_tile.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -162,28 +163,6 @@ int vectors_for(int64_t cout) { return static_cast<int>(std::min<int64_t>(4, (co
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 
-// Accumulators a<r>_<v> as named variables (GCC keeps an array of them in memory): r < 12, v < 4,
-// only R * V <= 24 of them live.
-#define GK_ACC_ROW(r)                                                              \
-  __m512 a##r##_0 = _mm512_setzero_ps(), a##r##_1 = a##r##_0, a##r##_2 = a##r##_0, \
-         a##r##_3 = a##r##_0;
-#define GK_ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7) F(8) F(9) F(10) F(11)
-#define GK_FMA_ROW(r, x)                                               \
-  {                                                                    \
-    const __m512 xv = _mm512_set1_ps(x);                               \
-    a##r##_0 = _mm512_fmadd_ps(xv, b0, a##r##_0);                      \
-    if constexpr (V > 1) a##r##_1 = _mm512_fmadd_ps(xv, b1, a##r##_1); \
-    if constexpr (V > 2) a##r##_2 = _mm512_fmadd_ps(xv, b2, a##r##_2); \
-    if constexpr (V > 3) a##r##_3 = _mm512_fmadd_ps(xv, b3, a##r##_3); \
-  }
-#define GK_STORE_ROW(r)                                                  \
-  if constexpr (R > r) {                                                 \
-    _mm512_storeu_ps(out + r * ldo, a##r##_0);                           \
-    if constexpr (V > 1) _mm512_storeu_ps(out + r * ldo + 16, a##r##_1); \
-    if constexpr (V > 2) _mm512_storeu_ps(out + r * ldo + 32, a##r##_2); \
-    if constexpr (V > 3) _mm512_storeu_ps(out + r * ldo + 48, a##r##_3); \
-  }
-
 // y = act(v + bias) on one zmm of output channels, as act_forward computes it (the same bits)
 template <Activation A, bool HasBias>
 inline __m512 epilogue(__m512 v, __m512 bias, __m512 slope) {
@@ -204,11 +183,7 @@ void forward_tile(const float* const* px, const int64_t* off, int64_t taps, cons
                   int64_t ldy) {
   GK_ROWS(GK_ACC_ROW)
   for (int64_t k = 0; k < taps; ++k) {
-    const float* wk = w + k * kPanel;
-    const __m512 b0 = _mm512_loadu_ps(wk);
-    const __m512 b1 = V > 1 ? _mm512_loadu_ps(wk + 16) : b0;
-    const __m512 b2 = V > 2 ? _mm512_loadu_ps(wk + 32) : b0;
-    const __m512 b3 = V > 3 ? _mm512_loadu_ps(wk + 48) : b0;
+    GK_WEIGHT_ROW(w + k * kPanel)
     const int64_t o = off[k];
 #define GK_FWD(r) \
   if constexpr (R > r) GK_FMA_ROW(r, px[r][o])
@@ -270,11 +245,6 @@ void weight_grad_tile(const float* xs, const int64_t* org, int64_t count, const 
     if constexpr (V > 3) _mm512_mask_storeu_ps(sums + 48, mask[3], s3);
   }
 }
-
-#undef GK_STORE_ROW
-#undef GK_FMA_ROW
-#undef GK_ROWS
-#undef GK_ACC_ROW
 
 // mask[v]: the lanes of zmm v of a panel that hold one of its `channels` channels
 inline void lane_masks(int64_t channels, __mmask16* mask) {

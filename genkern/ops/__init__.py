@@ -5,6 +5,7 @@ from genkern.ops import (
     _col2im,  # noqa: F401  (applies GENKERN_CPU_COL2IM)
     _conv_gemm,  # noqa: F401  (applies GENKERN_CPU_CONV_GEMM)
     _dot_gemm,  # noqa: F401  (applies GENKERN_CPU_DOT_GEMM)
+    _head_convt,  # noqa: F401  (applies GENKERN_CPU_HEAD_CONVT)
     _onednn_layout,  # noqa: F401  (applies GENKERN_CPU_ONEDNN_LAYOUT)
     _prepacked,  # noqa: F401  (applies GENKERN_CPU_PREPACK)
     _stem_conv,  # noqa: F401  (applies GENKERN_CPU_STEM_CONV)

@@ -1,0 +1,250 @@
+#include "head_convt.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "path_mode.h"
+#include "small_gemm.h"  // avx512_kernels_enabled
+#include "zmm_tile.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
+#define GK_HEAD_AVX512 1
+#else
+#define GK_HEAD_AVX512 0
+#endif
+
+namespace genkern::cpu {
+namespace {
+
+// genkern/ops/_head_convt.py sets it from GENKERN_CPU_HEAD_CONVT when genkern.ops is imported
+std::atomic<int64_t> g_mode{1};
+
+// The call's shape. Input pixel (iy, ix) adds its footprint (kh x kw x cout) at (iy * sh + ky,
+// ix * sw + kx) of the uncropped output, whose window from (ph, pw) is the output.
+struct Head {
+  int64_t n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow;
+  int64_t fh, fw;  // the uncropped output's rows and columns, as far as the output reaches
+  int64_t cols() const { return kh * kw * cout; }          // a pixel's footprint
+  int64_t ldv() const { return (cols() + 15) / 16 * 16; }  // in whole zmm
+  int64_t acc_floats() const { return fh * fw * cout; }
+};
+
+Head head_of(const at::Tensor& x, const at::Tensor& weight, const std::vector<int64_t>& stride,
+             const std::vector<int64_t>& padding, const std::vector<int64_t>& output_padding) {
+  Head s{};
+  s.n = x.size(0);
+  s.cin = x.size(1);
+  s.h = x.size(2);
+  s.w = x.size(3);
+  s.cout = weight.size(1);
+  s.kh = weight.size(2);
+  s.kw = weight.size(3);
+  s.sh = stride[0];
+  s.sw = stride[1];
+  s.ph = padding[0];
+  s.pw = padding[1];
+  s.oh = (s.h - 1) * s.sh - 2 * s.ph + s.kh + output_padding[0];
+  s.ow = (s.w - 1) * s.sw - 2 * s.pw + s.kw + output_padding[1];
+  s.fh = std::max((s.h - 1) * s.sh + s.kh, s.ph + s.oh);
+  s.fw = std::max((s.w - 1) * s.sw + s.kw, s.pw + s.ow);
+  return s;
+}
+
+// weight [C_in, C_out, kH, kW] as rows c of ldv floats: column (ky * kW + kx) * C_out + co, zero
+// past the footprint
+std::vector<float> pack_weight(const Head& s, const at::Tensor& weight) {
+  const at::Tensor w = weight.contiguous();
+  const float* src = w.data_ptr<float>();
+  std::vector<float> packed(s.cin * s.ldv(), 0.f);
+  for (int64_t c = 0; c < s.cin; ++c)
+    for (int64_t co = 0; co < s.cout; ++co)
+      for (int64_t k = 0; k < s.kh * s.kw; ++k)
+        packed[c * s.ldv() + k * s.cout + co] = src[(c * s.cout + co) * s.kh * s.kw + k];
+  return packed;
+}
+
+#if GK_HEAD_AVX512
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+
+// rows per tile for V zmm: 24 accumulators (12 for one or two zmm: the loads bound it)
+template <int V>
+constexpr int tile_rows() {
+  return V == 4 ? 6 : V == 3 ? 8 : 12;
+}
+
+// out[r * ldo + j] = sum_c px[r][c * sc] * w[c * ldo + j] for R pixels px and V zmm of columns
+template <int R, int V>
+void footprint_tile(const float* const* px, int64_t sc, int64_t cin, const float* w, float* out,
+                    int64_t ldo) {
+  GK_ROWS(GK_ACC_ROW)
+  for (int64_t c = 0; c < cin; ++c) {
+    GK_WEIGHT_ROW(w + c * ldo)
+    const int64_t o = c * sc;
+#define GK_HEAD_FMA(r) \
+  if constexpr (R > r) GK_FMA_ROW(r, px[r][o])
+    GK_ROWS(GK_HEAD_FMA)
+#undef GK_HEAD_FMA
+  }
+  GK_ROWS(GK_STORE_ROW)
+}
+
+// acc[(iy * sh + ky, ix * sw + kx)][co] += v[ix][(ky * kw + kx) * cout + co] for every pixel ix of
+// input row iy: a masked vector of L floats (4, 8 or 16, L >= kw * cout) per (pixel, ky). A load
+// that overlaps a masked store still in flight waits for it (whatever the masks), so the pixels
+// go in q passes, q apart: footprints and vectors of one pass do not overlap.
+template <int L>
+void add_footprints(const Head& s, int64_t iy, const float* v, float* acc) {
+  const int64_t seg = s.kw * s.cout, step = s.sw * s.cout, ldv = s.ldv();
+  const int64_t q = std::max((s.kw + s.sw - 1) / s.sw, (L + step - 1) / step);
+  const auto m = static_cast<__mmask16>((1u << seg) - 1u);
+  for (int64_t ky = 0; ky < s.kh; ++ky) {
+    float* row = acc + (iy * s.sh + ky) * s.fw * s.cout;
+    const float* vk = v + ky * seg;
+    for (int64_t p = 0; p < q; ++p) {
+      for (int64_t ix = p; ix < s.w; ix += q) {
+        float* d = row + ix * step;
+        const float* e = vk + ix * ldv;
+        if constexpr (L == 4) {
+          const __m128 a = _mm_maskz_loadu_ps(m, d), b = _mm_maskz_loadu_ps(m, e);
+          _mm_mask_storeu_ps(d, m, _mm_add_ps(a, b));
+        } else if constexpr (L == 8) {
+          const __m256 a = _mm256_maskz_loadu_ps(m, d), b = _mm256_maskz_loadu_ps(m, e);
+          _mm256_mask_storeu_ps(d, m, _mm256_add_ps(a, b));
+        } else {
+          const __m512 a = _mm512_maskz_loadu_ps(m, d), b = _mm512_maskz_loadu_ps(m, e);
+          _mm512_mask_storeu_ps(d, m, _mm512_add_ps(a, b));
+        }
+      }
+    }
+  }
+}
+
+// Sample n's uncropped output into acc (zeroed here): the footprints of a band of input rows at
+// a time into v (tiles of R pixels run on across the band's rows: no tile is cut at a row's end),
+// then added row by row.
+template <int V>
+void sample_footprints(const Head& s, const float* x, const int64_t* xs, const float* w,
+                       int64_t n, int64_t band, float* v, float* acc) {
+  constexpr int R = tile_rows<V>();
+  std::fill(acc, acc + s.acc_floats(), 0.f);
+  const float* px[R];
+  const float* sample = x + n * xs[0];
+  for (int64_t iy0 = 0; iy0 < s.h; iy0 += band) {
+    const int64_t rows = std::min(band, s.h - iy0), count = rows * s.w;
+    for (int64_t p0 = 0; p0 < count; p0 += R) {
+      for (int r = 0; r < R; ++r) {
+        const int64_t p = std::min<int64_t>(p0 + r, count - 1);
+        px[r] = sample + (iy0 + p / s.w) * xs[2] + p % s.w * xs[3];
+      }
+      footprint_tile<R, V>(px, xs[1], s.cin, w, v + p0 * s.ldv(), s.ldv());
+    }
+    const int64_t seg = s.kw * s.cout;
+    for (int64_t iy = iy0; iy < iy0 + rows; ++iy) {
+      const float* vr = v + (iy - iy0) * s.w * s.ldv();
+      if (seg <= 4)
+        add_footprints<4>(s, iy, vr, acc);
+      else if (seg <= 8)
+        add_footprints<8>(s, iy, vr, acc);
+      else
+        add_footprints<16>(s, iy, vr, acc);
+    }
+  }
+}
+
+#pragma GCC pop_options
+#endif  // GK_HEAD_AVX512
+
+// y's sample n (strides ys) <- the output window of acc, plus bias (brow: the bias of each float
+// of an output row of acc, pixels x channels)
+void write_sample(const Head& s, const float* acc, const float* brow, float* y, const int64_t* ys,
+                  int64_t n) {
+  const bool rows = ys[1] == 1 && ys[3] == s.cout;  // channels_last (or one channel): a row's run
+  for (int64_t oy = 0; oy < s.oh; ++oy) {
+    const float* a = acc + ((oy + s.ph) * s.fw + s.pw) * s.cout;
+    float* yr = y + n * ys[0] + oy * ys[2];
+    if (rows) {
+      for (int64_t i = 0; i < s.ow * s.cout; ++i) yr[i] = a[i] + brow[i];
+      continue;
+    }
+    for (int64_t co = 0; co < s.cout; ++co) {
+      float* yc = yr + co * ys[1];
+      for (int64_t ox = 0; ox < s.ow; ++ox) yc[ox * ys[3]] = a[ox * s.cout + co] + brow[co];
+    }
+  }
+}
+
+}  // namespace
+
+void set_head_convt_mode(int64_t mode) {
+  set_path_mode(g_mode, mode, "head convt");
+}
+
+int64_t head_convt_mode() { return g_mode.load(); }
+
+bool use_head_convt(const at::Tensor& x, const at::Tensor& weight, int64_t groups,
+                    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+                    const std::vector<int64_t>& output_padding,
+                    const std::vector<int64_t>& dilation) {
+  if (g_mode.load(std::memory_order_relaxed) == 0 || !GK_HEAD_AVX512 ||
+      !avx512_kernels_enabled() || groups != 1 || x.dim() != 4 || weight.dim() != 4 ||
+      x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat || dilation[0] != 1 ||
+      dilation[1] != 1)
+    return false;
+  const int64_t cout = weight.size(1), kh = weight.size(2), kw = weight.size(3);
+  if (x.numel() == 0 || cout < 1 || kw * cout > 16 || kh * kw * cout > 64) return false;
+  const Head s = head_of(x, weight, stride, padding, output_padding);
+  return s.oh > 0 && s.ow > 0;  // else ATen's error
+}
+
+at::Tensor head_conv_transpose2d(const at::Tensor& x, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias,
+                                 const std::vector<int64_t>& stride,
+                                 const std::vector<int64_t>& padding,
+                                 const std::vector<int64_t>& output_padding,
+                                 at::MemoryFormat fmt) {
+  const Head s = head_of(x, weight, stride, padding, output_padding);
+  TORCH_CHECK(s.oh > 0 && s.ow > 0, "genkern: head_conv_transpose2d: empty output");
+  at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(fmt));
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) b = bias->contiguous();
+#if GK_HEAD_AVX512
+  const std::vector<float> w = pack_weight(s, weight);
+  const float* xp = x.data_ptr<float>();
+  std::vector<float> brow(s.ow * s.cout, 0.f);
+  if (b.defined())
+    for (int64_t i = 0; i < s.ow * s.cout; ++i) brow[i] = b.data_ptr<float>()[i % s.cout];
+  float* yp = y.data_ptr<float>();
+  const int64_t xs[4] = {x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
+  const int64_t ys[4] = {y.stride(0), y.stride(1), y.stride(2), y.stride(3)};
+  // input rows per band: footprints of about 4K-16K floats (the most rows of a tile: slack)
+  const int64_t band = std::clamp<int64_t>(16384 / (s.w * s.ldv()), 1, s.h), tile = 12;
+  at::parallel_for(0, s.n, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<float> v((band * s.w + tile) * s.ldv()), acc(s.acc_floats());
+    for (int64_t n = n0; n < n1; ++n) {
+      switch (s.ldv() / 16) {
+        case 1:
+          sample_footprints<1>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
+          break;
+        case 2:
+          sample_footprints<2>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
+          break;
+        case 3:
+          sample_footprints<3>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
+          break;
+        default:
+          sample_footprints<4>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
+      }
+      write_sample(s, acc.data(), brow.data(), yp, ys, n);
+    }
+  });
+#else
+  TORCH_CHECK(false, "genkern: the head convt kernels need an AVX-512 CPU");
+#endif
+  return y;
+}
+
+}  // namespace genkern::cpu
