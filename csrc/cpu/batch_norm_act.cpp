@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "epilogue.h"
+#include "layout_copy.h"
 #include "genkern/activation.h"
 
 namespace genkern::cpu {
@@ -440,8 +441,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
   TORCH_CHECK(has_saved || recompute || x_is_output || act == Activation::kIdentity,
               "genkern: batch_norm backward needs the saved tensor");
   const auto fmt = format_of(x);
-  const at::Tensor gy = grad_y.contiguous(fmt);
-  const at::Tensor s = has_saved ? saved->contiguous(fmt) : at::Tensor();
+  const at::Tensor gy = contiguous_as(grad_y, fmt);
+  const at::Tensor s = has_saved ? contiguous_as(*saved, fmt) : at::Tensor();
   const View v = view_of(x);
   const int64_t C = v.channels;
   const bool has_w = weight.has_value() && weight->defined();

@@ -5,6 +5,7 @@
 
 #include "conv_geometry.h"
 #include "head_convt.h"
+#include "layout_copy.h"
 #include "path_mode.h"
 
 namespace genkern::cpu {
@@ -48,7 +49,7 @@ at::Tensor conv_transpose2d_col2im(const at::Tensor& x, const at::Tensor& weight
   at::Tensor y = at::slow_conv_transpose2d(x.contiguous(fmt), weight.contiguous(fmt),
                                            {weight.size(2), weight.size(3)}, b, stride, padding,
                                            output_padding, dilation);
-  return y.is_contiguous(fmt) ? y : y.contiguous(fmt);
+  return contiguous_as(y, fmt);
 }
 
 at::Tensor conv2d_input_grad_col2im(const at::Tensor& g, const at::Tensor& x,
@@ -67,7 +68,7 @@ at::Tensor conv2d_input_grad_col2im(const at::Tensor& g, const at::Tensor& x,
   at::Tensor gx = conv_transpose2d_col2im(g, weight, std::nullopt, stride, padding,
                                           output_padding, dilation);
   const auto fmt = conv_output_format(x, weight);
-  return gx.is_contiguous(fmt) ? gx : gx.contiguous(fmt);
+  return contiguous_as(gx, fmt);
 }
 
 }  // namespace genkern::cpu

@@ -11,6 +11,7 @@
 #include "conv_geometry.h"
 #include "conv_gemm.h"
 #include "epilogue.h"
+#include "layout_copy.h"
 #include "onednn_layout.h"
 #include "stem_conv.h"
 
@@ -134,8 +135,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
     // those channels, the stem kernels' case. grad_x = conv2d(g, weight); grad_w = that conv's
     // weight gradient with x as its output gradient (weight [C_in, C_out, ..] read as [out, in])
     if (output_mask[0])
-      grad_x = stem_conv2d(g, weight, std::nullopt, stride, padding, dilation, 0, 0.0)
-                   .contiguous(conv_output_format(x, weight));  // ATen's layout for it
+      grad_x = contiguous_as(  // in ATen's layout for it
+          stem_conv2d(g, weight, std::nullopt, stride, padding, dilation, 0, 0.0),
+          conv_output_format(x, weight));
     if (output_mask[1])
       grad_w = std::get<0>(stem_conv2d_param_grads(x, std::nullopt, g, weight, stride, padding,
                                                    dilation, /*identity*/ 0, 0.0, false));

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu_clones.h"
+#include "layout_copy.h"
 #include "genkern/activation.h"
 #include "genkern/channel_view.h"
 
@@ -205,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
               "genkern: activation backward needs the saved tensor");
   // The pass runs in the saved tensor's layout (our own output's); grad_y follows it.
   const auto format = has_saved ? saved->suggest_memory_format() : grad_y.suggest_memory_format();
-  const at::Tensor gy = grad_y.contiguous(format);
+  const at::Tensor gy = contiguous_as(grad_y, format);
   const int64_t channels = gy.dim() >= 2 ? gy.size(1) : gy.numel();
   at::Tensor bias_grad = need_bias_grad ? at::empty({channels}, gy.options()) : at::Tensor();
   const bool identity = act == Activation::kIdentity;
@@ -217,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
     return {g, bias_grad};
   }
   if (identity && !need_bias_grad) return {g, bias_grad};
-  const at::Tensor s = has_saved ? saved->contiguous(format) : at::Tensor();
+  const at::Tensor s = has_saved ? contiguous_as(*saved, format) : at::Tensor();
   const ChannelView v = channel_view(gy);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gy.scalar_type(), "act_backward", [&] {

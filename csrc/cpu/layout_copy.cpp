@@ -151,4 +151,11 @@ at::Tensor to_contiguous(const at::Tensor& t) {
   return out;
 }
 
+at::Tensor contiguous_as(const at::Tensor& t, at::MemoryFormat fmt) {
+  if (t.is_contiguous(fmt)) return t;
+  if (fmt == at::MemoryFormat::ChannelsLast) return to_channels_last(t);
+  if (fmt == at::MemoryFormat::Contiguous) return to_contiguous(t);
+  return t.contiguous(fmt);
+}
+
 }  // namespace genkern::cpu

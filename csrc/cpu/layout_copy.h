@@ -21,4 +21,8 @@ at::Tensor to_channels_last_scratch(const at::Tensor& t, int slot);
 // size-1 dim's stride differs), the copy of a channels_last float32 4-D t made here.
 at::Tensor to_contiguous(const at::Tensor& t);
 
+// t.contiguous(fmt), with the NCHW <-> channels_last copies of float32 4-D tensors made by the two
+// above (t itself where it already is).
+at::Tensor contiguous_as(const at::Tensor& t, at::MemoryFormat fmt);
+
 }  // namespace genkern::cpu

@@ -14,6 +14,7 @@
 
 #include "cpu_clones.h"
 #include "epilogue.h"
+#include "layout_copy.h"
 #include "genkern/activation.h"
 
 namespace genkern::cpu {
@@ -273,10 +274,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
   const auto fmt = format_of(grad_input);
   const at::Tensor& x = grad_input;
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
-  const at::Tensor gy = grad_y.contiguous(fmt);
+  const at::Tensor gy = contiguous_as(grad_y, fmt);
   const at::Tensor id = indices.contiguous(fmt);
   // the activation's output or input at each pooled output, read beside grad_y
-  const at::Tensor sv = act == Activation::kIdentity ? gy : saved->contiguous(fmt);
+  const at::Tensor sv = act == Activation::kIdentity ? gy : contiguous_as(*saved, fmt);
   const int64_t OH = gy.size(2), OW = gy.size(3), OHW = OH * OW;
   at::Tensor gx = grad_input;  // uninitialized: every element is written below
   if (gx.numel() == 0) return gx;
@@ -481,7 +482,7 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& g
   const auto fmt = format_of(grad_input);
   const at::Tensor& x = grad_input;
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
-  const at::Tensor gy = grad_y.contiguous(fmt);
+  const at::Tensor gy = contiguous_as(grad_y, fmt);
   const int64_t OH = gy.size(2), OW = gy.size(3);
   const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
   const int64_t pH = padding[0], pW = padding[1];
@@ -582,7 +583,7 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
   const at::Tensor& x = grad_input;
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
   const int64_t OH = src_h.numel(), OW = src_w.numel();
-  const at::Tensor gy = grad_y.contiguous(fmt);
+  const at::Tensor gy = contiguous_as(grad_y, fmt);
   at::Tensor gx = grad_input;  // uninitialized: every element is written below
   if (gx.numel() == 0) return gx;
   if (gy.numel() == 0) return gx.zero_();

@@ -6,6 +6,7 @@
 #include <atomic>
 
 #include "conv_geometry.h"
+#include "layout_copy.h"
 #include "genkern/activation.h"
 #include "path_mode.h"
 #include "small_gemm.h"
@@ -508,7 +509,7 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
   else
     with_act(ActivationTag<Activation::kIdentity>{});
 #endif
-  return y.is_contiguous(fmt) ? y : y.contiguous(fmt);
+  return contiguous_as(y, fmt);
 }
 
 std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
@@ -531,7 +532,7 @@ std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
     return {grad_w.zero_(), grad_b};
   }
   // rows of C_out channels per pixel
-  const at::Tensor gy = grad_y.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor gy = to_channels_last(grad_y.to(at::kFloat));
   const at::Tensor sv =
       has_saved ? saved->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
   const Padded pad(x, padding[0], padding[1]);
