@@ -176,3 +176,27 @@ def test_opcheck_in_channels_last(transposed, always):
     for mask in ([True, True, True], [True, False, False], [False, True, True]):
         bargs = (torch.randn_like(y), preact, x.detach(), w.detach(), *geometry, 2, -0.1, mask)
         torch.library.opcheck(backward.default, (*bargs, "cpu"))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_nchw_input_of_a_channels_last_weight(transposed):
+    # ATen runs such a call in channels_last and converts the input itself; genkern converts it
+    # first with its own copy: the same bits and layouts as ATen's call, forward and backward
+    import torch.nn.functional as F
+
+    import genkern
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 7, 6, requires_grad=True)
+    shape = (8, 5, 4, 4) if transposed else (5, 8, 4, 4)
+    w = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours = genkern.ops.conv_transpose2d if transposed else genkern.ops.conv2d
+    stock = F.conv_transpose2d if transposed else F.conv2d
+    outs = []
+    for fn in (lambda *a: ours(*a, backend="cpu"), stock):
+        y = fn(x, w, None, 2, 1)
+        g = torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+        outs.append([y, *torch.autograd.grad(y, (x, w), g)])
+    for a, b in zip(*outs):
+        assert a.stride() == b.stride()
+        assert torch.equal(a, b)

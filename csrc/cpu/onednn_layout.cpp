@@ -116,6 +116,15 @@ Result run_in_chosen_layout(const std::vector<int64_t>& key,
   return std::move(result[cl]);
 }
 
+// A call that ATen runs in channels_last (the weight is) on a float32 NCHW input: ATen converts
+// the input itself with its strided copy (and the output gradient in the backward), ours is
+// 3x faster ([128, 64, 7, 7]: 143 -> 44 us). The same bits and output layouts either way.
+bool runs_channels_last(const at::Tensor& x, const at::Tensor& weight) {
+  return x.dim() == 4 && x.scalar_type() == at::kFloat &&
+         !x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+         weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
 }  // namespace
 
 void set_onednn_layout_mode(int64_t mode) {
@@ -143,6 +152,7 @@ at::Tensor onednn_convolution(const at::Tensor& x, const at::Tensor& weight,
     return at::convolution(input, weight, bias, stride, padding, dilation, transposed,
                            output_padding, groups);
   };
+  if (runs_channels_last(x, weight)) return aten(to_channels_last_scratch(x, 0));
   const Geometry geo{x, weight, stride, padding, dilation, transposed, output_padding, groups};
   if (!geo.eligible(x)) return aten(x);
   return run_in_chosen_layout<at::Tensor>(geo.key(0), [&](bool cl) {
@@ -162,6 +172,8 @@ std::tuple<at::Tensor, at::Tensor> onednn_convolution_backward(
                                                  {need_x, need_w, false});
     return {gx, gw};
   };
+  if ((need_x || need_w) && runs_channels_last(x, weight))
+    return aten(to_channels_last_scratch(g, 0), to_channels_last_scratch(x, 1));
   const Geometry geo{x, weight, stride, padding, dilation, transposed, output_padding, groups};
   if (!(need_x || need_w) || !geo.eligible(g)) return aten(g, x);
   return run_in_chosen_layout<Grads>(geo.key(1 + need_x + 2 * need_w), [&](bool cl) -> Grads {
