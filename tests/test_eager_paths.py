@@ -266,3 +266,37 @@ def test_conv_backward_overwrites_only_a_gradient_nobody_else_holds(op):
     gx, gw = torch.autograd.grad((stock * 3).sum(), [x, w])
     torch.testing.assert_close(x.grad, gx)
     torch.testing.assert_close(w.grad, gw)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_backward_overwrites_only_a_gradient_nobody_else_holds(layout):
+    # The second conv's input gradient reaches the first conv's backward owned by nobody else:
+    # its activation backward writes g over it, the bias sums fused. A gradient the caller holds
+    # is left as it was. Both against the float64 reference.
+    from _helpers import check_against_reference_unmodified
+
+    from genkern import reference
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=fmt).requires_grad_()
+    params = [torch.randn(5, 3, 3, 3), torch.randn(5), torch.randn(4, 5, 3, 3), torch.randn(4)]
+    params = [p.requires_grad_() for p in params]
+
+    def net(conv, backend=None):
+        kw = {} if backend is None else {"backend": backend}
+
+        def f(x, w1, b1, w2, b2):
+            h = conv(x, w1, b1, padding=1, activation="leaky_relu", negative_slope=0.2, **kw)
+            return conv(h, w2, b2, padding=1, activation="silu", **kw)
+
+        return f
+
+    inputs = [x, *params]
+    fn, ref = net(genkern.ops.conv2d, "cpu"), net(reference.conv2d)
+    check_against_reference_unmodified(fn, ref, inputs, torch.float32, "two convs")
+    y = fn(*inputs)
+    g = torch.randn_like(y)
+    held = g.clone()
+    torch.autograd.grad(y, inputs, g)
+    assert torch.equal(g, held)

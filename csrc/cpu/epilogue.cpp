@@ -74,21 +74,22 @@ GK_CPU_CLONES void act_grad_in_place(scalar_t* g, const scalar_t* __restrict__ s
   for (int64_t i = 0; i < n; ++i) g[i] = grad_at<A>(g, s, i, slope);
 }
 
-// g[i] for i < n, and their sum.
-template <Activation A, typename scalar_t>
+// g[i] for i < n, and their sum. InPlace: grad_y is read from g itself (gy unused).
+template <Activation A, typename scalar_t, bool InPlace>
 GK_CPU_CLONES double act_grad_sum(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ s,
                                   scalar_t* __restrict__ g, int64_t n, opmath<scalar_t> slope) {
+  const scalar_t* in = InPlace ? g : gy;
   double lanes[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     for (int k = 0; k < kLanes; ++k) {
-      const scalar_t v = grad_at<A>(gy, s, i + k, slope);
+      const scalar_t v = grad_at<A>(in, s, i + k, slope);
       if constexpr (A != Activation::kIdentity) g[i + k] = v;
       lanes[k] += double(v);
     }
   }
   for (; i < n; ++i) {
-    const scalar_t v = grad_at<A>(gy, s, i, slope);
+    const scalar_t v = grad_at<A>(in, s, i, slope);
     if constexpr (A != Activation::kIdentity) g[i] = v;
     lanes[0] += double(v);
   }
@@ -99,22 +100,24 @@ GK_CPU_CLONES double act_grad_sum(const scalar_t* __restrict__ gy, const scalar_
 
 // g over rows x channels (rows contiguous), acc[c] += the column sums: blocks of kBlockRows rows
 // summed in opmath (float but for double: one vector add per 16 floats, the pass stays
-// memory-bound), each block's sums added to acc in float64. block: channels of scratch.
+// memory-bound), each block's sums added to acc in float64. block: channels of scratch. InPlace:
+// grad_y is read from g itself (gy unused).
 constexpr int64_t kBlockRows = 32;
 
-template <Activation A, typename scalar_t>
+template <Activation A, typename scalar_t, bool InPlace>
 GK_CPU_CLONES void act_grad_column_sums(const scalar_t* __restrict__ gy,
                                         const scalar_t* __restrict__ s, scalar_t* __restrict__ g,
                                         int64_t rows, int64_t channels, double* __restrict__ acc,
                                         opmath<scalar_t>* __restrict__ block,
                                         opmath<scalar_t> slope) {
+  const scalar_t* in = InPlace ? g : gy;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
     for (int64_t c = 0; c < channels; ++c) block[c] = 0;
     const int64_t r1 = std::min(rows, r0 + kBlockRows);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t base = r * channels;
       for (int64_t c = 0; c < channels; ++c) {
-        const scalar_t v = grad_at<A>(gy, s, base + c, slope);
+        const scalar_t v = grad_at<A>(in, s, base + c, slope);
         if constexpr (A != Activation::kIdentity) g[base + c] = v;
         block[c] += opmath<scalar_t>(v);
       }
@@ -210,8 +213,8 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
   const int64_t channels = gy.dim() >= 2 ? gy.size(1) : gy.numel();
   at::Tensor bias_grad = need_bias_grad ? at::empty({channels}, gy.options()) : at::Tensor();
   const bool identity = act == Activation::kIdentity;
-  // in place: no bias sums to fuse and no copy of grad_y made above
-  const bool in_place = may_overwrite && !identity && !need_bias_grad && gy.is_same(grad_y);
+  // in place (g written over grad_y): grad_y is ours to overwrite, no copy of it was made above
+  const bool in_place = may_overwrite && !identity && gy.is_same(grad_y);
   at::Tensor g = identity || in_place ? gy : at::empty_like(gy, format);
   if (gy.numel() == 0) {
     if (need_bias_grad) bias_grad.zero_();
@@ -247,9 +250,10 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t r0 = t * rows, r1 = std::min(v.outer, r0 + rows);
             const int64_t off = r0 * v.channels;
-            act_grad_column_sums<A, scalar_t>(gyp + off, offset_by(sp, off), offset_by(gp, off),
-                                              r1 - r0, v.channels, partial.data() + t * v.channels,
-                                              block.data(), slope);
+            const auto sums = in_place ? act_grad_column_sums<A, scalar_t, true>
+                                       : act_grad_column_sums<A, scalar_t, false>;
+            sums(gyp + off, offset_by(sp, off), offset_by(gp, off), r1 - r0, v.channels,
+                 partial.data() + t * v.channels, block.data(), slope);
           }
         });
         for (int64_t c = 0; c < v.channels; ++c) {
@@ -264,8 +268,9 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
             double sum = 0;
             for (int64_t o = 0; o < v.outer; ++o) {
               const int64_t off = (o * v.channels + c) * v.inner;
-              sum += act_grad_sum<A, scalar_t>(gyp + off, offset_by(sp, off), offset_by(gp, off),
-                                               v.inner, slope);
+              const auto grad_sum = in_place ? act_grad_sum<A, scalar_t, true>
+                                             : act_grad_sum<A, scalar_t, false>;
+              sum += grad_sum(gyp + off, offset_by(sp, off), offset_by(gp, off), v.inner, slope);
             }
             bg[c] = static_cast<scalar_t>(sum);
           }
