@@ -388,3 +388,38 @@ def test_16bit_output_column_in_the_padding(backend):
         testing.assert_close_to_reference(
             fn(x, w), ref(x.double(), w.double()), torch.bfloat16, backend
         )
+
+
+# A kernel that covers its whole unpadded input (one output pixel: a DCGAN discriminator's last
+# layer) runs as a dense layer on the cpu backend when x and the weight lie in the same order.
+# (N, C, H, W, OC, bias)
+WHOLE_INPUT = [(3, 8, 4, 4, 1, False), (2, 5, 3, 2, 4, True), (2, 1, 4, 4, 3, True)]
+
+
+@pytest.mark.parametrize("w_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("x_layout", testing.LAYOUTS)
+@pytest.mark.parametrize("act,slope", [(None, 0.01), ("leaky_relu", -0.1), ("silu", 0.01)])
+@pytest.mark.parametrize("case", WHOLE_INPUT, ids=_case_id)
+def test_whole_input_kernel_float64(case, act, slope, x_layout, w_layout):
+    n, c, h, w, oc, bias = case
+    x = testing.make_tensor([n, c, h, w], torch.float64, "cpu", x_layout, True)
+    wt = testing.make_tensor([oc, c, h, w], torch.float64, "cpu", w_layout, True)
+    b = testing.make_tensor([oc], torch.float64, "cpu", "contiguous", True) if bias else None
+    kw = dict(stride=2, activation=act, negative_slope=slope)
+    fn = lambda x, w, b: genkern.ops.conv2d(x, w, b, **kw, backend="cpu")
+    ref = lambda x, w, b: reference.conv2d(x, w, b, **kw)
+    check_against_reference_unmodified(fn, ref, [x, wt, b], torch.float64, "whole-input conv")
+    y, y_stock = fn(x, wt, b), F.conv2d(x, wt, b, stride=2)
+    assert y.stride() == y_stock.stride()  # ATen's layout, for the output and the gradients
+    g = torch.ones_like(y)
+    ours, stock = torch.autograd.grad(y, (x, wt), g), torch.autograd.grad(y_stock, (x, wt), g)
+    assert [t.stride() for t in ours] == [t.stride() for t in stock]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_whole_input_kernel_gradcheck(layout):
+    x = testing.make_tensor([2, 3, 3, 4], torch.float64, "cpu", layout, True)
+    wt = testing.make_tensor([2, 3, 3, 4], torch.float64, "cpu", layout, True)
+    b = testing.make_tensor([2], torch.float64, "cpu", "contiguous", True)
+    fn = lambda x, w, b: genkern.ops.conv2d(x, w, b, activation="silu", backend="cpu")
+    assert torch.autograd.gradcheck(fn, (x, wt, b), eps=1e-6, atol=1e-5)
