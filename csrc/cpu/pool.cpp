@@ -56,6 +56,14 @@ GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restr
   }
 }
 
+// d[c] = g[c] where index[c] == tap, over a channels_last pixel (max pool's backward: the channels
+// whose maximum this window tap holds; a select, where a scatter by index would not vectorize).
+template <typename scalar_t>
+GK_CPU_CLONES void take_at_tap(scalar_t* __restrict__ d, const int64_t* __restrict__ index,
+                               int64_t tap, const scalar_t* __restrict__ g, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) d[c] = index[c] == tap ? g[c] : d[c];
+}
+
 // d[c] += g[c] / div over a channels_last pixel (avg pool's backward, one window tap).
 template <typename scalar_t, typename opmath_t>
 GK_CPU_CLONES void add_divided(scalar_t* __restrict__ d, const scalar_t* __restrict__ g,
@@ -323,6 +331,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
       });
     } else if (tiled) {  // channels_last: a band is IW * C contiguous elements a row
       at::parallel_for(0, N * OH, grain_for(sH * IW * C), [&](int64_t r0, int64_t r1) {
+        std::vector<scalar_t> gw(C);  // one window's gradients
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t n = r / OH, oh = r % OH, h0 = oh * sH, h1 = std::min(h0 + sH, IH);
           scalar_t* img = out + n * IH * IW * C;
@@ -330,9 +339,11 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
           if (oh == OH - 1) std::fill(img + h1 * IW * C, img + IH * IW * C, scalar_t(0));
           for (int64_t ow = 0; ow < OW; ++ow) {
             const int64_t o0 = ((n * OH + oh) * OW + ow) * C;
-            const int64_t* pi = ip + o0;
-            for (int64_t c = 0; c < C; ++c)
-              img[pi[c] * C + c] = scalar_t(grad_at(o0 + c) + opmath_t(0));
+            for (int64_t c = 0; c < C; ++c) gw[c] = scalar_t(grad_at(o0 + c) + opmath_t(0));
+            // each tap of the window takes the channels whose maximum it holds
+            for (int64_t ih = h0; ih < std::min(h0 + kH, IH); ++ih)
+              for (int64_t iw = ow * sW; iw < std::min(ow * sW + kW, IW); ++iw)
+                take_at_tap(img + (ih * IW + iw) * C, ip + o0, ih * IW + iw, gw.data(), C);
           }
         }
       });

@@ -318,6 +318,7 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, rm, rv, training, eps, act, slope, save_preact, backend = inputs
     y, mean, invstd, var, preact = output
     ctx.mark_non_differentiable(mean, invstd, var, preact)
+    ctx.set_materialize_grads(False)  # no zeros made for those to be ignored
     ctx.keeps_output = _keeps_output(x, weight, training, act, slope, backend)
     if ctx.keeps_output:
         ctx.save_for_backward(y, weight, mean, invstd, None, bias)
@@ -330,6 +331,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _gm, _gi, _gv, _gp):
+    if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
+        return (None,) * 11
     x, weight, mean, invstd, saved, bias = ctx.saved_tensors
     training, act, slope, backend = ctx.args
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]

@@ -220,11 +220,16 @@ def _(
 def _setup_context(ctx, inputs, output):
     x, weight, bias, stride, padding, dilation, groups, act, slope, save_preact, backend = inputs
     y, preact = output
+    # preact is internal: no gradient, and none made of zeros for the backward to ignore
+    ctx.mark_non_differentiable(preact)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
     ctx.args = (stride, padding, dilation, groups, act, slope, backend)
 
 
 def _backward(ctx, grad_y, _grad_preact):
+    if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
+        return (None,) * 11
     x, weight, saved = ctx.saved_tensors
     stride, padding, dilation, groups, act, slope, backend = ctx.args
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]

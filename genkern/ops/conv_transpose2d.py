@@ -256,12 +256,17 @@ def _setup_context(ctx, inputs, output):
         inputs
     )
     y, preact = output
+    # preact is internal: no gradient, and none made of zeros for the backward to ignore
+    ctx.mark_non_differentiable(preact)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
     ctx.args = (stride, padding, output_padding, dilation, groups, act, slope)
     ctx.backend = backend
 
 
 def _backward(ctx, grad_y, _grad_preact):
+    if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
+        return (None,) * 12
     x, weight, saved = ctx.saved_tensors
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
     gx, gw, gb = torch.ops.genkern.conv_transpose2d_act_backward(

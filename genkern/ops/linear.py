@@ -147,12 +147,17 @@ def _(grad_y, saved, x, weight, activation, negative_slope, output_mask, backend
 def _setup_context(ctx, inputs, output):
     x, weight, bias, act, slope, _, backend = inputs
     y, preact = output
+    # preact is internal: no gradient, and none made of zeros for the backward to ignore
+    ctx.mark_non_differentiable(preact)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
     ctx.args = (act, slope)
     ctx.backend = backend
 
 
 def _backward(ctx, grad_y, _grad_preact=None, backward=torch.ops.genkern.linear_act_backward):
+    if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
+        return (None,) * 7
     x, weight, saved = ctx.saved_tensors
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
     gx, gw, gb = backward(grad_y, saved, x, weight, *ctx.args, mask, ctx.backend)

@@ -332,6 +332,8 @@ def _(real, fake, real_term, fake_term, need_grad_real, need_grad_fake, backend)
 def _gan_setup_context(ctx, inputs, output):
     real, fake, _, _, need_r, need_f, _ = inputs
     _, gr, gf = output
+    ctx.mark_non_differentiable(gr, gf)  # the saved gradients: none of theirs, zeros or not
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(gr, gf)
     ctx.need = (real is not None and need_r, need_f)
 
@@ -349,6 +351,8 @@ def _refuse_double_backward() -> None:
 
 def _gan_backward(ctx, grad, _gr, _gf):
     _refuse_double_backward()
+    if grad is None:  # no gradient reached the loss (grads are not materialized as zeros)
+        return (None,) * 7
     gr, gf = ctx.saved_tensors
     need_r, need_f = ctx.need
     return (
@@ -396,6 +400,7 @@ def _(recon, target, mu, logvar, recon_loss, beta, scale, mask, backend):
 
 
 def _vae_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output[3:])  # the saved gradients
     ctx.save_for_backward(*output[3:])
     ctx.mask = inputs[7]
     ctx.beta = inputs[5]
