@@ -7,6 +7,7 @@
 #include <atomic>
 
 #include "conv_geometry.h"
+#include "layout_copy.h"
 #include "path_mode.h"
 
 namespace genkern::cpu {
@@ -169,9 +170,12 @@ at::Tensor weight_matrix(const at::Tensor& weight, const Geometry& g) {
                : weight.reshape({weight.size(0), g.columns()});
 }
 
-// x's samples [n0, n0 + count) as rows [(n, ih, iw), ci] (a view for channels_last x).
+// x's samples [n0, n0 + count) as rows [(n, ih, iw), ci] (a view for channels_last x; an NCHW
+// x is transposed by layout_copy.h: ATen's strided copy took 12 of a batch-1 VAE decoder layer's
+// 48 us).
 at::Tensor rows_of(const at::Tensor& x, int64_t n0, int64_t count) {
-  return x.narrow(0, n0, count).permute({0, 2, 3, 1}).reshape({-1, x.size(1)});
+  const at::Tensor part = to_channels_last(x.narrow(0, n0, count));
+  return part.permute({0, 2, 3, 1}).reshape({-1, x.size(1)});
 }
 
 // The GEMMs on an im2col of t (the output gradient of a transposed conv, the input of a conv2d),
