@@ -7,8 +7,10 @@
 // for. The input gradient of a conv from few channels (an image's 1-3) is a transposed conv onto
 // few channels, which goes through the few-channel path instead (see col2im_path.h); a conv onto
 // 384+ channels over a few output pixels runs as batched GEMMs (see conv_gemm.h), and one whose
-// kernel covers its whole input as a dense layer (is_dense, linear_act.h).
+// kernel covers its whole input as a dense layer (dense_order, linear_act.h).
 #include "conv2d_act.h"
+
+#include <optional>
 
 #include "col2im_path.h"
 #include "conv_gemm.h"
@@ -31,24 +33,27 @@ int64_t output_pixels(const at::Tensor& x, const at::Tensor& weight,
   return pixels;
 }
 
-
 // A conv whose kernel covers its whole unpadded input (one output pixel: a DCGAN discriminator's
 // last layer, 256 -> 1 over 4x4) is a dense layer over the flattened input, [N, C_in kH kW] x
 // [C_in kH kW, C_out], when x and the weight lie in the same order (both NCHW or both
 // channels_last: then both flatten as views). 64 x 256 x 4 x 4 -> 1 on a 2-core Xeon: forward
 // 282 -> 11 us, forward + backward 1127 -> 222 us (oneDNN -> the dense layer's linear_act.h).
-bool is_dense(const at::Tensor& x, const at::Tensor& weight, const std::vector<int64_t>& padding,
-              const std::vector<int64_t>& dilation, int64_t groups) {
+// The order they flatten in (true: channels_last's, h w c), or none for another conv.
+std::optional<bool> dense_order(const at::Tensor& x, const at::Tensor& weight,
+                                const std::vector<int64_t>& padding,
+                                const std::vector<int64_t>& dilation, int64_t groups) {
   const auto dtype = x.scalar_type();
-  if (x.dim() != 4 || weight.dim() != 4 || groups != 1 || x.size(0) == 0 || x.numel() == 0 ||
+  if (x.dim() != 4 || weight.dim() != 4 || groups != 1 || x.numel() == 0 ||
       weight.numel() == 0 || (dtype != at::kFloat && dtype != at::kDouble) ||
       weight.scalar_type() != dtype)
-    return false;
+    return std::nullopt;
   for (int i = 0; i < 2; ++i)
-    if (padding[i] != 0 || dilation[i] != 1 || x.size(i + 2) != weight.size(i + 2)) return false;
+    if (padding[i] != 0 || dilation[i] != 1 || x.size(i + 2) != weight.size(i + 2))
+      return std::nullopt;
+  if (x.is_contiguous() && weight.is_contiguous()) return false;
   const auto cl = at::MemoryFormat::ChannelsLast;
-  return (x.is_contiguous() && weight.is_contiguous()) ||
-         (x.is_contiguous(cl) && weight.is_contiguous(cl));
+  if (x.is_contiguous(cl) && weight.is_contiguous(cl)) return true;
+  return std::nullopt;
 }
 
 // t [rows, C, H, W] as the [rows, C H W] matrix of the dense layer (a view): in (c, h, w) order,
@@ -71,20 +76,14 @@ at::Tensor as_conv_output(const at::Tensor& y, at::MemoryFormat fmt) {
                                                : y.as_strided({n, c, 1, 1}, {c, 1, 1, 1});
 }
 
-// The dense view in channels_last order: unless both are NCHW (is_dense: else both channels_last)
-bool dense_hwc(const at::Tensor& x, const at::Tensor& weight) {
-  return !(x.is_contiguous() && weight.is_contiguous());
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
     int64_t groups, int64_t activation, double negative_slope, bool save_preact) {
-  if (is_dense(x, weight, padding, dilation, groups)) {
-    const bool hwc = dense_hwc(x, weight);
-    auto [y, z] = linear_act_forward_cpu(flat(x, hwc), flat(weight, hwc), bias, activation,
+  if (const auto hwc = dense_order(x, weight, padding, dilation, groups)) {
+    auto [y, z] = linear_act_forward_cpu(flat(x, *hwc), flat(weight, *hwc), bias, activation,
                                          negative_slope, save_preact);
     const auto fmt = conv_output_format(x, weight);
     return {as_conv_output(y, fmt), as_conv_output(z, fmt)};
@@ -117,15 +116,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
     const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding,
     std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
     std::array<bool, 3> output_mask) {
-  if (is_dense(x, weight, padding, dilation, groups)) {
-    const bool hwc = dense_hwc(x, weight);
+  if (const auto hwc = dense_order(x, weight, padding, dilation, groups)) {
     std::optional<at::Tensor> saved2;
     if (saved.has_value() && saved->defined()) saved2 = saved->reshape({saved->size(0), -1});
     auto [gx, gw, gb] =
-        linear_act_backward_cpu(grad_y.reshape({grad_y.size(0), -1}), saved2, flat(x, hwc),
-                                flat(weight, hwc), activation, negative_slope, output_mask);
-    return {gx.defined() ? unflat(gx, x, hwc) : gx, gw.defined() ? unflat(gw, weight, hwc) : gw,
-            gb};
+        linear_act_backward_cpu(grad_y.reshape({grad_y.size(0), -1}), saved2, flat(x, *hwc),
+                                flat(weight, *hwc), activation, negative_slope, output_mask);
+    return {gx.defined() ? unflat(gx, x, *hwc) : gx,
+            gw.defined() ? unflat(gw, weight, *hwc) : gw, gb};
   }
   if (output_mask[1] && !output_mask[0] && use_stem_conv(x, weight, groups)) {
     // a net's first layer: its activation backward and bias gradient run inside the weight

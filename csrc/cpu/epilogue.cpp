@@ -245,13 +245,13 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
         const int64_t rows = std::max<int64_t>(1, kChunk / std::max<int64_t>(v.channels, 1));
         const int64_t tasks = (v.outer + rows - 1) / rows;
         std::vector<double> partial(tasks * v.channels, 0.0);
+        const auto sums = in_place ? act_grad_column_sums<A, scalar_t, true>
+                                   : act_grad_column_sums<A, scalar_t, false>;
         at::parallel_for(0, tasks, serial_grain(gy.numel(), tasks), [&](int64_t t0, int64_t t1) {
           std::vector<opmath<scalar_t>> block(v.channels);
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t r0 = t * rows, r1 = std::min(v.outer, r0 + rows);
             const int64_t off = r0 * v.channels;
-            const auto sums = in_place ? act_grad_column_sums<A, scalar_t, true>
-                                       : act_grad_column_sums<A, scalar_t, false>;
             sums(gyp + off, offset_by(sp, off), offset_by(gp, off), r1 - r0, v.channels,
                  partial.data() + t * v.channels, block.data(), slope);
           }
@@ -263,13 +263,13 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad
         }
       } else {  // planes: one task per channel walks every plane of it, in order
         const int64_t grain = serial_grain(gy.numel(), v.channels);
+        const auto grad_sum =
+            in_place ? act_grad_sum<A, scalar_t, true> : act_grad_sum<A, scalar_t, false>;
         at::parallel_for(0, v.channels, grain, [&](int64_t c0, int64_t c1) {
           for (int64_t c = c0; c < c1; ++c) {
             double sum = 0;
             for (int64_t o = 0; o < v.outer; ++o) {
               const int64_t off = (o * v.channels + c) * v.inner;
-              const auto grad_sum = in_place ? act_grad_sum<A, scalar_t, true>
-                                             : act_grad_sum<A, scalar_t, false>;
               sum += grad_sum(gyp + off, offset_by(sp, off), offset_by(gp, off), v.inner, slope);
             }
             bg[c] = static_cast<scalar_t>(sum);

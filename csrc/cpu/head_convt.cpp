@@ -70,12 +70,6 @@ std::vector<float> pack_weight(const Head& s, const at::Tensor& weight) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 
-// rows per tile for V zmm: 24 accumulators (12 for one or two zmm: the loads bound it)
-template <int V>
-constexpr int tile_rows() {
-  return V == 4 ? 6 : V == 3 ? 8 : 12;
-}
-
 // out[r * ldo + j] = sum_c px[r][c * sc] * w[c * ldo + j] for R pixels px and V zmm of columns
 template <int R, int V>
 void footprint_tile(const float* const* px, int64_t sc, int64_t cin, const float* w, float* out,
@@ -220,24 +214,15 @@ at::Tensor head_conv_transpose2d(const at::Tensor& x, const at::Tensor& weight,
   float* yp = y.data_ptr<float>();
   const int64_t xs[4] = {x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
   const int64_t ys[4] = {y.stride(0), y.stride(1), y.stride(2), y.stride(3)};
-  // input rows per band: footprints of about 4K-16K floats (the most rows of a tile: slack)
-  const int64_t band = std::clamp<int64_t>(16384 / (s.w * s.ldv()), 1, s.h), tile = 12;
+  // input rows per band: footprints of up to 16K floats, and a tile's rows past the band's end
+  const int64_t band = std::clamp<int64_t>(16384 / (s.w * s.ldv()), 1, s.h);
   at::parallel_for(0, s.n, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> v((band * s.w + tile) * s.ldv()), acc(s.acc_floats());
+    std::vector<float> v((band * s.w + kTileMaxRows) * s.ldv()), acc(s.acc_floats());
     for (int64_t n = n0; n < n1; ++n) {
-      switch (s.ldv() / 16) {
-        case 1:
-          sample_footprints<1>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
-          break;
-        case 2:
-          sample_footprints<2>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
-          break;
-        case 3:
-          sample_footprints<3>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
-          break;
-        default:
-          sample_footprints<4>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
-      }
+      dispatch_zmm(s.ldv() / 16, [&](auto zmm) {
+        constexpr int V = decltype(zmm)::value;
+        sample_footprints<V>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
+      });
       write_sample(s, acc.data(), brow.data(), yp, ys, n);
     }
   });

@@ -253,12 +253,6 @@ inline void lane_masks(int64_t channels, __mmask16* mask) {
     mask[v] = static_cast<__mmask16>((1u << std::clamp<int64_t>(channels - 16 * v, 0, 16)) - 1u);
 }
 
-// rows per tile for V zmm: 24 accumulators (fewer for one zmm: the loads bound it)
-template <int V>
-constexpr int tile_rows() {
-  return V == 4 ? 6 : V == 3 ? 8 : 12;
-}
-
 template <Activation A, bool HasBias, int V>
 void forward_all(const Stem& s, const float* xs, const float* wpacked, const float* bias,
                  float slope, float* y) {
@@ -384,21 +378,6 @@ void weight_grad_all(const Stem& s, const Padded& pad, const float* gy, const fl
 #pragma GCC pop_options
 #endif  // GK_STEM_AVX512
 
-// f(std::integral_constant<int, V>) for V = vectors_for(cout)
-template <typename F>
-void dispatch_vectors(int64_t cout, F&& f) {
-  switch (vectors_for(cout)) {
-    case 1:
-      return f(std::integral_constant<int, 1>{});
-    case 2:
-      return f(std::integral_constant<int, 2>{});
-    case 3:
-      return f(std::integral_constant<int, 3>{});
-    default:
-      return f(std::integral_constant<int, 4>{});
-  }
-}
-
 void check_float32(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(GK_STEM_AVX512 && avx512_kernels_enabled(),
               "genkern: the stem conv kernels need an AVX-512 CPU");
@@ -489,7 +468,7 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
       bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
 #if GK_STEM_AVX512
   const auto run = [&](auto a, auto has_bias) {
-    dispatch_vectors(s.cout, [&](auto v) {
+    dispatch_zmm(vectors_for(s.cout), [&](auto v) {
       forward_all<decltype(a)::value, decltype(has_bias)::value, decltype(v)::value>(
           s, xp.data_ptr<float>(), wpacked.data_ptr<float>(),
           b.defined() ? b.data_ptr<float>() : nullptr, static_cast<float>(negative_slope),
@@ -533,15 +512,14 @@ std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
   }
   // rows of C_out channels per pixel
   const at::Tensor gy = to_channels_last(grad_y.to(at::kFloat));
-  const at::Tensor sv =
-      has_saved ? saved->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
+  const at::Tensor sv = has_saved ? to_channels_last(saved->to(at::kFloat)) : at::Tensor();
   const Padded pad(x, padding[0], padding[1]);
   const int64_t groups = Chunking(s).groups();
   const int64_t width = s.panels() * kPanel;
   at::Tensor partial = at::empty({groups, rows, width}, x.options());
 #if GK_STEM_AVX512
   dispatch_activation(act, [&](auto a) {
-    dispatch_vectors(s.cout, [&](auto v) {
+    dispatch_zmm(vectors_for(s.cout), [&](auto v) {
       weight_grad_all<decltype(a)::value, decltype(v)::value>(
           s, pad, gy.data_ptr<float>(),
           has_saved ? sv.data_ptr<float>() : nullptr, static_cast<float>(negative_slope),

@@ -1,8 +1,39 @@
 // The register tile of genkern's AVX-512 kernels (stem_conv.cpp, head_convt.cpp): up to 12 rows
 // x 4 zmm of float32 accumulators, a<r>_<v>, as named variables (GCC keeps an array of them in
-// memory). Include inside a `#pragma GCC target("avx512f,...")` region, after <immintrin.h>; a
-// function using them has constexpr R (rows) and V (zmm per row) in scope, R * V <= 24 live.
+// memory). The macros expand inside a `#pragma GCC target("avx512f,...")` region, after
+// <immintrin.h>; a function using them has constexpr R (rows) and V (zmm per row) in scope,
+// R * V <= 24 live.
 #pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+namespace genkern::cpu {
+
+constexpr int kTileMaxRows = 12;
+
+// rows per tile for V zmm: 24 accumulators (12 for one or two zmm: the loads bound it)
+template <int V>
+constexpr int tile_rows() {
+  return V == 4 ? 6 : V == 3 ? 8 : kTileMaxRows;
+}
+
+// f(std::integral_constant<int, V>) for V = zmm (1 to 4 zmm per tile row; more is 4)
+template <typename F>
+void dispatch_zmm(int64_t zmm, F&& f) {
+  switch (zmm) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+    default:
+      return f(std::integral_constant<int, 4>{});
+  }
+}
+
+}  // namespace genkern::cpu
 
 // GK_ROWS(GK_ACC_ROW): declares the zeroed accumulators.
 // GK_WEIGHT_ROW(p): b0..b3, the V zmm of one weight row from p (unused ones alias b0).
