@@ -423,3 +423,23 @@ def test_whole_input_kernel_gradcheck(layout):
     b = testing.make_tensor([2], torch.float64, "cpu", "contiguous", True)
     fn = lambda x, w, b: genkern.ops.conv2d(x, w, b, activation="silu", backend="cpu")
     assert torch.autograd.gradcheck(fn, (x, wt, b), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("act,slope", [(None, 0.01), ("leaky_relu", 0.2), ("silu", 0.01)])
+def test_whole_input_kernel_opcheck(act, slope, layout):
+    # the dense-layer path's forward and backward custom ops
+    from genkern import activations as A
+
+    act_id = A.activation_id(act)
+    preact = not A.saves_output(act_id, slope)
+    x = testing.make_tensor([2, 3, 3, 4], torch.float64, "cpu", layout, True)
+    wt = testing.make_tensor([2, 3, 3, 4], torch.float64, "cpu", layout, True)
+    b = testing.make_tensor([2], torch.float64, "cpu", "contiguous", True)
+    args = (x, wt, b, [1, 1], [0, 0], [1, 1], 1, act_id, slope, preact, "cpu")
+    torch.library.opcheck(torch.ops.genkern.conv2d_act.default, args)
+    y, z = torch.ops.genkern.conv2d_act(*[a.detach() if torch.is_tensor(a) else a for a in args])
+    saved = None if act is None else (z if preact else y)
+    bargs = (torch.randn_like(y), saved, x.detach(), wt.detach(), [1, 1], [0, 0], [1, 1], 1)
+    bargs += (act_id, slope, [True, True, True], "cpu")
+    torch.library.opcheck(torch.ops.genkern.conv2d_act_backward.default, bargs)
