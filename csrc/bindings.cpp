@@ -67,6 +67,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv_transpose2d_fast", &genkern::cpu::conv_transpose2d_fast);
   m.def("batch_norm_fast", &genkern::cpu::batch_norm_fast);
   m.def("gan_loss_fast", &genkern::cpu::gan_loss_fast);
+  m.def("push_backend_context", &genkern::cpu::push_backend_context);
+  m.def("pop_backend_context", &genkern::cpu::pop_backend_context);
   m.def("vae_loss_fast", &genkern::cpu::vae_loss_fast);
   m.def("max_pool2d_fast", &genkern::cpu::max_pool2d_fast);
   m.def("reparameterize_fast", &genkern::cpu::reparameterize_fast);

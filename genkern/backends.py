@@ -25,20 +25,6 @@ _FLOAT_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _TRITON_TYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _state = threading.local()
-# use_backend() contexts open in any thread: while there are none, a call's request is its
-# backend argument (and GENKERN_BACKEND), which the ops' C++ fast entries read themselves.
-_open_contexts = 0
-_contexts_lock = threading.Lock()
-
-
-def fast_request(backend: str) -> str:
-    """The backend request a C++ fast entry gets: `backend`, or for "auto" the innermost
-    use_backend() context of this thread (GENKERN_BACKEND is read by the entry)."""
-    if backend == "auto" and _open_contexts:
-        stack = getattr(_state, "stack", None)
-        if stack:
-            return stack[-1]
-    return backend
 
 
 def _check_name(name: str) -> str:
@@ -55,16 +41,15 @@ def use_backend(name: str):
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
-    global _open_contexts
-    with _contexts_lock:
-        _open_contexts += 1
     stack.append(name)
+    if _ext.HAS_CPU:  # the C++ fast entries resolve "auto" from their mirror of this stack
+        _ext._C.push_backend_context(name)
     try:
         yield name
     finally:
         stack.pop()
-        with _contexts_lock:
-            _open_contexts -= 1
+        if _ext.HAS_CPU:
+            _ext._C.pop_backend_context()
 
 
 def triton_interpreter() -> bool:

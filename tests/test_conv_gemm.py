@@ -197,3 +197,28 @@ def test_mode_names():
 def test_opcheck_through_the_path(act, slope, always):
     ct.test_opcheck("cpu", act, slope)
     c2.test_opcheck("cpu", act, slope)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(stride=2, padding=1),
+        dict(stride=3, padding=2, output_padding=1, dilation=2),
+        dict(stride=1, padding=0, dilation=3),
+        dict(stride=(2, 1), padding=(0, 2)),
+    ],
+)
+def test_both_column_orders_give_the_same_bits(kw, always):
+    # col2im scatters NCHW planes and gathers NHWC pixels: each output adds its taps in the same
+    # order, so a channels_last weight changes the layout, never the bits
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 24, 5, 6, generator=gen)
+    w = torch.randn(24, 5, 3, 4, generator=gen)
+    b = torch.randn(5, generator=gen)
+    w_cl = w.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = genkern.ops.conv_transpose2d(x, w, b, backend="cpu", **kw)
+        y_cl = genkern.ops.conv_transpose2d(x, w_cl, b, backend="cpu", **kw)
+        ref = F.conv_transpose2d(x.double(), w.double(), b.double(), **kw)
+    assert torch.equal(y.contiguous(), y_cl.contiguous())
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,8 @@ case and declines (returns None) everything else, which the ops' Python path the
 dispatches. What they run is compared with the custom ops in tests/test_eager_paths.py and here
 (pooling with gradients); what they must decline is one table below."""
 
+import threading
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -235,16 +237,36 @@ def test_entry_declines_uncommon_calls(call):
     assert call() is None
 
 
+def _linear_entry_ran(x, w, backend="auto"):
+    return "CppNode" in genkern.ops.linear(x, w, backend=backend).grad_fn.name()
+
+
 def test_use_backend_contexts_are_honoured():
     x, w = _t(4, 5, grad=True), _t(3, 5, grad=True)
-    assert backends.fast_request("auto") == "auto"
+    assert _linear_entry_ran(x, w)
     with genkern.use_backend("torch"):
-        assert backends.fast_request("auto") == "torch"
-        assert backends.fast_request("cpu") == "cpu"  # the call's own argument wins
-        assert "CppNode" not in genkern.ops.linear(x, w).grad_fn.name()
+        assert not _linear_entry_ran(x, w)
+        assert _linear_entry_ran(x, w, backend="cpu")  # the call's own argument wins
         with genkern.use_backend("cpu"):
-            assert "CppNode" in genkern.ops.linear(x, w).grad_fn.name()
-    assert backends.fast_request("auto") == "auto"
+            assert _linear_entry_ran(x, w)
+            with genkern.use_backend("auto"):  # "auto" defers to GENKERN_BACKEND, then auto
+                assert _linear_entry_ran(x, w)
+        assert not _linear_entry_ran(x, w)
+    assert _linear_entry_ran(x, w)
+
+
+def test_use_backend_context_is_per_thread_and_survives_errors():
+    x, w = _t(4, 5, grad=True), _t(3, 5, grad=True)
+    seen = []
+    with genkern.use_backend("torch"):
+        worker = threading.Thread(target=lambda: seen.append(_linear_entry_ran(x, w)))
+        worker.start()
+        worker.join()
+        assert not _linear_entry_ran(x, w)
+    assert seen == [True]  # another thread's context does not reach this one
+    with pytest.raises(RuntimeError, match="boom"), genkern.use_backend("torch"):
+        raise RuntimeError("boom")
+    assert _linear_entry_ran(x, w)
 
 
 POOL_GRAD_CALLS = [

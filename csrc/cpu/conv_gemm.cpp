@@ -57,6 +57,62 @@ struct Geometry {
   int64_t ld() const { return columns() + 16; }
 };
 
+// The inverse of Taps: input index i lands on outputs o0[i] + j * step by taps k0[i] + j, for
+// j < len[i] (the taps of one input index are consecutive: o = i * stride - padding + k * step).
+struct Footprints {
+  std::vector<int64_t> k0, o0, len;
+  int64_t step = 1;
+};
+
+Footprints footprints_of(const Taps& t, int64_t in) {
+  Footprints f;
+  f.k0.assign(in, 0);
+  f.o0.assign(in, 0);
+  f.len.assign(in, 0);
+  const int64_t out = static_cast<int64_t>(t.start.size()) - 1;
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t a = t.start[o]; a < t.start[o + 1]; ++a) {
+      const int64_t i = t.i[a];
+      if (f.len[i] == 0) {
+        f.k0[i] = t.k[a];
+        f.o0[i] = o;
+      } else if (f.len[i] == 1) {
+        f.step = o - f.o0[i];  // the dilation
+      }
+      ++f.len[i];
+    }
+  }
+  return f;
+}
+
+// One NCHW output plane of col2im: out = b, plus each input pixel's taps (its column row from
+// `cols`, rows ld apart, tap (kh, kw) at kh * kw_size + kw) added onto its footprint. Pixels go in
+// decreasing (ih, iw): every output receives its taps in increasing (kh, kw), the order in which
+// the hwc gather adds them (the same bits in both layouts).
+template <typename scalar_t>
+void scatter_plane(const scalar_t* __restrict__ cols, int64_t ld, scalar_t b,
+                   scalar_t* __restrict__ out, const Geometry& g, const Footprints& fh,
+                   const Footprints& fw) {
+  std::fill(out, out + g.oh * g.ow, b);
+  const int64_t sh = fh.step * g.ow, sw = fw.step;
+  for (int64_t ih = g.h - 1; ih >= 0; --ih) {
+    const int64_t rows = fh.len[ih];
+    scalar_t* orow0 = out + fh.o0[ih] * g.ow;
+    for (int64_t iw = g.w - 1; iw >= 0; --iw) {
+      const scalar_t* src = cols + (ih * g.w + iw) * ld + fh.k0[ih] * g.kw + fw.k0[iw];
+      scalar_t* dst = orow0 + fw.o0[iw];
+      const int64_t len = fw.len[iw];
+      for (int64_t r = 0; r < rows; ++r, src += g.kw, dst += sh) {
+        if (sw == 1) {
+          for (int64_t j = 0; j < len; ++j) dst[j] += src[j];
+        } else {
+          for (int64_t j = 0; j < len; ++j) dst[j * sw] += src[j];
+        }
+      }
+    }
+  }
+}
+
 // Samples per chunk: the column buffer at most kColumnFloats, at least one sample.
 int64_t chunk_samples(const Geometry& g) {
   return std::max<int64_t>(1, kColumnFloats / std::max<int64_t>(g.h * g.w * g.columns(), 1));
@@ -87,24 +143,15 @@ void col2im(const scalar_t* cols, const scalar_t* bias, scalar_t* y, int64_t cou
     });
     return;
   }
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(plane * 4, 1));
+  // One (sample, channel) plane per task step (scatter_plane).
+  const Footprints fh = footprints_of(th, g.h), fw = footprints_of(tw, g.w);
+  const int64_t taps = g.h * g.w * g.kh * g.kw;  // adds per plane, about
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(taps, 1));
   at::parallel_for(0, count * g.co, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n = p / g.co, c = p % g.co;
-      const scalar_t* base = cols + n * g.h * g.w * ld + g.column(c, 0);
-      scalar_t* out = y + p * plane;
-      const scalar_t b = bias != nullptr ? bias[c] : scalar_t(0);
-      for (int64_t oh = 0; oh < g.oh; ++oh) {
-        for (int64_t ow = 0; ow < g.ow; ++ow) {
-          scalar_t acc = b;
-          for (int64_t a = th.start[oh]; a < th.start[oh + 1]; ++a) {
-            const scalar_t* row = base + th.i[a] * g.w * ld + th.k[a] * g.kw;
-            for (int64_t e = tw.start[ow]; e < tw.start[ow + 1]; ++e)
-              acc += row[tw.i[e] * ld + tw.k[e]];
-          }
-          out[oh * g.ow + ow] = acc;
-        }
-      }
+      scatter_plane(cols + n * g.h * g.w * ld + g.column(c, 0), ld,
+                    bias != nullptr ? bias[c] : scalar_t(0), y + p * plane, g, fh, fw);
     }
   });
 }

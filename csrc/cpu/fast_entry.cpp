@@ -36,8 +36,11 @@ bool plain_mode() {
          !at::autocast::is_autocast_enabled(at::kCPU);
 }
 
-// `backend` asks for the cpu backend: "cpu", or "auto" while GENKERN_BACKEND names no other.
-// (Python checks that no genkern.use_backend() context is open.)
+// The backends named by this thread's open genkern.use_backend() contexts, innermost last.
+thread_local std::vector<std::string> t_backend_contexts;
+
+// `backend` asks for the cpu backend: "cpu", or "auto" while the innermost use_backend() context
+// and then GENKERN_BACKEND (each where it names one other than "auto") name no other.
 bool cpu_backend(py::handle backend) {
   if (!PyUnicode_CheckExact(backend.ptr())) return false;
   const char* name = PyUnicode_AsUTF8(backend.ptr());
@@ -47,6 +50,8 @@ bool cpu_backend(py::handle backend) {
   }
   if (std::strcmp(name, "cpu") == 0) return true;
   if (std::strcmp(name, "auto") != 0) return false;
+  if (!t_backend_contexts.empty() && t_backend_contexts.back() != "auto")
+    return t_backend_contexts.back() == "cpu";
   const char* env = std::getenv("GENKERN_BACKEND");
   if (env == nullptr) return true;
   std::string value(env);
@@ -168,6 +173,12 @@ py::object wrap(Tensor t) { return py::reinterpret_steal<py::object>(THPVariable
 const py::object declined() { return py::none(); }
 
 }  // namespace
+
+void push_backend_context(const std::string& name) { t_backend_contexts.push_back(name); }
+
+void pop_backend_context() {
+  if (!t_backend_contexts.empty()) t_backend_contexts.pop_back();
+}
 
 py::object linear_fast(py::handle x_, py::handle weight_, py::handle bias_, py::handle activation,
                        py::handle negative_slope, py::handle backend) {

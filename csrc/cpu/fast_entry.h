@@ -8,9 +8,16 @@
 
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 namespace genkern::cpu {
 
 namespace py = pybind11;
+
+// genkern.use_backend()'s stack, mirrored for this thread: the entries resolve a call's "auto"
+// to the innermost context's backend themselves (no Python call per op to ask).
+void push_backend_context(const std::string& name);
+void pop_backend_context();
 
 // Each takes the public op's arguments in its order (genkern.ops.*), the `backend` argument last.
 py::object linear_fast(py::handle x, py::handle weight, py::handle bias, py::handle activation,

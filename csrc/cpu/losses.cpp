@@ -7,6 +7,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -27,6 +28,22 @@ constexpr int64_t kChunk = 4096;
 constexpr int64_t kGrain = 4;  // chunks per task at least: small inputs stay on one thread
 
 int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
+
+// Fresh contiguous CPU tensors, without at::empty's trip through the dispatcher (a few tenths of
+// a microsecond each, which a 4096-logit loss notices): these are the CPU kernels.
+at::Tensor empty_cpu(const at::Tensor& like) {
+  return at::detail::empty_cpu(like.sizes(), like.scalar_type(), false, std::nullopt);
+}
+
+// A 0-dim float32/float64 tensor holding v (the loss dtypes).
+at::Tensor scalar_cpu(double v, at::ScalarType dtype) {
+  at::Tensor out = at::detail::empty_cpu({}, dtype, false, std::nullopt);
+  if (dtype == at::kDouble)
+    *out.data_ptr<double>() = v;
+  else
+    *out.data_ptr<float>() = static_cast<float>(v);
+  return out;
+}
 
 // The per-element loops are GK_CPU_CLONES (cpu_clones.h): they vectorize 8 (or 16) floats wide,
 // the polynomials with fused multiply-adds.
@@ -170,19 +187,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gan_loss_cpu(const std::optional<
   if (has_real) {
     const at::Tensor r = real->contiguous();
     const int64_t n = r.numel();
-    if (need_grad_real) grad_real = at::empty(r.sizes(), r.options());
+    if (need_grad_real) grad_real = empty_cpu(r);
     const double s = term_sum(r, static_cast<LossTerm>(real_term),
                               need_grad_real ? &grad_real : nullptr, 1.0 / double(n));
     loss += s / double(n);  // n == 0: nan, as torch's mean of an empty tensor
   }
   {
     const int64_t n = f.numel();
-    if (need_grad_fake) grad_fake = at::empty(f.sizes(), f.options());
+    if (need_grad_fake) grad_fake = empty_cpu(f);
     const double s = term_sum(f, static_cast<LossTerm>(fake_term),
                               need_grad_fake ? &grad_fake : nullptr, 1.0 / double(n));
     loss += s / double(n);
   }
-  at::Tensor out = at::scalar_tensor(loss, fake.options().dtype(loss_dtype(fake.scalar_type())));
+  at::Tensor out = scalar_cpu(loss, loss_dtype(fake.scalar_type()));
   return {out, grad_real, grad_fake};
 }
 
@@ -192,10 +209,10 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
              std::array<bool, 4> mask) {
   const at::Tensor x = recon.contiguous(), t = target.contiguous();
   const at::Tensor m = mu.contiguous(), lv = logvar.contiguous();
-  at::Tensor gx = mask[0] ? at::empty(x.sizes(), x.options()) : at::Tensor();
-  at::Tensor gt = mask[1] ? at::empty(t.sizes(), t.options()) : at::Tensor();
-  at::Tensor gm = mask[2] ? at::empty(m.sizes(), m.options()) : at::Tensor();
-  at::Tensor glv = mask[3] ? at::empty(lv.sizes(), lv.options()) : at::Tensor();
+  at::Tensor gx = mask[0] ? empty_cpu(x) : at::Tensor();
+  at::Tensor gt = mask[1] ? empty_cpu(t) : at::Tensor();
+  at::Tensor gm = mask[2] ? empty_cpu(m) : at::Tensor();
+  at::Tensor glv = mask[3] ? empty_cpu(lv) : at::Tensor();
 
   // reconstruction term
   const int64_t n = x.numel();
@@ -251,9 +268,9 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
   const double kl = ordered_sum(kpartial) * scale;
 
   const bool f64 = x.scalar_type() == at::kDouble || m.scalar_type() == at::kDouble;
-  const auto opts = x.options().dtype(f64 ? at::kDouble : at::kFloat);
-  return {at::scalar_tensor(rec + beta * kl, opts), at::scalar_tensor(rec, opts),
-          at::scalar_tensor(kl, opts), gx, gt, gm, glv};
+  const auto dtype = f64 ? at::kDouble : at::kFloat;
+  return {scalar_cpu(rec + beta * kl, dtype), scalar_cpu(rec, dtype), scalar_cpu(kl, dtype), gx,
+          gt, gm, glv};
 }
 
 namespace {
@@ -346,9 +363,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_fused_cpu(
   const at::Tensor m = mu.contiguous(), lv = logvar.contiguous();
   const bool drawn = !(eps.has_value() && eps->defined());
   const at::Tensor e = drawn ? at::Tensor() : eps->contiguous();
-  at::Tensor z = at::empty(m.sizes(), m.options());
-  at::Tensor h = need_h ? at::empty(m.sizes(), m.options()) : at::Tensor();
-  at::Tensor sd = need_sd ? at::empty(m.sizes(), m.options()) : at::Tensor();
+  at::Tensor z = empty_cpu(m);
+  at::Tensor h = need_h ? empty_cpu(m) : at::Tensor();
+  at::Tensor sd = need_sd ? empty_cpu(m) : at::Tensor();
   const int64_t n = m.numel();
   const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
   const auto k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);

@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 
+#include "cpu_clones.h"
 #include "losses.h"
 
 namespace genkern::cpu {
@@ -27,19 +28,36 @@ std::optional<double> cpu_scalar(const at::Tensor& g) {
 // The incoming gradient of loss.backward(): a CPU 1.
 bool is_cpu_one(const at::Tensor& g) { return cpu_scalar(g) == 1.0; }
 
-// t *= s for a dense float32/float64 t and a 0-dim s of its dtype, in one plain loop (what mul_
-// computes, without TensorIterator's setup); else t.mul_(s).
+// p[i] *= k, or p[i] *= q[i], for i < n: vectorized (k a value, not a reference the stores might
+// alias).
+template <typename scalar_t>
+GK_CPU_CLONES void scale_span(scalar_t* __restrict__ p, int64_t n, scalar_t k) {
+  for (int64_t i = 0; i < n; ++i) p[i] *= k;
+}
+template <typename scalar_t>
+GK_CPU_CLONES void mul_span(scalar_t* __restrict__ p, int64_t n, const scalar_t* __restrict__ q) {
+  for (int64_t i = 0; i < n; ++i) p[i] *= q[i];
+}
+
+// t *= s for a contiguous float32/float64 t and a CPU s of its dtype, 0-dim or contiguous of t's
+// sizes (s never t: t is a private buffer), in one plain loop (what mul_ computes, without
+// TensorIterator's setup); else t.mul_(s).
 void scale_in_place(at::Tensor& t, const at::Tensor& s) {
-  if (s.dim() != 0 || !s.device().is_cpu() || s.scalar_type() != t.scalar_type() ||
-      !t.is_contiguous() || (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble)) {
+  const bool scalar = s.dim() == 0;
+  if (!s.device().is_cpu() || s.scalar_type() != t.scalar_type() || !t.is_contiguous() ||
+      (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) ||
+      !(scalar || (s.sizes() == t.sizes() && s.is_contiguous()))) {
     t.mul_(s);
     return;
   }
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "scale_in_place", [&] {
     scalar_t* p = t.data_ptr<scalar_t>();
-    const scalar_t k = *s.const_data_ptr<scalar_t>();
-    at::parallel_for(0, t.numel(), 65536, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) p[i] *= k;
+    const scalar_t* q = s.const_data_ptr<scalar_t>();
+    at::parallel_for(0, t.numel(), 65536, [p, q, scalar](int64_t i0, int64_t i1) {
+      if (scalar)
+        scale_span(p + i0, i1 - i0, *q);
+      else
+        mul_span(p + i0, i1 - i0, q + i0);
     });
   });
 }

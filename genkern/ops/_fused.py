@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from genkern import _ext, backends
+from genkern import _ext
 from genkern import activations as A
 from genkern.ops import _checks
 
@@ -48,10 +48,11 @@ def eager() -> bool:
 def try_fast(entry: str, *args, backend: str):
     """The result of genkern._C's optimistic entry `entry` (csrc/cpu/fast_entry.h) for a public
     op's arguments, or None: the entry checks in C++ that the call is a plain eager one of the cpu
-    backend on plain float tensors with valid arguments and runs it, or declines; and it is not
-    tried with the fast paths off, under torch.compile, or without the extension."""
+    backend (resolving "auto" from its mirror of use_backend()'s stack and GENKERN_BACKEND) on
+    plain float tensors with valid arguments and runs it, or declines; and it is not tried with
+    the fast paths off, under torch.compile, or without the extension."""
     if FAST_EAGER and _ext.HAS_CPU and not torch.compiler.is_compiling():
-        return getattr(_ext._C, entry)(*args, backends.fast_request(backend))
+        return getattr(_ext._C, entry)(*args, backend)
     return None
 
 
