@@ -3,7 +3,6 @@
 
 #include "cpu/col2im_path.h"
 #include "cpu/head_convt.h"
-#include "cpu/reuse_allocator.h"
 #include "cpu/conv_gemm.h"
 #include "cpu/small_gemm.h"
 #include "cpu/layout_copy.h"
@@ -30,9 +29,6 @@
 #include "cuda/norm_pool_cuda.h"
 #endif
 
-// A CPU kernel bound inside a ReuseScope: its large allocations reuse freed blocks.
-#define GK_DEF_KERNEL(name) m.def(#name, genkern::cpu::in_reuse_scope(&genkern::cpu::name))
-
 PYBIND11_MODULE(_C, m) {
   m.doc() = "genkern fused kernels (C++ CPU, and CUDA when built with it)";
 #ifdef GENKERN_WITH_CUDA
@@ -42,29 +38,29 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.attr("num_activations") = genkern::kNumActivations;
 
-  GK_DEF_KERNEL(conv2d_act_forward_cpu);
-  GK_DEF_KERNEL(conv2d_act_backward_cpu);
+  m.def("conv2d_act_forward_cpu", &genkern::cpu::conv2d_act_forward_cpu);
+  m.def("conv2d_act_backward_cpu", &genkern::cpu::conv2d_act_backward_cpu);
   // transposed conv and linear (+ activation)
-  GK_DEF_KERNEL(conv_transpose2d_act_forward_cpu);
-  GK_DEF_KERNEL(conv_transpose2d_act_backward_cpu);
-  GK_DEF_KERNEL(linear_act_forward_cpu);
-  GK_DEF_KERNEL(linear_act_backward_cpu);
+  m.def("conv_transpose2d_act_forward_cpu", &genkern::cpu::conv_transpose2d_act_forward_cpu);
+  m.def("conv_transpose2d_act_backward_cpu", &genkern::cpu::conv_transpose2d_act_backward_cpu);
+  m.def("linear_act_forward_cpu", &genkern::cpu::linear_act_forward_cpu);
+  m.def("linear_act_backward_cpu", &genkern::cpu::linear_act_backward_cpu);
   // losses
-  GK_DEF_KERNEL(gan_loss_cpu);
-  GK_DEF_KERNEL(vae_loss_cpu);
-  GK_DEF_KERNEL(reparameterize_cpu);
-  GK_DEF_KERNEL(gan_loss_autograd_cpu);
-  GK_DEF_KERNEL(vae_loss_autograd_cpu);
-  GK_DEF_KERNEL(reparameterize_eager_cpu);
+  m.def("gan_loss_cpu", &genkern::cpu::gan_loss_cpu);
+  m.def("vae_loss_cpu", &genkern::cpu::vae_loss_cpu);
+  m.def("reparameterize_cpu", &genkern::cpu::reparameterize_cpu);
+  m.def("gan_loss_autograd_cpu", &genkern::cpu::gan_loss_autograd_cpu);
+  m.def("vae_loss_autograd_cpu", &genkern::cpu::vae_loss_autograd_cpu);
+  m.def("reparameterize_eager_cpu", &genkern::cpu::reparameterize_eager_cpu);
   // batch_norm + activation, pooling, upsampling
-  GK_DEF_KERNEL(batch_norm_act_forward_cpu);
-  GK_DEF_KERNEL(batch_norm_act_backward_cpu);
+  m.def("batch_norm_act_forward_cpu", &genkern::cpu::batch_norm_act_forward_cpu);
+  m.def("batch_norm_act_backward_cpu", &genkern::cpu::batch_norm_act_backward_cpu);
   m.def("batch_norm_keeps_output", &genkern::cpu::batch_norm_keeps_output);
   // eager fast paths (C++ autograd Functions over the kernels above; see eager_autograd.h)
-  GK_DEF_KERNEL(conv2d_act_eager_cpu);
-  GK_DEF_KERNEL(conv_transpose2d_act_eager_cpu);
-  GK_DEF_KERNEL(linear_act_eager_cpu);
-  GK_DEF_KERNEL(batch_norm_act_eager_cpu);
+  m.def("conv2d_act_eager_cpu", &genkern::cpu::conv2d_act_eager_cpu);
+  m.def("conv_transpose2d_act_eager_cpu", &genkern::cpu::conv_transpose2d_act_eager_cpu);
+  m.def("linear_act_eager_cpu", &genkern::cpu::linear_act_eager_cpu);
+  m.def("batch_norm_act_eager_cpu", &genkern::cpu::batch_norm_act_eager_cpu);
   // optimistic entries of the eager fast paths: None when the call is not the common case
   m.def("linear_fast", &genkern::cpu::linear_fast);
   m.def("conv2d_fast", &genkern::cpu::conv2d_fast);
@@ -86,13 +82,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("use_col2im", &genkern::cpu::use_col2im);
   // ... of which those that fit on direct AVX-512 kernels (see head_convt.h)
   m.def("set_head_convt_mode", &genkern::cpu::set_head_convt_mode);
-  // buffer reuse inside genkern's eager CPU ops (reuse_allocator.h): installed on import
-  genkern::cpu::install_reuse_allocator();
-  m.def("set_reuse_mode", &genkern::cpu::set_reuse_mode);
-  m.def("reuse_mode", &genkern::cpu::reuse_mode);
-  m.def("empty_reuse_cache", &genkern::cpu::empty_reuse_cache);
-  m.def("reuse_cached_bytes", &genkern::cpu::reuse_cached_bytes);
-  m.def("reuse_live_bytes", &genkern::cpu::reuse_live_bytes);
   m.def("head_convt_mode", &genkern::cpu::head_convt_mode);
   m.def("use_head_convt", &genkern::cpu::use_head_convt);
   // transposed convs from many channels over a small input, and convs onto many channels over a
@@ -119,12 +108,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("dot_gemm_mode", &genkern::cpu::dot_gemm_mode);
   m.def("use_dot_gemm", &genkern::cpu::use_dot_gemm);
   m.def("avg_pool2d_fast", &genkern::cpu::avg_pool2d_fast);
-  GK_DEF_KERNEL(max_pool2d_forward_cpu);
-  GK_DEF_KERNEL(max_pool2d_backward_cpu);
-  GK_DEF_KERNEL(avg_pool2d_forward_cpu);
-  GK_DEF_KERNEL(avg_pool2d_backward_cpu);
-  GK_DEF_KERNEL(upsample_nearest2d_forward_cpu);
-  GK_DEF_KERNEL(upsample_nearest2d_backward_cpu);
+  m.def("max_pool2d_forward_cpu", &genkern::cpu::max_pool2d_forward_cpu);
+  m.def("max_pool2d_backward_cpu", &genkern::cpu::max_pool2d_backward_cpu);
+  m.def("avg_pool2d_forward_cpu", &genkern::cpu::avg_pool2d_forward_cpu);
+  m.def("avg_pool2d_backward_cpu", &genkern::cpu::avg_pool2d_backward_cpu);
+  m.def("upsample_nearest2d_forward_cpu", &genkern::cpu::upsample_nearest2d_forward_cpu);
+  m.def("upsample_nearest2d_backward_cpu", &genkern::cpu::upsample_nearest2d_backward_cpu);
 #ifdef GENKERN_WITH_CUDA
   m.def("conv2d_act_forward_cuda", &genkern::cuda::conv2d_act_forward_cuda);
   m.def("conv2d_act_backward_cuda", &genkern::cuda::conv2d_act_backward_cuda);

@@ -13,14 +13,5 @@ from genkern import (  # noqa: E402
     ops,
 )
 from genkern.backends import BACKENDS, available_backends, use_backend  # noqa: E402
-from genkern.ops._reuse import empty_cache as empty_cpu_cache  # noqa: E402
 
-__all__ = [
-    "BACKENDS",
-    "available_backends",
-    "empty_cpu_cache",
-    "nn",
-    "ops",
-    "use_backend",
-    "__version__",
-]
+__all__ = ["BACKENDS", "available_backends", "nn", "ops", "use_backend", "__version__"]

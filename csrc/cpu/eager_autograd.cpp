@@ -12,7 +12,6 @@
 #include "linear_act.h"
 #include "pool.h"
 #include "prepacked.h"
-#include "reuse_allocator.h"
 #include "stem_conv.h"
 
 namespace genkern::cpu {
@@ -146,7 +145,6 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
   // grad_y moves into the kernels, which may write the activation's backward over it (one
   // layer-output-sized buffer less at a training step's memory peak).
   static variable_list backward(AutogradContext* ctx, variable_list& grads) {
-    const ReuseScope reuse;
     const auto& d = ctx->saved_data;
     const bool transposed = d.at("transposed").toBool();
     refuse_double_backward(transposed ? "conv_transpose2d" : "conv2d");
@@ -179,8 +177,6 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-
-    const ReuseScope reuse;
     refuse_double_backward("linear");
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
@@ -224,8 +220,6 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-
-    const ReuseScope reuse;
     refuse_double_backward("batch_norm");
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
@@ -369,8 +363,6 @@ struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-
-    const ReuseScope reuse;
     refuse_double_backward("avg_pool2d");
     auto& d = ctx->saved_data;
     const at::Tensor gx = avg_pool2d_backward_cpu(

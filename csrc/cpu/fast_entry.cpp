@@ -19,7 +19,6 @@
 #include "genkern/losses.h"
 #include "losses.h"
 #include "losses_autograd.h"
-#include "reuse_allocator.h"
 
 namespace genkern::cpu {
 namespace {
@@ -204,7 +203,6 @@ py::object linear_fast(py::handle x_, py::handle weight_, py::handle bias_, py::
   Tensor y;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     const Tensor x2 = x->dim() == 2 ? *x : x->reshape({rows, in});
     y = linear_act_eager_cpu(x2, *w, b, act, slope);
     if (x->dim() != 2) y = y.reshape(out_shape);
@@ -267,7 +265,6 @@ py::object conv2d_fast(py::handle x_, py::handle weight_, py::handle bias_, py::
   Tensor y;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     y = conv2d_act_eager_cpu(x, w, a.b, a.stride, a.padding, a.dilation, a.groups, a.act,
                              a.slope, cl);
   }
@@ -300,7 +297,6 @@ py::object conv_transpose2d_fast(py::handle x_, py::handle weight_, py::handle b
   Tensor y;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     y = conv_transpose2d_act_eager_cpu(x, w, a.b, a.stride, a.padding, output_padding,
                                        a.dilation, a.groups, a.act, a.slope, cl);
   }
@@ -340,7 +336,6 @@ py::object batch_norm_fast(py::handle x_, py::handle running_mean_, py::handle r
   Tensor y;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     y = batch_norm_act_eager_cpu(*x, w, b, running[0], running[1], training, momentum, eps, act,
                                  slope);
   }
@@ -367,7 +362,6 @@ py::object gan_loss_fast(py::handle real_, py::handle fake_, py::handle kind, bo
   Tensor loss;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     loss = gan_loss_autograd_cpu(real != nullptr ? *real : *fake, *fake, real_term, fake_term,
                                  real != nullptr);
   }
@@ -409,7 +403,6 @@ py::object vae_loss_fast(py::handle recon_, py::handle target_, py::handle mu_,
   Tensor total, rec, kl;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     if (mask[0] || mask[1] || mask[2] || mask[3]) {
       auto out = vae_loss_autograd_cpu(recon, target, mu, logvar, rid, beta, scale);
       total = out[0], rec = out[1], kl = out[2];
@@ -482,7 +475,6 @@ py::object max_pool2d_fast(py::handle x_, py::handle kernel_size, py::handle str
   std::vector<Tensor> out;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     out = max_pool2d_eager_cpu(*a.x, a.kernel, a.stride, a.padding, a.dilation, a.out_size, act,
                                slope);
   }
@@ -504,7 +496,6 @@ py::object avg_pool2d_fast(py::handle x_, py::handle kernel_size, py::handle str
   Tensor y;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     y = avg_pool2d_eager_cpu(*a.x, a.kernel, a.stride, a.padding, a.out_size, include_pad,
                              divisor);
   }
@@ -530,7 +521,6 @@ py::object reparameterize_fast(py::handle mu_, py::handle logvar_, py::handle ep
   Tensor z;
   {
     py::gil_scoped_release no_gil;
-    const ReuseScope reuse;  // reuse_allocator.h
     z = reparameterize_eager_cpu(*mu, *logvar, eps, gen);
   }
   return wrap(std::move(z));

@@ -10,7 +10,6 @@
 
 #include "cpu_clones.h"
 #include "losses.h"
-#include "reuse_allocator.h"
 
 namespace genkern::cpu {
 namespace {
@@ -111,8 +110,6 @@ struct GanLossBackward : public torch::autograd::Node {
   std::string name() const override { return "GanLossBackward"; }
 
   variable_list apply(variable_list&& grads) override {
-
-    const ReuseScope reuse;
     variable_list out(has_real ? 2 : 1);  // undefined: no gradient flows
     if (!grads[0].defined()) return out;
     const bool one = is_cpu_one(grads[0]);
@@ -137,8 +134,6 @@ struct VaeLossBackward : public torch::autograd::Node {
   std::string name() const override { return "VaeLossBackward"; }
 
   variable_list apply(variable_list&& g) override {
-
-    const ReuseScope reuse;
     variable_list out(4);
     const at::Tensor gr = sum_defined(g[0], 1.0, g[1]);
     const at::Tensor gk = sum_defined(g[0], beta, g[2]);
@@ -172,8 +167,6 @@ struct ReparamBackward : public torch::autograd::Node {
   std::string name() const override { return "ReparameterizeBackward"; }
 
   variable_list apply(variable_list&& grads) override {
-
-    const ReuseScope reuse;
     TORCH_CHECK(!at::GradMode::is_enabled(),
                 "genkern: the second derivative of reparameterize's eager CPU path is not "
                 "implemented (backward with create_graph=True); pass backend=\"torch\"");

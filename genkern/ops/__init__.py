@@ -8,7 +8,6 @@ from genkern.ops import (
     _head_convt,  # noqa: F401  (applies GENKERN_CPU_HEAD_CONVT)
     _onednn_layout,  # noqa: F401  (applies GENKERN_CPU_ONEDNN_LAYOUT)
     _prepacked,  # noqa: F401  (applies GENKERN_CPU_PREPACK)
-    _reuse,  # noqa: F401  (applies GENKERN_CPU_REUSE)
     _stem_conv,  # noqa: F401  (applies GENKERN_CPU_STEM_CONV)
 )
 from genkern.ops.batch_norm import batch_norm
