@@ -1,5 +1,6 @@
 """Helpers shared by the op test modules."""
 
+import pytest
 import torch
 
 from genkern import testing
@@ -24,3 +25,13 @@ def check_against_reference_unmodified(fn, ref, inputs, dtype, what) -> None:
 
 
 __all__ = ["assert_unchanged", "check_against_reference_unmodified", "clones", "testing"]
+
+
+def check_mode_switch(switch, what: str, current_mode) -> None:
+    """A CPU path's switch (genkern/ops/_modes.py) refuses an unknown name in torch's wording and
+    gives the C++ side each mode's id (read back by current_mode())."""
+    with pytest.raises(ValueError, match=f"{what} mode must be one of"):
+        switch.set_mode("sometimes")
+    for name in switch.MODES:
+        with switch.mode(name):
+            assert current_mode() == switch.MODES.index(name)

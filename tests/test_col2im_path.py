@@ -8,7 +8,7 @@ import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
-from _helpers import check_against_reference_unmodified
+from _helpers import check_against_reference_unmodified, check_mode_switch
 from conftest import DEVICE
 
 import genkern
@@ -130,11 +130,7 @@ def test_rule_leaves_other_layers_to_onednn():
 
 
 def test_mode_names():
-    with pytest.raises(ValueError, match="col2im mode must be one of"):
-        _col2im.set_mode("sometimes")
-    for name in _col2im.MODES:
-        with _col2im.mode(name):
-            assert _ext._C.col2im_mode() == _col2im.MODES.index(name)
+    check_mode_switch(_col2im, "col2im", _ext._C.col2im_mode)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the ops' opcheck tests build their inputs on DEVICE")

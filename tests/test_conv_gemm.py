@@ -11,7 +11,7 @@ import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
-from _helpers import check_against_reference_unmodified
+from _helpers import check_against_reference_unmodified, check_mode_switch
 from conftest import DEVICE
 from test_col2im_path import _conv_fns, _on_cpu
 
@@ -185,11 +185,7 @@ def test_batch_in_several_chunks():
 
 
 def test_mode_names():
-    with pytest.raises(ValueError, match="conv GEMM mode must be one of"):
-        _conv_gemm.set_mode("sometimes")
-    for name in _conv_gemm.MODES:
-        with _conv_gemm.mode(name):
-            assert _ext._C.conv_gemm_mode() == _conv_gemm.MODES.index(name)
+    check_mode_switch(_conv_gemm, "conv GEMM", _ext._C.conv_gemm_mode)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the ops' opcheck tests build their inputs on DEVICE")

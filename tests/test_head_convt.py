@@ -10,7 +10,7 @@ import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
-from _helpers import assert_unchanged, check_against_reference_unmodified, clones
+from _helpers import assert_unchanged, check_against_reference_unmodified, check_mode_switch, clones
 
 import genkern
 from genkern import _ext, backends, reference, testing
@@ -149,11 +149,7 @@ def test_calls_it_does_not_take():
 
 
 def test_mode_names():
-    with pytest.raises(ValueError, match="head convt mode must be one of"):
-        _head_convt.set_mode("sometimes")
-    for name in _head_convt.MODES:
-        with _head_convt.mode(name):
-            assert _ext._C.head_convt_mode() == _head_convt.MODES.index(name)
+    check_mode_switch(_head_convt, "head convt", _ext._C.head_convt_mode)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -16,7 +16,7 @@ import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
-from _helpers import check_against_reference_unmodified
+from _helpers import check_against_reference_unmodified, check_mode_switch
 
 from genkern import _ext, activations, backends, testing
 from genkern.ops import _stem_conv
@@ -230,11 +230,7 @@ def test_rule_leaves_other_convs_to_onednn():
 
 
 def test_mode_names():
-    with pytest.raises(ValueError, match="stem conv mode must be one of"):
-        _stem_conv.set_mode("sometimes")
-    for name in _stem_conv.MODES:
-        with _stem_conv.mode(name):
-            assert _ext._C.stem_conv_mode() == _stem_conv.MODES.index(name)
+    check_mode_switch(_stem_conv, "stem conv", _ext._C.stem_conv_mode)
 
 
 def test_no_avx512_means_aten():

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "conv_geometry.h"
 #include "path_mode.h"
 #include "small_gemm.h"  // avx512_kernels_enabled
 #include "zmm_tile.h"
@@ -46,8 +47,8 @@ Head head_of(const at::Tensor& x, const at::Tensor& weight, const std::vector<in
   s.sw = stride[1];
   s.ph = padding[0];
   s.pw = padding[1];
-  s.oh = (s.h - 1) * s.sh - 2 * s.ph + s.kh + output_padding[0];
-  s.ow = (s.w - 1) * s.sw - 2 * s.pw + s.kw + output_padding[1];
+  s.oh = transposed_output_size(s.h, s.kh, s.sh, s.ph, output_padding[0], 1);
+  s.ow = transposed_output_size(s.w, s.kw, s.sw, s.pw, output_padding[1], 1);
   s.fh = std::max((s.h - 1) * s.sh + s.kh, s.ph + s.oh);
   s.fw = std::max((s.w - 1) * s.sw + s.kw, s.pw + s.ow);
   return s;
