@@ -18,15 +18,6 @@ import torch
 STOCK_PROVIDERS = ("eager", "eager_cl", "compile")
 
 
-def compiled(fn: Callable) -> Callable:
-    """torch.compile(fn) from an empty dynamo cache. Cases share code objects (every conv-transpose
-    case's stock is reference.conv_transpose2d; a model class's forward serves several sizes and
-    modes), and past dynamo's recompile limit (8 per code object) a compiled call runs eagerly
-    with only a warning: the compile column would silently time eager."""
-    torch._dynamo.reset()
-    return torch.compile(fn)
-
-
 @dataclass
 class Case:
     name: str  # unique, e.g. "conv2d/dcgan-D1"
@@ -60,6 +51,12 @@ def make_runner(
     case: Case, provider: str, device: torch.device, dtype: torch.dtype, inputs: list
 ) -> Callable[[], torch.Tensor | tuple]:
     """A callable running the case once with this provider; returns its output (and grads)."""
+    if provider == "compile":
+        # From an empty dynamo cache: cases share code objects (every conv-transpose case's stock
+        # is reference.conv_transpose2d; a model class's forward serves several sizes and modes),
+        # and past dynamo's recompile limit (8 per code object) a compiled call runs eagerly with
+        # only a warning: the compile column would silently time eager.
+        torch._dynamo.reset()
     if case.runner is not None:
         return case.runner(provider, device, dtype)
     if provider == "eager_cl":
@@ -68,7 +65,7 @@ def make_runner(
         backend = provider.split(":", 1)[1]
         fn = lambda *a: case.genkern(*a, backend=backend)
     elif provider == "compile":
-        fn = compiled(case.stock)
+        fn = torch.compile(case.stock)
     else:
         fn = case.stock
     if case.mode == "forward":

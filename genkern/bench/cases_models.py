@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from genkern import models
 from genkern.backends import use_backend
-from genkern.bench.case import Case, compiled
+from genkern.bench.case import Case
 
 
 @functools.cache
@@ -151,7 +151,6 @@ def _train_runner(name):
         cl = provider == "eager_cl"
         ms = _models(name, impl, device, dtype, cl)
         if provider == "compile":  # as users do: compile the models, not the optimizer step
-            torch._dynamo.reset()  # see case.compiled: one reset for both models
             ms = {key: torch.compile(m) for key, m in ms.items()}
         x, gen = _batch(name, device, dtype, cl, SPECS[name]["batch"])
         if name.startswith("dcgan"):
@@ -206,7 +205,7 @@ def _infer_runner(name):
         else:
             fn, arg = m, _batch(name, device, dtype, cl, 1)[0]
         if provider == "compile":
-            fn = compiled(fn)
+            fn = torch.compile(fn)
         backend = provider.split(":", 1)[1] if impl == "genkern" else None
 
         def infer():
