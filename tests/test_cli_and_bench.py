@@ -9,7 +9,7 @@ import torch
 
 from genkern import cli
 from genkern.bench import report, runner
-from genkern.bench.case import Case
+from genkern.bench.case import Case, make_runner
 
 
 def _tiny_case(genkern_fn, mode="forward+backward"):
@@ -51,6 +51,27 @@ def test_runner_leaves_out_eager_cl_where_it_is_eager_again():
     assert runner.changed_by_channels_last(torch.randn(2, 3, 4, 4))
     cl = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     assert not runner.changed_by_channels_last(cl)
+
+
+def _shared_stock(x):  # one code object for several cases, as reference.conv_transpose2d is
+    return torch.relu(x) * 2
+
+
+def test_each_compile_provider_compiles_afresh():
+    """Past dynamo's recompile limit per code object a compiled call runs eagerly with only a
+    warning, and cases share stock functions: each compile provider starts from an empty dynamo
+    cache, so its first call compiles a graph instead of hitting an earlier case's."""
+    from torch._dynamo.utils import counters
+
+    case = _tiny_case(lambda x, backend: x, mode="forward")
+    case.stock = _shared_stock
+    inputs = case.make_inputs(torch.device("cpu"), torch.float32)
+    new_graphs = []
+    for _ in range(2):
+        before = counters["stats"]["unique_graphs"]
+        make_runner(case, "compile", torch.device("cpu"), torch.float32, inputs)()
+        new_graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert new_graphs == [1, 1]
 
 
 def test_runner_reports_wrong_and_broken_providers():
