@@ -3,6 +3,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
 #include <cmath>
@@ -11,9 +13,30 @@
 #include <type_traits>
 #include <vector>
 
+#include "batch_norm_act_slab_list.h"
 #include "epilogue.h"
 #include "layout_copy.h"
 #include "genkern/activation.h"
+
+// The slab kernels (batch_norm_act_slabs.h), as baseline code and as AVX2 code chosen at run time:
+// each instantiated in a translation unit of its own (batch_norm_act_slabs_{base,avx2}.cpp).
+#define GK_SLABS_NS slabs_base
+#include "batch_norm_act_slabs.h"
+GK_SLAB_INSTANCES(extern)
+#undef GK_SLABS_NS
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#define GK_SLABS_NS slabs_avx2
+#include "batch_norm_act_slabs.h"
+GK_SLAB_INSTANCES(extern)
+#undef GK_SLABS_NS
+#pragma GCC pop_options
+#else
+namespace genkern::cpu {
+namespace slabs_avx2 = slabs_base;
+}
+#endif
 
 namespace genkern::cpu {
 namespace {
@@ -42,22 +65,8 @@ at::MemoryFormat format_of(const at::Tensor& t) {
 }
 
 constexpr int64_t kChunk = 16384;  // elements per task; fixed so results do not depend on threads
-constexpr int kLanes = 16;         // independent accumulators: the loops vectorize without -ffast-math
-// Where the backward reads act's input sign and x - mean from (batch_norm_act_slabs.h): the saved
-// tensor and x; x alone (recomputing the sign); or act's output y alone, read in x's place.
-constexpr int kSaved = 0, kRecompute = 1, kOutput = 2;
 
-// The slab kernels (batch_norm_act_slabs.h), as baseline code and as AVX2 code chosen at run time.
-#define GK_SLABS_NS slabs_base
-#include "batch_norm_act_slabs.h"
-#undef GK_SLABS_NS
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx2")
-#define GK_SLABS_NS slabs_avx2
-#include "batch_norm_act_slabs.h"
-#undef GK_SLABS_NS
-#pragma GCC pop_options
 bool use_avx2() {  // GENKERN_CPU_NO_AVX2=1 forces the baseline code (tests of it on AVX2 machines)
   static const bool yes = [] {
     const char* off = std::getenv("GENKERN_CPU_NO_AVX2");
@@ -68,7 +77,6 @@ bool use_avx2() {  // GENKERN_CPU_NO_AVX2=1 forces the baseline code (tests of i
   return yes;
 }
 #else
-namespace slabs_avx2 = slabs_base;
 bool use_avx2() { return false; }
 #endif
 #define GK_SLABS(...) (use_avx2() ? slabs_avx2::__VA_ARGS__ : slabs_base::__VA_ARGS__)

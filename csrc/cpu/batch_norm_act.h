@@ -5,7 +5,7 @@
 // backward fused. Results do not depend on the number of threads.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <optional>

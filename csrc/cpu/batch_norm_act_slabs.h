@@ -1,15 +1,17 @@
 // The loops of batch_norm's NCHW path, each n seen as a [C, L] slab (L = H*W), and of its backward
 // over channels_last rows of C: torch-free ranges that the OpenMP glue in batch_norm_act.cpp
-// calls. Included twice by batch_norm_act.cpp:
-// once as baseline code and once under `#pragma GCC target("avx2")` (runtime dispatch), each time
-// with GK_SLABS_NS naming the namespace. No FMA: both builds round alike and, as the lanes are
+// calls. Compiled twice, each in its own translation unit: as baseline code
+// (batch_norm_act_slabs_base.cpp) and under `#pragma GCC target("avx2")` (_avx2.cpp; chosen at run
+// time), each time with GK_SLABS_NS naming the namespace; batch_norm_act.cpp includes both to
+// declare them (GK_SLAB_INSTANCES(extern)). No FMA: both builds round alike and, as the lanes are
 // explicit, give the same bits.
 //
 // Reductions keep kLanes partial sums per channel in `acc[c * kLanes + j]` (opmath), added into
 // row by row: no horizontal sum per (n, c) row, which for L = 16 would cost more than the row.
-// No include guard, on purpose; the headers it needs are included by batch_norm_act.cpp first.
+// No include guard, on purpose; the headers it needs (batch_norm_act_slab_list.h) are included
+// first, outside the AVX2 pragma.
 
-namespace GK_SLABS_NS {
+namespace genkern::cpu::GK_SLABS_NS {
 
 // act's backward at one element: from the saved tensor (R = kSaved: s is its value; kOutput: s
 // is y, act's output, read in x's place) or from the recomputed pre-activation (kRecompute: s is
@@ -272,4 +274,4 @@ void row_grad_apply(const scalar_t* __restrict__ gyp, const scalar_t* __restrict
   }
 }
 
-}  // namespace GK_SLABS_NS
+}  // namespace genkern::cpu::GK_SLABS_NS

@@ -1,5 +1,8 @@
 #include "col2im_path.h"
 
+#include <ATen/ops/convolution_backward.h>
+#include <ATen/ops/slow_conv_transpose2d.h>
+
 #include <algorithm>
 #include <atomic>
 

@@ -6,7 +6,7 @@
 // both layouts (benchmarks/README.md). Everything else stays on at::convolution.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <vector>

@@ -10,6 +10,8 @@
 // kernel covers its whole input as a dense layer (dense_order, linear_act.h).
 #include "conv2d_act.h"
 
+#include <ATen/ops/empty_like.h>
+
 #include <optional>
 
 #include "col2im_path.h"

@@ -9,7 +9,7 @@
 // chunking, every output pixel summed by one thread in a fixed tap order.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <utility>

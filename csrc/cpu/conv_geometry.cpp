@@ -1,5 +1,8 @@
 #include "conv_geometry.h"
 
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/convolution_backward.h>
+
 namespace genkern::cpu {
 
 int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding,

@@ -8,7 +8,7 @@
 // 2, padding 1.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <utility>

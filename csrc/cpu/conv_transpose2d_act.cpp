@@ -7,6 +7,10 @@
 // convolution_backward(transposed=true) for only the gradients asked for.
 #include "conv_transpose2d_act.h"
 
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+
 #include "col2im_path.h"
 #include "conv_geometry.h"
 #include "conv_gemm.h"

@@ -1,5 +1,7 @@
 #include "eager_autograd.h"
 
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "batch_norm_act.h"

@@ -2,7 +2,7 @@
 // the activation after the main loop, and the activation's backward + bias gradient before it.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>

@@ -8,7 +8,7 @@
 // C_out * kH * kW floats per input pixel to memory and reads it back.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <vector>

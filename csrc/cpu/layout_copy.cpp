@@ -1,6 +1,7 @@
 #include "layout_copy.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 
 #include <c10/util/strides.h>
 

@@ -3,7 +3,7 @@
 // transpose 8x8 tiles in AVX2 registers (a blocked scalar loop without AVX2).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 namespace genkern::cpu {
 

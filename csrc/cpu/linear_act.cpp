@@ -10,6 +10,10 @@
 #include "linear_act.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
 #include <c10/core/GradMode.h>
 
 #include "dot_gemm.h"

@@ -1,7 +1,8 @@
 // Fused GAN and VAE losses on the CPU: loss and gradients in one pass over the inputs.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <optional>

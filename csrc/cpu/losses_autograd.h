@@ -4,7 +4,8 @@
 // cost a few. Same kernels and backward as the registered custom ops (which torch.compile uses).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <vector>

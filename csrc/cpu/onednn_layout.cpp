@@ -1,6 +1,8 @@
 #include "onednn_layout.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/convolution_backward.h>
 
 #include <algorithm>
 #include <atomic>

@@ -9,7 +9,7 @@
 // geometry, direction and thread count.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>

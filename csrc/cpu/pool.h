@@ -2,7 +2,7 @@
 // Index rules, tie and NaN behaviour and averaging divisors are those of ATen's CPU kernels.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>

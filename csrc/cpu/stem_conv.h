@@ -9,7 +9,7 @@
 // into 16 fixed groups in order, the groups in order (the same bits for any thread count).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <tuple>

@@ -3,7 +3,7 @@
 // epilogues (not by the torch-free kernels, which take the three sizes).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 
