@@ -227,15 +227,22 @@ def test_auto_mode_at_batch_1_matches_stock_on_the_path_it_keeps(i, act, layout)
 def test_auto_mode_keeps_the_gemm_path_where_it_wins_by_far():
     """16 -> 1 channels 14x14 -> 28x28 at batch 1: the batched-GEMM path ~6x faster than oneDNN's
     deconvolution (13 vs 84 us on a 2-core Xeon), so auto mode keeps it; with the GEMM path
-    switched off it is no candidate."""
+    switched off it is no candidate. The choice is timed: on a machine busy with other work one
+    timing can lose, so the choice is made afresh (set_mode clears the cache) up to three times."""
     from genkern.ops import _conv_gemm
 
     torch.manual_seed(0)
     x = torch.randn(1, 16, 14, 14)
     layer = SMALL_BATCH[0]("sigmoid").eval()
     with torch.no_grad():
-        y = layer(x)
-        assert _prepacked.state(layer.weight) == "gemm"
+        kept = []
+        for _ in range(3):
+            _prepacked.set_mode(_prepacked._SWITCH.current)
+            y = layer(x)
+            kept.append(_prepacked.state(layer.weight))
+            if kept[-1] == "gemm":
+                break
+        assert kept[-1] == "gemm", f"auto mode kept {kept}"
         torch.testing.assert_close(y, _stock(layer, x), rtol=1e-5, atol=1e-5)
         other = SMALL_BATCH[0]("sigmoid").eval()
         with _conv_gemm.mode("never"):
