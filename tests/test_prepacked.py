@@ -234,10 +234,10 @@ def test_auto_mode_keeps_the_gemm_path_where_it_wins_by_far():
     torch.manual_seed(0)
     x = torch.randn(1, 16, 14, 14)
     layer = SMALL_BATCH[0]("sigmoid").eval()
-    with torch.no_grad():
+    with torch.no_grad(), _prepacked.mode("auto"):
         kept = []
         for _ in range(3):
-            _prepacked.set_mode(_prepacked._SWITCH.current)
+            _prepacked.set_mode("auto")
             y = layer(x)
             kept.append(_prepacked.state(layer.weight))
             if kept[-1] == "gemm":

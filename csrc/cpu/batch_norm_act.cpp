@@ -24,7 +24,7 @@
 #include "batch_norm_act_slabs.h"
 GK_SLAB_INSTANCES(extern)
 #undef GK_SLABS_NS
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if GK_SLABS_AVX2
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #define GK_SLABS_NS slabs_avx2
@@ -66,7 +66,7 @@ at::MemoryFormat format_of(const at::Tensor& t) {
 
 constexpr int64_t kChunk = 16384;  // elements per task; fixed so results do not depend on threads
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if GK_SLABS_AVX2
 bool use_avx2() {  // GENKERN_CPU_NO_AVX2=1 forces the baseline code (tests of it on AVX2 machines)
   static const bool yes = [] {
     const char* off = std::getenv("GENKERN_CPU_NO_AVX2");

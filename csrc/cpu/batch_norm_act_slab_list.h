@@ -11,6 +11,14 @@
 
 #include "genkern/activation.h"
 
+// Whether the AVX2 build exists (GCC on x86-64: its target pragma); elsewhere slabs_avx2 names
+// the baseline build.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GK_SLABS_AVX2 1
+#else
+#define GK_SLABS_AVX2 0
+#endif
+
 namespace genkern::cpu {
 
 constexpr int kLanes = 16;  // independent accumulators: the loops vectorize without -ffast-math

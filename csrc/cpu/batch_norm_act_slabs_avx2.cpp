@@ -3,7 +3,7 @@
 // first, outside the pragma, so that no inline function of theirs is emitted as AVX2 code.
 #include "batch_norm_act_slab_list.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if GK_SLABS_AVX2
 #pragma GCC target("avx2")
 #define GK_SLABS_NS slabs_avx2
 #include "batch_norm_act_slabs.h"
