@@ -90,11 +90,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv_gemm_mode", &genkern::cpu::conv_gemm_mode);
   m.def("use_conv_gemm", &genkern::cpu::use_conv_gemm);
   m.def("use_conv2d_gemm", &genkern::cpu::use_conv2d_gemm);
-  // convs from 1-4 channels on direct AVX-512 kernels (see stem_conv.h)
+  // convs from 1-4 channels on direct AVX-512 or AVX2 kernels (see stem_conv.h)
   m.def("set_stem_conv_mode", &genkern::cpu::set_stem_conv_mode);
   m.def("stem_conv_mode", &genkern::cpu::stem_conv_mode);
   m.def("use_stem_conv", &genkern::cpu::use_stem_conv);
   m.def("avx512_kernels_enabled", &genkern::cpu::avx512_kernels_enabled);
+  m.def("avx2_kernels_enabled", &genkern::cpu::avx2_kernels_enabled);
   // NCHW convs run by oneDNN in channels_last where timed faster (see onednn_layout.h)
   m.def("set_onednn_layout_mode", &genkern::cpu::set_onednn_layout_mode);
   m.def("onednn_layout_mode", &genkern::cpu::onednn_layout_mode);

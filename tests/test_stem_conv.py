@@ -1,10 +1,11 @@
 """The cpu backend's few-input-channel conv kernels (csrc/cpu/stem_conv.h, switched by
 genkern/ops/_stem_conv.py): a net's first conv, forward and weight / bias gradients, on direct
-AVX-512 kernels. They take float32 only, so every case runs in float32 against the float64
-reference (float64 calls never reach them: ATen's kernels, covered by the float64 grids and
-gradcheck of test_conv2d.py). Every one-group shape of the conv2d grid goes through them with mode
-"always", with and without the input's gradient (which picks the fused weight-gradient kernel);
-the measured rule ("auto") is pinned on the layers it is for."""
+AVX-512 kernels, or AVX2 ones on a CPU without AVX-512 (test_avx2_kernels_on_an_avx512_cpu runs
+those on AVX-512 CPUs too). They take float32 only, so every case runs in float32 against the
+float64 reference (float64 calls never reach them: ATen's kernels, covered by the float64 grids
+and gradcheck of test_conv2d.py). Every one-group shape of the conv2d grid goes through them with
+mode "always", with and without the input's gradient (which picks the fused weight-gradient
+kernel); the measured rule ("auto") is pinned on the layers it is for."""
 
 import os
 import subprocess
@@ -18,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from _helpers import check_against_reference_unmodified, check_mode_switch
 
+import genkern
 from genkern import _ext, activations, backends, testing
 from genkern.ops import _stem_conv
 
 pytestmark = pytest.mark.skipif(
     backends.unavailable_reason("cpu", torch.device("cpu"), torch.float32) is not None
-    or not (_ext.HAS_CPU and _ext._C.avx512_kernels_enabled()),
-    reason="the C++ extension is not built, or this CPU has no AVX-512 (the kernels need it)",
+    or not (_ext.HAS_CPU and _ext._C.avx2_kernels_enabled()),
+    reason="the C++ extension is not built, or this CPU has no AVX2 (the kernels need it)",
 )
 
 ONE_GROUP = [case for case in c2.SHAPES if case[9] == 1]
@@ -233,8 +235,8 @@ def test_mode_names():
     check_mode_switch(_stem_conv, "stem conv", _ext._C.stem_conv_mode)
 
 
-def test_no_avx512_means_aten():
-    # GENKERN_CPU_NO_AVX512=1 (read once per process): the rule declines, the conv still works
+def test_no_avx2_means_aten():
+    # GENKERN_CPU_NO_AVX2=1 (read once per process): the rule declines, the conv still works
     code = (
         "import torch, genkern\n"
         "from genkern import _ext\n"
@@ -246,6 +248,28 @@ def test_no_avx512_means_aten():
         "    y = genkern.ops.conv2d(x, w, None, 1, 1, activation='relu', backend='cpu')\n"
         "torch.testing.assert_close(y, torch.relu(torch.nn.functional.conv2d(x, w, None, 1, 1)))\n"
     )
-    env = dict(os.environ, GENKERN_CPU_NO_AVX512="1")
+    env = dict(os.environ, GENKERN_CPU_NO_AVX2="1")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.skipif(
+    not _ext._C.avx512_kernels_enabled(), reason="no AVX-512 here: every test ran the AVX2 kernels"
+)
+def test_avx2_kernels_on_an_avx512_cpu():
+    """The reference grid's one-group shapes and the extra ones, and the bits for any thread
+    count, on the AVX2 kernels (GENKERN_CPU_NO_AVX512=1, read once per process: a subprocess)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
+    env = dict(os.environ, GENKERN_CPU_NO_AVX512="1")
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    select = "test_against_float64_reference or test_same_bits or test_special_values"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
+        + ["-k", select],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " skipped" not in run.stdout, run.stdout[-3000:]

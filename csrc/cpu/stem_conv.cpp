@@ -12,91 +12,21 @@
 #include "genkern/activation.h"
 #include "path_mode.h"
 #include "small_gemm.h"
+#include "stem_conv_avx2.h"
+#include "stem_conv_geometry.h"
 #include "zmm_tile.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if GK_STEM_X86
 #include <immintrin.h>
-#define GK_STEM_AVX512 1
-#else
-#define GK_STEM_AVX512 0
 #endif
 
 namespace genkern::cpu {
 namespace {
 
+using namespace stem_detail;  // NOLINT: the kernels' geometry
+
 // genkern/ops/_stem_conv.py sets it from GENKERN_CPU_STEM_CONV when genkern.ops is imported
 std::atomic<int64_t> g_mode{1};
-
-constexpr int kPanel = 64;              // output channels per pass: four zmm
-// Weight gradient: pixels go in chunks of about kChunkPixels (whole samples, or bands of output
-// rows of one sample), each padding its own input rows into a small buffer; the chunks' sums are
-// added into kGroups partial sums, each over a fixed run of chunks in order (the same bits for any
-// thread count, and a few hundred KB of partials whatever the batch).
-constexpr int64_t kChunkPixels = 512;
-constexpr int64_t kGroups = 16;
-
-// The conv's shape over the zero-padded NHWC input xp [n, hp, wp, cin]. Taps k run over
-// (kh, kw, cin), the memory order of a channels_last weight.
-struct Stem {
-  int64_t n, cin, hp, wp, cout, kh, kw, oh, ow, sh, sw, dh, dw;
-  int64_t taps() const { return cin * kh * kw; }
-  int64_t pixels() const { return n * oh * ow; }
-  int64_t panels() const { return (cout + kPanel - 1) / kPanel; }  // passes of kPanel channels
-  // Where the windows of output pixels p, p + 1, ... start in xp: counters, no divisions.
-  struct Walk {
-    const Stem& s;
-    int64_t b, oh, ow;
-    Walk(const Stem& st, int64_t p)
-        : s(st), b(p / (st.oh * st.ow)), oh(p / st.ow % st.oh), ow(p % st.ow) {}
-    int64_t next() {
-      const int64_t o = ((b * s.hp + oh * s.sh) * s.wp + ow * s.sw) * s.cin;
-      if (++ow == s.ow) {
-        ow = 0;
-        if (++oh == s.oh) oh = 0, ++b;
-      }
-      return o;
-    }
-  };
-  std::vector<int64_t> tap_offsets() const {
-    std::vector<int64_t> off;
-    off.reserve(taps());
-    for (int64_t i = 0; i < kh; ++i)
-      for (int64_t j = 0; j < kw; ++j)
-        for (int64_t c = 0; c < cin; ++c) off.push_back((i * dh * wp + j * dw) * cin + c);
-    return off;
-  }
-};
-
-// Chunk c of the weight gradient: samples [n0, n1), output rows [r0, r1) of each (every row when
-// n1 - n0 > 1), the padded input rows [h0, h1) they read.
-struct Chunk {
-  int64_t n0, n1, r0, r1, h0, h1;
-};
-
-struct Chunking {
-  int64_t per, bands, rows_per, count;  // samples per chunk or bands per sample, chunks
-  explicit Chunking(const Stem& s) {
-    const int64_t plane = s.oh * s.ow;
-    per = plane <= kChunkPixels ? std::max<int64_t>(1, kChunkPixels / std::max<int64_t>(plane, 1))
-                                : 1;
-    rows_per = plane <= kChunkPixels ? s.oh : std::max<int64_t>(1, kChunkPixels / s.ow);
-    bands = (s.oh + rows_per - 1) / rows_per;
-    count = plane <= kChunkPixels ? (s.n + per - 1) / per : s.n * bands;
-  }
-  int64_t groups() const { return std::min(kGroups, count); }  // partial sums
-  Chunk operator()(const Stem& s, int64_t c) const {
-    Chunk k{};
-    if (bands == 1) {
-      k.n0 = c * per, k.n1 = std::min(s.n, k.n0 + per), k.r0 = 0, k.r1 = s.oh;
-      k.h0 = 0, k.h1 = s.hp;
-      return k;
-    }
-    k.n0 = c / bands, k.n1 = k.n0 + 1, k.r0 = c % bands * rows_per;
-    k.r1 = std::min(s.oh, k.r0 + rows_per);
-    k.h0 = k.r0 * s.sh, k.h1 = (k.r1 - 1) * s.sh + (s.kh - 1) * s.dh + 1;
-    return k;
-  }
-};
 
 Stem stem_of(const at::Tensor& x, const at::Tensor& weight, const std::vector<int64_t>& stride,
              const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
@@ -117,36 +47,6 @@ Stem stem_of(const at::Tensor& x, const at::Tensor& weight, const std::vector<in
   return s;
 }
 
-// x [N, C, H, W] (any layout) read as its zero-padded NHWC copy [N, H + 2 ph, W + 2 pw, C]:
-// row(n, h, dst) writes row h of sample n of that copy.
-struct Padded {
-  const float* src;
-  int64_t sn, sc, sh, sw, C, H, W, ph, pw;
-  Padded(const at::Tensor& x, int64_t ph_, int64_t pw_)
-      : src(x.data_ptr<float>()), sn(x.stride(0)), sc(x.stride(1)), sh(x.stride(2)),
-        sw(x.stride(3)), C(x.size(1)), H(x.size(2)), W(x.size(3)), ph(ph_), pw(pw_) {}
-  int64_t hp() const { return H + 2 * ph; }
-  int64_t wp() const { return W + 2 * pw; }
-  int64_t sample_floats() const { return hp() * wp() * C; }
-  void row(int64_t n, int64_t h, float* dst) const {
-    const int64_t ih = h - ph;
-    if (ih < 0 || ih >= H) {
-      std::fill(dst, dst + wp() * C, 0.f);
-      return;
-    }
-    std::fill(dst, dst + pw * C, 0.f);
-    std::fill(dst + (pw + W) * C, dst + wp() * C, 0.f);
-    const float* in = src + n * sn + ih * sh;
-    float* out = dst + pw * C;
-    if ((sc == 1 || C == 1) && sw == C) {  // channels_last rows (or one channel): a copy
-      std::copy(in, in + W * C, out);
-    } else {
-      for (int64_t w = 0; w < W; ++w)
-        for (int64_t c = 0; c < C; ++c) out[w * C + c] = in[w * sw + c * sc];
-    }
-  }
-};
-
 // The whole padded copy, a row per task step.
 at::Tensor padded_nhwc(const at::Tensor& x, int64_t ph, int64_t pw) {
   const Padded pad(x, ph, pw);
@@ -162,7 +62,7 @@ at::Tensor padded_nhwc(const at::Tensor& x, int64_t ph, int64_t pw) {
 // zmm per output-channel pass: C_out rounded up to 16, at most four
 int vectors_for(int64_t cout) { return static_cast<int>(std::min<int64_t>(4, (cout + 15) / 16)); }
 
-#if GK_STEM_AVX512
+#if GK_STEM_X86
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 
@@ -260,26 +160,16 @@ void forward_all(const Stem& s, const float* xs, const float* wpacked, const flo
                  float slope, float* y) {
   constexpr int R = tile_rows<V>();
   const std::vector<int64_t> off = s.tap_offsets();
-  const int64_t M = s.pixels(), tiles = (M + R - 1) / R, taps = s.taps();
-  const int64_t panels = s.panels();
+  const int64_t taps = s.taps(), panels = s.panels();
   // tasks of about 16K multiply-adds per pixel row, so that a batch-1 layer spreads too
   const int64_t grain = std::max<int64_t>(1, 16384 / (taps * panels * R));
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    const float* px[R];
-    Stem::Walk walk(s, t0 * R);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t p0 = t * R;
-      const int rows = static_cast<int>(std::min<int64_t>(R, M - p0));
-      for (int r = 0; r < rows; ++r) px[r] = xs + walk.next();
-      for (int r = rows; r < R; ++r) px[r] = px[rows - 1];
-      for (int64_t panel = 0; panel < panels; ++panel) {
-        const int64_t c0 = panel * kPanel;
-        __mmask16 mask[4];
-        lane_masks(s.cout - c0, mask);
-        forward_tile<R, V, A, HasBias>(px, off.data(), taps, wpacked + panel * taps * kPanel,
-                                       bias + c0, slope, rows, mask, y + p0 * s.cout + c0,
-                                       s.cout);
-      }
+  for_each_pixel_tile<R>(s, xs, grain, [&](const float* const* px, int rows, int64_t p0) {
+    for (int64_t panel = 0; panel < panels; ++panel) {
+      const int64_t c0 = panel * kPanel;
+      __mmask16 mask[4];
+      lane_masks(s.cout - c0, mask);
+      forward_tile<R, V, A, HasBias>(px, off.data(), taps, wpacked + panel * taps * kPanel,
+                                     bias + c0, slope, rows, mask, y + p0 * s.cout + c0, s.cout);
     }
   });
 }
@@ -325,64 +215,26 @@ __attribute__((noinline)) void chunk_sums(const Stem& s, const float* xs, const 
   }
 }
 
-// partial[g] = the sums of chunk group g for every tap (rows of `width`), and at row `taps` its
-// bias sums when need_bias: g = act'(.) * grad_y made chunk by chunk in a buffer that stays in
-// cache (read in place for identity); saved: what act_backward reads, or null.
+// partial: see weight_grad_chunks
 template <Activation A, int V>
 void weight_grad_all(const Stem& s, const Padded& pad, const float* gy, const float* saved,
                      float slope, bool need_bias, float* partial) {
-  const std::vector<int64_t> off = s.tap_offsets();
-  const Chunking chunking(s);
-  const int64_t taps = s.taps(), plane = s.oh * s.ow, rows = taps + need_bias;
-  const int64_t groups = chunking.groups(), width = s.panels() * kPanel;
-  const int64_t most = chunking.bands == 1 ? chunking.per * plane : chunking.rows_per * s.ow;
-  const int64_t band_rows_max = (chunking.rows_per - 1) * s.sh + (s.kh - 1) * s.dh + 1;
-  const int64_t band_floats = chunking.bands == 1 ? chunking.per * pad.sample_floats()
-                                                  : band_rows_max * pad.wp() * pad.C;
-  constexpr bool in_place = A == Activation::kIdentity;  // g is grad_y
-  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<int64_t> org(most);
-    std::vector<float> buffer(in_place ? 0 : most * s.cout);  // g of one chunk
-    std::vector<float> padded(band_floats);                   // x of one chunk
-    std::vector<float> sums(rows * width);                    // one chunk's sums
-    const float* xs = padded.data();
-    for (int64_t grp = g0; grp < g1; ++grp) {
-      float* part = partial + grp * rows * width;
-      std::fill(part, part + rows * width, 0.f);
-      const int64_t c_end = (grp + 1) * chunking.count / groups;
-      for (int64_t c = grp * chunking.count / groups; c < c_end; ++c) {
-        const Chunk k = chunking(s, c);
-        const int64_t p0 = k.n0 * plane + k.r0 * s.ow;
-        const int64_t count = (k.n1 - k.n0 - 1) * plane + (k.r1 - k.r0) * s.ow;
-        const int64_t band_rows = k.h1 - k.h0, row_floats = pad.wp() * pad.C;
-        for (int64_t n = k.n0; n < k.n1; ++n)
-          for (int64_t h = k.h0; h < k.h1; ++h)
-            pad.row(n, h, padded.data() + ((n - k.n0) * band_rows + h - k.h0) * row_floats);
-        // window origins in the chunk's padded rows
-        const int64_t base = (k.n0 * s.hp + k.h0) * s.wp * s.cin;
-        Stem::Walk walk(s, p0);
-        for (int64_t p = 0; p < count; ++p) org[p] = walk.next() - base;
-        const float* g = gy + p0 * s.cout;
-        if constexpr (!in_place) {
-          const float* sv = saved != nullptr ? saved + p0 * s.cout : nullptr;
-          float* b = buffer.data();
-          for (int64_t i = 0; i < count * s.cout; ++i)
-            b[i] = act_backward<A, float>(g[i], sv != nullptr ? sv[i] : 0.f, slope);
-          g = b;
-        }
-        chunk_sums<V>(s, xs, org.data(), count, off.data(), g, need_bias, sums.data());
-        for (int64_t i = 0; i < rows * width; ++i) part[i] += sums[i];
-      }
-    }
-  });
+  weight_grad_chunks<A>(s, pad, gy, saved, slope, need_bias, partial,
+                        [&](const float* xs, const int64_t* org, int64_t count,
+                            const int64_t* off, const float* g, float* out) {
+                          chunk_sums<V>(s, xs, org, count, off, g, need_bias, out);
+                        });
 }
 
 #pragma GCC pop_options
-#endif  // GK_STEM_AVX512
+#endif  // GK_STEM_X86
+
+// which kernels run here: the AVX-512 ones, else the AVX2 ones (stem_conv_avx2.h), else none
+bool on_avx512() { return GK_STEM_X86 && avx512_kernels_enabled(); }
+bool on_avx2() { return GK_STEM_X86 && !on_avx512() && avx2_kernels_enabled(); }
 
 void check_float32(const at::Tensor& x, const at::Tensor& weight) {
-  TORCH_CHECK(GK_STEM_AVX512 && avx512_kernels_enabled(),
-              "genkern: the stem conv kernels need an AVX-512 CPU");
+  TORCH_CHECK(on_avx512() || on_avx2(), "genkern: the stem conv kernels need an AVX2 CPU");
   TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
               "genkern: the stem conv kernels take float32, but got ", x.scalar_type(), " and ",
               weight.scalar_type());
@@ -397,8 +249,8 @@ void set_stem_conv_mode(int64_t mode) {
 int64_t stem_conv_mode() { return g_mode.load(); }
 
 bool stem_conv_available(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
-  return g_mode.load(std::memory_order_relaxed) != 0 && GK_STEM_AVX512 &&
-         avx512_kernels_enabled() && groups == 1 && x.dim() == 4 && weight.dim() == 4 &&
+  return g_mode.load(std::memory_order_relaxed) != 0 && (on_avx512() || on_avx2()) &&
+         groups == 1 && x.dim() == 4 && weight.dim() == 4 &&
          x.numel() != 0 && weight.numel() != 0 && x.scalar_type() == at::kFloat &&
          weight.scalar_type() == at::kFloat;
 }
@@ -468,7 +320,13 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
               "genkern: the stem conv's packed weight does not fit this weight");
   const at::Tensor b =
       bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-#if GK_STEM_AVX512
+#if GK_STEM_X86
+  if (on_avx2()) {
+    forward_avx2(s, xp.data_ptr<float>(), wpacked.data_ptr<float>(),
+                 b.defined() ? b.data_ptr<float>() : nullptr, act,
+                 static_cast<float>(negative_slope), y.data_ptr<float>());
+    return contiguous_as(y, fmt);
+  }
   const auto run = [&](auto a, auto has_bias) {
     dispatch_zmm(vectors_for(s.cout), [&](auto v) {
       forward_all<decltype(a)::value, decltype(has_bias)::value, decltype(v)::value>(
@@ -519,15 +377,20 @@ std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
   const int64_t groups = Chunking(s).groups();
   const int64_t width = s.panels() * kPanel;
   at::Tensor partial = at::empty({groups, rows, width}, x.options());
-#if GK_STEM_AVX512
-  dispatch_activation(act, [&](auto a) {
-    dispatch_zmm(vectors_for(s.cout), [&](auto v) {
-      weight_grad_all<decltype(a)::value, decltype(v)::value>(
-          s, pad, gy.data_ptr<float>(),
-          has_saved ? sv.data_ptr<float>() : nullptr, static_cast<float>(negative_slope),
-          need_bias, partial.data_ptr<float>());
+#if GK_STEM_X86
+  const float* saved_ptr = has_saved ? sv.data_ptr<float>() : nullptr;
+  const auto slope = static_cast<float>(negative_slope);
+  if (on_avx2()) {
+    weight_grad_avx2(s, pad, gy.data_ptr<float>(), saved_ptr, act, slope, need_bias,
+                     partial.data_ptr<float>());
+  } else {
+    dispatch_activation(act, [&](auto a) {
+      dispatch_zmm(vectors_for(s.cout), [&](auto v) {
+        weight_grad_all<decltype(a)::value, decltype(v)::value>(
+            s, pad, gy.data_ptr<float>(), saved_ptr, slope, need_bias, partial.data_ptr<float>());
+      });
     });
-  });
+  }
 #endif
   // each row's group sums added in group order (in double); row k < taps is tap
   // k = (i * kw + j) * cin + ci of grad_w[:, ci, i, j], row `taps` the bias gradient

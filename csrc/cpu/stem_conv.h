@@ -1,12 +1,13 @@
 // A direct conv for few input channels: a net's first layer, on an image's 1-3 channels (DCGAN's
 // 3 -> 64 4x4 stride 2, the CIFAR CNN's 3 -> 32 3x3, the MNIST nets' 1 -> 32). There the GEMM's
 // reduction C_in * kH * kW is only 9-48 long, and oneDNN runs such convs at 10-25% of the matmul
-// peak: the work is the output's write, not the FMAs. These AVX-512 kernels read a zero-padded
-// channels_last copy of x and write each output pixel's C_out channels once, bias and relu /
-// leaky_relu applied in registers. Forward: a tile of pixels x 64 channels summed over the taps
-// (x padded whole, a few MB); weight gradient: a tile of taps x 64 channels summed over chunks
-// of about 512 pixels (whole samples or row bands, each padding its own rows), the chunks added
-// into 16 fixed groups in order, the groups in order (the same bits for any thread count).
+// peak: the work is the output's write, not the FMAs. These kernels (AVX-512, or AVX2 where the
+// CPU has no AVX-512: stem_conv_avx2.h) read a zero-padded channels_last copy of x and write each
+// output pixel's C_out channels once, bias and relu / leaky_relu applied in registers. Forward: a
+// tile of pixels x 64 channels (16 on AVX2) summed over the taps (x padded whole, a few MB);
+// weight gradient: a tile of taps x channels summed over chunks of about 512 pixels (whole
+// samples or row bands, each padding its own rows), the chunks added into 16 fixed groups in
+// order, the groups in order (the same bits for any thread count).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,11 +19,11 @@
 namespace genkern::cpu {
 
 // GENKERN_CPU_STEM_CONV: 0 never, 1 auto (the measured rule, see use_stem_conv), 2 always
-// (any one-group float32 call on an AVX-512 CPU: how the tests run every shape through it).
+// (any one-group float32 call on an AVX2 CPU: how the tests run every shape through it).
 void set_stem_conv_mode(int64_t mode);
 int64_t stem_conv_mode();
 
-// Whether the kernels can run conv2d(x, weight) with these groups (mode not never, AVX-512,
+// Whether the kernels can run conv2d(x, weight) with these groups (mode not never, AVX2,
 // float32, one group), and whether it runs on them in training and in the regular path (mode
 // always, or the auto rule). Batch-1 inference times them against the other paths for any
 // number of channels (prepacked.h).

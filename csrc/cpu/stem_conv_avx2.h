@@ -1,0 +1,24 @@
+// stem_conv.h's kernels for AVX2 + FMA CPUs without AVX-512 (8-lane ymm, 16 registers): a tile
+// of 6 output pixels (forward) or 6 taps (weight gradient) x 16 channels in 12 accumulators,
+// the channels of a pass walked 16 at a time. Same geometry, packed weight and sums as the
+// AVX-512 kernels (stem_conv_geometry.h); each sum runs in the same fixed order, so the bits do
+// not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "genkern/activation.h"
+#include "stem_conv_geometry.h"
+
+namespace genkern::cpu::stem_detail {
+
+// y (C_out floats per output pixel) = act(conv(xs, weight) + bias) for identity, relu or
+// leaky_relu; xs the padded NHWC input, wpacked stem_pack_weight's layout, bias null or C_out.
+void forward_avx2(const Stem& s, const float* xs, const float* wpacked, const float* bias,
+                  Activation act, float slope, float* y);
+
+// partial as weight_grad_chunks computes it, for any activation.
+void weight_grad_avx2(const Stem& s, const Padded& pad, const float* gy, const float* saved,
+                      Activation act, float slope, bool need_bias, float* partial);
+
+}  // namespace genkern::cpu::stem_detail
