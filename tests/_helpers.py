@@ -1,8 +1,13 @@
 """Helpers shared by the op test modules."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+import genkern
 from genkern import testing
 
 
@@ -35,3 +40,21 @@ def check_mode_switch(switch, what: str, current_mode) -> None:
     for name in switch.MODES:
         with switch.mode(name):
             assert current_mode() == switch.MODES.index(name)
+
+
+def run_without_avx512(test_file: str, select: str) -> None:
+    """Runs test_file's tests matching `select` in a subprocess with GENKERN_CPU_NO_AVX512=1 (read
+    once per process), so that an AVX-512 CPU runs them on the AVX2 kernels too; none may skip."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
+    env = dict(os.environ, GENKERN_CPU_NO_AVX512="1")
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test_file]
+        + ["-k", select],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and " skipped" not in run.stdout, run.stdout[-3000:]

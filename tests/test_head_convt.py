@@ -1,16 +1,24 @@
 """The cpu backend's head kernels (csrc/cpu/head_convt.h, switched by genkern/ops/_head_convt.py):
 float32 transposed convs onto a few channels, and conv2d input gradients from a few channels, on
-direct AVX-512 kernels inside the few-channel col2im path. Every one-group shape of the conv test
-grids is run through the path (col2im "always"); the geometry grid below covers what the kernels
-do themselves: strides, paddings, output_padding past the padding, input rows longer than a tile
-and samples longer than a band, every vector width of the footprint add, every layout of x."""
+direct AVX-512 kernels (AVX2 ones on CPUs without AVX-512; test_avx2_kernels_on_an_avx512_cpu
+runs those on AVX-512 CPUs too) inside the few-channel col2im path. Every one-group shape of the
+conv test grids is run through the path (col2im "always"); the geometry grid below covers what
+the kernels do themselves: strides, paddings, output_padding past the padding, input rows longer
+than a tile and samples longer than a band, every vector width of the footprint add, every layout
+of x."""
 
 import pytest
 import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
-from _helpers import assert_unchanged, check_against_reference_unmodified, check_mode_switch, clones
+from _helpers import (
+    assert_unchanged,
+    check_against_reference_unmodified,
+    check_mode_switch,
+    clones,
+    run_without_avx512,
+)
 
 import genkern
 from genkern import _ext, backends, reference, testing
@@ -23,8 +31,8 @@ pytestmark = [
         reason="the C++ extension genkern._C is not built",
     ),
     pytest.mark.skipif(
-        not (_ext.HAS_CPU and _ext._C.avx512_kernels_enabled()),
-        reason="the head kernels need an AVX-512 CPU (GENKERN_CPU_NO_AVX512 unset)",
+        not (_ext.HAS_CPU and _ext._C.avx2_kernels_enabled()),
+        reason="the head kernels need an AVX2 CPU (GENKERN_CPU_NO_AVX2 unset)",
     ),
 ]
 
@@ -105,6 +113,23 @@ def test_geometry_float32(case, layout, through_the_path):
         assert fn(*inputs).stride() == F.conv_transpose2d(*inputs, **kw).stride()
 
 
+@pytest.mark.parametrize("case", [GEOMETRY[0], GEOMETRY[1], GEOMETRY[4]], ids=["4", "12", "8"])
+def test_special_values_reach_what_stock_reaches(case, through_the_path):
+    # NaN and +-inf inputs: the non-finite outputs are stock's exactly (the vector adds past a
+    # footprint's width touch its neighbours' floats), the finite ones close
+    inputs, kw = _geometry_inputs(case, "channels_last")
+    x = inputs[0].detach().clone()
+    x[0, 0, 1, 2], x[0, 1, 3, 3], x[-1, 2, 2, 0] = float("nan"), float("inf"), -float("inf")
+    fn = ct._fns(kw, None, 0.01, "cpu")[0]
+    with torch.no_grad():
+        ours = fn(x, *[t.detach() if t is not None else None for t in inputs[1:]])
+        stock = F.conv_transpose2d(x, inputs[1].detach(), inputs[2], **kw)
+    assert torch.equal(torch.isnan(ours), torch.isnan(stock))
+    assert torch.equal(torch.isinf(ours), torch.isinf(stock))
+    finite = torch.isfinite(stock)
+    torch.testing.assert_close(ours[finite], stock[finite], rtol=1e-4, atol=1e-4)
+
+
 def test_same_bits_for_any_thread_count(through_the_path):
     inputs, kw = _geometry_inputs((5, 32, 14, 14, 1, 4, 2, 1, 0, True), "channels_last")
     fn = ct._fns(kw, None, 0.01, "cpu")[0]
@@ -173,3 +198,12 @@ def test_opcheck_through_the_path(act, slope, layout, through_the_path):
     bargs = (torch.randn_like(out), saved, y.detach(), wc.detach(), [2, 2], [1, 1], [1, 1], 1)
     bargs += (act_id, slope, [True, True, False], "cpu")
     torch.library.opcheck(torch.ops.genkern.conv2d_act_backward.default, bargs)
+
+
+@pytest.mark.skipif(
+    not _ext._C.avx512_kernels_enabled(), reason="no AVX-512 here: every test ran the AVX2 kernels"
+)
+def test_avx2_kernels_on_an_avx512_cpu():
+    """The grids, the geometry, special values and the bits for any thread count on the AVX2 kernels
+    (GENKERN_CPU_NO_AVX512=1, read once per process: a subprocess)."""
+    run_without_avx512(__file__, "grid_float32 or geometry or same_bits or special_values")

@@ -17,9 +17,8 @@ import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
 import torch.nn.functional as F
-from _helpers import check_against_reference_unmodified, check_mode_switch
+from _helpers import check_against_reference_unmodified, check_mode_switch, run_without_avx512
 
-import genkern
 from genkern import _ext, activations, backends, testing
 from genkern.ops import _stem_conv
 
@@ -259,17 +258,6 @@ def test_no_avx2_means_aten():
 def test_avx2_kernels_on_an_avx512_cpu():
     """The reference grid's one-group shapes and the extra ones, and the bits for any thread
     count, on the AVX2 kernels (GENKERN_CPU_NO_AVX512=1, read once per process: a subprocess)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
-    env = dict(os.environ, GENKERN_CPU_NO_AVX512="1")
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    select = "test_against_float64_reference or test_same_bits or test_special_values"
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
-        + ["-k", select],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_without_avx512(
+        __file__, "test_against_float64_reference or test_same_bits or test_special_values"
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and " skipped" not in run.stdout, run.stdout[-3000:]

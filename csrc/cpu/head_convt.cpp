@@ -5,17 +5,19 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 
 #include "conv_geometry.h"
 #include "path_mode.h"
 #include "small_gemm.h"  // avx512_kernels_enabled
+#include "stem_conv_avx2.h"  // gather_tile_avx2
 #include "zmm_tile.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include <immintrin.h>
-#define GK_HEAD_AVX512 1
+#define GK_HEAD_X86 1
 #else
-#define GK_HEAD_AVX512 0
+#define GK_HEAD_X86 0
 #endif
 
 namespace genkern::cpu {
@@ -68,7 +70,50 @@ std::vector<float> pack_weight(const Head& s, const at::Tensor& weight) {
   return packed;
 }
 
-#if GK_HEAD_AVX512
+// Passes over an input row's pixels for footprint vectors of L floats: footprints and vectors of
+// one pass do not overlap (a load that overlaps a store still in flight waits for it).
+int64_t footprint_passes(const Head& s, int64_t L) {
+  const int64_t step = s.sw * s.cout;
+  return std::max((s.kw + s.sw - 1) / s.sw, (L + step - 1) / step);
+}
+
+// f(std::integral_constant<int, L>) for the footprint vectors' width L: 4, 8 or 16 floats, at
+// least a footprint row's kW * C_out
+template <typename F>
+void dispatch_footprint_width(const Head& s, F&& f) {
+  const int64_t seg = s.kw * s.cout;
+  if (seg <= 4)
+    f(std::integral_constant<int, 4>{});
+  else if (seg <= 8)
+    f(std::integral_constant<int, 8>{});
+  else
+    f(std::integral_constant<int, 16>{});
+}
+
+// Sample n's uncropped output into acc (zeroed here): the footprints of a band of input rows at
+// a time into v (tiles of R pixels run on across the band's rows: no tile is cut at a row's end),
+// then added row by row. tile(px, rows, out): the footprints of R pixels (px, the last repeated
+// past `rows`) into rows of ldv floats; add(iy, vr): input row iy's footprints vr into acc.
+template <int R, typename Tile, typename Add>
+void sample_footprints(const Head& s, const float* x, const int64_t* xs, int64_t n, int64_t band,
+                       float* v, float* acc, Tile&& tile, Add&& add) {
+  std::fill(acc, acc + s.acc_floats(), 0.f);
+  const float* px[R];
+  const float* sample = x + n * xs[0];
+  for (int64_t iy0 = 0; iy0 < s.h; iy0 += band) {
+    const int64_t rows = std::min(band, s.h - iy0), count = rows * s.w;
+    for (int64_t p0 = 0; p0 < count; p0 += R) {
+      for (int r = 0; r < R; ++r) {
+        const int64_t p = std::min<int64_t>(p0 + r, count - 1);
+        px[r] = sample + (iy0 + p / s.w) * xs[2] + p % s.w * xs[3];
+      }
+      tile(px, static_cast<int>(std::min<int64_t>(R, count - p0)), v + p0 * s.ldv());
+    }
+    for (int64_t iy = iy0; iy < iy0 + rows; ++iy) add(iy, v + (iy - iy0) * s.w * s.ldv());
+  }
+}
+
+#if GK_HEAD_X86
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 
@@ -95,7 +140,7 @@ void footprint_tile(const float* const* px, int64_t sc, int64_t cin, const float
 template <int L>
 void add_footprints(const Head& s, int64_t iy, const float* v, float* acc) {
   const int64_t seg = s.kw * s.cout, step = s.sw * s.cout, ldv = s.ldv();
-  const int64_t q = std::max((s.kw + s.sw - 1) / s.sw, (L + step - 1) / step);
+  const int64_t q = footprint_passes(s, L);
   const auto m = static_cast<__mmask16>((1u << seg) - 1u);
   for (int64_t ky = 0; ky < s.kh; ++ky) {
     float* row = acc + (iy * s.sh + ky) * s.fw * s.cout;
@@ -119,40 +164,74 @@ void add_footprints(const Head& s, int64_t iy, const float* v, float* acc) {
   }
 }
 
-// Sample n's uncropped output into acc (zeroed here): the footprints of a band of input rows at
-// a time into v (tiles of R pixels run on across the band's rows: no tile is cut at a row's end),
-// then added row by row.
+// sample_footprints on AVX-512 tiles of V zmm of footprint columns
 template <int V>
-void sample_footprints(const Head& s, const float* x, const int64_t* xs, const float* w,
-                       int64_t n, int64_t band, float* v, float* acc) {
+void sample_footprints_avx512(const Head& s, const float* x, const int64_t* xs, const float* w,
+                              int64_t n, int64_t band, float* v, float* acc) {
   constexpr int R = tile_rows<V>();
-  std::fill(acc, acc + s.acc_floats(), 0.f);
-  const float* px[R];
-  const float* sample = x + n * xs[0];
-  for (int64_t iy0 = 0; iy0 < s.h; iy0 += band) {
-    const int64_t rows = std::min(band, s.h - iy0), count = rows * s.w;
-    for (int64_t p0 = 0; p0 < count; p0 += R) {
-      for (int r = 0; r < R; ++r) {
-        const int64_t p = std::min<int64_t>(p0 + r, count - 1);
-        px[r] = sample + (iy0 + p / s.w) * xs[2] + p % s.w * xs[3];
+  sample_footprints<R>(
+      s, x, xs, n, band, v, acc,
+      [&](const float* const* px, int, float* out) {
+        footprint_tile<R, V>(px, xs[1], s.cin, w, out, s.ldv());
+      },
+      [&](int64_t iy, const float* vr) {
+        dispatch_footprint_width(s, [&](auto L) { add_footprints<decltype(L)::value>(s, iy, vr, acc); });
+      });
+}
+
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+// add_footprints on AVX2: unmasked loads and stores of L floats at the accumulator, each adding
+// the footprint's vector ANDed to its kw * C_out floats (the lanes past it add +0: acc holds no
+// -0, and acc and v have L floats of slack at their ends)
+template <int L>
+void add_footprints_avx2(const Head& s, int64_t iy, const float* v, float* acc) {
+  const int64_t seg = s.kw * s.cout, step = s.sw * s.cout, ldv = s.ldv();
+  const int64_t q = footprint_passes(s, L);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 m0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(seg), lane));
+  const __m256 m1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(seg - 8), lane));
+  for (int64_t ky = 0; ky < s.kh; ++ky) {
+    float* row = acc + (iy * s.sh + ky) * s.fw * s.cout;
+    const float* vk = v + ky * seg;
+    for (int64_t p = 0; p < q; ++p) {
+      for (int64_t ix = p; ix < s.w; ix += q) {
+        float* d = row + ix * step;
+        const float* e = vk + ix * ldv;
+        if constexpr (L == 4) {
+          const __m128 b = _mm_and_ps(_mm_loadu_ps(e), _mm256_castps256_ps128(m0));
+          _mm_storeu_ps(d, _mm_add_ps(_mm_loadu_ps(d), b));
+        } else {
+          const __m256 b0 = _mm256_and_ps(_mm256_loadu_ps(e), m0);
+          _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), b0));
+          if constexpr (L == 16) {
+            const __m256 b1 = _mm256_and_ps(_mm256_loadu_ps(e + 8), m1);
+            _mm256_storeu_ps(d + 8, _mm256_add_ps(_mm256_loadu_ps(d + 8), b1));
+          }
+        }
       }
-      footprint_tile<R, V>(px, xs[1], s.cin, w, v + p0 * s.ldv(), s.ldv());
-    }
-    const int64_t seg = s.kw * s.cout;
-    for (int64_t iy = iy0; iy < iy0 + rows; ++iy) {
-      const float* vr = v + (iy - iy0) * s.w * s.ldv();
-      if (seg <= 4)
-        add_footprints<4>(s, iy, vr, acc);
-      else if (seg <= 8)
-        add_footprints<8>(s, iy, vr, acc);
-      else
-        add_footprints<16>(s, iy, vr, acc);
     }
   }
 }
 
+// sample_footprints on stem_conv_avx2.h's gather tile; off[c] = c * xs[1]
+void sample_footprints_avx2(const Head& s, const float* x, const int64_t* xs, const float* w,
+                            const int64_t* off, int64_t n, int64_t band, float* v, float* acc) {
+  sample_footprints<stem_detail::kGatherRows>(
+      s, x, xs, n, band, v, acc,
+      [&](const float* const* px, int rows, float* out) {
+        stem_detail::gather_tile_avx2(px, rows, off, s.cin, w, s.ldv(), s.ldv(), out, s.ldv());
+      },
+      [&](int64_t iy, const float* vr) {
+        dispatch_footprint_width(s, [&](auto L) { add_footprints_avx2<decltype(L)::value>(s, iy, vr, acc); });
+      });
+}
+
 #pragma GCC pop_options
-#endif  // GK_HEAD_AVX512
+#endif  // GK_HEAD_X86
 
 // y's sample n (strides ys) <- the output window of acc, plus bias (brow: the bias of each float
 // of an output row of acc, pixels x channels)
@@ -185,8 +264,8 @@ bool use_head_convt(const at::Tensor& x, const at::Tensor& weight, int64_t group
                     const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                     const std::vector<int64_t>& output_padding,
                     const std::vector<int64_t>& dilation) {
-  if (g_mode.load(std::memory_order_relaxed) == 0 || !GK_HEAD_AVX512 ||
-      !avx512_kernels_enabled() || groups != 1 || x.dim() != 4 || weight.dim() != 4 ||
+  if (g_mode.load(std::memory_order_relaxed) == 0 || !GK_HEAD_X86 ||
+      !avx2_kernels_enabled() || groups != 1 || x.dim() != 4 || weight.dim() != 4 ||
       x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat || dilation[0] != 1 ||
       dilation[1] != 1)
     return false;
@@ -207,7 +286,7 @@ at::Tensor head_conv_transpose2d(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options().memory_format(fmt));
   at::Tensor b;
   if (bias.has_value() && bias->defined()) b = bias->contiguous();
-#if GK_HEAD_AVX512
+#if GK_HEAD_X86
   const std::vector<float> w = pack_weight(s, weight);
   const float* xp = x.data_ptr<float>();
   std::vector<float> brow(s.ow * s.cout, 0.f);
@@ -218,18 +297,26 @@ at::Tensor head_conv_transpose2d(const at::Tensor& x, const at::Tensor& weight,
   const int64_t ys[4] = {y.stride(0), y.stride(1), y.stride(2), y.stride(3)};
   // input rows per band: footprints of up to 16K floats, and a tile's rows past the band's end
   const int64_t band = std::clamp<int64_t>(16384 / (s.w * s.ldv()), 1, s.h);
+  const bool avx512 = avx512_kernels_enabled();  // else AVX2 (use_head_convt)
+  std::vector<int64_t> off(s.cin);                 // the AVX2 tile's offsets of the channels
+  for (int64_t c = 0; c < s.cin; ++c) off[c] = c * xs[1];
   at::parallel_for(0, s.n, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<float> v((band * s.w + kTileMaxRows) * s.ldv()), acc(s.acc_floats());
+    // slack at the ends: a tile's rows past the band, the AVX2 adds' vectors past a footprint
+    std::vector<float> v((band * s.w + kTileMaxRows) * s.ldv()), acc(s.acc_floats() + 16);
     for (int64_t n = n0; n < n1; ++n) {
-      dispatch_zmm(s.ldv() / 16, [&](auto zmm) {
-        constexpr int V = decltype(zmm)::value;
-        sample_footprints<V>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
-      });
+      if (avx512) {
+        dispatch_zmm(s.ldv() / 16, [&](auto zmm) {
+          constexpr int V = decltype(zmm)::value;
+          sample_footprints_avx512<V>(s, xp, xs, w.data(), n, band, v.data(), acc.data());
+        });
+      } else {
+        sample_footprints_avx2(s, xp, xs, w.data(), off.data(), n, band, v.data(), acc.data());
+      }
       write_sample(s, acc.data(), brow.data(), yp, ys, n);
     }
   });
 #else
-  TORCH_CHECK(false, "genkern: the head convt kernels need an AVX-512 CPU");
+  TORCH_CHECK(false, "genkern: the head convt kernels need an x86-64 build");
 #endif
   return y;
 }

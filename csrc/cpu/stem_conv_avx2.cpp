@@ -15,8 +15,9 @@ namespace {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
-constexpr int kRows = 6;    // pixels or taps per tile: 6 x 2 ymm accumulators, 2 loads, 1 broadcast
-constexpr int kCols = 16;   // channels per tile: two ymm
+// pixels or taps per tile: 6 x 2 ymm accumulators, 2 loads, 1 broadcast
+constexpr int kRows = kGatherRows;
+constexpr int kCols = 16;  // channels per tile: two ymm
 constexpr int kLanes = 8;
 
 // the lanes [0, n) of a ymm, as maskload / maskstore take them
@@ -46,16 +47,16 @@ inline __m256 epilogue(__m256 v, __m256 bias, __m256 slope) {
   return v;
 }
 
-// Forward: y[r * ldy + c] = act(sum_k px[r][off[k]] * w[k * kPanel + c] + bias[c]) for the first
+// Forward: y[r * ldy + c] = act(sum_k px[r][off[k]] * w[k * ldw + c] + bias[c]) for the first
 // `rows` of kRows pixels and the `lanes` (all 16 when Full) channels of w's 16 columns.
 template <Activation A, bool HasBias, bool Full>
 void forward_tile(const float* const* px, const int64_t* off, int64_t taps, const float* w,
-                  const float* bias, float slope, int rows, int64_t lanes, float* y,
+                  int64_t ldw, const float* bias, float slope, int rows, int64_t lanes, float* y,
                   int64_t ldy) {
   constexpr int R = kRows;
   GK_Y_ROWS(GK_Y_ACC)
   for (int64_t k = 0; k < taps; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(w + k * kPanel), b1 = _mm256_loadu_ps(w + k * kPanel + 8);
+    const __m256 b0 = _mm256_loadu_ps(w + k * ldw), b1 = _mm256_loadu_ps(w + k * ldw + 8);
     const int64_t o = off[k];
 #define GK_FWD(r) GK_Y_FMA(r, px[r][o])
     GK_Y_ROWS(GK_FWD)
@@ -168,11 +169,11 @@ void forward_all(const Stem& s, const float* xs, const float* wpacked, const flo
       const float* b = HasBias ? bias + c0 : nullptr;
       float* out = y + p0 * s.cout + c0;
       if (s.cout - c0 >= kCols)
-        forward_tile<A, HasBias, true>(px, off.data(), taps, w, b, slope, rows, kCols, out,
-                                       s.cout);
+        forward_tile<A, HasBias, true>(px, off.data(), taps, w, kPanel, b, slope, rows, kCols,
+                                       out, s.cout);
       else
-        forward_tile<A, HasBias, false>(px, off.data(), taps, w, b, slope, rows, s.cout - c0,
-                                        out, s.cout);
+        forward_tile<A, HasBias, false>(px, off.data(), taps, w, kPanel, b, slope, rows,
+                                        s.cout - c0, out, s.cout);
     }
   });
 }
@@ -194,6 +195,13 @@ void forward_avx2(const Stem& s, const float* xs, const float* wpacked, const fl
     run(ActivationTag<Activation::kLeakyRelu>{});
   else
     run(ActivationTag<Activation::kIdentity>{});
+}
+
+void gather_tile_avx2(const float* const* px, int rows, const int64_t* off, int64_t taps,
+                      const float* w, int64_t ldw, int64_t cols, float* out, int64_t ldo) {
+  for (int64_t c0 = 0; c0 < cols; c0 += kCols)
+    forward_tile<Activation::kIdentity, false, true>(px, off, taps, w + c0, ldw, nullptr, 0.f,
+                                                     rows, kCols, out + c0, ldo);
 }
 
 void weight_grad_avx2(const Stem& s, const Padded& pad, const float* gy, const float* saved,

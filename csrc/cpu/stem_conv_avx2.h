@@ -17,6 +17,13 @@ namespace genkern::cpu::stem_detail {
 void forward_avx2(const Stem& s, const float* xs, const float* wpacked, const float* bias,
                   Activation act, float slope, float* y);
 
+// The forward's tile as a plain product, for other direct kernels (head_convt.cpp):
+// out[r * ldo + j] = sum_k px[r][off[k]] * w[k * ldw + j] for r < rows and j < cols (a multiple
+// of 16); px holds kGatherRows pointers (repeat the last past `rows`).
+constexpr int kGatherRows = 6;
+void gather_tile_avx2(const float* const* px, int rows, const int64_t* off, int64_t taps,
+                      const float* w, int64_t ldw, int64_t cols, float* out, int64_t ldo);
+
 // partial as weight_grad_chunks computes it, for any activation.
 void weight_grad_avx2(const Stem& s, const Padded& pad, const float* gy, const float* saved,
                       Activation act, float slope, bool need_bias, float* partial);
