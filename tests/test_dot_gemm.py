@@ -1,12 +1,15 @@
 """The CPU backend's dot-product GEMM (csrc/cpu/dot_gemm.cpp, switched by
-genkern/ops/_dot_gemm.py), the linear forward on AVX-512 CPUs: the small-GEMM grid (every tail of
-its 4x4 blocks and of its 16-lane k steps, each activation, with and without bias) run through it
-with mode "always", rows of x and W that are slices of wider tensors, bits independent of the
-thread count, the rule pinned on the layers it is for, and the calls it must decline."""
+genkern/ops/_dot_gemm.py), the linear forward of batch-1 layers (and more on AVX-512 CPUs; AVX2
+ones run 2x4 blocks of 8-lane steps, test_avx2_kernels_on_an_avx512_cpu runs those on AVX-512
+CPUs too): the small-GEMM grid (every tail of its blocks and of its k steps, each activation,
+with and without bias) run through it with mode "always", rows of x and W that are slices of
+wider tensors, bits independent of the thread count, the rule pinned on the layers it is for,
+and the calls it must decline."""
 
 import pytest
 import test_small_gemm as sg
 import torch
+from _helpers import run_without_avx512
 from conftest import grid_backends
 
 import genkern
@@ -20,8 +23,8 @@ pytestmark = [
         reason="the C++ extension genkern._C is not built",
     ),
     pytest.mark.skipif(
-        not (_ext.HAS_CPU and _ext._C.use_dot_gemm(128, 20, 400)),
-        reason="the dot-product GEMM needs a CPU with AVX-512 (and GENKERN_CPU_NO_AVX512 unset)",
+        not (_ext.HAS_CPU and _ext._C.avx2_kernels_enabled()),
+        reason="the dot-product GEMM needs a CPU with AVX2 (and GENKERN_CPU_NO_AVX2 unset)",
     ),
 ]
 
@@ -81,6 +84,9 @@ def test_differs_from_the_tile_only_by_rounding():
     torch.testing.assert_close(dot, other, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(
+    not _ext._C.avx512_kernels_enabled(), reason="the AVX-512 rule (test_avx2_rule: this CPU's)"
+)
 def test_rule_takes_the_layers_it_is_for():
     use = _ext._C.use_dot_gemm
     assert _dot_gemm.MODES.index("auto") == _ext._C.dot_gemm_mode()
@@ -94,6 +100,26 @@ def test_rule_takes_the_layers_it_is_for():
         assert not use(1, 20, 400)
     with _dot_gemm.mode("always"):
         assert use(128, 784, 400)
+
+
+@pytest.mark.skipif(_ext._C.avx512_kernels_enabled(), reason="an AVX-512 CPU: its own rule")
+def test_avx2_rule():
+    use = _ext._C.use_dot_gemm  # (M, N, K)
+    # batch-1 layers: the VAE decoder's and the CIFAR CNN's
+    assert use(1, 256, 20) and use(1, 3136, 256) and use(1, 256, 2048) and use(1, 10, 256)
+    # a long k: the VAE's mu head, the CNN's fc1, DCGAN-64's last conv as a dense layer
+    assert use(128, 40, 3136) and use(128, 256, 2048) and use(64, 1, 8192)
+    # a short k over many rows, and many rows over a k of 256, stay with the tile and MKL
+    assert not use(128, 256, 20) and not use(32, 64, 100) and not use(256, 256, 256)
+    with _dot_gemm.mode("never"):
+        assert not use(1, 20, 400)
+
+
+@pytest.mark.skipif(
+    not _ext._C.avx512_kernels_enabled(), reason="no AVX-512 here: every test ran the AVX2 kernels"
+)
+def test_avx2_kernels_on_an_avx512_cpu():
+    run_without_avx512(__file__, "tails or sliced or bits or opcheck")
 
 
 def test_bad_mode_raises():
