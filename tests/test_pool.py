@@ -35,6 +35,8 @@ UP_CASES = [
     (1, 4, 3, 3, 3, None),
     (2, 2, 4, 6, None, (11, 5)),
     (1, 3, 5, 5, None, (10, 10)),
+    (2, 3, 6, 37, 2, None),  # x2: the rows' fast loops over an odd width
+    (1, 2, 4, 20, (3, 2), None),  # x2 along rows, x3 down columns
 ]
 
 
@@ -142,6 +144,21 @@ def test_upsample_nearest2d_exact(case, layout, backend):
     testing.assert_close_to_reference(
         torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ry, x, g)[0], torch.float64, "grad"
     )
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("shape,sf", [((3, 5, 6, 37), 2), ((2, 3, 4, 20), (3, 2))])
+def test_upsample_x2_rows_are_stocks_bits(shape, sf):
+    """The cpu kernels' x2-along-rows loops (an input row per task, no zero fill) add each input
+    pixel's gradients in the order of the general loop and of ATen's kernel: stock's bits."""
+    x = testing.make_tensor(list(shape), torch.float32, "cpu", "contiguous", True)
+    y = genkern.ops.upsample_nearest2d(x, sf, backend="cpu")
+    stock = F.interpolate(x, scale_factor=sf, mode="nearest")
+    g = torch.randn_like(y)
+    assert torch.equal(y, stock)
+    assert torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(stock, x, g)[0])
 
 
 @pytest.mark.parametrize("scale", [1.1, 1.3, 2.5, 0.7, 1.99])

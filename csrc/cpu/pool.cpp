@@ -545,6 +545,39 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& g
   return gx;
 }
 
+namespace {
+
+// s where src[o] == o / s for every output o (an integer scale: each input feeds s outputs in a
+// run), else 0
+int64_t integer_scale(const int64_t* src, int64_t out, int64_t in) {
+  if (in <= 0 || out % in != 0) return 0;
+  const int64_t s = out / in;
+  for (int64_t o = 0; o < out; ++o)
+    if (src[o] != o / s) return 0;
+  return s;
+}
+
+// out[2 i] = out[2 i + 1] = in[i]: one NCHW output row of a x2 upsampling
+template <typename scalar_t>
+GK_CPU_CLONES void duplicate_pairs(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                   int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[2 * i] = out[2 * i + 1] = in[i];
+}
+
+// d[i] = g[2 i] + g[2 i + 1] (first) or (d[i] + g[2 i]) + g[2 i + 1]: one NCHW output row of a
+// x2 upsampling's gradient added into its input row, in the order of the general loop
+template <typename scalar_t>
+GK_CPU_CLONES void add_pairs(const scalar_t* __restrict__ g, scalar_t* __restrict__ d, int64_t n,
+                             bool first) {
+  if (first) {
+    for (int64_t i = 0; i < n; ++i) d[i] = g[2 * i] + g[2 * i + 1];
+  } else {
+    for (int64_t i = 0; i < n; ++i) d[i] = (d[i] + g[2 * i]) + g[2 * i + 1];
+  }
+}
+
+}  // namespace
+
 at::Tensor upsample_nearest2d_forward_cpu(const at::Tensor& x, const at::Tensor& src_h,
                                           const at::Tensor& src_w) {
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
@@ -558,7 +591,18 @@ at::Tensor upsample_nearest2d_forward_cpu(const at::Tensor& x, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
-    if (fmt == at::MemoryFormat::Contiguous) {
+    const int64_t scale_h = integer_scale(hp, OH, IH);
+    if (fmt == at::MemoryFormat::Contiguous && scale_h > 0 && integer_scale(wp, OW, IW) == 2) {
+      // x2 along rows, an integer scale down columns: each input row once, its copies memcpy'd
+      at::parallel_for(0, N * C * IH, grain_for(OW * scale_h), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          scalar_t* yo = yp + r * scale_h * OW;
+          duplicate_pairs<scalar_t>(xp + r * IW, yo, IW);
+          for (int64_t k = 1; k < scale_h; ++k)
+            std::memcpy(yo + k * OW, yo, sizeof(scalar_t) * OW);
+        }
+      });
+    } else if (fmt == at::MemoryFormat::Contiguous) {
       at::parallel_for(0, N * C * OH, grain_for(OW), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t p = r / OH, oh = r % OH;
@@ -610,7 +654,18 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
     // after every add lost ~10x stock's accuracy where many outputs share a source pixel)
     constexpr bool exact = std::is_same_v<scalar_t, opmath_t>;
     const scalar_t* g = gy.data_ptr<scalar_t>();
-    if (fmt == at::MemoryFormat::Contiguous) {
+    const int64_t scale_h = integer_scale(hp, OH, IH);
+    if (exact && fmt == at::MemoryFormat::Contiguous && scale_h > 0 &&
+        integer_scale(wp, OW, IW) == 2) {
+      // x2 along rows, an integer scale down columns: each input row summed from its output rows
+      // in one pass (no zero fill), the adds in the general loop's order
+      scalar_t* out = gx.data_ptr<scalar_t>();
+      at::parallel_for(0, N * C * IH, grain_for(OW * scale_h), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t k = 0; k < scale_h; ++k)
+            add_pairs<scalar_t>(g + (r * scale_h + k) * OW, out + r * IW, IW, k == 0);
+      });
+    } else if (fmt == at::MemoryFormat::Contiguous) {
       const at::Tensor acc = exact ? gx.zero_() : at::zeros(gx.sizes(), gx.options().dtype(at::kFloat));
       opmath_t* out = acc.data_ptr<opmath_t>();
       at::parallel_for(0, N * C, grain_for(OH * OW), [&](int64_t p0, int64_t p1) {
