@@ -26,6 +26,11 @@ AVG_CASES = [
     (2, 2, 10, 11, (3, 2), (2, 1), (1, 1), False, False, None),
     (2, 3, 7, 7, 2, 2, 1, True, True, 3),
     (3, 4, 5, 6, 3, 3, 1, True, False, None),
+    # windows that tile the input (the cpu kernels' row loops): odd sizes leave a last row and
+    # column outside every window; 1x2 windows; a divisor override
+    (2, 3, 7, 9, 2, None, 0, False, True, None),
+    (1, 2, 6, 8, (1, 2), None, 0, False, False, None),
+    (2, 2, 4, 6, 2, 2, 0, True, True, 5),
 ]
 # (N, C, H, W, scale_factor, size)
 UP_CASES = [
@@ -144,6 +149,24 @@ def test_upsample_nearest2d_exact(case, layout, backend):
     testing.assert_close_to_reference(
         torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ry, x, g)[0], torch.float64, "grad"
     )
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("shape,kernel", [((3, 5, 7, 37), 2), ((2, 3, 4, 20), (1, 2))])
+def test_avg_pool_tiled_backward_is_stocks_bits(shape, kernel):
+    """The cpu kernels' row loops for windows that tile the input (each input row written once,
+    no zero fill; -0 gradients become +0 as in the general loop): stock's bits, zeros past the
+    last window."""
+    x = testing.make_tensor(list(shape), torch.float32, "cpu", "contiguous", True)
+    y = genkern.ops.avg_pool2d(x, kernel, backend="cpu")
+    stock = F.avg_pool2d(x, kernel)
+    g = torch.randn_like(y)
+    g[0, 0, 0, 0] = -0.0
+    ours, theirs = torch.autograd.grad(y, x, g)[0], torch.autograd.grad(stock, x, g)[0]
+    assert torch.equal(ours, theirs)
+    assert torch.equal(ours.signbit(), theirs.signbit())
 
 
 @pytest.mark.skipif(

@@ -1,7 +1,7 @@
 #include "eager_autograd.h"
 
 #include <ATen/TensorOperators.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/empty.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "batch_norm_act.h"
@@ -336,10 +336,10 @@ at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at:
 namespace {
 
 // Zeros shaped like the pooled input, in its layout: the pooling backward kernels accumulate.
-at::Tensor input_grad_zeros(AutogradContext* ctx, const at::Tensor& like) {
+at::Tensor input_grad_empty(AutogradContext* ctx, const at::Tensor& like) {
   const auto shape = ctx->saved_data["shape"].toIntVector();
   const auto fmt = format(ctx->saved_data["channels_last"].toBool());
-  return at::zeros(shape, like.options().memory_format(fmt));
+  return at::empty(shape, like.options().memory_format(fmt));
 }
 
 void save_input_shape(AutogradContext* ctx, const at::Tensor& x, at::MemoryFormat fmt) {
@@ -368,7 +368,7 @@ struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
     refuse_double_backward("avg_pool2d");
     auto& d = ctx->saved_data;
     const at::Tensor gx = avg_pool2d_backward_cpu(
-        grads[0], input_grad_zeros(ctx, grads[0]), d["kernel"].toIntVector(),
+        grads[0], input_grad_empty(ctx, grads[0]), d["kernel"].toIntVector(),
         d["stride"].toIntVector(), d["padding"].toIntVector(), d["count_include_pad"].toBool(),
         d["divisor_override"].toInt());
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

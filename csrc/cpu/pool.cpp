@@ -68,6 +68,15 @@ GK_CPU_CLONES void take_at_tap(scalar_t* __restrict__ d, const int64_t* __restri
 }
 
 // d[c] += g[c] / div over a channels_last pixel (avg pool's backward, one window tap).
+// d[2 i] = d[2 i + 1] = 0 + g[i] / div: a row of a 2-wide tiled average pool's input gradient, as
+// the general loop adds it into zeros (-0 becomes +0 there too)
+template <typename scalar_t, typename opmath_t>
+GK_CPU_CLONES void divided_pairs(const scalar_t* __restrict__ g, scalar_t* __restrict__ d,
+                                 int64_t n, opmath_t div) {
+  for (int64_t i = 0; i < n; ++i)
+    d[2 * i] = d[2 * i + 1] = scalar_t(opmath_t(0) + opmath_t(g[i]) / div);
+}
+
 template <typename scalar_t, typename opmath_t>
 GK_CPU_CLONES void add_divided(scalar_t* __restrict__ d, const scalar_t* __restrict__ g,
                                opmath_t div, int64_t C) {
@@ -500,13 +509,34 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& g
   const int64_t OH = gy.size(2), OW = gy.size(3);
   const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
   const int64_t pH = padding[0], pW = padding[1];
-  at::Tensor gx = grad_input;  // zero-filled by the caller
-  if (gy.numel() == 0 || gx.numel() == 0) return gx;
+  at::Tensor gx = grad_input;  // uninitialized: written whole below
+  if (gy.numel() == 0 || gx.numel() == 0) return gx.zero_();
+  // 1x2 or 2x2 windows that tile the input (no padding, stride = kernel), NCHW: each input row
+  // written once from its output row, the rows and columns past the windows zero
+  const bool tiled = fmt == at::MemoryFormat::Contiguous && kW == 2 && sW == 2 && kH == sH &&
+                     kH <= 2 && pH == 0 && pW == 0 && OH * kH <= IH && OW * kW <= IW;
+  if (!tiled) gx.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "avg_pool2d_bwd", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* g = gy.data_ptr<scalar_t>();
     scalar_t* out = gx.data_ptr<scalar_t>();
-    if (fmt == at::MemoryFormat::Contiguous) {
+    if (tiled) {
+      const opmath_t div = opmath_t(
+          avg_window(0, 0, IH, IW, kH, kW, sH, sW, 0, 0, count_include_pad, divisor_override)
+              .divisor);
+      at::parallel_for(0, N * C * IH, grain_for(IW), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t p = r / IH, ih = r % IH;
+          scalar_t* d = out + r * IW;
+          if (ih < OH * kH) {
+            divided_pairs<scalar_t, opmath_t>(g + (p * OH + ih / kH) * OW, d, OW, div);
+            std::fill(d + 2 * OW, d + IW, scalar_t(0));
+          } else {
+            std::fill(d, d + IW, scalar_t(0));
+          }
+        }
+      });
+    } else if (fmt == at::MemoryFormat::Contiguous) {
       at::parallel_for(0, N * C, grain_for(OH * OW * kH * kW), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {
           scalar_t* plane = out + p * IH * IW;

@@ -33,7 +33,7 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kern
                                   std::vector<int64_t> out_size, bool count_include_pad,
                                   int64_t divisor_override);
 
-// Accumulates into grad_input, zero-filled by the caller in the input's layout.
+// Writes grad_input whole: uninitialized from the caller, in the input's layout.
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_input,
                                    std::vector<int64_t> kernel, std::vector<int64_t> stride,
                                    std::vector<int64_t> padding, bool count_include_pad,

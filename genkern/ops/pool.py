@@ -628,7 +628,7 @@ def _avg_fwd_cpu(x, kernel, stride, padding, hw, ceil_mode, cip, div):
 
 
 def _avg_bwd_cpu(grad_y, input_size, cl, kernel, stride, padding, ceil_mode, cip, div):
-    gx = _zeros(input_size, cl, grad_y)
+    gx = _empty(input_size, cl, grad_y)  # the kernel writes all of it
     return _ext().avg_pool2d_backward_cpu(grad_y, gx, kernel, stride, padding, cip, div)
 
 
