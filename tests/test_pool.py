@@ -17,6 +17,7 @@ MAX_CASES = [
     (2, 2, 10, 11, (3, 2), (2, 1), (1, 1), (2, 1), False),  # rectangular, dilation
     (2, 3, 7, 7, 2, 2, 1, 1, True),  # ceil_mode with a last window starting in the padding
     (3, 4, 5, 6, 3, 3, 0, 1, True),  # stride = kernel, partial last window
+    (1, 2, 7, 38, 2, None, 0, 1, False),  # 2x2 over rows of 19 outputs: the vector clones' loop
 ]
 # (N, C, H, W, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
 AVG_CASES = [
@@ -99,11 +100,14 @@ def test_max_pool2d_activation_float64(case, act, layout, backend):
 @pytest.mark.parametrize("backend", grid_backends(torch.float32))
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_max_pool2d_ties_and_nan_like_torch(layout, backend):
-    x = torch.zeros(2, 3, 6, 6, device=DEVICE)  # all ties: the first max takes the gradient
+    # all ties: the first max takes the gradient; rows of 20 outputs (the vector loops' lanes)
+    x = torch.zeros(2, 3, 6, 40, device=DEVICE)
     x[0, 1, 2, 3] = float("nan")
     x[0, 1, 2, 2] = float("nan")  # two NaNs in one window
+    x[0, 1, 3, 29] = float("nan")
     x[1, 2] = float("-inf")  # a plane of -inf: the first tap's index
     x[1, 0, 1, 1] = float("inf")
+    x[1, 0, 4, 37] = float("inf")
     x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
     x.requires_grad_()
     for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)):
