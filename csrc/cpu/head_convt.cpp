@@ -90,6 +90,25 @@ void dispatch_footprint_width(const Head& s, F&& f) {
     f(std::integral_constant<int, 16>{});
 }
 
+// acc[(iy * sh + ky, ix * sw + kx)][co] += v[ix][(ky * kw + kx) * cout + co] for every pixel ix of
+// input row iy: add(d, e) adds a vector of L floats (4, 8 or 16, L >= kw * cout) of footprint row
+// e at d, per (pixel, ky). A load that overlaps a store still in flight waits for it (whatever
+// the masks), so the pixels go in footprint_passes passes, that many apart: footprints and
+// vectors of one pass do not overlap. Inlined into each ISA's caller, with its add.
+template <int L, typename Add>
+__attribute__((always_inline)) inline void for_each_footprint_vector(const Head& s, int64_t iy,
+                                                                     const float* v, float* acc,
+                                                                     Add&& add) {
+  const int64_t seg = s.kw * s.cout, step = s.sw * s.cout, ldv = s.ldv();
+  const int64_t q = footprint_passes(s, L);
+  for (int64_t ky = 0; ky < s.kh; ++ky) {
+    float* row = acc + (iy * s.sh + ky) * s.fw * s.cout;
+    const float* vk = v + ky * seg;
+    for (int64_t p = 0; p < q; ++p)
+      for (int64_t ix = p; ix < s.w; ix += q) add(row + ix * step, vk + ix * ldv);
+  }
+}
+
 // Sample n's uncropped output into acc (zeroed here): the footprints of a band of input rows at
 // a time into v (tiles of R pixels run on across the band's rows: no tile is cut at a row's end),
 // then added row by row. tile(px, rows, out): the footprints of R pixels (px, the last repeated
@@ -133,35 +152,22 @@ void footprint_tile(const float* const* px, int64_t sc, int64_t cin, const float
   GK_ROWS(GK_STORE_ROW)
 }
 
-// acc[(iy * sh + ky, ix * sw + kx)][co] += v[ix][(ky * kw + kx) * cout + co] for every pixel ix of
-// input row iy: a masked vector of L floats (4, 8 or 16, L >= kw * cout) per (pixel, ky). A load
-// that overlaps a masked store still in flight waits for it (whatever the masks), so the pixels
-// go in q passes, q apart: footprints and vectors of one pass do not overlap.
+// for_each_footprint_vector with masked vectors of L floats, the mask the footprint row's floats
 template <int L>
 void add_footprints(const Head& s, int64_t iy, const float* v, float* acc) {
-  const int64_t seg = s.kw * s.cout, step = s.sw * s.cout, ldv = s.ldv();
-  const int64_t q = footprint_passes(s, L);
-  const auto m = static_cast<__mmask16>((1u << seg) - 1u);
-  for (int64_t ky = 0; ky < s.kh; ++ky) {
-    float* row = acc + (iy * s.sh + ky) * s.fw * s.cout;
-    const float* vk = v + ky * seg;
-    for (int64_t p = 0; p < q; ++p) {
-      for (int64_t ix = p; ix < s.w; ix += q) {
-        float* d = row + ix * step;
-        const float* e = vk + ix * ldv;
-        if constexpr (L == 4) {
-          const __m128 a = _mm_maskz_loadu_ps(m, d), b = _mm_maskz_loadu_ps(m, e);
-          _mm_mask_storeu_ps(d, m, _mm_add_ps(a, b));
-        } else if constexpr (L == 8) {
-          const __m256 a = _mm256_maskz_loadu_ps(m, d), b = _mm256_maskz_loadu_ps(m, e);
-          _mm256_mask_storeu_ps(d, m, _mm256_add_ps(a, b));
-        } else {
-          const __m512 a = _mm512_maskz_loadu_ps(m, d), b = _mm512_maskz_loadu_ps(m, e);
-          _mm512_mask_storeu_ps(d, m, _mm512_add_ps(a, b));
-        }
-      }
+  const auto m = static_cast<__mmask16>((1u << (s.kw * s.cout)) - 1u);
+  for_each_footprint_vector<L>(s, iy, v, acc, [m](float* d, const float* e) {
+    if constexpr (L == 4) {
+      const __m128 a = _mm_maskz_loadu_ps(m, d), b = _mm_maskz_loadu_ps(m, e);
+      _mm_mask_storeu_ps(d, m, _mm_add_ps(a, b));
+    } else if constexpr (L == 8) {
+      const __m256 a = _mm256_maskz_loadu_ps(m, d), b = _mm256_maskz_loadu_ps(m, e);
+      _mm256_mask_storeu_ps(d, m, _mm256_add_ps(a, b));
+    } else {
+      const __m512 a = _mm512_maskz_loadu_ps(m, d), b = _mm512_maskz_loadu_ps(m, e);
+      _mm512_mask_storeu_ps(d, m, _mm512_add_ps(a, b));
     }
-  }
+  });
 }
 
 // sample_footprints on AVX-512 tiles of V zmm of footprint columns
@@ -175,7 +181,8 @@ void sample_footprints_avx512(const Head& s, const float* x, const int64_t* xs, 
         footprint_tile<R, V>(px, xs[1], s.cin, w, out, s.ldv());
       },
       [&](int64_t iy, const float* vr) {
-        dispatch_footprint_width(s, [&](auto L) { add_footprints<decltype(L)::value>(s, iy, vr, acc); });
+        dispatch_footprint_width(
+            s, [&](auto L) { add_footprints<decltype(L)::value>(s, iy, vr, acc); });
       });
 }
 
@@ -184,37 +191,28 @@ void sample_footprints_avx512(const Head& s, const float* x, const int64_t* xs, 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
-// add_footprints on AVX2: unmasked loads and stores of L floats at the accumulator, each adding
-// the footprint's vector ANDed to its kw * C_out floats (the lanes past it add +0: acc holds no
-// -0, and acc and v have L floats of slack at their ends)
+// for_each_footprint_vector on AVX2: unmasked loads and stores of L floats at the accumulator,
+// each adding the footprint's vector ANDed to its kw * C_out floats (the lanes past it add +0:
+// acc holds no -0, and acc and v have L floats of slack at their ends)
 template <int L>
 void add_footprints_avx2(const Head& s, int64_t iy, const float* v, float* acc) {
-  const int64_t seg = s.kw * s.cout, step = s.sw * s.cout, ldv = s.ldv();
-  const int64_t q = footprint_passes(s, L);
+  const int64_t seg = s.kw * s.cout;
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 m0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(seg), lane));
   const __m256 m1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(seg - 8), lane));
-  for (int64_t ky = 0; ky < s.kh; ++ky) {
-    float* row = acc + (iy * s.sh + ky) * s.fw * s.cout;
-    const float* vk = v + ky * seg;
-    for (int64_t p = 0; p < q; ++p) {
-      for (int64_t ix = p; ix < s.w; ix += q) {
-        float* d = row + ix * step;
-        const float* e = vk + ix * ldv;
-        if constexpr (L == 4) {
-          const __m128 b = _mm_and_ps(_mm_loadu_ps(e), _mm256_castps256_ps128(m0));
-          _mm_storeu_ps(d, _mm_add_ps(_mm_loadu_ps(d), b));
-        } else {
-          const __m256 b0 = _mm256_and_ps(_mm256_loadu_ps(e), m0);
-          _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), b0));
-          if constexpr (L == 16) {
-            const __m256 b1 = _mm256_and_ps(_mm256_loadu_ps(e + 8), m1);
-            _mm256_storeu_ps(d + 8, _mm256_add_ps(_mm256_loadu_ps(d + 8), b1));
-          }
-        }
+  for_each_footprint_vector<L>(s, iy, v, acc, [m0, m1](float* d, const float* e) {
+    if constexpr (L == 4) {
+      const __m128 b = _mm_and_ps(_mm_loadu_ps(e), _mm256_castps256_ps128(m0));
+      _mm_storeu_ps(d, _mm_add_ps(_mm_loadu_ps(d), b));
+    } else {
+      const __m256 b0 = _mm256_and_ps(_mm256_loadu_ps(e), m0);
+      _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), b0));
+      if constexpr (L == 16) {
+        const __m256 b1 = _mm256_and_ps(_mm256_loadu_ps(e + 8), m1);
+        _mm256_storeu_ps(d + 8, _mm256_add_ps(_mm256_loadu_ps(d + 8), b1));
       }
     }
-  }
+  });
 }
 
 // sample_footprints on stem_conv_avx2.h's gather tile; off[c] = c * xs[1]
@@ -226,7 +224,8 @@ void sample_footprints_avx2(const Head& s, const float* x, const int64_t* xs, co
         stem_detail::gather_tile_avx2(px, rows, off, s.cin, w, s.ldv(), s.ldv(), out, s.ldv());
       },
       [&](int64_t iy, const float* vr) {
-        dispatch_footprint_width(s, [&](auto L) { add_footprints_avx2<decltype(L)::value>(s, iy, vr, acc); });
+        dispatch_footprint_width(
+            s, [&](auto L) { add_footprints_avx2<decltype(L)::value>(s, iy, vr, acc); });
       });
 }
 
@@ -298,8 +297,8 @@ at::Tensor head_conv_transpose2d(const at::Tensor& x, const at::Tensor& weight,
   // input rows per band: footprints of up to 16K floats, and a tile's rows past the band's end
   const int64_t band = std::clamp<int64_t>(16384 / (s.w * s.ldv()), 1, s.h);
   const bool avx512 = avx512_kernels_enabled();  // else AVX2 (use_head_convt)
-  std::vector<int64_t> off(s.cin);                 // the AVX2 tile's offsets of the channels
-  for (int64_t c = 0; c < s.cin; ++c) off[c] = c * xs[1];
+  std::vector<int64_t> off(avx512 ? 0 : s.cin);    // the AVX2 tile's offsets of the channels
+  for (int64_t c = 0; c < static_cast<int64_t>(off.size()); ++c) off[c] = c * xs[1];
   at::parallel_for(0, s.n, 1, [&](int64_t n0, int64_t n1) {
     // slack at the ends: a tile's rows past the band, the AVX2 adds' vectors past a footprint
     std::vector<float> v((band * s.w + kTileMaxRows) * s.ldv()), acc(s.acc_floats() + 16);
