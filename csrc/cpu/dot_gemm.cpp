@@ -9,6 +9,8 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include <immintrin.h>
+
+#include "avx2_lanes.h"
 #define GK_DOT_X86 1
 #else
 #define GK_DOT_X86 0
@@ -155,9 +157,7 @@ void dot_block_avx2(int64_t K, const float* a, int64_t lda, const float* b, int6
 #pragma GCC unroll 2
   for (; k + 8 <= K; k += 8) GK_STEP(_mm256_loadu_ps)
   if (k < K) {
-    const int left = static_cast<int>(K - k);
-    const __m256i m =
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i m = lanes_below(K - k);
     const auto masked = [m](const float* p) { return _mm256_maskload_ps(p, m); };
     GK_STEP(masked)
   }

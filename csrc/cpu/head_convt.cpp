@@ -15,6 +15,8 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include <immintrin.h>
+
+#include "avx2_lanes.h"
 #define GK_HEAD_X86 1
 #else
 #define GK_HEAD_X86 0
@@ -197,9 +199,8 @@ void sample_footprints_avx512(const Head& s, const float* x, const int64_t* xs, 
 template <int L>
 void add_footprints_avx2(const Head& s, int64_t iy, const float* v, float* acc) {
   const int64_t seg = s.kw * s.cout;
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256 m0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(seg), lane));
-  const __m256 m1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(seg - 8), lane));
+  const __m256 m0 = _mm256_castsi256_ps(lanes_below(seg));
+  const __m256 m1 = _mm256_castsi256_ps(lanes_below(seg - 8));
   for_each_footprint_vector<L>(s, iy, v, acc, [m0, m1](float* d, const float* e) {
     if constexpr (L == 4) {
       const __m128 b = _mm_and_ps(_mm_loadu_ps(e), _mm256_castps256_ps128(m0));

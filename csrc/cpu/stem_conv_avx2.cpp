@@ -9,6 +9,8 @@
 #if GK_STEM_X86
 #include <immintrin.h>
 
+#include "avx2_lanes.h"
+
 namespace genkern::cpu::stem_detail {
 namespace {
 
@@ -19,12 +21,6 @@ namespace {
 constexpr int kRows = kGatherRows;
 constexpr int kCols = 16;  // channels per tile: two ymm
 constexpr int kLanes = 8;
-
-// the lanes [0, n) of a ymm, as maskload / maskstore take them
-inline __m256i lanes_below(int64_t n) {
-  const int k = static_cast<int>(std::clamp<int64_t>(n, 0, kLanes));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 // The tile's 6 x 2 accumulators a<r>_<v> as named variables (GCC keeps an array in memory).
 #define GK_Y_ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5)
