@@ -89,8 +89,9 @@ def _extensions():
     sources = ["csrc/bindings.cpp", *_rel("csrc/cpu/*.cpp")]
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc/include")]
     # -fno-trapping-math: lets selects like leaky_relu vectorize; results are unchanged (only FP
-    # exception flags, which nothing reads, could differ).
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+    # exception flags, which nothing reads, could differ). -g0: Python's CFLAGS carry -g; the
+    # debug info cost ~20% of the compile time and 80% of the object size, and nothing reads it.
+    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     extra_link = ["-fopenmp"]  # resolves to torch's own libgomp at run time: one OpenMP runtime
     library_dirs = []
     if _cuda_wanted(torch, cpp_extension):

@@ -491,8 +491,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
       constexpr Activation A = decltype(tag)::value;
       auto body = [&](auto mode_tag) {
       constexpr int R = decltype(mode_tag)::value;  // compile time: the loops vectorize
-      if constexpr (R == kOutput && A != Activation::kLeakyRelu) {
-        return;  // unreachable (checked above): no code for it
+      if constexpr (!backward_mode_exists<A, R>()) {
+        return;  // unreachable (`recompute` and the check above): no code for it
       } else {
       // g at element i of channel c: act's backward from the saved tensor, the recomputed z or y
       auto gfun = [&](int64_t i, int64_t c) -> opmath_t {
@@ -542,7 +542,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         } else {
           at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
             for (int64_t c = c0; c < c1; ++c) {
-              const opmath_t m = meanv[c];
               double tg = 0, tgx = 0;
               opmath_t a[kLanes] = {}, b[kLanes] = {};
               int64_t pending = 0;  // elements in the lanes; flushed to double every kChunk
@@ -639,7 +638,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         at::parallel_for(0, planes, grain, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
             const int64_t c = p % C;
-            const opmath_t a = ka[c], b = kb[c], d = kc[c], m = meanv[c];
+            const opmath_t a = ka[c], b = kb[c], d = kc[c];
             const int64_t base = p * v.inner;
             for (int64_t i = base; i < base + v.inner; ++i)
               if constexpr (kTrain) {

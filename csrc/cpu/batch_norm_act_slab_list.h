@@ -26,12 +26,21 @@ constexpr int kLanes = 16;  // independent accumulators: the loops vectorize wit
 // tensor and x; x alone (recomputing the sign); or act's output y alone, read in x's place.
 constexpr int kSaved = 0, kRecompute = 1, kOutput = 2;
 
+// Whether the glue dispatches backward mode R for activation A (no code is built for the rest).
+template <Activation A, int R>
+constexpr bool backward_mode_exists() {
+  if constexpr (R == kRecompute) return A == Activation::kRelu || A == Activation::kLeakyRelu;
+  if constexpr (R == kOutput) return A == Activation::kLeakyRelu;
+  return true;
+}
+
 }  // namespace genkern::cpu
 
 // GK_SLAB_INSTANCES(extern) declares, GK_SLAB_INSTANCES() defines, the instantiations in namespace
 // genkern::cpu::GK_SLABS_NS: every dtype (with its opmath type), affine's three activations
 // (exp-based ones run an identity affine pass), and each backward mode the glue dispatches
-// (kOutput: leaky_relu only).
+// (identity: kSaved, which reads no saved tensor; kRecompute: relu and leaky_relu; kOutput:
+// leaky_relu only).
 #define GK_SLAB_INSTANCES(EXT)            \
   GK_SLAB_TYPE(EXT, float, float)         \
   GK_SLAB_TYPE(EXT, double, double)       \
@@ -48,21 +57,19 @@ constexpr int kSaved = 0, kRecompute = 1, kOutput = 2;
   GK_SLAB_AFFINE(EXT, kIdentity, T, O)                                                      \
   GK_SLAB_AFFINE(EXT, kRelu, T, O)                                                          \
   GK_SLAB_AFFINE(EXT, kLeakyRelu, T, O)                                                     \
-  GK_SLAB_MODES(EXT, kIdentity, T, O)                                                       \
-  GK_SLAB_MODES(EXT, kRelu, T, O)                                                           \
-  GK_SLAB_MODES(EXT, kLeakyRelu, T, O)                                                      \
-  GK_SLAB_MODES(EXT, kTanh, T, O)                                                           \
-  GK_SLAB_MODES(EXT, kSigmoid, T, O)                                                        \
-  GK_SLAB_MODES(EXT, kSilu, T, O)                                                           \
-  GK_SLAB_GRADS(EXT, kLeakyRelu, kOutput, T, O)
+  GK_SLAB_GRADS(EXT, kIdentity, kSaved, T, O)                                              \
+  GK_SLAB_GRADS(EXT, kRelu, kSaved, T, O)                                                   \
+  GK_SLAB_GRADS(EXT, kRelu, kRecompute, T, O)                                               \
+  GK_SLAB_GRADS(EXT, kLeakyRelu, kSaved, T, O)                                              \
+  GK_SLAB_GRADS(EXT, kLeakyRelu, kRecompute, T, O)                                          \
+  GK_SLAB_GRADS(EXT, kLeakyRelu, kOutput, T, O)                                             \
+  GK_SLAB_GRADS(EXT, kTanh, kSaved, T, O)                                                   \
+  GK_SLAB_GRADS(EXT, kSigmoid, kSaved, T, O)                                                \
+  GK_SLAB_GRADS(EXT, kSilu, kSaved, T, O)
 
 #define GK_SLAB_AFFINE(EXT, A, T, O)                                                        \
   EXT template void GK_SLAB_NS_::affine<GK_SLAB_A_(A), T, O>(                               \
       const T*, T*, T*, int64_t, int64_t, int64_t, int64_t, const O*, const O*, const O*, O);
-
-#define GK_SLAB_MODES(EXT, A, T, O)    \
-  GK_SLAB_GRADS(EXT, A, kSaved, T, O) \
-  GK_SLAB_GRADS(EXT, A, kRecompute, T, O)
 
 #define GK_SLAB_GRADS(EXT, A, R, T, O)                                                      \
   EXT template void GK_SLAB_NS_::grad_sums<GK_SLAB_A_(A), GK_SLAB_R_(R), T, O>(             \
