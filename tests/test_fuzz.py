@@ -50,10 +50,10 @@ def _activation(backend, dtype, draw):
 seeds = st.integers(0, 2**31 - 1)
 
 # Under the Triton interpreter an example costs ~0.1-1 s (every program instance runs in Python):
-# at most this many examples per op there (150: ~2-3 min for the 11 ops on a 2-core machine, which
+# at most this many examples per op there (100: ~2 min for the 11 ops on a 2-core machine, which
 # keeps CI under 20 min on the slowest of them; all of the profile's on a GPU).
 # GENKERN_FUZZ_TRITON_EXAMPLES=40 for a quick run, =200 or more for a longer one.
-TRITON_INTERPRETER_EXAMPLES = int(os.environ.get("GENKERN_FUZZ_TRITON_EXAMPLES", "150"))
+TRITON_INTERPRETER_EXAMPLES = int(os.environ.get("GENKERN_FUZZ_TRITON_EXAMPLES", "100"))
 
 
 def fuzz(body):
