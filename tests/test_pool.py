@@ -119,6 +119,38 @@ def test_max_pool2d_ties_and_nan_like_torch(layout, backend):
         assert torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ry, x, g)[0])
 
 
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layout", testing.LAYOUTS)
+@pytest.mark.parametrize("case", MAX_CASES, ids=_id)
+def test_max_pool2d_without_graph_or_indices(case, layout, dtype):
+    """A call that records no graph and returns no indices (the C++ fast entry: float and double)
+    runs the kernels that track no index: stock's values bit for bit (NaN wins, ties), the same
+    as the indexed kernels' with each activation, in the input's layout."""
+    n, c, h, w, k, s, p, d, ceil = case
+    x = testing.make_tensor([n, c, h, w], dtype, "cpu", layout)
+    draw = torch.Generator().manual_seed(n * h * w)
+    x[torch.rand(x.shape, generator=draw) < 0.1] = float("nan")  # NaN wins its window
+    x[torch.rand(x.shape, generator=draw) < 0.2] = 0.5  # ties: the first tap is the max
+    kw = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    values_only = genkern.ops._registry.extension().max_pool2d_fast
+    with torch.no_grad():
+        ry = F.max_pool2d(x, **kw)
+        for act, slope in [(None, 0.01), *POOL_ACTIVATIONS]:
+            y = values_only(x, k, s, p, d, ceil, False, act, slope, "cpu")
+            assert y is not None, "the fast entry declined"
+            yi, _ = genkern.ops.max_pool2d(
+                x, **kw, return_indices=True, activation=act, negative_slope=slope, backend="cpu"
+            )
+            assert torch.equal(y.isnan(), yi.isnan()), act
+            assert torch.equal(y.nan_to_num(), yi.nan_to_num()), act
+            assert y.stride() == ry.stride()
+        y = genkern.ops.max_pool2d(x, **kw, backend="cpu")
+    assert torch.equal(y.isnan(), ry.isnan()) and torch.equal(y.nan_to_num(), ry.nan_to_num())
+
+
 @pytest.mark.parametrize("backend", grid_backends(torch.float64))
 @pytest.mark.parametrize("layout", testing.LAYOUTS)
 @pytest.mark.parametrize("case", AVG_CASES, ids=_id)

@@ -382,13 +382,14 @@ std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<in
                                              std::vector<int64_t> padding,
                                              std::vector<int64_t> dilation,
                                              std::vector<int64_t> out_size,
-                                             int64_t activation, double negative_slope) {
+                                             int64_t activation, double negative_slope,
+                                             bool with_indices) {
   TORCH_CHECK(!wants_grad(x), "genkern: max_pool2d_eager_cpu records no graph");
   const auto fmt = x.suggest_memory_format();
-  auto [y, idx, preact] = max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding,
-                                                 dilation, out_size, activation, negative_slope,
-                                                 false);
-  return {y.contiguous(fmt), idx.contiguous(fmt)};
+  auto [y, idx, preact] = max_pool2d_forward_opt_indices_cpu(
+      x.contiguous(fmt), kernel, stride, padding, dilation, out_size, activation, negative_slope,
+      false, with_indices);
+  return {y.contiguous(fmt), with_indices ? idx.contiguous(fmt) : idx};
 }
 
 at::Tensor avg_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel,

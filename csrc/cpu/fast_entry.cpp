@@ -476,7 +476,7 @@ py::object max_pool2d_fast(py::handle x_, py::handle kernel_size, py::handle str
   {
     py::gil_scoped_release no_gil;
     out = max_pool2d_eager_cpu(*a.x, a.kernel, a.stride, a.padding, a.dilation, a.out_size, act,
-                               slope);
+                               slope, indices);
   }
   if (!indices) return wrap(std::move(out[0]));
   return py::make_tuple(wrap(std::move(out[0])), wrap(std::move(out[1])));

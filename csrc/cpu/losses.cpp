@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cpu_clones.h"
+#include "dispatch_bool.h"
 #include "genkern/losses.h"
 #include "vec_math.h"
 
@@ -93,15 +94,6 @@ GK_CPU_CLONES void kl_fill(const scalar_t* __restrict__ m, const scalar_t* __res
   }
 }
 
-// Calls f(std::integral_constant<bool, b>{}) for the runtime bool b: loops specialized on it.
-template <typename F>
-void dispatch_bool(bool b, F&& f) {
-  if (b) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
 
 // Sub-blocks of a chunk: a vectorizable pass writes the per-element values of kSub elements to a
 // buffer, which is then summed in float64 over kLanes fixed lanes (the compiler does not

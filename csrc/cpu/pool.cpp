@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cpu_clones.h"
+#include "dispatch_bool.h"
 #include "epilogue.h"
 #include "layout_copy.h"
 #include "genkern/activation.h"
@@ -27,10 +28,10 @@ namespace {
 // the AVX-512 / AVX2 clones (the rest of the file is baseline code: 4 floats a vector).
 
 // One output pixel of a channels_last max pool over its k window taps (rows of C): y[c] the max
-// (NaN wins, as torch) and index[c] the flat input index of the tap it came from (-inf and -1 for
-// a window wholly in the padding). Channels in blocks whose running max and tap (an int32, as
-// wide as a float: the select vectorizes) stay in L1 over the taps.
-template <Activation A, typename scalar_t, typename opmath_t>
+// (NaN wins, as torch) and, when I, index[c] the flat input index of the tap it came from (-inf
+// and -1 for a window wholly in the padding). Channels in blocks whose running max and tap (an
+// int32, as wide as a float: the select vectorizes) stay in L1 over the taps.
+template <Activation A, bool I, typename scalar_t, typename opmath_t>
 GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restrict__ tap_index,
                              int32_t k, int64_t C, opmath_t slope, scalar_t* __restrict__ y,
                              int64_t* __restrict__ index) {
@@ -49,13 +50,12 @@ GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restr
         const opmath_t v = opmath_t(px[c]);
         const bool take = (v > b[c]) || (v != v);
         b[c] = take ? v : b[c];
-        t[c] = take ? j : t[c];
+        if constexpr (I) t[c] = take ? j : t[c];
       }
     }
-    for (int64_t c = 0; c < n; ++c) {
-      y[c0 + c] = scalar_t(act_forward<A, opmath_t>(b[c], slope));
-      index[c0 + c] = k > 0 ? tap_index[t[c]] : -1;
-    }
+    for (int64_t c = 0; c < n; ++c) y[c0 + c] = scalar_t(act_forward<A, opmath_t>(b[c], slope));
+    if constexpr (I)
+      for (int64_t c = 0; c < n; ++c) index[c0 + c] = k > 0 ? tap_index[t[c]] : -1;
   }
 }
 
@@ -98,11 +98,11 @@ int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(work_per_item, 1));
 }
 
-// Output rows [0, rows) of the 2x2 / 2 pool of one NCHW plane: y = act(max) and idx the flat
-// input index of the max, torch's tap order, NaN wins; each row's taps found branch-free as an
+// Output rows [0, rows) of the 2x2 / 2 pool of one NCHW plane: y = act(max) and (when I) idx the
+// flat input index of the max, torch's tap order, NaN wins; each row's taps found branch-free as an
 // offset from the window's corner (0, 1, IW, IW + 1, in t: as wide as a float, so the select
 // vectorizes in the clones), then widened to the index
-template <Activation A, typename scalar_t, typename opmath_t>
+template <Activation A, bool I, typename scalar_t, typename opmath_t>
 __attribute__((always_inline)) inline void max_pool_rows_2x2(
     const scalar_t* __restrict__ plane, scalar_t* __restrict__ y, int64_t* __restrict__ idx,
     int32_t* __restrict__ t, int64_t rows, int64_t OW, int64_t IW, opmath_t slope) {
@@ -127,23 +127,25 @@ __attribute__((always_inline)) inline void max_pool_rows_2x2(
       best = take ? v : best;
       k = take ? iw2 : k;
       yr[ow] = scalar_t(act_forward<A, opmath_t>(best, slope));
-      t[ow] = k;
+      if constexpr (I) t[ow] = k;
     }
-    const int64_t base = oh * 2 * IW;
-    int64_t* ir = idx + oh * OW;
-    for (int64_t ow = 0; ow < OW; ++ow) ir[ow] = base + 2 * ow + int64_t(t[ow]);
+    if constexpr (I) {
+      const int64_t base = oh * 2 * IW;
+      int64_t* ir = idx + oh * OW;
+      for (int64_t ow = 0; ow < OW; ++ow) ir[ow] = base + 2 * ow + int64_t(t[ow]);
+    }
   }
 }
 
 // max_pool_rows_2x2 in the AVX2 / AVX-512 clones: for rows of 16 outputs or more (on shorter
 // ones the 8- and 16-wide loops leave most of a row to their scalar tails and the 4-wide baseline
 // loop wins: the autoencoder's 7-wide rows took 4.3 ms in the clones, 2.5 inline)
-template <Activation A, typename scalar_t, typename opmath_t>
+template <Activation A, bool I, typename scalar_t, typename opmath_t>
 GK_CPU_CLONES void max_pool_rows_2x2_wide(const scalar_t* __restrict__ plane,
                                           scalar_t* __restrict__ y, int64_t* __restrict__ idx,
                                           int32_t* __restrict__ t, int64_t rows, int64_t OW,
                                           int64_t IW, opmath_t slope) {
-  max_pool_rows_2x2<A, scalar_t, opmath_t>(plane, y, idx, t, rows, OW, IW, slope);
+  max_pool_rows_2x2<A, I, scalar_t, opmath_t>(plane, y, idx, t, rows, OW, IW, slope);
 }
 
 // The activations the max pool applies as it stores each value: those with a select for a
@@ -161,31 +163,44 @@ void dispatch_store_activation(Activation act, F&& f) {
 }
 
 // The pool with an activation A applied as each value is stored (identity, relu or leaky_relu,
-// whose backward needs only the output: the cheap ones; the others run as a pass after).
+// whose backward needs only the output: the cheap ones; the others run as a pass after). Without
+// with_indices, a float or double pool tracks no index and idx is empty (an inference pool writes
+// 4 bytes per float output instead of 12); the 16-bit types, which only the custom op calls, keep
+// them (one build of the loops less).
 std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
                                                   const std::vector<int64_t>& kernel,
                                                   const std::vector<int64_t>& stride,
                                                   const std::vector<int64_t>& padding,
                                                   const std::vector<int64_t>& dilation,
                                                   const std::vector<int64_t>& out_size,
-                                                  Activation act, double negative_slope) {
+                                                  Activation act, double negative_slope,
+                                                  bool with_indices) {
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
   const int64_t OH = out_size[0], OW = out_size[1];
   const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
   const int64_t pH = padding[0], pW = padding[1], dH = dilation[0], dW = dilation[1];
   const auto fmt = format_of(x);
   at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(fmt));
-  at::Tensor idx = at::empty({N, C, OH, OW}, x.options().dtype(at::kLong).memory_format(fmt));
+  const auto dtype = x.scalar_type();
+  with_indices = with_indices || !(dtype == at::kFloat || dtype == at::kDouble);
+  at::Tensor idx =
+      with_indices ? at::empty({N, C, OH, OW}, x.options().dtype(at::kLong).memory_format(fmt))
+                   : at::empty({0}, x.options().dtype(at::kLong));
   if (y.numel() == 0) return {y, idx};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d", [&] {
    dispatch_store_activation(act, [&](auto tag) {
+   dispatch_bool(with_indices, [&](auto keep_indices) {
     constexpr Activation A = decltype(tag)::value;
+    constexpr bool I = decltype(keep_indices)::value;
+    if constexpr (!I && sizeof(scalar_t) < 4) {
+      return;  // unreachable (see with_indices above): no code for it
+    } else {
     using opmath_t = at::opmath_type<scalar_t>;
     const opmath_t slope = static_cast<opmath_t>(negative_slope);
     const auto out = [slope](opmath_t v) { return scalar_t(act_forward<A, opmath_t>(v, slope)); };
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
-    int64_t* ip = idx.data_ptr<int64_t>();
+    int64_t* ip = I ? idx.data_ptr<int64_t>() : nullptr;
     if (fmt == at::MemoryFormat::Contiguous) {
       const bool simple = pH == 0 && pW == 0 && dH == 1 && dW == 1 && kH == 2 && kW == 2;
       const bool s2 = simple && sH == 2 && sW == 2;
@@ -194,15 +209,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
         for (int64_t p = p0; p < p1; ++p) {
           const scalar_t* plane = xp + p * IH * IW;
           scalar_t* yo = yp + p * OH * OW;
-          int64_t* io = ip + p * OH * OW;
+          int64_t* io = I ? ip + p * OH * OW : nullptr;
           // the CNNs' 2x2 / 2 pool: the rows whose windows lie inside, in one call
           const int64_t fast_rows = s2 && OW * 2 <= IW ? std::min(OH, IH / 2) : 0;
           if (fast_rows > 0 && OW >= 16)
-            max_pool_rows_2x2_wide<A, scalar_t, opmath_t>(plane, yo, io, tap.data(), fast_rows,
-                                                          OW, IW, slope);
+            max_pool_rows_2x2_wide<A, I, scalar_t, opmath_t>(plane, yo, io, tap.data(),
+                                                             fast_rows, OW, IW, slope);
           else if (fast_rows > 0)
-            max_pool_rows_2x2<A, scalar_t, opmath_t>(plane, yo, io, tap.data(), fast_rows, OW, IW,
-                                                     slope);
+            max_pool_rows_2x2<A, I, scalar_t, opmath_t>(plane, yo, io, tap.data(), fast_rows, OW,
+                                                        IW, slope);
           for (int64_t oh = fast_rows; oh < OH; ++oh) {
             if (simple && (oh * sH + 1) < IH && ((OW - 1) * sW + 1) < IW) {
               // 2x2 window wholly inside: the four taps in torch's order, no bounds logic
@@ -227,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
                 bi = take ? (ih + 1) * IW + iw + 1 : bi;
                 // the first tap vs torch's -inf start: a NaN first tap is kept by both rules
                 yo[oh * OW + ow] = out(best);
-                io[oh * OW + ow] = bi;
+                if constexpr (I) io[oh * OW + ow] = bi;
               }
               continue;
             }
@@ -251,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
                   }
                 }
               yo[oh * OW + ow] = out(best);
-              io[oh * OW + ow] = bi;
+              if constexpr (I) io[oh * OW + ow] = bi;
             }
           }
         }
@@ -275,11 +290,13 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
               tap_index[k] = ih * IW + iw;
               taps[k] = xp + (n * IH * IW + ih * IW + iw) * C;
             }
-          max_pixel<A, scalar_t, opmath_t>(taps.data(), tap_index.data(), k, C, slope,
-                                           yp + q * C, ip + q * C);
+          max_pixel<A, I, scalar_t, opmath_t>(taps.data(), tap_index.data(), k, C, slope,
+                                              yp + q * C, I ? ip + q * C : nullptr);
         }
       });
     }
+    }
+   });
    });
   });
   return {y, idx};
@@ -291,15 +308,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_cpu(
     const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
     std::vector<int64_t> padding, std::vector<int64_t> dilation, std::vector<int64_t> out_size,
     int64_t activation, double negative_slope, bool save_preact) {
+  return max_pool2d_forward_opt_indices_cpu(x, kernel, stride, padding, dilation, out_size,
+                                            activation, negative_slope, save_preact, true);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_opt_indices_cpu(
+    const at::Tensor& x, const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+    const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+    const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
+    bool save_preact, bool with_indices) {
   const auto act = static_cast<Activation>(activation);
   if (!save_preact && stores_activation(act)) {
     auto [y, idx] = max_pool2d_act(x, kernel, stride, padding, dilation, out_size, act,
-                                   negative_slope);
+                                   negative_slope, with_indices);
     return {y, idx, at::Tensor()};
   }
   // a pass of the activation over the pooled output (a quarter of the input for 2x2 pools)
   auto [z, idx] = max_pool2d_act(x, kernel, stride, padding, dilation, out_size,
-                                 Activation::kIdentity, 0.0);
+                                 Activation::kIdentity, 0.0, with_indices);
   if (!save_preact) {
     activation_(z, activation, negative_slope);
     return {z, idx, at::Tensor()};

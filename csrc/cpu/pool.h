@@ -17,6 +17,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_cpu(
     const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
     std::vector<int64_t> padding, std::vector<int64_t> dilation, std::vector<int64_t> out_size,
     int64_t activation, double negative_slope, bool save_preact);
+// The same without the indices unless with_indices (float and double: an empty tensor, and no
+// index tracked; the 16-bit types return them anyway): for calls that record no graph and return
+// no indices.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_opt_indices_cpu(
+    const at::Tensor& x, const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+    const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+    const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
+    bool save_preact, bool with_indices);
 
 // grad_input (uninitialized, in the input's layout) receives the max-pool gradient of
 // act_backward(grad_y, saved): a gather where windows do not overlap, else zeros and a
