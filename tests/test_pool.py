@@ -18,6 +18,8 @@ MAX_CASES = [
     (2, 3, 7, 7, 2, 2, 1, 1, True),  # ceil_mode with a last window starting in the padding
     (3, 4, 5, 6, 3, 3, 0, 1, True),  # stride = kernel, partial last window
     (1, 2, 7, 38, 2, None, 0, 1, False),  # 2x2 over rows of 19 outputs: the vector clones' loop
+    (2, 3, 5, 6, (1, 2), None, 0, 1, False),  # windows of 2 taps
+    (1, 3, 4, 5, 1, 2, 0, 1, False),  # windows of 1 tap
 ]
 # (N, C, H, W, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
 AVG_CASES = [
