@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "batch_norm_act_slab_list.h"
+#include "dispatch_bool.h"
 #include "epilogue.h"
 #include "layout_copy.h"
 #include "genkern/activation.h"
@@ -650,11 +651,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
         });
       }
       };
-      if (training) {
-        apply(std::true_type{});
-      } else {
-        apply(std::false_type{});
-      }
+      dispatch_bool(training, apply);
       }
       };
       if (x_is_output) {

@@ -335,7 +335,8 @@ at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at:
 
 namespace {
 
-// Zeros shaped like the pooled input, in its layout: the pooling backward kernels accumulate.
+// The input gradient of a pool, uninitialized, shaped like the pooled input and in its layout:
+// avg_pool2d_backward_cpu writes all of it.
 at::Tensor input_grad_empty(AutogradContext* ctx, const at::Tensor& like) {
   const auto shape = ctx->saved_data["shape"].toIntVector();
   const auto fmt = format(ctx->saved_data["channels_last"].toBool());

@@ -94,7 +94,6 @@ GK_CPU_CLONES void kl_fill(const scalar_t* __restrict__ m, const scalar_t* __res
   }
 }
 
-
 // Sub-blocks of a chunk: a vectorizable pass writes the per-element values of kSub elements to a
 // buffer, which is then summed in float64 over kLanes fixed lanes (the compiler does not
 // vectorize a floating-point reduction itself: that would reorder it). 16 lanes are four

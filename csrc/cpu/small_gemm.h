@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "dispatch_bool.h"
 #include "genkern/activation.h"
 
 namespace genkern::cpu {
@@ -31,10 +32,7 @@ struct GemmArgs {
 template <typename F>
 void dispatch_epilogue(const GemmArgs& g, F&& f) {
   dispatch_activation(g.act, [&](auto act) {
-    if (g.bias != nullptr)
-      f(act, std::true_type{});
-    else
-      f(act, std::false_type{});
+    dispatch_bool(g.bias != nullptr, [&](auto has_bias) { f(act, has_bias); });
   });
 }
 

@@ -8,6 +8,7 @@
 #include <atomic>
 
 #include "conv_geometry.h"
+#include "dispatch_bool.h"
 #include "layout_copy.h"
 #include "genkern/activation.h"
 #include "path_mode.h"
@@ -336,10 +337,7 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
     });
   };
   const auto with_act = [&](auto a) {
-    if (b.defined())
-      run(a, std::true_type{});
-    else
-      run(a, std::false_type{});
+    dispatch_bool(b.defined(), [&](auto has_bias) { run(a, has_bias); });
   };
   if (act == Activation::kRelu)
     with_act(ActivationTag<Activation::kRelu>{});
