@@ -6,6 +6,7 @@
 #include "cpu/conv_gemm.h"
 #include "cpu/small_gemm.h"
 #include "cpu/layout_copy.h"
+#include "cpu/conv_wgrad.h"
 #include "cpu/onednn_layout.h"
 #include "cpu/stem_conv.h"
 #include "cpu/conv2d_act.h"
@@ -90,6 +91,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv_gemm_mode", &genkern::cpu::conv_gemm_mode);
   m.def("use_conv_gemm", &genkern::cpu::use_conv_gemm);
   m.def("use_conv2d_gemm", &genkern::cpu::use_conv2d_gemm);
+  // conv weight gradients on genkern's AVX2 kernels (see conv_wgrad.h)
+  m.def("set_conv_wgrad_mode", &genkern::cpu::set_conv_wgrad_mode);
+  m.def("conv_wgrad_mode", &genkern::cpu::conv_wgrad_mode);
+  m.def("use_conv_wgrad", &genkern::cpu::use_conv_wgrad);
+  m.def("conv2d_weight_grad_avx2", &genkern::cpu::conv2d_weight_grad_avx2);
   // convs from 1-4 channels on direct AVX-512 or AVX2 kernels (see stem_conv.h)
   m.def("set_stem_conv_mode", &genkern::cpu::set_stem_conv_mode);
   m.def("stem_conv_mode", &genkern::cpu::stem_conv_mode);

@@ -16,6 +16,7 @@
 
 #include "col2im_path.h"
 #include "conv_gemm.h"
+#include "conv_wgrad.h"
 #include "conv_geometry.h"
 #include "epilogue.h"
 #include "linear_act.h"
@@ -158,6 +159,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
   if (output_mask[1] && use_stem_conv(x, weight, groups)) {
     grad_w = std::get<0>(stem_conv2d_param_grads(g, std::nullopt, x, weight, stride, padding,
                                                  dilation, /*identity*/ 0, 0.0, false));
+    output_mask[1] = false;
+  }
+  if (output_mask[1] && use_conv_wgrad(x, g, groups)) {
+    grad_w = conv2d_weight_grad_avx2(x, g, weight.size(2), weight.size(3), stride, padding,
+                                     dilation)
+                 .contiguous(conv_output_format(x, weight));  // ATen's layout for it
     output_mask[1] = false;
   }
   if ((output_mask[0] && !col2im) || output_mask[1]) {

@@ -14,6 +14,7 @@
 #include "col2im_path.h"
 #include "conv_geometry.h"
 #include "conv_gemm.h"
+#include "conv_wgrad.h"
 #include "epilogue.h"
 #include "layout_copy.h"
 #include "onednn_layout.h"
@@ -146,9 +147,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
       grad_w = std::get<0>(stem_conv2d_param_grads(x, std::nullopt, g, weight, stride, padding,
                                                    dilation, /*identity*/ 0, 0.0, false));
   } else if (output_mask[0] || output_mask[1]) {
-    std::tie(grad_x, grad_w) =
-        onednn_convolution_backward(g, x, weight, stride, padding, dilation, /*transposed=*/true,
-                                    output_padding, groups, output_mask[0], output_mask[1]);
+    if (output_mask[1] && use_conv_wgrad(g, x, groups) &&
+        stem_conv_lands_on(g, x, weight, stride, padding, dilation)) {
+      // the weight gradient of conv2d(g, weight) with x as its output gradient, as above
+      grad_w = conv2d_weight_grad_avx2(g, x, weight.size(2), weight.size(3), stride, padding,
+                                       dilation)
+                   .contiguous(conv_output_format(g, weight));  // ATen's layout for it
+      output_mask[1] = false;
+    }
+    at::Tensor aten_grad_w;
+    if (output_mask[0] || output_mask[1])
+      std::tie(grad_x, aten_grad_w) = onednn_convolution_backward(
+          g, x, weight, stride, padding, dilation, /*transposed=*/true, output_padding, groups,
+          output_mask[0], output_mask[1]);
+    if (output_mask[1]) grad_w = aten_grad_w;
   }
   return {grad_x, grad_w, grad_bias};
 }

@@ -4,6 +4,7 @@
 from genkern.ops import (
     _col2im,  # noqa: F401  (applies GENKERN_CPU_COL2IM)
     _conv_gemm,  # noqa: F401  (applies GENKERN_CPU_CONV_GEMM)
+    _conv_wgrad,  # noqa: F401  (applies GENKERN_CPU_CONV_WGRAD)
     _dot_gemm,  # noqa: F401  (applies GENKERN_CPU_DOT_GEMM)
     _head_convt,  # noqa: F401  (applies GENKERN_CPU_HEAD_CONVT)
     _onednn_layout,  # noqa: F401  (applies GENKERN_CPU_ONEDNN_LAYOUT)

@@ -1,0 +1,172 @@
+#include "conv_wgrad.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "conv_geometry.h"
+#include "path_mode.h"
+#include "small_gemm.h"
+
+// GCC on x86-64: where the AVX2 kernels are built (chosen at run time)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GK_WGRAD_X86 1
+#include <immintrin.h>
+#else
+#define GK_WGRAD_X86 0
+#endif
+
+namespace genkern::cpu {
+namespace {
+
+std::atomic<int64_t> g_mode{1};  // genkern/ops/_conv_wgrad.py sets it from GENKERN_CPU_CONV_WGRAD
+
+constexpr int64_t kTileRows = 6;      // output channels per tile (broadcast from g)
+constexpr int64_t kTileCols = 16;     // input channels per tile (two ymm of x)
+constexpr int64_t kBlockPixels = 128;  // output pixels per block: x and g rows stay in L2
+
+// The conv's geometry, channels innermost: element (n, h, w, c) of x at n xs0 + h xs2 + w xs3 + c.
+struct Wgrad {
+  int64_t n, c, h, w, k, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t xs0, xs2, xs3, gs0, gs2, gs3;
+  int64_t taps() const { return kh * kw; }
+  int64_t tiles() const { return (k + kTileRows - 1) / kTileRows * taps() * (c / kTileCols); }
+};
+
+#if GK_WGRAD_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+// The tile's 6 x 2 accumulators a<r>_<v> as named variables (GCC keeps an array in memory).
+#define GK_W_ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5)
+#define GK_W_ACC(r) __m256 a##r##_0 = _mm256_setzero_ps(), a##r##_1 = a##r##_0;
+#define GK_W_FMA(r)                                 \
+  if constexpr (R > r) {                            \
+    const __m256 gv = _mm256_broadcast_ss(gp + r);  \
+    a##r##_0 = _mm256_fmadd_ps(gv, x0, a##r##_0);   \
+    a##r##_1 = _mm256_fmadd_ps(gv, x1, a##r##_1);   \
+  }
+#define GK_W_STORE(r)                                                                 \
+  if constexpr (R > r) {                                                              \
+    float* q = d + r * ldd;                                                           \
+    _mm256_storeu_ps(q, first ? a##r##_0 : _mm256_add_ps(_mm256_loadu_ps(q), a##r##_0)); \
+    _mm256_storeu_ps(q + 8,                                                           \
+                     first ? a##r##_1 : _mm256_add_ps(_mm256_loadu_ps(q + 8), a##r##_1)); \
+  }
+
+// d[r * ldd + j] (+)= sum_i g[goff[i] + r] * x[xoff[i] + j] for r < R, j < 16: stored when first,
+// added otherwise.
+template <int R>
+void tile(const float* g, const float* x, const int64_t* goff, const int64_t* xoff, int64_t count,
+          float* d, int64_t ldd, bool first) {
+  GK_W_ROWS(GK_W_ACC)
+  for (int64_t i = 0; i < count; ++i) {
+    const float* gp = g + goff[i];
+    const float* xp = x + xoff[i];
+    const __m256 x0 = _mm256_loadu_ps(xp), x1 = _mm256_loadu_ps(xp + 8);
+    GK_W_ROWS(GK_W_FMA)
+  }
+  GK_W_ROWS(GK_W_STORE)
+}
+
+#undef GK_W_ROWS
+#undef GK_W_ACC
+#undef GK_W_FMA
+#undef GK_W_STORE
+
+using TileFn = void (*)(const float*, const float*, const int64_t*, const int64_t*, int64_t,
+                        float*, int64_t, bool);
+constexpr TileFn kTiles[kTileRows] = {tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+
+// For the output rows [r0, r1) (row = n * oh + y), the offsets in g and x of each tap's valid
+// (output pixel, input pixel) pairs, in pixel order: goff/xoff[tap * cap + i], i < count[tap].
+void list_pairs(const Wgrad& s, int64_t r0, int64_t r1, int64_t cap, int64_t* goff,
+                int64_t* xoff, int64_t* count) {
+  for (int64_t tap = 0; tap < s.taps(); ++tap) {
+    const int64_t ty = tap / s.kw, tx = tap % s.kw;
+    int64_t m = 0;
+    for (int64_t row = r0; row < r1; ++row) {
+      const int64_t n = row / s.oh, y = row % s.oh;
+      const int64_t iy = y * s.sh - s.ph + ty * s.dh;
+      if (iy < 0 || iy >= s.h) continue;
+      for (int64_t x = 0; x < s.ow; ++x) {
+        const int64_t ix = x * s.sw - s.pw + tx * s.dw;
+        if (ix < 0 || ix >= s.w) continue;
+        goff[tap * cap + m] = n * s.gs0 + y * s.gs2 + x * s.gs3;
+        xoff[tap * cap + m] = n * s.xs0 + iy * s.xs2 + ix * s.xs3;
+        ++m;
+      }
+    }
+    count[tap] = m;
+  }
+}
+
+// dW [k, taps, c] for tiles [t0, t1): tile t = (t / (taps * cb)) 6-channel row block, then tap,
+// then 16-channel column block. Every block of output rows in order, its pair lists made once.
+void weight_grad_tiles(const Wgrad& s, const float* g, const float* x, float* dw, int64_t t0,
+                       int64_t t1) {
+  const int64_t rows = s.n * s.oh, block = std::max<int64_t>(1, kBlockPixels / s.ow);
+  const int64_t cap = block * s.ow, taps = s.taps(), cblocks = s.c / kTileCols;
+  std::vector<int64_t> goff(taps * cap), xoff(taps * cap), count(taps);
+  const int64_t ldd = taps * s.c;
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    list_pairs(s, r0, std::min(rows, r0 + block), cap, goff.data(), xoff.data(), count.data());
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t k0 = t / (taps * cblocks) * kTileRows, tap = t / cblocks % taps;
+      const int64_t c0 = t % cblocks * kTileCols;
+      kTiles[std::min(kTileRows, s.k - k0) - 1](g + k0, x + c0, goff.data() + tap * cap,
+                                                 xoff.data() + tap * cap, count[tap],
+                                                 dw + k0 * ldd + tap * s.c + c0, ldd, r0 == 0);
+    }
+  }
+}
+
+#pragma GCC pop_options
+#endif
+
+// What the kernels can take, whatever the mode
+bool supported(const at::Tensor& input, const at::Tensor& grad, int64_t groups) {
+  return GK_WGRAD_X86 && avx2_kernels_enabled() && groups == 1 && input.dim() == 4 &&
+         grad.dim() == 4 && input.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat &&
+         input.numel() != 0 && grad.numel() != 0 && input.size(1) % kTileCols == 0 &&
+         input.stride(1) == 1 && grad.stride(1) == 1;
+}
+
+}  // namespace
+
+void set_conv_wgrad_mode(int64_t mode) { set_path_mode(g_mode, mode, "conv weight-gradient"); }
+
+int64_t conv_wgrad_mode() { return g_mode.load(); }
+
+bool use_conv_wgrad(const at::Tensor& input, const at::Tensor& grad, int64_t groups) {
+  const int64_t mode = g_mode.load(std::memory_order_relaxed);
+  return mode != 0 && !(mode == 1 && avx512_kernels_enabled()) && supported(input, grad, groups);
+}
+
+at::Tensor conv2d_weight_grad_avx2(const at::Tensor& input, const at::Tensor& grad, int64_t kh,
+                                   int64_t kw, const std::vector<int64_t>& stride,
+                                   const std::vector<int64_t>& padding,
+                                   const std::vector<int64_t>& dilation) {
+  TORCH_CHECK(supported(input, grad, 1), "genkern: conv2d_weight_grad_avx2 takes float32 tensors ",
+              "with channels innermost and a multiple of 16 input channels on an AVX2 CPU");
+  const Wgrad s{input.size(0), input.size(1), input.size(2),  input.size(3), grad.size(1),
+                grad.size(2),  grad.size(3),  kh,             kw,            stride[0],
+                stride[1],     padding[0],    padding[1],     dilation[0],   dilation[1],
+                input.stride(0), input.stride(2), input.stride(3), grad.stride(0),
+                grad.stride(2), grad.stride(3)};
+  // [K, kH, kW, C] in memory: the channels_last weight
+  at::Tensor dw = at::empty({s.k, s.c, kh, kw}, input.options(), at::MemoryFormat::ChannelsLast);
+#if GK_WGRAD_X86
+  const float* g = grad.const_data_ptr<float>();
+  const float* x = input.const_data_ptr<float>();
+  float* d = dw.data_ptr<float>();
+  at::parallel_for(0, s.tiles(), 1, [&](int64_t t0, int64_t t1) {
+    weight_grad_tiles(s, g, x, d, t0, t1);
+  });
+#endif
+  return dw;
+}
+
+}  // namespace genkern::cpu
