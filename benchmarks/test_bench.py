@@ -40,7 +40,7 @@ def test_case(benchmark, case, provider, bench_device, bench_dtype):
         dtype=str(bench_dtype).replace("torch.", ""),
         mode=case.mode,
         device=str(bench_device),
-        flops=case.flops,
+        flops=case.flops_on(bench_device, bench_dtype),
         bytes=case.bytes,
     )
     benchmark(run)

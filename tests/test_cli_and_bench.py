@@ -164,3 +164,19 @@ def test_pure_python_import_warns_once_and_works():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_model_cases_count_the_stock_models_matmul_flops():
+    """A model case's FLOPs (its roofline against the matmul peak) are those of the convs and
+    dense layers of one stock call: the CIFAR CNN at batch 1, counted by hand."""
+    from genkern.bench.cases_models import CASES
+
+    case = next(c for c in CASES if c.name == "model/cnn" and c.mode == "batch-1 inference")
+    convs = [(3, 32, 32), (32, 64, 16), (64, 128, 8)]  # (C_in, C_out, side), 3x3 kernels
+    expected = sum(2 * ci * co * 9 * side * side for ci, co, side in convs)
+    expected += 2 * (128 * 4 * 4 * 256 + 256 * 10)
+    assert case.flops == 0 and case.flops_on(torch.device("cpu"), torch.float32) == expected
+    train = next(c for c in CASES if c.name == "model/cnn" and c.mode == "training step")
+    # forward, plus each layer's weight gradient and every input gradient but the image's
+    step = 128 * (3 * expected - 2 * 3 * 32 * 9 * 32 * 32)
+    assert train.flops_on(torch.device("cpu"), torch.float32) == step

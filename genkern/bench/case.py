@@ -33,6 +33,19 @@ class Case:
     tags: tuple = field(default_factory=tuple)
     # whole-model cases build their own callable per provider: runner(provider, device, dtype)
     runner: Callable | None = None
+    # and count their FLOPs when run: count_flops(device, dtype) -> flops of one call
+    count_flops: Callable[[torch.device, torch.dtype], float] | None = None
+
+    _counted: dict = field(default_factory=dict, repr=False)
+
+    def flops_on(self, device: torch.device, dtype: torch.dtype) -> float:
+        """FLOPs of one call: given, or counted once (whole-model cases), or 0 (memory-bound)."""
+        if self.flops or self.count_flops is None:
+            return self.flops
+        key = (str(device), dtype)
+        if key not in self._counted:
+            self._counted[key] = self.count_flops(device, dtype)
+        return self._counted[key]
 
     @property
     def bound(self) -> str:

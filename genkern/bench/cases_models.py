@@ -220,6 +220,23 @@ def _infer_runner(name):
     return runner
 
 
+def _stock_flops(runner):
+    """count_flops for a model case: the convolutions' and matrix products' FLOPs (forward and
+    backward) of one call of the stock eager model, as torch.utils.flop_counter counts them: the
+    work a roofline against the matmul peak is about (elementwise ops are not counted)."""
+
+    def count(device, dtype):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        run = runner("eager", device, dtype)
+        run()  # the optimizer's state is made on its first step
+        with FlopCounterMode(display=False) as counter:
+            run()
+        return float(counter.get_total_flops())
+
+    return count
+
+
 def _no_fn(*args, **kwargs):  # whole-model cases run through their runner
     raise NotImplementedError
 
@@ -234,6 +251,7 @@ CASES = [
         stock=_no_fn,
         genkern=_no_fn,
         runner=_train_runner(name),
+        count_flops=_stock_flops(_train_runner(name)),
         quick=False,
     )
     for name in SPECS
@@ -248,6 +266,7 @@ CASES = [
         stock=_no_fn,
         genkern=_no_fn,
         runner=_infer_runner(name),
+        count_flops=_stock_flops(_infer_runner(name)),
         quick=name in ("dcgan32", "cnn"),
     )
     for name in SPECS

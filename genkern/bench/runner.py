@@ -145,7 +145,7 @@ def run_case(
         family=case.family,
         mode=case.mode,
         shape=case.shape,
-        flops=case.flops,
+        flops=case.flops_on(device, dtype),
         bytes=case.bytes,
     )
     results: dict[str, Result] = {}
