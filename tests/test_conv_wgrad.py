@@ -103,6 +103,16 @@ def test_kernel_refuses_what_it_cannot_take():
     for bad_x, bad_g in [(x.double(), g.double()), (x.contiguous(), g), (x[:, :8], g)]:
         with pytest.raises(RuntimeError, match="conv2d_weight_grad_avx2 takes float32"):
             _ext._C.conv2d_weight_grad_avx2(bad_x, bad_g, 3, 3, [1, 1], [1, 1], [1, 1])
+    # a grad that is not this conv's output: refused before any read past its end
+    for bad_g, geometry in [
+        (g, ([2, 2], [1, 1], [1, 1])),  # stride 2 gives 3x3
+        (g[:1], ([1, 1], [1, 1], [1, 1])),  # another batch
+        (g, ([1, 1], [0, 0], [1, 1])),  # no padding gives 3x3
+    ]:
+        with pytest.raises(RuntimeError, match="is not the output size of this conv"):
+            _ext._C.conv2d_weight_grad_avx2(x, bad_g, 3, 3, *geometry)
+    with pytest.raises(RuntimeError, match="expects a positive kernel size, stride"):
+        _ext._C.conv2d_weight_grad_avx2(x, g, 3, 3, [0, 1], [1, 1], [1, 1])
 
 
 def test_same_bits_for_any_thread_count():

@@ -129,7 +129,8 @@ void weight_grad_tiles(const Wgrad& s, const float* g, const float* x, float* dw
 // What the kernels can take, whatever the mode
 bool supported(const at::Tensor& input, const at::Tensor& grad, int64_t groups) {
   return GK_WGRAD_X86 && avx2_kernels_enabled() && groups == 1 && input.dim() == 4 &&
-         grad.dim() == 4 && input.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat &&
+         grad.dim() == 4 && input.device().is_cpu() && grad.device().is_cpu() &&
+         input.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat &&
          input.numel() != 0 && grad.numel() != 0 && input.size(1) % kTileCols == 0 &&
          input.stride(1) == 1 && grad.stride(1) == 1;
 }
@@ -151,6 +152,18 @@ at::Tensor conv2d_weight_grad_avx2(const at::Tensor& input, const at::Tensor& gr
                                    const std::vector<int64_t>& dilation) {
   TORCH_CHECK(supported(input, grad, 1), "genkern: conv2d_weight_grad_avx2 takes float32 tensors ",
               "with channels innermost and a multiple of 16 input channels on an AVX2 CPU");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 && kh > 0 &&
+                  kw > 0 && stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 &&
+                  dilation[1] > 0 && padding[0] >= 0 && padding[1] >= 0,
+              "genkern: conv2d_weight_grad_avx2 expects a positive kernel size, stride and ",
+              "dilation and a non-negative padding, two of each");
+  for (int i = 0; i < 2; ++i) {
+    const int64_t out = conv_output_size(input.size(i + 2), i ? kw : kh, stride[i], padding[i],
+                                         dilation[i]);
+    TORCH_CHECK(grad.size(0) == input.size(0) && grad.size(i + 2) == out,
+                "genkern: conv2d_weight_grad_avx2: grad of size ", grad.sizes(),
+                " is not the output size of this conv of an input of size ", input.sizes());
+  }
   const Wgrad s{input.size(0), input.size(1), input.size(2),  input.size(3), grad.size(1),
                 grad.size(2),  grad.size(3),  kh,             kw,            stride[0],
                 stride[1],     padding[0],    padding[1],     dilation[0],   dilation[1],

@@ -1,14 +1,14 @@
 // The weight gradient of a conv over channels_last tensors on AVX2 + FMA kernels of genkern's own.
-// oneDNN's AVX2 weight gradient runs at 33-58 GFLOP/s on this project's 2-core AMD Zen 1 where its
-// forward and input gradient run at 65-83 (the DCGAN discriminator's 256 -> 512 4x4 stride-2
-// layer: 131 ms against 65 forward), and the weight gradient is about half of a DCGAN step's
-// convolution time. As a GEMM, dW[k, tap, c] = sum over output pixels p of g[p, k] x[p @ tap, c]:
+// oneDNN's AVX2 weight gradient runs at 51-58 GFLOP/s on this project's 2-core AMD Zen 1 where its
+// forward and input gradient run at 65-83 (the DCGAN discriminator's 128 -> 256 4x4 stride-2
+// layer: 84 ms against 55 forward), and the weight gradient is a third of a training step's
+// convolution FLOPs. As a GEMM, dW[k, tap, c] = sum over output pixels p of g[p, k] x[p @ tap, c]:
 // a tile of 6 output channels x 16 input channels in twelve ymm accumulators, one broadcast of g
 // and two loads of x per pixel, summed over a block of about kBlockPixels output pixels whose
 // (g, x) offsets for each tap are listed once (padding and stride drop out of the inner loop);
 // each block's sum is added into dW in block order, so the bits do not depend on the thread count
-// (threads own disjoint tiles). Measured on the Zen 1 (2 threads): 65-74 GFLOP/s on the DCGAN and
-// CIFAR CNN layers, 1.15-2.0x oneDNN's.
+// (threads own disjoint tiles). Measured on the Zen 1 (2 threads, through autograd): 61-69
+// GFLOP/s on the DCGAN and CIFAR CNN layers, 1.1-1.3x oneDNN's.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,7 +29,8 @@ int64_t conv_wgrad_mode();
 bool use_conv_wgrad(const at::Tensor& input, const at::Tensor& grad, int64_t groups);
 
 // dW [K, C, kH, kW] (channels_last strides) of conv2d(input [N, C, H, W], w) from its output
-// gradient grad [N, K, OH, OW], for a weight of kernel size (kH, kW) and this geometry.
+// gradient grad [N, K, OH, OW], for a weight of kernel size (kH, kW) and this geometry; refuses
+// tensors the kernels cannot take and a grad whose size is not the conv's output size.
 at::Tensor conv2d_weight_grad_avx2(const at::Tensor& input, const at::Tensor& grad, int64_t kh,
                                    int64_t kw, const std::vector<int64_t>& stride,
                                    const std::vector<int64_t>& padding,
