@@ -11,6 +11,7 @@
 
 #include "conv_geometry.h"
 #include "layout_copy.h"
+#include "linear_act.h"
 #include "path_mode.h"
 #include "small_gemm.h"
 
@@ -233,12 +234,7 @@ void mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
     at::mm_out(out, a, b);
     return;
   }
-  GemmArgs g;
-  g.M = a.size(0), g.N = b.size(1), g.K = a.size(1);
-  g.A = a.const_data_ptr<float>(), g.a_rs = a.stride(0), g.a_cs = a.stride(1);
-  g.B = b.const_data_ptr<float>(), g.b_rs = b.stride(0), g.b_cs = b.stride(1);
-  g.C = out.data_ptr<float>(), g.ldc = out.stride(0);
-  small_gemm_f32(g);
+  small_mm_into(out, a, b);
 }
 
 // x's samples [n0, n0 + count) as rows [(n, ih, iw), ci] (a view for channels_last x; an NCHW

@@ -105,7 +105,7 @@ void list_pairs(const Wgrad& s, int64_t r0, int64_t r1, int64_t cap, int64_t* go
 
 // dW [k, taps, c] for tiles [t0, t1): tile t = (t / (taps * cb)) 6-channel row block, then tap,
 // then 16-channel column block. Every block of output rows in order, its pair lists made once.
-void weight_grad_tiles(const Wgrad& s, const float* g, const float* x, float* dw, int64_t t0,
+void weight_grad_tiles(const Wgrad& s, const float* g, const float* x, float* grad_w, int64_t t0,
                        int64_t t1) {
   const int64_t rows = s.n * s.oh, block = std::max<int64_t>(1, kBlockPixels / s.ow);
   const int64_t cap = block * s.ow, taps = s.taps(), cblocks = s.c / kTileCols;
@@ -118,7 +118,7 @@ void weight_grad_tiles(const Wgrad& s, const float* g, const float* x, float* dw
       const int64_t c0 = t % cblocks * kTileCols;
       kTiles[std::min(kTileRows, s.k - k0) - 1](g + k0, x + c0, goff.data() + tap * cap,
                                                  xoff.data() + tap * cap, count[tap],
-                                                 dw + k0 * ldd + tap * s.c + c0, ldd, r0 == 0);
+                                                 grad_w + k0 * ldd + tap * s.c + c0, ldd, r0 == 0);
     }
   }
 }

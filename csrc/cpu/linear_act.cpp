@@ -27,17 +27,6 @@ bool is_f32(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && t.layout() == at::kStrided;
 }
 
-// out[M, N] = a[M, K] b[K, N] (out row-major) by the small kernel (any strides), no bias or
-// activation.
-void small_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  GemmArgs g;
-  g.M = a.size(0), g.N = b.size(1), g.K = a.size(1);
-  g.A = a.data_ptr<float>(), g.a_rs = a.stride(0), g.a_cs = a.stride(1);
-  g.B = b.data_ptr<float>(), g.b_rs = b.stride(0), g.b_cs = b.stride(1);
-  g.C = out.data_ptr<float>(), g.ldc = g.N;
-  small_gemm_f32(g);
-}
-
 // The forward packs W^T (its rows are strided) on every call, ~0.75 ns a float here: worth it while
 // that stays below MKL's fixed cost (~10 us) and is shared by a few rows of x. Measured: packed,
 // 1x256 -> 3136 took 3x MKL's gemv and 32x400 -> 120 0.87x; 128x120 -> 84 beat it by 1.2-1.4x.
@@ -80,6 +69,15 @@ bool side_by_side(const at::Tensor& g, const at::Tensor& x) {
 }
 
 }  // namespace
+
+void small_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  GemmArgs g;
+  g.M = a.size(0), g.N = b.size(1), g.K = a.size(1);
+  g.A = a.data_ptr<float>(), g.a_rs = a.stride(0), g.a_cs = a.stride(1);
+  g.B = b.data_ptr<float>(), g.b_rs = b.stride(0), g.b_cs = b.stride(1);
+  g.C = out.data_ptr<float>(), g.ldc = out.stride(0);
+  small_gemm_f32(g);
+}
 
 std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& x,
                                                           const at::Tensor& weight,
