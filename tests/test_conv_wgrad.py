@@ -221,3 +221,23 @@ def test_auto_rule():
         assert not _ext._C.use_conv_wgrad(x, g, 2)  # groups
     with _conv_wgrad.mode("never"):
         assert not _ext._C.use_conv_wgrad(x, g, 1)
+
+
+def test_opcheck_backward_ops_through_the_kernels(always):
+    """opcheck of the backward ops on inputs whose weight gradient the kernels compute (the
+    forward ops do not reach them)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 16, 6, 6, generator=gen).contiguous(memory_format=CL)
+    w = torch.randn(8, 16, 3, 3, generator=gen).contiguous(memory_format=CL)
+    g = torch.randn(2, 8, 3, 3, generator=gen).contiguous(memory_format=CL)
+    assert _ext._C.use_conv_wgrad(x, g, 1)
+    for mask in ([True, True, True], [False, True, False]):
+        args = (g, None, x, w, [2, 2], [1, 1], [1, 1], 1, 0, 0.01, mask, "cpu")
+        torch.library.opcheck(torch.ops.genkern.conv2d_act_backward.default, args)
+    # a transposed conv 8 -> 16 channels over 3x3 -> 6x6: its output gradient has 16 channels
+    wt = torch.randn(8, 16, 4, 4, generator=gen).contiguous(memory_format=CL)
+    gy = torch.randn(2, 16, 6, 6, generator=gen).contiguous(memory_format=CL)
+    assert _ext._C.use_conv_wgrad(gy, g, 1)
+    for mask in ([True, True, True], [False, True, False]):
+        args = (gy, None, g, wt, [2, 2], [1, 1], [0, 0], [1, 1], 1, 0, 0.01, mask, "cpu")
+        torch.library.opcheck(torch.ops.genkern.conv_transpose2d_act_backward.default, args)
