@@ -354,6 +354,36 @@ bool exp_activation(Activation a) {
   return a == Activation::kTanh || a == Activation::kSigmoid || a == Activation::kSilu;
 }
 
+// y = act((x - center[c]) * scale[c] + shift[c]) (pre: the pre-activation when defined), in
+// x's layout; the one place the forward's normalization runs, so a recomputation of y matches
+// the forward's bits.
+template <typename scalar_t, typename opmath_t>
+void normalize_act(const at::Tensor& x, at::Tensor& y, at::Tensor& preact, const opmath_t* center,
+                   const opmath_t* scale, const opmath_t* shift, Activation act,
+                   double negative_slope) {
+  if (x.numel() == 0) return;
+  const View v = view_of(x);
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  const opmath_t slope = opmath_t(negative_slope);
+  const bool save_preact = preact.defined() && preact.numel() > 0;
+  if (exp_activation(act)) {  // affine pass, then ATen's vectorized exp-based activation
+    at::Tensor z = save_preact ? preact : y;
+    affine_act<Activation::kIdentity, scalar_t, opmath_t>(xp, z.data_ptr<scalar_t>(), nullptr, v,
+                                                          center, scale, shift, slope);
+    activation_(z, static_cast<int64_t>(act), negative_slope, save_preact ? &y : nullptr);
+    return;
+  }
+  scalar_t* yp = y.data_ptr<scalar_t>();
+  scalar_t* pp = save_preact ? preact.data_ptr<scalar_t>() : nullptr;
+  dispatch_activation(act, [&](auto tag) {
+    constexpr Activation A = decltype(tag)::value;
+    if constexpr (A == Activation::kRelu || A == Activation::kLeakyRelu ||
+                  A == Activation::kIdentity) {
+      affine_act<A, scalar_t, opmath_t>(xp, yp, pp, v, center, scale, shift, slope);
+    }
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_act_forward_cpu(
@@ -361,6 +391,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     int64_t activation, double negative_slope, bool save_preact) {
+  return batch_norm_act_forward_affine_cpu(x, weight, bias, running_mean, running_var, training,
+                                           momentum, eps, activation, negative_slope,
+                                           save_preact, nullptr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+batch_norm_act_forward_affine_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double /*momentum*/, double eps,
+    int64_t activation, double negative_slope, bool save_preact, BatchNormAffine* affine) {
   const auto act = static_cast<Activation>(activation);
   const View v = view_of(x);
   const int64_t C = v.channels;
@@ -371,15 +412,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
   at::Tensor mean_t = at::empty({C}, x.options().dtype(stat_type));
   at::Tensor invstd_t = at::empty({C}, x.options().dtype(stat_type));
   at::Tensor var_t = at::empty({C}, x.options().dtype(stat_type));
+  at::Tensor scale_t = at::empty({C}, x.options().dtype(stat_type));
+  at::Tensor shift_t = at::empty({C}, x.options().dtype(stat_type));
   const bool has_w = weight.has_value() && weight->defined();
   const bool has_b = bias.has_value() && bias->defined();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_act", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = x.data_ptr<scalar_t>();
     std::vector<double> mean(C), var(C);
     if (training) {
-      batch_moments<scalar_t>(xp, v, mean, var);
+      batch_moments<scalar_t>(x.data_ptr<scalar_t>(), v, mean, var);
     } else {
       at::Tensor rm = running_mean->to(at::kDouble).contiguous();
       at::Tensor rv = running_var->to(at::kDouble).contiguous();
@@ -388,12 +430,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
         var[c] = rv.data_ptr<double>()[c];
       }
     }
-    std::vector<opmath_t> center(C), scale(C), shift(C);
     at::Tensor wd = has_w ? weight->to(at::kDouble).contiguous() : at::Tensor();
     at::Tensor bd = has_b ? bias->to(at::kDouble).contiguous() : at::Tensor();
-    opmath_t* mp = mean_t.data_ptr<opmath_t>();
+    opmath_t* mp = mean_t.data_ptr<opmath_t>();  // the center
     opmath_t* ip = invstd_t.data_ptr<opmath_t>();
     opmath_t* vp = var_t.data_ptr<opmath_t>();
+    opmath_t* sp = scale_t.data_ptr<opmath_t>();
+    opmath_t* hp = shift_t.data_ptr<opmath_t>();
     for (int64_t c = 0; c < C; ++c) {
       const double invstd = 1.0 / std::sqrt(var[c] + eps);
       const double w = has_w ? wd.data_ptr<double>()[c] : 1.0;
@@ -401,32 +444,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
       mp[c] = opmath_t(mean[c]);
       vp[c] = opmath_t(var[c]);
       ip[c] = opmath_t(invstd);
-      center[c] = opmath_t(mean[c]);
-      scale[c] = opmath_t(w * invstd);
-      shift[c] = opmath_t(b);
+      sp[c] = opmath_t(w * invstd);
+      hp[c] = opmath_t(b);
     }
-    if (x.numel() == 0) return;
-    const opmath_t slope = opmath_t(negative_slope);
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    if (exp_activation(act)) {  // affine pass, then ATen's vectorized exp-based activation
-      at::Tensor z = save_preact ? preact : y;
-      affine_act<Activation::kIdentity, scalar_t, opmath_t>(xp, z.data_ptr<scalar_t>(), nullptr,
-                                                            v, center.data(), scale.data(),
-                                                            shift.data(), slope);
-      activation_(z, activation, negative_slope, save_preact ? &y : nullptr);
-      return;
-    }
-    scalar_t* pp = save_preact ? preact.data_ptr<scalar_t>() : nullptr;
-    dispatch_activation(act, [&](auto tag) {
-      constexpr Activation A = decltype(tag)::value;
-      if constexpr (A == Activation::kRelu || A == Activation::kLeakyRelu ||
-                    A == Activation::kIdentity) {
-        affine_act<A, scalar_t, opmath_t>(xp, yp, pp, v, center.data(), scale.data(),
-                                          shift.data(), slope);
-      }
-    });
+    normalize_act<scalar_t, opmath_t>(x, y, preact, mp, sp, hp, act, negative_slope);
   });
+  if (affine) *affine = {mean_t, scale_t, shift_t};
   return {y, mean_t, invstd_t, var_t, preact};
+}
+
+at::Tensor batch_norm_act_apply_cpu(const at::Tensor& x, const BatchNormAffine& affine,
+                                    int64_t activation, double negative_slope) {
+  const auto stat_type = at::toOpMathType(x.scalar_type());
+  for (const at::Tensor* t : {&affine.center, &affine.scale, &affine.shift}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1) && t->scalar_type() == stat_type &&
+                    t->is_contiguous() && t->device() == x.device(),
+                "genkern: batch_norm_act_apply_cpu expects per-channel ", stat_type,
+                " coefficients of x's ", x.size(1), " channels");
+  }
+  at::Tensor y = at::empty_like(x, format_of(x));
+  at::Tensor no_preact;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bn_act_apply", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    normalize_act<scalar_t, opmath_t>(x, y, no_preact, affine.center.data_ptr<opmath_t>(),
+                                      affine.scale.data_ptr<opmath_t>(),
+                                      affine.shift.data_ptr<opmath_t>(),
+                                      static_cast<Activation>(activation), negative_slope);
+  });
+  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(

@@ -23,6 +23,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_nor
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
     int64_t activation, double negative_slope, bool save_preact);
 
+// The per-channel map a forward normalized with, y = act((x - center) * scale + shift), in the
+// opmath dtype (center is the returned mean): what batch_norm_act_apply_cpu recomputes y from.
+struct BatchNormAffine {
+  at::Tensor center, scale, shift;
+};
+
+// batch_norm_act_forward_cpu that also hands back its affine map when `affine` is not null.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+batch_norm_act_forward_affine_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
+    int64_t activation, double negative_slope, bool save_preact, BatchNormAffine* affine);
+
+// The forward's y again from its input x and affine map, bit for bit (the same kernel), in the
+// forward's layout: a consumer that keeps x instead of y recomputes y in its backward.
+at::Tensor batch_norm_act_apply_cpu(const at::Tensor& x, const BatchNormAffine& affine,
+                                    int64_t activation, double negative_slope);
+
 // (grad_x, grad_weight, grad_bias); `training` says whether mean/invstd were batch statistics
 // (then grad_x carries the statistics' gradient). Unrequested gradients come back empty.
 // x_is_output: `x` holds act's output y instead (see batch_norm_keeps_output), read in x's place.
