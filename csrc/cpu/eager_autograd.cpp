@@ -417,6 +417,52 @@ void save_input_shape(AutogradContext* ctx, const at::Tensor& x, at::MemoryForma
   ctx->saved_data["channels_last"] = fmt == at::MemoryFormat::ChannelsLast;
 }
 
+// Outputs y = act(max pool) and the indices (not differentiable). Gradients are not
+// materialized: the engine would otherwise hand the backward a zero-filled int64 tensor for the
+// indices' gradient (the buffer by which an earlier version of this Function raised a CNN step's
+// peak), and a y that gets no gradient gets none here either.
+struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
+                               std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                               std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                               std::vector<int64_t> out_size, int64_t act, double slope) {
+    const auto fmt = x.suggest_memory_format();
+    auto [y, idx, preact] =
+        max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, dilation, out_size,
+                               act, slope, keeps_preact(act, slope));
+    y = y.contiguous(fmt), idx = idx.contiguous(fmt);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({idx});
+    ctx->save_for_backward({saved_for_backward(act, slope, y, preact), idx});
+    save_input_shape(ctx, x, fmt);
+    ctx->saved_data["kernel"] = kernel;
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["slope"] = slope;
+    return {y, idx};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward("max_pool2d");
+    variable_list out(8);
+    if (!grads[0].defined()) return out;  // no gradient reached y
+    auto& d = ctx->saved_data;
+    const auto s = ctx->get_saved_variables();
+    at::Tensor gx = input_grad_empty(ctx, grads[0]);
+    if (gx.numel() == 0 || grads[0].numel() == 0) {
+      out[0] = gx.zero_();
+      return out;
+    }
+    out[0] = max_pool2d_backward_cpu(grads[0], opt(s[0]), s[1], gx, d["kernel"].toIntVector(),
+                                     d["stride"].toIntVector(), d["padding"].toIntVector(),
+                                     d["dilation"].toIntVector(), d["act"].toInt(),
+                                     d["slope"].toDouble());
+    return out;
+  }
+};
+
 struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, std::vector<int64_t> kernel,
                             std::vector<int64_t> stride, std::vector<int64_t> padding,
@@ -454,7 +500,12 @@ std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<in
                                              std::vector<int64_t> out_size,
                                              int64_t activation, double negative_slope,
                                              bool with_indices) {
-  TORCH_CHECK(!wants_grad(x), "genkern: max_pool2d_eager_cpu records no graph");
+  if (wants_grad(x)) {
+    auto out = MaxPool2d::apply(x, kernel, stride, padding, dilation, out_size, activation,
+                                negative_slope);
+    if (!with_indices) out.pop_back();
+    return out;
+  }
   const auto fmt = x.suggest_memory_format();
   auto [y, idx, preact] = max_pool2d_forward_opt_indices_cpu(
       x.contiguous(fmt), kernel, stride, padding, dilation, out_size, activation, negative_slope,

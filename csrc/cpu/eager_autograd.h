@@ -40,10 +40,9 @@ at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at:
                                     double momentum, double eps, int64_t activation,
                                     double negative_slope);
 
-// (y, indices) of max_pool2d_forward_cpu (act(max pool)) in x's dense layout, for a call that
-// records no graph (with a gradient, max_pool2d takes its custom op: see fast_entry.cpp);
-// indices empty (and not computed) unless with_indices. y of avg_pool2d_forward_cpu in x's dense
-// layout, differentiable in x.
+// (y, indices) of max_pool2d_forward_cpu (act(max pool)) in x's dense layout, y differentiable
+// in x; without with_indices, y alone (and, recording no graph, no index is computed). y of
+// avg_pool2d_forward_cpu in x's dense layout, differentiable in x.
 std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel,
                                              std::vector<int64_t> stride,
                                              std::vector<int64_t> padding,

@@ -469,9 +469,6 @@ py::object max_pool2d_fast(py::handle x_, py::handle kernel_size, py::handle str
       !to_pair(dilation, 1, a.dilation) || !to_bool(return_indices, indices) || !a.sizes() ||
       !to_activation(activation, negative_slope, act, slope))
     return declined();
-  // With a gradient, the custom op: the C++ Function's step peaked one pooled-output-sized
-  // buffer higher (measured on channels_last training steps; the cause is not found yet).
-  if (at::GradMode::is_enabled() && a.x->requires_grad()) return declined();
   std::vector<Tensor> out;
   {
     py::gil_scoped_release no_gil;
