@@ -405,16 +405,22 @@ at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at:
 namespace {
 
 // The input gradient of a pool, uninitialized, shaped like the pooled input and in its layout:
-// avg_pool2d_backward_cpu writes all of it.
+// the pools' backward kernels write all of it.
 at::Tensor input_grad_empty(AutogradContext* ctx, const at::Tensor& like) {
   const auto shape = ctx->saved_data["shape"].toIntVector();
   const auto fmt = format(ctx->saved_data["channels_last"].toBool());
   return at::empty(shape, like.options().memory_format(fmt));
 }
 
-void save_input_shape(AutogradContext* ctx, const at::Tensor& x, at::MemoryFormat fmt) {
+// The input's shape and layout (for its gradient) and the pool's window, for the backward.
+void save_pool_window(AutogradContext* ctx, const at::Tensor& x, at::MemoryFormat fmt,
+                      const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+                      const std::vector<int64_t>& padding) {
   ctx->saved_data["shape"] = x.sizes().vec();
   ctx->saved_data["channels_last"] = fmt == at::MemoryFormat::ChannelsLast;
+  ctx->saved_data["kernel"] = kernel;
+  ctx->saved_data["stride"] = stride;
+  ctx->saved_data["padding"] = padding;
 }
 
 // Outputs y = act(max pool) and the indices (not differentiable). Gradients are not
@@ -434,10 +440,7 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({idx});
     ctx->save_for_backward({saved_for_backward(act, slope, y, preact), idx});
-    save_input_shape(ctx, x, fmt);
-    ctx->saved_data["kernel"] = kernel;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
+    save_pool_window(ctx, x, fmt, kernel, stride, padding);
     ctx->saved_data["dilation"] = dilation;
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
@@ -469,10 +472,7 @@ struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
                             std::vector<int64_t> out_size, bool count_include_pad,
                             int64_t divisor_override) {
     const auto fmt = x.suggest_memory_format();
-    save_input_shape(ctx, x, fmt);
-    ctx->saved_data["kernel"] = kernel;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
+    save_pool_window(ctx, x, fmt, kernel, stride, padding);
     ctx->saved_data["count_include_pad"] = count_include_pad;
     ctx->saved_data["divisor_override"] = divisor_override;
     return avg_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, out_size,
