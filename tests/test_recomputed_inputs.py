@@ -201,3 +201,19 @@ def test_eval_mode_batch_norm_output_is_recomputed_too(conv):
     kept = torch.autograd.grad(fn(*args, clone=True)[0], args, g)
     for a, k in zip(torch.autograd.grad(out, args, g), kept, strict=True):
         assert torch.equal(a, k)
+
+
+def test_input_changed_after_the_batch_norm_is_not_recomputed_from():
+    """The batch norm's graph freed, its input changed in place by its owner: the conv keeps y
+    (a recomputation from the changed input would give another y)."""
+    x, w, b = _inputs(torch.float32, "channels_last", 0.5)
+    cw = testing.make_tensor(CONVS["conv2d"][2](16), torch.float32, "cpu", requires_grad=True)
+    y = genkern.ops.batch_norm(x, None, None, w, b, True, activation="relu")
+    y.sum().backward()  # frees the batch norm's graph and what it kept
+    with torch.no_grad():
+        x.mul_(2)
+    _, saved = _saved_ptrs(lambda y: genkern.ops.conv2d(y, cw, None, 2, 1), y)
+    assert y.data_ptr() in saved
+    (g,) = torch.autograd.grad(genkern.ops.conv2d(y, cw, None, 2, 1).sum(), cw)
+    (kept,) = torch.autograd.grad(genkern.ops.conv2d(y.detach().clone(), cw, None, 2, 1).sum(), cw)
+    assert torch.equal(g, kept)

@@ -119,12 +119,12 @@ variable_list grads_for(size_t num_args, at::Tensor gx, at::Tensor gw, at::Tenso
 // x and the affine map instead and recomputes y in its backward (one elementwise pass), so y is
 // freed once the forward is past it, not held until the backward (a DCGAN generator's BN + ReLU
 // outputs: 7 MB of the 35 MB peak of a DCGAN-32 training step). Matched by identity and version:
-// y modified in place or restrided before the conv is kept as usual. Per thread, weak references
-// (the slot keeps neither x nor y alive).
+// y modified in place or restrided before the conv, or x modified since, and y is kept as usual.
+// Per thread, weak references (the slot keeps neither x nor y alive).
 struct RecomputableOutput {
   using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   std::optional<WeakImpl> y, x;
-  int64_t version = 0, offset = 0;
+  int64_t version = 0, x_version = 0, offset = 0;
   std::vector<int64_t> sizes, strides;
   BatchNormAffine affine;
   int64_t act = 0;
@@ -137,6 +137,7 @@ void remember_recomputable(const at::Tensor& y, const at::Tensor& x, BatchNormAf
   last_recomputable = {RecomputableOutput::WeakImpl(y.getIntrusivePtr()),
                        RecomputableOutput::WeakImpl(x.getIntrusivePtr()),
                        y._version(),
+                       x._version(),
                        y.storage_offset(),
                        y.sizes().vec(),
                        y.strides().vec(),
@@ -156,9 +157,11 @@ std::optional<at::Tensor> recomputable_source(const at::Tensor& input) {
       input.storage_offset() != r.offset || input.sizes() != r.sizes ||
       input.strides() != r.strides)
     return std::nullopt;
-  auto x = r.x->lock();
-  if (!x.defined()) return std::nullopt;
-  return at::Tensor(std::move(x));
+  // x changed in place since (possible once the batch norm's graph is freed, x kept by its
+  // owner): y cannot be recomputed from it
+  at::Tensor x(r.x->lock());
+  if (!x.defined() || x._version() != r.x_version) return std::nullopt;
+  return x;
 }
 
 // conv2d and conv_transpose2d (+ bias + activation): one Function, the kernels picked by
