@@ -62,6 +62,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv_transpose2d_act_eager_cpu", &genkern::cpu::conv_transpose2d_act_eager_cpu);
   m.def("linear_act_eager_cpu", &genkern::cpu::linear_act_eager_cpu);
   m.def("batch_norm_act_eager_cpu", &genkern::cpu::batch_norm_act_eager_cpu);
+  m.def("upsample_nearest2d_eager_cpu", &genkern::cpu::upsample_nearest2d_eager_cpu);
   // optimistic entries of the eager fast paths: None when the call is not the common case
   m.def("linear_fast", &genkern::cpu::linear_fast);
   m.def("conv2d_fast", &genkern::cpu::conv2d_fast);

@@ -277,6 +277,8 @@ POOL_GRAD_CALLS = [
         lambda x: genkern.ops.max_pool2d(x, 2, activation="leaky_relu", negative_slope=-0.1),
     ),
     ("avg_pool2d", lambda x: genkern.ops.avg_pool2d(x, 3, 2, 1, count_include_pad=False)),
+    ("upsample_nearest2d", lambda x: genkern.ops.upsample_nearest2d(x, 2)),
+    ("upsample_nearest2d_size", lambda x: genkern.ops.upsample_nearest2d(x, size=(11, 9))),
     ("avg_pool2d_divisor", lambda x: genkern.ops.avg_pool2d(x, 2, divisor_override=3)),
 ]
 

@@ -494,6 +494,32 @@ struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
   }
 };
 
+// y = x at each output pixel's nearest source pixel (the src_h / src_w tables); the backward sums
+// the gradients of the outputs each input pixel fed.
+struct UpsampleNearest2d : public torch::autograd::Function<UpsampleNearest2d> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& src_h,
+                            const at::Tensor& src_w, bool channels_last) {
+    const auto fmt = format(channels_last);
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["shape"] = x.sizes().vec();
+    ctx->saved_data["channels_last"] = channels_last;
+    ctx->save_for_backward({src_h, src_w});
+    return upsample_nearest2d_forward_cpu(x.contiguous(fmt), src_h, src_w).contiguous(fmt);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward("upsample_nearest2d");
+    variable_list out(4);
+    if (!grads[0].defined()) return out;  // no gradient reached y
+    const auto s = ctx->get_saved_variables();
+    at::Tensor gx = input_grad_empty(ctx, grads[0]);
+    out[0] = grads[0].numel() == 0 || gx.numel() == 0
+                 ? gx.zero_()
+                 : upsample_nearest2d_backward_cpu(grads[0], s[0], s[1], gx);
+    return out;
+  }
+};
+
 }  // namespace
 
 std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel,
@@ -527,6 +553,13 @@ at::Tensor avg_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel
   return avg_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, out_size,
                                 count_include_pad, divisor_override)
       .contiguous(fmt);
+}
+
+at::Tensor upsample_nearest2d_eager_cpu(const at::Tensor& x, const at::Tensor& src_h,
+                                       const at::Tensor& src_w, bool channels_last) {
+  if (wants_grad(x)) return UpsampleNearest2d::apply(x, src_h, src_w, channels_last);
+  const auto fmt = format(channels_last);
+  return upsample_nearest2d_forward_cpu(x.contiguous(fmt), src_h, src_w).contiguous(fmt);
 }
 
 }  // namespace genkern::cpu

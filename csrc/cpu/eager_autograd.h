@@ -55,4 +55,9 @@ at::Tensor avg_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel
                                 std::vector<int64_t> out_size, bool count_include_pad,
                                 int64_t divisor_override);
 
+// upsample_nearest2d_forward_cpu (src_h / src_w: each output row's and column's source) in the
+// layout asked for, differentiable in x.
+at::Tensor upsample_nearest2d_eager_cpu(const at::Tensor& x, const at::Tensor& src_h,
+                                       const at::Tensor& src_w, bool channels_last);
+
 }  // namespace genkern::cpu

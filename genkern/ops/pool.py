@@ -214,6 +214,9 @@ def upsample_nearest2d(
         )
     name = backends.resolve("upsample_nearest2d", backend, x)
     _require_backend("upsample_nearest2d", "upsample_nearest2d_forward", name)
+    if name == "cpu" and x.numel() and _fused.fast_eager(x):  # C++ kernels and autograd
+        sh, sw = _tables(x.shape[2:], out, scales[0], scales[1], x.device)
+        return _ext().upsample_nearest2d_eager_cpu(x, sh, sw, _format(x) == torch.channels_last)
     args = (x, out, scales[0], scales[1], name)
     return _upsample_body(*args) if _no_graph(x) else torch.ops.genkern.upsample_nearest2d(*args)
 
