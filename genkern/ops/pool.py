@@ -1,5 +1,7 @@
 """genkern.ops.max_pool2d / avg_pool2d / upsample_nearest2d: one custom op each (forward and
-backward) on every backend, with torch's index rules, tie / NaN behaviour and divisors."""
+backward) on every backend, with torch's index rules, tie / NaN behaviour and divisors. Plain
+eager calls on the cpu backend run the same kernels through C++ entries and autograd Functions
+(csrc/cpu/fast_entry.h, eager_autograd.h) instead of the custom ops' Python dispatch."""
 
 from __future__ import annotations
 
