@@ -272,6 +272,9 @@ POOL_GRAD_CALLS = [
     ("max_pool2d", lambda x: genkern.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True)),
     ("max_pool2d_indices", lambda x: genkern.ops.max_pool2d(x, 2, return_indices=True)),
     ("max_pool2d_relu", lambda x: genkern.ops.max_pool2d(x, 2, activation="relu")),
+    # windows that do not overlap keep tap codes in channels_last: clipped ones, and gaps
+    ("max_pool2d_ceil_tiled", lambda x: genkern.ops.max_pool2d(x, 2, ceil_mode=True)),
+    ("max_pool2d_gaps", lambda x: genkern.ops.max_pool2d(x, (2, 1), (3, 2))),
     (  # the activation's backward reads the pooled values before it
         "max_pool2d_leaky_negative",
         lambda x: genkern.ops.max_pool2d(x, 2, activation="leaky_relu", negative_slope=-0.1),
@@ -321,3 +324,31 @@ def test_max_pool_autograd_entry_peaks_as_the_custom_op(layout, monkeypatch):
         run()
         peaks[fast] = peak_memory_mb(run, x.device)
     assert peaks[True] <= peaks[False], peaks
+
+
+@pytest.mark.parametrize(
+    "layout,kw,kept",
+    [
+        ("channels_last", {}, torch.uint8),  # windows that do not overlap: tap codes
+        ("channels_last", {"return_indices": True}, torch.int64),  # the caller's: torch's
+        ("channels_last", {"padding": 1}, torch.int64),  # windows over padding
+        ("channels_last", {"stride": 1}, torch.int64),  # overlapping windows
+        ("contiguous", {}, torch.int64),
+    ],
+    ids=["tiled", "returned", "padded", "overlapping", "nchw"],
+)
+def test_max_pool_autograd_entry_keeps_tap_codes_where_they_apply(layout, kw, kept):
+    """What the C++ Function keeps of the maxima for the backward: one byte per output where
+    each maximum's tap number identifies it, torch's int64 indices elsewhere."""
+    x = torch.randn(2, 8, 6, 6)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = genkern.ops.max_pool2d(x, 2, **kw)
+    y = out[0] if isinstance(out, tuple) else out
+    assert "CppNode" in y.grad_fn.name()
+    assert [t.dtype for t in saved if t.dtype != x.dtype] == [kept]
+    if isinstance(out, tuple):
+        assert out[1].dtype == torch.int64

@@ -426,19 +426,27 @@ void save_pool_window(AutogradContext* ctx, const at::Tensor& x, at::MemoryForma
   ctx->saved_data["padding"] = padding;
 }
 
-// Outputs y = act(max pool) and the indices (not differentiable). Gradients are not
-// materialized: the engine would otherwise hand the backward a zero-filled int64 tensor for the
+// Outputs y = act(max pool) and the indices (not differentiable): torch's int64 flat indices
+// when the caller asked for them, else, where they apply, the uint8 tap codes (an eighth of the
+// bytes kept until the backward: 12.8 + 6.4 MB of the autoencoder step's int64 indices). Gradients
+// are not materialized: the engine would otherwise hand the backward a zero-filled tensor for the
 // indices' gradient (the buffer by which an earlier version of this Function raised a CNN step's
 // peak), and a y that gets no gradient gets none here either.
 struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
                                std::vector<int64_t> kernel, std::vector<int64_t> stride,
                                std::vector<int64_t> padding, std::vector<int64_t> dilation,
-                               std::vector<int64_t> out_size, int64_t act, double slope) {
+                               std::vector<int64_t> out_size, int64_t act, double slope,
+                               bool with_indices) {
     const auto fmt = x.suggest_memory_format();
+    const at::Tensor xd = x.contiguous(fmt);
+    const bool codes =
+        !with_indices && max_pool2d_takes_tap_codes(xd, kernel, stride, padding, dilation);
     auto [y, idx, preact] =
-        max_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, dilation, out_size,
-                               act, slope, keeps_preact(act, slope));
+        codes ? max_pool2d_forward_tap_codes_cpu(xd, kernel, stride, padding, dilation, out_size,
+                                                 act, slope, keeps_preact(act, slope))
+              : max_pool2d_forward_cpu(xd, kernel, stride, padding, dilation, out_size, act,
+                                       slope, keeps_preact(act, slope));
     y = y.contiguous(fmt), idx = idx.contiguous(fmt);
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({idx});
@@ -452,7 +460,7 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("max_pool2d");
-    variable_list out(8);
+    variable_list out(9);
     if (!grads[0].defined()) return out;  // no gradient reached y
     auto& d = ctx->saved_data;
     const auto s = ctx->get_saved_variables();
@@ -531,7 +539,7 @@ std::vector<at::Tensor> max_pool2d_eager_cpu(const at::Tensor& x, std::vector<in
                                              bool with_indices) {
   if (wants_grad(x)) {
     auto out = MaxPool2d::apply(x, kernel, stride, padding, dilation, out_size, activation,
-                                negative_slope);
+                                negative_slope, with_indices);
     if (!with_indices) out.pop_back();
     return out;
   }

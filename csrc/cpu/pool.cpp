@@ -31,10 +31,12 @@ namespace {
 // (NaN wins, as torch) and, when I, index[c] the flat input index of the tap it came from (-inf
 // and -1 for a window wholly in the padding). Channels in blocks whose running max and tap (an
 // int32, as wide as a float: the select vectorizes) stay in L1 over the taps.
+// With `code` given (and I), code[c] gets the tap's number in the window instead (a uint8: see
+// max_pool2d_forward_tap_codes_cpu).
 template <Activation A, bool I, typename scalar_t, typename opmath_t>
 GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restrict__ tap_index,
                              int32_t k, int64_t C, opmath_t slope, scalar_t* __restrict__ y,
-                             int64_t* __restrict__ index) {
+                             int64_t* __restrict__ index, uint8_t* __restrict__ code) {
   constexpr int64_t kBlock = 64;
   opmath_t b[kBlock];
   int32_t t[kBlock];
@@ -42,8 +44,12 @@ GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restr
     const scalar_t lowest = scalar_t(
         act_forward<A, opmath_t>(-std::numeric_limits<opmath_t>::infinity(), slope));
     for (int64_t c = 0; c < C; ++c) y[c] = lowest;
-    if constexpr (I)
-      for (int64_t c = 0; c < C; ++c) index[c] = -1;
+    if constexpr (I) {
+      if (code)
+        std::fill(code, code + C, uint8_t(255));  // no tap
+      else
+        std::fill(index, index + C, int64_t(-1));
+    }
     return;
   }
   for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
@@ -89,8 +95,12 @@ GK_CPU_CLONES void max_pixel(const scalar_t* const* taps, const int64_t* __restr
         if constexpr (I) t[c] = take ? k - 1 : t[c];
       }
     }
-    if constexpr (I)
-      for (int64_t c = 0; c < n; ++c) index[c0 + c] = tap_index[t[c]];
+    if constexpr (I) {
+      if (code)
+        for (int64_t c = 0; c < n; ++c) code[c0 + c] = static_cast<uint8_t>(t[c]);
+      else
+        for (int64_t c = 0; c < n; ++c) index[c0 + c] = tap_index[t[c]];
+    }
   }
 }
 
@@ -100,6 +110,13 @@ template <typename scalar_t>
 GK_CPU_CLONES void take_at_tap(scalar_t* __restrict__ d, const int64_t* __restrict__ index,
                                int64_t tap, const scalar_t* __restrict__ g, int64_t C) {
   for (int64_t c = 0; c < C; ++c) d[c] = index[c] == tap ? g[c] : d[c];
+}
+
+// The same from tap numbers in the window (max_pool2d_forward_tap_codes_cpu's codes).
+template <typename scalar_t>
+GK_CPU_CLONES void take_at_code(scalar_t* __restrict__ d, const uint8_t* __restrict__ code,
+                                uint8_t tap, const scalar_t* __restrict__ g, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) d[c] = code[c] == tap ? g[c] : d[c];
 }
 
 // d[c] += g[c] / div over a channels_last pixel (avg pool's backward, one window tap).
@@ -197,6 +214,18 @@ void dispatch_store_activation(Activation act, F&& f) {
   f(ActivationTag<Activation::kIdentity>{});
 }
 
+// What a max pool records of each maximum: nothing, the flat input index (torch's), or the tap's
+// number in its window (channels_last, windows that do not overlap: a uint8).
+enum class Indices { kNone, kFlat, kTapCodes };
+
+// Windows that do not overlap (no padding or dilation, kernel <= stride): each input element lies
+// in at most one window.
+bool tiled_windows(const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+                   const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation) {
+  return padding[0] == 0 && padding[1] == 0 && dilation[0] == 1 && dilation[1] == 1 &&
+         kernel[0] <= stride[0] && kernel[1] <= stride[1];
+}
+
 // The pool with an activation A applied as each value is stored (identity, relu or leaky_relu,
 // whose backward needs only the output: the cheap ones; the others run as a pass after). Without
 // with_indices, a float or double pool tracks no index and idx is empty (an inference pool writes
@@ -209,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
                                                   const std::vector<int64_t>& dilation,
                                                   const std::vector<int64_t>& out_size,
                                                   Activation act, double negative_slope,
-                                                  bool with_indices) {
+                                                  Indices kind) {
   const int64_t N = x.size(0), C = x.size(1), IH = x.size(2), IW = x.size(3);
   const int64_t OH = out_size[0], OW = out_size[1];
   const int64_t kH = kernel[0], kW = kernel[1], sH = stride[0], sW = stride[1];
@@ -217,9 +246,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
   const auto fmt = format_of(x);
   at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(fmt));
   const auto dtype = x.scalar_type();
-  with_indices = with_indices || !(dtype == at::kFloat || dtype == at::kDouble);
+  if (kind == Indices::kNone && !(dtype == at::kFloat || dtype == at::kDouble))
+    kind = Indices::kFlat;
+  TORCH_CHECK(kind != Indices::kTapCodes ||
+                  (fmt == at::MemoryFormat::ChannelsLast && kH * kW <= 255 &&
+                   tiled_windows(kernel, stride, padding, dilation)),
+              "genkern: max_pool2d tap codes need channels_last and windows that do not overlap");
+  const bool with_indices = kind != Indices::kNone;
+  const auto index_type = kind == Indices::kTapCodes ? at::kByte : at::kLong;
   at::Tensor idx =
-      with_indices ? at::empty({N, C, OH, OW}, x.options().dtype(at::kLong).memory_format(fmt))
+      with_indices ? at::empty({N, C, OH, OW}, x.options().dtype(index_type).memory_format(fmt))
                    : at::empty({0}, x.options().dtype(at::kLong));
   if (y.numel() == 0) return {y, idx};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d", [&] {
@@ -235,7 +271,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
     const auto out = [slope](opmath_t v) { return scalar_t(act_forward<A, opmath_t>(v, slope)); };
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
-    int64_t* ip = I ? idx.data_ptr<int64_t>() : nullptr;
+    const bool codes = kind == Indices::kTapCodes;
+    int64_t* ip = I && !codes ? idx.data_ptr<int64_t>() : nullptr;
+    uint8_t* cp = codes ? idx.data_ptr<uint8_t>() : nullptr;
     if (fmt == at::MemoryFormat::Contiguous) {
       const bool simple = pH == 0 && pW == 0 && dH == 1 && dW == 1 && kH == 2 && kW == 2;
       const bool s2 = simple && sH == 2 && sW == 2;
@@ -326,7 +364,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
               taps[k] = xp + (n * IH * IW + ih * IW + iw) * C;
             }
           max_pixel<A, I, scalar_t, opmath_t>(taps.data(), tap_index.data(), k, C, slope,
-                                              yp + q * C, I ? ip + q * C : nullptr);
+                                              yp + q * C, ip ? ip + q * C : nullptr,
+                                              cp ? cp + q * C : nullptr);
         }
       });
     }
@@ -347,20 +386,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_cpu(
                                             activation, negative_slope, save_preact, true);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_opt_indices_cpu(
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_recording(
     const at::Tensor& x, const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
     const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
     const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
-    bool save_preact, bool with_indices) {
+    bool save_preact, Indices kind) {
   const auto act = static_cast<Activation>(activation);
   if (!save_preact && stores_activation(act)) {
     auto [y, idx] = max_pool2d_act(x, kernel, stride, padding, dilation, out_size, act,
-                                   negative_slope, with_indices);
+                                   negative_slope, kind);
     return {y, idx, at::Tensor()};
   }
   // a pass of the activation over the pooled output (a quarter of the input for 2x2 pools)
   auto [z, idx] = max_pool2d_act(x, kernel, stride, padding, dilation, out_size,
-                                 Activation::kIdentity, 0.0, with_indices);
+                                 Activation::kIdentity, 0.0, kind);
   if (!save_preact) {
     activation_(z, activation, negative_slope);
     return {z, idx, at::Tensor()};
@@ -368,6 +409,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_opt_indices_cp
   at::Tensor y = at::empty_like(z);
   activation_(z, activation, negative_slope, &y);
   return {y, idx, z};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_opt_indices_cpu(
+    const at::Tensor& x, const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+    const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+    const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
+    bool save_preact, bool with_indices) {
+  return max_pool2d_forward_recording(x, kernel, stride, padding, dilation, out_size, activation,
+                                      negative_slope, save_preact,
+                                      with_indices ? Indices::kFlat : Indices::kNone);
+}
+
+bool max_pool2d_takes_tap_codes(const at::Tensor& x, const std::vector<int64_t>& kernel,
+                                const std::vector<int64_t>& stride,
+                                const std::vector<int64_t>& padding,
+                                const std::vector<int64_t>& dilation) {
+  return x.dim() == 4 && channels_last(x) && kernel[0] * kernel[1] <= 255 &&
+         tiled_windows(kernel, stride, padding, dilation);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_tap_codes_cpu(
+    const at::Tensor& x, const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+    const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+    const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
+    bool save_preact) {
+  return max_pool2d_forward_recording(x, kernel, stride, padding, dilation, out_size, activation,
+                                      negative_slope, save_preact, Indices::kTapCodes);
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional<at::Tensor>& saved,
@@ -393,8 +463,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
   // lies in at most one window, so each band of input rows under a row of windows is zeroed and
   // then receives its windows' gradients while in cache (one pass over memory instead of a zero
   // fill and a scatter); the same bits as the scatter-add into zeros.
-  const bool tiled = padding[0] == 0 && padding[1] == 0 && dilation[0] == 1 && dilation[1] == 1 &&
-                     kH <= sH && kW <= sW && gy.numel() > 0;
+  const bool tiled = tiled_windows(kernel, stride, padding, dilation) && gy.numel() > 0;
+  const bool codes = indices.scalar_type() == at::kByte;  // tap numbers, not flat indices
+  TORCH_CHECK(!codes || (tiled && fmt == at::MemoryFormat::ChannelsLast),
+              "genkern: max_pool2d tap codes need channels_last and windows that do not overlap");
   if (!tiled) {
     gx.zero_();
     if (gy.numel() == 0) return gx;
@@ -411,7 +483,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
       if constexpr (A == Activation::kIdentity) return opmath_t(g[i]);
       return opmath_t(scalar_t(act_backward<A, opmath_t>(opmath_t(g[i]), opmath_t(sp[i]), slope)));
     };
-    const int64_t* ip = id.data_ptr<int64_t>();
+    const int64_t* ip = codes ? nullptr : id.data_ptr<int64_t>();
+    const uint8_t* cp = codes ? id.data_ptr<uint8_t>() : nullptr;
     scalar_t* out = gx.data_ptr<scalar_t>();
     // band oh: input rows [oh * sH, min(oh * sH + sH, IH)), which only windows of row oh reach;
     // rows from OH * sH on are in no window (zeroed with the last band)
@@ -439,10 +512,17 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
           for (int64_t ow = 0; ow < OW; ++ow) {
             const int64_t o0 = ((n * OH + oh) * OW + ow) * C;
             for (int64_t c = 0; c < C; ++c) gw[c] = scalar_t(grad_at(o0 + c) + opmath_t(0));
-            // each tap of the window takes the channels whose maximum it holds
+            // each tap of the window takes the channels whose maximum it holds (taps numbered
+            // in this order, as the forward's codes)
+            uint8_t tap = 0;
             for (int64_t ih = h0; ih < std::min(h0 + kH, IH); ++ih)
-              for (int64_t iw = ow * sW; iw < std::min(ow * sW + kW, IW); ++iw)
-                take_at_tap(img + (ih * IW + iw) * C, ip + o0, ih * IW + iw, gw.data(), C);
+              for (int64_t iw = ow * sW; iw < std::min(ow * sW + kW, IW); ++iw, ++tap) {
+                scalar_t* d = img + (ih * IW + iw) * C;
+                if (cp)
+                  take_at_code(d, cp + o0, tap, gw.data(), C);
+                else
+                  take_at_tap(d, ip + o0, ih * IW + iw, gw.data(), C);
+              }
           }
         }
       });

@@ -26,9 +26,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_opt_indices_cp
     const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
     bool save_preact, bool with_indices);
 
+// Whether max_pool2d_forward_tap_codes_cpu takes x and these windows: a channels_last x, windows
+// that do not overlap (no padding or dilation, kernel <= stride) of at most 255 taps.
+bool max_pool2d_takes_tap_codes(const at::Tensor& x, const std::vector<int64_t>& kernel,
+                                const std::vector<int64_t>& stride,
+                                const std::vector<int64_t>& padding,
+                                const std::vector<int64_t>& dilation);
+// max_pool2d_forward_cpu recording each maximum as its tap's number in the window (uint8, taps
+// row by row over those inside the input) instead of an int64 flat index: an eighth of the bytes
+// a training step keeps for the backward, which max_pool2d_backward_cpu reads either way.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_tap_codes_cpu(
+    const at::Tensor& x, const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+    const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+    const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
+    bool save_preact);
+
 // grad_input (uninitialized, in the input's layout) receives the max-pool gradient of
 // act_backward(grad_y, saved): a gather where windows do not overlap, else zeros and a
-// scatter-add. saved is the activation's output or input (undefined for the identity).
+// scatter-add. saved is the activation's output or input (undefined for the identity); indices
+// are flat (int64) or tap codes (uint8, see max_pool2d_forward_tap_codes_cpu).
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional<at::Tensor>& saved,
                                    const at::Tensor& indices, const at::Tensor& grad_input,
                                    std::vector<int64_t> kernel, std::vector<int64_t> stride,
