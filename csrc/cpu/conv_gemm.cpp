@@ -222,19 +222,17 @@ at::Tensor weight_matrix(const at::Tensor& weight, const Geometry& g) {
                : weight.reshape({weight.size(0), g.columns()});
 }
 
-// out = a @ b (out's rows contiguous): genkern's small GEMM where it beats MKL's setup (float32
-// on AVX2 CPUs without AVX-512, up to 2M multiply-adds: the transposed convs of batch-1 decoders;
-// the autoencoder's 64 -> 32 channels 7x7 -> 14x14, 49 x 64 x 512: MKL 68 us at 2 threads), else
-// ATen's mm. It packs b on every call: at least kMinPackedRows rows share it (a generator's 1x1
-// -> 4x4 head, 1 x 100 x 4096, took 141 us packed against MKL's 101).
+// out = a @ b (out's rows contiguous): the dense layers' gemm_into, genkern's small GEMM where it
+// beats MKL's setup (the transposed convs of batch-1 decoders; the autoencoder's 64 -> 32
+// channels 7x7 -> 14x14, 49 x 64 x 512: MKL 68 us at 2 threads), on its AVX2 kernels only. It
+// packs b on every call: at least kMinPackedRows rows share it (a generator's 1x1 -> 4x4 head, 1 x
+// 100 x 4096, took 141 us packed against MKL's 101), else ATen's mm.
 constexpr int64_t kMinPackedRows = 32;
 void mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (out.scalar_type() != at::kFloat || cpu_has_avx512() || !avx2_kernels_enabled() ||
-      a.size(0) < kMinPackedRows || !small_gemm_wins(a.size(0), b.size(1), a.size(1))) {
+  if (!avx2_kernels_enabled() || a.size(0) < kMinPackedRows)
     at::mm_out(out, a, b);
-    return;
-  }
-  small_mm_into(out, a, b);
+  else
+    gemm_into(out, a, b);
 }
 
 // x's samples [n0, n0 + count) as rows [(n, ih, iw), ci] (a view for channels_last x; an NCHW

@@ -37,11 +37,24 @@ bool packing_pays(int64_t M, int64_t N, int64_t K) {
   return M >= 8 && N * K <= 16384 && (K <= 128 || !cpu_has_avx512());
 }
 
-// a @ b (the backward's products), by the small kernel where it beats ATen's. On AVX-512 CPUs
-// MKL's kernel won every one measured with our AVX2 tile (a 2-core Xeon, hot, the whole backward
-// of one layer: vae-mu 38 -> 25 us, cifar-fc2 54 -> 36, vae-dec1 79 -> 64, cifar-fc3 11 -> 8)
-// and all but one with the AVX-512 tile (cifar-fc2 grad_x 16.5 vs 12.2 us, vae-dec1 20 vs 14;
-// vae-mu's grad_x 16.5 vs 18), on AVX2 ones ours (small_gemm_wins).
+// out[M, N] = a[M, K] b[K, N] by genkern's small GEMM (small_gemm.h): float32, any strides of a
+// and b, out's rows contiguous and out.stride(0) apart; no bias or activation.
+void small_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  GemmArgs g;
+  g.M = a.size(0), g.N = b.size(1), g.K = a.size(1);
+  g.A = a.data_ptr<float>(), g.a_rs = a.stride(0), g.a_cs = a.stride(1);
+  g.B = b.data_ptr<float>(), g.b_rs = b.stride(0), g.b_cs = b.stride(1);
+  g.C = out.data_ptr<float>(), g.ldc = out.stride(0);
+  small_gemm_f32(g);
+}
+
+}  // namespace
+
+// out = a @ b (the backward's products; conv_gemm's too), by the small kernel where it beats
+// ATen's. On AVX-512 CPUs MKL's kernel won every one measured with our AVX2 tile (a 2-core Xeon,
+// hot, the whole backward of one layer: vae-mu 38 -> 25 us, cifar-fc2 54 -> 36, vae-dec1 79 ->
+// 64, cifar-fc3 11 -> 8) and all but one with the AVX-512 tile (cifar-fc2 grad_x 16.5 vs 12.2 us,
+// vae-dec1 20 vs 14; vae-mu's grad_x 16.5 vs 18), on AVX2 ones ours (small_gemm_wins).
 void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   if (is_f32(a) && is_f32(b) && !cpu_has_avx512() &&
       small_gemm_wins(a.size(0), b.size(1), a.size(1)))
@@ -49,6 +62,8 @@ void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   else
     at::mm_out(out, a, b);
 }
+
+namespace {
 
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
@@ -69,15 +84,6 @@ bool side_by_side(const at::Tensor& g, const at::Tensor& x) {
 }
 
 }  // namespace
-
-void small_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  GemmArgs g;
-  g.M = a.size(0), g.N = b.size(1), g.K = a.size(1);
-  g.A = a.data_ptr<float>(), g.a_rs = a.stride(0), g.a_cs = a.stride(1);
-  g.B = b.data_ptr<float>(), g.b_rs = b.stride(0), g.b_cs = b.stride(1);
-  g.C = out.data_ptr<float>(), g.ldc = out.stride(0);
-  small_gemm_f32(g);
-}
 
 std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& x,
                                                           const at::Tensor& weight,

@@ -16,9 +16,9 @@ std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& x,
                                                           int64_t activation, double negative_slope,
                                                           bool save_preact);
 
-// out[M, N] = a[M, K] b[K, N] by genkern's small GEMM (small_gemm.h): float32, any strides of a
-// and b, out's rows contiguous and out.stride(0) apart; no bias or activation.
-void small_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+// out[M, N] = a[M, K] b[K, N] (out's rows contiguous, out.stride(0) apart): genkern's small GEMM
+// (small_gemm.h) for float32 on CPUs without AVX-512 where small_gemm_wins, else ATen's mm.
+void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
 // (grad_x, grad_weight, grad_bias) from grad_y [M, N] and the saved tensor (y or preact); a
 // gradient whose mask entry is false comes back empty.
