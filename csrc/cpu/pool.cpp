@@ -248,10 +248,6 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
   const auto dtype = x.scalar_type();
   if (kind == Indices::kNone && !(dtype == at::kFloat || dtype == at::kDouble))
     kind = Indices::kFlat;
-  TORCH_CHECK(kind != Indices::kTapCodes ||
-                  (fmt == at::MemoryFormat::ChannelsLast && kH * kW <= 255 &&
-                   tiled_windows(kernel, stride, padding, dilation)),
-              "genkern: max_pool2d tap codes need channels_last and windows that do not overlap");
   const bool with_indices = kind != Indices::kNone;
   const auto index_type = kind == Indices::kTapCodes ? at::kByte : at::kLong;
   at::Tensor idx =
@@ -436,6 +432,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_tap_codes_cpu(
     const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
     const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
     bool save_preact) {
+  TORCH_CHECK(max_pool2d_takes_tap_codes(x, kernel, stride, padding, dilation),
+              "genkern: max_pool2d tap codes need channels_last and windows that do not overlap");
   return max_pool2d_forward_recording(x, kernel, stride, padding, dilation, out_size, activation,
                                       negative_slope, save_preact, Indices::kTapCodes);
 }
