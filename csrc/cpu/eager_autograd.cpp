@@ -148,8 +148,16 @@ void remember_recomputable(const at::Tensor& y, const at::Tensor& x, BatchNormAf
 
 void forget_recomputable() { last_recomputable = {}; }
 
-// x (the batch norm's input) when `input` is the remembered output, unchanged since; else none.
-std::optional<at::Tensor> recomputable_source(const at::Tensor& input) {
+// What recomputes a remembered output: the batch norm's input, affine map and activation.
+struct Recomputation {
+  at::Tensor x;
+  BatchNormAffine affine;
+  int64_t act;
+  double slope;
+};
+
+// The recomputation of `input` when it is the remembered output, unchanged since; else none.
+std::optional<Recomputation> recomputation_of(const at::Tensor& input) {
   const auto& r = last_recomputable;
   if (!r.y.has_value()) return std::nullopt;
   const auto y = r.y->lock();
@@ -161,7 +169,7 @@ std::optional<at::Tensor> recomputable_source(const at::Tensor& input) {
   // owner): y cannot be recomputed from it
   at::Tensor x(r.x->lock());
   if (!x.defined() || x._version() != r.x_version) return std::nullopt;
-  return x;
+  return Recomputation{std::move(x), r.affine, r.act, r.slope};
 }
 
 // conv2d and conv_transpose2d (+ bias + activation): one Function, the kernels picked by
@@ -180,17 +188,15 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
                    : conv2d_act_forward_cpu(x, weight, bias, stride, padding, dilation, groups,
                                             act, slope, keep);
     y = y.contiguous(format(channels_last));
-    const auto source = recomputable_source(x);  // x = a batch norm's output, recomputed then
-    const auto& r = last_recomputable;
-    ctx->save_for_backward({source ? at::Tensor() : x, weight,
-                            saved_for_backward(act, slope, y, preact),
-                            source.value_or(at::Tensor()),
-                            source ? r.affine.center : at::Tensor(),
-                            source ? r.affine.scale : at::Tensor(),
-                            source ? r.affine.shift : at::Tensor()});
-    ctx->saved_data["recomputes_input"] = source.has_value();
-    ctx->saved_data["input_act"] = source ? r.act : int64_t(0);
-    ctx->saved_data["input_slope"] = source ? r.slope : 0.0;
+    // x a batch norm's output: keep what recomputes it instead
+    const Recomputation r = recomputation_of(x).value_or(Recomputation{{}, {}, 0, 0.0});
+    const bool recomputes = r.x.defined();
+    ctx->save_for_backward({recomputes ? at::Tensor() : x, weight,
+                            saved_for_backward(act, slope, y, preact), r.x, r.affine.center,
+                            r.affine.scale, r.affine.shift});
+    ctx->saved_data["recomputes_input"] = recomputes;
+    ctx->saved_data["input_act"] = r.act;
+    ctx->saved_data["input_slope"] = r.slope;
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["output_padding"] = output_padding;
