@@ -348,6 +348,42 @@ def test_bce_gradients_at_infinity(backend):
     torch.testing.assert_close(gf.cpu(), torch.tensor([0.25, 0.0, 0.25, 0.0]))
 
 
+# |x| around 87-89, where float32's exp(-|x|) leaves the normal range: the CPU kernels cut it to 0
+# above 87 (exp_math.h's exp_neg), each element's gradient stays within float32's reach of the
+# float64 one, and the loss (means and sums of softplus) stays float32-exact there.
+CUT_POINTS = (0.5, 80, 84, 86.5, 86.9, 87, 87.2, 87.7, 88, 88.7, 89.5)
+NEAR_CUT = [s * v for v in CUT_POINTS for s in (1, -1)]
+CUT_ATOL = 2e-38  # > exp(-87), the most the cut drops; < exp(-86.5)
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+def test_bce_near_the_exp_cut(backend):
+    x64 = torch.tensor(NEAR_CUT, dtype=torch.float64, device=DEVICE)
+    x = x64.float().requires_grad_()
+    n = x.numel()
+    d = genkern.ops.discriminator_loss(x, x, "bce", backend=backend)
+    g = genkern.ops.generator_loss(x, "bce", backend=backend)
+    (gd,) = torch.autograd.grad(d, [x])
+    (gg,) = torch.autograd.grad(g, [x])
+    ref_d = (F.softplus(-x64).mean() + F.softplus(x64).mean()).item()
+    ref_g = F.softplus(-x64).mean().item()
+    torch.testing.assert_close(d.item(), ref_d, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g.item(), ref_g, rtol=1e-6, atol=0)
+    # d/dx of mean softplus(-x) + mean softplus(x) = (sigmoid(x) - sigmoid(-x)) / n
+    ref_gd = (torch.sigmoid(x64) - torch.sigmoid(-x64)) / n
+    torch.testing.assert_close(gd.double().cpu(), ref_gd.cpu(), rtol=1e-6, atol=CUT_ATOL / n)
+    ref_gg = -torch.sigmoid(-x64) / n
+    torch.testing.assert_close(gg.double().cpu(), ref_gg.cpu(), rtol=1e-6, atol=CUT_ATOL / n)
+    t = (x64 > 0).float()  # each logit's own side: the per-element losses are ~e^-|x|
+    (gx,) = torch.autograd.grad(
+        genkern.ops.vae_loss(x[None], t[None], x[None, :2], x[None, :2].detach(), backend=backend),
+        [x],
+    )
+    ref_gx = torch.sigmoid(x64) - t.double()
+    ref_gx[:2] += x64[:2]  # the KL term's d/dmu = mu, mu being x[:2]
+    torch.testing.assert_close(gx.double().cpu(), ref_gx.cpu(), rtol=1e-6, atol=CUT_ATOL)
+
+
 @pytest.mark.parametrize("backend", grid_backends(torch.float32))
 @pytest.mark.parametrize("kind", KINDS)
 def test_nan_propagates(kind, backend):

@@ -47,22 +47,39 @@ at::Tensor scalar_cpu(double v, at::ScalarType dtype) {
   return out;
 }
 
+// Sub-blocks of a chunk: a vectorizable pass writes the per-element values of kSub elements to a
+// buffer, which is then summed in float64 over kLanes fixed lanes (the compiler does not
+// vectorize a floating-point reduction itself: that would reorder it). 16 lanes are four
+// independent 4-wide AVX2 accumulators: the sum is not bound by the latency of one add chain.
+constexpr int64_t kSub = 256;
+constexpr int kLanes = 16;
+
 // The per-element loops are GK_CPU_CLONES (cpu_clones.h): they vectorize 8 (or 16) floats wide,
 // the polynomials with fused multiply-adds.
 
 template <typename scalar_t>
 using opmath = at::opmath_type<scalar_t>;
 
-// buf[j] = term(x[j]) and, when G, g[j] = gs * term'(x[j]), for j < len. No control flow: it
-// vectorizes.
+// e[j] = exp_neg_abs(x[j]) for j < len: the first of the two loops of a term that reads it
+// (genkern/losses.h, exp_neg_abs).
+template <typename scalar_t>
+GK_CPU_CLONES void exp_neg_abs_fill(const scalar_t* __restrict__ x,
+                                    opmath<scalar_t>* __restrict__ e, int64_t len) {
+  for (int64_t j = 0; j < len; ++j) e[j] = exp_neg_abs(opmath<scalar_t>(x[j]));
+}
+
+// buf[j] = term(x[j]) and, when G, g[j] = gs * term'(x[j]), for j < len <= kSub. No control
+// flow: it vectorizes.
 template <LossTerm K, typename scalar_t, bool G>
 GK_CPU_CLONES void gan_fill(const scalar_t* __restrict__ x, scalar_t* __restrict__ g,
                             opmath<scalar_t>* __restrict__ buf, int64_t len,
                             opmath<scalar_t> gs) {
   using opmath_t = opmath<scalar_t>;
+  opmath_t e[kSub];
+  if constexpr (kTermUsesExp<K>) exp_neg_abs_fill(x, e, len);
   for (int64_t j = 0; j < len; ++j) {
     opmath_t d;
-    buf[j] = loss_term<K, opmath_t>(opmath_t(x[j]), &d);
+    buf[j] = loss_term_given_exp<K, opmath_t>(opmath_t(x[j]), kTermUsesExp<K> ? e[j] : 0, &d);
     if constexpr (G) g[j] = static_cast<scalar_t>(d * gs);
   }
 }
@@ -73,9 +90,12 @@ GK_CPU_CLONES void recon_fill(const scalar_t* __restrict__ x, const scalar_t* __
                               opmath<scalar_t>* __restrict__ buf, int64_t len,
                               opmath<scalar_t> s) {
   using opmath_t = opmath<scalar_t>;
+  opmath_t e[kSub];
+  if constexpr (kReconUsesExp<R>) exp_neg_abs_fill(x, e, len);
   for (int64_t j = 0; j < len; ++j) {
     opmath_t dx, dt;
-    buf[j] = recon_term<R, opmath_t>(opmath_t(x[j]), opmath_t(t[j]), &dx, &dt);
+    const opmath_t ej = kReconUsesExp<R> ? e[j] : 0;
+    buf[j] = recon_term_given_exp<R, opmath_t>(opmath_t(x[j]), opmath_t(t[j]), ej, &dx, &dt);
     if constexpr (GX) gx[j] = static_cast<scalar_t>(dx * s);
     if constexpr (GT) gt[j] = static_cast<scalar_t>(dt * s);
   }
@@ -94,12 +114,6 @@ GK_CPU_CLONES void kl_fill(const scalar_t* __restrict__ m, const scalar_t* __res
   }
 }
 
-// Sub-blocks of a chunk: a vectorizable pass writes the per-element values of kSub elements to a
-// buffer, which is then summed in float64 over kLanes fixed lanes (the compiler does not
-// vectorize a floating-point reduction itself: that would reorder it). 16 lanes are four
-// independent 4-wide AVX2 accumulators: the sum is not bound by the latency of one add chain.
-constexpr int64_t kSub = 256;
-constexpr int kLanes = 16;
 
 template <typename opmath_t>
 GK_CPU_CLONES double sum_buffer(const opmath_t* __restrict__ buf, int64_t len) {
@@ -272,11 +286,13 @@ namespace {
 constexpr int64_t kNormGroups = 64;              // Philox calls per block
 constexpr int64_t kNormBlock = 4 * kNormGroups;  // normals per block
 // Blocks per task at least: drawing the normals (Philox + Box-Muller) pays for a second thread from
-// 4096 elements on, the plain fill with a given eps only from torch's elementwise grain (32768):
-// 128x128 forward + backward, 2-core Xeon, drawn 59.7 -> 49.4 us at 16, given eps 39.0 -> 35.2
-// at 128 (a parallel region's wake-up and spin-down cost more than the fill's 8 us).
+// 4096 elements on (128x128 forward + backward, 2-core Xeon, drawn 59.7 -> 49.4 us at 16); the
+// plain fill with a given eps from 8192. That depends on the core: on a 2-core Zen 1 (exp ~4x
+// slower per element) 128x128 forward 41.6 -> 27.7 us at 32 blocks instead of 128, where the Xeon
+// had measured 35.2 us at 128 and 39.0 split (a parallel region's wake-up cost more than its 8 us
+// fill). The machines this project runs on now are the Zen 1s.
 constexpr int64_t kDrawGrain = 16;
-constexpr int64_t kFillGrain = 128;
+constexpr int64_t kFillGrain = 32;
 
 // The standard normals of block b of the stream keyed by (k0, k1): element b * kNormBlock +
 // r * kNormGroups + j is normal r of Philox counter (b * kNormGroups + j, 0, 0, 0), Box-Muller on
