@@ -526,3 +526,56 @@ def test_max_pool_backward_of_tiled_windows_is_stocks_bits(case, layout, dtype):
     assert grads[0].stride() == grads[1].stride() or c == 1
     assert torch.equal(grads[0], grads[1])
     assert torch.equal(grads[0].signbit(), grads[1].signbit())
+
+
+# NCHW 2x2 pools over rows of 5-7 outputs run 8 wide (max_pool_rows_2x2_padded: each row's 8th
+# output and its inputs belong to the next row, rewritten when it comes; a plane's last row runs
+# in the plain loop): planes of 10-16 columns, odd sizes (a last input row or column in no window),
+# ceil_mode (a last, clipped row of windows), ties, NaN and -inf at the rows' ends.
+PADDED_ROWS = [
+    (2, 5, 10, 10, False),
+    (3, 3, 12, 13, False),
+    (4, 3, 14, 14, False),  # the autoencoder's second pool (7 outputs a row)
+    (1, 9, 15, 15, True),
+    (2, 2, 9, 14, False),
+    (1, 3, 2, 14, False),  # one row of windows: none 8 wide
+]
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("act", [("", 0.0), ("relu", 0.0), ("leaky_relu", 0.2)], ids=str)
+@pytest.mark.parametrize("case", PADDED_ROWS, ids=_id)
+def test_max_pool_2x2_rows_of_5_to_7_are_stocks(case, act, dtype):
+    n, c, h, w, ceil = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (n, c, h, w), generator=g).to(dtype)  # ties on a coarse grid
+    x[0, 0, :, -1] = float("nan")  # each row's last column
+    x[0, -1, -1, :] = float("-inf")  # a plane's last row
+    x[-1, 0, 0, 2 * (w // 2) - 2 :] = float("nan")  # the first row's last window
+    name, slope = act
+    stock_act = {"": lambda t: t, "relu": F.relu, "leaky_relu": lambda t: F.leaky_relu(t, slope)}
+    kw = dict(kernel_size=2, ceil_mode=ceil)
+    leaf = x.clone().requires_grad_()
+    ref_leaf = x.clone().requires_grad_()
+    y, idx = genkern.ops.max_pool2d(
+        leaf,
+        **kw,
+        activation=name or None,
+        negative_slope=slope,
+        return_indices=True,
+        backend="cpu",
+    )
+    ry, ridx = F.max_pool2d(ref_leaf, **kw, return_indices=True)
+    ry = stock_act[name](ry)
+    torch.testing.assert_close(y, ry, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(idx, ridx)
+    gy = torch.randn(y.shape, generator=g).to(dtype)
+    assert torch.equal(
+        torch.autograd.grad(y, leaf, gy)[0], torch.autograd.grad(ry, ref_leaf, gy)[0]
+    )
+    with torch.no_grad():  # the inference path: no index tracked
+        y2 = genkern.ops.max_pool2d(x, **kw, activation=name or None, negative_slope=slope)
+    torch.testing.assert_close(y2, ry.detach(), rtol=0, atol=0, equal_nan=True)
