@@ -119,16 +119,33 @@ GK_CPU_CLONES void take_at_code(scalar_t* __restrict__ d, const uint8_t* __restr
   for (int64_t c = 0; c < C; ++c) d[c] = code[c] == tap ? g[c] : d[c];
 }
 
-// d[c] += g[c] / div over a channels_last pixel (avg pool's backward, one window tap).
-// d[2 i] = d[2 i + 1] = 0 + g[i] / div: a row of a 2-wide tiled average pool's input gradient, as
-// the general loop adds it into zeros (-0 becomes +0 there too)
+// Rows [r0, r1) of a 2-wide tiled average pool's NCHW input gradient (rows of IW, IH a plane;
+// kH input rows per output row): d[2 i] = d[2 i + 1] = 0 + g[i] / div, as the general loop adds
+// it into zeros (-0 becomes +0 there too), and zeros past the windows. One call per range, not
+// per row (a clone's call per 16-float row: 128x64x16x16, 2 threads, 956 -> ~600 us).
 template <typename scalar_t, typename opmath_t>
-GK_CPU_CLONES void divided_pairs(const scalar_t* __restrict__ g, scalar_t* __restrict__ d,
-                                 int64_t n, opmath_t div) {
-  for (int64_t i = 0; i < n; ++i)
-    d[2 * i] = d[2 * i + 1] = scalar_t(opmath_t(0) + opmath_t(g[i]) / div);
+GK_CPU_CLONES void divided_pair_rows(const scalar_t* __restrict__ g, scalar_t* __restrict__ out,
+                                     int64_t r0, int64_t r1, int64_t IH, int64_t IW, int64_t OH,
+                                     int64_t OW, int64_t kH, opmath_t div) {
+  int64_t p = r0 / IH, ih = r0 % IH;
+  for (int64_t r = r0; r < r1; ++r) {
+    scalar_t* d = out + r * IW;
+    int64_t j = 0;
+    if (ih < OH * kH) {
+      const scalar_t* gr = g + (p * OH + ih / kH) * OW;
+      for (int64_t i = 0; i < OW; ++i)
+        d[2 * i] = d[2 * i + 1] = scalar_t(opmath_t(0) + opmath_t(gr[i]) / div);
+      j = 2 * OW;
+    }
+    for (; j < IW; ++j) d[j] = scalar_t(0);
+    if (++ih == IH) {
+      ih = 0;
+      ++p;
+    }
+  }
 }
 
+// d[c] += g[c] / div over a channels_last pixel (avg pool's backward, one window tap).
 template <typename scalar_t, typename opmath_t>
 GK_CPU_CLONES void add_divided(scalar_t* __restrict__ d, const scalar_t* __restrict__ g,
                                opmath_t div, int64_t C) {
@@ -718,16 +735,7 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& g
           avg_window(0, 0, IH, IW, kH, kW, sH, sW, 0, 0, count_include_pad, divisor_override)
               .divisor);
       at::parallel_for(0, N * C * IH, grain_for(IW), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t p = r / IH, ih = r % IH;
-          scalar_t* d = out + r * IW;
-          if (ih < OH * kH) {
-            divided_pairs<scalar_t, opmath_t>(g + (p * OH + ih / kH) * OW, d, OW, div);
-            std::fill(d + 2 * OW, d + IW, scalar_t(0));
-          } else {
-            std::fill(d, d + IW, scalar_t(0));
-          }
-        }
+        divided_pair_rows<scalar_t, opmath_t>(g, out, r0, r1, IH, IW, OH, OW, kH, div);
       });
     } else if (fmt == at::MemoryFormat::Contiguous) {
       at::parallel_for(0, N * C, grain_for(OH * OW * kH * kW), [&](int64_t p0, int64_t p1) {
