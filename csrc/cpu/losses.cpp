@@ -114,7 +114,6 @@ GK_CPU_CLONES void kl_fill(const scalar_t* __restrict__ m, const scalar_t* __res
   }
 }
 
-
 template <typename opmath_t>
 GK_CPU_CLONES double sum_buffer(const opmath_t* __restrict__ buf, int64_t len) {
   double a[kLanes] = {};

@@ -167,12 +167,12 @@ int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kGrain / std::max<int64_t>(work_per_item, 1));
 }
 
-// Output rows [0, rows) of the 2x2 / 2 pool of one NCHW plane: y = act(max) and (when I) idx the
-// flat input index of the max, torch's tap order, NaN wins; each row's taps found branch-free as an
-// offset from the window's corner (0, 1, IW, IW + 1, in t: as wide as a float, so the select
-// vectorizes in the clones), then widened to the index
-// Rows [row0, row1); W outputs are computed per row, OW apart: W > OW (max_pool_rows_2x2_padded)
-// reads and writes past each row's end into the next one's, which that row then overwrites.
+// Output rows [row0, row1) of the 2x2 / 2 pool of one NCHW plane: y = act(max) and (when I) idx
+// the flat input index of the max, torch's tap order, NaN wins; each row's taps found branch-free
+// as an offset from the window's corner (0, 1, IW, IW + 1, in t: as wide as a float, so the select
+// vectorizes in the clones), then widened to the index. W outputs are computed per row, OW apart:
+// W > OW (max_pool_rows_2x2_padded) reads and writes past each row's end into the next row's,
+// which that row then overwrites.
 template <Activation A, bool I, typename scalar_t, typename opmath_t>
 __attribute__((always_inline)) inline void max_pool_rows_2x2(
     const scalar_t* __restrict__ plane, scalar_t* __restrict__ y, int64_t* __restrict__ idx,
