@@ -579,3 +579,22 @@ def test_max_pool_2x2_rows_of_5_to_7_are_stocks(case, act, dtype):
     with torch.no_grad():  # the inference path: no index tracked
         y2 = genkern.ops.max_pool2d(x, **kw, activation=name or None, negative_slope=slope)
     torch.testing.assert_close(y2, ry.detach(), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+def test_max_pool_backward_refuses_tap_codes_where_they_do_not_apply():
+    from genkern import _ext
+
+    # an NCHW input gradient (2x2 / 2 windows); a channels_last one with overlapping windows
+    nchw = torch.empty(1, 2, 4, 4)
+    cl = torch.empty(1, 2, 4, 4, memory_format=torch.channels_last)
+    for gi, stride in ((nchw, 2), (cl, 1)):
+        o = (4 - 2) // stride + 1
+        gy = torch.randn(1, 2, o, o)
+        codes = torch.zeros(1, 2, o, o, dtype=torch.uint8)
+        with pytest.raises(RuntimeError, match="tap codes need channels_last"):
+            _ext._C.max_pool2d_backward_cpu(
+                gy, None, codes, gi, [2, 2], [stride, stride], [0, 0], [1, 1], 0, 0.0
+            )

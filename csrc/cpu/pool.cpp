@@ -265,6 +265,10 @@ bool tiled_windows(const std::vector<int64_t>& kernel, const std::vector<int64_t
          kernel[0] <= stride[0] && kernel[1] <= stride[1];
 }
 
+// The refusal of the forward and the backward asked for tap codes where they do not apply.
+constexpr const char* kTapCodesNeed =
+    "genkern: max_pool2d tap codes need channels_last and windows that do not overlap";
+
 // The pool with an activation A applied as each value is stored (identity, relu or leaky_relu,
 // whose backward needs only the output: the cheap ones; the others run as a pass after). Without
 // with_indices, a float or double pool tracks no index and idx is empty (an inference pool writes
@@ -477,8 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_tap_codes_cpu(
     const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
     const std::vector<int64_t>& out_size, int64_t activation, double negative_slope,
     bool save_preact) {
-  TORCH_CHECK(max_pool2d_takes_tap_codes(x, kernel, stride, padding, dilation),
-              "genkern: max_pool2d tap codes need channels_last and windows that do not overlap");
+  TORCH_CHECK(max_pool2d_takes_tap_codes(x, kernel, stride, padding, dilation), kTapCodesNeed);
   return max_pool2d_forward_recording(x, kernel, stride, padding, dilation, out_size, activation,
                                       negative_slope, save_preact, Indices::kTapCodes);
 }
@@ -508,8 +511,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
   // fill and a scatter); the same bits as the scatter-add into zeros.
   const bool tiled = tiled_windows(kernel, stride, padding, dilation) && gy.numel() > 0;
   const bool codes = indices.scalar_type() == at::kByte;  // tap numbers, not flat indices
-  TORCH_CHECK(!codes || (tiled && fmt == at::MemoryFormat::ChannelsLast),
-              "genkern: max_pool2d tap codes need channels_last and windows that do not overlap");
+  TORCH_CHECK(!codes || (tiled && fmt == at::MemoryFormat::ChannelsLast), kTapCodesNeed);
   if (!tiled) {
     gx.zero_();
     if (gy.numel() == 0) return gx;
