@@ -20,6 +20,7 @@
 #include "cpu/losses_autograd.h"
 #include "cpu/batch_norm_act.h"
 #include "cpu/pool.h"
+#include "cpu/winograd_s2.h"
 #include "genkern/activation.h"
 
 #ifdef GENKERN_WITH_CUDA
@@ -96,6 +97,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_conv_wgrad_mode", &genkern::cpu::set_conv_wgrad_mode);
   m.def("conv_wgrad_mode", &genkern::cpu::conv_wgrad_mode);
   m.def("use_conv_wgrad", &genkern::cpu::use_conv_wgrad);
+  // 4x4 stride-2 convs in both directions by Winograd F(4, 2) (see winograd_s2.h)
+  m.def("set_winograd_mode", &genkern::cpu::set_winograd_mode);
+  m.def("winograd_mode", &genkern::cpu::winograd_mode);
+  m.def("use_winograd_s2", &genkern::cpu::use_winograd_s2);
+  m.def("use_winograd_s2_weight_grad", &genkern::cpu::use_winograd_s2_weight_grad);
+  m.def("winograd_s2_conv2d", &genkern::cpu::winograd_s2_conv2d);
+  m.def("winograd_s2_conv_transpose2d", &genkern::cpu::winograd_s2_conv_transpose2d);
+  m.def("winograd_s2_conv2d_weight_grad", &genkern::cpu::winograd_s2_conv2d_weight_grad);
   m.def("conv2d_weight_grad_avx2", &genkern::cpu::conv2d_weight_grad_avx2);
   // convs from 1-4 channels on direct AVX-512 or AVX2 kernels (see stem_conv.h)
   m.def("set_stem_conv_mode", &genkern::cpu::set_stem_conv_mode);

@@ -22,6 +22,7 @@
 #include "linear_act.h"
 #include "onednn_layout.h"
 #include "stem_conv.h"
+#include "winograd_s2.h"
 
 namespace genkern::cpu {
 namespace {
@@ -79,6 +80,53 @@ at::Tensor as_conv_output(const at::Tensor& y, at::MemoryFormat fmt) {
                                                : y.as_strided({n, c, 1, 1}, {c, 1, 1, 1});
 }
 
+// grad_x and grad_w of conv2d(x, weight) from g (each undefined unless its need_* is set) on the
+// paths other than Winograd's.
+std::pair<at::Tensor, at::Tensor> direct_grads(const at::Tensor& g, const at::Tensor& x,
+                                               const at::Tensor& weight,
+                                               const std::vector<int64_t>& stride,
+                                               const std::vector<int64_t>& padding,
+                                               const std::vector<int64_t>& dilation,
+                                               int64_t groups, bool need_x, bool need_w) {
+  std::array<bool, 2> output_mask = {need_x, need_w};
+  at::Tensor grad_x, grad_w;
+  if ((output_mask[0] || output_mask[1]) &&
+      run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)) {
+    std::tie(grad_x, grad_w) =
+        convolution_backward_in_float32(g, x, weight, stride, padding, dilation,
+                                        /*transposed=*/false, {0, 0}, groups, output_mask[0],
+                                        output_mask[1]);
+    return {grad_x, grad_w};
+  }
+  if ((output_mask[0] || output_mask[1]) &&
+      use_conv2d_gemm(x, weight, groups, g.size(2) * g.size(3))) {
+    std::tie(grad_x, grad_w) = conv2d_gemm_backward(g, x, weight, stride, padding, dilation,
+                                                    output_mask[0], output_mask[1]);
+    return {grad_x, grad_w};
+  }
+  const bool col2im = output_mask[0] && use_col2im(g, weight, groups);
+  if (output_mask[1] && use_stem_conv(x, weight, groups)) {
+    grad_w = std::get<0>(stem_conv2d_param_grads(g, std::nullopt, x, weight, stride, padding,
+                                                 dilation, /*identity*/ 0, 0.0, false));
+    output_mask[1] = false;
+  }
+  if (output_mask[1] && use_conv_wgrad(x, g, groups)) {
+    grad_w = conv2d_weight_grad_avx2(x, g, weight.size(2), weight.size(3), stride, padding,
+                                     dilation)
+                 .contiguous(conv_output_format(x, weight));  // ATen's layout for it
+    output_mask[1] = false;
+  }
+  if ((output_mask[0] && !col2im) || output_mask[1]) {
+    at::Tensor aten_grad_w;
+    std::tie(grad_x, aten_grad_w) = onednn_convolution_backward(
+        g, x, weight, stride, padding, dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
+        groups, output_mask[0] && !col2im, output_mask[1]);
+    if (output_mask[1]) grad_w = aten_grad_w;
+  }
+  if (col2im) grad_x = conv2d_input_grad_col2im(g, x, weight, stride, padding, dilation);
+  return {grad_x, grad_w};
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
@@ -94,8 +142,15 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
   const bool stem = use_stem_conv(x, weight, groups);
   // relu / leaky_relu in the stem kernel's registers unless the pre-activation is kept too
   const bool fused = stem && !save_preact && stem_conv_fuses(activation);
+  // undefined unless it runs by Winograd (and met only finite values, see winograd_s2.h)
   at::Tensor z =
-      stem ? stem_conv2d(x, weight, bias, stride, padding, dilation, fused ? activation : 0,
+      !stem && use_winograd_s2(x, weight, stride, padding, dilation, groups, false)
+          ? winograd_s2_conv2d(x, weight, bias, conv_output_size(x.size(2), 4, 2, 1, 1),
+                               conv_output_size(x.size(3), 4, 2, 1, 1),
+                               conv_output_format(x, weight))
+          : at::Tensor();
+  if (!z.defined())
+    z = stem ? stem_conv2d(x, weight, bias, stride, padding, dilation, fused ? activation : 0,
                          negative_slope)
       : run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)  // see the header
           ? convolution_in_float32(x, weight, bias, stride, padding, dilation,
@@ -141,41 +196,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
                                                output_mask[2], sole_owner(grad_y));
   grad_y = at::Tensor();
   at::Tensor grad_x, grad_w;
-  if ((output_mask[0] || output_mask[1]) &&
-      run_16bit_in_float32(false, x, weight, stride, padding, {0, 0}, dilation)) {
-    std::tie(grad_x, grad_w) =
-        convolution_backward_in_float32(g, x, weight, stride, padding, dilation,
-                                        /*transposed=*/false, {0, 0}, groups, output_mask[0],
-                                        output_mask[1]);
-    return {grad_x, grad_w, grad_bias};
+  // a 4x4 stride-2 layer (see winograd_s2.h): grad_x is conv_transpose2d(g, weight) onto x's
+  // size; each is undefined where a value is not finite, and then comes from the direct paths
+  if (use_winograd_s2(x, weight, stride, padding, dilation, groups, /*transposed=*/false)) {
+    const auto fmt = conv_output_format(x, weight);  // ATen's layout for both
+    if (output_mask[0])
+      grad_x = winograd_s2_conv_transpose2d(g, weight, std::nullopt, x.size(2), x.size(3), fmt);
+    if (output_mask[1] &&
+        use_winograd_s2_weight_grad(x, weight, stride, padding, dilation, groups, false))
+      grad_w = winograd_s2_conv2d_weight_grad(x, g, fmt);
   }
-  if ((output_mask[0] || output_mask[1]) &&
-      use_conv2d_gemm(x, weight, groups, g.size(2) * g.size(3))) {
-    std::tie(grad_x, grad_w) = conv2d_gemm_backward(g, x, weight, stride, padding, dilation,
-                                                    output_mask[0], output_mask[1]);
-    return {grad_x, grad_w, grad_bias};
-  }
-  const bool col2im = output_mask[0] && use_col2im(g, weight, groups);
-  if (output_mask[1] && use_stem_conv(x, weight, groups)) {
-    grad_w = std::get<0>(stem_conv2d_param_grads(g, std::nullopt, x, weight, stride, padding,
-                                                 dilation, /*identity*/ 0, 0.0, false));
-    output_mask[1] = false;
-  }
-  if (output_mask[1] && use_conv_wgrad(x, g, groups)) {
-    grad_w = conv2d_weight_grad_avx2(x, g, weight.size(2), weight.size(3), stride, padding,
-                                     dilation)
-                 .contiguous(conv_output_format(x, weight));  // ATen's layout for it
-    output_mask[1] = false;
-  }
-  if ((output_mask[0] && !col2im) || output_mask[1]) {
-    at::Tensor aten_grad_w;
-    std::tie(grad_x, aten_grad_w) = onednn_convolution_backward(
-        g, x, weight, stride, padding, dilation, /*transposed=*/false, /*output_padding=*/{0, 0},
-        groups, output_mask[0] && !col2im, output_mask[1]);
-    if (output_mask[1]) grad_w = aten_grad_w;
-  }
-  if (col2im) grad_x = conv2d_input_grad_col2im(g, x, weight, stride, padding, dilation);
-  return {grad_x, grad_w, grad_bias};
+  auto [direct_x, direct_w] =
+      direct_grads(g, x, weight, stride, padding, dilation, groups,
+                   output_mask[0] && !grad_x.defined(), output_mask[1] && !grad_w.defined());
+  return {grad_x.defined() ? grad_x : direct_x, grad_w.defined() ? grad_w : direct_w,
+          grad_bias};
 }
 
 }  // namespace genkern::cpu

@@ -19,6 +19,7 @@
 #include "layout_copy.h"
 #include "onednn_layout.h"
 #include "stem_conv.h"
+#include "winograd_s2.h"
 
 namespace genkern::cpu {
 namespace {
@@ -85,42 +86,14 @@ std::pair<at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g, const at::T
   return {gx, gw};
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
-    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> output_padding,
-    std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
-    bool save_preact) {
-  at::Tensor z =
-      is_gemm(x, padding, output_padding, dilation, groups) ? gemm_forward(x, weight, bias)
-      : run_16bit_in_float32(true, x, weight, stride, padding, output_padding, dilation)
-          ? convolution_in_float32(x, weight, bias, stride, padding, dilation,
-                                   /*transposed=*/true, output_padding, groups)
-      : use_col2im(x, weight, groups)
-          ? conv_transpose2d_col2im(x, weight, bias, stride, padding, output_padding, dilation)
-      : use_conv_gemm(x, weight, groups)
-          ? conv_transpose2d_gemm(x, weight, bias, stride, padding, output_padding, dilation)
-          : onednn_convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
-                               output_padding, groups);
-  if (!save_preact) {
-    activation_(z, activation, negative_slope);
-    return {z, at::Tensor()};
-  }
-  at::Tensor y = at::empty_like(z);
-  activation_(z, activation, negative_slope, &y);
-  return {y, z};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu(
-    at::Tensor grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
-    const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding,
-    std::vector<int64_t> output_padding, std::vector<int64_t> dilation, int64_t groups,
-    int64_t activation, double negative_slope, std::array<bool, 3> output_mask) {
-  // handed over by move (ConvAct), grad_y takes g in place; else g is new and grad_y is freed
-  auto [g, grad_bias] = act_backward_bias_grad(grad_y, saved, activation, negative_slope,
-                                               output_mask[2], sole_owner(grad_y));
-  grad_y = at::Tensor();
+// grad_x and grad_w of conv_transpose2d(x, weight) from g (each undefined unless its need_* is
+// set) on the paths other than Winograd's.
+std::pair<at::Tensor, at::Tensor> direct_grads(
+    const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight,
+    const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
+    const std::vector<int64_t>& output_padding, const std::vector<int64_t>& dilation,
+    int64_t groups, bool need_x, bool need_w) {
+  std::array<bool, 2> output_mask = {need_x, need_w};
   at::Tensor grad_x, grad_w;
   if ((output_mask[0] || output_mask[1]) &&
       is_gemm(x, padding, output_padding, dilation, groups)) {
@@ -162,7 +135,69 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
           output_mask[0], output_mask[1]);
     if (output_mask[1]) grad_w = aten_grad_w;
   }
-  return {grad_x, grad_w, grad_bias};
+  return {grad_x, grad_w};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> output_padding,
+    std::vector<int64_t> dilation, int64_t groups, int64_t activation, double negative_slope,
+    bool save_preact) {
+  // undefined unless it runs by Winograd (and met only finite values, see winograd_s2.h)
+  at::Tensor z = use_winograd_s2(x, weight, stride, padding, dilation, groups, true)
+                     ? winograd_s2_conv_transpose2d(x, weight, bias,
+                                                    2 * x.size(2) + output_padding[0],
+                                                    2 * x.size(3) + output_padding[1],
+                                                    conv_output_format(x, weight))
+                     : at::Tensor();
+  if (!z.defined())
+    z = is_gemm(x, padding, output_padding, dilation, groups) ? gemm_forward(x, weight, bias)
+      : run_16bit_in_float32(true, x, weight, stride, padding, output_padding, dilation)
+          ? convolution_in_float32(x, weight, bias, stride, padding, dilation,
+                                   /*transposed=*/true, output_padding, groups)
+      : use_col2im(x, weight, groups)
+          ? conv_transpose2d_col2im(x, weight, bias, stride, padding, output_padding, dilation)
+      : use_conv_gemm(x, weight, groups)
+          ? conv_transpose2d_gemm(x, weight, bias, stride, padding, output_padding, dilation)
+          : onednn_convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
+                               output_padding, groups);
+  if (!save_preact) {
+    activation_(z, activation, negative_slope);
+    return {z, at::Tensor()};
+  }
+  at::Tensor y = at::empty_like(z);
+  activation_(z, activation, negative_slope, &y);
+  return {y, z};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu(
+    at::Tensor grad_y, const std::optional<at::Tensor>& saved, const at::Tensor& x,
+    const at::Tensor& weight, std::vector<int64_t> stride, std::vector<int64_t> padding,
+    std::vector<int64_t> output_padding, std::vector<int64_t> dilation, int64_t groups,
+    int64_t activation, double negative_slope, std::array<bool, 3> output_mask) {
+  // handed over by move (ConvAct), grad_y takes g in place; else g is new and grad_y is freed
+  auto [g, grad_bias] = act_backward_bias_grad(grad_y, saved, activation, negative_slope,
+                                               output_mask[2], sole_owner(grad_y));
+  grad_y = at::Tensor();
+  at::Tensor grad_x, grad_w;
+  // a 4x4 stride-2 layer (see winograd_s2.h): grad_x is conv2d(g, weight) onto x's size, grad_w
+  // the weight gradient of conv2d(g) with x as its output gradient; each is undefined where a
+  // value is not finite, and then comes from the direct paths
+  if (use_winograd_s2(x, weight, stride, padding, dilation, groups, /*transposed=*/true)) {
+    if (output_mask[0])  // in ATen's layouts for them
+      grad_x = winograd_s2_conv2d(g, weight, std::nullopt, x.size(2), x.size(3),
+                                  conv_output_format(x, weight));
+    if (output_mask[1] &&
+        use_winograd_s2_weight_grad(x, weight, stride, padding, dilation, groups, true))
+      grad_w = winograd_s2_conv2d_weight_grad(g, x, conv_output_format(g, weight));
+  }
+  auto [direct_x, direct_w] = direct_grads(g, x, weight, stride, padding, output_padding,
+                                           dilation, groups, output_mask[0] && !grad_x.defined(),
+                                           output_mask[1] && !grad_w.defined());
+  return {grad_x.defined() ? grad_x : direct_x, grad_w.defined() ? grad_w : direct_w,
+          grad_bias};
 }
 
 }  // namespace genkern::cpu

@@ -10,6 +10,7 @@ from genkern.ops import (
     _onednn_layout,  # noqa: F401  (applies GENKERN_CPU_ONEDNN_LAYOUT)
     _prepacked,  # noqa: F401  (applies GENKERN_CPU_PREPACK)
     _stem_conv,  # noqa: F401  (applies GENKERN_CPU_STEM_CONV)
+    _winograd,  # noqa: F401  (applies GENKERN_CPU_WINOGRAD)
 )
 from genkern.ops.batch_norm import batch_norm
 from genkern.ops.conv2d import conv2d
