@@ -101,7 +101,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_winograd_mode", &genkern::cpu::set_winograd_mode);
   m.def("winograd_mode", &genkern::cpu::winograd_mode);
   m.def("use_winograd_s2", &genkern::cpu::use_winograd_s2);
-  m.def("use_winograd_s2_weight_grad", &genkern::cpu::use_winograd_s2_weight_grad);
   m.def("winograd_s2_conv2d", &genkern::cpu::winograd_s2_conv2d);
   m.def("winograd_s2_conv_transpose2d", &genkern::cpu::winograd_s2_conv_transpose2d);
   m.def("winograd_s2_conv2d_weight_grad", &genkern::cpu::winograd_s2_conv2d_weight_grad);

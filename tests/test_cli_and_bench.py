@@ -86,6 +86,36 @@ def test_runner_reports_wrong_and_broken_providers():
     assert broken.status == "error" and "kernel exploded" in broken.message
 
 
+def _kink_case(genkern_fn):
+    """relu over inputs whose element 0 is -1e-7: a provider whose rounding lands it on the
+    other side of the kink flips its mask there, a whole unit of gradient."""
+
+    def make_inputs(device, dtype):
+        x = torch.linspace(-1, 1, 32, device=device, dtype=dtype).reshape(8, 4)
+        x[0, 0] = -1e-7
+        return [x.requires_grad_()]
+
+    case = _tiny_case(genkern_fn)
+    case.make_inputs = make_inputs
+    return case
+
+
+def test_runner_compares_gradients_away_from_an_activations_kink():
+    # the forward within float32 rounding of stock's, one output across relu's kink: the check
+    # zeroes the output gradient there for both and compares the rest
+    flips_one = _kink_case(lambda x, backend: torch.relu(x + 2e-7))
+    ok = _run(flips_one, ["eager", "genkern:cpu"])[1]
+    assert ok.status == "ok" and ok.max_error < 1e-6
+    assert "zeroed at 1 outputs whose sign differs" in ok.message
+    # the same flip with a wrong gradient elsewhere is still wrong
+    wrong_grad = _kink_case(lambda x, backend: torch.relu(x + 2e-7) + 0.1 * (x - x.detach()))
+    wrong = _run(wrong_grad, ["eager", "genkern:cpu"])[1]
+    assert wrong.status == "wrong" and "differs from stock eager" in wrong.message
+    # a forward that differs is wrong whatever the signs
+    off = _run(_kink_case(lambda x, backend: torch.relu(x) * 1.01), ["eager", "genkern:cpu"])[1]
+    assert off.status == "wrong"
+
+
 def _data(results, commit="abc"):
     return {
         "environment": {

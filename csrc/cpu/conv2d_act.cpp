@@ -202,8 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(
     const auto fmt = conv_output_format(x, weight);  // ATen's layout for both
     if (output_mask[0])
       grad_x = winograd_s2_conv_transpose2d(g, weight, std::nullopt, x.size(2), x.size(3), fmt);
-    if (output_mask[1] &&
-        use_winograd_s2_weight_grad(x, weight, stride, padding, dilation, groups, false))
+    if (output_mask[1])
       grad_w = winograd_s2_conv2d_weight_grad(x, g, fmt);
   }
   auto [direct_x, direct_w] =

@@ -189,8 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
     if (output_mask[0])  // in ATen's layouts for them
       grad_x = winograd_s2_conv2d(g, weight, std::nullopt, x.size(2), x.size(3),
                                   conv_output_format(x, weight));
-    if (output_mask[1] &&
-        use_winograd_s2_weight_grad(x, weight, stride, padding, dilation, groups, true))
+    if (output_mask[1])
       grad_w = winograd_s2_conv2d_weight_grad(g, x, conv_output_format(g, weight));
   }
   auto [direct_x, direct_w] = direct_grads(g, x, weight, stride, padding, output_padding,

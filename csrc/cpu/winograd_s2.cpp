@@ -33,9 +33,18 @@ constexpr int kAlpha = 5;                  // input samples per tile and dim, an
 constexpr int kPoints = kAlpha * kAlpha;   // products per 4x4 output tile of one 2-D phase
 constexpr int kTile = 4;                   // outputs per tile and dim (per phase)
 
-// Floats per chunk of the transformed input (V): 16 MB in float32; the chunk's GEMMs then have
-// hundreds of rows or more for a DCGAN's layers.
-constexpr int64_t kChunkFloats = int64_t(1) << 22;
+// The transformed tiles (1.56x the input of a conv2d, 6.25x of a conv_transpose2d) go through in
+// chunks of the batch whose buffer holds at most a quarter of the input's floats, or 512K
+// floats: a training step's memory peak then stays within issue 8's 0.8x of stock's (DCGAN-32
+// 28.1 -> 33.6 MB against stock's 44.8; with 4M-float chunks 48.7). Larger chunks run the GEMMs
+// a few percent faster.
+constexpr int64_t kMinChunkFloats = int64_t(1) << 19;
+
+// Images per chunk when each image's buffers take `per_image` floats.
+int64_t chunk_images(const at::Tensor& x, int64_t per_image) {
+  const int64_t budget = std::max(kMinChunkFloats, x.numel() / 4);
+  return std::clamp<int64_t>(budget / std::max<int64_t>(per_image, 1), 1, x.size(0));
+}
 
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef double f64x4 __attribute__((vector_size(32)));
@@ -397,7 +406,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight,
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const int64_t per_image = g.th * g.tw;
   const int64_t images =
-      std::clamp<int64_t>(kChunkFloats / (g.batches() * per_image * g.k()), 1, g.n);
+      chunk_images(x, g.batches() * per_image * g.k());
   at::Tensor v = at::empty({g.batches(), images * per_image, g.k()}, x.options());
   at::Tensor m = at::empty({g.batches(), images * per_image, co}, x.options());
   bool finite = true;
@@ -431,7 +440,7 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad_y, at::Memory
   const Geometry g = geometry_of(xc, co, gc.size(2), gc.size(3), /*transposed=*/false);
   const int64_t per_image = g.th * g.tw;
   const int64_t images =
-      std::clamp<int64_t>(kChunkFloats / (kPoints * per_image * (g.k() + co)), 1, g.n);
+      chunk_images(x, kPoints * per_image * (g.k() + co));
   at::Tensor du = at::zeros({kPoints, g.k(), co}, x.options());
   at::Tensor v, dm;
   bool finite = true;
@@ -486,26 +495,19 @@ bool use_winograd_s2(const at::Tensor& x, const at::Tensor& weight,
   if (!transposed && (x.size(2) < 2 || x.size(3) < 2)) return false;
   if (x.size(1) != weight.size(transposed ? 0 : 1)) return false;
   if (mode == 2) return true;
-  // auto (measured on the 2-core Zen 1, forward + input gradient through autograd, 2 threads):
-  // float32, 64+ channels on both sides and 64+ tiles of the small side (4x4 pixels per image).
-  // The weights' transform writes 100 values per C_in x C_out pair, which fewer tiles do not pay
-  // back: 512 -> 256 channels 4x4 -> 8x8 at batch 16 (16 tiles) 36 -> 79 ms, at batch 64 1.16x
-  // faster. 32 <-> 64 channels at 7x7 <-> 14x14 (an autoencoder's, a VAE's layers) lose 10-17%:
-  // oneDNN runs those at a higher fraction of its peak.
+  // auto (measured on the 2-core Zen 1 through autograd, 2 threads): float32, 64+ channels on
+  // both sides and 256+ tiles of the small side (4x4 pixels per image) across the batch. The
+  // weight gradient's GEMMs sum over the tiles, which need to be many (ms, genkern's direct AVX2
+  // kernel -> Winograd): 64 -> 128 channels over 1024 tiles 69.5 -> 35.5, over 256 16.5 -> 10.8;
+  // 128 -> 256 over 64 tiles 15.6 -> 16.6, 256 -> 512 69.0 -> 82.1. The weights' transform
+  // writes 100 values per C_in x C_out pair, which few tiles do not pay back: 512 -> 256
+  // channels 4x4 -> 8x8 at batch 16 (16 tiles) 36 -> 79 ms; at batch 64 (64 tiles) 1.16-1.3x
+  // faster, but its 52 MB of transformed weights would lift a DCGAN-64 step's memory peak from
+  // 0.60x stock's to 0.88x. 32 <-> 64 channels at 7x7 <-> 14x14 (an autoencoder's, a VAE's
+  // layers) lose 10-17%: oneDNN runs those near its peak.
   const int64_t cin = x.size(1), cout = transposed ? weight.size(1) : weight.size(0);
-  return dtype == at::kFloat && cin >= 64 && cout >= 64 && small_side_tiles(x, transposed) >= 64;
-}
-
-bool use_winograd_s2_weight_grad(const at::Tensor& x, const at::Tensor& weight,
-                                 const std::vector<int64_t>& stride,
-                                 const std::vector<int64_t>& padding,
-                                 const std::vector<int64_t>& dilation, int64_t groups,
-                                 bool transposed) {
-  // auto: the GEMMs sum over the tiles, which need to be many to run near the peak (2 threads,
-  // genkern's direct AVX2 kernel -> Winograd): 64 -> 128 channels over 1024 tiles 69.5 -> 35.5
-  // ms, over 256 tiles 16.5 -> 10.8; 128 -> 256 over 64 tiles 15.6 -> 16.6, 256 -> 512 69.0 -> 82.1
-  return use_winograd_s2(x, weight, stride, padding, dilation, groups, transposed) &&
-         (g_mode.load(std::memory_order_relaxed) == 2 || small_side_tiles(x, transposed) >= 256);
+  return dtype == at::kFloat && cin >= 64 && cout >= 64 &&
+         small_side_tiles(x, transposed) >= 256;
 }
 
 at::Tensor winograd_s2_conv2d(const at::Tensor& x, const at::Tensor& weight,

@@ -28,17 +28,10 @@ void set_winograd_mode(int64_t mode);
 int64_t winograd_mode();
 
 // Whether conv2d(x, weight) (transposed: conv_transpose2d, weight [C_in, C_out, 4, 4]) with these
-// arguments, and its backward's input gradient, run here.
+// arguments, and its backward's input and weight gradients, run here.
 bool use_winograd_s2(const at::Tensor& x, const at::Tensor& weight,
                      const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
                      const std::vector<int64_t>& dilation, int64_t groups, bool transposed);
-
-// Whether its weight gradient runs here too (a stricter rule: see the .cpp).
-bool use_winograd_s2_weight_grad(const at::Tensor& x, const at::Tensor& weight,
-                                 const std::vector<int64_t>& stride,
-                                 const std::vector<int64_t>& padding,
-                                 const std::vector<int64_t>& dilation, int64_t groups,
-                                 bool transposed);
 
 // All three return an undefined tensor where an input, weight or bias value, or a transformed
 // one, is not finite: a transform's inf - inf would turn an output that should be infinite into
