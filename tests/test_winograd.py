@@ -110,8 +110,8 @@ def test_float32_many_channels(transposed, always):
 @pytest.mark.parametrize("transposed", [False, True])
 def test_batch_in_several_chunks(transposed, always):
     # 64 channels over 32x32 (conv2d) or 16x16 (transposed) inputs: 102,400 transformed floats per
-    # image against chunks of a quarter of the input's floats (at least 512K): 5-6 images per
-    # chunk, a batch of 43 in 8 or 9 of them, the last one shorter
+    # image against chunks of half the input's floats (at least 512K): 5-13 images per chunk, a
+    # batch of 43 in 4 to 9 of them, the last one shorter
     inputs = _dcgan_layer(transposed, batch=43, size=16 if transposed else 32, cout=8)
     fn, ref = _convt_fns(None, 0.01) if transposed else _conv_fns(KW, None, 0.01)
     check_against_reference_unmodified(fn, ref, inputs, torch.float32, "cpu Winograd chunks")

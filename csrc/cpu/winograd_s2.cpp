@@ -34,15 +34,16 @@ constexpr int kPoints = kAlpha * kAlpha;   // products per 4x4 output tile of on
 constexpr int kTile = 4;                   // outputs per tile and dim (per phase)
 
 // The transformed tiles (1.56x the input of a conv2d, 6.25x of a conv_transpose2d) go through in
-// chunks of the batch whose buffer holds at most a quarter of the input's floats, or 512K
-// floats: a training step's memory peak then stays within issue 8's 0.8x of stock's (DCGAN-32
-// 28.1 -> 33.6 MB against stock's 44.8; with 4M-float chunks 48.7). Larger chunks run the GEMMs
-// a few percent faster.
+// chunks of the batch whose buffer holds at most half the input's floats, or 512K floats: a
+// training step's memory peak then stays within issue 8's 0.8x of stock's. One process, peak
+// and step time by the chunk's bound (no Winograd; a quarter; half; the input's size): DCGAN-32
+// 28.1 MB; 33.6, 33.6, 34.8 MB (stock 42.8-44.8); 369, 354, 343 ms; DCGAN-64 114.4 MB; 126.2,
+// 128.6, 135.9 MB (stock 189.1); 2113, 1989, 1891 ms. 16 MB chunks: 48.7 and 165.8 MB.
 constexpr int64_t kMinChunkFloats = int64_t(1) << 19;
 
 // Images per chunk when each image's buffers take `per_image` floats.
 int64_t chunk_images(const at::Tensor& x, int64_t per_image) {
-  const int64_t budget = std::max(kMinChunkFloats, x.numel() / 4);
+  const int64_t budget = std::max(kMinChunkFloats, x.numel() / 2);
   return std::clamp<int64_t>(budget / std::max<int64_t>(per_image, 1), 1, x.size(0));
 }
 
