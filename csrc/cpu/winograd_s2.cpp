@@ -38,7 +38,8 @@ constexpr int kTile = 4;                   // outputs per tile and dim (per phas
 // training step's memory peak then stays within issue 8's 0.8x of stock's. One process, peak
 // and step time by the chunk's bound (no Winograd; a quarter; half; the input's size): DCGAN-32
 // 28.1 MB; 33.6, 33.6, 34.8 MB (stock 42.8-44.8); 369, 354, 343 ms; DCGAN-64 114.4 MB; 126.2,
-// 128.6, 135.9 MB (stock 189.1); 2113, 1989, 1891 ms. 16 MB chunks: 48.7 and 165.8 MB.
+// 128.6, 135.9 MB (stock 189.1); 2113, 1989, 1891 ms. 16 MB chunks, with the 64-tile layers
+// that the rule now leaves out: 48.7 and 165.8 MB.
 constexpr int64_t kMinChunkFloats = int64_t(1) << 19;
 
 // Images per chunk when each image's buffers take `per_image` floats.
@@ -406,8 +407,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight,
   at::Tensor y = at::empty({g.n, co, oh, ow}, x.options().memory_format(cl));
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   const int64_t per_image = g.th * g.tw;
-  const int64_t images =
-      chunk_images(x, g.batches() * per_image * g.k());
+  const int64_t images = chunk_images(x, g.batches() * per_image * g.k());
   at::Tensor v = at::empty({g.batches(), images * per_image, g.k()}, x.options());
   at::Tensor m = at::empty({g.batches(), images * per_image, co}, x.options());
   bool finite = true;
@@ -440,8 +440,7 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad_y, at::Memory
   const int64_t co = gc.size(1);
   const Geometry g = geometry_of(xc, co, gc.size(2), gc.size(3), /*transposed=*/false);
   const int64_t per_image = g.th * g.tw;
-  const int64_t images =
-      chunk_images(x, kPoints * per_image * (g.k() + co));
+  const int64_t images = chunk_images(x, kPoints * per_image * (g.k() + co));
   at::Tensor du = at::zeros({kPoints, g.k(), co}, x.options());
   at::Tensor v, dm;
   bool finite = true;
