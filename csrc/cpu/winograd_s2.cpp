@@ -291,36 +291,60 @@ at::Tensor transformed_weight(const at::Tensor& weight, bool transposed) {
   return transposed ? u : u.transpose(1, 2);
 }
 
+// Runs tile(t, n, ty, tx) for the tiles t < tiles of the chunk starting at image n0 (image n,
+// tile row ty and column tx) on the intra-op threads; whether every call returned true (wrote
+// only finite values).
+template <typename F>
+bool for_each_tile(const Geometry& g, int64_t n0, int64_t tiles, const F& tile) {
+  const int64_t per_image = g.th * g.tw;
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      if (!tile(t, n0 + t / per_image, t % per_image / g.tw, t % g.tw)) finite = false;
+  });
+  return finite;
+}
+
+// pixels[i*4 + j]: output (i, j) of tile (ty, tx) in phase (py, px) of one NHWC image (conv2d:
+// phase 0 only), or null outside the output.
+template <typename P>
+void tile_outputs(P* image, const Geometry& g, int64_t ty, int64_t tx, int py, int px,
+                  P** pixels) {
+  for (int i = 0; i < kTile; ++i)
+    for (int j = 0; j < kTile; ++j) {
+      const int64_t oy = g.transposed ? 2 * (kTile * ty + i) + py : kTile * ty + i;
+      const int64_t ox = g.transposed ? 2 * (kTile * tx + j) + px : kTile * tx + j;
+      pixels[i * kTile + j] = oy < g.oh && ox < g.ow ? image + (oy * g.ow + ox) * g.co : nullptr;
+    }
+}
+
 // Transforms the input tiles of the chunk starting at image n0 into V (rows of K); false where a
 // value is not finite.
 template <typename T>
 bool transform_input(const T* x, const Geometry& g, int64_t n0, int64_t tiles, T* v) {
-  const int64_t per_image = g.th * g.tw, k = g.k(), ld = tiles * k;
-  std::atomic<bool> finite{true};
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t k = g.k(), ld = tiles * k;
+  return for_each_tile(g, n0, tiles, [&](int64_t t, int64_t n, int64_t ty, int64_t tx) {
+    const T* image = x + n * g.h * g.w * g.c;
     const T* src[kPoints];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = n0 + t / per_image, ty = t % per_image / g.tw, tx = t % g.tw;
-      const T* image = x + n * g.h * g.w * g.c;
-      for (int p = 0; p < 4; ++p) {
-        const int py = p / 2, px = p % 2;
-        // first sample and step of the phase's window: conv2d reads every other input pixel
-        const int64_t y0 = g.transposed ? kTile * ty - 1 + py : 2 * kTile * ty - py;
-        const int64_t x0 = g.transposed ? kTile * tx - 1 + px : 2 * kTile * tx - px;
-        const int64_t step = g.transposed ? 1 : 2;
-        for (int q = 0; q < kAlpha; ++q)
-          for (int r = 0; r < kAlpha; ++r) {
-            const int64_t iy = y0 + step * q, ix = x0 + step * r;
-            src[q * kAlpha + r] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w
-                                      ? image + (iy * g.w + ix) * g.c
-                                      : nullptr;
-          }
-        T* dst = g.transposed ? v + p * kPoints * ld + t * k : v + t * k + p * g.c;
-        if (!input_tile(src, g.c, dst, ld)) finite = false;
-      }
+    bool finite = true;
+    for (int p = 0; p < 4; ++p) {
+      const int py = p / 2, px = p % 2;
+      // first sample and step of the phase's window: conv2d reads every other input pixel
+      const int64_t y0 = g.transposed ? kTile * ty - 1 + py : 2 * kTile * ty - py;
+      const int64_t x0 = g.transposed ? kTile * tx - 1 + px : 2 * kTile * tx - px;
+      const int64_t step = g.transposed ? 1 : 2;
+      for (int q = 0; q < kAlpha; ++q)
+        for (int r = 0; r < kAlpha; ++r) {
+          const int64_t iy = y0 + step * q, ix = x0 + step * r;
+          src[q * kAlpha + r] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w
+                                    ? image + (iy * g.w + ix) * g.c
+                                    : nullptr;
+        }
+      T* dst = g.transposed ? v + p * kPoints * ld + t * k : v + t * k + p * g.c;
+      finite &= input_tile(src, g.c, dst, ld);
     }
+    return finite;
   });
-  return finite;
 }
 
 // Writes the output tiles of the chunk starting at image n0 from M (rows of C_out) into y (NHWC);
@@ -328,27 +352,16 @@ bool transform_input(const T* x, const Geometry& g, int64_t n0, int64_t tiles, T
 template <typename T>
 bool transform_output(const T* m, const T* bias, const Geometry& g, int64_t n0, int64_t tiles,
                       T* y) {
-  const int64_t per_image = g.th * g.tw, ld = tiles * g.co;
-  std::atomic<bool> finite{true};
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t ld = tiles * g.co;
+  return for_each_tile(g, n0, tiles, [&](int64_t t, int64_t n, int64_t ty, int64_t tx) {
     T* dst[kTile * kTile];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = n0 + t / per_image, ty = t % per_image / g.tw, tx = t % g.tw;
-      T* image = y + n * g.oh * g.ow * g.co;
-      for (int p = 0; p < (g.transposed ? 4 : 1); ++p) {
-        const int py = p / 2, px = p % 2;
-        for (int i = 0; i < kTile; ++i)
-          for (int j = 0; j < kTile; ++j) {
-            const int64_t oy = g.transposed ? 2 * (kTile * ty + i) + py : kTile * ty + i;
-            const int64_t ox = g.transposed ? 2 * (kTile * tx + j) + px : kTile * tx + j;
-            dst[i * kTile + j] =
-                oy < g.oh && ox < g.ow ? image + (oy * g.ow + ox) * g.co : nullptr;
-          }
-        if (!output_tile(m + p * kPoints * ld + t * g.co, ld, g.co, bias, dst)) finite = false;
-      }
+    bool finite = true;
+    for (int p = 0; p < (g.transposed ? 4 : 1); ++p) {
+      tile_outputs(y + n * g.oh * g.ow * g.co, g, ty, tx, p / 2, p % 2, dst);
+      finite &= output_tile(m + p * kPoints * ld + t * g.co, ld, g.co, bias, dst);
     }
+    return finite;
   });
-  return finite;
 }
 
 // Takes the output gradient's tiles of the chunk starting at image n0 (a conv2d geometry, C_out
@@ -356,22 +369,12 @@ bool transform_output(const T* m, const T* bias, const Geometry& g, int64_t n0, 
 // finite.
 template <typename T>
 bool transform_grad(const T* grad, const Geometry& g, int64_t n0, int64_t tiles, T* dm) {
-  const int64_t per_image = g.th * g.tw, ld = tiles * g.co;
-  std::atomic<bool> finite{true};
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t ld = tiles * g.co;
+  return for_each_tile(g, n0, tiles, [&](int64_t t, int64_t n, int64_t ty, int64_t tx) {
     const T* src[kTile * kTile];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = n0 + t / per_image, ty = t % per_image / g.tw, tx = t % g.tw;
-      const T* image = grad + n * g.oh * g.ow * g.co;
-      for (int i = 0; i < kTile; ++i)
-        for (int j = 0; j < kTile; ++j) {
-          const int64_t oy = kTile * ty + i, ox = kTile * tx + j;
-          src[i * kTile + j] = oy < g.oh && ox < g.ow ? image + (oy * g.ow + ox) * g.co : nullptr;
-        }
-      if (!grad_tile(src, g.co, dm + t * g.co, ld)) finite = false;
-    }
+    tile_outputs(grad + n * g.oh * g.ow * g.co, g, ty, tx, 0, 0, src);
+    return grad_tile(src, g.co, dm + t * g.co, ld);
   });
-  return finite;
 }
 
 // dW [K, C, 4, 4] from dU [25, 4 C, K] (rows (point, phase, c)): each tap (ky, kx) is tap
@@ -429,39 +432,6 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& weight,
   });
   if (!finite) return at::Tensor();
   return y.contiguous(fmt);
-}
-
-// The weight gradient of conv2d(x, w) from grad_y: dU = sum over tiles V^T dM at each point
-// (one batched product per chunk, accumulated in chunk order), then dW by the adjoint of the
-// weights' transform; undefined where a value is not finite.
-at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad_y, at::MemoryFormat fmt) {
-  const auto cl = at::MemoryFormat::ChannelsLast;
-  const at::Tensor xc = x.contiguous(cl), gc = grad_y.contiguous(cl);
-  const int64_t co = gc.size(1);
-  const Geometry g = geometry_of(xc, co, gc.size(2), gc.size(3), /*transposed=*/false);
-  const int64_t per_image = g.th * g.tw;
-  const int64_t images = chunk_images(x, kPoints * per_image * (g.k() + co));
-  at::Tensor du = at::zeros({kPoints, g.k(), co}, x.options());
-  at::Tensor v, dm;
-  bool finite = true;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_s2_weight_grad", [&] {
-    for (int64_t n0 = 0; n0 < g.n && finite; n0 += images) {
-      const int64_t tiles = std::min(images, g.n - n0) * per_image;
-      if (!v.defined() || tiles != v.size(1)) {
-        v = at::empty({kPoints, tiles, g.k()}, x.options());
-        dm = at::empty({kPoints, tiles, co}, x.options());
-      }
-      finite = transform_input(xc.const_data_ptr<scalar_t>(), g, n0, tiles,
-                               v.data_ptr<scalar_t>()) &&
-               transform_grad(gc.const_data_ptr<scalar_t>(), g, n0, tiles,
-                              dm.data_ptr<scalar_t>());
-      if (finite) du.baddbmm_(v.transpose(1, 2), dm);
-    }
-  });
-  if (!finite) return at::Tensor();
-  const at::Tensor dw = weight_from_transformed(du, g.c, co).contiguous(fmt);
-  if (!at::isfinite(dw).all().item<bool>()) return at::Tensor();  // overflowed in a transform
-  return dw;
 }
 
 // Tiles of 4x4 pixels over the small side of a 4x4 stride-2 conv (the conv's output, or the
@@ -522,9 +492,38 @@ at::Tensor winograd_s2_conv_transpose2d(const at::Tensor& x, const at::Tensor& w
   return run(x, weight, bias, weight.size(1), oh, ow, fmt, /*transposed=*/true);
 }
 
+// The weight gradient of conv2d(x, w) from grad_y: dU = sum over tiles V^T dM at each point
+// (one batched product per chunk, accumulated in chunk order), then dW by the adjoint of the
+// weights' transform; undefined where a value is not finite.
 at::Tensor winograd_s2_conv2d_weight_grad(const at::Tensor& x, const at::Tensor& grad_y,
                                           at::MemoryFormat fmt) {
-  return weight_grad(x, grad_y, fmt);
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor xc = x.contiguous(cl), gc = grad_y.contiguous(cl);
+  const int64_t co = gc.size(1);
+  const Geometry g = geometry_of(xc, co, gc.size(2), gc.size(3), /*transposed=*/false);
+  const int64_t per_image = g.th * g.tw;
+  const int64_t images = chunk_images(x, kPoints * per_image * (g.k() + co));
+  at::Tensor du = at::zeros({kPoints, g.k(), co}, x.options());
+  at::Tensor v, dm;
+  bool finite = true;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_s2_weight_grad", [&] {
+    for (int64_t n0 = 0; n0 < g.n && finite; n0 += images) {
+      const int64_t tiles = std::min(images, g.n - n0) * per_image;
+      if (!v.defined() || tiles != v.size(1)) {
+        v = at::empty({kPoints, tiles, g.k()}, x.options());
+        dm = at::empty({kPoints, tiles, co}, x.options());
+      }
+      finite = transform_input(xc.const_data_ptr<scalar_t>(), g, n0, tiles,
+                               v.data_ptr<scalar_t>()) &&
+               transform_grad(gc.const_data_ptr<scalar_t>(), g, n0, tiles,
+                              dm.data_ptr<scalar_t>());
+      if (finite) du.baddbmm_(v.transpose(1, 2), dm);
+    }
+  });
+  if (!finite) return at::Tensor();
+  const at::Tensor dw = weight_from_transformed(du, g.c, co).contiguous(fmt);
+  if (!at::isfinite(dw).all().item<bool>()) return at::Tensor();  // overflowed in a transform
+  return dw;
 }
 
 }  // namespace genkern::cpu
