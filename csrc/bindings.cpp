@@ -110,6 +110,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("stem_conv_mode", &genkern::cpu::stem_conv_mode);
   m.def("use_stem_conv", &genkern::cpu::use_stem_conv);
   m.def("avx512_kernels_enabled", &genkern::cpu::avx512_kernels_enabled);
+  m.def("blas_runs_avx512", &genkern::cpu::blas_runs_avx512);
+  m.def("blas_as_wide_as_onednn", &genkern::cpu::blas_as_wide_as_onednn);
   m.def("avx2_kernels_enabled", &genkern::cpu::avx2_kernels_enabled);
   // NCHW convs run by oneDNN in channels_last where timed faster (see onednn_layout.h)
   m.def("set_onednn_layout_mode", &genkern::cpu::set_onednn_layout_mode);

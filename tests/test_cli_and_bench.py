@@ -210,3 +210,16 @@ def test_model_cases_count_the_stock_models_matmul_flops():
     # forward, plus each layer's weight gradient and every input gradient but the image's
     step = 128 * (3 * expected - 2 * 3 * 32 * 9 * 32 * 32)
     assert train.flops_on(torch.device("cpu"), torch.float32) == step
+
+
+def test_cpu_peak_is_the_faster_gemm_engine():
+    """The CPU's matmul peak is the faster of ATen's mm (MKL) and oneDNN (a 1x1 conv) on the same
+    product, each engine's rate kept; the report names both."""
+    peaks = runner.measure_peaks(torch.device("cpu"), quick=True)
+    engines = peaks["matmul_fp32_flops_by_engine"]
+    assert set(engines) == {"blas", "onednn"} and min(engines.values()) > 0
+    assert peaks["matmul_fp32_flops"] == max(engines.values())
+    data = dict(_data([]), peaks=peaks)
+    assert "(the faster of ATen's mm " in report.markdown(data)
+    del data["peaks"]["matmul_fp32_flops_by_engine"]  # results.json files from before it
+    assert "the faster of" not in report.markdown(data)

@@ -117,30 +117,34 @@ def _dcgan_g2(layout, batch=3, cin=512, size=4, cout=8):
     return [t.requires_grad_() for t in (x, w, b)], dict(stride=2, padding=1)
 
 
-def _auto_matches_onednn_layouts(fn, inputs):
-    """The output's and the input gradient's layouts under mode auto, checked to be those of the
-    oneDNN path (mode never); returns the output's strides."""
+def _gemm_matches_onednn_layouts(fn, inputs):
+    """The output's and the input gradient's layouts on the GEMM path (mode always), checked to
+    be those of the oneDNN path (mode never); returns the output's strides."""
     x = inputs[0]
     results = {}
-    for name in ("auto", "never"):
+    for name in ("always", "never"):
         with _conv_gemm.mode(name):
             y = fn(*inputs)
             gx = torch.autograd.grad(y, x, torch.ones_like(y))[0]
             results[name] = (y.stride(), gx.stride())
-    assert results["auto"] == results["never"]
-    return results["auto"][0]
+    assert results["always"] == results["never"]
+    return results["always"][0]
 
 
+# The rule takes its shapes only where ATen's GEMMs run vectors as wide as oneDNN's convs (not
+# MKL's AVX2 code on an AMD AVX-512 CPU, test_small_gemm.py::test_blas_width); the float32 checks
+# run the GEMM path on every CPU.
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_auto_rule_float32(layout):
     inputs, kw = _dcgan_g2(layout)
     x, w, _ = inputs
     with _conv_gemm.mode("auto"):
-        assert _ext._C.use_conv_gemm(x, w, 1)
+        assert _ext._C.use_conv_gemm(x, w, 1) == _ext._C.blas_as_wide_as_onednn()
         assert not _ext._C.use_conv_gemm(x.double(), w.double(), 1)  # float64: oneDNN
-        fn, ref = ct._fns(kw, "relu", 0.01, "cpu")
-        testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv GEMM auto")
-    strides = _auto_matches_onednn_layouts(fn, inputs)
+    fn, ref = ct._fns(kw, "relu", 0.01, "cpu")
+    with _conv_gemm.mode("always"):
+        testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv GEMM float32")
+    strides = _gemm_matches_onednn_layouts(fn, inputs)
     assert strides == F.conv_transpose2d(*inputs, **kw).stride()
 
 
@@ -156,11 +160,12 @@ def test_auto_rule_conv2d_float32(layout):
     inputs, kw = [t.requires_grad_() for t in (x, w, b)], dict(stride=2, padding=1)
     fn, ref = _conv_fns(kw, "leaky_relu", 0.2)
     with _conv_gemm.mode("auto"):
-        assert _ext._C.use_conv2d_gemm(x, w, 1, 16)
+        assert _ext._C.use_conv2d_gemm(x, w, 1, 16) == _ext._C.blas_as_wide_as_onednn()
         assert not _ext._C.use_conv2d_gemm(x, w, 1, 64)  # 8x8 outputs
         assert not _ext._C.use_conv2d_gemm(x, w[:256], 1, 16)  # 256 output channels
-        testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv2d GEMM auto")
-    strides = _auto_matches_onednn_layouts(fn, inputs)
+    with _conv_gemm.mode("always"):
+        testing.check_against_reference(fn, ref, inputs, torch.float32, "cpu conv2d GEMM float32")
+    strides = _gemm_matches_onednn_layouts(fn, inputs)
     assert strides == F.conv2d(*inputs, **kw).stride()
 
 

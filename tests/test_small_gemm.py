@@ -107,6 +107,30 @@ def test_bits_do_not_depend_on_threads(m, k, n, act, slope):
         assert torch.equal(a, c)
 
 
+def _cpuinfo_vendor_and_flags():
+    with open("/proc/cpuinfo") as f:
+        fields = dict(
+            line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line
+        )
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("vendor_id", ""), set(fields.get("flags", "").split())
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/proc/cpuinfo") or os.uname().machine != "x86_64",
+    reason="reads the CPU's vendor and flags from Linux's /proc/cpuinfo on x86-64",
+)
+def test_blas_width():
+    """Which GEMM engine runs the wider vectors, from the CPU's vendor and flags as Linux reports
+    them: MKL runs AVX-512 kernels only on Intel's AVX-512 CPUs (elsewhere its AVX2 code), so the
+    paths that trade oneDNN's convs for ATen's GEMMs (Winograd, conv GEMM) pay only where it runs
+    as wide as oneDNN."""
+    vendor, flags = _cpuinfo_vendor_and_flags()
+    avx512 = "avx512f" in flags
+    assert genkern._ext._C.blas_runs_avx512() == (avx512 and vendor == "GenuineIntel")
+    assert genkern._ext._C.blas_as_wide_as_onednn() == (not avx512 or vendor == "GenuineIntel")
+
+
 @pytest.mark.skipif(
     os.environ.get("GENKERN_CPU_NO_AVX2", "0") not in ("", "0"), reason="already the portable code"
 )

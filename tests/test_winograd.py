@@ -212,13 +212,16 @@ def _eligible(x, w, transposed):
 
 def test_auto_rule():
     z = torch.zeros
+    # its GEMMs are ATen's: only where they run vectors as wide as oneDNN's convs (not MKL's AVX2
+    # code on an AMD AVX-512 CPU, test_small_gemm.py::test_blas_width)
+    wide = _ext._C.blas_as_wide_as_onednn()
     with _winograd.mode("auto"):
         # DCGAN-64 at batch 64, 256+ tiles of the small side: the generator's 256 -> 128 (8x8 in)
         # and 128 -> 64, the discriminator's 64 -> 128 (16x16 out) and 128 -> 256 (8x8 out)
-        assert _eligible(z(64, 256, 8, 8), z(256, 128, 4, 4), True)
-        assert _eligible(z(64, 128, 16, 16), z(128, 64, 4, 4), True)
-        assert _eligible(z(64, 64, 32, 32), z(128, 64, 4, 4), False)
-        assert _eligible(z(64, 128, 16, 16), z(256, 128, 4, 4), False)
+        assert _eligible(z(64, 256, 8, 8), z(256, 128, 4, 4), True) == wide
+        assert _eligible(z(64, 128, 16, 16), z(128, 64, 4, 4), True) == wide
+        assert _eligible(z(64, 64, 32, 32), z(128, 64, 4, 4), False) == wide
+        assert _eligible(z(64, 128, 16, 16), z(256, 128, 4, 4), False) == wide
         # 64 tiles (the 512-channel layers at 4x4): their transformed weights cost memory and
         # time that 64 tiles do not pay back
         assert not _eligible(z(64, 512, 4, 4), z(512, 256, 4, 4), True)
@@ -249,16 +252,20 @@ def test_auto_rule():
 @pytest.mark.parametrize("transposed", [False, True])
 def test_auto_matches_the_direct_path(transposed):
     # a DCGAN-64 layer at batch 16 (256 tiles of the transposed conv's 16x16 input, of the
-    # conv's 16x16 output) under the rule: float32 results within float32 rounding of oneDNN's
+    # conv's 16x16 output), a shape the rule takes where ATen's GEMMs are as wide as oneDNN's:
+    # float32 results within float32 rounding of oneDNN's
     inputs = _dcgan_layer(transposed, batch=16, cin=64, size=16 if transposed else 32, cout=64)
+    with _winograd.mode("auto"):
+        wide = _ext._C.blas_as_wide_as_onednn()
+        assert _eligible(inputs[0], inputs[1], transposed) == wide
     results = {}
-    for name in ("auto", "never"):
+    for name in ("always", "never"):
         with _winograd.mode(name):
-            assert _eligible(inputs[0], inputs[1], transposed) == (name == "auto")
+            assert _eligible(inputs[0], inputs[1], transposed) == (name == "always")
             fn, ref = _convt_fns("relu", 0.01) if transposed else _conv_fns(KW, "relu", 0.01)
             y = fn(*inputs)
             results[name] = (y, *torch.autograd.grad(y, inputs, torch.ones_like(y)))
-    for a, b in zip(results["auto"], results["never"]):
+    for a, b in zip(results["always"], results["never"]):
         assert a.stride() == b.stride()
         testing.assert_close_to_reference(a, b.double(), torch.float32, "Winograd vs direct")
 

@@ -306,8 +306,10 @@ bool gemm_pays(at::ScalarType dtype, int64_t groups, int64_t in, int64_t pixels,
   if (mode == 2) return dtype == at::kFloat || dtype == at::kDouble;
   // measured (interleaved f+b, 2-core Xeon, k4 s2; benchmarks/README.md): a long inner dim over
   // few pixels. Wins: 384 and 512 channels over 2x2-4x4 (1.1-3x); losses: 256 over 4x4 (0.7-1.0x),
-  // anything over 8x8 (0.5-0.9x)
-  return dtype == at::kFloat && in >= 384 && pixels <= 16;
+  // anything over 8x8 (0.5-0.9x). Its GEMMs are ATen's: where they run narrower vectors than
+  // oneDNN's convs, it loses (2-core Zen 5, MKL's AVX2 code: D 256 -> 512 36.7 -> 73.2 ms, G 512
+  // -> 256 41.8 -> 73.0)
+  return blas_as_wide_as_onednn() && dtype == at::kFloat && in >= 384 && pixels <= 16;
 }
 
 }  // namespace

@@ -147,4 +147,15 @@ bool cpu_has_avx512() {
 #endif
 }
 
+bool blas_runs_avx512() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  static const bool intel = (__builtin_cpu_init(), __builtin_cpu_is("intel") != 0);
+  return cpu_has_avx512() && intel;
+#else
+  return false;
+#endif
+}
+
+bool blas_as_wide_as_onednn() { return !cpu_has_avx512() || blas_runs_avx512(); }
+
 }  // namespace genkern::cpu

@@ -67,8 +67,18 @@ void small_gemm_f32(const GemmArgs& g);
 // Whether small_gemm_f32 is expected to beat ATen's mm (MKL) on an [M, K] x [K, N] product.
 bool small_gemm_wins(int64_t M, int64_t N, int64_t K);
 
-// Whether this CPU has AVX-512 (where MKL's AVX-512 kernels win most products, see linear_act.cpp).
+// Whether this CPU has AVX-512.
 bool cpu_has_avx512();
+
+// Whether ATen's float32 GEMM (MKL in torch's x86 builds) runs its AVX-512 kernels: an AVX-512 CPU
+// of Intel's (there MKL's wider kernels win most products, see linear_act.cpp). On other vendors'
+// CPUs MKL takes its AVX2 code, AVX-512 ones included: on a 2-core Zen 5, torch.mm ran 2048^3 at
+// 191 GFLOP/s and oneDNN's 1x1 conv (AVX-512) the same product at 412.
+bool blas_runs_avx512();
+
+// Whether ATen's GEMM runs vectors as wide as oneDNN's convs: no AVX-512, or blas_runs_avx512().
+// Paths that trade a conv (oneDNN's) for GEMMs (ATen's) pay only where it holds.
+bool blas_as_wide_as_onednn();
 
 // Whether genkern's AVX2 kernels run: AVX2 and FMA, GENKERN_CPU_NO_AVX2 unset.
 bool avx2_kernels_enabled();

@@ -17,6 +17,7 @@
 #include "conv_geometry.h"
 #include "cpu_clones.h"
 #include "path_mode.h"
+#include "small_gemm.h"  // blas_as_wide_as_onednn
 
 namespace genkern::cpu {
 namespace {
@@ -475,8 +476,11 @@ bool use_winograd_s2(const at::Tensor& x, const at::Tensor& weight,
   // faster, but its 52 MB of transformed weights would lift a DCGAN-64 step's memory peak from
   // 0.60x stock's to 0.88x. 32 <-> 64 channels at 7x7 <-> 14x14 (an autoencoder's, a VAE's
   // layers) lose 10-17%: oneDNN runs those near its peak.
+  // Its GEMMs are ATen's: where they run narrower vectors than oneDNN's convs (MKL's AVX2 code on
+  // an AMD AVX-512 CPU), it loses (2-core Zen 5, forward + backward, ms: D 64 -> 128 46.6 -> 65.3,
+  // G 256 -> 128 33.4 -> 55.3).
   const int64_t cin = x.size(1), cout = transposed ? weight.size(1) : weight.size(0);
-  return dtype == at::kFloat && cin >= 64 && cout >= 64 &&
+  return blas_as_wide_as_onednn() && dtype == at::kFloat && cin >= 64 && cout >= 64 &&
          small_side_tiles(x, transposed) >= 256;
 }
 
