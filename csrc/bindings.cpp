@@ -20,6 +20,7 @@
 #include "cpu/losses_autograd.h"
 #include "cpu/batch_norm_act.h"
 #include "cpu/pool.h"
+#include "cpu/onednn_matmul.h"
 #include "cpu/winograd_s2.h"
 #include "genkern/activation.h"
 
@@ -97,6 +98,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_conv_wgrad_mode", &genkern::cpu::set_conv_wgrad_mode);
   m.def("conv_wgrad_mode", &genkern::cpu::conv_wgrad_mode);
   m.def("use_conv_wgrad", &genkern::cpu::use_conv_wgrad);
+  // products on oneDNN's matmul where MKL runs narrower vectors (see onednn_matmul.h)
+  m.def("set_onednn_matmul_mode", &genkern::cpu::set_onednn_matmul_mode);
+  m.def("onednn_matmul_mode", &genkern::cpu::onednn_matmul_mode);
+  m.def("use_onednn_matmul", &genkern::cpu::use_onednn_matmul);
+  m.def("onednn_matmul", &genkern::cpu::onednn_matmul);
   // 4x4 stride-2 convs in both directions by Winograd F(4, 2) (see winograd_s2.h)
   m.def("set_winograd_mode", &genkern::cpu::set_winograd_mode);
   m.def("winograd_mode", &genkern::cpu::winograd_mode);

@@ -18,6 +18,7 @@
 
 #include "dot_gemm.h"
 #include "epilogue.h"
+#include "onednn_matmul.h"
 #include "small_gemm.h"
 
 namespace genkern::cpu {
@@ -49,19 +50,26 @@ void small_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   small_gemm_f32(g);
 }
 
+bool small_gemm_takes(const at::Tensor& a, const at::Tensor& b) {
+  return is_f32(a) && is_f32(b) && !blas_runs_avx512() &&
+         small_gemm_wins(a.size(0), b.size(1), a.size(1));
+}
+
 }  // namespace
 
 // out = a @ b (the backward's products; conv_gemm's too), by the small kernel where it beats
-// ATen's. On AVX-512 CPUs MKL's kernel won every one measured with our AVX2 tile (a 2-core Xeon,
+// ATen's. On Intel's AVX-512 CPUs MKL's kernel won every one measured with our AVX2 tile (a 2-core Xeon,
 // hot, the whole backward of one layer: vae-mu 38 -> 25 us, cifar-fc2 54 -> 36, vae-dec1 79 ->
 // 64, cifar-fc3 11 -> 8) and all but one with the AVX-512 tile (cifar-fc2 grad_x 16.5 vs 12.2 us,
 // vae-dec1 20 vs 14; vae-mu's grad_x 16.5 vs 18), on AVX2 ones ours (small_gemm_wins), and on
 // AVX-512 CPUs where MKL runs its AVX2 code (a 2-core Zen 5, forward + backward against stock:
-// vae-mu 1.37 -> 2.06x, cifar-fc2 1.23 -> 1.69x, cifar-fc3 1.14 -> 1.63x).
+// vae-mu 1.37 -> 2.06x, cifar-fc2 1.23 -> 1.69x, cifar-fc3 1.14 -> 1.63x). Larger products go
+// to oneDNN's matmul where MKL runs narrower vectors than it (onednn_matmul.h).
 void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (is_f32(a) && is_f32(b) && !blas_runs_avx512() &&
-      small_gemm_wins(a.size(0), b.size(1), a.size(1)))
+  if (small_gemm_takes(a, b))
     small_mm_into(out, a, b);
+  else if (use_onednn_matmul(a, b))
+    out.copy_(onednn_matmul(a, b));  // oneDNN writes a new tensor: gemm() takes it as it is
   else
     at::mm_out(out, a, b);
 }
@@ -69,6 +77,7 @@ void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
 namespace {
 
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
+  if (!small_gemm_takes(a, b) && use_onednn_matmul(a, b)) return onednn_matmul(a, b);
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
   gemm_into(out, a, b);
   return out;
@@ -80,9 +89,10 @@ at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
 // a layer's whole forward + backward): vae-enc1 1131 -> 1091 us, vae-dec2 1169 -> 1131 (stock
 // 1144 / 1200), cifar-fc1 234 -> 219, cifar-fc2 104 -> 97, vae-mu 80 -> 77; a product of 0.1M
 // multiply-adds (cifar-fc3) gains nothing.
+// Not where oneDNN takes the products: its own two-thread split runs AVX-512.
 bool side_by_side(const at::Tensor& g, const at::Tensor& x) {
   constexpr int64_t kMinMacs = 512 * 1024;  // of each product
-  return at::get_num_threads() == 2 && !at::in_parallel_region() &&
+  return at::get_num_threads() == 2 && !at::in_parallel_region() && !use_onednn_matmul(g, x) &&
          g.size(0) * g.size(1) * x.size(1) >= kMinMacs;
 }
 
@@ -133,8 +143,9 @@ std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& x,
   // inside the fp32 accumulators, one rounding.
   const bool bias_after =
       has_bias && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
-  at::Tensor z =
-      has_bias && !bias_after ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  at::Tensor z = has_bias && !bias_after        ? at::addmm(*bias, x, weight.t())
+                  : use_onednn_matmul(x, weight) ? onednn_matmul(x, weight.t())
+                                                 : at::mm(x, weight.t());
   at::Tensor y = save_preact ? at::empty_like(z) : z;
   if (bias_after)
     bias_activation_(z, *bias, activation, negative_slope, save_preact ? &y : nullptr);

@@ -8,6 +8,7 @@ from genkern.ops import (
     _dot_gemm,  # noqa: F401  (applies GENKERN_CPU_DOT_GEMM)
     _head_convt,  # noqa: F401  (applies GENKERN_CPU_HEAD_CONVT)
     _onednn_layout,  # noqa: F401  (applies GENKERN_CPU_ONEDNN_LAYOUT)
+    _onednn_matmul,  # noqa: F401  (applies GENKERN_CPU_ONEDNN_MATMUL)
     _prepacked,  # noqa: F401  (applies GENKERN_CPU_PREPACK)
     _stem_conv,  # noqa: F401  (applies GENKERN_CPU_STEM_CONV)
     _winograd,  # noqa: F401  (applies GENKERN_CPU_WINOGRAD)

@@ -2,7 +2,8 @@
 at import and changeable at run time: the packed-weight conv path (_prepacked), the few-channel
 col2im path (_col2im), the batched-GEMM deconv path (_conv_gemm), the linear forward's
 dot-product GEMM (_dot_gemm), the first-layer conv kernels (_stem_conv), oneDNN's layout for NCHW
-convs (_onednn_layout) and the Winograd 4x4 stride-2 convs (_winograd) each have one."""
+convs (_onednn_layout), the Winograd 4x4 stride-2 convs (_winograd) and oneDNN's matmul for the
+dense layers' products (_onednn_matmul) each have one."""
 
 from __future__ import annotations
 
