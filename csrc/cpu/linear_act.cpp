@@ -58,13 +58,13 @@ bool small_gemm_takes(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace
 
 // out = a @ b (the backward's products; conv_gemm's too), by the small kernel where it beats
-// ATen's. On Intel's AVX-512 CPUs MKL's kernel won every one measured with our AVX2 tile (a
-// 2-core Xeon, hot, the whole backward of one layer: vae-mu 38 -> 25 us, cifar-fc2 54 -> 36,
-// vae-dec1 79 -> 64, cifar-fc3 11 -> 8) and all but one with the AVX-512 tile (cifar-fc2 grad_x 16.5 vs 12.2 us,
-// vae-dec1 20 vs 14; vae-mu's grad_x 16.5 vs 18), on AVX2 ones ours (small_gemm_wins), and on
+// ATen's. On Intel's AVX-512 CPUs MKL's kernel won every one measured with our AVX2 tile (a 2-core
+// Xeon, hot, the whole backward of one layer: vae-mu 38 -> 25 us, cifar-fc2 54 -> 36, vae-dec1
+// 79 -> 64, cifar-fc3 11 -> 8) and all but one with the AVX-512 tile (cifar-fc2 grad_x 16.5 vs 12.2
+// us, vae-dec1 20 vs 14; vae-mu's grad_x 16.5 vs 18), on AVX2 ones ours (small_gemm_wins), and on
 // AVX-512 CPUs where MKL runs its AVX2 code (a 2-core Zen 5, forward + backward against stock:
-// vae-mu 1.37 -> 2.06x, cifar-fc2 1.23 -> 1.69x, cifar-fc3 1.14 -> 1.63x). Larger products go
-// to oneDNN's matmul where MKL runs narrower vectors than it (onednn_matmul.h).
+// vae-mu 1.37 -> 2.06x, cifar-fc2 1.23 -> 1.69x, cifar-fc3 1.14 -> 1.63x). Larger products go to
+// oneDNN's matmul where MKL runs narrower vectors than it (onednn_matmul.h).
 void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   if (small_gemm_takes(a, b))
     small_mm_into(out, a, b);
