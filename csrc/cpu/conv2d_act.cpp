@@ -160,13 +160,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_act_forward_cpu(
           : onednn_convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/false,
                                /*output_padding=*/{0, 0}, groups);
   if (fused) return {z, at::Tensor()};
-  if (!save_preact) {
-    activation_(z, activation, negative_slope);
-    return {z, at::Tensor()};
-  }
-  at::Tensor y = at::empty_like(z);
-  activation_(z, activation, negative_slope, &y);
-  return {y, z};
+  return activation_epilogue(z, activation, negative_slope, save_preact);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_act_backward_cpu(

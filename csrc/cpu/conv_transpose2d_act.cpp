@@ -163,13 +163,7 @@ std::tuple<at::Tensor, at::Tensor> conv_transpose2d_act_forward_cpu(
           ? conv_transpose2d_gemm(x, weight, bias, stride, padding, output_padding, dilation)
           : onednn_convolution(x, weight, bias, stride, padding, dilation, /*transposed=*/true,
                                output_padding, groups);
-  if (!save_preact) {
-    activation_(z, activation, negative_slope);
-    return {z, at::Tensor()};
-  }
-  at::Tensor y = at::empty_like(z);
-  activation_(z, activation, negative_slope, &y);
-  return {y, z};
+  return activation_epilogue(z, activation, negative_slope, save_preact);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu(

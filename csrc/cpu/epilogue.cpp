@@ -204,6 +204,17 @@ void activation_(at::Tensor& z, int64_t activation, double negative_slope, at::T
   });
 }
 
+std::pair<at::Tensor, at::Tensor> activation_epilogue(at::Tensor z, int64_t activation,
+                                                      double negative_slope, bool save_preact) {
+  if (!save_preact) {
+    activation_(z, activation, negative_slope);
+    return {z, at::Tensor()};
+  }
+  at::Tensor y = at::empty_like(z);
+  activation_(z, activation, negative_slope, &y);
+  return {y, z};
+}
+
 std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad(const at::Tensor& grad_y,
                                                           const std::optional<at::Tensor>& saved,
                                                           int64_t activation, double negative_slope,

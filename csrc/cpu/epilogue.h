@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <tuple>
+#include <utility>
 
 namespace genkern::cpu {
 
@@ -14,6 +15,11 @@ namespace genkern::cpu {
 // pre-activation the backward needs and act(z) goes to *act_out.
 void activation_(at::Tensor& z, int64_t activation, double negative_slope,
                  at::Tensor* act_out = nullptr);
+
+// The forward's activation pass over a fresh pre-activation z: {act(z) in z's storage, undefined}
+// or, when the backward needs the pre-activation (save_preact), {act(z) in a new tensor, z}.
+std::pair<at::Tensor, at::Tensor> activation_epilogue(at::Tensor z, int64_t activation,
+                                                      double negative_slope, bool save_preact);
 
 // z <- z + bias (along the last of its two dims) and act(.), as activation_ does (act_out: z keeps
 // the pre-activation), in one pass where the activation's math is ours (identity, relu,

@@ -447,13 +447,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_forward_recording(
   // a pass of the activation over the pooled output (a quarter of the input for 2x2 pools)
   auto [z, idx] = max_pool2d_act(x, kernel, stride, padding, dilation, out_size,
                                  Activation::kIdentity, 0.0, kind);
-  if (!save_preact) {
-    activation_(z, activation, negative_slope);
-    return {z, idx, at::Tensor()};
-  }
-  at::Tensor y = at::empty_like(z);
-  activation_(z, activation, negative_slope, &y);
-  return {y, idx, z};
+  auto [y, preact] = activation_epilogue(z, activation, negative_slope, save_preact);
+  return {y, idx, preact};
 }
 
 }  // namespace
