@@ -116,6 +116,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("stem_conv_mode", &genkern::cpu::stem_conv_mode);
   m.def("use_stem_conv", &genkern::cpu::use_stem_conv);
   m.def("avx512_kernels_enabled", &genkern::cpu::avx512_kernels_enabled);
+  m.def("cpu_is_intel", &genkern::cpu::cpu_is_intel);
   m.def("blas_runs_avx512", &genkern::cpu::blas_runs_avx512);
   m.def("blas_as_wide_as_onednn", &genkern::cpu::blas_as_wide_as_onednn);
   m.def("avx2_kernels_enabled", &genkern::cpu::avx2_kernels_enabled);

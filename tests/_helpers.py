@@ -58,3 +58,23 @@ def run_without_avx512(test_file: str, select: str) -> None:
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert " passed" in run.stdout and " skipped" not in run.stdout, run.stdout[-3000:]
+
+
+def assert_same_bits_without_avx512(script: str, tmp_path, env: dict | None = None) -> None:
+    """Runs `script` (python -c; it saves a list of tensors to the path in sys.argv[1]) twice, on
+    the AVX-512 kernels and with GENKERN_CPU_NO_AVX512=1 on the AVX2 ones, and checks that both
+    give the same bits."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
+    outs = {}
+    for name, off in (("avx512", "0"), ("avx2", "1")):
+        run_env = dict(os.environ, GENKERN_CPU_NO_AVX512=off, **(env or {}))
+        run_env["PYTHONPATH"] = os.pathsep.join([root, run_env.get("PYTHONPATH", "")])
+        path = tmp_path / f"{name}.pt"
+        run = subprocess.run(
+            [sys.executable, "-c", script, str(path)], env=run_env, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        outs[name] = torch.load(path)
+    assert len(outs["avx512"]) == len(outs["avx2"]) > 0
+    for a, c in zip(outs["avx512"], outs["avx2"]):
+        assert torch.equal(a, c)

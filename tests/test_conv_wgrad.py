@@ -1,6 +1,8 @@
 """The cpu backend's conv weight-gradient kernels (csrc/cpu/conv_wgrad.h, switched by
-genkern/ops/_conv_wgrad.py): AVX2 tiles over channels_last tensors with input channels a multiple
-of 16, for conv2d's weight gradient and (roles swapped) conv_transpose2d's. They take float32 only:
+genkern/ops/_conv_wgrad.py): AVX2 tiles (6 x 16) over channels_last tensors with input channels
+a multiple of 16, AVX-512 tiles (12 x 32) where the CPU has AVX-512 and the input channels are a
+multiple of 32 (the same bits), for conv2d's weight gradient and (roles swapped)
+conv_transpose2d's. They take float32 only:
 every case runs in float32 against the float64 reference (float64 never reaches them: ATen's
 kernels, covered by the float64 grids and gradcheck of test_conv2d.py / test_conv_transpose2d.py).
 The kernel itself is checked over geometries that stress its pixel blocks and tiles (ragged
@@ -12,7 +14,11 @@ import test_col2im_path as col2im_tests
 import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
-from _helpers import check_against_reference_unmodified, check_mode_switch
+from _helpers import (
+    assert_same_bits_without_avx512,
+    check_against_reference_unmodified,
+    check_mode_switch,
+)
 
 from genkern import _ext, backends, testing
 from genkern.ops import _conv_wgrad
@@ -60,6 +66,10 @@ KERNEL_CASES = [
     (1, 16, 2, 300, 5, (1, 3), (1, 1), (0, 1), (1, 1)),  # a row wider than a block
     (2, 48, 6, 6, 20, (1, 1), (1, 1), (0, 0), (1, 1)),  # 1x1 kernel, 3 column blocks
     (2, 16, 10, 11, 4, (2, 2), (3, 3), (0, 0), (1, 1)),  # stride > kernel: skipped pixels
+    # multiples of 32 channels: the AVX-512 tile where there is one, 12 x 32
+    (3, 64, 8, 8, 25, (4, 4), (2, 2), (1, 1), (1, 1)),  # 12 + 12 + 1 channels, 2 column blocks
+    (2, 96, 6, 5, 11, (1, 1), (1, 1), (0, 0), (1, 1)),  # one 11-channel tile, 3 column blocks
+    (2, 32, 9, 7, 12, (3, 3), (1, 1), (1, 1), (1, 1)),  # one full tile, odd sizes
 ]
 
 
@@ -213,9 +223,15 @@ def test_mode_switch():
 def test_auto_rule():
     x = torch.randn(2, 64, 16, 16).contiguous(memory_format=CL)
     g = torch.randn(2, 128, 8, 8).contiguous(memory_format=CL)
+    avx512, intel = _ext._C.avx512_kernels_enabled(), _ext._C.cpu_is_intel()
     with _conv_wgrad.mode("auto"):
-        # AVX-512 CPUs keep oneDNN's AVX-512 weight gradient
-        assert _ext._C.use_conv_wgrad(x, g, 1) == (not _ext._C.avx512_kernels_enabled())
+        # AVX2 CPUs: every layer it takes; AVX-512 ones: AMD's (measured), 64+ channels a
+        # multiple of 32 (the CNN's 32 -> 64 3x3 stays on oneDNN); Intel's keep oneDNN's
+        assert _ext._C.use_conv_wgrad(x, g, 1) == (not avx512 or not intel)
+        x32 = torch.randn(2, 32, 16, 16).contiguous(memory_format=CL)
+        assert _ext._C.use_conv_wgrad(x32, g, 1) == (not avx512)
+        x80 = torch.randn(2, 80, 16, 16).contiguous(memory_format=CL)
+        assert _ext._C.use_conv_wgrad(x80, g, 1) == (not avx512)
         assert not _ext._C.use_conv_wgrad(x.contiguous(), g.contiguous(), 1)  # NCHW
         assert not _ext._C.use_conv_wgrad(x[:, :40], g, 1)  # 40 channels
         assert not _ext._C.use_conv_wgrad(x, g, 2)  # groups
@@ -241,3 +257,26 @@ def test_opcheck_backward_ops_through_the_kernels(always):
     for mask in ([True, True, True], [False, True, False]):
         args = (gy, None, g, wt, [2, 2], [1, 1], [0, 0], [1, 1], 1, 0, 0.01, mask, "cpu")
         torch.library.opcheck(torch.ops.genkern.conv_transpose2d_act_backward.default, args)
+
+
+_TILE_BITS = """
+import sys, torch
+import genkern._ext as e
+gen = torch.Generator().manual_seed(5)
+CL = torch.channels_last
+outs = []
+for c, k in [(32, 13), (64, 25), (96, 7)]:
+    x = torch.randn(3, c, 10, 8, generator=gen).contiguous(memory_format=CL)
+    g = torch.randn(3, k, 5, 4, generator=gen).contiguous(memory_format=CL)
+    outs.append(e._C.conv2d_weight_grad_avx2(x, g, 4, 4, [2, 2], [1, 1], [1, 1]))
+torch.save(outs, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(
+    not _ext._C.avx512_kernels_enabled(), reason="needs a CPU with AVX-512 (the 12 x 32 tile)"
+)
+def test_avx512_tile_gives_the_avx2_tiles_bits(tmp_path):
+    """The 12 x 32 AVX-512 tile and the 6 x 16 AVX2 one sum each element as the same chain of
+    FMAs over the same pixel blocks: the same bits, over row tails and several column blocks."""
+    assert_same_bits_without_avx512(_TILE_BITS, tmp_path)

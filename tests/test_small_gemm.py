@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from _helpers import assert_same_bits_without_avx512
 from conftest import grid_backends
 
 import genkern
@@ -182,19 +183,7 @@ torch.save(outs, sys.argv[1])
 def test_avx512_tile_gives_the_avx2_tiles_bits(tmp_path):
     """The 12-row AVX-512 tile and the 6-row AVX2 one sum each element as the same chain of FMAs:
     the same bits, over tiles with every row and column tail (the forward's packed products)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
-    outs = {}
-    for name, off in (("avx512", "0"), ("avx2", "1")):
-        env = dict(os.environ, GENKERN_CPU_NO_AVX512=off, **NO_DOT)
-        env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-        path = tmp_path / f"{name}.pt"
-        run = subprocess.run(
-            [sys.executable, "-c", _TILE_BITS, str(path)], env=env, capture_output=True, text=True
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
-        outs[name] = torch.load(path)
-    for a, c in zip(outs["avx512"], outs["avx2"]):
-        assert torch.equal(a, c)
+    assert_same_bits_without_avx512(_TILE_BITS, tmp_path, NO_DOT)
 
 
 def test_backward_products_side_by_side_leave_no_history():

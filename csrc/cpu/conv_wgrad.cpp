@@ -23,8 +23,9 @@ namespace {
 
 std::atomic<int64_t> g_mode{1};  // genkern/ops/_conv_wgrad.py sets it from GENKERN_CPU_CONV_WGRAD
 
-constexpr int64_t kTileRows = 6;      // output channels per tile (broadcast from g)
-constexpr int64_t kTileCols = 16;     // input channels per tile (two ymm of x)
+// The AVX2 tile (the AVX-512 one: 12 x 32): output channels (broadcast from g) x input channels
+constexpr int64_t kTileRows = 6;
+constexpr int64_t kTileCols = 16;
 constexpr int64_t kBlockPixels = 128;  // output pixels per block: x and g rows stay in L2
 
 // The conv's geometry, channels innermost: element (n, h, w, c) of x at n xs0 + h xs2 + w xs3 + c.
@@ -32,53 +33,68 @@ struct Wgrad {
   int64_t n, c, h, w, k, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw;
   int64_t xs0, xs2, xs3, gs0, gs2, gs3;
   int64_t taps() const { return kh * kw; }
-  int64_t tiles() const { return (k + kTileRows - 1) / kTileRows * taps() * (c / kTileCols); }
 };
 
 #if GK_WGRAD_X86
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-
-// The tile's 6 x 2 accumulators a<r>_<v> as named variables (GCC keeps an array in memory).
-#define GK_W_ROWS(F) F(0) F(1) F(2) F(3) F(4) F(5)
-#define GK_W_ACC(r) __m256 a##r##_0 = _mm256_setzero_ps(), a##r##_1 = a##r##_0;
-#define GK_W_FMA(r)                                 \
-  if constexpr (R > r) {                            \
-    const __m256 gv = _mm256_broadcast_ss(gp + r);  \
-    a##r##_0 = _mm256_fmadd_ps(gv, x0, a##r##_0);   \
-    a##r##_1 = _mm256_fmadd_ps(gv, x1, a##r##_1);   \
-  }
-#define GK_W_STORE(r)                                                                 \
-  if constexpr (R > r) {                                                              \
-    float* q = d + r * ldd;                                                           \
-    _mm256_storeu_ps(q, first ? a##r##_0 : _mm256_add_ps(_mm256_loadu_ps(q), a##r##_0)); \
-    _mm256_storeu_ps(q + 8,                                                           \
-                     first ? a##r##_1 : _mm256_add_ps(_mm256_loadu_ps(q + 8), a##r##_1)); \
-  }
-
-// d[r * ldd + j] (+)= sum_i g[goff[i] + r] * x[xoff[i] + j] for r < R, j < 16: stored when first,
-// added otherwise.
-template <int R>
-void tile(const float* g, const float* x, const int64_t* goff, const int64_t* xoff, int64_t count,
-          float* d, int64_t ldd, bool first) {
-  GK_W_ROWS(GK_W_ACC)
-  for (int64_t i = 0; i < count; ++i) {
-    const float* gp = g + goff[i];
-    const float* xp = x + xoff[i];
-    const __m256 x0 = _mm256_loadu_ps(xp), x1 = _mm256_loadu_ps(xp + 8);
-    GK_W_ROWS(GK_W_FMA)
-  }
-  GK_W_ROWS(GK_W_STORE)
-}
-
-#undef GK_W_ROWS
-#undef GK_W_ACC
-#undef GK_W_FMA
-#undef GK_W_STORE
+#define GK_WT_NS wgrad_avx2
+#define GK_WT_VEC __m256
+#define GK_WT_LANES 8
+#define GK_WT_ZERO _mm256_setzero_ps
+#define GK_WT_LOAD _mm256_loadu_ps
+#define GK_WT_STORE _mm256_storeu_ps
+#define GK_WT_SET1 _mm256_set1_ps
+#define GK_WT_FMA _mm256_fmadd_ps
+#define GK_WT_ADD _mm256_add_ps
+#include "conv_wgrad_tile.h"
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#undef GK_WT_NS
+#undef GK_WT_VEC
+#undef GK_WT_LANES
+#undef GK_WT_ZERO
+#undef GK_WT_LOAD
+#undef GK_WT_STORE
+#undef GK_WT_SET1
+#undef GK_WT_FMA
+#undef GK_WT_ADD
+#define GK_WT_NS wgrad_avx512
+#define GK_WT_VEC __m512
+#define GK_WT_LANES 16
+#define GK_WT_ZERO _mm512_setzero_ps
+#define GK_WT_LOAD _mm512_loadu_ps
+#define GK_WT_STORE _mm512_storeu_ps
+#define GK_WT_SET1 _mm512_set1_ps
+#define GK_WT_FMA _mm512_fmadd_ps
+#define GK_WT_ADD _mm512_add_ps
+#include "conv_wgrad_tile.h"
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
 
 using TileFn = void (*)(const float*, const float*, const int64_t*, const int64_t*, int64_t,
                         float*, int64_t, bool);
-constexpr TileFn kTiles[kTileRows] = {tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+
+// A kernel's tile: rows (output channels) x cols (input channels), tiles[r - 1] for r rows.
+struct Kernel {
+  int64_t rows, cols;
+  const TileFn* tiles;
+};
+namespace a2 = wgrad_avx2;
+namespace a5 = wgrad_avx512;
+constexpr TileFn kTiles256[] = {a2::tile<1>, a2::tile<2>, a2::tile<3>,
+                                a2::tile<4>, a2::tile<5>, a2::tile<6>};
+constexpr TileFn kTiles512[] = {a5::tile<1>, a5::tile<2>, a5::tile<3>,  a5::tile<4>,
+                                a5::tile<5>, a5::tile<6>, a5::tile<7>,  a5::tile<8>,
+                                a5::tile<9>, a5::tile<10>, a5::tile<11>, a5::tile<12>};
+constexpr Kernel kAvx2{kTileRows, kTileCols, kTiles256};
+constexpr Kernel kAvx512{12, 32, kTiles512};
+
+int64_t tile_count(const Wgrad& s, const Kernel& kn) {
+  return (s.k + kn.rows - 1) / kn.rows * s.taps() * (s.c / kn.cols);
+}
 
 // For the output rows [r0, r1) (row = n * oh + y), the offsets in g and x of each tap's valid
 // (output pixel, input pixel) pairs, in pixel order: goff/xoff[tap * cap + i], i < count[tap].
@@ -103,20 +119,21 @@ void list_pairs(const Wgrad& s, int64_t r0, int64_t r1, int64_t cap, int64_t* go
   }
 }
 
-// dW [k, taps, c] for tiles [t0, t1): tile t = (t / (taps * cb)) 6-channel row block, then tap,
-// then 16-channel column block. Every block of output rows in order, its pair lists made once.
-void weight_grad_tiles(const Wgrad& s, const float* g, const float* x, float* grad_w, int64_t t0,
-                       int64_t t1) {
+// dW [k, taps, c] for tiles [t0, t1): tile t = (t / (taps * cb)) row block of kn.rows channels,
+// then tap, then column block of kn.cols. Every block of output rows in order, its pair lists
+// made once.
+void weight_grad_tiles(const Wgrad& s, const Kernel& kn, const float* g, const float* x,
+                       float* grad_w, int64_t t0, int64_t t1) {
   const int64_t rows = s.n * s.oh, block = std::max<int64_t>(1, kBlockPixels / s.ow);
-  const int64_t cap = block * s.ow, taps = s.taps(), cblocks = s.c / kTileCols;
+  const int64_t cap = block * s.ow, taps = s.taps(), cblocks = s.c / kn.cols;
   std::vector<int64_t> goff(taps * cap), xoff(taps * cap), count(taps);
   const int64_t ldd = taps * s.c;
   for (int64_t r0 = 0; r0 < rows; r0 += block) {
     list_pairs(s, r0, std::min(rows, r0 + block), cap, goff.data(), xoff.data(), count.data());
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t k0 = t / (taps * cblocks) * kTileRows, tap = t / cblocks % taps;
-      const int64_t c0 = t % cblocks * kTileCols;
-      kTiles[std::min(kTileRows, s.k - k0) - 1](g + k0, x + c0, goff.data() + tap * cap,
+      const int64_t k0 = t / (taps * cblocks) * kn.rows, tap = t / cblocks % taps;
+      const int64_t c0 = t % cblocks * kn.cols;
+      kn.tiles[std::min(kn.rows, s.k - k0) - 1](g + k0, x + c0, goff.data() + tap * cap,
                                                  xoff.data() + tap * cap, count[tap],
                                                  grad_w + k0 * ldd + tap * s.c + c0, ldd, r0 == 0);
     }
@@ -143,7 +160,13 @@ int64_t conv_wgrad_mode() { return g_mode.load(); }
 
 bool use_conv_wgrad(const at::Tensor& input, const at::Tensor& grad, int64_t groups) {
   const int64_t mode = g_mode.load(std::memory_order_relaxed);
-  return mode != 0 && !(mode == 1 && avx512_kernels_enabled()) && supported(input, grad, groups);
+  if (mode == 0 || !supported(input, grad, groups)) return false;
+  if (mode == 2 || !avx512_kernels_enabled()) return true;
+  // AVX-512 (the 12 x 32 tile), measured on AMD's (2-core Zen 5, 2 threads, ms, oneDNN ->
+  // genkern): 4x4 stride 2, batch 64, 64 -> 128 channels 32x32 12.0 -> 10.9, 128 -> 256 12.4 ->
+  // 9.3, 256 -> 512 13.7 -> 7.8, 128 -> 64 3.6 -> 2.5; 3x3 stride 1, batch 128, 64 -> 128 at 8x8
+  // 2.65 -> 2.43 but 32 -> 64 at 16x16 3.29 -> 3.47. Intel's, unmeasured, keep oneDNN's.
+  return !cpu_is_intel() && input.size(1) % 32 == 0 && input.size(1) >= 64;
 }
 
 at::Tensor conv2d_weight_grad_avx2(const at::Tensor& input, const at::Tensor& grad, int64_t kh,
@@ -175,8 +198,9 @@ at::Tensor conv2d_weight_grad_avx2(const at::Tensor& input, const at::Tensor& gr
   const float* g = grad.const_data_ptr<float>();
   const float* x = input.const_data_ptr<float>();
   float* d = dw.data_ptr<float>();
-  at::parallel_for(0, s.tiles(), 1, [&](int64_t t0, int64_t t1) {
-    weight_grad_tiles(s, g, x, d, t0, t1);
+  const Kernel& kn = avx512_kernels_enabled() && s.c % kAvx512.cols == 0 ? kAvx512 : kAvx2;
+  at::parallel_for(0, tile_count(s, kn), 1, [&](int64_t t0, int64_t t1) {
+    weight_grad_tiles(s, kn, g, x, d, t0, t1);
   });
 #endif
   return dw;

@@ -147,14 +147,16 @@ bool cpu_has_avx512() {
 #endif
 }
 
-bool blas_runs_avx512() {
+bool cpu_is_intel() {
 #if defined(__GNUC__) && defined(__x86_64__)
   static const bool intel = (__builtin_cpu_init(), __builtin_cpu_is("intel") != 0);
-  return cpu_has_avx512() && intel;
+  return intel;
 #else
   return false;
 #endif
 }
+
+bool blas_runs_avx512() { return cpu_has_avx512() && cpu_is_intel(); }
 
 bool blas_as_wide_as_onednn() { return !cpu_has_avx512() || blas_runs_avx512(); }
 

@@ -70,6 +70,9 @@ bool small_gemm_wins(int64_t M, int64_t N, int64_t K);
 // Whether this CPU has AVX-512.
 bool cpu_has_avx512();
 
+// Whether this CPU is Intel's (x86-64; false elsewhere).
+bool cpu_is_intel();
+
 // Whether ATen's float32 GEMM (MKL in torch's x86 builds) runs its AVX-512 kernels: an AVX-512 CPU
 // of Intel's (there MKL's wider kernels win most products, see linear_act.cpp). On other vendors'
 // CPUs MKL takes its AVX2 code, AVX-512 ones included: on a 2-core Zen 5, torch.mm ran 2048^3 at
