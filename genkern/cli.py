@@ -10,6 +10,26 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _cpu_kernels(c) -> str:
+    """Which of genkern's CPU kernel builds run here, and how the auto rules read ATen's GEMM
+    (MKL) against oneDNN on this CPU."""
+    isa = (
+        "AVX-512"
+        if c.avx512_kernels_enabled()
+        else "AVX2"
+        if c.avx2_kernels_enabled()
+        else "baseline (no AVX2)"
+    )
+    if c.blas_as_wide_as_onednn():
+        gemm = "ATen's GEMM runs vectors as wide as oneDNN's"
+    else:
+        gemm = (
+            "ATen's GEMM (MKL) runs narrower vectors than oneDNN's here: the Winograd and "
+            "conv-GEMM paths stay off in auto, the dense layers' products run on oneDNN's matmul"
+        )
+    return f"{isa}; {gemm}"
+
+
 def cmd_info(args) -> int:
     import genkern
     from genkern import _ext, backends
@@ -27,6 +47,8 @@ def cmd_info(args) -> int:
         "C++ extension genkern._C: "
         + ("built" if _ext.HAS_CPU else f"not built ({_ext.LOAD_ERROR})")
     )
+    if _ext.HAS_CPU:
+        lines.append("CPU kernels: " + _cpu_kernels(_ext._C))
     lines.append("CUDA kernels in genkern._C: " + ("built" if _ext.HAS_CUDA else "not built"))
     devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     lines.append("backends (float32):")

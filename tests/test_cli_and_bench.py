@@ -161,6 +161,12 @@ def test_cli_info_runs():
         [sys.executable, "-m", "genkern", "info"], capture_output=True, text=True, check=True
     ).stdout
     assert "genkern" in out and "backends" in out and "auto ->" in out
+    from genkern import _ext
+
+    if _ext.HAS_CPU:  # the CPU kernels' line states how ATen's GEMM compares with oneDNN's here
+        wide = _ext._C.blas_as_wide_as_onednn()
+        assert ("runs vectors as wide as oneDNN's" in out) == wide
+        assert ("runs narrower vectors than oneDNN's" in out) == (not wide)
 
 
 def test_cli_check_passes_on_this_machine(capsys):
