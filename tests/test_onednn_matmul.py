@@ -1,10 +1,12 @@
 """The dense layers' products on oneDNN's matmul (csrc/cpu/onednn_matmul.h, switched by
 genkern/ops/_onednn_matmul.py), taken in auto where ATen's GEMM (MKL) runs narrower vectors than
-oneDNN: linear's forward and both backward products, run through it on any CPU with mode
-"always" (float32 against the float64 reference, every gradient, strided operands, inputs
-unchanged, opcheck), the path checked to be the one taken, and the rule."""
+oneDNN: linear's forward and both backward products, and a transposed conv of a 1x1 input (a
+DCGAN generator's first layer, one GEMM), run through it on any CPU with mode "always" (float32
+against the float64 reference, every gradient, strided operands, inputs unchanged, opcheck), the
+path checked to be the one taken, and the rule."""
 
 import pytest
+import test_conv_transpose2d as ct
 import test_linear as tl
 import torch
 from _helpers import check_against_reference_unmodified, check_mode_switch
@@ -73,6 +75,29 @@ def test_each_product_is_taken(needs):
             assert _onednn_calls(step) == 1 + needs[0] + needs[1]
         with _onednn_matmul.mode("never"):
             assert _onednn_calls(step) == 0
+
+
+# a DCGAN-64 generator's first layer at a small batch: z (1x1) -> 4x4, as one GEMM
+# (n, c, h, w, oc, k, stride, padding, output_padding, groups, dilation, bias)
+HEAD_CASES = [
+    (8, 100, 1, 1, 64, 4, 1, 0, 0, 1, 1, True),
+    (5, 40, 1, 1, 72, 4, 1, 0, 0, 1, 1, False),
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", HEAD_CASES, ids=ct._case_id)
+def test_conv_transpose2d_of_a_1x1_input(case, layout, always):
+    inputs, kw = ct._make(case, torch.float32, layout, device="cpu")
+    fn, ref = ct._fns(kw, "relu", 0.01, "cpu")
+    check_against_reference_unmodified(fn, ref, inputs, torch.float32, "cpu oneDNN matmul, head")
+
+    def step():
+        y = fn(*inputs)
+        wanted = [t for t in inputs if t is not None]
+        torch.autograd.grad(y, wanted, torch.ones_like(y))
+
+    assert _onednn_calls(step) == 3  # the forward and both gradients' products
 
 
 def test_rule():

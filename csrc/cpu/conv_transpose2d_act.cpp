@@ -7,9 +7,7 @@
 // convolution_backward(transposed=true) for only the gradients asked for.
 #include "conv_transpose2d_act.h"
 
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/mm.h>
 
 #include "col2im_path.h"
 #include "conv_geometry.h"
@@ -18,6 +16,7 @@
 #include "epilogue.h"
 #include "layout_copy.h"
 #include "onednn_layout.h"
+#include "onednn_matmul.h"
 #include "stem_conv.h"
 #include "winograd_s2.h"
 
@@ -58,15 +57,12 @@ at::Tensor gemm_forward(const at::Tensor& x, const at::Tensor& weight,
   const bool hwc = conv_output_format(x, weight) == at::MemoryFormat::ChannelsLast;
   const at::Tensor x2 = x.reshape({x.size(0), x.size(1)});
   const at::Tensor w2 = weight_matrix(weight, hwc);
-  at::Tensor z2;
+  std::optional<at::Tensor> row;
   if (bias.has_value() && bias->defined()) {
     const int64_t taps = weight.size(2) * weight.size(3);
-    const at::Tensor row = hwc ? bias->repeat({taps}) : bias->repeat_interleave(taps);
-    z2 = at::addmm(row, x2, w2);
-  } else {
-    z2 = at::mm(x2, w2);
+    row = hwc ? bias->repeat({taps}) : bias->repeat_interleave(taps);
   }
-  return unflatten(z2, weight, hwc);
+  return unflatten(matmul_on_either(x2, w2, row), weight, hwc);
 }
 
 // grad_x and grad_w of gemm_forward from the output gradient g.
@@ -78,10 +74,12 @@ std::pair<at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g, const at::T
                             : g.reshape({g.size(0), -1});
   at::Tensor gx, gw;
   if (need_x)  // in x's exact strides (its size-1 dims make the layout ambiguous)
-    gx = at::empty_like(x).copy_(at::mm(g2, weight_matrix(weight, hwc).t()).view(x.sizes()));
+    gx = at::empty_like(x).copy_(
+        matmul_on_either(g2, weight_matrix(weight, hwc).t()).view(x.sizes()));
   if (need_w) {
     const at::Tensor x2 = x.reshape({x.size(0), x.size(1)});
-    gw = unflatten(at::mm(x2.t(), g2), weight, hwc).contiguous(weight.suggest_memory_format());
+    gw = unflatten(matmul_on_either(x2.t(), g2), weight, hwc)
+             .contiguous(weight.suggest_memory_format());
   }
   return {gx, gw};
 }

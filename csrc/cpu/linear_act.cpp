@@ -143,9 +143,8 @@ std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& x,
   // inside the fp32 accumulators, one rounding.
   const bool bias_after =
       has_bias && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
-  at::Tensor z = has_bias && !bias_after        ? at::addmm(*bias, x, weight.t())
-                  : use_onednn_matmul(x, weight) ? onednn_matmul(x, weight.t())
-                                                 : at::mm(x, weight.t());
+  at::Tensor z = has_bias && !bias_after ? at::addmm(*bias, x, weight.t())
+                                         : matmul_on_either(x, weight.t());
   at::Tensor y = save_preact ? at::empty_like(z) : z;
   if (bias_after)
     bias_activation_(z, *bias, activation, negative_slope, save_preact ? &y : nullptr);

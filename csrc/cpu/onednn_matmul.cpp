@@ -1,6 +1,8 @@
 #include "onednn_matmul.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
 #include <c10/core/Scalar.h>
 
 #include <atomic>
@@ -49,10 +51,18 @@ bool use_onednn_matmul(const at::Tensor& a, const at::Tensor& b) {
   return mode == 2 || !blas_as_wide_as_onednn();
 }
 
-at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b) {
-  // X W^T with W = b^T (a view: oneDNN takes its strides)
-  return linear_pointwise()->call(a, b.t(), std::nullopt, "none",
+at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b,
+                         const std::optional<at::Tensor>& bias) {
+  // X W^T + B with W = b^T (a view: oneDNN takes its strides)
+  return linear_pointwise()->call(a, b.t(), bias, "none",
                                   c10::List<std::optional<c10::Scalar>>(), std::nullopt);
+}
+
+at::Tensor matmul_on_either(const at::Tensor& a, const at::Tensor& b,
+                            const std::optional<at::Tensor>& bias) {
+  if (use_onednn_matmul(a, b) && (!bias.has_value() || bias->scalar_type() == at::kFloat))
+    return onednn_matmul(a, b, bias);
+  return bias.has_value() ? at::addmm(*bias, a, b) : at::mm(a, b);
 }
 
 }  // namespace genkern::cpu

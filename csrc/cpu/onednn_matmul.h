@@ -3,9 +3,13 @@
 // Zen 5 the dense layers' products ran 2.0-2.3x faster (128 x 3136 x 256: 212 -> 465 GFLOP/s,
 // 128 x 784 x 400: 213 -> 454, 2048^3: 210 -> 478), in every orientation the linear backward
 // takes (x W^T, g W, g^T x). Where MKL runs AVX-512 (Intel's) or neither has it, mm stays.
+// Callers: linear_act.cpp (the dense layers) and conv_transpose2d_act.cpp (a transposed conv of a
+// 1x1 input, one GEMM).
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <optional>
 
 namespace genkern::cpu {
 
@@ -17,7 +21,13 @@ int64_t onednn_matmul_mode();
 // Whether a @ b (2-D, strided) goes to oneDNN under the mode; false where torch lacks the op.
 bool use_onednn_matmul(const at::Tensor& a, const at::Tensor& b);
 
-// a @ b, a new contiguous [a.size(0), b.size(1)] tensor, on oneDNN's matmul.
-at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b);
+// a @ b (+ bias, [b.size(1)], added to each row), a new contiguous [a.size(0), b.size(1)]
+// tensor, on oneDNN's matmul.
+at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b,
+                         const std::optional<at::Tensor>& bias = std::nullopt);
+
+// a @ b (+ bias) on oneDNN's matmul where use_onednn_matmul, else ATen's mm (addmm).
+at::Tensor matmul_on_either(const at::Tensor& a, const at::Tensor& b,
+                            const std::optional<at::Tensor>& bias = std::nullopt);
 
 }  // namespace genkern::cpu

@@ -1,4 +1,5 @@
-"""The dense layers' products (linear's forward and both backward products) on oneDNN's matmul
+"""The dense layers' products (linear's forward and both backward products; a transposed conv of
+a 1x1 input, a generator's first layer, is one GEMM too) on oneDNN's matmul
 (torch's mkldnn::_linear_pointwise) instead of ATen's mm (MKL), csrc/cpu/onednn_matmul.h: on AMD's
 AVX-512 CPUs MKL runs its AVX2 code and oneDNN its AVX-512 kernels, 2.0-2.3x faster.
 
