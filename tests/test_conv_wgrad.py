@@ -274,7 +274,8 @@ torch.save(outs, sys.argv[1])
 
 
 @pytest.mark.skipif(
-    not _ext._C.avx512_kernels_enabled(), reason="needs a CPU with AVX-512 (the 12 x 32 tile)"
+    not (_ext.HAS_CPU and _ext._C.avx512_kernels_enabled()),
+    reason="needs the C++ extension and a CPU with AVX-512 (the 12 x 32 tile)",
 )
 def test_avx512_tile_gives_the_avx2_tiles_bits(tmp_path):
     """The 12 x 32 AVX-512 tile and the 6 x 16 AVX2 one sum each element as the same chain of
