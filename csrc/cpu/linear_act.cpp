@@ -10,7 +10,6 @@
 #include "linear_act.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
@@ -77,9 +76,9 @@ void gemm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
 namespace {
 
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
-  if (!small_gemm_takes(a, b) && use_onednn_matmul(a, b)) return onednn_matmul(a, b);
+  if (!small_gemm_takes(a, b)) return matmul_on_either(a, b);  // oneDNN's result as it is
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
-  gemm_into(out, a, b);
+  small_mm_into(out, a, b);
   return out;
 }
 
@@ -143,8 +142,8 @@ std::tuple<at::Tensor, at::Tensor> linear_act_forward_cpu(const at::Tensor& x,
   // inside the fp32 accumulators, one rounding.
   const bool bias_after =
       has_bias && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
-  at::Tensor z = has_bias && !bias_after ? at::addmm(*bias, x, weight.t())
-                                         : matmul_on_either(x, weight.t());
+  at::Tensor z = matmul_on_either(
+      x, weight.t(), has_bias && !bias_after ? std::optional<at::Tensor>(*bias) : std::nullopt);
   at::Tensor y = save_preact ? at::empty_like(z) : z;
   if (bias_after)
     bias_activation_(z, *bias, activation, negative_slope, save_preact ? &y : nullptr);
