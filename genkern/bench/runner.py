@@ -102,10 +102,7 @@ def measure_peaks(device: torch.device, quick: bool = False) -> dict:
     numel = (32 if device.type == "cpu" else 256) * 2**20
     src = torch.empty(numel, device=device).uniform_()
     dst = torch.empty_like(src)
-    cp = lambda: dst.copy_(src)
-    cp()
-    _sync(device)
-    tc = statistics.median(time_callable(cp, device, 5, 50, 1.0 if quick else 3.0))
+    tc = _median_ms(lambda: dst.copy_(src), device, quick)
     return {
         "matmul_fp32_flops": 2.0 * n**3 / (t * 1e-3),
         "matmul_fp32_flops_by_engine": {k: 2.0 * n**3 / (v * 1e-3) for k, v in engines.items()},
