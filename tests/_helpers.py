@@ -42,12 +42,19 @@ def check_mode_switch(switch, what: str, current_mode) -> None:
             assert current_mode() == switch.MODES.index(name)
 
 
+def subprocess_env(**overrides: str) -> dict:
+    """os.environ with `overrides` and this checkout first on PYTHONPATH: the environment of a
+    subprocess that must import this genkern (settings read once per process go in overrides)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
+    env = dict(os.environ, **overrides)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    return env
+
+
 def run_without_avx512(test_file: str, select: str) -> None:
     """Runs test_file's tests matching `select` in a subprocess with GENKERN_CPU_NO_AVX512=1 (read
     once per process), so that an AVX-512 CPU runs them on the AVX2 kernels too; none may skip."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
-    env = dict(os.environ, GENKERN_CPU_NO_AVX512="1")
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    env = subprocess_env(GENKERN_CPU_NO_AVX512="1")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test_file]
         + ["-k", select],
@@ -64,11 +71,9 @@ def assert_same_bits_without_avx512(script: str, tmp_path, env: dict | None = No
     """Runs `script` (python -c; it saves a list of tensors to the path in sys.argv[1]) twice, on
     the AVX-512 kernels and with GENKERN_CPU_NO_AVX512=1 on the AVX2 ones, and checks that both
     give the same bits."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
     outs = {}
     for name, off in (("avx512", "0"), ("avx2", "1")):
-        run_env = dict(os.environ, GENKERN_CPU_NO_AVX512=off, **(env or {}))
-        run_env["PYTHONPATH"] = os.pathsep.join([root, run_env.get("PYTHONPATH", "")])
+        run_env = subprocess_env(GENKERN_CPU_NO_AVX512=off, **(env or {}))
         path = tmp_path / f"{name}.pt"
         run = subprocess.run(
             [sys.executable, "-c", script, str(path)], env=run_env, capture_output=True, text=True

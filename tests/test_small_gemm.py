@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from _helpers import assert_same_bits_without_avx512
+from _helpers import assert_same_bits_without_avx512, subprocess_env
 from conftest import grid_backends
 
 import genkern
@@ -137,9 +137,7 @@ def test_blas_width():
 )
 def test_portable_code_without_avx2():
     """The same tail tests with GENKERN_CPU_NO_AVX2=1 (read once per process: a subprocess)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
-    env = dict(os.environ, GENKERN_CPU_NO_AVX2="1", **NO_DOT)
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    env = subprocess_env(GENKERN_CPU_NO_AVX2="1", **NO_DOT)
     out = subprocess.run(
         [
             sys.executable,
@@ -219,8 +217,7 @@ def test_backward_pair_side_by_side_on_onednn_matmul():
     """With fp32 matmul precision bf16 the pair's products run on oneDNN inside the parallel region
     (oneDNN's conv backward deadlocks there: its weight-gradient reduction waits for the threads it
     planned for); they must finish, and agree with stock's."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env()
     run = subprocess.run(
         [sys.executable, "-c", _ONEDNN_PAIR], env=env, capture_output=True, text=True, timeout=300
     )
