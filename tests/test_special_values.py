@@ -106,6 +106,28 @@ def test_gan_losses_at_infinite_logits(backend, kind):
         assert gr[0] == 0 and gf[0] == 0
 
 
+def test_cpu_tanh_within_2_ulp_of_float64():
+    """The CPU's float32 tanh (exp_math.h's tanh_full, not ATen's) on a dense sweep of [-12, 12],
+    tiny values, the 0.625 switch between its two formulas, +-1e4, +-inf and NaN: within 2 ulp of
+    float64's, odd, NaN where the input is NaN. The channels_last 1x1 conv (two equal channels,
+    weights 0.5) is exactly the identity before the activation."""
+    special = [0.625, -0.625, 0.62499994, 0.62500006, 1e-30, -1e-38, 1e-4, 9.01, 20.0, 89.0]
+    special += [1e4, -1e4, float("inf"), -float("inf"), float("nan")]
+    x = torch.cat([torch.linspace(-12, 12, 400_001), torch.linspace(-1e-3, 1e-3, 1001)])
+    x = torch.cat([x, torch.tensor(special)]).view(1, 1, 1, -1).expand(1, 2, 1, -1)
+    x = x.contiguous(memory_format=torch.channels_last)  # (NCHW runs oneDNN's fused tanh)
+    one = torch.full((2, 2, 1, 1), 0.5)
+    y = genkern.ops.conv2d(x, one, None, 1, 0, activation="tanh", backend="cpu")
+    x, y = x[0, 0, 0].double(), y[0, 0, 0]
+    expected = torch.tanh(x)
+    assert torch.equal(torch.isnan(y), torch.isnan(expected))
+    finite = ~torch.isnan(expected)
+    ulp = torch.nextafter(y.abs(), torch.tensor(float("inf"))) - y.abs()
+    err = (y.double() - expected).abs()[finite] / ulp.double()[finite]
+    assert err.max() <= 2, (err.max(), x[finite][err.argmax()])
+    assert torch.equal(y[x > 0].sign(), torch.ones_like(y[x > 0]))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_vae_bce_logits_finite_limit_for_infinite_logits(backend):
     """Stock BCE-with-logits gives NaN at logit +inf and target 1; genkern gives the limit 0."""

@@ -39,6 +39,13 @@ inline void act_run(const scalar_t* src, scalar_t* dst, int64_t i0, int64_t i1, 
   }
 }
 
+// dst[i] = tanh(src[i]) over [i0, i1) for float32 (dst may be src): exp_math.h's tanh_full,
+// compiled for AVX-512 and AVX2 too. ATen's CPU tanh runs several times slower than its sigmoid
+// (786K floats, Zen 5, 2 threads: 0.76 ms against 0.09 ms).
+GK_CPU_CLONES void tanh_run(const float* src, float* dst, int64_t i0, int64_t i1) {
+  for (int64_t i = i0; i < i1; ++i) dst[i] = tanh_full(src[i]);
+}
+
 // The activation's backward, g = act'(grad_y, saved), fused with the bias gradient's sums. Each
 // loop writes g (not for identity: g is grad_y) and sums the values it wrote, the rounded ones the
 // weight and input gradients will read. Sums run in float64 over kLanes independent lanes, added
@@ -179,6 +186,15 @@ void activation_(at::Tensor& z, int64_t activation, double negative_slope, at::T
   const auto act = static_cast<Activation>(activation);
   at::Tensor& y = act_out ? *act_out : z;
   if (act == Activation::kTanh || act == Activation::kSigmoid || act == Activation::kSilu) {
+    if (act == Activation::kTanh && z.scalar_type() == at::kFloat &&
+        y.scalar_type() == at::kFloat && z.is_non_overlapping_and_dense() &&
+        y.strides() == z.strides()) {
+      const float* src = z.data_ptr<float>();
+      float* dst = y.data_ptr<float>();
+      at::parallel_for(0, z.numel(), kChunk,
+                       [&](int64_t i0, int64_t i1) { tanh_run(src, dst, i0, i1); });
+      return;
+    }
     // exp/tanh: ATen's SLEEF-vectorized kernels are several times faster than scalar libm.
     if (act == Activation::kTanh) at::tanh_out(y, z);
     if (act == Activation::kSigmoid) at::sigmoid_out(y, z);

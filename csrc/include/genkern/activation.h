@@ -12,8 +12,6 @@
 
 namespace genkern {
 
-using std::tanh;
-
 enum class Activation : int {
   kIdentity = 0,
   kRelu = 1,
@@ -53,7 +51,7 @@ GK_HOST_DEVICE T act_forward(T x, T slope) {
     const T neg = x * slope;  // computed unconditionally: a select, not a branch, so it vectorizes
     return x > T(0) ? x : neg;
   } else if constexpr (A == Activation::kTanh) {
-    return tanh(x);
+    return tanh_full(x);
   } else if constexpr (A == Activation::kSigmoid) {
     return sigmoid(x);
   } else if constexpr (A == Activation::kSilu) {

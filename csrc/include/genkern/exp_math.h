@@ -19,6 +19,7 @@
 namespace genkern {
 
 using std::exp;  // float overloads for float math, on host and device
+using std::tanh;
 
 template <typename T>
 GK_HOST_DEVICE T exp_neg(T a) {
@@ -27,6 +28,10 @@ GK_HOST_DEVICE T exp_neg(T a) {
 template <typename T>
 GK_HOST_DEVICE T exp_full(T x) {
   return exp(x);
+}
+template <typename T>
+GK_HOST_DEVICE T tanh_full(T x) {
+  return tanh(x);
 }
 
 #if !defined(__CUDA_ARCH__)
@@ -79,6 +84,22 @@ inline float exp_neg<float>(float a) {
 template <>
 inline float exp_full<float>(float x) {
   return detail::exp_reduced(x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x));  // NaN stays
+}
+
+// tanh(x): odd, +-1 at +-inf, NaN -> NaN, -0 -> -0. |x| < 0.625: x + x^3 P(x^2) (Cephes tanhf's
+// polynomial); else 1 - 2 / (exp(2|x|) + 1) = (1 - e) / (1 + e) with e = exp(-2|x|) >= 0.28
+// (no cancellation). ATen's CPU tanh ran 786K floats in 0.76 ms on a Zen 5 (2 threads), its
+// sigmoid in 0.09 ms: this one vectorizes like the sigmoid.
+template <>
+inline float tanh_full<float>(float x) {
+  const float a = std::fabs(x), z = x * x;
+  const float e = exp_neg(2.0f * a);
+  const float big = (1.0f - e) / (1.0f + e);
+  const float z2 = z * z;
+  const float p = ((-5.70498872745e-3f * z + 2.06390887954e-2f) * z2 +
+                   (-5.37397155531e-2f * z + 1.33314422036e-1f)) * z - 3.33332819422e-1f;
+  const float small = a + a * z * p;
+  return std::copysign(a < 0.625f ? small : big, x);
 }
 #endif
 
