@@ -95,6 +95,18 @@ void transpose_batched(const float* src, float* dst, int64_t batch, int64_t rows
   });
 }
 
+}  // namespace
+
+void transpose_floats(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows,
+                      int64_t cols) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
+      transpose_block(src + r0 * ld_src + c0, ld_src, dst + c0 * ld_dst + r0, ld_dst,
+                      std::min(kBlock, rows - r0), std::min(kBlock, cols - c0));
+}
+
+namespace {
+
 bool plain_float(const at::Tensor& t) {
   return t.dim() == 4 && t.scalar_type() == at::kFloat && t.device().is_cpu() && t.numel() > 0;
 }

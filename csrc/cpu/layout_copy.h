@@ -7,6 +7,12 @@
 
 namespace genkern::cpu {
 
+// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: blocks of 64 x 64 in 8 x 8
+// AVX2 register tiles (a scalar loop without AVX2), on the calling thread. For kernels that turn a
+// band of pixels between NCHW and channels_last in cache (stem_conv_geometry.h).
+void transpose_floats(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows,
+                      int64_t cols);
+
 // t.contiguous(ChannelsLast) (t itself where it already is), the copy of a contiguous float32
 // 4-D t made here.
 at::Tensor to_channels_last(const at::Tensor& t);

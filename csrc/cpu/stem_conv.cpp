@@ -158,19 +158,19 @@ inline void lane_masks(int64_t channels, __mmask16* mask) {
 
 template <Activation A, bool HasBias, int V>
 void forward_all(const Stem& s, const float* xs, const float* wpacked, const float* bias,
-                 float slope, float* y) {
+                 float slope, float* y, bool nchw) {
   constexpr int R = tile_rows<V>();
   const std::vector<int64_t> off = s.tap_offsets();
   const int64_t taps = s.taps(), panels = s.panels();
   // tasks of about 16K multiply-adds per pixel row, so that a batch-1 layer spreads too
   const int64_t grain = std::max<int64_t>(1, 16384 / (taps * panels * R));
-  for_each_pixel_tile<R>(s, xs, grain, [&](const float* const* px, int rows, int64_t p0) {
+  for_each_pixel_tile<R>(s, xs, grain, y, nchw, [&](const float* const* px, int rows, float* out) {
     for (int64_t panel = 0; panel < panels; ++panel) {
       const int64_t c0 = panel * kPanel;
       __mmask16 mask[4];
       lane_masks(s.cout - c0, mask);
       forward_tile<R, V, A, HasBias>(px, off.data(), taps, wpacked + panel * taps * kPanel,
-                                     bias + c0, slope, rows, mask, y + p0 * s.cout + c0, s.cout);
+                                     bias + c0, slope, rows, mask, out + c0, s.cout);
     }
   });
 }
@@ -219,8 +219,8 @@ __attribute__((noinline)) void chunk_sums(const Stem& s, const float* xs, const 
 // partial: see weight_grad_chunks
 template <Activation A, int V>
 void weight_grad_all(const Stem& s, const Padded& pad, const float* gy, const float* saved,
-                     float slope, bool need_bias, float* partial) {
-  weight_grad_chunks<A>(s, pad, gy, saved, slope, need_bias, partial,
+                     bool nchw, float slope, bool need_bias, float* partial) {
+  weight_grad_chunks<A>(s, pad, gy, saved, nchw, slope, need_bias, partial,
                         [&](const float* xs, const int64_t* org, int64_t count,
                             const int64_t* off, const float* g, float* out) {
                           chunk_sums<V>(s, xs, org, count, off, g, need_bias, out);
@@ -259,11 +259,10 @@ bool stem_conv_available(const at::Tensor& x, const at::Tensor& weight, int64_t 
 bool use_stem_conv(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
   if (!stem_conv_available(x, weight, groups)) return false;
   if (g_mode.load(std::memory_order_relaxed) == 2) return true;
-  // the measured rule: few input channels and taps, channels_last output (the layout the
-  // kernels write; an NCHW output would cost a transpose)
+  // the measured rule: few input channels and taps, in either output layout (NCHW through
+  // the forward's bands and the weight gradient's chunks, see stem_conv_geometry.h)
   const int64_t taps = weight.size(1) * weight.size(2) * weight.size(3);
-  return weight.size(1) <= 4 && taps <= 64 &&
-         conv_output_format(x, weight) == at::MemoryFormat::ChannelsLast;
+  return weight.size(1) <= 4 && taps <= 64;
 }
 
 bool stem_conv_lands_on(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,
@@ -312,9 +311,10 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
               "genkern: the stem conv applies identity, relu or leaky_relu only");
   const auto act = static_cast<Activation>(activation);
   const Stem s = stem_of(x, weight, stride, padding, dilation);
-  const auto fmt = conv_output_format(x, weight);
-  at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options(), at::MemoryFormat::ChannelsLast);
-  if (y.numel() == 0) return y.contiguous(fmt);
+  const auto fmt = conv_output_format(x, weight);  // written in it (see for_each_pixel_tile)
+  const bool nchw = fmt == at::MemoryFormat::Contiguous;
+  at::Tensor y = at::empty({s.n, s.cout, s.oh, s.ow}, x.options(), fmt);
+  if (y.numel() == 0) return y;
   const at::Tensor xp = padded_nhwc(x, padding[0], padding[1]);
   const at::Tensor wpacked = packed.defined() ? packed : stem_pack_weight(weight);
   TORCH_CHECK(wpacked.numel() == s.panels() * s.taps() * kPanel,
@@ -325,15 +325,15 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
   if (on_avx2()) {
     forward_avx2(s, xp.data_ptr<float>(), wpacked.data_ptr<float>(),
                  b.defined() ? b.data_ptr<float>() : nullptr, act,
-                 static_cast<float>(negative_slope), y.data_ptr<float>());
-    return contiguous_as(y, fmt);
+                 static_cast<float>(negative_slope), y.data_ptr<float>(), nchw);
+    return y;
   }
   const auto run = [&](auto a, auto has_bias) {
     dispatch_zmm(vectors_for(s.cout), [&](auto v) {
       forward_all<decltype(a)::value, decltype(has_bias)::value, decltype(v)::value>(
           s, xp.data_ptr<float>(), wpacked.data_ptr<float>(),
           b.defined() ? b.data_ptr<float>() : nullptr, static_cast<float>(negative_slope),
-          y.data_ptr<float>());
+          y.data_ptr<float>(), nchw);
     });
   };
   const auto with_act = [&](auto a) {
@@ -346,7 +346,7 @@ at::Tensor stem_conv2d(const at::Tensor& x, const at::Tensor& weight,
   else
     with_act(ActivationTag<Activation::kIdentity>{});
 #endif
-  return contiguous_as(y, fmt);
+  return y;
 }
 
 std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
@@ -368,9 +368,15 @@ std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
     if (need_bias) grad_b.zero_();
     return {grad_w.zero_(), grad_b};
   }
-  // rows of C_out channels per pixel
-  const at::Tensor gy = to_channels_last(grad_y.to(at::kFloat));
-  const at::Tensor sv = has_saved ? to_channels_last(saved->to(at::kFloat)) : at::Tensor();
+  // rows of C_out channels per pixel, or NCHW planes read a chunk at a time (nchw)
+  at::Tensor gy = grad_y.to(at::kFloat);
+  const bool nchw = gy.is_contiguous() && !gy.is_contiguous(at::MemoryFormat::ChannelsLast);
+  gy = nchw ? gy : to_channels_last(gy);
+  at::Tensor sv;
+  if (has_saved) {
+    sv = saved->to(at::kFloat);
+    sv = nchw ? sv.contiguous() : to_channels_last(sv);
+  }
   const Padded pad(x, padding[0], padding[1]);
   const int64_t groups = Chunking(s).groups();
   const int64_t width = s.panels() * kPanel;
@@ -379,13 +385,14 @@ std::tuple<at::Tensor, at::Tensor> stem_conv2d_param_grads(
   const float* saved_ptr = has_saved ? sv.data_ptr<float>() : nullptr;
   const auto slope = static_cast<float>(negative_slope);
   if (on_avx2()) {
-    weight_grad_avx2(s, pad, gy.data_ptr<float>(), saved_ptr, act, slope, need_bias,
+    weight_grad_avx2(s, pad, gy.data_ptr<float>(), saved_ptr, nchw, act, slope, need_bias,
                      partial.data_ptr<float>());
   } else {
     dispatch_activation(act, [&](auto a) {
       dispatch_zmm(vectors_for(s.cout), [&](auto v) {
         weight_grad_all<decltype(a)::value, decltype(v)::value>(
-            s, pad, gy.data_ptr<float>(), saved_ptr, slope, need_bias, partial.data_ptr<float>());
+            s, pad, gy.data_ptr<float>(), saved_ptr, nchw, slope, need_bias,
+            partial.data_ptr<float>());
       });
     });
   }

@@ -4,10 +4,12 @@
 // peak: the work is the output's write, not the FMAs. These kernels (AVX-512, or AVX2 where the
 // CPU has no AVX-512: stem_conv_avx2.h) read a zero-padded channels_last copy of x and write each
 // output pixel's C_out channels once, bias and relu / leaky_relu applied in registers. Forward: a
-// tile of pixels x 64 channels (16 on AVX2) summed over the taps (x padded whole, a few MB);
+// tile of pixels x 64 channels (16 on AVX2) summed over the taps (x padded whole, a few MB; an
+// NCHW output goes a band of pixels at a time through a transpose in cache);
 // weight gradient: a tile of taps x channels summed over chunks of about 512 pixels (whole
 // samples or row bands, each padding its own rows), the chunks added into 16 fixed groups in
-// order, the groups in order (the same bits for any thread count).
+// order, the groups in order (the same bits for any thread count); an NCHW output gradient is
+// transposed chunk by chunk.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -154,16 +154,17 @@ void chunk_sums(const Stem& s, const float* xs, const int64_t* org, int64_t coun
 
 template <Activation A, bool HasBias>
 void forward_all(const Stem& s, const float* xs, const float* wpacked, const float* bias,
-                 float slope, float* y) {
+                 float slope, float* y, bool nchw) {
   const std::vector<int64_t> off = s.tap_offsets();
   const int64_t taps = s.taps();
   // tasks of about 16K multiply-adds, so that a batch-1 layer spreads too
   const int64_t grain = std::max<int64_t>(1, 16384 / (taps * s.cout * kRows));
-  for_each_pixel_tile<kRows>(s, xs, grain, [&](const float* const* px, int rows, int64_t p0) {
+  for_each_pixel_tile<kRows>(s, xs, grain, y, nchw, [&](const float* const* px, int rows,
+                                                      float* tile_out) {
     for (int64_t c0 = 0; c0 < s.cout; c0 += kCols) {
       const float* w = wpacked + c0 / kPanel * taps * kPanel + c0 % kPanel;
       const float* b = HasBias ? bias + c0 : nullptr;
-      float* out = y + p0 * s.cout + c0;
+      float* out = tile_out + c0;
       if (s.cout - c0 >= kCols)
         forward_tile<A, HasBias, true>(px, off.data(), taps, w, kPanel, b, slope, rows, kCols,
                                        out, s.cout);
@@ -177,13 +178,13 @@ void forward_all(const Stem& s, const float* xs, const float* wpacked, const flo
 }  // namespace
 
 void forward_avx2(const Stem& s, const float* xs, const float* wpacked, const float* bias,
-                  Activation act, float slope, float* y) {
+                  Activation act, float slope, float* y, bool nchw) {
   const auto run = [&](auto a) {
     constexpr Activation A = decltype(a)::value;
     if (bias != nullptr)
-      forward_all<A, true>(s, xs, wpacked, bias, slope, y);
+      forward_all<A, true>(s, xs, wpacked, bias, slope, y, nchw);
     else
-      forward_all<A, false>(s, xs, wpacked, bias, slope, y);
+      forward_all<A, false>(s, xs, wpacked, bias, slope, y, nchw);
   };
   if (act == Activation::kRelu)
     run(ActivationTag<Activation::kRelu>{});
@@ -201,10 +202,10 @@ void gather_tile_avx2(const float* const* px, int rows, const int64_t* off, int6
 }
 
 void weight_grad_avx2(const Stem& s, const Padded& pad, const float* gy, const float* saved,
-                      Activation act, float slope, bool need_bias, float* partial) {
+                      bool nchw, Activation act, float slope, bool need_bias, float* partial) {
   dispatch_activation(act, [&](auto a) {
     weight_grad_chunks<decltype(a)::value>(
-        s, pad, gy, saved, slope, need_bias, partial,
+        s, pad, gy, saved, nchw, slope, need_bias, partial,
         [&](const float* xs, const int64_t* org, int64_t count, const int64_t* off,
             const float* g, float* out) {
           chunk_sums(s, xs, org, count, off, g, need_bias, out);

@@ -12,10 +12,10 @@
 
 namespace genkern::cpu::stem_detail {
 
-// y (C_out floats per output pixel) = act(conv(xs, weight) + bias) for identity, relu or
-// leaky_relu; xs the padded NHWC input, wpacked stem_pack_weight's layout, bias null or C_out.
+// y = act(conv(xs, weight) + bias) for identity, relu or leaky_relu, channels_last or NCHW
+// (nchw); xs the padded NHWC input, wpacked stem_pack_weight's layout, bias null or C_out.
 void forward_avx2(const Stem& s, const float* xs, const float* wpacked, const float* bias,
-                  Activation act, float slope, float* y);
+                  Activation act, float slope, float* y, bool nchw);
 
 // The forward's tile as a plain product, for other direct kernels (head_convt.cpp):
 // out[r * ldo + j] = sum_k px[r][off[k]] * w[k * ldw + j] for r < rows and j < cols (a multiple
@@ -26,6 +26,6 @@ void gather_tile_avx2(const float* const* px, int rows, const int64_t* off, int6
 
 // partial as weight_grad_chunks computes it, for any activation.
 void weight_grad_avx2(const Stem& s, const Padded& pad, const float* gy, const float* saved,
-                      Activation act, float slope, bool need_bias, float* partial);
+                      bool nchw, Activation act, float slope, bool need_bias, float* partial);
 
 }  // namespace genkern::cpu::stem_detail

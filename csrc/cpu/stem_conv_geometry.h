@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "genkern/activation.h"
+#include "layout_copy.h"  // transpose_floats
 
 // GCC on x86-64: where the AVX-512 and AVX2 kernels are built (chosen at run time)
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -123,21 +124,48 @@ struct Padded {
   }
 };
 
-// tile(px, rows, p0) for the tiles of R output pixels p0, ..., p0 + rows - 1 (rows < R only in
-// the last), px[r] the start of pixel r's window in xs (the last one repeated past `rows`),
-// `grain` tiles or more per task.
+// tile(px, rows, out) for the tiles of R output pixels p0, ..., p0 + rows - 1 (rows < R only in
+// the last of a run), px[r] the start of pixel r's window in xs (the last one repeated past
+// `rows`), out where the tile writes its rows of C_out floats. channels_last y: at y itself, the
+// tiles running on across samples, `grain` tiles or more per task. NCHW y (nchw): into a band of
+// about kBandFloats in cache, a task's band of pixels of one sample at a time, then transposed
+// out to y's channel planes (C_out runs of the band's pixels): no channels_last copy of y.
+constexpr int64_t kBandFloats = 8192;
+
 template <int R, typename Tile>
-void for_each_pixel_tile(const Stem& s, const float* xs, int64_t grain, Tile&& tile) {
-  const int64_t M = s.pixels(), tiles = (M + R - 1) / R;
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+void for_each_pixel_tile(const Stem& s, const float* xs, int64_t grain, float* y, bool nchw,
+                         Tile&& tile) {
+  const auto run = [&](int64_t p0, int64_t count, float* out) {  // count pixels from p0
     const float* px[R];
-    Stem::Walk walk(s, t0 * R);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t p0 = t * R;
-      const int rows = static_cast<int>(std::min<int64_t>(R, M - p0));
+    Stem::Walk walk(s, p0);
+    for (int64_t t = 0; t < count; t += R) {
+      const int rows = static_cast<int>(std::min<int64_t>(R, count - t));
       for (int r = 0; r < rows; ++r) px[r] = xs + walk.next();
       for (int r = rows; r < R; ++r) px[r] = px[rows - 1];
-      tile(px, rows, p0);
+      tile(px, rows, out + t * s.cout);
+    }
+  };
+  const int64_t M = s.pixels(), plane = s.oh * s.ow;
+  if (!nchw) {
+    const int64_t tiles = (M + R - 1) / R;
+    at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+      run(t0 * R, std::min(M, t1 * R) - t0 * R, y + t0 * R * s.cout);
+    });
+    return;
+  }
+  // whole tiles and whole 16-float lines of each plane (the transpose's 8 x 8 register tiles,
+  // and no line shared by two tasks' bands)
+  constexpr int64_t unit = R % 16 == 0 ? R : R % 8 == 0 ? 2 * R : R % 4 == 0 ? 4 * R : 8 * R;
+  const int64_t band = unit * std::max<int64_t>(1, kBandFloats / (unit * s.cout));
+  const int64_t bands = (plane + band - 1) / band;
+  at::parallel_for(0, s.n * bands, std::max<int64_t>(1, grain * R / band),
+                   [&](int64_t b0, int64_t b1) {
+    std::vector<float> scratch(band * s.cout);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n = b / bands, q0 = b % bands * band, count = std::min(band, plane - q0);
+      run(n * plane + q0, count, scratch.data());
+      transpose_floats(scratch.data(), s.cout, y + n * s.cout * plane + q0, plane, count,
+                       s.cout);
     }
   });
 }
@@ -159,10 +187,13 @@ void act_backward_rows(const float* __restrict g, const float* __restrict sv,
 // chunk_sums(xs, org, count, off, g, out) writes one chunk's sums to out: xs its padded input
 // rows, org the window origins of its `count` pixels in them, off the taps' offsets, g =
 // act'(.) * grad_y (rows of C_out), made chunk by chunk in a buffer that stays in cache (grad_y
-// itself for identity). saved: what act_backward reads, or null.
+// itself for identity, when channels_last). saved: what act_backward reads, or null. gy and
+// saved are channels_last, or with nchw both NCHW-contiguous: then each chunk's rows come by
+// transposing its runs of each channel plane (no channels_last copy of grad_y).
 template <Activation A, typename ChunkSums>
 void weight_grad_chunks(const Stem& s, const Padded& pad, const float* gy, const float* saved,
-                        float slope, bool need_bias, float* partial, ChunkSums&& chunk_sums) {
+                        bool nchw, float slope, bool need_bias, float* partial,
+                        ChunkSums&& chunk_sums) {
   const std::vector<int64_t> off = s.tap_offsets();
   const Chunking chunking(s);
   const int64_t taps = s.taps(), plane = s.oh * s.ow, rows = taps + need_bias;
@@ -171,10 +202,13 @@ void weight_grad_chunks(const Stem& s, const Padded& pad, const float* gy, const
   const int64_t band_rows_max = (chunking.rows_per - 1) * s.sh + (s.kh - 1) * s.dh + 1;
   const int64_t band_floats = chunking.bands == 1 ? chunking.per * pad.sample_floats()
                                                   : band_rows_max * pad.wp() * pad.C;
-  constexpr bool in_place = A == Activation::kIdentity;  // g is grad_y
+  const bool in_place = A == Activation::kIdentity && !nchw;  // g is grad_y
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
     std::vector<int64_t> org(most);
     std::vector<float> buffer(in_place ? 0 : most * s.cout);  // g of one chunk
+    // with nchw, the chunk's grad_y and saved as rows of C_out
+    std::vector<float> gy_rows(nchw ? most * s.cout : 0);
+    std::vector<float> saved_rows(nchw && saved != nullptr ? most * s.cout : 0);
     std::vector<float> padded(band_floats);                   // x of one chunk
     std::vector<float> sums(rows * width);                    // one chunk's sums
     const float* xs = padded.data();
@@ -195,9 +229,20 @@ void weight_grad_chunks(const Stem& s, const Padded& pad, const float* gy, const
         Stem::Walk walk(s, p0);
         for (int64_t p = 0; p < count; ++p) org[p] = walk.next() - base;
         const float* g = gy + p0 * s.cout;
-        if constexpr (!in_place) {
-          act_backward_rows<A>(g, saved != nullptr ? saved + p0 * s.cout : nullptr,
-                               buffer.data(), count * s.cout, slope);
+        const float* sv = saved != nullptr ? saved + p0 * s.cout : nullptr;
+        if (nchw) {  // each sample's run of pixels [q0, q0 + run) of every channel plane
+          const int64_t run = (k.r1 - k.r0) * s.ow, q0 = k.r0 * s.ow;
+          for (int64_t n = k.n0; n < k.n1; ++n) {
+            const int64_t from = n * s.cout * plane + q0, to = (n - k.n0) * run * s.cout;
+            transpose_floats(gy + from, plane, gy_rows.data() + to, s.cout, s.cout, run);
+            if (sv != nullptr)
+              transpose_floats(saved + from, plane, saved_rows.data() + to, s.cout, s.cout, run);
+          }
+          g = gy_rows.data();
+          sv = sv != nullptr ? saved_rows.data() : nullptr;
+        }
+        if (A != Activation::kIdentity) {
+          act_backward_rows<A>(g, sv, buffer.data(), count * s.cout, slope);
           g = buffer.data();
         }
         chunk_sums(xs, org.data(), count, off.data(), g, sums.data());
