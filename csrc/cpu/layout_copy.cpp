@@ -49,29 +49,92 @@ __attribute__((target("avx2"))) void transpose_8x8(const float* src, int64_t ld_
     _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
   }
 }
+
+// A 16 x 16 tile in zmm registers: pairs of rows interleaved by 32 and 64 bits give each 128-bit
+// lane a 4 x 4 block transposed; the lanes are then gathered by two rounds of shuffle_f32x4.
+// 64 shuffles per 256 floats (the 8 x 8 AVX2 tile: 24 per 64).
+__attribute__((target("avx512f"))) inline __m512 unpack_lo64(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+__attribute__((target("avx512f"))) inline __m512 unpack_hi64(__m512 a, __m512 b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
+__attribute__((target("avx512f"))) void transpose_16x16(const float* src, int64_t ld_src,
+                                                         float* dst, int64_t ld_dst) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  // r[4 b + k], lane L: column 4 L + k of rows 4 b .. 4 b + 3
+  for (int b = 0; b < 16; b += 4) {
+    r[b] = unpack_lo64(t[b], t[b + 2]);
+    r[b + 1] = unpack_hi64(t[b], t[b + 2]);
+    r[b + 2] = unpack_lo64(t[b + 1], t[b + 3]);
+    r[b + 3] = unpack_hi64(t[b + 1], t[b + 3]);
+  }
+  // output row 4 L + k: lane L of r[k], r[4 + k], r[8 + k], r[12 + k]
+  for (int k = 0; k < 4; ++k) {
+    const __m512 a_lo = _mm512_shuffle_f32x4(r[k], r[4 + k], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 a_hi = _mm512_shuffle_f32x4(r[k], r[4 + k], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 b_lo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 b_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], _MM_SHUFFLE(3, 2, 3, 2));
+    _mm512_storeu_ps(dst + k * ld_dst, _mm512_shuffle_f32x4(a_lo, b_lo, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(dst + (4 + k) * ld_dst,
+                     _mm512_shuffle_f32x4(a_lo, b_lo, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_ps(dst + (8 + k) * ld_dst,
+                     _mm512_shuffle_f32x4(a_hi, b_hi, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(dst + (12 + k) * ld_dst,
+                     _mm512_shuffle_f32x4(a_hi, b_hi, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+}
 #endif
 
-// The same as transpose_scalar for a block of at most kBlock x kBlock, in 8 x 8 register tiles
-// where AVX2 runs. The tiles go along the side with the longer row stride (a whole 64-float run
-// of each of its rows before the next 8 rows): rows 4 KB apart would otherwise evict each other
-// from the cache's set between the two halves of a line.
+// The tiles of `tile` x `tile` floats of a rows x cols block, in the order the caller wants:
+// along the side with the longer row stride (a whole 64-float run of each of its rows before the
+// next tile's rows): rows 4 KB apart would otherwise evict each other from the cache's set between
+// the two halves of a line.
+template <typename Tile>
+void for_each_tile(int64_t rows, int64_t cols, int64_t tile_size, bool along_rows, Tile&& tile) {
+  if (along_rows) {
+    for (int64_t r = 0; r + tile_size <= rows; r += tile_size)
+      for (int64_t c = 0; c + tile_size <= cols; c += tile_size) tile(r, c);
+  } else {
+    for (int64_t c = 0; c + tile_size <= cols; c += tile_size)
+      for (int64_t r = 0; r + tile_size <= rows; r += tile_size) tile(r, c);
+  }
+}
+
+// The same as transpose_scalar for a block of at most kBlock x kBlock: 16 x 16 AVX-512 tiles
+// where the AVX-512 kernels run, 8 x 8 AVX2 ones for what is left (or all) where AVX2 runs,
+// scalar for the rest.
 void transpose_block(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows,
                      int64_t cols) {
 #if GK_LAYOUT_AVX2
   if (avx2_kernels_enabled()) {
-    const int64_t rows8 = rows / kTile * kTile, cols8 = cols / kTile * kTile;
-    const auto tile = [&](int64_t r, int64_t c) {
-      transpose_8x8(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst);
-    };
-    if (ld_src >= ld_dst) {
-      for (int64_t r = 0; r < rows8; r += kTile)
-        for (int64_t c = 0; c < cols8; c += kTile) tile(r, c);
-    } else {
-      for (int64_t c = 0; c < cols8; c += kTile)
-        for (int64_t r = 0; r < rows8; r += kTile) tile(r, c);
+    const bool along_rows = ld_src >= ld_dst;
+    int64_t rows_done = 0, cols_done = 0;  // the top-left block the 16 x 16 tiles covered
+    if (avx512_kernels_enabled()) {
+      rows_done = rows / 16 * 16, cols_done = cols / 16 * 16;
+      for_each_tile(rows, cols, 16, along_rows, [&](int64_t r, int64_t c) {
+        transpose_16x16(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst);
+      });
     }
-    transpose_scalar(src + cols8, ld_src, dst + cols8 * ld_dst, ld_dst, rows, cols - cols8);
-    transpose_scalar(src + rows8 * ld_src, ld_src, dst + rows8, ld_dst, rows - rows8, cols8);
+    // the 8 x 8 tiles of the right strip (rows_done rows) and the bottom strip (all columns)
+    const auto eights = [&](int64_t r0, int64_t c0, int64_t nr, int64_t nc) {
+      const float* s = src + r0 * ld_src + c0;
+      float* d = dst + c0 * ld_dst + r0;
+      const int64_t rows8 = nr / kTile * kTile, cols8 = nc / kTile * kTile;
+      for_each_tile(nr, nc, kTile, along_rows, [&](int64_t r, int64_t c) {
+        transpose_8x8(s + r * ld_src + c, ld_src, d + c * ld_dst + r, ld_dst);
+      });
+      transpose_scalar(s + cols8, ld_src, d + cols8 * ld_dst, ld_dst, nr, nc - cols8);
+      transpose_scalar(s + rows8 * ld_src, ld_src, d + rows8, ld_dst, nr - rows8, cols8);
+    };
+    eights(0, cols_done, rows_done, cols - cols_done);
+    eights(rows_done, 0, rows - rows_done, cols);
     return;
   }
 #endif

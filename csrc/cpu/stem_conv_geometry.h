@@ -117,6 +117,9 @@ struct Padded {
     float* out = dst + pw * C;
     if ((sc == 1 || C == 1) && sw == C) {  // channels_last rows (or one channel): a copy
       std::copy(in, in + W * C, out);
+    } else if (sw == 1) {  // NCHW rows: each channel's run read in order
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t w = 0; w < W; ++w) out[w * C + c] = in[c * sc + w];
     } else {
       for (int64_t w = 0; w < W; ++w)
         for (int64_t c = 0; c < C; ++c) out[w * C + c] = in[w * sw + c * sc];
