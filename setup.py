@@ -46,13 +46,15 @@ def _resolve_cuda_home() -> None:
     try:
         dry = subprocess.run(
             [nvcc, "-dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except (OSError, subprocess.SubprocessError):
         return
     for line in (dry.stdout + dry.stderr).splitlines():
         if line.startswith("#$ TOP="):
-            top = os.path.normpath(line[len("#$ TOP="):].strip())
+            top = os.path.normpath(line[len("#$ TOP=") :].strip())
             if os.path.isfile(os.path.join(top, "include", "cuda_runtime_api.h")):
                 print(f"genkern: CUDA_HOME={top} (from {nvcc} -dryrun)")
                 os.environ["CUDA_HOME"] = top

@@ -116,6 +116,14 @@ def test_runner_compares_gradients_away_from_an_activations_kink():
     assert off.status == "wrong"
 
 
+def test_sign_flips_skip_nans_in_both():
+    nan = float("nan")
+    out = torch.tensor([1.0, -1.0, nan, nan, 0.0, 2.0])
+    expected = torch.tensor([1.0, 1.0, nan, 3.0, -0.0, -2.0])
+    flips = runner._sign_flips(out, expected)
+    assert flips.tolist() == [False, True, False, True, False, True]
+
+
 def _data(results, commit="abc"):
     return {
         "environment": {

@@ -510,7 +510,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
   at::Tensor gb = output_mask[2] ? at::empty({C}, sums) : at::empty({0}, x.options());
   const double count = double(v.outer) * double(v.inner);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_act_bwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_act_bwd", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gyp = gy.data_ptr<scalar_t>();

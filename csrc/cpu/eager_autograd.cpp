@@ -241,7 +241,8 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
 struct LinearAct : public torch::autograd::Function<LinearAct> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t act, double slope) {
-    auto [y, preact] = linear_act_forward_cpu(x, weight, bias, act, slope, keeps_preact(act, slope));
+    auto [y, preact] =
+        linear_act_forward_cpu(x, weight, bias, act, slope, keeps_preact(act, slope));
     ctx->save_for_backward({x, weight, saved_for_backward(act, slope, y, preact)});
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;

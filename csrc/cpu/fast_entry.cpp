@@ -32,7 +32,8 @@ bool plain_mode() {
   return c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
          !at::impl::torch_function_mode_enabled() &&
          // functorch includes this key while a transform (grad, vmap, ...) is active
-         !c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode) &&
+         !c10::impl::tls_is_dispatch_key_included(
+             c10::DispatchKey::FuncTorchDynamicLayerFrontMode) &&
          !at::autocast::is_autocast_enabled(at::kCPU);
 }
 

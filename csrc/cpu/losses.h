@@ -40,7 +40,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_fused_cpu(
     uint64_t key, bool need_h, bool need_sd);
 
 // z = mu + eps * exp(0.5 * logvar) and std = exp(0.5 * logvar), in one pass.
-std::tuple<at::Tensor, at::Tensor> reparameterize_cpu(const at::Tensor& mu, const at::Tensor& logvar,
+std::tuple<at::Tensor, at::Tensor> reparameterize_cpu(const at::Tensor& mu,
+                                                      const at::Tensor& logvar,
                                                       const at::Tensor& eps);
 
 }  // namespace genkern::cpu

@@ -206,7 +206,8 @@ at::Tensor reparameterize_eager_cpu(const at::Tensor& mu, const at::Tensor& logv
   }
   if (!grad) return z;
   auto node = c10::make_intrusive<ReparamBackward>();
-  node->set_next_edges(torch::autograd::collect_next_edges(mu, logvar, drawn ? at::Tensor() : *eps));
+  node->set_next_edges(
+      torch::autograd::collect_next_edges(mu, logvar, drawn ? at::Tensor() : *eps));
   node->h.save(h);
   node->sd.save(sd);
   torch::autograd::set_history(z, node);
@@ -242,7 +243,8 @@ std::vector<at::Tensor> vae_loss_autograd_cpu(const at::Tensor& recon, const at:
   const bool grad_mode = at::GradMode::is_enabled();
   const std::array<bool, 4> mask{grad_mode && recon.requires_grad(),
                                  grad_mode && target.requires_grad(),
-                                 grad_mode && mu.requires_grad(), grad_mode && logvar.requires_grad()};
+                                 grad_mode && mu.requires_grad(),
+                                 grad_mode && logvar.requires_grad()};
   at::Tensor total, rec, kl, gx, gt, gm, glv;
   {
     at::NoGradGuard no_grad;

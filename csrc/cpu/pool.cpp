@@ -656,8 +656,10 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kern
               scalar_t* yr = yo + oh * OW;
               const opmath_t div = opmath_t(divisor_override > 0 ? divisor_override : 4);
               for (int64_t ow = 0; ow < OW; ++ow) {
-                const opmath_t sum = ((opmath_t(0) + opmath_t(r0[2 * ow]) + opmath_t(r0[2 * ow + 1])) +
-                                      opmath_t(r1[2 * ow])) + opmath_t(r1[2 * ow + 1]);
+                const opmath_t sum =
+                    ((opmath_t(0) + opmath_t(r0[2 * ow]) + opmath_t(r0[2 * ow + 1])) +
+                     opmath_t(r1[2 * ow])) +
+                    opmath_t(r1[2 * ow + 1]);
                 yr[ow] = scalar_t(sum / div);
               }
               continue;
@@ -816,7 +818,8 @@ at::Tensor upsample_nearest2d_forward_cpu(const at::Tensor& x, const at::Tensor&
   const at::Tensor sh = src_h.contiguous(), sw = src_w.contiguous();
   const int64_t* hp = sh.data_ptr<int64_t>();
   const int64_t* wp = sw.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
     const int64_t scale_h = integer_scale(hp, OH, IH);
@@ -876,7 +879,8 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
   const at::Tensor sh = src_h.contiguous(), sw = src_w.contiguous();
   const int64_t* hp = sh.data_ptr<int64_t>();
   const int64_t* wp = sw.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d_bwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d_bwd", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     // 16-bit gradients are summed in float32 and rounded once, as torch's kernel (a sum rounded
     // after every add lost ~10x stock's accuracy where many outputs share a source pixel)
@@ -894,7 +898,8 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
             add_pairs<scalar_t>(g + (r * scale_h + k) * OW, out + r * IW, IW, k == 0);
       });
     } else if (fmt == at::MemoryFormat::Contiguous) {
-      const at::Tensor acc = exact ? gx.zero_() : at::zeros(gx.sizes(), gx.options().dtype(at::kFloat));
+      const at::Tensor acc =
+          exact ? gx.zero_() : at::zeros(gx.sizes(), gx.options().dtype(at::kFloat));
       opmath_t* out = acc.data_ptr<opmath_t>();
       at::parallel_for(0, N * C, grain_for(OH * OW), [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; ++p) {

@@ -106,8 +106,9 @@ std::tuple<at::Tensor, at::Tensor> act_backward_bias_grad_cuda(
         // Through the caching allocator (stream-ordered reuse; a graph's private pool when
         // capturing), freed when this scope ends.
         const at::Tensor ws =
-            ws_bytes > 0 ? at::empty({static_cast<int64_t>(ws_bytes)}, gy.options().dtype(at::kByte))
-                         : at::Tensor();
+            ws_bytes > 0
+                ? at::empty({static_cast<int64_t>(ws_bytes)}, gy.options().dtype(at::kByte))
+                : at::Tensor();
         T* grad = identity ? nullptr : ptr<scalar_t>(g);
         void* workspace = ws.defined() ? ws.data_ptr() : nullptr;
         check_launch(act_backward_bias_grad<T>(ptr<scalar_t>(gy), ptr<scalar_t>(s), grad,

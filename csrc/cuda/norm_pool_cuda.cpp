@@ -171,7 +171,8 @@ at::Tensor batch_norm_backward_apply_cuda(const at::Tensor& grad_y,
   GK_DISPATCH(x.scalar_type(), "batch_norm_backward_apply_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     check(bn_backward_apply(ptr<scalar_t>(gy), has_s ? ptr<scalar_t>(s) : nullptr,
-                            train ? ptr<scalar_t>(x) : nullptr, ptr<scalar_t>(gx), a.data_ptr<acc_t>(),
+                            train ? ptr<scalar_t>(x) : nullptr, ptr<scalar_t>(gx),
+                            a.data_ptr<acc_t>(),
                             b.data_ptr<acc_t>(), c.data_ptr<acc_t>(), v.outer, v.channels,
                             v.inner, static_cast<Activation>(activation), negative_slope, stream),
           "bn_backward_apply");

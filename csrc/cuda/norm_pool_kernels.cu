@@ -12,7 +12,9 @@ __device__ __forceinline__ float to_f(T v) { return static_cast<float>(v); }
 template <>
 __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
 template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
 
 template <typename T, typename AccT>
 __device__ __forceinline__ AccT load(const T* p) { return static_cast<AccT>(to_f<T>(*p)); }

@@ -138,6 +138,12 @@ def _time_once(fn: Callable, device: torch.device) -> float:
     return time_callable(fn, device, 1, 1, 0.0)[0]
 
 
+def _sign_flips(out: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Where out and expected lie on opposite sides of zero (a NaN in both is no flip)."""
+    both_nan = torch.isnan(out) & torch.isnan(expected)
+    return (torch.sign(out) != torch.sign(expected)) & ~both_nan
+
+
 def _error_away_from_kinks(run, stock_run, out, expected, tolerance) -> tuple[float, int] | None:
     """A forward+backward case whose forward output matches stock eager's but whose gradients do
     not: where the two outputs lie on opposite sides of zero (a relu's kink, decided by the
@@ -151,7 +157,7 @@ def _error_away_from_kinks(run, stock_run, out, expected, tolerance) -> tuple[fl
         return None
     if testing.max_error(out[0], expected[0]) > tolerance:
         return None
-    flipped = torch.sign(out[0].detach()) != torch.sign(expected[0])
+    flipped = _sign_flips(out[0].detach(), expected[0])
     kinks = int(flipped.sum())
     if kinks == 0:
         return None
