@@ -244,7 +244,7 @@ void weight_grad_chunks(const Stem& s, const Padded& pad, const float* gy, const
           g = gy_rows.data();
           sv = sv != nullptr ? saved_rows.data() : nullptr;
         }
-        if (A != Activation::kIdentity) {
+        if constexpr (A != Activation::kIdentity) {
           act_backward_rows<A>(g, sv, buffer.data(), count * s.cout, slope);
           g = buffer.data();
         }
