@@ -151,7 +151,15 @@ def _resolve(op: str, name: str, device_type: str, device_index, dtype: torch.dt
     return name
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """torch.compiler.assume_constant_result's mark, set without importing torch._dynamo: that
+    import (sympy, triton) is most of `import genkern`'s time (1.0-2.1 s -> 0.1 s after torch), and
+    plain eager use never needs it. tests/test_backends.py checks the mark is still torch's."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _resolve_request(op: str, backend: str, device_type: str, device_index, dtype) -> str:
     # torch.compile calls this once while tracing and bakes the answer into the graph: a later
     # change of use_backend() / GENKERN_BACKEND does not recompile a compiled function.

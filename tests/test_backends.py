@@ -1,5 +1,8 @@
 """Backend selection: per call, use_backend(), GENKERN_BACKEND, auto; clear errors."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -60,3 +63,33 @@ def test_unavailable_backend_says_why_and_what_is_available():
 def test_integer_dtype_is_not_claimed(backend):
     reason = backends.unavailable_reason(backend, torch.device("cpu"), torch.int32)
     assert reason is not None
+
+
+def test_resolution_is_marked_constant_as_torch_marks_it():
+    # genkern sets the mark itself (importing torch._dynamo for it took 1-2 s of `import genkern`);
+    # if torch changes what assume_constant_result records, this says so.
+    def ours():
+        pass
+
+    def torchs():
+        pass
+
+    backends._assume_constant_result(ours)
+    torch.compiler.assume_constant_result(torchs)
+    assert vars(ours) == vars(torchs) != {}
+    assert vars(backends._resolve_request).items() >= vars(torchs).items()
+
+
+def test_import_and_eager_calls_load_neither_dynamo_nor_triton():
+    code = (
+        "import sys, torch, genkern\n"
+        "x = torch.randn(2, 3, 8, 8, requires_grad=True)\n"
+        "w = torch.randn(4, 3, 3, 3, requires_grad=True)\n"
+        "genkern.ops.conv2d(x, w, None, padding=1, activation='relu').sum().backward()\n"
+        "genkern.ops.generator_loss(torch.randn(5, requires_grad=True)).backward()\n"
+        "print(sorted(m for m in ('torch._dynamo', 'triton', 'sympy') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
