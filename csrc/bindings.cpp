@@ -14,6 +14,7 @@
 #include "cpu/conv_transpose2d_act.h"
 #include "cpu/eager_autograd.h"
 #include "cpu/fast_entry.h"
+#include "cpu/fingerprint.h"
 #include "cpu/prepacked.h"
 #include "cpu/linear_act.h"
 #include "cpu/losses.h"
@@ -80,6 +81,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_prepack_mode", &genkern::cpu::set_prepack_mode);
   m.def("prepack_available", &genkern::cpu::prepack_available);
   m.def("prepack_state", &genkern::cpu::prepack_state);
+  m.def("prepack_freeze", &genkern::cpu::prepack_freeze);
+  m.def("prepack_timings", &genkern::cpu::prepack_timings);
+  m.def("fingerprint", &genkern::cpu::fingerprint);
   // few-channel transposed convs through ATen's GEMM + col2im kernel (see col2im_path.h)
   m.def("set_col2im_mode", &genkern::cpu::set_col2im_mode);
   m.def("col2im_mode", &genkern::cpu::col2im_mode);

@@ -1,7 +1,8 @@
 """The CPU inference path of conv2d / conv_transpose2d (csrc/cpu/prepacked.h, switched by
-genkern/ops/_prepacked.py): a oneDNN weight packed once per shape and weight version, bias and
-activation as post-ops; in auto mode timed on a shape's first call against the regular path and
-(one-group float32 layers) the batched-GEMM path, the fastest kept."""
+genkern/ops/_prepacked.py): a oneDNN weight packed once per geometry and weight values (checked
+by fingerprint, or by version for frozen weights), bias and activation as post-ops; in auto mode
+a geometry's first call times the regular path, the packed one, (one-group float32 layers) the
+batched-GEMM path and (where they run) the direct kernels, the fastest kept for the geometry."""
 
 import copy
 import io
@@ -288,3 +289,104 @@ def test_auto_mode_keeps_the_direct_kernels_on_batch_1_cnn_layers():
         other = genkern.nn.Conv2d(32, 64, 3, padding=1).to(memory_format=torch.channels_last)
         other.eval()(xs[0])
         assert _prepacked.state(other.weight) != "direct"
+
+
+def _direct_layer():
+    """A batch-1 channels_last 3x3 layer and input on which the direct kernels are a candidate."""
+    layer = genkern.nn.Conv2d(32, 64, 3, padding=1).to(memory_format=torch.channels_last).eval()
+    return layer, torch.randn(1, 32, 16, 16).to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("path", ["packed", "direct"])
+def test_writes_through_data_are_seen(path):
+    # found by the fuzz: .data writes leave the version counter as it was, and the packed copy
+    # (keyed by it) was used stale: EMA updates, init code writing through .data
+    torch.manual_seed(0)
+    layer, x = _direct_layer()
+    mode = "always" if path == "packed" else "auto"
+    with _prepacked.mode(mode), torch.no_grad():
+        for _ in range(3):  # auto mode's choice is timed: a busy machine can make it lose
+            _prepacked.set_mode(mode)
+            layer(x)
+            if _prepacked.state(layer.weight) == path:
+                break
+        if _prepacked.state(layer.weight) != path:
+            pytest.skip(f"auto mode kept {_prepacked.state(layer.weight)!r} three times here")
+        for write in (
+            lambda: layer.weight.data.copy_(torch.randn_like(layer.weight)),
+            lambda: layer.weight.data.mul_(-1.0),
+            lambda: layer.weight.data[5, 3, 1, 2].add_(4.0),
+            lambda: layer.bias.data.add_(1.0),
+        ):
+            write()
+            torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-4, atol=1e-4)
+            assert _prepacked.state(layer.weight) == path
+
+
+def test_weight_resized_through_data_is_seen(always):
+    # found by the fuzz: the key held the weight's strides, pointer and version but not its sizes
+    layer = genkern.nn.Conv2d(8, 6, 3, padding=1).eval()
+    x = torch.randn(1, 8, 7, 7)
+    with torch.no_grad():
+        layer(x)
+        layer.weight.data = layer.weight.data[:4]  # same storage, pointer, strides and version
+        layer.bias.data = layer.bias.data[:4]
+        y = layer(x)
+        assert y.shape == (1, 4, 7, 7)
+        torch.testing.assert_close(y, _stock(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_updated_weight_repacks_without_timing_again():
+    # the choice is per geometry: an optimizer step's new version, or a new weight of the same
+    # shapes, packs its values but is not timed again (a timing runs the layer ~10 times: 1.1 s
+    # per call of a 64x64x32x32 -> 128 conv at batch 64 when every version was timed)
+    layer, x = _direct_layer()
+    with _prepacked.mode("auto"), torch.no_grad():
+        layer(x)
+        assert _ext._C.prepack_timings() == 1
+        for _ in range(3):
+            layer.weight.add_(0.1)
+            torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-4, atol=1e-4)
+        twin, _ = _direct_layer()
+        torch.testing.assert_close(twin(x), _stock(twin, x), rtol=1e-4, atol=1e-4)
+        assert _ext._C.prepack_timings() == 1
+        layer(x[..., :15])  # a new shape: timed
+        assert _ext._C.prepack_timings() == 2
+
+
+def test_frozen_weights_are_checked_by_their_version(always):
+    layer = genkern.nn.ConvTranspose2d(4, 3, 4, 2, 1, activation="relu").eval()
+    x = torch.randn(1, 4, 5, 5)
+    model = genkern.nn.freeze(torch.nn.Sequential(layer))
+    with torch.no_grad():
+        model(x)
+        layer.weight.mul_(-2.0)  # a tracked write: repacked
+        packed = _stock(layer, x)
+        torch.testing.assert_close(model(x), packed, rtol=1e-5, atol=1e-5)
+        layer.weight.data.mul_(-0.5)  # freeze's contract: a write through .data is not seen ...
+        torch.testing.assert_close(model(x), packed, rtol=1e-5, atol=1e-5)
+        genkern.nn.unfreeze(model)  # ... until unfrozen
+        torch.testing.assert_close(model(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_fingerprint_sees_any_change_of_bytes():
+    fp = _ext._C.fingerprint
+    torch.manual_seed(0)
+    for n in (1, 7, 16, 1000, 4099):  # tails of 0 to 15 floats past the 64-byte stripes
+        t = torch.randn(n)
+        base = fp(t)
+        assert fp(t.clone()) == base
+        for i in {0, n // 2, n - 1}:
+            u = t.clone()
+            u.view(torch.int32)[i] ^= 1  # one bit
+            assert fp(u) != base, (n, i)
+        if n > 1:
+            assert fp(t.roll(1)) != base and fp(t.flip(0)) != base
+    t = torch.zeros(64)  # zero words, where lo * hi products vanish without the key
+    for i in range(64):
+        u = t.clone()
+        u[i] = 1.0
+        assert fp(u) != fp(t), i
+    a = torch.arange(24.0).view(4, 6)
+    assert fp(a.t()) == fp(a)  # non-overlapping and dense: its bytes in memory order
+    assert fp(a[:, ::2]) == fp(a[:, ::2].contiguous())  # else a contiguous copy's

@@ -7,11 +7,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <optional>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
 #include "conv_geometry.h"
+#include "fingerprint.h"
 #include "genkern/activation.h"
 
 namespace genkern::cpu {
@@ -104,24 +107,21 @@ struct Call {
                                       : at::MemoryFormat::Contiguous);
   }
 
-  // Everything the packed weight and the primitive depend on.
-  std::vector<int64_t> key() const {
-    std::vector<int64_t> k = {reinterpret_cast<int64_t>(weight.data_ptr()), weight._version(),
-                              static_cast<int64_t>(weight.scalar_type()),
-                              transposed,
-                              groups,
-                              activation,
-                              channels_last};
+  // Everything the path choice, the packed weight and the primitive depend on but the values:
+  // the call's shapes, strides, dtypes and geometry (an entry's weight values are checked by
+  // their fingerprint).
+  std::vector<int64_t> geometry() const {
+    std::vector<int64_t> k = {static_cast<int64_t>(weight.scalar_type()), transposed, groups,
+                              activation, channels_last};
     int64_t slope_bits = 0;
     std::memcpy(&slope_bits, &negative_slope, sizeof slope_bits);
     k.push_back(slope_bits);
     for (const auto* v : {&stride, &padding, &output_padding, &dilation})
       k.insert(k.end(), v->begin(), v->end());
-    k.insert(k.end(), weight.strides().begin(), weight.strides().end());
-    k.insert(k.end(), x.sizes().begin(), x.sizes().end());
-    k.insert(k.end(), x.strides().begin(), x.strides().end());
-    k.push_back(bias ? reinterpret_cast<int64_t>(bias->data_ptr()) : 0);
-    k.push_back(bias ? bias->_version() : -1);
+    for (const at::Tensor* t : {&weight, &x}) {
+      k.insert(k.end(), t->sizes().begin(), t->sizes().end());
+      k.insert(k.end(), t->strides().begin(), t->strides().end());
+    }
     k.push_back(bias ? static_cast<int64_t>(bias->scalar_type()) : -1);
     return k;
   }
@@ -129,15 +129,29 @@ struct Call {
 
 enum class Path : int8_t { kRegular = 0, kPacked = 1, kGemm = 2, kDirect = 3 };
 
+// A packed weight (paths kPacked and kDirect) of the weight at `data` for this geometry, and the
+// values it was packed from: their fingerprint (a write through .data leaves the version counter
+// as it was), or for a frozen weight (prepack_freeze) the version counter alone.
 struct Entry {
   WeakImpl weight;
-  std::vector<int64_t> key;
+  std::vector<int64_t> geometry;
+  const void* data = nullptr;
+  int64_t version = 0;
+  std::optional<uint64_t> values;  // none: packed while frozen
   Path path = Path::kRegular;
-  at::Tensor packed;  // paths kPacked and kDirect: their packed weight
+  at::Tensor packed;
 };
 
 std::mutex g_mutex;
+// The path auto mode timed fastest, per geometry (a weight's update does not time again)
+std::map<std::vector<int64_t>, Path> g_choice;
+constexpr size_t kMaxChoices = 4096;  // a run of ever-new shapes: start over past this
+// The packed weights, per weight TensorImpl (held weakly)
 std::unordered_map<const c10::TensorImpl*, Entry> g_cache;
+// The frozen weights (held weakly): their packed copies are trusted while the version counter
+// stands
+std::unordered_map<const c10::TensorImpl*, WeakImpl> g_frozen;
+size_t g_timings = 0;  // geometries timed since the mode was set (for tests)
 
 // The live entry of this weight, or nullptr; drops entries of weights that are gone.
 Entry* lookup(const at::Tensor& weight) {
@@ -150,15 +164,34 @@ Entry* lookup(const at::Tensor& weight) {
   return &it->second;
 }
 
-void store(const at::Tensor& weight, std::vector<int64_t> key, Path path, at::Tensor packed) {
+bool frozen(const at::Tensor& weight) {
+  auto it = g_frozen.find(weight.unsafeGetTensorImpl());
+  return it != g_frozen.end() && it->second.lock().get() == weight.unsafeGetTensorImpl();
+}
+
+void store(const at::Tensor& weight, std::vector<int64_t> geometry,
+           std::optional<uint64_t> values, Path path, at::Tensor packed) {
   for (auto it = g_cache.begin(); it != g_cache.end();) {
     it = it->second.weight.expired() ? g_cache.erase(it) : std::next(it);
   }
-  g_cache.insert_or_assign(weight.unsafeGetTensorImpl(),
-                           Entry{WeakImpl(weight.getIntrusivePtr()), std::move(key), path,
-                                 path == Path::kPacked || path == Path::kDirect
-                                     ? std::move(packed)
-                                     : at::Tensor()});
+  g_cache.insert_or_assign(
+      weight.unsafeGetTensorImpl(),
+      Entry{WeakImpl(weight.getIntrusivePtr()), std::move(geometry), weight.const_data_ptr(),
+            weight._version(), values, path, std::move(packed)});
+}
+
+// Records that this weight's calls of this geometry run the unpacked path `path` (what
+// prepack_state reports), unless its entry says so already.
+void note(const at::Tensor& weight, const std::vector<int64_t>& geometry, Path path) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  const Entry* e = lookup(weight);
+  if (e == nullptr || e->path != path || e->geometry != geometry)
+    store(weight, geometry, std::nullopt, path, at::Tensor());
+}
+
+void choose(const std::vector<int64_t>& geometry, Path path) {
+  if (g_choice.size() >= kMaxChoices) g_choice.clear();
+  g_choice[geometry] = path;
 }
 
 double seconds(const std::function<at::Tensor()>& fn, at::Tensor& out) {
@@ -182,9 +215,27 @@ void set_prepack_mode(int64_t mode, bool bfloat16) {
   g_bfloat16 = bfloat16;
   std::lock_guard<std::mutex> lock(g_mutex);
   g_cache.clear();
+  g_choice.clear();
+  g_timings = 0;
 }
 
 bool prepack_available() { return ops().available(); }
+
+void prepack_freeze(const at::Tensor& weight, bool freeze) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  for (auto it = g_frozen.begin(); it != g_frozen.end();) {
+    it = it->second.expired() ? g_frozen.erase(it) : std::next(it);
+  }
+  if (freeze)
+    g_frozen.insert_or_assign(weight.unsafeGetTensorImpl(), WeakImpl(weight.getIntrusivePtr()));
+  else
+    g_frozen.erase(weight.unsafeGetTensorImpl());
+}
+
+int64_t prepack_timings() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return static_cast<int64_t>(g_timings);
+}
 
 int64_t prepack_state(const at::Tensor& weight) {
   std::lock_guard<std::mutex> lock(g_mutex);
@@ -207,38 +258,68 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     return regular();
   const Call c{transposed, x,      weight,     bias,           stride,        padding,
                output_padding, dilation, groups, activation, negative_slope, channels_last};
-  std::vector<int64_t> key = c.key();
-  Path path = Path::kRegular;
-  at::Tensor packed;
-  bool hit = false;
+  const bool always = static_cast<PrepackMode>(g_mode.load()) == PrepackMode::kAlways;
+  std::vector<int64_t> geometry = c.geometry();
+  std::optional<Path> chosen;  // always mode: packed, unless oneDNN could not pack the geometry
   {
     std::lock_guard<std::mutex> lock(g_mutex);
-    const Entry* e = lookup(weight);
-    if (e != nullptr && e->key == key) path = e->path, packed = e->packed, hit = true;
+    auto it = g_choice.find(geometry);
+    if (it != g_choice.end()) chosen = it->second;
   }
+  if (always && !chosen) chosen = Path::kPacked;
   // a kept candidate this call does not offer (its mode switched to never since): time again
-  if (hit && ((path == Path::kGemm && !gemm) || (path == Path::kDirect && !direct))) hit = false;
-  if (hit) {
-    switch (path) {
-      case Path::kPacked: return c.run(packed);
-      case Path::kGemm: return gemm();
-      case Path::kDirect: return direct.run(packed);
-      default: return regular();
-    }
+  if (chosen && ((*chosen == Path::kGemm && !gemm) || (*chosen == Path::kDirect && !direct)))
+    chosen.reset();
+  if (chosen == Path::kRegular || chosen == Path::kGemm) {
+    note(weight, geometry, *chosen);
+    return *chosen == Path::kGemm ? gemm() : regular();
   }
-  at::Tensor y_first;
-  try {  // oneDNN has no packed primitive for some geometries: the regular path then
+  if (chosen) {  // kPacked or kDirect: the weight's packed copy, if its values are the ones packed
+    bool trusted;
+    {
+      std::lock_guard<std::mutex> lock(g_mutex);
+      trusted = frozen(weight);
+    }
+    const std::optional<uint64_t> values =
+        trusted ? std::nullopt : std::optional<uint64_t>(fingerprint(weight));
+    at::Tensor packed;
+    {
+      std::lock_guard<std::mutex> lock(g_mutex);
+      const Entry* e = lookup(weight);
+      if (e != nullptr && e->path == *chosen && e->geometry == geometry &&
+          e->data == weight.const_data_ptr() &&
+          (trusted ? e->version == weight._version() : e->values == values))
+        packed = e->packed;
+    }
+    const bool direct_path = *chosen == Path::kDirect;
+    if (!packed.defined()) {
+      try {  // oneDNN has no packed primitive for some geometries: the regular path then
+        packed = direct_path ? direct.pack() : c.pack();
+      } catch (const std::exception&) {
+        {
+          std::lock_guard<std::mutex> lock(g_mutex);
+          choose(geometry, Path::kRegular);
+        }
+        note(weight, geometry, Path::kRegular);
+        return regular();
+      }
+      std::lock_guard<std::mutex> lock(g_mutex);
+      store(weight, std::move(geometry), values, *chosen, packed);
+    }
+    return direct_path ? direct.run(packed) : c.run(packed);
+  }
+  // auto mode, the geometry's first call: time the candidates
+  at::Tensor packed, y_first;
+  try {
     packed = c.pack();
     y_first = c.run(packed);  // creates the oneDNN primitive: not timed
   } catch (const std::exception&) {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    store(weight, std::move(key), Path::kRegular, at::Tensor());
+    {
+      std::lock_guard<std::mutex> lock(g_mutex);
+      choose(geometry, Path::kRegular);
+    }
+    note(weight, geometry, Path::kRegular);
     return regular();
-  }
-  if (static_cast<PrepackMode>(g_mode.load()) == PrepackMode::kAlways) {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    store(weight, std::move(key), Path::kPacked, packed);
-    return y_first;
   }
   // each candidate's best of two calls (one call's time swings by 10-20% here), each after an
   // untimed call, as the packed one had above: the regular path's makes its oneDNN primitive
@@ -258,7 +339,16 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   const int kept = static_cast<int>(std::min_element(best, best + 4) - best);
   const auto kept_path = static_cast<Path>(kept);
   std::lock_guard<std::mutex> lock(g_mutex);
-  store(weight, std::move(key), kept_path, kept_path == Path::kDirect ? direct_packed : packed);
+  const std::optional<uint64_t> values =
+      (kept_path == Path::kPacked || kept_path == Path::kDirect) && !frozen(weight)
+          ? std::optional<uint64_t>(fingerprint(weight))
+          : std::nullopt;
+  ++g_timings;
+  choose(geometry, kept_path);
+  store(weight, std::move(geometry), values, kept_path,
+        kept_path == Path::kDirect   ? direct_packed
+        : kept_path == Path::kPacked ? packed
+                                     : at::Tensor());
   return y[kept];
 }
 

@@ -4,15 +4,16 @@
 // the input shape it meets and kept (keyed by the weight's TensorImpl, held weakly) until it
 // changes; later calls of that shape run one oneDNN primitive with the bias and the activation as
 // post-ops. Stock eager reorders the weight on every call, which at batch 1 costs as much as the
-// convolution. The key holds the weight's storage pointer, version counter, dtype and strides,
-// the bias's, and the call's shapes, strides and geometry: an optimizer step, load_state_dict or
-// .to() repacks.
+// convolution. A packed weight is used only while the weight's storage pointer, shapes and
+// strides are the ones packed and its values' fingerprint (fingerprint.h, one read of the
+// weight) matches: an optimizer step, load_state_dict, .to() or a write through .data repacks.
 //
 // Mode (GENKERN_CPU_PREPACK, set from genkern/ops/_prepacked.py): "auto" (on the first call of a
-// shape the paths are timed and the fastest kept, as cudnn.benchmark does: packing loses on small
-// 3x3 layers, and the batched-GEMM path, a third candidate for one-group float32 calls, wins the
-// transposed convs of batch-1 decoders: 64 -> 32 channels 7x7 -> 14x14 106 -> 55 us), "always",
-// or "never".
+// geometry, its shapes, strides, dtypes and conv parameters, the paths are timed and the fastest
+// kept for every later call of that geometry, whatever the weight's values, as cudnn.benchmark
+// does: packing loses on small 3x3 layers, and the batched-GEMM path, a third candidate for
+// one-group float32 calls, wins the transposed convs of batch-1 decoders: 64 -> 32 channels 7x7
+// -> 14x14 106 -> 55 us), "always", or "never".
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,6 +30,11 @@ enum class PrepackMode : int { kNever = 0, kAuto = 1, kAlways = 2 };
 void set_prepack_mode(int64_t mode, bool bfloat16);
 // Whether torch has the oneDNN ops this path calls.
 bool prepack_available();
+// Marks a weight frozen (or not): its packed copies are then checked by its version counter
+// alone, not by a read of its values, so a write through .data goes unseen (genkern.nn.freeze).
+void prepack_freeze(const at::Tensor& weight, bool freeze);
+// For tests: how many geometries auto mode has timed since the mode was last set.
+int64_t prepack_timings();
 // For tests: -1 no cache entry for this weight, 0 the regular path was kept, 1 a packed weight,
 // 2 the batched-GEMM path was kept, 3 the direct kernels (with their own packed weight).
 int64_t prepack_state(const at::Tensor& weight);

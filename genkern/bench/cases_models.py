@@ -189,10 +189,12 @@ def _infer_runner(name):
         ms = _models(name, impl, device, dtype, cl)
         key = "G" if "G" in ms else "M"
         m = ms[key].eval()
-        if impl == "genkern":  # genkern's inference recipe: eval BatchNorm folded into the convs
-            from genkern.nn import convert
+        if impl == "genkern":
+            # genkern's inference recipe: eval BatchNorm folded into the convs, the weights frozen
+            # (their packed copies checked by version, not by a read of the values per call)
+            from genkern.nn import convert, freeze
 
-            m = convert(m, fold_bn=True)
+            m = freeze(convert(m, fold_bn=True))
         if name == "vae":
             gen = torch.Generator().manual_seed(1)
             z = torch.randn(1, m.latent_dim, generator=gen).to(device, dtype)

@@ -4,6 +4,7 @@ state_dict keys, and adds `activation` / `negative_slope` where a fused activati
 from genkern.nn.batchnorm import BatchNorm2d, fold_batch_norm
 from genkern.nn.conv import Conv2d, ConvTranspose2d
 from genkern.nn.convert import convert
+from genkern.nn.freeze import freeze, unfreeze
 from genkern.nn.linear import Linear
 from genkern.nn.losses import GANLoss, VAELoss
 from genkern.nn.pooling import AvgPool2d, MaxPool2d, Upsample
@@ -20,4 +21,6 @@ __all__ = [
     "VAELoss",
     "convert",
     "fold_batch_norm",
+    "freeze",
+    "unfreeze",
 ]

@@ -1,11 +1,13 @@
 """Inference path of conv2d / conv_transpose2d on the CPU backend: packed oneDNN weights, in C++
-(csrc/cpu/prepacked.h: a call that records no gradient runs on a weight reordered once per input
-shape and weight version, with the bias and the activation as oneDNN post-ops).
+(csrc/cpu/prepacked.h: a call that records no gradient runs on a weight reordered once per
+geometry and weight values, with the bias and the activation as oneDNN post-ops; the values are
+checked by a fingerprint on every call, or by the version counter for weights frozen with
+genkern.nn.freeze).
 
-GENKERN_CPU_PREPACK: "auto" (default: on the first call of a shape the paths are timed and the
-fastest is kept, as cudnn.benchmark does: packing loses on small 3x3 layers, where ATen picks a
-non-oneDNN kernel, and genkern's direct conv kernels win most batch-1 convs on AVX-512 CPUs),
-"always", or "never". `set_mode` changes it at run time (and clears the cache).
+GENKERN_CPU_PREPACK: "auto" (default: on the first call of a geometry the paths are timed and
+the fastest is kept for it, as cudnn.benchmark does: packing loses on small 3x3 layers, where ATen
+picks a non-oneDNN kernel, and genkern's direct conv kernels win most batch-1 convs on AVX-512
+CPUs), "always", or "never". `set_mode` changes it at run time (and clears the cache).
 """
 
 from __future__ import annotations
@@ -41,3 +43,10 @@ def state(weight: torch.Tensor) -> str | None:
     genkern/ops/_conv_gemm.py was faster) or "direct" (the direct conv kernels of
     genkern/ops/_stem_conv.py, on their own packed weight, were faster)."""
     return (None, "regular", "packed", "gemm", "direct")[_ext._C.prepack_state(weight) + 1]
+
+
+def freeze_weight(weight: torch.Tensor, frozen: bool = True) -> None:
+    """Mark (or unmark) a conv weight frozen: its packed copies are then checked by its version
+    counter alone, not by a read of its values on every call (genkern.nn.freeze)."""
+    if AVAILABLE:
+        _ext._C.prepack_freeze(weight, frozen)
