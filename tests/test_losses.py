@@ -411,6 +411,33 @@ def test_vae_extremes(backend):
     assert torch.isnan(genkern.ops.vae_loss(x2, torch.zeros_like(x2), mu, lv, backend=backend))
 
 
+@pytest.mark.parametrize("path", ["fast", "op", "compiled"])
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+def test_vae_one_component_backward_leaves_the_others_alone(backend, path, monkeypatch):
+    # found by the fuzz: through the custom op, backward of the recon term alone sent zeros as the
+    # kl output's gradient, and 0 * the saved infinite d/dlogvar (logvar 100 in float32) gave NaN
+    monkeypatch.setattr(_fused, "FAST_EAGER", path != "op")
+    torch._dynamo.reset()
+
+    def loss(*a):
+        return genkern.ops.vae_loss(*a, recon_loss="mse", return_components=True, backend=backend)
+
+    fn = torch.compile(loss, fullgraph=True, backend="eager") if path == "compiled" else loss
+    x = torch.tensor([[0.2, 0.7]], device=DEVICE, requires_grad=True)
+    t = torch.tensor([[0.1, 0.9]], device=DEVICE)
+    mu = torch.tensor([[0.5, -0.5]], device=DEVICE, requires_grad=True)
+    lv = torch.tensor([[100.0, 0.0]], device=DEVICE, requires_grad=True)
+    _, rec, _ = fn(x, t, mu, lv)
+    rec.backward()
+    torch.testing.assert_close(x.grad, 2 * (x - t).detach())
+    assert mu.grad is None and lv.grad is None
+    x.grad = None
+    _, _, kl = fn(torch.tensor([[INF, 0.0]], device=DEVICE, requires_grad=True), t, mu, lv)
+    kl.backward()  # the recon term's gradients (infinite at recon = inf) are not taken
+    torch.testing.assert_close(mu.grad, mu.detach())
+    assert torch.isfinite(lv.grad[0, 1]) and x.grad is None
+
+
 # ---- dtypes, autocast -------------------------------------------------------------------------
 
 

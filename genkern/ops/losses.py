@@ -61,15 +61,23 @@ def _needs(t: torch.Tensor | None) -> bool:
 # as the custom op's): the custom op's dispatch costs more than the whole loss on 4096 logits.
 
 
-def _scaled(saved: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor | None:
+def _scaled(saved: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor | None:
     """saved * g; the saved gradient itself when g is a CPU 1 (loss.backward()) and no graph of
     the backward is built: a full pass less. Safe: it stays a saved tensor of the graph, whose
     version counter makes autograd refuse it if someone later modifies it in place."""
-    if saved is None:
+    if saved is None or g is None:
         return None
     if g.device.type == "cpu" and not torch.is_grad_enabled() and g.item() == 1.0:
         return saved
     return saved * g
+
+
+def _weighted_sum(a: torch.Tensor | None, w: float, b: torch.Tensor | None):
+    """w * a + b over the ones of a and b that are given (None when neither is)."""
+    if a is None:
+        return b
+    wa = a if w == 1.0 else a * w
+    return wa if b is None else wa + b
 
 
 class _GanLossFn(torch.autograd.Function):
@@ -99,6 +107,7 @@ class _VaeLossFn(torch.autograd.Function):
     def forward(ctx, recon, target, mu, logvar, rid, beta, scale, mask, kernel):
         total, rec, kl, *grads = kernel(recon, target, mu, logvar, rid, beta, scale, mask)
         ctx.save_for_backward(*grads)
+        ctx.set_materialize_grads(False)  # an unused output's gradient: None (see _vae_backward)
         ctx.beta = beta
         return total, rec, kl
 
@@ -106,8 +115,8 @@ class _VaeLossFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_total, g_rec, g_kl):
         gx, gt, gm, glv = ctx.saved_tensors
-        gr = g_total + g_rec
-        gk = g_total * ctx.beta + g_kl
+        gr = _weighted_sum(g_total, 1.0, g_rec)
+        gk = _weighted_sum(g_total, ctx.beta, g_kl)
         return (
             _scaled(gx, gr),
             _scaled(gt, gr),
@@ -401,6 +410,9 @@ def _(recon, target, mu, logvar, recon_loss, beta, scale, mask, backend):
 
 def _vae_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[3:])  # the saved gradients
+    # an output nobody used sends None, not zeros: 0 times an infinite saved gradient (logvar of
+    # 100 in float32) would be NaN where no gradient flows
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(*output[3:])
     ctx.mask = inputs[7]
     ctx.beta = inputs[5]
@@ -409,9 +421,12 @@ def _vae_setup_context(ctx, inputs, output):
 def _vae_backward(ctx, g_total, g_rec, g_kl, *_):
     _refuse_double_backward()
     gx, gt, gm, glv = ctx.saved_tensors
-    mask = [m and n for m, n in zip(ctx.mask, ctx.needs_input_grad[:4], strict=True)]
-    gr = g_total + g_rec
-    gk = g_total * ctx.beta + g_kl
+    gr = _weighted_sum(g_total, 1.0, g_rec)  # d/d(recon term): through total and recon
+    gk = _weighted_sum(g_total, ctx.beta, g_kl)  # d/d(kl term): through total and kl
+    mask = [
+        m and n and g is not None
+        for m, n, g in zip(ctx.mask, ctx.needs_input_grad[:4], (gr, gr, gk, gk), strict=True)
+    ]
     return (
         gx * gr if mask[0] else None,
         gt * gr if mask[1] else None,
