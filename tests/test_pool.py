@@ -34,6 +34,9 @@ AVG_CASES = [
     (2, 3, 7, 9, 2, None, 0, False, True, None),
     (1, 2, 6, 8, (1, 2), None, 0, False, False, None),
     (2, 2, 4, 6, 2, 2, 0, True, True, 5),
+    # negative divisors divide, as torch's (found by the fuzz: the kernels read them as none)
+    (2, 2, 4, 6, 2, 2, 0, True, True, -2),
+    (2, 3, 7, 7, 3, 2, 1, True, False, -3),
 ]
 # (N, C, H, W, scale_factor, size)
 UP_CASES = [

@@ -82,8 +82,9 @@ def test_max_pool2d_ties_and_nan():
         dict(kernel_size=2),
         dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
         dict(kernel_size=3, stride=2, padding=1, divisor_override=5),
+        dict(kernel_size=2, divisor_override=-3),
     ],
-    ids=["2x2", "no_pad_count", "divisor"],
+    ids=["2x2", "no_pad_count", "divisor", "negative_divisor"],
 )
 def test_avg_pool2d(kw, layout):
     x = testing.make_tensor([2, 3, 7, 6], torch.float32, DEVICE, layout, True)

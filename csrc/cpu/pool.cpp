@@ -616,7 +616,7 @@ inline AvgWindow avg_window(int64_t oh, int64_t ow, int64_t IH, int64_t IW, int6
   h1 = std::min(h1, IH);
   w1 = std::min(w1, IW);
   int64_t div;
-  if (divisor_override > 0) {
+  if (divisor_override != 0) {  // 0: none (torch refuses 0; a negative one divides)
     div = divisor_override;
   } else if (count_include_pad) {
     div = pool_size;
@@ -654,7 +654,7 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& x, std::vector<int64_t> kern
               const scalar_t* r0 = plane + oh * 2 * IW;
               const scalar_t* r1 = r0 + IW;
               scalar_t* yr = yo + oh * OW;
-              const opmath_t div = opmath_t(divisor_override > 0 ? divisor_override : 4);
+              const opmath_t div = opmath_t(divisor_override != 0 ? divisor_override : 4);
               for (int64_t ow = 0; ow < OW; ++ow) {
                 const opmath_t sum =
                     ((opmath_t(0) + opmath_t(r0[2 * ow]) + opmath_t(r0[2 * ow + 1])) +

@@ -285,7 +285,7 @@ __device__ __forceinline__ AvgWindow avg_window(const Geometry& g, int64_t oh, i
   w0 = max(w0, int64_t(0));
   h1 = min(h1, g.ih);
   w1 = min(w1, g.iw);
-  const int64_t div = div_override > 0 ? div_override : (cip ? pool : (h1 - h0) * (w1 - w0));
+  const int64_t div = div_override != 0 ? div_override : (cip ? pool : (h1 - h0) * (w1 - w0));
   return {h0, h1, w0, w1, div};
 }
 

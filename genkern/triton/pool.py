@@ -175,7 +175,7 @@ def _avg_divisor(
     w0c = tl.maximum(w0, 0)
     h1c = tl.minimum(h1, IH)
     w1c = tl.minimum(w1, IW)
-    if DIVISOR > 0:
+    if DIVISOR != 0:  # 0: none (torch refuses 0; a negative one divides)
         div = tl.zeros_like(pool) + DIVISOR
     elif COUNT_PAD:
         div = pool
@@ -231,7 +231,7 @@ def _avg_pool_fwd_kernel(
                 tl.float32
             )
     empty = (h0c >= h1c) | (w0c >= w1c)
-    y = tl.where(empty, 0.0, acc / tl.maximum(div, 1).to(tl.float32))
+    y = tl.where(empty, 0.0, acc / tl.where(div == 0, 1, div).to(tl.float32))
     tl.store(
         y_ptr + n * ys_n + c * ys_c + oh * ys_h + ow * ys_w, y.to(y_ptr.dtype.element_ty), mask=mask
     )
@@ -283,7 +283,7 @@ def _avg_pool_bwd_kernel(
             g = tl.load(
                 gy_ptr + n * gs_n + c * gs_c + oh * gs_h + ow * gs_w, mask=valid, other=0.0
             ).to(tl.float32)
-            acc += tl.where(valid, g / tl.maximum(div, 1).to(tl.float32), 0.0)
+            acc += tl.where(valid, g / tl.where(div == 0, 1, div).to(tl.float32), 0.0)
     tl.store(
         gx_ptr + n * xs_n + c * xs_c + ih * xs_h + iw * xs_w,
         acc.to(gx_ptr.dtype.element_ty),
