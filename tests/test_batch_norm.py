@@ -149,6 +149,41 @@ def test_leaky_relu_keeps_its_output_not_its_input(scale_low, layout, shape, fas
     "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
 )
 @pytest.mark.parametrize("fast", [True, False], ids=["eager_entry", "custom_op"])
+@pytest.mark.parametrize(
+    "slope,shift,keeps",
+    [(0.2, 0.5, True), (1e-39, 0.0, False), (0.2, 1e3, False), (0.2, 1e4, False)],
+    ids=["kept", "subnormal_slope", "shift_1e3", "shift_1e4"],
+)
+def test_output_kept_only_where_it_gives_x_back_accurately(slope, shift, keeps, fast, monkeypatch):
+    """Found by the fuzz: a float32 slope of 1e-39 (y / slope overflows) gave NaN gradients, and a
+    bias of 1e3 at scale 0.1 put grad_w 1e-4 off (y's rounding, relative to y, comes back in
+    x - mean times about |b| / |w|). Those keep x; the gradients are within float32's reach."""
+    from genkern.ops import _fused
+
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+    (x, w, b), _ = _make((4, 3, 6, 5), torch.float32, "contiguous")
+    with torch.no_grad():
+        w.fill_(0.1)
+        b.fill_(shift)
+    ext = genkern.ops._registry.extension()
+    assert ext.batch_norm_keeps_output(x, w, b, True, A.activation_id("leaky_relu"), slope) == keeps
+    fn = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
+        x, None, None, w, b, True, activation="leaky_relu", negative_slope=slope, backend="cpu"
+    )
+    y, saved = _saved_by(fn, x, w, b)
+    assert (x.data_ptr() not in saved) == keeps
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, w, b], g)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y64 = reference.batch_norm(x64, None, None, w64, b64, True, 0.1, 1e-5, "leaky_relu", slope)
+    for ours, ref in zip(grads, torch.autograd.grad(y64, [x64, w64, b64], g.double())):
+        torch.testing.assert_close(ours.double(), ref, rtol=2e-5, atol=2e-5 * ref.abs().max())
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("fast", [True, False], ids=["eager_entry", "custom_op"])
 def test_kept_output_modified_in_place_raises(fast, monkeypatch):
     """The kept output changed in place before the backward: autograd's error, not a wrong
     gradient (as stock's LeakyReLU(inplace=True))."""

@@ -480,7 +480,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask,
     const std::optional<at::Tensor>& bias, bool x_is_output) {
   const auto act = static_cast<Activation>(activation);
-  TORCH_CHECK(!x_is_output || batch_norm_keeps_output(x, weight, training, activation,
+  TORCH_CHECK(!x_is_output || batch_norm_keeps_output(x, weight, bias, training, activation,
                                                       negative_slope),
               "genkern: batch_norm backward from the output needs what batch_norm_keeps_output "
               "checks");
@@ -714,16 +714,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
   return {gx, gw, gb};
 }
 
+namespace {
+
+// A CPU tensor's values as doubles, in memory order of its contiguous form.
+std::vector<double> values_of(const at::Tensor& t) {
+  const at::Tensor c = t.detach().contiguous();
+  std::vector<double> out(static_cast<size_t>(c.numel()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "values_of", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+  });
+  return out;
+}
+
+}  // namespace
+
 bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                             bool training, int64_t activation, double negative_slope) {
-  constexpr double kMinScale = 0.1;
+                             const std::optional<at::Tensor>& bias, bool training,
+                             int64_t activation, double negative_slope) {
+  constexpr double kMinScale = 0.1, kMaxShiftPerScale = 10.0, kMinSlope = 1e-3;
   const auto dtype = x.scalar_type();
   if (!training || static_cast<Activation>(activation) != Activation::kLeakyRelu ||
-      !(negative_slope > 0) || (dtype != at::kFloat && dtype != at::kDouble) ||
+      !(negative_slope >= kMinSlope) || (dtype != at::kFloat && dtype != at::kDouble) ||
       !weight.has_value() || !weight->defined() || weight->numel() == 0 ||
       weight->device().type() != at::kCPU)
     return false;
-  return weight->detach().abs().min().item<double>() >= kMinScale;  // false for a NaN scale too
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias && (bias->numel() != weight->numel() || bias->device().type() != at::kCPU))
+    return false;
+  // plain loops over the C values, not a chain of tensor ops each dispatched
+  const std::vector<double> w = values_of(*weight);
+  const std::vector<double> b = has_bias ? values_of(*bias) : std::vector<double>(w.size(), 0.0);
+  for (size_t c = 0; c < w.size(); ++c) {
+    // false for a NaN scale or shift too
+    if (!(std::abs(w[c]) >= kMinScale && std::abs(b[c]) <= kMaxShiftPerScale * std::abs(w[c])))
+      return false;
+  }
+  return true;
 }
 
 }  // namespace genkern::cpu

@@ -54,9 +54,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
 // Whether the autograd node may keep act's output y alone, not x, the backward reading x - mean
 // back from y: ((y > 0 ? y : y / slope) - b) / (w * invstd). y is kept by the next layer anyway,
 // so the step holds one tensor fewer per such layer (the conv output before a discriminator's
-// batch norm + leaky_relu). Needs training (batch statistics), leaky_relu with a positive slope
-// (invertible), every |w| >= 0.1 (the rounding of y grows by 1 / |w|), float32 or float64.
+// batch norm + leaky_relu). Needs training (batch statistics), float32 or float64, leaky_relu
+// with a slope >= 1e-3 (invertible, y / slope of a normal number: a float32 slope of 1e-39 gave
+// NaN gradients), every |w| >= 0.1 and every |b| <= 10 |w| (y's rounding, relative to y, comes
+// back in x - mean times about 1 + |b| / |w|: a bias of 1e3 at w = 0.1 put grad_w 1e-4 off).
 bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                             bool training, int64_t activation, double negative_slope);
+                             const std::optional<at::Tensor>& bias, bool training,
+                             int64_t activation, double negative_slope);
 
 }  // namespace genkern::cpu
