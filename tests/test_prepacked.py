@@ -6,6 +6,8 @@ batched-GEMM path and (where they run) the direct kernels, the fastest kept for 
 
 import copy
 import io
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -27,6 +29,14 @@ LAYERS = [
     lambda act: genkern.nn.ConvTranspose2d(6, 3, 3, 2, 1, output_padding=1, activation=act),
 ]
 IN_CHANNELS = [3, 4, 6, 6]
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices():
+    """Each test from an empty cache: auto mode's choices are per geometry, and one test's
+    choice would otherwise be another's on a layer of the same shapes (entering a mode clears)."""
+    with _prepacked.mode("auto"):
+        yield
 
 
 @pytest.fixture
@@ -390,3 +400,65 @@ def test_fingerprint_sees_any_change_of_bytes():
     a = torch.arange(24.0).view(4, 6)
     assert fp(a.t()) == fp(a)  # non-overlapping and dense: its bytes in memory order
     assert fp(a[:, ::2]) == fp(a[:, ::2].contiguous())  # else a contiguous copy's
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_inference_tensor_weights(mode):
+    # found by the fuzz: weights made under inference_mode have no version counter, and reading
+    # it raised on every call; they are checked by fingerprint (frozen or not)
+    with torch.inference_mode():
+        layers = [genkern.nn.Conv2d(8, 6, 3, padding=1), genkern.nn.ConvTranspose2d(8, 6, 4, 2, 1)]
+    x = torch.randn(1, 8, 6, 6)
+    with _prepacked.mode(mode), torch.no_grad():
+        for layer in layers:
+            genkern.nn.freeze(layer)
+            torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_weight_given_new_storage_repacks(always):
+    # found by the fuzz: `.data = t` keeps the version counter, and a new storage at the freed
+    # one's address passed a frozen weight's check; the entry holds its storage weakly now
+    layer = genkern.nn.Conv2d(8, 6, 3, padding=1).eval()
+    x = torch.randn(1, 8, 6, 6)
+    genkern.nn.freeze(layer)
+    with torch.no_grad():
+        for _ in range(4):
+            layer(x)
+            layer.weight.data = torch.randn_like(layer.weight)
+            torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
+        layer.to(torch.bfloat16).to(torch.float32)  # what .to() does to parameters
+        torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_calls_from_other_threads_do_not_deadlock():
+    # found by the fuzz: a thread in conv inference held the cache's mutex while reviving the
+    # weight's Python object (which takes the GIL), and a thread holding the GIL waited on the
+    # mutex (state, freeze, set_mode). In a subprocess: a deadlock is a timeout, not a hang.
+    code = """
+import threading, time, torch, genkern
+from genkern.ops import _prepacked
+torch.set_num_threads(1)
+conv = genkern.nn.Conv2d(16, 16, 3, padding=1).eval()
+x = torch.randn(1, 16, 8, 8)
+stop = []
+def infer():
+    with torch.no_grad():
+        while not stop:
+            conv(x)
+t = threading.Thread(target=infer)
+t.start()
+start = time.perf_counter()
+i = 0
+while time.perf_counter() - start < 5:  # the old code hung within a second or two
+    _prepacked.state(conv.weight)
+    if i % 100 == 0:
+        (genkern.nn.freeze if i % 200 else genkern.nn.unfreeze)(conv)
+    i += 1
+stop.append(1)
+t.join()
+print("done")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "done", out.stderr

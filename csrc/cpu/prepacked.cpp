@@ -21,6 +21,9 @@ namespace genkern::cpu {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+// A call of more FLOPs keeps the regular path without timing the others (conv_inference): 2-5 ms
+// at the 200-450 GFLOP/s of this project's CPUs.
+constexpr double kLargeCallFlops = 1e9;
 using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 
 std::atomic<int> g_mode{static_cast<int>(PrepackMode::kAuto)};
@@ -107,6 +110,21 @@ struct Call {
                                       : at::MemoryFormat::Contiguous);
   }
 
+  // The multiply-adds' FLOPs: each weight element meets each output pixel (conv2d) or each
+  // input pixel (transposed) of each image once.
+  double flops() const {
+    double pixels = static_cast<double>(x.size(2)) * static_cast<double>(x.size(3));
+    if (!transposed) {
+      pixels = 1.0;
+      for (int d = 0; d < 2; ++d) {
+        const int64_t span = dilation[d] * (weight.size(2 + d) - 1) + 1;
+        pixels *= static_cast<double>(
+            std::max<int64_t>(0, (x.size(2 + d) + 2 * padding[d] - span) / stride[d] + 1));
+      }
+    }
+    return 2.0 * static_cast<double>(weight.numel()) * static_cast<double>(x.size(0)) * pixels;
+  }
+
   // Everything the path choice, the packed weight and the primitive depend on but the values:
   // the call's shapes, strides, dtypes and geometry (an entry's weight values are checked by
   // their fingerprint).
@@ -129,64 +147,126 @@ struct Call {
 
 enum class Path : int8_t { kRegular = 0, kPacked = 1, kGemm = 2, kDirect = 3 };
 
-// A packed weight (paths kPacked and kDirect) of the weight at `data` for this geometry, and the
-// values it was packed from: their fingerprint (a write through .data leaves the version counter
-// as it was), or for a frozen weight (prepack_freeze) the version counter alone.
+// What a packed copy was made from: the weight's storage (held weakly, so that no other storage
+// takes its address while the entry lives) and data pointer, and its values: their fingerprint
+// (a write through .data leaves the version counter as it was), or for a frozen weight
+// (prepack_freeze) its version counter (inference tensors have none: the fingerprint then).
+struct Source {
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
+  const c10::StorageImpl* storage_impl = nullptr;
+  const void* data = nullptr;
+  std::optional<int64_t> version;
+  std::optional<uint64_t> values;
+
+  bool same_as(const Source& now) const {
+    return storage_impl == now.storage_impl && !storage.expired() && data == now.data &&
+           version == now.version && values == now.values;
+  }
+};
+
+// Read without g_mutex held: the fingerprint reads the whole weight.
+Source source_of(const at::Tensor& weight, bool frozen_weight) {
+  const bool by_version = frozen_weight && !weight.is_inference();
+  return Source{weight.storage().getWeakStorageImpl(), weight.storage().unsafeGetStorageImpl(),
+                weight.const_data_ptr(),
+                by_version ? std::optional<int64_t>(weight._version()) : std::nullopt,
+                by_version ? std::nullopt : std::optional<uint64_t>(fingerprint(weight))};
+}
+
+// The path a weight's calls of a geometry took; for kPacked and kDirect, the packed weight and
+// what it was packed from.
 struct Entry {
   WeakImpl weight;
   std::vector<int64_t> geometry;
-  const void* data = nullptr;
-  int64_t version = 0;
-  std::optional<uint64_t> values;  // none: packed while frozen
   Path path = Path::kRegular;
   at::Tensor packed;
+  std::optional<Source> source;
 };
 
+// Under g_mutex nothing may wait for the GIL (a Python thread holding it may be waiting for
+// g_mutex): weak references are tested with expired(), never lock(), which can need the GIL to
+// revive a tensor's Python object, and entries and weak references leave the maps into a
+// `Dropped` declared before the lock, destroyed after its release (the last weak reference to a
+// dead tensor frees it, which can take the GIL for its Python object). The only strong
+// references taken or dropped under it are packed weights, which have no Python object.
 std::mutex g_mutex;
 // The path auto mode timed fastest, per geometry (a weight's update does not time again)
 std::map<std::vector<int64_t>, Path> g_choice;
 constexpr size_t kMaxChoices = 4096;  // a run of ever-new shapes: start over past this
-// The packed weights, per weight TensorImpl (held weakly)
+// The entries, per weight TensorImpl (held weakly)
 std::unordered_map<const c10::TensorImpl*, Entry> g_cache;
-// The frozen weights (held weakly): their packed copies are trusted while the version counter
-// stands
+// The frozen weights (held weakly)
 std::unordered_map<const c10::TensorImpl*, WeakImpl> g_frozen;
 size_t g_timings = 0;  // geometries timed since the mode was set (for tests)
 
-// The live entry of this weight, or nullptr; drops entries of weights that are gone.
-Entry* lookup(const at::Tensor& weight) {
+struct Dropped {
+  std::vector<Entry> entries;
+  std::vector<WeakImpl> weights;
+};
+
+// The entry of this (live) weight, or nullptr; drops an entry of a dead tensor at its address.
+Entry* lookup(const at::Tensor& weight, Dropped& dropped) {
   auto it = g_cache.find(weight.unsafeGetTensorImpl());
   if (it == g_cache.end()) return nullptr;
-  if (it->second.weight.lock().get() != weight.unsafeGetTensorImpl()) {
-    g_cache.erase(it);  // a new tensor at a dead one's address
+  if (it->second.weight.expired()) {  // a new tensor at a dead one's address
+    dropped.entries.push_back(std::move(it->second));
+    g_cache.erase(it);
     return nullptr;
   }
   return &it->second;
 }
 
 bool frozen(const at::Tensor& weight) {
+  std::lock_guard<std::mutex> lock(g_mutex);
   auto it = g_frozen.find(weight.unsafeGetTensorImpl());
-  return it != g_frozen.end() && it->second.lock().get() == weight.unsafeGetTensorImpl();
+  return it != g_frozen.end() && !it->second.expired();
 }
 
-void store(const at::Tensor& weight, std::vector<int64_t> geometry,
-           std::optional<uint64_t> values, Path path, at::Tensor packed) {
+void store(const at::Tensor& weight, Entry entry) {
+  Dropped dropped;
+  std::lock_guard<std::mutex> lock(g_mutex);
   for (auto it = g_cache.begin(); it != g_cache.end();) {
-    it = it->second.weight.expired() ? g_cache.erase(it) : std::next(it);
+    if (it->second.weight.expired() || it->first == weight.unsafeGetTensorImpl()) {
+      dropped.entries.push_back(std::move(it->second));
+      it = g_cache.erase(it);
+    } else {
+      ++it;
+    }
   }
-  g_cache.insert_or_assign(
-      weight.unsafeGetTensorImpl(),
-      Entry{WeakImpl(weight.getIntrusivePtr()), std::move(geometry), weight.const_data_ptr(),
-            weight._version(), values, path, std::move(packed)});
+  g_cache.emplace(weight.unsafeGetTensorImpl(), std::move(entry));
+}
+
+// The packed weight of this weight's entry for this path and geometry, if made from `now`.
+at::Tensor packed_from(const at::Tensor& weight, const std::vector<int64_t>& geometry,
+                       Path path, const Source& now) {
+  Dropped dropped;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  const Entry* e = lookup(weight, dropped);
+  if (e == nullptr || e->path != path || e->geometry != geometry || !e->source ||
+      !e->source->same_as(now))
+    return {};
+  return e->packed;
+}
+
+// Keeps `packed`, made from `before`, unless the weight changed while it was made (another
+// thread's write: its bits may mix the old values and the new).
+void keep_packed(const at::Tensor& weight, std::vector<int64_t> geometry, Path path,
+                 at::Tensor packed, Source before, bool frozen_weight) {
+  if (!before.same_as(source_of(weight, frozen_weight))) return;
+  store(weight, Entry{WeakImpl(weight.getIntrusivePtr()), std::move(geometry), path,
+                      std::move(packed), std::move(before)});
 }
 
 // Records that this weight's calls of this geometry run the unpacked path `path` (what
 // prepack_state reports), unless its entry says so already.
 void note(const at::Tensor& weight, const std::vector<int64_t>& geometry, Path path) {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  const Entry* e = lookup(weight);
-  if (e == nullptr || e->path != path || e->geometry != geometry)
-    store(weight, geometry, std::nullopt, path, at::Tensor());
+  {
+    Dropped dropped;
+    std::lock_guard<std::mutex> lock(g_mutex);
+    const Entry* e = lookup(weight, dropped);
+    if (e != nullptr && e->path == path && e->geometry == geometry) return;
+  }
+  store(weight, Entry{WeakImpl(weight.getIntrusivePtr()), geometry, path, at::Tensor(), {}});
 }
 
 void choose(const std::vector<int64_t>& geometry, Path path) {
@@ -213,8 +293,9 @@ void set_prepack_mode(int64_t mode, bool bfloat16) {
   TORCH_CHECK(mode >= 0 && mode <= 2, "genkern: unknown prepack mode ", mode);
   g_mode = static_cast<int>(mode);
   g_bfloat16 = bfloat16;
+  decltype(g_cache) dropped;  // destroyed after the lock's release (see g_mutex)
   std::lock_guard<std::mutex> lock(g_mutex);
-  g_cache.clear();
+  dropped.swap(g_cache);
   g_choice.clear();
   g_timings = 0;
 }
@@ -222,14 +303,18 @@ void set_prepack_mode(int64_t mode, bool bfloat16) {
 bool prepack_available() { return ops().available(); }
 
 void prepack_freeze(const at::Tensor& weight, bool freeze) {
+  WeakImpl mark(weight.getIntrusivePtr());
+  Dropped dropped;
   std::lock_guard<std::mutex> lock(g_mutex);
   for (auto it = g_frozen.begin(); it != g_frozen.end();) {
-    it = it->second.expired() ? g_frozen.erase(it) : std::next(it);
+    if (it->second.expired() || it->first == weight.unsafeGetTensorImpl()) {
+      dropped.weights.push_back(std::move(it->second));
+      it = g_frozen.erase(it);
+    } else {
+      ++it;
+    }
   }
-  if (freeze)
-    g_frozen.insert_or_assign(weight.unsafeGetTensorImpl(), WeakImpl(weight.getIntrusivePtr()));
-  else
-    g_frozen.erase(weight.unsafeGetTensorImpl());
+  if (freeze) g_frozen.emplace(weight.unsafeGetTensorImpl(), std::move(mark));
 }
 
 int64_t prepack_timings() {
@@ -238,8 +323,9 @@ int64_t prepack_timings() {
 }
 
 int64_t prepack_state(const at::Tensor& weight) {
+  Dropped dropped;
   std::lock_guard<std::mutex> lock(g_mutex);
-  const Entry* e = lookup(weight);
+  const Entry* e = lookup(weight, dropped);
   return e == nullptr ? -1 : static_cast<int64_t>(e->path);
 }
 
@@ -274,24 +360,11 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     note(weight, geometry, *chosen);
     return *chosen == Path::kGemm ? gemm() : regular();
   }
-  if (chosen) {  // kPacked or kDirect: the weight's packed copy, if its values are the ones packed
-    bool trusted;
-    {
-      std::lock_guard<std::mutex> lock(g_mutex);
-      trusted = frozen(weight);
-    }
-    const std::optional<uint64_t> values =
-        trusted ? std::nullopt : std::optional<uint64_t>(fingerprint(weight));
-    at::Tensor packed;
-    {
-      std::lock_guard<std::mutex> lock(g_mutex);
-      const Entry* e = lookup(weight);
-      if (e != nullptr && e->path == *chosen && e->geometry == geometry &&
-          e->data == weight.const_data_ptr() &&
-          (trusted ? e->version == weight._version() : e->values == values))
-        packed = e->packed;
-    }
+  const bool frozen_weight = frozen(weight);
+  if (chosen) {  // kPacked or kDirect: the weight's packed copy, if made from its current values
     const bool direct_path = *chosen == Path::kDirect;
+    Source now = source_of(weight, frozen_weight);
+    at::Tensor packed = packed_from(weight, geometry, *chosen, now);
     if (!packed.defined()) {
       try {  // oneDNN has no packed primitive for some geometries: the regular path then
         packed = direct_path ? direct.pack() : c.pack();
@@ -303,12 +376,26 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
         note(weight, geometry, Path::kRegular);
         return regular();
       }
-      std::lock_guard<std::mutex> lock(g_mutex);
-      store(weight, std::move(geometry), values, *chosen, packed);
+      keep_packed(weight, std::move(geometry), *chosen, packed, std::move(now), frozen_weight);
     }
     return direct_path ? direct.run(packed) : c.run(packed);
   }
-  // auto mode, the geometry's first call: time the candidates
+  // auto mode, the geometry's first call: time the candidates. A large call keeps the regular
+  // path untimed: what the others win there is a few percent at most (packing saves a weight
+  // reorder per call; the GEMM and direct paths win small batch-1 layers), and timing them all
+  // cost the first call ~10 calls more. By its FLOPs, not by a timed call: the regular path's
+  // first calls time oneDNN's layouts (onednn_layout.h) and ran 16 ms for a while on a 100 us
+  // batch-1 conv.
+  if (c.flops() > kLargeCallFlops) {
+    {
+      std::lock_guard<std::mutex> lock(g_mutex);
+      ++g_timings;
+      choose(geometry, Path::kRegular);
+    }
+    note(weight, geometry, Path::kRegular);
+    return regular();
+  }
+  Source before = source_of(weight, frozen_weight);
   at::Tensor packed, y_first;
   try {
     packed = c.pack();
@@ -338,17 +425,17 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   }
   const int kept = static_cast<int>(std::min_element(best, best + 4) - best);
   const auto kept_path = static_cast<Path>(kept);
-  std::lock_guard<std::mutex> lock(g_mutex);
-  const std::optional<uint64_t> values =
-      (kept_path == Path::kPacked || kept_path == Path::kDirect) && !frozen(weight)
-          ? std::optional<uint64_t>(fingerprint(weight))
-          : std::nullopt;
-  ++g_timings;
-  choose(geometry, kept_path);
-  store(weight, std::move(geometry), values, kept_path,
-        kept_path == Path::kDirect   ? direct_packed
-        : kept_path == Path::kPacked ? packed
-                                     : at::Tensor());
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    ++g_timings;
+    choose(geometry, kept_path);
+  }
+  if (kept_path == Path::kPacked || kept_path == Path::kDirect)
+    keep_packed(weight, std::move(geometry), kept_path,
+                kept_path == Path::kDirect ? direct_packed : packed, std::move(before),
+                frozen_weight);
+  else
+    note(weight, geometry, kept_path);
   return y[kept];
 }
 

@@ -4,16 +4,19 @@
 // the input shape it meets and kept (keyed by the weight's TensorImpl, held weakly) until it
 // changes; later calls of that shape run one oneDNN primitive with the bias and the activation as
 // post-ops. Stock eager reorders the weight on every call, which at batch 1 costs as much as the
-// convolution. A packed weight is used only while the weight's storage pointer, shapes and
-// strides are the ones packed and its values' fingerprint (fingerprint.h, one read of the
-// weight) matches: an optimizer step, load_state_dict, .to() or a write through .data repacks.
+// convolution. A packed weight is used only while the weight's storage (held weakly), data
+// pointer, shapes and strides are the ones packed and its values' fingerprint (fingerprint.h,
+// one read of the weight) matches, or for a frozen weight (genkern.nn.freeze) its version
+// counter: an optimizer step, load_state_dict, .to() or a write through .data repacks. A packed
+// copy is kept only if the weight read the same after packing as before (no other thread wrote
+// it meanwhile). Thread-safe; no lock is held while waiting for the GIL.
 //
 // Mode (GENKERN_CPU_PREPACK, set from genkern/ops/_prepacked.py): "auto" (on the first call of a
 // geometry, its shapes, strides, dtypes and conv parameters, the paths are timed and the fastest
 // kept for every later call of that geometry, whatever the weight's values, as cudnn.benchmark
 // does: packing loses on small 3x3 layers, and the batched-GEMM path, a third candidate for
 // one-group float32 calls, wins the transposed convs of batch-1 decoders: 64 -> 32 channels 7x7
-// -> 14x14 106 -> 55 us), "always", or "never".
+// -> 14x14 106 -> 55 us; calls over 1 GFLOP keep the regular path untimed), "always", or "never".
 #pragma once
 
 #include <ATen/core/Tensor.h>
