@@ -121,6 +121,7 @@ BAD_INPUTS = [
     ("batch_norm", "1-D input", lambda: _bn(x=torch.randn(3)), ValueError, r"expected 2D or higher input to batch_norm \(got 1D input\)"),
     ("batch_norm", "eval without running_mean", lambda: _bn(running_mean=None), RuntimeError, "running_mean must be defined in evaluation mode", lambda: F.batch_norm(X, None, RV)),
     ("batch_norm", "eval without running_var", lambda: _bn(running_var=None), RuntimeError, "running_var must be defined in evaluation mode", lambda: F.batch_norm(X, RM, None)),
+    ("batch_norm", "training with running_mean alone", lambda: _bn(running_var=None, training=True), ValueError, "running_mean and running_var must either both be None or neither be None", lambda: F.batch_norm(X, RM, None, training=True)),
     ("batch_norm", "running_mean size", lambda: _bn(running_mean=torch.zeros(4)), RuntimeError, "running_mean should contain 3 elements not 4", lambda: F.batch_norm(X, torch.zeros(4), RV)),
     ("batch_norm", "weight size", lambda: _bn(weight=torch.ones(2)), RuntimeError, "weight should contain 3 elements not 2", lambda: F.batch_norm(X, RM, RV, torch.ones(2))),
     ("batch_norm", "bias size", lambda: _bn(bias=torch.ones(5)), RuntimeError, "bias should contain 3 elements not 5", lambda: F.batch_norm(X, RM, RV, None, torch.ones(5))),

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import assert_unchanged, clones
-from conftest import DEVICE, grid_backends
+from conftest import DEVICE, device_backends, grid_backends
 
 import genkern
 from genkern import activations as A
@@ -143,6 +143,24 @@ def test_leaky_relu_keeps_its_output_not_its_input(scale_low, layout, shape, fas
         grads[entry] = torch.autograd.grad(fn(x, w, b), [x, w, b], g)
     for a, c in zip(grads[True], grads[False], strict=True):
         assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("backend", device_backends(torch.float16))
+def test_float32_params_of_a_16_bit_input_get_float32_gradients(backend):
+    # found by the fuzz: the Triton and CUDA backwards rounded grad_weight and grad_bias through
+    # the input's float16 before the weight's float32: inf past 65504 (a GradScaler's scale)
+    x = torch.randn(8, 2, 6, 6, device=DEVICE).half().requires_grad_()
+    w = torch.ones(2, device=DEVICE, requires_grad=True)
+    b = torch.zeros(2, device=DEVICE, requires_grad=True)
+    g = torch.full(x.shape, 64.0, device=DEVICE, dtype=torch.float16)
+    g[..., 3:] = 4096.0
+    y = genkern.ops.batch_norm(x, None, None, w, b, True, backend=backend)
+    gw, gb = torch.autograd.grad(y, (w, b), g)
+    assert gw.dtype == gb.dtype == torch.float32
+    torch.testing.assert_close(gb, g.double().sum((0, 2, 3)).float())
+    xd, wd, bd = (t.detach().double().requires_grad_() for t in (x, w, b))
+    ref = torch.autograd.grad(F.batch_norm(xd, None, None, wd, bd, True), (wd,), g.double())[0]
+    torch.testing.assert_close(gw.double(), ref, rtol=2e-3, atol=2e-3 * ref.abs().max())
 
 
 @pytest.mark.skipif(

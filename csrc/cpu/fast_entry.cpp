@@ -323,6 +323,7 @@ py::object batch_norm_fast(py::handle x_, py::handle running_mean_, py::handle r
   const int64_t channels = x->size(1);
   if ((w && w->numel() != channels) || (b && b->numel() != channels)) return declined();
   const py::handle running_[2] = {running_mean_, running_var_};
+  if (running_[0].is_none() != running_[1].is_none()) return declined();  // torch refuses one
   for (int i = 0; i < 2; ++i) {
     if (running_[i].is_none()) {
       if (!training) return declined();  // eval needs both

@@ -69,6 +69,10 @@ def batch_norm(
     if not training and (running_mean is None or running_var is None):
         which = "running_mean" if running_mean is None else "running_var"
         raise RuntimeError(f"{which} must be defined in evaluation mode")
+    if (running_mean is None) != (running_var is None):  # as torch, after its eval check
+        raise ValueError(
+            "running_mean and running_var must either both be None or neither be None"
+        )
     for name, t in (
         ("weight", weight),
         ("bias", bias),
@@ -451,7 +455,8 @@ def _backward_cuda(grad_y, saved, x, weight, mean, invstd, training, act, slope,
     ext = _registry.extension()
     sum_g, sum_gx = ext.batch_norm_backward_reduce_cuda(grad_y, saved, x, mean, act, slope)
     inv = invstd.double()
-    gw, gb = (sum_gx.double() * inv).to(x.dtype), sum_g.to(x.dtype)
+    pdt = weight.dtype if weight is not None else x.dtype  # float32 params of a 16-bit x: theirs
+    gw, gb = (sum_gx.double() * inv).to(pdt), sum_g.to(pdt)
     if not mask[0]:
         return x.new_empty(0), gw, gb
     count = x.numel() // x.shape[1]

@@ -229,8 +229,9 @@ def batch_norm_act_backward_triton(
         gy, sv, x, mean32, sum_g, sum_gx, n, s, *strides, slope, ACT=act, BLOCK=_RBLOCK
     )
     inv = invstd.double()
-    gw = (sum_gx.double() * inv).to(x.dtype)
-    gb = sum_g.to(x.dtype)
+    pdt = weight.dtype if weight is not None else x.dtype  # float32 params of a 16-bit x: theirs
+    gw = (sum_gx.double() * inv).to(pdt)
+    gb = sum_g.to(pdt)
     gx = None
     if mask[0]:
         count = n * s
