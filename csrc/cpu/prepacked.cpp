@@ -21,9 +21,10 @@ namespace genkern::cpu {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-// A call of more FLOPs keeps the regular path without timing the others (conv_inference): 2-5 ms
-// at the 200-450 GFLOP/s of this project's CPUs.
-constexpr double kLargeCallFlops = 1e9;
+// A call of more FLOPs (2-5 ms at the 200-450 GFLOP/s of this project's CPUs), and of more FLOPs
+// per byte of weight than kFlopsPerWeightByte, keeps the regular path without timing the others
+// (conv_inference): the packed path saves one reorder of the weight a call, ~2% of such a call.
+constexpr double kLargeCallFlops = 1e9, kFlopsPerWeightByte = 2000.0;
 using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 
 std::atomic<int> g_mode{static_cast<int>(PrepackMode::kAuto)};
@@ -380,13 +381,15 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     }
     return direct_path ? direct.run(packed) : c.run(packed);
   }
-  // auto mode, the geometry's first call: time the candidates. A large call keeps the regular
-  // path untimed: what the others win there is a few percent at most (packing saves a weight
-  // reorder per call; the GEMM and direct paths win small batch-1 layers), and timing them all
-  // cost the first call ~10 calls more. By its FLOPs, not by a timed call: the regular path's
-  // first calls time oneDNN's layouts (onednn_layout.h) and ran 16 ms for a while on a 100 us
-  // batch-1 conv.
-  if (c.flops() > kLargeCallFlops) {
+  // auto mode, the geometry's first call: time the candidates. A large call on a small weight
+  // keeps the regular path untimed: what the others win there is ~2% at most (packing saves a
+  // weight reorder per call, 9% on DCGAN-64's G2, 8 MB of weight for 4.3 GFLOP; the GEMM and
+  // direct paths win small batch-1 layers), and timing them all cost the first call ~10 calls
+  // more. By its FLOPs, not by a timed call: the regular path's first calls time oneDNN's layouts
+  // (onednn_layout.h) and ran 16 ms for a while on a 100 us batch-1 conv.
+  const double flops = c.flops();
+  const double weight_bytes = static_cast<double>(weight.numel() * weight.element_size());
+  if (flops > kLargeCallFlops && flops > kFlopsPerWeightByte * weight_bytes) {
     {
       std::lock_guard<std::mutex> lock(g_mutex);
       ++g_timings;

@@ -16,7 +16,8 @@
 // kept for every later call of that geometry, whatever the weight's values, as cudnn.benchmark
 // does: packing loses on small 3x3 layers, and the batched-GEMM path, a third candidate for
 // one-group float32 calls, wins the transposed convs of batch-1 decoders: 64 -> 32 channels 7x7
-// -> 14x14 106 -> 55 us; calls over 1 GFLOP keep the regular path untimed), "always", or "never".
+// -> 14x14 106 -> 55 us; calls over 1 GFLOP and 2000 FLOPs per weight byte keep the regular path
+// untimed), "always", or "never".
 #pragma once
 
 #include <ATen/core/Tensor.h>
