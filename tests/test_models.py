@@ -153,6 +153,53 @@ def test_convert_swaps_folds_and_matches():
     torch.testing.assert_close(converted(x), stock(x))
 
 
+@pytest.mark.parametrize(
+    "up",
+    [
+        dict(scale_factor=2, mode="bilinear"),
+        dict(scale_factor=2, mode="bicubic", align_corners=True),
+        dict(scale_factor=2, mode="nearest-exact"),
+        dict(scale_factor=1.5, mode="nearest", recompute_scale_factor=True),
+    ],
+    ids=["bilinear", "bicubic", "nearest_exact", "recompute"],
+)
+def test_convert_leaves_upsamplings_genkern_does_not_compute(up):
+    # found by the fuzz: every nn.Upsample was swapped, and a bilinear one then ran nearest
+    stock = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Upsample(**up)).to(DEVICE)
+    converted = genkern.nn.convert(stock)
+    assert type(converted[1]) is nn.Upsample
+    x = torch.randn(2, 3, 7, 7, device=DEVICE)
+    torch.testing.assert_close(converted(x), stock(x))
+
+
+def test_converted_nearest_upsample_keeps_other_ranks():
+    stock = nn.Sequential(nn.Conv1d(3, 4, 3), nn.Upsample(scale_factor=2)).to(DEVICE)
+    converted = genkern.nn.convert(stock)
+    assert isinstance(converted[1], genkern.nn.Upsample)
+    x = torch.randn(2, 3, 9, device=DEVICE)
+    torch.testing.assert_close(converted(x), stock(x))
+
+
+@pytest.mark.parametrize("trace", [False, True])
+@pytest.mark.parametrize("where", ["conv", "relu", "pool"])
+def test_convert_folds_nothing_that_hooks_watch(where, trace):
+    # found by the fuzz: a forward hook on a conv folded with its ReLU saw relu's output, and one
+    # on the ReLU (made an Identity) never ran
+    torch.manual_seed(0)
+    stock = _conv_relu_pool(nn.MaxPool2d(2), nn.ReLU())
+    seen = []
+    index = {"conv": 0, "relu": 1, "pool": 2}[where]
+    stock[index].register_forward_hook(lambda m, i, o: seen.append((i[0].detach(), o.detach())))
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    y = stock(x)
+    expected = seen.pop()
+    converted = genkern.nn.convert(stock, trace=trace)
+    torch.testing.assert_close(converted(x), y)
+    assert len(seen) == 1, "the hook ran once"
+    for got, want in zip(seen[0], expected):
+        torch.testing.assert_close(got, want)
+
+
 def _conv_relu_pool(pool: nn.Module, act: nn.Module) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), act, pool, nn.Conv2d(4, 2, 3)).to(DEVICE)
 
@@ -243,3 +290,15 @@ def test_compiled_models_have_no_graph_break(cls, kw, shape):
     x = torch.randn(shape, device=DEVICE)
     explanation = torch._dynamo.explain(ours)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_layers_on_the_meta_device_give_shapes():
+    # found by the fuzz: torch.is_autocast_enabled("meta") raises; deferred init and shape
+    # inference build layers on meta
+    for layer, x, shape in (
+        (genkern.nn.Conv2d(3, 4, 3, device="meta"), (2, 3, 8, 8), (2, 4, 6, 6)),
+        (genkern.nn.ConvTranspose2d(3, 4, 4, 2, 1, device="meta"), (2, 3, 8, 8), (2, 4, 16, 16)),
+        (genkern.nn.Linear(5, 6, device="meta"), (2, 5), (2, 6)),
+    ):
+        y = layer(torch.empty(x, device="meta"))
+        assert y.device.type == "meta" and y.shape == shape

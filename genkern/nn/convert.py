@@ -58,18 +58,41 @@ def _drop_ins() -> dict[type, type]:
     return pairs
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether hooks watch the module: folding an activation into or out of it would change what
+    they see (a forward hook on a conv would get relu's output), or skip them (on the ReLU)."""
+    return any(
+        getattr(module, name, None)
+        for name in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        )
+    )
+
+
 def _fusable(module: nn.Module) -> bool:
     return (
         hasattr(module, "activation")
         and getattr(module, "activation", 1) is None
         and type(module).__module__.startswith("genkern.")
+        and not _hooked(module)
     )
+
+
+def _replaceable(module: nn.Module) -> bool:
+    """Whether the drop-in computes what this configuration of the torch layer does: genkern's
+    Upsample is nearest only (found by the fuzz: a bilinear one was swapped and ran nearest)."""
+    if type(module) is nn.Upsample:
+        return module.mode == "nearest" and not module.recompute_scale_factor
+    return True
 
 
 def _swap(module: nn.Module, drop_ins: dict[type, type]) -> nn.Module:
     """The module as its genkern drop-in (same object state), or unchanged."""
     cls = drop_ins.get(type(module))  # exact type: subclasses of torch layers may differ
-    if cls is None:
+    if cls is None or not _replaceable(module):
         return module
     new = cls.__new__(cls)
     new.__dict__.update(module.__dict__)
@@ -98,7 +121,7 @@ def _convert_children(parent: nn.Module, drop_ins: dict[type, type]) -> None:
         names = [n for n, _ in parent.named_children()]
         for a, b in zip(names, names[1:]):
             layer, act = getattr(parent, a), _activation_of(getattr(parent, b))
-            if act is not None and _fusable(layer):
+            if act is not None and _fusable(layer) and not _hooked(getattr(parent, b)):
                 layer.activation, layer.negative_slope = act
                 setattr(parent, b, nn.Identity())
         _relu_onto_max_pools(parent)
@@ -119,6 +142,7 @@ def _relu_onto_max_pools(seq: nn.Sequential) -> None:
             and type(layer).__module__.startswith("genkern.")
             and type(pool) is MaxPool2d
             and pool.activation is None
+            and not (_hooked(layer) or _hooked(pool))  # their outputs / the pool's input change
             and pool.dilation in (1, (1, 1))  # every window then holds an input element (no -inf)
             and not pool.return_indices  # a window of z <= 0: relu's first 0, not z's maximum
         ):
@@ -163,7 +187,7 @@ def _trace_and_fuse(model: nn.Module) -> nn.Module:
                     user.args[1] if len(user.args) > 1 else user.kwargs.get("negative_slope", 0.01)
                 )
             act = (name, slope)
-        if act is None:
+        if act is None or (user.op == "call_module" and _hooked(modules[user.target])):
             continue
         modules[node.target].activation, modules[node.target].negative_slope = act
         user.replace_all_uses_with(node)

@@ -80,7 +80,8 @@ class AvgPool2d(torch.nn.AvgPool2d):
 
 
 class Upsample(torch.nn.Upsample):
-    """torch.nn.Upsample for mode="nearest" on 4-D input (genkern.ops.upsample_nearest2d)."""
+    """torch.nn.Upsample for mode="nearest": 4-D input on genkern.ops.upsample_nearest2d, other
+    ranks on torch's."""
 
     def __init__(
         self,
@@ -100,4 +101,6 @@ class Upsample(torch.nn.Upsample):
         self.backend = backend
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() != 4:  # torch's 3-D and 5-D nearest upsampling, as the layer it replaces
+            return super().forward(input)
         return ops.upsample_nearest2d(input, self.scale_factor, self.size, self.backend)

@@ -85,12 +85,19 @@ def fake_grads(x, weight, bias_size: int, mask):
     return grads_out(x, weight, mask, gx, gw, weight.new_empty(bias_size))
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know (meta: found by the fuzz)
+        return False
+
+
 def autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
     """torch.autocast's rule for conv and linear: inside an autocast region of x's device type,
     the op runs in the autocast dtype, on per-call casts of its float32 (not float64) inputs and
     weights; gradients flow back to the originals. Outside one (or for a non-tensor x, which the
     op's checks reject), the arguments as given."""
-    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+    if not isinstance(x, torch.Tensor) or not _autocast_enabled(x.device.type):
         return x, weight, bias
     dtype = torch.get_autocast_dtype(x.device.type)
 
