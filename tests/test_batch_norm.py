@@ -146,6 +146,25 @@ def test_leaky_relu_keeps_its_output_not_its_input(scale_low, layout, shape, fas
 
 
 @pytest.mark.parametrize("backend", device_backends(torch.float16))
+def test_16_bit_running_statistics_update_as_stock(backend):
+    # found by the fuzz: a float16 batch variance over 65504 (std ~300) made the float16 running
+    # variance inf, where stock lerps in float32 and rounds once (9168)
+    x = (torch.randn(2, 3, 5, 2, device=DEVICE, dtype=torch.float64) * 300).half()
+    stats = {}
+    for name, fn in (
+        ("stock", F.batch_norm),
+        ("ours", lambda *a: genkern.ops.batch_norm(*a, backend=backend)),
+    ):
+        rm = torch.zeros(3, device=DEVICE, dtype=torch.float16)
+        rv = torch.ones(3, device=DEVICE, dtype=torch.float16)
+        fn(x, rm, rv, None, None, True, 0.1, 1e-5)
+        stats[name] = (rm, rv)
+    for ours, stock in zip(stats["ours"], stats["stock"], strict=True):
+        assert torch.isfinite(ours).all()
+        torch.testing.assert_close(ours, stock, rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("backend", device_backends(torch.float16))
 def test_float32_params_of_a_16_bit_input_get_float32_gradients(backend):
     # found by the fuzz: the Triton and CUDA backwards rounded grad_weight and grad_bias through
     # the input's float16 before the weight's float32: inf past 65504 (a GradScaler's scale)

@@ -4,6 +4,7 @@ outputs, every gradient, running statistics and output layouts."""
 
 import pytest
 import torch
+from torch import nn
 
 import genkern
 from genkern import backends
@@ -300,3 +301,34 @@ def test_backward_overwrites_only_a_gradient_nobody_else_holds(layout):
     held = g.clone()
     torch.autograd.grad(y, inputs, g)
     assert torch.equal(g, held)
+
+
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda M: M(16, 32, 4, 1, 0), (2, 16, 1, 1)),  # a DCGAN generator's head
+        (lambda M: M(32, 8, 4, 1, 0), (2, 32, 4, 4)),  # a discriminator's tail, onto 1x1
+    ],
+    ids=["convT_head", "conv_tail"],
+)
+def test_outputs_take_in_place_ops_as_stock_does(make, shape):
+    # found by the fuzz: the C++ Functions returned a GEMM result's view, and autograd refused
+    # relu_() / ReLU(inplace=True) / += on it ("is a view and is being modified inplace")
+    is_t = shape[2] == 1
+    stock = make(nn.ConvTranspose2d if is_t else nn.Conv2d).double()
+    ours = make(genkern.nn.ConvTranspose2d if is_t else genkern.nn.Conv2d).double()
+    ours.load_state_dict(stock.state_dict())
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    for in_place in (torch.Tensor.relu_, lambda y: y.add_(1)):
+        grads = []
+        for m in (stock, ours):
+            y = m(x)
+            in_place(y)
+            grads.append(torch.autograd.grad((y * y).sum(), [x, m.weight]))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b)
+    ours.activation = "tanh"  # its backward reads the output: changing it in place is refused
+    y = ours(x)
+    y.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

@@ -94,6 +94,26 @@ PackedCandidate direct_candidate(const at::Tensor& x, const at::Tensor& weight,
           }};
 }
 
+// running += momentum * (batch - running), a 16-bit running statistic's in float32, rounded once
+// (as torch: found by the fuzz, a float16 batch variance over 65504 made the running one inf).
+void lerp_into(const at::Tensor& running, const at::Tensor& batch, double momentum) {
+  if (running.scalar_type() == at::kHalf || running.scalar_type() == at::kBFloat16)
+    running.copy_(running.to(at::kFloat).lerp_(batch.to(at::kFloat), momentum));
+  else
+    running.lerp_(batch.to(running.scalar_type()), momentum);
+}
+
+// An output the kernels made as a view of a buffer of theirs (a GEMM's result reshaped to the
+// output's shape) as a tensor of its own on the same memory: autograd refuses in-place ops on a
+// Function's outputs that are views (found by the fuzz: relu_() after a conv onto 1x1 pixels,
+// a DCGAN head's ReLU(inplace=True)), which stock's outputs allow.
+at::Tensor owned(at::Tensor y) {
+  if (!y.defined() || !y.is_view()) return y;
+  at::Tensor out = at::empty({0}, y.options());
+  out.set_(y.storage(), y.storage_offset(), y.sizes(), y.strides());
+  return out;
+}
+
 std::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
@@ -187,7 +207,7 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
                                                       keep)
                    : conv2d_act_forward_cpu(x, weight, bias, stride, padding, dilation, groups,
                                             act, slope, keep);
-    y = y.contiguous(format(channels_last));
+    y = owned(y.contiguous(format(channels_last)));
     // x a batch norm's output: keep what recomputes it instead
     const Recomputation r = recomputation_of(x).value_or(Recomputation{{}, {}, 0, 0.0});
     const bool recomputes = r.x.defined();
@@ -243,6 +263,7 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
                             const std::optional<at::Tensor>& bias, int64_t act, double slope) {
     auto [y, preact] =
         linear_act_forward_cpu(x, weight, bias, act, slope, keeps_preact(act, slope));
+    y = owned(y);
     ctx->save_for_backward({x, weight, saved_for_backward(act, slope, y, preact)});
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
@@ -275,6 +296,7 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
         x, weight, bias, training ? std::nullopt : running_mean,
         training ? std::nullopt : running_var, training, 0.0, eps, act, slope,
         keeps_preact(act, slope), &affine);
+    y = owned(y);
     ctx->mark_non_differentiable({mean, var});
     // relu / leaky_relu: the backward recomputes the sign of act's input from x (no saved y),
     // or keeps y alone, in x's place (see batch_norm_keeps_output)
@@ -403,10 +425,10 @@ at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at:
   if (training) {  // running += momentum * (batch - running), unbiased variance
     at::NoGradGuard no_grad;
     const int64_t count = x.numel() / x.size(1);
-    if (has(running_mean)) running_mean->lerp_(mean.to(running_mean->scalar_type()), momentum);
+    if (has(running_mean)) lerp_into(*running_mean, mean, momentum);
     if (has(running_var)) {
       const double factor = count > 1 ? double(count) / double(count - 1) : INFINITY;
-      running_var->lerp_((var * factor).to(running_var->scalar_type()), momentum);
+      lerp_into(*running_var, var * factor, momentum);
     }
   }
   return y;
@@ -454,7 +476,7 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
                                                  act, slope, keeps_preact(act, slope))
               : max_pool2d_forward_cpu(xd, kernel, stride, padding, dilation, out_size, act,
                                        slope, keeps_preact(act, slope));
-    y = y.contiguous(fmt), idx = idx.contiguous(fmt);
+    y = owned(y.contiguous(fmt)), idx = idx.contiguous(fmt);
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({idx});
     ctx->save_for_backward({saved_for_backward(act, slope, y, preact), idx});
@@ -493,9 +515,9 @@ struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
     save_pool_window(ctx, x, fmt, kernel, stride, padding);
     ctx->saved_data["count_include_pad"] = count_include_pad;
     ctx->saved_data["divisor_override"] = divisor_override;
-    return avg_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, out_size,
-                                  count_include_pad, divisor_override)
-        .contiguous(fmt);
+    return owned(avg_pool2d_forward_cpu(x.contiguous(fmt), kernel, stride, padding, out_size,
+                                        count_include_pad, divisor_override)
+                     .contiguous(fmt));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -519,7 +541,7 @@ struct UpsampleNearest2d : public torch::autograd::Function<UpsampleNearest2d> {
     ctx->saved_data["shape"] = x.sizes().vec();
     ctx->saved_data["channels_last"] = channels_last;
     ctx->save_for_backward({src_h, src_w});
-    return upsample_nearest2d_forward_cpu(x.contiguous(fmt), src_h, src_w).contiguous(fmt);
+    return owned(upsample_nearest2d_forward_cpu(x.contiguous(fmt), src_h, src_w).contiguous(fmt));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

@@ -70,9 +70,7 @@ def batch_norm(
         which = "running_mean" if running_mean is None else "running_var"
         raise RuntimeError(f"{which} must be defined in evaluation mode")
     if (running_mean is None) != (running_var is None):  # as torch, after its eval check
-        raise ValueError(
-            "running_mean and running_var must either both be None or neither be None"
-        )
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
     for name, t in (
         ("weight", weight),
         ("bias", bias),
@@ -168,12 +166,21 @@ def _batch_norm_update_stats(
     momentum: float,
     count: int,
 ) -> None:
-    """running += momentum * (batch - running) (unbiased variance): one lerp_ each."""
+    """running += momentum * (batch - running) (unbiased variance): one lerp_ each, a 16-bit
+    running statistic's in float32 and rounded once, as torch's (a float16 batch variance over
+    65504 made the running one inf: found by the fuzz)."""
     if running_mean is not None:
-        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+        _lerp_into(running_mean, mean, momentum)
     if running_var is not None:
         factor = count / (count - 1) if count > 1 else float("inf")
-        running_var.lerp_((var * factor).to(running_var.dtype), momentum)
+        _lerp_into(running_var, var * factor, momentum)
+
+
+def _lerp_into(running: torch.Tensor, batch: torch.Tensor, momentum: float) -> None:
+    if running.dtype in (torch.float16, torch.bfloat16):
+        running.copy_(running.float().lerp_(batch.float(), momentum))
+    else:
+        running.lerp_(batch.to(running.dtype), momentum)
 
 
 @_batch_norm_update_stats.register_fake
