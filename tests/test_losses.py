@@ -880,3 +880,21 @@ def test_double_backward_refused_through_the_custom_ops():
         loss = torch.ops.genkern.gan_loss(None, f, 0, 2, False, True, backend)[0]
         (g,) = torch.autograd.grad(loss, f)  # first order still works
         assert g.shape == f.shape
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+def test_reparameterize_promotes_mixed_dtypes_as_stock(backend):
+    # found by the fuzz: a float32 eps with bfloat16 mu and logvar (autocast makes them) was
+    # refused; stock's mu + eps * exp(logvar / 2) computes in the common dtype
+    mu = torch.randn(4, 8, device=DEVICE).bfloat16().requires_grad_()
+    lv = torch.randn(4, 8, device=DEVICE).bfloat16().requires_grad_()
+    eps = torch.randn(4, 8, device=DEVICE)
+    z = genkern.ops.reparameterize(mu, lv, eps, backend=backend)
+    assert z.dtype == (mu + eps * torch.exp(0.5 * lv)).dtype == torch.float32
+    m64, l64 = (t.detach().double().requires_grad_() for t in (mu, lv))
+    ref = m64 + eps.double() * torch.exp(0.5 * l64)  # stock rounds exp to bfloat16: not the bar
+    torch.testing.assert_close(z.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    g = torch.autograd.grad(z.sum(), (mu, lv))
+    for a, b in zip(g, torch.autograd.grad(ref.sum(), (m64, l64)), strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), b, rtol=1e-2, atol=1e-2)

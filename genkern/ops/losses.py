@@ -8,6 +8,8 @@ genkern/triton/losses.py (Triton), `_term_torch` / `_recon_torch` here (the "tor
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -266,6 +268,17 @@ def vae_loss(
     return (total, rec, kl) if return_components else total
 
 
+def _promoted(*tensors):
+    """Floating tensors of mixed dtypes in their common one, as stock's mu + eps * exp(logvar / 2)
+    computes (found by the fuzz: a float32 eps with bfloat16 mu and logvar, as autocast makes
+    them, was refused); anything else as given, for the checks to judge."""
+    given = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if not all(t.is_floating_point() for t in given) or len({t.dtype for t in given}) < 2:
+        return tensors
+    common = functools.reduce(torch.promote_types, (t.dtype for t in given))
+    return tuple(t.to(common) if isinstance(t, torch.Tensor) else t for t in tensors)
+
+
 def reparameterize(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -284,6 +297,7 @@ def reparameterize(
     z = _fused.try_fast("reparameterize_fast", mu, logvar, eps, generator, backend=backend)
     if z is not None:
         return z
+    mu, logvar, eps = _promoted(mu, logvar, eps)
     _checks.check_floating("reparameterize", mu=mu, logvar=logvar, eps=eps)
     if logvar.shape != mu.shape:
         raise ValueError(f"logvar size ({logvar.size()}) must be the same as mu size ({mu.size()})")
