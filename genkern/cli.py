@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 import torch
+
+from genkern import _args
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -72,7 +76,13 @@ def cmd_check(args) -> int:
     from genkern import check
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows = check.run(device, ops=args.ops.split(",") if args.ops else None)
+    ops = args.ops.split(",") if args.ops else None
+    unknown = sorted(set(ops or ()) - {case.op for case in check.CASES})
+    if unknown:
+        known = ", ".join(sorted({case.op for case in check.CASES}))
+        print(f"genkern check: unknown op(s) {', '.join(unknown)}; known: {known}", file=sys.stderr)
+        return 2
+    rows = check.run(device, ops=ops)
     print(f"genkern check on {device}")
     print(check.table(rows))
     return 0 if rows and all(r["ok"] for r in rows) else 1
@@ -83,11 +93,16 @@ def cmd_bench(args) -> int:
     from genkern.bench import report, runner
 
     if args.compare:
-        import json
-
-        old, new = (json.load(open(path)) for path in args.compare)
-        print(report.compare(old, new))
+        try:
+            old, new = (_load_results(path) for path in args.compare)
+            print(report.compare(old, new))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"genkern bench --compare: {e}", file=sys.stderr)
+            return 2
         return 0
+    if args.out and (problem := _unwritable(args.out)):  # before the run, not after it
+        print(f"genkern bench --out {args.out}: {problem}", file=sys.stderr)
+        return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     if device.type == "cpu" and args.threads:
@@ -114,22 +129,47 @@ def cmd_bench(args) -> int:
     return 1 if bad else 0
 
 
+def _load_results(path: str) -> dict:
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or "results" not in data:
+        raise ValueError(f"{path} is not a genkern bench results.json (no 'results')")
+    return data
+
+
+def _unwritable(out: str) -> str | None:
+    """Why results could not be written under `out`, or None."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".genkern-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genkern", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, extensions built, backends per device")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("check", help="every op and backend here against the float64 reference")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--device", type=_args.device, help="cpu or cuda (default: cuda if available, else cpu)"
+    )
     p.add_argument("--ops", help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("bench", help="benchmark genkern against stock PyTorch")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--device", type=_args.device, help="cpu or cuda (default: cuda if available, else cpu)"
+    )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--quick", action="store_true", help="a short subset (minutes on a CPU)")
     p.add_argument("--filter", help="comma-separated op families or case-name substrings")
     p.add_argument("--out", help="directory for results.json and results.md")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--threads", type=_args.positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from genkern import cli
@@ -237,3 +238,38 @@ def test_cpu_peak_is_the_faster_gemm_engine():
     assert "(the faster of ATen's mm " in report.markdown(data)
     del data["peaks"]["matmul_fp32_flops_by_engine"]  # results.json files from before it
     assert "the faster of" not in report.markdown(data)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["bench", "--threads", "-3"], "must be at least 1"),
+        (["bench", "--threads", "0"], "must be at least 1"),
+        (["bench", "--device", "nosuchdev"], "not a device"),
+        (["check", "--device", "bogus"], "not a device"),
+        (["train", "dcgan", "--device", "bogus"], "not a device"),
+        (["check", "--ops", "nosuchop"], "unknown op"),
+        (["bench", "--compare", "/nonexistent/a.json", "/nonexistent/b.json"], "No such file"),
+        (["bench", "--quick", "--filter", "losses", "--out", "/proc/nope"], "--out"),
+    ]
+    + (
+        [(["bench", "--device", "cuda"], "CUDA is not available")]
+        if not torch.cuda.is_available()
+        else []
+    ),
+)
+def test_cli_mistakes_get_one_line_and_status_2(argv, message, capsys):
+    # found by the fuzz of the CLI: each of these ended in a traceback (--out after the whole run)
+    try:
+        status = cli.main(argv)
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and "Traceback" not in err, err
+
+
+def test_cli_compare_refuses_what_is_not_a_results_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert cli.main(["bench", "--compare", str(bad), str(bad)]) == 2
+    assert "not a genkern bench results.json" in capsys.readouterr().err

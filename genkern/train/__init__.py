@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from genkern import _args
+
 MODELS = ("dcgan", "vae", "ae", "cnn")
 
 
@@ -34,7 +36,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/train", help="checkpoints, images, metrics.json")
     p.add_argument("--impl", choices=("genkern", "torch"), default="genkern")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--device", type=_args.device, help="cpu or cuda (default: cuda if available, else cpu)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from latest.pt in --out")
     p.add_argument("--amp", action="store_true", help="autocast (see --amp-dtype)")

@@ -1,0 +1,33 @@
+"""argparse types shared by the `genkern` subcommands: a user's mistake gets argparse's one-line
+error and exit status 2, not a traceback (found by the fuzz of the CLI)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def device(value: str) -> str:
+    """A torch device string this torch can run: cpu, or cuda[:i] where CUDA is available."""
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {value!r} (cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: CUDA is not available here (torch {torch.__version__})"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{value!r}: genkern runs on cpu or cuda")
+    return value
+
+
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
