@@ -270,9 +270,21 @@ void note(const at::Tensor& weight, const std::vector<int64_t>& geometry, Path p
   store(weight, Entry{WeakImpl(weight.getIntrusivePtr()), geometry, path, at::Tensor(), {}});
 }
 
-void choose(const std::vector<int64_t>& geometry, Path path) {
+// Keeps `path` for every later call of the geometry; `timed`: auto mode timed (or sized) it.
+void choose(const std::vector<int64_t>& geometry, Path path, bool timed) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (timed) ++g_timings;
   if (g_choice.size() >= kMaxChoices) g_choice.clear();
   g_choice[geometry] = path;
+}
+
+// The regular path for the geometry from now on (oneDNN could not pack it, or auto mode chose it
+// untimed), and its result.
+at::Tensor keep_regular(const at::Tensor& weight, const std::vector<int64_t>& geometry,
+                        bool timed, const std::function<at::Tensor()>& regular) {
+  choose(geometry, Path::kRegular, timed);
+  note(weight, geometry, Path::kRegular);
+  return regular();
 }
 
 double seconds(const std::function<at::Tensor()>& fn, at::Tensor& out) {
@@ -370,12 +382,7 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
       try {  // oneDNN has no packed primitive for some geometries: the regular path then
         packed = direct_path ? direct.pack() : c.pack();
       } catch (const std::exception&) {
-        {
-          std::lock_guard<std::mutex> lock(g_mutex);
-          choose(geometry, Path::kRegular);
-        }
-        note(weight, geometry, Path::kRegular);
-        return regular();
+        return keep_regular(weight, geometry, false, regular);
       }
       keep_packed(weight, std::move(geometry), *chosen, packed, std::move(now), frozen_weight);
     }
@@ -389,27 +396,15 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   // (onednn_layout.h) and ran 16 ms for a while on a 100 us batch-1 conv.
   const double flops = c.flops();
   const double weight_bytes = static_cast<double>(weight.numel() * weight.element_size());
-  if (flops > kLargeCallFlops && flops > kFlopsPerWeightByte * weight_bytes) {
-    {
-      std::lock_guard<std::mutex> lock(g_mutex);
-      ++g_timings;
-      choose(geometry, Path::kRegular);
-    }
-    note(weight, geometry, Path::kRegular);
-    return regular();
-  }
+  if (flops > kLargeCallFlops && flops > kFlopsPerWeightByte * weight_bytes)
+    return keep_regular(weight, geometry, true, regular);
   Source before = source_of(weight, frozen_weight);
   at::Tensor packed, y_first;
   try {
     packed = c.pack();
     y_first = c.run(packed);  // creates the oneDNN primitive: not timed
   } catch (const std::exception&) {
-    {
-      std::lock_guard<std::mutex> lock(g_mutex);
-      choose(geometry, Path::kRegular);
-    }
-    note(weight, geometry, Path::kRegular);
-    return regular();
+    return keep_regular(weight, geometry, false, regular);
   }
   // each candidate's best of two calls (one call's time swings by 10-20% here), each after an
   // untimed call, as the packed one had above: the regular path's makes its oneDNN primitive
@@ -428,11 +423,7 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   }
   const int kept = static_cast<int>(std::min_element(best, best + 4) - best);
   const auto kept_path = static_cast<Path>(kept);
-  {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    ++g_timings;
-    choose(geometry, kept_path);
-  }
+  choose(geometry, kept_path, true);
   if (kept_path == Path::kPacked || kept_path == Path::kDirect)
     keep_packed(weight, std::move(geometry), kept_path,
                 kept_path == Path::kDirect ? direct_packed : packed, std::move(before),
