@@ -284,6 +284,8 @@ def _batch_norm_act_backward(
 
 
 def _grads_out(x, weight, mask, gx, gw, gb):
+    # the backends' grad_weight and grad_bias in their accumulation precision, cast here once: a
+    # cast to a 16-bit x's dtype first made float32 parameters' gradients inf past 65504
     dt = weight.dtype if weight is not None else x.dtype
     return (
         gx.contiguous(memory_format=_checks.dense_format(x)) if mask[0] else x.new_empty(0),
@@ -462,8 +464,7 @@ def _backward_cuda(grad_y, saved, x, weight, mean, invstd, training, act, slope,
     ext = _registry.extension()
     sum_g, sum_gx = ext.batch_norm_backward_reduce_cuda(grad_y, saved, x, mean, act, slope)
     inv = invstd.double()
-    pdt = weight.dtype if weight is not None else x.dtype  # float32 params of a 16-bit x: theirs
-    gw, gb = (sum_gx.double() * inv).to(pdt), sum_g.to(pdt)
+    gw, gb = sum_gx.double() * inv, sum_g  # cast once, to the parameters' dtype, by _grads_out
     if not mask[0]:
         return x.new_empty(0), gw, gb
     count = x.numel() // x.shape[1]

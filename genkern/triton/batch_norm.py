@@ -229,9 +229,8 @@ def batch_norm_act_backward_triton(
         gy, sv, x, mean32, sum_g, sum_gx, n, s, *strides, slope, ACT=act, BLOCK=_RBLOCK
     )
     inv = invstd.double()
-    pdt = weight.dtype if weight is not None else x.dtype  # float32 params of a 16-bit x: theirs
-    gw = (sum_gx.double() * inv).to(pdt)
-    gb = sum_g.to(pdt)
+    gw = sum_gx.double() * inv  # cast once, to the parameters' dtype, by the op (_grads_out)
+    gb = sum_g
     gx = None
     if mask[0]:
         count = n * s
