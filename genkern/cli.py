@@ -77,10 +77,11 @@ def cmd_check(args) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops = args.ops.split(",") if args.ops else None
-    unknown = sorted(set(ops or ()) - {case.op for case in check.CASES})
+    known = {case.op for case in check.CASES}
+    unknown = sorted(set(ops or ()) - known)
     if unknown:
-        known = ", ".join(sorted({case.op for case in check.CASES}))
-        print(f"genkern check: unknown op(s) {', '.join(unknown)}; known: {known}", file=sys.stderr)
+        names = ", ".join(sorted(known))
+        print(f"genkern check: unknown op(s) {', '.join(unknown)}; known: {names}", file=sys.stderr)
         return 2
     rows = check.run(device, ops=ops)
     print(f"genkern check on {device}")
