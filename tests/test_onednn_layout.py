@@ -132,7 +132,10 @@ def test_auto_times_each_geometry_once():
     # 16 x 16 tiles (AVX-512), 8 x 8 ones in the strips they leave (37: 32 + 5, 99: 96 + 3,
     # 24: 16 + 8), scalar edges
     [(2, 13, 7, 9), (3, 64, 32, 32), (1, 8, 8, 8), (2, 1, 5, 5), (2, 70, 1, 1), (4, 3, 9, 1)]
-    + [(2, 37, 9, 11), (1, 24, 20, 20), (2, 99, 5, 7)],
+    + [(2, 37, 9, 11), (1, 24, 20, 20), (2, 99, 5, 7)]
+    # 4 MB and more: non-temporal stores where the destination's rows are whole aligned lines
+    # (a 13,455-pixel plane and 40 channels: plain stores both ways)
+    + [(4, 64, 64, 64), (2, 40, 115, 117)],
 )
 def test_copies_are_exact(shape):
     C = _ext._C

@@ -144,6 +144,21 @@ def test_same_bits_for_any_thread_count(layout, always):
             assert torch.equal(a, b)
 
 
+# NCHW outputs of 4 MB or more leave through non-temporal stores (layout_copy.h): D1's shape at
+# batch 16 (whole aligned lines), and 31 x 31 planes (rows not 16-float aligned: plain stores)
+@pytest.mark.parametrize("hw", [64, 62])
+def test_streamed_nchw_output_matches_per_sample_calls(hw, always):
+    n = 16 if hw == 64 else 18
+    x = torch.randn(n, 3, hw, hw)
+    w, b = torch.randn(64, 3, 4, 4) * 0.2, torch.randn(64)
+    fn = _fns(dict(stride=2, padding=1, dilation=1, groups=1), "leaky_relu", 0.2)[0]
+    y = fn(x, w, b)  # the per-sample calls below are 0.25 MB each: plain stores
+    assert y.numel() * 4 >= 4 << 20 and y.is_contiguous()
+    assert torch.equal(y, torch.cat([fn(x[i : i + 1], w, b) for i in range(n)]))
+    ref = F.leaky_relu(F.conv2d(x.double(), w.double(), b.double(), 2, 1), 0.2)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("act,slope", [("relu", 0.01), ("leaky_relu", 0.2), (None, 0.01)])
 def test_special_values_match_stock(act, slope, always):
     # NaN and +-inf through the fused epilogue: NaN propagates (relu(NaN) = NaN), -0 passes

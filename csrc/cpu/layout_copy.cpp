@@ -60,6 +60,14 @@ __attribute__((target("avx512f"))) inline __m512 unpack_hi64(__m512 a, __m512 b)
   return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
 }
 
+// kStream: a non-temporal store (p 64-byte aligned), which writes the line without reading it
+// first and leaves the cache alone
+template <bool kStream>
+__attribute__((target("avx512f"))) inline void store(float* p, __m512 v) {
+  if constexpr (kStream) _mm512_stream_ps(p, v); else _mm512_storeu_ps(p, v);
+}
+
+template <bool kStream>
 __attribute__((target("avx512f"))) void transpose_16x16(const float* src, int64_t ld_src,
                                                          float* dst, int64_t ld_dst) {
   __m512 r[16], t[16];
@@ -81,13 +89,13 @@ __attribute__((target("avx512f"))) void transpose_16x16(const float* src, int64_
     const __m512 a_hi = _mm512_shuffle_f32x4(r[k], r[4 + k], _MM_SHUFFLE(3, 2, 3, 2));
     const __m512 b_lo = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], _MM_SHUFFLE(1, 0, 1, 0));
     const __m512 b_hi = _mm512_shuffle_f32x4(r[8 + k], r[12 + k], _MM_SHUFFLE(3, 2, 3, 2));
-    _mm512_storeu_ps(dst + k * ld_dst, _mm512_shuffle_f32x4(a_lo, b_lo, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(dst + (4 + k) * ld_dst,
-                     _mm512_shuffle_f32x4(a_lo, b_lo, _MM_SHUFFLE(3, 1, 3, 1)));
-    _mm512_storeu_ps(dst + (8 + k) * ld_dst,
-                     _mm512_shuffle_f32x4(a_hi, b_hi, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(dst + (12 + k) * ld_dst,
-                     _mm512_shuffle_f32x4(a_hi, b_hi, _MM_SHUFFLE(3, 1, 3, 1)));
+    store<kStream>(dst + k * ld_dst, _mm512_shuffle_f32x4(a_lo, b_lo, _MM_SHUFFLE(2, 0, 2, 0)));
+    store<kStream>(dst + (4 + k) * ld_dst,
+                   _mm512_shuffle_f32x4(a_lo, b_lo, _MM_SHUFFLE(3, 1, 3, 1)));
+    store<kStream>(dst + (8 + k) * ld_dst,
+                   _mm512_shuffle_f32x4(a_hi, b_hi, _MM_SHUFFLE(2, 0, 2, 0)));
+    store<kStream>(dst + (12 + k) * ld_dst,
+                   _mm512_shuffle_f32x4(a_hi, b_hi, _MM_SHUFFLE(3, 1, 3, 1)));
   }
 }
 #endif
@@ -109,9 +117,10 @@ void for_each_tile(int64_t rows, int64_t cols, int64_t tile_size, bool along_row
 
 // The same as transpose_scalar for a block of at most kBlock x kBlock: 16 x 16 AVX-512 tiles
 // where the AVX-512 kernels run, 8 x 8 AVX2 ones for what is left (or all) where AVX2 runs,
-// scalar for the rest.
+// scalar for the rest. stream: the AVX-512 tiles' whole aligned lines with non-temporal stores
+// (the caller fences before anyone reads dst).
 void transpose_block(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows,
-                     int64_t cols) {
+                     int64_t cols, bool stream) {
 #if GK_LAYOUT_AVX2
   if (avx2_kernels_enabled()) {
     const bool along_rows = ld_src >= ld_dst;
@@ -119,7 +128,11 @@ void transpose_block(const float* src, int64_t ld_src, float* dst, int64_t ld_ds
     if (avx512_kernels_enabled()) {
       rows_done = rows / 16 * 16, cols_done = cols / 16 * 16;
       for_each_tile(rows, cols, 16, along_rows, [&](int64_t r, int64_t c) {
-        transpose_16x16(src + r * ld_src + c, ld_src, dst + c * ld_dst + r, ld_dst);
+        float* d = dst + c * ld_dst + r;
+        if (stream && reinterpret_cast<uintptr_t>(d) % 64 == 0 && ld_dst % 16 == 0)
+          transpose_16x16<true>(src + r * ld_src + c, ld_src, d, ld_dst);
+        else
+          transpose_16x16<false>(src + r * ld_src + c, ld_src, d, ld_dst);
       });
     }
     // the 8 x 8 tiles of the right strip (rows_done rows) and the bottom strip (all columns)
@@ -141,9 +154,17 @@ void transpose_block(const float* src, int64_t ld_src, float* dst, int64_t ld_ds
   transpose_scalar(src, ld_src, dst, ld_dst, rows, cols);
 }
 
+// Orders a thread's non-temporal stores before what follows (a no-op without them).
+void fence_streamed(bool stream) {
+#if GK_LAYOUT_AVX2
+  if (stream) _mm_sfence();
+#endif
+}
+
 // Each of `batch` [rows, cols] matrices of src (contiguous) transposed into dst's [cols, rows],
-// a task per block.
+// a task per block; large copies are streamed (stream_output).
 void transpose_batched(const float* src, float* dst, int64_t batch, int64_t rows, int64_t cols) {
+  const bool stream = stream_output(batch * rows * cols * int64_t{sizeof(float)});
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
   const int64_t col_blocks = (cols + kBlock - 1) / kBlock;
   const int64_t per_matrix = row_blocks * col_blocks;
@@ -153,19 +174,22 @@ void transpose_batched(const float* src, float* dst, int64_t batch, int64_t rows
       const int64_t r0 = t % per_matrix / col_blocks * kBlock, c0 = t % col_blocks * kBlock;
       const float* s = src + b * rows * cols + r0 * cols + c0;
       float* d = dst + b * rows * cols + c0 * rows + r0;
-      transpose_block(s, cols, d, rows, std::min(kBlock, rows - r0), std::min(kBlock, cols - c0));
+      transpose_block(s, cols, d, rows, std::min(kBlock, rows - r0), std::min(kBlock, cols - c0),
+                      stream);
     }
+    fence_streamed(stream);
   });
 }
 
 }  // namespace
 
 void transpose_floats(const float* src, int64_t ld_src, float* dst, int64_t ld_dst, int64_t rows,
-                      int64_t cols) {
+                      int64_t cols, bool stream) {
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
       transpose_block(src + r0 * ld_src + c0, ld_src, dst + c0 * ld_dst + r0, ld_dst,
-                      std::min(kBlock, rows - r0), std::min(kBlock, cols - c0));
+                      std::min(kBlock, rows - r0), std::min(kBlock, cols - c0), stream);
+  fence_streamed(stream);
 }
 
 namespace {

@@ -160,6 +160,7 @@ void for_each_pixel_tile(const Stem& s, const float* xs, int64_t grain, float* y
   // and no line shared by two tasks' bands)
   constexpr int64_t unit = R % 16 == 0 ? R : R % 8 == 0 ? 2 * R : R % 4 == 0 ? 4 * R : 8 * R;
   const int64_t band = unit * std::max<int64_t>(1, kBandFloats / (unit * s.cout));
+  const bool stream = stream_output(M * s.cout * int64_t{sizeof(float)});
   const int64_t bands = (plane + band - 1) / band;
   at::parallel_for(0, s.n * bands, std::max<int64_t>(1, grain * R / band),
                    [&](int64_t b0, int64_t b1) {
@@ -168,7 +169,7 @@ void for_each_pixel_tile(const Stem& s, const float* xs, int64_t grain, float* y
       const int64_t n = b / bands, q0 = b % bands * band, count = std::min(band, plane - q0);
       run(n * plane + q0, count, scratch.data());
       transpose_floats(scratch.data(), s.cout, y + n * s.cout * plane + q0, plane, count,
-                       s.cout);
+                       s.cout, stream);
     }
   });
 }
