@@ -4,6 +4,7 @@ activation's backward keeps, and the layouts of the gradients the backward custo
 from __future__ import annotations
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from genkern import _ext
 from genkern import activations as A
@@ -12,13 +13,14 @@ from genkern.ops import _checks
 
 def wants_preact(act: int, slope: float, *tensors: torch.Tensor | None) -> bool:
     """Whether the forward must also return the pre-activation: the activation's backward needs
-    its input (silu, leaky_relu with a negative slope) and a gradient will be taken."""
-    return (
-        A.needs_saved(act)
-        and not A.saves_output(act, slope)
-        and torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in tensors)
-    )
+    its input (silu, leaky_relu with a negative slope) and a gradient will be taken, or may be:
+    a torch.jit.trace graph keeps it whatever the grad mode (one graph for inference and
+    training, and the same graph for trace's check, which runs without gradients)."""
+    if not A.needs_saved(act) or A.saves_output(act, slope):
+        return False
+    if not torch.compiler.is_compiling() and torch._C._is_tracing():
+        return True
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # Eager fast paths: a plain eager call on plain tensors may run its kernels without going through
@@ -30,10 +32,12 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def untraced() -> bool:
-    """Not traced by torch.compile/export, no dispatch mode (such as FakeTensorMode) or torch
-    function mode active, no functorch transform: the tensors hold real values."""
+    """Not traced by torch.compile/export or torch.jit.trace, no dispatch mode (such as
+    FakeTensorMode) or torch function mode active, no functorch transform: the tensors hold real
+    values."""
     return (
         not torch.compiler.is_compiling()
+        and not torch._C._is_tracing()
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
         and torch._C._functorch.peek_interpreter_stack() is None
@@ -51,9 +55,45 @@ def try_fast(entry: str, *args, backend: str):
     backend (resolving "auto" from its mirror of use_backend()'s stack and GENKERN_BACKEND) on
     plain float tensors with valid arguments and runs it, or declines; and it is not tried with
     the fast paths off, under torch.compile, or without the extension."""
-    if FAST_EAGER and _ext.HAS_CPU and not torch.compiler.is_compiling():
+    if (
+        FAST_EAGER
+        and _ext.HAS_CPU
+        and not torch.compiler.is_compiling()
+        and not torch._C._is_tracing()  # torch.jit.trace records the custom ops
+    ):
         return getattr(_ext._C, entry)(*args, backend)
     return None
+
+
+def refuse_forward_ad(op: str, *tensors: torch.Tensor | None) -> None:
+    """Raises NotImplementedError where forward-mode AD would run through op: a functorch jvp
+    transform (torch.func.jvp, jacfwd) is active, or a torch.autograd.forward_ad level with a
+    tangent on one of the tensors. The custom ops have no forward derivative, and both would
+    otherwise drop the tangent silently (zeros)."""
+    level = _forward_ad._current_level
+    if torch.compiler.is_compiling() or (
+        level < 0 and torch._C._functorch.peek_interpreter_stack() is None
+    ):
+        return
+    dual = level >= 0 and any(
+        isinstance(t, torch.Tensor) and _forward_ad.unpack_dual(t).tangent is not None
+        for t in tensors
+    )
+    if dual or _jvp_transform_active():
+        raise NotImplementedError(
+            f"Trying to use forward AD with genkern.ops.{op} that does not support it: genkern's "
+            "fused ops have backward (reverse-mode) derivatives only, not torch.func.jvp, jacfwd "
+            "or torch.autograd.forward_ad. Compute this part with stock PyTorch layers."
+        )
+
+
+def _jvp_transform_active() -> bool:
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    jvp = torch._C._functorch.TransformType.Jvp
+    return any(i.key() == jvp for i in retrieve_all_functorch_interpreters())
 
 
 def fast_eager(*tensors: torch.Tensor | None) -> bool:

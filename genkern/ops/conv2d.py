@@ -28,6 +28,7 @@ def conv2d(
     "silu"; `padding` also takes "same"/"valid"; `backend` is "auto", "torch", "cpu", "cuda" or
     "triton". Accepts batched (4-D) or unbatched (3-D) input, like torch.
     """
+    _fused.refuse_forward_ad("conv2d", x, weight, bias)
     y = _fused.try_fast(
         "conv2d_fast",
         x,

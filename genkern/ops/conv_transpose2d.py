@@ -32,6 +32,7 @@ def conv_transpose2d(
     "silu"; `backend` is "auto", "torch", "cpu", "cuda" or "triton". Accepts batched (4-D) or
     unbatched (3-D) input, like torch.
     """
+    _fused.refuse_forward_ad("conv_transpose2d", x, weight, bias)
     y = _fused.try_fast(
         "conv_transpose2d_fast",
         x,

@@ -104,6 +104,7 @@ def max_pool2d(
     gradient (stock torch gives an index past the plane there, and its backward then writes
     out of bounds).
     """
+    _fused.refuse_forward_ad("max_pool2d", x)
     y = _fused.try_fast(
         "max_pool2d_fast",
         x,
@@ -150,6 +151,7 @@ def avg_pool2d(
     backend: str = "auto",
 ) -> torch.Tensor:
     """F.avg_pool2d, with ceil_mode, count_include_pad and divisor_override exactly as torch."""
+    _fused.refuse_forward_ad("avg_pool2d", x)
     y = _fused.try_fast(
         "avg_pool2d_fast",
         x,
@@ -185,6 +187,7 @@ def upsample_nearest2d(
     x: torch.Tensor, scale_factor=None, size=None, backend: str = "auto"
 ) -> torch.Tensor:
     """F.interpolate(x, size, scale_factor, mode="nearest"), the same source index per pixel."""
+    _fused.refuse_forward_ad("upsample_nearest2d", x)
     _checks.check_floating("upsample_nearest2d", input=x)
     if x.dim() != 4:
         raise ValueError(

@@ -1,0 +1,112 @@
+"""genkern under PyTorch's other front ends: torch.jit.trace records the custom ops (the eager
+fast paths step aside, or the traced graph would hold only their outputs' allocations), and
+forward-mode AD (torch.func.jvp / jacfwd, torch.autograd.forward_ad), which the fused ops do
+not support, raises instead of dropping the tangent (found by the fuzz: zeros, or None)."""
+
+import warnings
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn as nn
+from conftest import DEVICE
+
+import genkern
+import genkern.nn as gnn
+from genkern import models
+
+
+def _layers():
+    return [
+        (gnn.Conv2d(3, 4, 3, padding=1, activation="silu"), (2, 3, 8, 8)),
+        (gnn.Conv2d(3, 4, 3, activation="leaky_relu", negative_slope=0.2), (2, 3, 8, 8)),
+        (
+            gnn.ConvTranspose2d(3, 4, 4, 2, 1, activation="leaky_relu", negative_slope=-0.1),
+            (2, 3, 5, 5),
+        ),
+        (gnn.Linear(6, 5, activation="silu"), (3, 6)),
+        (gnn.BatchNorm2d(3, activation="relu"), (4, 3, 5, 5)),
+        (gnn.MaxPool2d(2), (2, 3, 8, 8)),
+        (gnn.AvgPool2d(3, 2, 1), (2, 3, 9, 9)),
+        (gnn.Upsample(scale_factor=2), (2, 3, 4, 4)),
+    ]
+
+
+def _trace(module, x, grad: bool):
+    with warnings.catch_warnings(), torch.set_grad_enabled(grad):
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(module, x)  # check_trace on: the same graph twice
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["traced-no-grad", "traced-with-grad"])
+@pytest.mark.parametrize("index", range(len(_layers())))
+def test_jit_trace_records_the_ops(index, grad):
+    torch.manual_seed(index)
+    module, shape = _layers()[index]
+    module = module.to(DEVICE).eval()
+    traced = _trace(module, torch.randn(shape, device=DEVICE), grad)
+    assert any(n.kind().startswith("genkern::") for n in traced.graph.nodes())
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)  # a new input: not the traced one
+    y, y_eager = traced(x), module(x)
+    torch.testing.assert_close(y, y_eager)
+    g = torch.randn_like(y)
+    params = [p for p in module.parameters()]
+    traced_grads = torch.autograd.grad(y, [x, *params], g)
+    eager_grads = torch.autograd.grad(y_eager, [x, *params], g)
+    for a, b in zip(traced_grads, eager_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_jit_trace_of_a_converted_model():
+    torch.manual_seed(0)
+    stock = models.DCGANGenerator(nz=8, ngf=4, nc=3, image_size=32, impl="torch").eval()
+    model = gnn.convert(stock, fold_bn=True).to(DEVICE)
+    z = torch.randn(2, 8, 1, 1, device=DEVICE)
+    with torch.no_grad():
+        traced = _trace(model, z, grad=False)
+        z2 = torch.randn(3, 8, 1, 1, device=DEVICE)
+        torch.testing.assert_close(traced(z2), stock.to(DEVICE)(z2), rtol=1e-4, atol=1e-5)
+
+
+def _op_calls():
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    wt = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    lw = torch.randn(5, 8, dtype=torch.float64)
+    target = torch.rand(2, 4, dtype=torch.float64)
+    ops = genkern.ops
+    return [
+        ("conv2d", (1, 3, 6, 6), lambda x: ops.conv2d(x, w, activation="tanh")),
+        ("conv_transpose2d", (1, 3, 4, 4), lambda x: ops.conv_transpose2d(x, wt)),
+        ("linear", (2, 8), lambda x: ops.linear(x, lw, activation="relu")),
+        ("batch_norm", (2, 3, 4, 4), lambda x: ops.batch_norm(x, None, None, training=True)),
+        ("max_pool2d", (1, 3, 4, 4), lambda x: ops.max_pool2d(x, 2)),
+        ("avg_pool2d", (1, 3, 4, 4), lambda x: ops.avg_pool2d(x, 2)),
+        ("upsample_nearest2d", (1, 3, 4, 4), lambda x: ops.upsample_nearest2d(x, 2)),
+        ("discriminator_loss", (8,), lambda x: ops.discriminator_loss(x, x * 2)),
+        ("generator_loss", (8,), lambda x: ops.generator_loss(x, "hinge")),
+        ("vae_loss", (2, 4), lambda x: ops.vae_loss(x, target, x, x)),
+        ("reparameterize", (2, 4), lambda x: ops.reparameterize(x, x, torch.ones_like(x))),
+    ]
+
+
+@pytest.mark.parametrize("how", ["jvp", "jacfwd", "dual"])
+@pytest.mark.parametrize("index", range(len(_op_calls())))
+def test_forward_mode_ad_raises(index, how):
+    name, shape, fn = _op_calls()[index]
+    x = torch.randn(shape, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match=f"forward AD with genkern.ops.{name} "):
+        if how == "jvp":
+            torch.func.jvp(fn, (x,), (torch.ones_like(x),))
+        elif how == "jacfwd":
+            torch.func.jacfwd(fn)(x)
+        else:
+            with fwAD.dual_level():
+                fn(fwAD.make_dual(x, torch.ones_like(x)))
+
+
+def test_plain_tensors_inside_a_dual_level_still_run():
+    # forward AD elsewhere in the program: genkern ops on tensors without tangents run as usual
+    x = torch.randn(2, 3, 4, 4)
+    with fwAD.dual_level():
+        fwAD.make_dual(torch.randn(3), torch.randn(3))
+        torch.testing.assert_close(genkern.ops.max_pool2d(x, 2), nn.functional.max_pool2d(x, 2))
