@@ -236,6 +236,32 @@ def test_convert_keeps_the_activation_where_moving_it_could_change_results(pool,
     assert ours[0].activation is not None and getattr(ours[2], "activation", None) is None
 
 
+class _CalledTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(self.c(x)) + self.c(x)  # the second call has no relu
+
+
+def test_convert_fuses_nothing_into_a_layer_used_twice():
+    # found by the fuzz: trace=True folded the relu of one call into a module called twice, and
+    # fold_bn folded a BatchNorm into a conv registered twice (both uses got the new weights)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    stock = _CalledTwice().to(DEVICE)
+    converted = genkern.nn.convert(stock, trace=True)
+    assert converted.c.activation is None
+    torch.testing.assert_close(converted(x), stock(x))
+    conv, bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    stock = nn.Sequential(conv, bn, nn.ReLU(), conv).to(DEVICE).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(genkern.nn.convert(stock, fold_bn=True)(x), stock(x))
+
+
 def test_convert_checkpoints_load_both_ways():
     stock = _stock_model()
     converted = genkern.nn.convert(stock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from genkern import ops
@@ -101,6 +103,8 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     The BatchNorm is replaced by its fused activation (a genkern.nn.Conv2d without one takes it
     over) or by Identity. Returns the model.
     """
+    # a conv registered in several places keeps its weights (the fold would reach every use)
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     for module in model.modules():
         if not isinstance(module, torch.nn.Sequential):
             continue
@@ -108,6 +112,8 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
         for prev, name in zip(names[:-1], names[1:], strict=True):
             conv, bn = module._modules[prev], module._modules[name]
             if not isinstance(conv, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                continue
+            if uses[id(conv)] > 1:
                 continue
             if not isinstance(bn, torch.nn.BatchNorm2d) or bn.training:
                 continue

@@ -8,11 +8,15 @@ the pool (relu commutes with max: the same values and gradients), so that the la
 output is not kept for the backward, only the pooled one. With trace=True, torch.fx finds
 layer-then-activation pairs in models whose forward calls modules one by one. With fold_bn=True
 (eval models), a BatchNorm2d directly after a conv / transposed conv is folded into its weights.
+Layers registered in more than one place, or called more than once in a traced forward, are
+left unfused. A forward that also calls a Sequential's layer directly (self.seq(x) +
+self.seq[0](x)) is beyond what convert sees: that call would get the folded activation too.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -166,10 +170,13 @@ def _trace_and_fuse(model: nn.Module) -> nn.Module:
     """Folds layer -> activation pairs found by torch.fx (call_module or call_function)."""
     gm = torch.fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     modules = dict(gm.named_modules())
+    # a module called more than once keeps its activation for every call (found by the fuzz:
+    # relu(c(x)) + c(x) got relu on both)
+    calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not _fusable(modules[node.target]):
             continue
-        if len(node.users) != 1:
+        if len(node.users) != 1 or calls[node.target] != 1:
             continue
         user = next(iter(node.users))
         act = None
