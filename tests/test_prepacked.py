@@ -462,3 +462,47 @@ print("done")
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "done", out.stderr
+
+
+@pytest.mark.parametrize("act,slope", [("relu", 0.01), ("leaky_relu", 0.0)])
+@pytest.mark.parametrize("i", range(len(LAYERS)))
+def test_relu_keeps_nan_on_the_packed_path(i, act, slope, always):
+    # found by the fuzz: oneDNN's relu post-op is max(x, 0), NaN -> 0; torch keeps NaN
+    layer = LAYERS[i](act).eval()
+    layer.negative_slope = slope
+    x = torch.randn(2, IN_CHANNELS[i], 9, 8)
+    x[0, 0, 4, 4] = float("nan")
+    with torch.no_grad():
+        y, ref = layer(x), _stock(layer, x)
+    assert _prepacked.state(layer.weight) == "packed"
+    assert torch.isnan(ref).any() and torch.equal(torch.isnan(y), torch.isnan(ref))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_run_unpacked(value, always):
+    # found by the fuzz: oneDNN's packed convs skip the taps in the padding, where stock's give
+    # NaN (NaN * 0, inf * 0): such a weight takes the regular path
+    layer = genkern.nn.Conv2d(8, 4, 3, padding=1).eval()
+    with torch.no_grad():
+        layer.weight[1, 2, 0, 0] = value
+        x = torch.randn(1, 8, 6, 6)
+        y, ref = layer(x), _stock(layer, x)
+    assert _prepacked.state(layer.weight) != "packed"
+    assert torch.isnan(ref[0, 1, 0]).all()  # the first row's tap (0, 0) is in the padding
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(
+        torch.isinf(y), torch.isinf(ref)
+    )
+
+
+def test_a_packed_weight_can_be_swapped():
+    # found by the fuzz: the cache held a weak reference to the weight's TensorImpl, which
+    # torch.utils.swap_tensors refuses (so did .double() with swap_module_params_on_conversion)
+    layer = genkern.nn.Conv2d(3, 4, 3).eval()
+    with _prepacked.mode("always"), torch.no_grad():
+        layer(torch.randn(1, 3, 8, 8))
+        assert _prepacked.state(layer.weight) == "packed"
+        new = torch.nn.Parameter(torch.randn_like(layer.weight))
+        torch.utils.swap_tensors(layer.weight, new)
+        x = torch.randn(1, 3, 8, 8)
+        torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-5, atol=1e-5)

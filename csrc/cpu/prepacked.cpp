@@ -14,6 +14,7 @@
 #include <unordered_map>
 
 #include "conv_geometry.h"
+#include "epilogue.h"
 #include "fingerprint.h"
 #include "genkern/activation.h"
 
@@ -25,7 +26,6 @@ using Clock = std::chrono::steady_clock;
 // per byte of weight than kFlopsPerWeightByte, keeps the regular path without timing the others
 // (conv_inference): the packed path saves one reorder of the weight a call, ~2% of such a call.
 constexpr double kLargeCallFlops = 1e9, kFlopsPerWeightByte = 2000.0;
-using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
 
 std::atomic<int> g_mode{static_cast<int>(PrepackMode::kAuto)};
 std::atomic<bool> g_bfloat16{false};
@@ -53,10 +53,15 @@ at::Tensor call(const c10::OperatorHandle& op, torch::jit::Stack stack) {
   return stack.back().toTensor();
 }
 
-// oneDNN's post-op name and scalars for an activation.
+// Whether oneDNN's post-op computes the activation as torch does: its relu, and its leaky_relu
+// of slope 0, are max(x, 0), which turns NaN into 0 (found by the fuzz; torch keeps NaN).
+bool post_op_exact(Activation act, double negative_slope) {
+  return act != Activation::kRelu && !(act == Activation::kLeakyRelu && negative_slope == 0.0);
+}
+
+// oneDNN's post-op name for an activation (post_op_exact ones only).
 const char* post_op(Activation act) {
   switch (act) {
-    case Activation::kRelu: return "relu";
     case Activation::kLeakyRelu: return "leaky_relu";
     case Activation::kTanh: return "tanh";
     case Activation::kSigmoid: return "sigmoid";
@@ -94,21 +99,26 @@ struct Call {
     return call(*ops().reorder, {w, padding, stride, dilation, groups, input_size});
   }
 
+  // The call on the packed weight, its activation a oneDNN post-op where that is exact, else
+  // genkern's pass after it.
   at::Tensor run(const at::Tensor& packed) const {
     const auto act = static_cast<Activation>(activation);
+    const bool fused = post_op_exact(act, negative_slope);
     c10::List<std::optional<at::Scalar>> scalars;
-    if (act == Activation::kLeakyRelu) scalars.push_back(at::Scalar(negative_slope));
+    if (fused && act == Activation::kLeakyRelu) scalars.push_back(at::Scalar(negative_slope));
     const c10::IValue b = bias ? c10::IValue(bias->contiguous()) : c10::IValue();
     const at::Tensor xd = dense(x);
-    const std::string attr = post_op(act), algorithm;
+    const std::string attr = fused ? post_op(act) : "none", algorithm;
     at::Tensor y =
         transposed
             ? call(*ops().conv_t, {xd, packed, b, padding, output_padding, stride, dilation,
                                    groups, attr, scalars, algorithm})
             : call(*ops().conv,
                    {xd, packed, b, padding, stride, dilation, groups, attr, scalars, algorithm});
-    return y.contiguous(channels_last ? at::MemoryFormat::ChannelsLast
-                                      : at::MemoryFormat::Contiguous);
+    y = y.contiguous(channels_last ? at::MemoryFormat::ChannelsLast
+                                   : at::MemoryFormat::Contiguous);
+    if (!fused) activation_(y, activation, negative_slope);
+    return y;
   }
 
   // The multiply-adds' FLOPs: each weight element meets each output pixel (conv2d) or each
@@ -148,28 +158,44 @@ struct Call {
 
 enum class Path : int8_t { kRegular = 0, kPacked = 1, kGemm = 2, kDirect = 3 };
 
-// What a packed copy was made from: the weight's storage (held weakly, so that no other storage
-// takes its address while the entry lives) and data pointer, and its values: their fingerprint
-// (a write through .data leaves the version counter as it was), or for a frozen weight
-// (prepack_freeze) its version counter (inference tensors have none: the fingerprint then).
-struct Source {
+// Which weight an entry or a freeze mark is for, with no weak reference to its TensorImpl
+// (torch.utils.swap_tensors refuses a tensor that has one: found by the fuzz): its storage, held
+// weakly, and its data pointer. A new tensor at a dead one's TensorImpl address over other memory
+// is another weight; over the same memory, it reads the same values (Source checks them).
+struct Identity {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   const c10::StorageImpl* storage_impl = nullptr;
   const void* data = nullptr;
+
+  static Identity of(const at::Tensor& t) {
+    return {t.storage().getWeakStorageImpl(), t.storage().unsafeGetStorageImpl(),
+            t.const_data_ptr()};
+  }
+  bool expired() const { return storage.expired(); }
+  bool is(const at::Tensor& t) const {
+    return !storage.expired() && storage_impl == t.storage().unsafeGetStorageImpl() &&
+           data == t.const_data_ptr();
+  }
+};
+
+// What a packed copy was made from: the weight's memory (its Identity) and its values: their
+// fingerprint (a write through .data leaves the version counter as it was), or for a frozen
+// weight (prepack_freeze) its version counter (inference tensors have none: the fingerprint then).
+struct Source {
+  Identity memory;
   std::optional<int64_t> version;
   std::optional<uint64_t> values;
 
   bool same_as(const Source& now) const {
-    return storage_impl == now.storage_impl && !storage.expired() && data == now.data &&
-           version == now.version && values == now.values;
+    return memory.storage_impl == now.memory.storage_impl && !memory.expired() &&
+           memory.data == now.memory.data && version == now.version && values == now.values;
   }
 };
 
 // Read without g_mutex held: the fingerprint reads the whole weight.
 Source source_of(const at::Tensor& weight, bool frozen_weight) {
   const bool by_version = frozen_weight && !weight.is_inference();
-  return Source{weight.storage().getWeakStorageImpl(), weight.storage().unsafeGetStorageImpl(),
-                weight.const_data_ptr(),
+  return Source{Identity::of(weight),
                 by_version ? std::optional<int64_t>(weight._version()) : std::nullopt,
                 by_version ? std::nullopt : std::optional<uint64_t>(fingerprint(weight))};
 }
@@ -177,7 +203,7 @@ Source source_of(const at::Tensor& weight, bool frozen_weight) {
 // The path a weight's calls of a geometry took; for kPacked and kDirect, the packed weight and
 // what it was packed from.
 struct Entry {
-  WeakImpl weight;
+  Identity weight;
   std::vector<int64_t> geometry;
   Path path = Path::kRegular;
   at::Tensor packed;
@@ -194,22 +220,22 @@ std::mutex g_mutex;
 // The path auto mode timed fastest, per geometry (a weight's update does not time again)
 std::map<std::vector<int64_t>, Path> g_choice;
 constexpr size_t kMaxChoices = 4096;  // a run of ever-new shapes: start over past this
-// The entries, per weight TensorImpl (held weakly)
+// The entries, per weight TensorImpl address (see Identity)
 std::unordered_map<const c10::TensorImpl*, Entry> g_cache;
-// The frozen weights (held weakly)
-std::unordered_map<const c10::TensorImpl*, WeakImpl> g_frozen;
+// The frozen weights, per TensorImpl address
+std::unordered_map<const c10::TensorImpl*, Identity> g_frozen;
 size_t g_timings = 0;  // geometries timed since the mode was set (for tests)
 
 struct Dropped {
   std::vector<Entry> entries;
-  std::vector<WeakImpl> weights;
+  std::vector<Identity> weights;
 };
 
 // The entry of this (live) weight, or nullptr; drops an entry of a dead tensor at its address.
 Entry* lookup(const at::Tensor& weight, Dropped& dropped) {
   auto it = g_cache.find(weight.unsafeGetTensorImpl());
   if (it == g_cache.end()) return nullptr;
-  if (it->second.weight.expired()) {  // a new tensor at a dead one's address
+  if (!it->second.weight.is(weight)) {  // a new tensor at a dead one's address
     dropped.entries.push_back(std::move(it->second));
     g_cache.erase(it);
     return nullptr;
@@ -220,7 +246,7 @@ Entry* lookup(const at::Tensor& weight, Dropped& dropped) {
 bool frozen(const at::Tensor& weight) {
   std::lock_guard<std::mutex> lock(g_mutex);
   auto it = g_frozen.find(weight.unsafeGetTensorImpl());
-  return it != g_frozen.end() && !it->second.expired();
+  return it != g_frozen.end() && it->second.is(weight);
 }
 
 void store(const at::Tensor& weight, Entry entry) {
@@ -254,7 +280,7 @@ at::Tensor packed_from(const at::Tensor& weight, const std::vector<int64_t>& geo
 void keep_packed(const at::Tensor& weight, std::vector<int64_t> geometry, Path path,
                  at::Tensor packed, Source before, bool frozen_weight) {
   if (!before.same_as(source_of(weight, frozen_weight))) return;
-  store(weight, Entry{WeakImpl(weight.getIntrusivePtr()), std::move(geometry), path,
+  store(weight, Entry{Identity::of(weight), std::move(geometry), path,
                       std::move(packed), std::move(before)});
 }
 
@@ -267,7 +293,7 @@ void note(const at::Tensor& weight, const std::vector<int64_t>& geometry, Path p
     const Entry* e = lookup(weight, dropped);
     if (e != nullptr && e->path == path && e->geometry == geometry) return;
   }
-  store(weight, Entry{WeakImpl(weight.getIntrusivePtr()), geometry, path, at::Tensor(), {}});
+  store(weight, Entry{Identity::of(weight), geometry, path, at::Tensor(), {}});
 }
 
 // Keeps `path` for every later call of the geometry; `timed`: auto mode timed (or sized) it.
@@ -293,6 +319,11 @@ double seconds(const std::function<at::Tensor()>& fn, at::Tensor& out) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// oneDNN's packed convs skip the taps that fall in the padding, so a NaN or inf weight there
+// would not reach the pixels it reaches in stock's convs (found by the fuzz): such a weight runs
+// unpacked. Checked when a weight is packed, not per call.
+bool packable(const at::Tensor& weight) { return weight.isfinite().all().item<bool>(); }
+
 bool eligible(const at::Tensor& x) {
   if (static_cast<PrepackMode>(g_mode.load()) == PrepackMode::kNever || !ops().available())
     return false;
@@ -316,7 +347,7 @@ void set_prepack_mode(int64_t mode, bool bfloat16) {
 bool prepack_available() { return ops().available(); }
 
 void prepack_freeze(const at::Tensor& weight, bool freeze) {
-  WeakImpl mark(weight.getIntrusivePtr());
+  Identity mark = Identity::of(weight);
   Dropped dropped;
   std::lock_guard<std::mutex> lock(g_mutex);
   for (auto it = g_frozen.begin(); it != g_frozen.end();) {
@@ -379,6 +410,7 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     Source now = source_of(weight, frozen_weight);
     at::Tensor packed = packed_from(weight, geometry, *chosen, now);
     if (!packed.defined()) {
+      if (!packable(weight)) return regular();
       try {  // oneDNN has no packed primitive for some geometries: the regular path then
         packed = direct_path ? direct.pack() : c.pack();
       } catch (const std::exception&) {
@@ -398,6 +430,7 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   const double weight_bytes = static_cast<double>(weight.numel() * weight.element_size());
   if (flops > kLargeCallFlops && flops > kFlopsPerWeightByte * weight_bytes)
     return keep_regular(weight, geometry, true, regular);
+  if (!packable(weight)) return regular();  // time the geometry with a finite weight
   Source before = source_of(weight, frozen_weight);
   at::Tensor packed, y_first;
   try {

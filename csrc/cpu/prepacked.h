@@ -1,15 +1,18 @@
 // Inference path of conv2d / conv_transpose2d on the CPU backend: packed oneDNN weights.
 //
 // When a call records no gradient, the weight is reordered once into oneDNN's blocked layout for
-// the input shape it meets and kept (keyed by the weight's TensorImpl, held weakly) until it
-// changes; later calls of that shape run one oneDNN primitive with the bias and the activation as
-// post-ops. Stock eager reorders the weight on every call, which at batch 1 costs as much as the
-// convolution. A packed weight is used only while the weight's storage (held weakly), data
-// pointer, shapes and strides are the ones packed and its values' fingerprint (fingerprint.h,
-// one read of the weight) matches, or for a frozen weight (genkern.nn.freeze) its version
-// counter: an optimizer step, load_state_dict, .to() or a write through .data repacks. A packed
-// copy is kept only if the weight read the same after packing as before (no other thread wrote
-// it meanwhile). Thread-safe; no lock is held while waiting for the GIL.
+// the input shape it meets and kept (keyed by the weight's TensorImpl address and memory, with
+// no weak reference to the TensorImpl, which torch.utils.swap_tensors refuses) until it changes;
+// later calls of that shape run one oneDNN primitive with the bias and the activation as post-ops
+// (relu after it, in genkern's pass: oneDNN's turns NaN into 0). Stock eager reorders the weight
+// on every call, which at batch 1 costs as much as the convolution. Weights holding NaN or inf
+// stay unpacked (oneDNN skips the taps in the padding). A packed weight is used only while the
+// weight's storage (held weakly), data pointer, shapes and strides are the ones packed and its
+// values' fingerprint (fingerprint.h, one read of the weight) matches, or for a frozen weight
+// (genkern.nn.freeze) its version counter: an optimizer step, load_state_dict, .to() or a write
+// through .data repacks. A packed copy is kept only if the weight read the same after packing as
+// before (no other thread wrote it meanwhile). Thread-safe; no lock is held while waiting for
+// the GIL.
 //
 // Mode (GENKERN_CPU_PREPACK, set from genkern/ops/_prepacked.py): "auto" (on the first call of a
 // geometry, its shapes, strides, dtypes and conv parameters, the paths are timed and the fastest
