@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from _helpers import assert_unchanged, clones
 from conftest import DEVICE, device_backends, grid_backends
 
@@ -523,3 +524,18 @@ BAD_INPUTS = [
 def test_bad_inputs_raise_clearly(desc, kwargs, exc, pattern):
     with pytest.raises(exc, match=pattern):
         genkern.ops.batch_norm(**kwargs)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_running_stats_under_checkpoint_match_stock(reentrant):
+    # found by the fuzz: the non-reentrant checkpoint's recomputation stops once the tensors it
+    # needs are saved, which skipped the update made after them (stock updates before)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, device=DEVICE, requires_grad=True)
+    stock = torch.nn.BatchNorm2d(3).to(DEVICE)
+    ours = genkern.nn.BatchNorm2d(3).to(DEVICE)
+    for bn in (stock, ours):
+        y = torch.utils.checkpoint.checkpoint(bn, x, use_reentrant=reentrant)
+        y.sum().backward()
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(stock, name))

@@ -103,6 +103,20 @@ void lerp_into(const at::Tensor& running, const at::Tensor& batch, double moment
     running.lerp_(batch.to(running.scalar_type()), momentum);
 }
 
+// running += momentum * (batch - running) for the statistics given, the variance unbiased (as
+// torch), after a training batch of x gave mean and var.
+void update_running_stats(const at::Tensor& x, const std::optional<at::Tensor>& running_mean,
+                          const std::optional<at::Tensor>& running_var, const at::Tensor& mean,
+                          const at::Tensor& var, double momentum) {
+  at::NoGradGuard no_grad;
+  const int64_t count = x.numel() / x.size(1);
+  if (has(running_mean)) lerp_into(*running_mean, mean, momentum);
+  if (has(running_var)) {
+    const double factor = count > 1 ? double(count) / double(count - 1) : INFINITY;
+    lerp_into(*running_var, var * factor, momentum);
+  }
+}
+
 // An output the kernels made as a view of a buffer of theirs (a GEMM's result reshaped to the
 // output's shape) as a tensor of its own on the same memory: autograd refuses in-place ops on a
 // Function's outputs that are views (found by the fuzz: relu_() after a conv onto 1x1 pixels,
@@ -290,12 +304,15 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
                                const std::optional<at::Tensor>& bias,
                                const std::optional<at::Tensor>& running_mean,
                                const std::optional<at::Tensor>& running_var, bool training,
-                               double eps, int64_t act, double slope) {
+                               double momentum, double eps, int64_t act, double slope) {
     BatchNormAffine affine;
     auto [y, mean, invstd, var, preact] = batch_norm_act_forward_affine_cpu(
         x, weight, bias, training ? std::nullopt : running_mean,
         training ? std::nullopt : running_var, training, 0.0, eps, act, slope,
         keeps_preact(act, slope), &affine);
+    // before anything is saved, as stock's kernel does: a checkpoint's recomputation stops once
+    // the tensors it needs are saved (found by the fuzz: the update was skipped)
+    if (training) update_running_stats(x, running_mean, running_var, mean, var, momentum);
     y = owned(y);
     ctx->mark_non_differentiable({mean, var});
     // relu / leaky_relu: the backward recomputes the sign of act's input from x (no saved y),
@@ -335,7 +352,7 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
         d.at("act").toInt(), d.at("slope").toDouble(), mask, opt(s[5]),
         d.at("keeps_output").toBool());
     const auto dtype = has_w ? s[1].scalar_type() : s[0].scalar_type();
-    return grads_for(9, mask[0] ? gx : at::Tensor(), mask[1] ? gw.to(dtype) : at::Tensor(),
+    return grads_for(10, mask[0] ? gx : at::Tensor(), mask[1] ? gw.to(dtype) : at::Tensor(),
                      mask[2] ? gb.to(dtype) : at::Tensor());
   }
 };
@@ -412,25 +429,15 @@ at::Tensor batch_norm_act_eager_cpu(const at::Tensor& x, const std::optional<at:
   const at::Tensor xd = x.contiguous(x.suggest_memory_format());
   at::Tensor y, mean, var;
   if (wants_grad(x, weight, bias)) {
-    auto out = BatchNormAct::apply(xd, weight, bias, running_mean, running_var, training, eps,
-                                   activation, negative_slope);
-    y = out[0], mean = out[1], var = out[2];
-  } else {
-    at::NoGradGuard no_grad;
-    std::tie(y, mean, std::ignore, var, std::ignore) = batch_norm_act_forward_cpu(
-        xd, weight, bias, training ? std::nullopt : running_mean,
-        training ? std::nullopt : running_var, training, 0.0, eps, activation, negative_slope,
-        false);
+    return BatchNormAct::apply(xd, weight, bias, running_mean, running_var, training, momentum,
+                               eps, activation, negative_slope)[0];
   }
-  if (training) {  // running += momentum * (batch - running), unbiased variance
-    at::NoGradGuard no_grad;
-    const int64_t count = x.numel() / x.size(1);
-    if (has(running_mean)) lerp_into(*running_mean, mean, momentum);
-    if (has(running_var)) {
-      const double factor = count > 1 ? double(count) / double(count - 1) : INFINITY;
-      lerp_into(*running_var, var * factor, momentum);
-    }
-  }
+  at::NoGradGuard no_grad;
+  std::tie(y, mean, std::ignore, var, std::ignore) = batch_norm_act_forward_cpu(
+      xd, weight, bias, training ? std::nullopt : running_mean,
+      training ? std::nullopt : running_var, training, 0.0, eps, activation, negative_slope,
+      false);
+  if (training) update_running_stats(x, running_mean, running_var, mean, var, momentum);
   return y;
 }
 
