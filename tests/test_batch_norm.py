@@ -188,23 +188,37 @@ def test_float32_params_of_a_16_bit_input_get_float32_gradients(backend):
 )
 @pytest.mark.parametrize("fast", [True, False], ids=["eager_entry", "custom_op"])
 @pytest.mark.parametrize(
-    "slope,shift,keeps",
-    [(0.2, 0.5, True), (1e-39, 0.0, False), (0.2, 1e3, False), (0.2, 1e4, False)],
-    ids=["kept", "subnormal_slope", "shift_1e3", "shift_1e4"],
+    "slope,shift,std,keeps",
+    [
+        (0.2, 0.5, 1.0, True),
+        (1e-39, 0.0, 1.0, False),
+        (0.2, 1e3, 1.0, False),
+        (0.2, 1e4, 1.0, False),
+        (0.2, 0.5, 1e-6, False),
+    ],
+    ids=["kept", "subnormal_slope", "shift_1e3", "shift_1e4", "std_below_eps"],
 )
-def test_output_kept_only_where_it_gives_x_back_accurately(slope, shift, keeps, fast, monkeypatch):
-    """Found by the fuzz: a float32 slope of 1e-39 (y / slope overflows) gave NaN gradients, and a
+def test_output_kept_only_where_it_gives_x_back_accurately(
+    slope, shift, std, keeps, fast, monkeypatch
+):
+    """Found by the fuzz: a float32 slope of 1e-39 (y / slope overflows) gave NaN gradients, a
     bias of 1e3 at scale 0.1 put grad_w 1e-4 off (y's rounding, relative to y, comes back in
-    x - mean times about |b| / |w|). Those keep x; the gradients are within float32's reach."""
+    x - mean times about |b| / |w|), and so did a channel's std of 1e-6 next to eps 1e-5 (x_hat
+    about 0.3 in size). Those keep x; the gradients are within float32's reach."""
     from genkern.ops import _fused
 
     monkeypatch.setattr(_fused, "FAST_EAGER", fast)
     (x, w, b), _ = _make((4, 3, 6, 5), torch.float32, "contiguous")
     with torch.no_grad():
+        x.mul_(std)
         w.fill_(0.1)
         b.fill_(shift)
+    var = x.detach().var(dim=(0, 2, 3), unbiased=False)
+    act = A.activation_id("leaky_relu")
     ext = genkern.ops._registry.extension()
-    assert ext.batch_norm_keeps_output(x, w, b, True, A.activation_id("leaky_relu"), slope) == keeps
+    assert (
+        ext.batch_norm_keeps_output(x, w, b, True, act, slope, var, (var + 1e-5).rsqrt()) == keeps
+    )
     fn = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
         x, None, None, w, b, True, activation="leaky_relu", negative_slope=slope, backend="cpu"
     )

@@ -480,8 +480,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
     bool training, int64_t activation, double negative_slope, std::array<bool, 3> output_mask,
     const std::optional<at::Tensor>& bias, bool x_is_output) {
   const auto act = static_cast<Activation>(activation);
-  TORCH_CHECK(!x_is_output || batch_norm_keeps_output(x, weight, bias, training, activation,
-                                                      negative_slope),
+  TORCH_CHECK(!x_is_output || batch_norm_output_invertible(x, weight, bias, training,
+                                                           activation, negative_slope),
               "genkern: batch_norm backward from the output needs what batch_norm_keeps_output "
               "checks");
   const bool has_saved =
@@ -729,9 +729,9 @@ std::vector<double> values_of(const at::Tensor& t) {
 
 }  // namespace
 
-bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                             const std::optional<at::Tensor>& bias, bool training,
-                             int64_t activation, double negative_slope) {
+bool batch_norm_output_invertible(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias, bool training,
+                                  int64_t activation, double negative_slope) {
   constexpr double kMinScale = 0.1, kMaxShiftPerScale = 10.0, kMinSlope = 1e-3;
   const auto dtype = x.scalar_type();
   if (!training || static_cast<Activation>(activation) != Activation::kLeakyRelu ||
@@ -750,6 +750,20 @@ bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor
     if (!(std::abs(w[c]) >= kMinScale && std::abs(b[c]) <= kMaxShiftPerScale * std::abs(w[c])))
       return false;
   }
+  return true;
+}
+
+bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                             const std::optional<at::Tensor>& bias, bool training,
+                             int64_t activation, double negative_slope, const at::Tensor& var,
+                             const at::Tensor& invstd) {
+  constexpr double kMinSpread = 0.25;  // var * invstd^2: x_hat's variance
+  if (!batch_norm_output_invertible(x, weight, bias, training, activation, negative_slope) ||
+      var.numel() != weight->numel() || invstd.numel() != var.numel())
+    return false;
+  const std::vector<double> v = values_of(var), is = values_of(invstd);
+  for (size_t c = 0; c < v.size(); ++c)
+    if (!(v[c] * is[c] * is[c] >= kMinSpread)) return false;
   return true;
 }
 

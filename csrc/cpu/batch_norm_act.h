@@ -57,9 +57,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_cpu(
 // batch norm + leaky_relu). Needs training (batch statistics), float32 or float64, leaky_relu
 // with a slope >= 1e-3 (invertible, y / slope of a normal number: a float32 slope of 1e-39 gave
 // NaN gradients), every |w| >= 0.1 and every |b| <= 10 |w| (y's rounding, relative to y, comes
-// back in x - mean times about 1 + |b| / |w|: a bias of 1e3 at w = 0.1 put grad_w 1e-4 off).
+// back in x - mean times about 1 + |b| / |w|: a bias of 1e3 at w = 0.1 put grad_w 1e-4 off), and
+// the batch's statistics var and invstd (per channel) must leave x_hat = (x - mean) * invstd of
+// about unit size: var * invstd^2 >= 1/4 (where var is small next to eps, x_hat is too, and the
+// same absolute rounding is a larger part of it: std 1e-6 with eps 1e-5 put grad_w 1.4e-4 off).
 bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                              const std::optional<at::Tensor>& bias, bool training,
-                             int64_t activation, double negative_slope);
+                             int64_t activation, double negative_slope, const at::Tensor& var,
+                             const at::Tensor& invstd);
+
+// The conditions of batch_norm_keeps_output that do not depend on the batch.
+bool batch_norm_output_invertible(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias, bool training,
+                                  int64_t activation, double negative_slope);
 
 }  // namespace genkern::cpu

@@ -318,7 +318,8 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     // relu / leaky_relu: the backward recomputes the sign of act's input from x (no saved y),
     // or keeps y alone, in x's place (see batch_norm_keeps_output)
     const auto a = static_cast<Activation>(act);
-    const bool keeps_y = batch_norm_keeps_output(x, weight, bias, training, act, slope);
+    const bool keeps_y =
+        batch_norm_keeps_output(x, weight, bias, training, act, slope, var, invstd);
     const bool recompute = a == Activation::kRelu ||
                            (a == Activation::kLeakyRelu && saves_output(a, slope));
     ctx->save_for_backward({keeps_y ? y : x, weight.value_or(at::Tensor()), mean, invstd,

@@ -317,14 +317,16 @@ def _(
     )
 
 
-def _keeps_output(x, weight, bias, training, act, slope, backend) -> bool:
+def _keeps_output(x, weight, bias, training, act, slope, backend, var, invstd) -> bool:
     """The cpu backend keeps act's output y in x's place where batch_norm_keeps_output allows
     (csrc/cpu/batch_norm_act.h), as its C++ eager node does (the same bits); not under tracing,
-    where the weight's values are unknown."""
+    where the weight's and the statistics' values are unknown."""
     return (
         backend == "cpu"
         and _fused.untraced()
-        and _registry.extension().batch_norm_keeps_output(x, weight, bias, training, act, slope)
+        and _registry.extension().batch_norm_keeps_output(
+            x, weight, bias, training, act, slope, var, invstd
+        )
     )
 
 
@@ -333,7 +335,7 @@ def _setup_context(ctx, inputs, output):
     y, mean, invstd, var, preact = output
     ctx.mark_non_differentiable(mean, invstd, var, preact)
     ctx.set_materialize_grads(False)  # no zeros made for those to be ignored
-    ctx.keeps_output = _keeps_output(x, weight, bias, training, act, slope, backend)
+    ctx.keeps_output = _keeps_output(x, weight, bias, training, act, slope, backend, var, invstd)
     if ctx.keeps_output:
         ctx.save_for_backward(y, weight, mean, invstd, None, bias)
     else:
