@@ -553,3 +553,34 @@ def test_running_stats_under_checkpoint_match_stock(reentrant):
         y.sum().backward()
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(ours, name), getattr(stock, name))
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("act", ["sigmoid", "silu", "tanh"])
+def test_cpu_exp_activations_same_bits_for_any_thread_count(act):
+    # found by the fuzz: eval batch_norm + sigmoid / silu (ATen's kernels then) 1 ulp apart, a
+    # few of 170K elements (at the threads' split points)
+    torch.manual_seed(1)
+    x, w = torch.randn(32, 37, 13, 11), torch.randn(37)
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(
+                genkern.ops.batch_norm(
+                    x,
+                    torch.zeros(37),
+                    torch.ones(37),
+                    w,
+                    None,
+                    False,
+                    activation=act,
+                    backend="cpu",
+                )
+            )
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])

@@ -125,10 +125,13 @@ def test_output_and_gradient_layouts_match_aten(layout, w_layout):
     assert strides["always"] == strides["never"]
 
 
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "silu", "tanh"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_same_bits_for_any_thread_count(layout, always):
+def test_same_bits_for_any_thread_count(layout, act, always):
+    # sigmoid and silu ran on ATen's kernels, whose scalar tails round differently from their
+    # vector bodies (found by the fuzz: 1 ulp apart between 1 and 2 threads)
     inputs, kw = _make(EXTRA[2], layout, False)
-    fn = _fns(kw, "relu", 0.01)[0]
+    fn = _fns(kw, act, 0.01)[0]
     threads = torch.get_num_threads()
     results = []
     try:
