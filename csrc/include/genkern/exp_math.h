@@ -90,8 +90,9 @@ inline float exp_full<float>(float x) {
 // polynomial); else 1 - 2 e / (1 + e) with e = exp(-2|x|) <= 0.29: the subtrahend, <= 0.45, is
 // good to its own few ulp, and 1 - it rounds once (against float64 on a dense sweep: 1.4 ulp at
 // most, next to the switch, 0.6 from |x| = 2 on, where (1 - e) / (1 + e), rounded three times,
-// gave 1.5 ulp and the gradient 1 - y^2 several times stock's error: found by the fuzz). ATen's CPU tanh ran 786K floats in
-// 0.76 ms on a Zen 5 (2 threads), its sigmoid in 0.09 ms: this one vectorizes like the sigmoid.
+// gave 1.5 ulp and the gradient 1 - y^2 several times stock's error: found by the fuzz). ATen's
+// CPU tanh ran 786K floats in 0.76 ms on a Zen 5 (2 threads), its sigmoid in 0.09 ms: this one
+// vectorizes like the sigmoid.
 template <>
 inline float tanh_full<float>(float x) {
   const float a = std::fabs(x), z = x * x;
