@@ -66,6 +66,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_act_eager_cpu", &genkern::cpu::linear_act_eager_cpu);
   m.def("batch_norm_act_eager_cpu", &genkern::cpu::batch_norm_act_eager_cpu);
   m.def("upsample_nearest2d_eager_cpu", &genkern::cpu::upsample_nearest2d_eager_cpu);
+  m.def("set_recompute_under_saved_tensor_hooks",
+        &genkern::cpu::set_recompute_under_saved_tensor_hooks);
   // optimistic entries of the eager fast paths: None when the call is not the common case
   m.def("linear_fast", &genkern::cpu::linear_fast);
   m.def("conv2d_fast", &genkern::cpu::conv2d_fast);

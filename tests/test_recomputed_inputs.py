@@ -2,6 +2,8 @@
 csrc/cpu/eager_autograd.cpp's RecomputableOutput) instead of keeping it: the same bits as keeping
 it, the float64 reference's values, and the output itself no longer among the saved tensors."""
 
+import contextlib
+
 import pytest
 import torch
 from conftest import grid_backends
@@ -55,9 +57,23 @@ def _chain(conv, act, slope, clone=False, ops=genkern.ops):
     return fn
 
 
-def _saved_ptrs(fn, *args):
+@contextlib.contextmanager
+def _watching_saved_tensors():
+    """The tensors the nodes save, through a saved-tensor hook that leaves the recomputation on
+    (under hooks it is off, see eager_autograd.h: test_conv_checkpointed_alone_after_a_batch_norm
+    runs that)."""
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    ext = genkern.ops._registry.extension()
+    before = ext.set_recompute_under_saved_tensor_hooks(True)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            yield saved
+    finally:
+        ext.set_recompute_under_saved_tensor_hooks(before)
+
+
+def _saved_ptrs(fn, *args):
+    with _watching_saved_tensors() as saved:
         out = fn(*args)
     return out, {t.data_ptr() for t in saved}
 
@@ -174,8 +190,7 @@ def test_dcgan_generator_keeps_one_tensor_per_batch_norm():
     batch norm's input), not also the BN output the next transposed conv reads."""
     g = models.DCGANGenerator(image_size=32).to(memory_format=torch.channels_last)
     z = torch.randn(4, 100)
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    with _watching_saved_tensors() as saved:
         g(z)
     for shape in [(4, 256, 4, 4), (4, 128, 8, 8), (4, 64, 16, 16)]:
         ptrs = {t.data_ptr() for t in saved if tuple(t.shape) == shape}
@@ -243,3 +258,25 @@ def test_recomputation_under_activation_checkpointing(reentrant):
     checkpointed = grads(lambda: checkpoint(block, x, use_reentrant=reentrant))
     for a, c in zip(checkpointed, plain, strict=True):
         assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+def test_conv_checkpointed_alone_after_a_batch_norm(reentrant):
+    """Found by the fuzz: the conv alone checkpointed, its batch norm outside. Its forward took
+    the batch norm's output (and kept x instead), its rerun a detached copy: the non-reentrant
+    checkpoint counted 5 saved tensors against 2 and raised. Under saved-tensor hooks (which
+    checkpoint and save_on_cpu install) a conv saves its input as usual."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    stock = torch.nn.Sequential(
+        torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+    )
+    ours = genkern.nn.convert(stock)
+    x = torch.randn(2, 8, 6, 6)
+    grads = []
+    for m in (stock, ours):
+        m[2](checkpoint(m[1], m[0](x), use_reentrant=reentrant)).square().mean().backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

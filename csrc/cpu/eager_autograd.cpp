@@ -1,8 +1,11 @@
 #include "eager_autograd.h"
 
+#include <ATen/SavedTensorHooks.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include <atomic>
 
 #include "batch_norm_act.h"
 #include "conv2d_act.h"
@@ -191,9 +194,16 @@ struct Recomputation {
 };
 
 // The recomputation of `input` when it is the remembered output, unchanged since; else none.
+// None while saved-tensor hooks are active: they see what a node saves, and under a
+// non-reentrant checkpoint the recomputation must save what the forward did, though its input
+// is then a detached copy, not the batch norm's output (found by the fuzz: CheckpointError).
+std::atomic<bool> g_recompute_under_hooks{false};  // set_recompute_under_saved_tensor_hooks
+
 std::optional<Recomputation> recomputation_of(const at::Tensor& input) {
   const auto& r = last_recomputable;
-  if (!r.y.has_value()) return std::nullopt;
+  if (!r.y.has_value() || (!g_recompute_under_hooks.load(std::memory_order_relaxed) &&
+                           at::SavedTensorDefaultHooks::get_hooks().has_value()))
+    return std::nullopt;
   const auto y = r.y->lock();
   if (!y.defined() || y.get() != input.unsafeGetTensorImpl() || input._version() != r.version ||
       input.storage_offset() != r.offset || input.sizes() != r.sizes ||
@@ -605,6 +615,10 @@ at::Tensor upsample_nearest2d_eager_cpu(const at::Tensor& x, const at::Tensor& s
   if (wants_grad(x)) return UpsampleNearest2d::apply(x, src_h, src_w, channels_last);
   const auto fmt = format(channels_last);
   return upsample_nearest2d_forward_cpu(x.contiguous(fmt), src_h, src_w).contiguous(fmt);
+}
+
+bool set_recompute_under_saved_tensor_hooks(bool on) {
+  return g_recompute_under_hooks.exchange(on);
 }
 
 }  // namespace genkern::cpu

@@ -60,4 +60,10 @@ at::Tensor avg_pool2d_eager_cpu(const at::Tensor& x, std::vector<int64_t> kernel
 at::Tensor upsample_nearest2d_eager_cpu(const at::Tensor& x, const at::Tensor& src_h,
                                        const at::Tensor& src_w, bool channels_last);
 
+// A conv fed by a batch norm's output keeps the batch norm's input instead and recomputes the
+// output in its backward, except while saved-tensor hooks are active (a checkpoint's rerun must
+// save what its forward saved). Tests that watch the saved tensors through a hook of their own
+// set this (returns the previous value) to see the recomputation as it runs without hooks.
+bool set_recompute_under_saved_tensor_hooks(bool on);
+
 }  // namespace genkern::cpu
