@@ -172,9 +172,12 @@ struct Identity {
             t.const_data_ptr()};
   }
   bool expired() const { return storage.expired(); }
+  bool matches(const c10::StorageImpl* impl, const void* ptr) const {
+    return !storage.expired() && storage_impl == impl && data == ptr;
+  }
+  bool same_as(const Identity& now) const { return matches(now.storage_impl, now.data); }
   bool is(const at::Tensor& t) const {
-    return !storage.expired() && storage_impl == t.storage().unsafeGetStorageImpl() &&
-           data == t.const_data_ptr();
+    return matches(t.storage().unsafeGetStorageImpl(), t.const_data_ptr());
   }
 };
 
@@ -187,8 +190,7 @@ struct Source {
   std::optional<uint64_t> values;
 
   bool same_as(const Source& now) const {
-    return memory.storage_impl == now.memory.storage_impl && !memory.expired() &&
-           memory.data == now.memory.data && version == now.version && values == now.values;
+    return memory.same_as(now.memory) && version == now.version && values == now.values;
   }
 };
 
