@@ -159,6 +159,29 @@ def test_report_and_compare(tmp_path):
     assert "2.00" in text and "geomean new/old time: 2.000" in text
 
 
+def test_runner_counts_page_faults_per_call():
+    """A provider that maps fresh memory each call (an mmap freed back to the OS on return, as
+    glibc does for large blocks) shows its faults per call in the result and the report; one that
+    touches memory it already holds shows none."""
+    import mmap
+
+    pages = 256
+
+    def fresh_pages(x, backend):
+        with mmap.mmap(-1, pages * mmap.PAGESIZE) as m:
+            for i in range(pages):
+                m[i * mmap.PAGESIZE] = 1
+        return torch.relu(x)
+
+    case = _tiny_case(fresh_pages, mode="forward")
+    eager, mapping = _run(case, ["eager", "genkern:cpu"])
+    assert eager.faults_per_call < pages / 4
+    assert mapping.faults_per_call >= pages
+    md = report.markdown(_data([eager, mapping]))
+    assert "minor page faults per call" in md
+    assert f"genkern:cpu {mapping.faults_per_call:.0f}" in md
+
+
 def test_report_lists_problems():
     wrong = _run(_tiny_case(lambda x, backend: x * 0 + 5), ["eager", "genkern:cpu"])
     md = report.markdown(_data(wrong))

@@ -33,12 +33,14 @@ def summarize(data: dict) -> list[dict]:
             "family": m["family"],
             "times": {},
             "peak_mb": {},
+            "faults": {},
             "notes": [],
         }
         for p, r in provs.items():
             if r["status"] == "ok":
                 row["times"][p] = r["median_ms"]
                 row["peak_mb"][p] = r.get("peak_mb")
+                row["faults"][p] = r.get("faults_per_call")
             else:
                 row["times"][p] = None
                 row["notes"].append(f"{p}: {r['status']} ({r['message']})")
@@ -117,6 +119,17 @@ def markdown(data: dict) -> str:
             "",
             "torch.compile first call (compilation; excluded from the medians): "
             + ", ".join(f"{c} {m} {t / 1e3:.1f} s" for c, m, t in firsts),
+        ]
+    faulting = [r for r in rows if max(filter(None, r["faults"].values()), default=0) >= 64]
+    if faulting:
+        lines += [
+            "",
+            "minor page faults per call (median, where a provider took 64 or more: memory the "
+            "allocator gave back to the OS and maps again, each fault costing the call time):",
+        ] + [
+            f"- {r['case']} {r['mode']}: "
+            + ", ".join(f"{p} {v:.0f}" for p, v in r["faults"].items() if v is not None)
+            for r in faulting
         ]
     notes = [n for r in rows for n in r["notes"]]
     if notes:

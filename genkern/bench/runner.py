@@ -40,6 +40,9 @@ class Result:
     first_call_ms: float | None = None  # compile / autotune / first-use cost, excluded above
     max_error: float | None = None  # vs stock eager, max_error scale
     peak_mb: float | None = None  # memory allocated beyond the live inputs, forward+backward
+    # the process's minor page faults per timed call, median (CPU): memory the allocator handed
+    # back to the OS and takes again, ~1 us per 4 KB page on the reference machine
+    faults_per_call: float | None = None
     flops: float = 0.0
     bytes: float = 0.0
     message: str = ""
@@ -134,8 +137,21 @@ def changed_by_channels_last(t) -> bool:
     )
 
 
-def _time_once(fn: Callable, device: torch.device) -> float:
-    return time_callable(fn, device, 1, 1, 0.0)[0]
+def _minor_faults() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _time_once(fn: Callable, device: torch.device) -> tuple[float, int | None]:
+    """One call's milliseconds, and on the CPU the minor page faults the process took meanwhile
+    (read outside the timed span)."""
+    before = _minor_faults() if device.type == "cpu" else None
+    ms = time_callable(fn, device, 1, 1, 0.0)[0]
+    after = _minor_faults() if before is not None else None
+    return ms, (after - before if after is not None else None)
 
 
 def _sign_flips(out: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
@@ -254,6 +270,7 @@ def run_case(
     elif slowest < 1 and not quick:
         max_rounds = 1000  # sub-millisecond calls: medians swung by 10-15% between runs at 200
     times: dict[str, list[float]] = {p: [] for p in runners}
+    faults: dict[str, list[int]] = {p: [] for p in runners}
     shuffle = random.Random(0)
     start = time.perf_counter()
     rounds = 0
@@ -270,7 +287,10 @@ def run_case(
         order = shuffle.sample(list(runners), len(runners))
         for provider in order:
             try:
-                times[provider].append(_time_once(runners[provider], device))
+                ms, n_faults = _time_once(runners[provider], device)
+                times[provider].append(ms)
+                if n_faults is not None:
+                    faults[provider].append(n_faults)
             except Exception as exc:
                 r = results[provider]
                 r.status, r.message = "error", f"{type(exc).__name__}: {exc}"[:300]
@@ -281,6 +301,8 @@ def run_case(
         q = statistics.quantiles(t, n=10) if len(t) >= 2 else [t[0]] * 9
         r = results[provider]
         r.median_ms, r.p10_ms, r.p90_ms, r.reps = statistics.median(t), q[0], q[-1], len(t)
+        if faults[provider]:
+            r.faults_per_call = statistics.median(faults[provider])
         if case.mode != "forward":
             r.peak_mb = peak_memory_mb(run, device)
     return [results[p] for p in providers if p in results]
