@@ -601,3 +601,56 @@ def test_max_pool_backward_refuses_tap_codes_where_they_do_not_apply():
             _ext._C.max_pool2d_backward_cpu(
                 gy, None, codes, gi, [2, 2], [stride, stride], [0, 0], [1, 1], 0, 0.0
             )
+
+
+# The NCHW float32 2x2 tile kernels (pool_2x2_rows.cpp: max pool's backward, x2 upsampling both
+# ways), 16 windows a vector with whole vectors past each row's end: rows of 1 to 33 windows (one
+# vector, exactly one, one and a bit, two and a bit), one thread and two (ranges ending mid-plane,
+# where the masked last rows take over), ties, NaN and -0 gradients.
+ROWS_2X2 = [
+    (3, 2, 2, 2),
+    (2, 3, 10, 4),
+    (2, 2, 14, 14),
+    (1, 3, 6, 16),
+    (2, 2, 4, 30),
+    (1, 2, 6, 32),
+    (2, 1, 4, 34),
+    (1, 1, 40, 36),
+    (1, 2, 6, 66),
+]
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", ROWS_2X2, ids=str)
+def test_2x2_row_kernels_are_stocks_bits(shape, threads):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, shape, generator=g).float()  # ties on a coarse grid
+    x[0, 0, 0, 0] = float("nan")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for act, stock_act in [(None, lambda t: t), ("relu", F.relu)]:
+            kw = {"activation": act} if act else {}
+            grads = []
+            for fn in (
+                lambda t: genkern.ops.max_pool2d(t, 2, backend="cpu", **kw),
+                lambda t: stock_act(F.max_pool2d(t, 2)),
+            ):
+                leaf = x.detach().clone().requires_grad_()
+                y = fn(leaf)
+                gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+                gy[..., -1] = -0.0  # becomes +0, as in a scatter-add into zeros
+                grads.append(torch.autograd.grad(y, leaf, gy)[0])
+            assert torch.equal(grads[0].nan_to_num(), grads[1].nan_to_num())
+            assert torch.equal(grads[0].signbit(), grads[1].signbit())
+        up = torch.randn(shape, generator=g).requires_grad_()
+        y = genkern.ops.upsample_nearest2d(up, 2, backend="cpu")
+        stock = F.interpolate(up, scale_factor=2, mode="nearest")
+        assert torch.equal(y, stock)
+        gy = torch.randn(y.shape, generator=g)
+        assert torch.equal(torch.autograd.grad(y, up, gy)[0], torch.autograd.grad(stock, up, gy)[0])
+    finally:
+        torch.set_num_threads(before)

@@ -19,6 +19,7 @@
 #include "dispatch_bool.h"
 #include "epilogue.h"
 #include "layout_copy.h"
+#include "pool_2x2_rows.h"
 #include "genkern/activation.h"
 
 namespace genkern::cpu {
@@ -511,6 +512,9 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
     gx.zero_();
     if (gy.numel() == 0) return gx;
   }
+  const bool rows_2x2 = tiled && !codes && fmt == at::MemoryFormat::Contiguous &&
+                        x.scalar_type() == at::kFloat && kH == 2 && kW == 2 && sH == 2 &&
+                        sW == 2 && IH == 2 * OH && IW == 2 * OW && pool_2x2_rows_enabled();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d_bwd", [&] {
    dispatch_activation(act, [&](auto tag) {
     constexpr Activation A = decltype(tag)::value;
@@ -528,7 +532,19 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
     scalar_t* out = gx.data_ptr<scalar_t>();
     // band oh: input rows [oh * sH, min(oh * sH + sH, IH)), which only windows of row oh reach;
     // rows from OH * sH on are in no window (zeroed with the last band)
-    if (tiled && fmt == at::MemoryFormat::Contiguous) {
+    if (std::is_same_v<scalar_t, float> && rows_2x2) {  // 16 windows a vector
+      at::parallel_for(0, N * C * OH, grain_for(2 * IW), [&](int64_t r0, int64_t r1) {
+        const float* gr = reinterpret_cast<const float*>(g) + r0 * OW;
+        std::vector<float> act_grads;  // act_backward's, where there is an activation
+        if constexpr (A != Activation::kIdentity) {
+          act_grads.resize((r1 - r0) * OW);
+          for (int64_t i = 0; i < (r1 - r0) * OW; ++i) act_grads[i] = grad_at(r0 * OW + i);
+          gr = act_grads.data();
+        }
+        max_pool_2x2_backward_rows(gr, ip + r0 * OW, reinterpret_cast<float*>(out) + r0 * 2 * IW,
+                                   r1 - r0, r0 % OH, OH, OW);
+      });
+    } else if (tiled && fmt == at::MemoryFormat::Contiguous) {
       at::parallel_for(0, N * C * OH, grain_for(sH * IW), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t p = r / OH, oh = r % OH, h0 = oh * sH, h1 = std::min(h0 + sH, IH);
@@ -822,8 +838,14 @@ at::Tensor upsample_nearest2d_forward_cpu(const at::Tensor& x, const at::Tensor&
       at::kBFloat16, at::kHalf, x.scalar_type(), "upsample_nearest2d", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* yp = y.data_ptr<scalar_t>();
-    const int64_t scale_h = integer_scale(hp, OH, IH);
-    if (fmt == at::MemoryFormat::Contiguous && scale_h > 0 && integer_scale(wp, OW, IW) == 2) {
+    const int64_t scale_h = integer_scale(hp, OH, IH), scale_w = integer_scale(wp, OW, IW);
+    if (std::is_same_v<scalar_t, float> && fmt == at::MemoryFormat::Contiguous && scale_h == 2 &&
+        scale_w == 2 && pool_2x2_rows_enabled()) {  // x2 both ways: 16 inputs a vector
+      at::parallel_for(0, N * C * IH, grain_for(OW * 2), [&](int64_t r0, int64_t r1) {
+        upsample_2x_rows(reinterpret_cast<const float*>(xp) + r0 * IW,
+                         reinterpret_cast<float*>(yp) + r0 * 2 * OW, r1 - r0, IW);
+      });
+    } else if (fmt == at::MemoryFormat::Contiguous && scale_h > 0 && scale_w == 2) {
       // x2 along rows, an integer scale down columns: each input row once, its copies memcpy'd
       at::parallel_for(0, N * C * IH, grain_for(OW * scale_h), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
@@ -886,9 +908,15 @@ at::Tensor upsample_nearest2d_backward_cpu(const at::Tensor& grad_y, const at::T
     // after every add lost ~10x stock's accuracy where many outputs share a source pixel)
     constexpr bool exact = std::is_same_v<scalar_t, opmath_t>;
     const scalar_t* g = gy.data_ptr<scalar_t>();
-    const int64_t scale_h = integer_scale(hp, OH, IH);
-    if (exact && fmt == at::MemoryFormat::Contiguous && scale_h > 0 &&
-        integer_scale(wp, OW, IW) == 2) {
+    const int64_t scale_h = integer_scale(hp, OH, IH), scale_w = integer_scale(wp, OW, IW);
+    if (std::is_same_v<scalar_t, float> && fmt == at::MemoryFormat::Contiguous && scale_h == 2 &&
+        scale_w == 2 && pool_2x2_rows_enabled()) {  // x2 both ways: 16 inputs a vector
+      float* out = reinterpret_cast<float*>(gx.data_ptr<scalar_t>());
+      at::parallel_for(0, N * C * IH, grain_for(OW * 2), [&](int64_t r0, int64_t r1) {
+        upsample_2x_backward_rows(reinterpret_cast<const float*>(g) + r0 * 2 * OW, out + r0 * IW,
+                                  r1 - r0, IW);
+      });
+    } else if (exact && fmt == at::MemoryFormat::Contiguous && scale_h > 0 && scale_w == 2) {
       // x2 along rows, an integer scale down columns: each input row summed from its output rows
       // in one pass (no zero fill), the adds in the general loop's order
       scalar_t* out = gx.data_ptr<scalar_t>();
