@@ -469,6 +469,70 @@ def test_fold_leaves_training_batch_norm():
     assert isinstance(model[1], torch.nn.BatchNorm2d)
 
 
+def _trained_pair(conv, channels):
+    bn = torch.nn.BatchNorm2d(channels)
+    model = torch.nn.Sequential(conv, bn)
+    for _ in range(2):  # running statistics away from 0 and 1
+        model(torch.randn(4, conv.in_channels, 6, 6) * 2 + 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("case", ["conv_activation", "convT_activation", "tied_weight", "hook"])
+def test_fold_leaves_what_it_cannot_fold(case):
+    """Each of these (found by a differential fuzz) was folded and silently changed the output: a
+    BatchNorm after genkern's fused conv activation (not linear), a conv whose weight another conv
+    shares (the fold scaled both), a conv with a forward hook (it would see the folded output)."""
+    if case == "convT_activation":
+        model = _trained_pair(genkern.nn.ConvTranspose2d(3, 4, 3, activation="tanh"), 4)
+    elif case == "conv_activation":
+        model = _trained_pair(genkern.nn.Conv2d(3, 4, 3, activation="relu"), 4)
+    else:
+        model = _trained_pair(torch.nn.Conv2d(4, 4, 3, padding=1), 4)
+    if case == "tied_weight":
+        model.append(torch.nn.Conv2d(4, 4, 3, padding=1))
+        model[2].weight = model[0].weight
+    seen = []
+    if case == "hook":
+        model[0].register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    x = torch.randn(2, model[0].in_channels, 6, 6)
+    with torch.no_grad():
+        expected = model(x)
+        for fold in (
+            lambda m: genkern.nn.fold_batch_norm(copy.deepcopy(m)),
+            lambda m: genkern.nn.convert(m, fold_bn=True),
+        ):
+            out = fold(model)(x)
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    if case == "hook":
+        torch.testing.assert_close(seen[-1], seen[0])  # the conv's own output, unfolded
+
+
+def test_eps_is_checked_as_torch():
+    x, (rm, rv) = torch.randn(4, 3, 5, 5), (torch.zeros(3), torch.ones(3))
+    for training, eps in [(True, 0.0), (True, -1.0), (False, -1.0)]:
+        with pytest.raises(ValueError) as stock:
+            F.batch_norm(x, rm.clone(), rv.clone(), training=training, eps=eps)
+        with pytest.raises(ValueError) as ours:
+            genkern.ops.batch_norm(x, rm.clone(), rv.clone(), training=training, eps=eps)
+        assert str(ours.value) == str(stock.value)
+    with pytest.raises(ValueError, match="must be positive during training"):
+        genkern.nn.BatchNorm2d(3, eps=0.0)(x)
+    y = genkern.ops.batch_norm(x, rm, rv, training=False, eps=0.0)  # eval allows 0, as torch
+    torch.testing.assert_close(y, F.batch_norm(x, rm, rv, training=False, eps=0.0))
+
+
+@pytest.mark.skipif(
+    "bias" not in __import__("inspect").signature(torch.nn.BatchNorm2d).parameters,
+    reason="this torch's BatchNorm2d has no bias argument (torch 2.13 added it)",
+)
+def test_bias_false_as_torch():
+    ours, stock = genkern.nn.BatchNorm2d(3, bias=False), torch.nn.BatchNorm2d(3, bias=False)
+    assert ours.bias is None and ours.weight is not None
+    assert ours.state_dict().keys() == stock.state_dict().keys()
+    x = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(ours(x), stock(x))
+
+
 # ---- bad inputs ----------------------------------------------------------------------------------
 
 _X = torch.randn(2, 3, 4, 4)

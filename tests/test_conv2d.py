@@ -443,3 +443,25 @@ def test_whole_input_kernel_opcheck(act, slope, layout):
     bargs = (torch.randn_like(y), saved, x.detach(), wt.detach(), [1, 1], [0, 0], [1, 1], 1)
     bargs += (act_id, slope, [True, True, True], "cpu")
     torch.library.opcheck(torch.ops.genkern.conv2d_act_backward.default, bargs)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+def test_no_input_channels_gives_stocks_gradients(act, fast, monkeypatch):
+    """C_in = 0: the output is act(bias) everywhere; the backward gives the bias's gradient and
+    empty ones for x and the weight, as stock (it raised an internal error: found by a fuzz)."""
+    from genkern.ops import _fused
+
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+    x = torch.randn(2, 0, 7, 7, requires_grad=True)
+    w = torch.randn(6, 0, 3, 3, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    y = genkern.ops.conv2d(x, w, b, padding=1, activation=act)
+    ref = reference.activation(F.conv2d(x, w, b, padding=1), act)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    for a, e in zip(
+        torch.autograd.grad(y, [x, w, b], g), torch.autograd.grad(ref, [x, w, b], g), strict=True
+    ):
+        assert a.shape == e.shape
+        torch.testing.assert_close(a, e)

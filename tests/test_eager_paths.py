@@ -332,3 +332,45 @@ def test_outputs_take_in_place_ops_as_stock_does(make, shape):
     y.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+def _negative_view(shape):
+    """A float32 tensor with the negative bit set (the .imag of a conjugated complex tensor): its
+    memory holds the values un-negated."""
+    z = torch.randn(shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    t = z.conj().imag
+    assert t.is_neg()
+    return t
+
+
+@pytest.mark.parametrize(
+    "op,shapes,which",
+    [
+        ("conv2d", [(2, 4, 7, 7), (5, 4, 3, 3), (5,)], 0),
+        ("conv2d", [(2, 4, 7, 7), (5, 4, 3, 3), (5,)], 1),
+        ("linear", [(56, 7), (9, 7), (9,)], 0),
+        ("linear", [(64, 64), (64, 64), (64,)], 1),
+        ("linear", [(3, 4, 8), (6, 8), (6,)], 2),
+    ],
+)
+def test_negative_views_are_read_as_their_values(op, shapes, which):
+    """A negative view among the arguments (found by a differential fuzz: the eager kernels
+    read its memory, the un-negated values, silently) gives stock's result and gradients."""
+    args = [
+        torch.randn(s, generator=torch.Generator().manual_seed(i)) for i, s in enumerate(shapes)
+    ]
+    args[which] = _negative_view(shapes[which])
+    stock = getattr(torch.nn.functional, op)
+    ours_args = [a.clone().requires_grad_() if i != which else a for i, a in enumerate(args)]
+    stock_args = [
+        a.resolve_neg().clone().requires_grad_() if i != which else a.resolve_neg()
+        for i, a in enumerate(args)
+    ]
+    y, ref = getattr(genkern.ops, op)(*ours_args), stock(*stock_args)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(ref)
+    wrt = [i for i in range(3) if i != which]
+    ours = torch.autograd.grad(y, [ours_args[i] for i in wrt], g)
+    theirs = torch.autograd.grad(ref, [stock_args[i] for i in wrt], g)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)

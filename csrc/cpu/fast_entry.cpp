@@ -256,7 +256,9 @@ py::object conv2d_fast(py::handle x_, py::handle weight_, py::handle bias_, py::
                                    activation, negative_slope))
     return declined();
   const Tensor &x = *a.x, &w = *a.w;
-  if (w.size(0) % a.groups != 0 || x.size(1) != w.size(1) * a.groups || !a.bias_has(w.size(0)))
+  // (no input channels: the Python path's stock composite)
+  if (w.size(0) % a.groups != 0 || x.size(1) != w.size(1) * a.groups ||
+      !a.bias_has(w.size(0)) || w.size(1) == 0)
     return declined();
   for (int i = 0; i < 2; ++i) {
     if (x.size(2 + i) + 2 * a.padding[i] < a.dilation[i] * (w.size(2 + i) - 1) + 1)
@@ -320,6 +322,7 @@ py::object batch_norm_fast(py::handle x_, py::handle running_mean_, py::handle r
       !to_double(momentum_, momentum) || !to_double(eps_, eps) ||
       !to_activation(activation, negative_slope, act, slope))
     return declined();
+  if (training ? !(eps > 0.0) : !(eps >= 0.0)) return declined();  // Python raises torch's error
   const int64_t channels = x->size(1);
   if ((w && w->numel() != channels) || (b && b->numel() != channels)) return declined();
   const py::handle running_[2] = {running_mean_, running_var_};

@@ -27,11 +27,23 @@ class BatchNorm2d(FusedActivationMixin, torch.nn.BatchNorm2d):
         device=None,
         dtype=None,
         *,
+        bias: bool = True,
         activation: str | None = None,
         negative_slope: float = 0.01,
         backend: str = "auto",
     ):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        # bias=False is torch 2.13's (an affine scale without a shift); passed on only then, so
+        # an older torch takes the default
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            **({} if bias else {"bias": False}),
+        )
         self._init_activation(activation, negative_slope)
         self.backend = backend
 
@@ -103,8 +115,10 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     The BatchNorm is replaced by its fused activation (a genkern.nn.Conv2d without one takes it
     over) or by Identity. Returns the model.
     """
-    # a conv registered in several places keeps its weights (the fold would reach every use)
+    # a conv registered in several places, or whose weight or bias another module shares, keeps
+    # its weights (the fold would reach every use)
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    shared = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for module in model.modules():
         if not isinstance(module, torch.nn.Sequential):
             continue
@@ -113,7 +127,15 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
             conv, bn = module._modules[prev], module._modules[name]
             if not isinstance(conv, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 continue
-            if uses[id(conv)] > 1:
+            if uses[id(conv)] > 1 or any(
+                p is not None and shared[id(p)] > 1 for p in (conv.weight, conv.bias)
+            ):
+                continue
+            # the BatchNorm follows the conv's own activation (genkern's fused one): not linear
+            if getattr(conv, "activation", None) is not None:
+                continue
+            # a hook on either would see the folded conv's output
+            if conv._forward_hooks or bn._forward_pre_hooks or bn._forward_hooks:
                 continue
             if not isinstance(bn, torch.nn.BatchNorm2d) or bn.training:
                 continue

@@ -97,8 +97,10 @@ def _jvp_transform_active() -> bool:
 
 
 def fast_eager(*tensors: torch.Tensor | None) -> bool:
-    """eager(), and every tensor given is a plain tensor or Parameter (no subclass)."""
-    return eager() and all(t is None or type(t) in _PLAIN for t in tensors)
+    """eager(), and every tensor given is a plain tensor or Parameter (no subclass) whose memory
+    holds its values (not a negative view, such as a conjugated complex tensor's .imag, whose
+    kernels would read the values un-negated)."""
+    return eager() and all(t is None or (type(t) in _PLAIN and not t.is_neg()) for t in tensors)
 
 
 def saved_for_backward(act: int, slope: float, y: torch.Tensor, preact: torch.Tensor):

@@ -52,6 +52,10 @@ def batch_norm(
         return y
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
+    if training and not eps > 0.0:  # torch.nn.functional.batch_norm's checks
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if not eps >= 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     # as torch: float32 weight and bias may go with a 16-bit input (mixed precision, autocast)
     _checks.check_floating("batch_norm", float32_params=True, input=x, weight=weight, bias=bias)
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):

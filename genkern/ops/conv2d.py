@@ -55,6 +55,10 @@ def conv2d(
     if extra[0] or extra[1]:  # 'same', even kernel: torch pads the extra row/column at the end
         x = F.pad(x, [0, extra[1], 0, extra[0]])
     name = backends.resolve("conv2d", backend, x)
+    if weight.shape[1] == 0:  # no input channels: act(bias), through stock's differentiable ops
+        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        y = reference.activation(y, A.ID_TO_NAME[act], slope)
+        return y.squeeze(0) if unbatched else y
     if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
         args = (x, weight, bias, stride, padding, dilation, groups, act, slope)
         entry = _registry.extension().conv2d_act_eager_cpu

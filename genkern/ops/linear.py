@@ -37,6 +37,8 @@ def linear(
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)
     _checks.check_floating("linear", input=x, weight=weight, bias=bias)
+    # a negative view's memory holds its values un-negated (the kernels read memory)
+    x, weight, bias = (t if t is None else t.resolve_neg() for t in (x, weight, bias))
     if x.dim() == 0:
         raise RuntimeError(
             f"both arguments to linear need to be at least 1D, but they are 0D and {weight.dim()}D"
