@@ -552,6 +552,19 @@ BAD_INPUTS = [
         "running_mean must be defined in evaluation mode",
     ),
     (
+        "2-D running_var",
+        dict(x=_X, running_mean=_S[0], running_var=torch.ones(3, 1)),
+        RuntimeError,
+        r"expected running_var to be 1-dimensional with 3 elements, but got running_var of size "
+        r"\[3, 1\]",
+    ),
+    (
+        "float64 running stats for a float32 input",
+        dict(x=_X, running_mean=_S[0].double(), running_var=_S[1].double()),
+        RuntimeError,
+        r"expected 'running_mean' to have the same dtype as 'input' \(torch.float32\)",
+    ),
+    (
         "running_mean size",
         dict(x=_X, running_mean=torch.zeros(4), running_var=_S[1]),
         RuntimeError,

@@ -238,12 +238,24 @@ BAD_INPUTS = [
         RuntimeError,
         "both arguments to linear need to be at least 1D, but they are 0D and 2D",
     ),
-    ("1-D weight", dict(x=_X, weight=torch.randn(3)), RuntimeError, "Expected 2D weight"),
+    ("3-D weight", dict(x=_X, weight=torch.randn(6, 3, 1)), RuntimeError, "Expected 2D weight"),
+    (
+        "1-D weight with a bias",
+        dict(x=_X, weight=torch.randn(3), bias=torch.randn(1)),
+        RuntimeError,
+        "mat2 must be a matrix, got 1-D tensor",
+    ),
     (
         "bias size",
         dict(x=_X, weight=_W, bias=torch.randn(5)),
         RuntimeError,
-        "expected bias to be 1-dimensional with 6 elements",
+        r"The expanded size of the bias \[5\] must match the output size \[4, 6\] of linear",
+    ),
+    (
+        "bias larger than the output",
+        dict(x=_X, weight=_W, bias=torch.randn(2, 4, 6)),
+        RuntimeError,
+        "The expanded size of the bias",
     ),
     ("dtype mismatch", dict(x=_X, weight=_W.double()), RuntimeError, "same dtype"),
     ("integer input", dict(x=_X.long(), weight=_W), TypeError, "floating-point"),
@@ -304,3 +316,24 @@ def test_eager_paths_match_the_custom_op():
         g_op = torch.autograd.grad(y_op, (x, w, b), torch.ones_like(y))
         for a, r in zip(g, g_op):
             torch.testing.assert_close(a, r, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+@pytest.mark.parametrize(
+    "weight_shape,bias_shape",
+    [((6, 3), (1,)), ((6, 3), ()), ((6, 3), (1, 6)), ((6, 3), (4, 6)), ((3,), None)],
+    ids=str,
+)
+def test_linear_forms_of_stock(weight_shape, bias_shape, act):
+    """F.linear also takes a 1-D weight (x @ weight) and a bias that broadcasts to the output
+    ([1], 0-dim, full size): the same values and gradients (genkern raised on them: a fuzz)."""
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(weight_shape, requires_grad=True)
+    b = None if bias_shape is None else torch.randn(bias_shape, requires_grad=True)
+    y = genkern.ops.linear(x, w, b, activation=act)
+    ref = reference.activation(F.linear(x, w, b), act)
+    torch.testing.assert_close(y, ref)
+    wrt = [t for t in (x, w, b) if t is not None]
+    g = torch.randn_like(ref)
+    for a, e in zip(torch.autograd.grad(y, wrt, g), torch.autograd.grad(ref, wrt, g), strict=True):
+        torch.testing.assert_close(a, e)

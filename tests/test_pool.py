@@ -399,6 +399,26 @@ def test_unbatched_and_zero_batch():
 _X = torch.randn(2, 3, 5, 5)
 BAD_INPUTS = [
     (
+        "unbatched input without channels",
+        lambda: genkern.ops.max_pool2d(torch.randn(0, 7, 7), 2),
+        RuntimeError,
+        r"non-empty 3D or 4D \(batch mode\) tensor expected for input, but got input of size: "
+        r"\[0, 7, 7\]",
+    ),
+    (
+        "avg unbatched input without channels",
+        lambda: genkern.ops.avg_pool2d(torch.randn(0, 7, 7), 2),
+        RuntimeError,
+        "non-empty 3D or 4D",
+    ),
+    (
+        "upsample size of one dim",
+        lambda: genkern.ops.upsample_nearest2d(_X, size=(3,)),
+        ValueError,
+        r"Input and output must have the same number of spatial dimensions, but got input with "
+        r"spatial dimensions of \[\d+, \d+\] and output size of \(3,\)",
+    ),
+    (
         "max pad > half kernel",
         lambda: genkern.ops.max_pool2d(_X, 2, padding=2),
         RuntimeError,

@@ -324,7 +324,9 @@ py::object batch_norm_fast(py::handle x_, py::handle running_mean_, py::handle r
     return declined();
   if (training ? !(eps > 0.0) : !(eps >= 0.0)) return declined();  // Python raises torch's error
   const int64_t channels = x->size(1);
-  if ((w && w->numel() != channels) || (b && b->numel() != channels)) return declined();
+  if ((w && (w->numel() != channels || w->dim() != 1)) ||
+      (b && (b->numel() != channels || b->dim() != 1)))
+    return declined();
   const py::handle running_[2] = {running_mean_, running_var_};
   if (running_[0].is_none() != running_[1].is_none()) return declined();  // torch refuses one
   for (int i = 0; i < 2; ++i) {
@@ -333,7 +335,8 @@ py::object batch_norm_fast(py::handle x_, py::handle running_mean_, py::handle r
       continue;
     }
     const Tensor* r = cpu_tensor(running_[i]);
-    if (r == nullptr || !r->is_floating_point() || r->requires_grad() || r->numel() != channels)
+    if (r == nullptr || r->scalar_type() != x->scalar_type() || r->requires_grad() ||
+        r->numel() != channels || r->dim() != 1)
       return declined();
     running[i] = *r;
   }

@@ -84,6 +84,23 @@ def batch_norm(
     ):
         if t is not None and t.numel() != channels:
             raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
+        if t is not None and t.dim() != 1:  # torch: an internal accessor error
+            raise RuntimeError(
+                f"expected {name} to be 1-dimensional with {channels} elements, but got {name} "
+                f"of size {list(t.shape)}"
+            )
+    # the running statistics: the input's dtype, or float32 for a 16-bit input (torch's
+    # mixed-dtype rule)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if (
+            t is not None
+            and t.dtype != x.dtype
+            and not (t.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16))
+        ):
+            raise RuntimeError(
+                f"batch_norm(): expected '{name}' to have the same dtype as 'input' ({x.dtype}), "
+                f"but got {t.dtype}"
+            )
     if training:
         size_prods = x.shape[0]
         for s in x.shape[2:]:

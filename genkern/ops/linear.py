@@ -43,6 +43,8 @@ def linear(
         raise RuntimeError(
             f"both arguments to linear need to be at least 1D, but they are 0D and {weight.dim()}D"
         )
+    if weight.dim() == 1 or (bias is not None and bias.shape != weight.shape[:1]):
+        return _broadcast_forms(x, weight, bias, activation, negative_slope, backend)
     if weight.dim() != 2:
         raise RuntimeError(
             f"Expected 2D weight for linear, but got weight of size: {list(weight.shape)}"
@@ -84,6 +86,32 @@ def linear(
 # custom op's dispatch, so plain eager calls skip it: on the CPU backend through the C++ fast path
 # (csrc/cpu/eager_autograd.h), elsewhere by running the same bodies (_forward, _backward_grads)
 # through _LinearAct; torch.compile and dispatch modes see the custom ops.
+
+
+def _broadcast_forms(x, weight, bias, activation, negative_slope, backend):
+    """F.linear's other forms: a 1-D weight (x @ weight, the last dim dropped) and a bias that
+    broadcasts to the output without being [out_features] (a [1], 0-dim or full-size bias, as
+    addmm takes it): genkern's product without bias, then stock's add and the activation."""
+    if weight.dim() not in (1, 2):
+        raise RuntimeError(
+            f"Expected 2D weight for linear, but got weight of size: {list(weight.shape)}"
+        )
+    if weight.dim() == 1 and bias is not None:
+        raise RuntimeError("mat2 must be a matrix, got 1-D tensor")  # torch's addmm
+    y = linear(x, weight.unsqueeze(0) if weight.dim() == 1 else weight, backend=backend)
+    if weight.dim() == 1:
+        y = y.squeeze(-1)
+    if bias is not None:
+        fits = bias.dim() <= y.dim() and all(
+            b in (1, o) for b, o in zip(reversed(bias.shape), reversed(y.shape), strict=False)
+        )
+        if not fits:
+            raise RuntimeError(
+                f"The expanded size of the bias {list(bias.shape)} must match the output size "
+                f"{list(y.shape)} of linear"
+            )
+        y = y + bias
+    return reference.activation(y, activation, A.check_negative_slope(negative_slope))
 
 
 def _forward(x, weight, bias, activation, negative_slope, save_preact, backend):

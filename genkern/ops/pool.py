@@ -18,7 +18,7 @@ from genkern.ops.batch_norm import _require_backend
 
 def _pool_args(op, x, kernel_size, stride, padding, dilation):
     _checks.check_floating(op, input=x)
-    if x.dim() not in (3, 4) or 0 in x.shape[1:]:
+    if x.dim() not in (3, 4) or 0 in x.shape[x.dim() - 3 :]:  # a batch (4-D) may be empty
         raise RuntimeError(
             "non-empty 3D or 4D (batch mode) tensor expected for input, but got input of size: "
             f"{list(x.shape)}"
@@ -199,6 +199,13 @@ def upsample_nearest2d(
     if size is None and scale_factor is None:
         raise ValueError("either size or scale_factor should be defined")
     if size is not None:
+        if isinstance(size, (tuple, list)) and len(size) != 2:
+            raise ValueError(
+                "Input and output must have the same number of spatial dimensions, but got "
+                f"input with spatial dimensions of {list(x.shape[2:])} and output size of {size}. "
+                "Please provide input tensor in (N, C, d1, d2, ...,dK) format and output size in "
+                "(o1, o2, ...,oK) format."
+            )
         out = _checks.pair(list(size) if isinstance(size, tuple) else size, "size")
         scales = [0.0, 0.0]
     else:
