@@ -898,3 +898,30 @@ def test_reparameterize_promotes_mixed_dtypes_as_stock(backend):
     for a, b in zip(g, torch.autograd.grad(ref.sum(), (m64, l64)), strict=True):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.double(), b, rtol=1e-2, atol=1e-2)
+
+
+# the backends that check: the CPU kernel and the torch composite on CPU tensors (the GPU ones
+# take the probabilities as they come, no device sync: see README)
+@pytest.mark.parametrize(
+    "backend", [b for b in grid_backends(torch.float32) if b in ("auto", "cpu", "torch")]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bad", [1.5, -0.25, float("inf")])
+def test_bce_on_probabilities_refuses_values_outside_0_1(bad, dtype, backend):
+    """vae_loss(logits=False) on a recon outside [0, 1] raises torch's error (it returned NaN,
+    where stock's BCE refuses: found by a fuzz); NaN still propagates."""
+    if DEVICE != "cpu":
+        pytest.skip("on a GPU the losses take probabilities as they come (no device sync)")
+    r = torch.rand(3, 1, 33, 40, dtype=dtype, device=DEVICE)
+    t = torch.rand_like(r)
+    mu, lv = (
+        torch.randn(3, 4, dtype=dtype, device=DEVICE),
+        torch.randn(3, 4, dtype=dtype, device=DEVICE),
+    )
+    r[2, 0, 32, 39] = bad  # the last element: the last chunk
+    with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
+        F.binary_cross_entropy(r, t)
+    with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
+        genkern.ops.vae_loss(r, t, mu, lv, logits=False, backend=backend)
+    r[2, 0, 32, 39] = float("nan")
+    assert torch.isnan(genkern.ops.vae_loss(r, t, mu, lv, logits=False, backend=backend))

@@ -101,6 +101,18 @@ GK_CPU_CLONES void recon_fill(const scalar_t* __restrict__ x, const scalar_t* __
   }
 }
 
+// Whether any of x[0, n) lies outside [0, 1] (NaN does not: it propagates): BCE on
+// probabilities refuses such an input, as torch's does.
+template <typename scalar_t>
+GK_CPU_CLONES bool outside_unit_interval(const scalar_t* __restrict__ x, int64_t n) {
+  bool outside = false;
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = static_cast<float>(x[j]);
+    outside |= (v < 0.0f) | (v > 1.0f);
+  }
+  return outside;
+}
+
 template <typename scalar_t>
 GK_CPU_CLONES void kl_fill(const scalar_t* __restrict__ m, const scalar_t* __restrict__ lv,
                            scalar_t* __restrict__ gm, scalar_t* __restrict__ glv,
@@ -222,6 +234,7 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
   // reconstruction term
   const int64_t n = x.numel();
   std::vector<double> partial(num_chunks(n), 0.0);
+  std::vector<char> outside(num_chunks(n), 0);  // BCE on probabilities: a chunk outside [0, 1]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "vae_recon", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -241,12 +254,16 @@ vae_loss_cpu(const at::Tensor& recon, const at::Tensor& target, const at::Tensor
                 recon_fill<R, scalar_t, GX, GT>(xp + q, tp + q, GX ? gxp + q : nullptr,
                                                 GT ? gtp + q : nullptr, buf, len, s);
               });
+              if constexpr (R == ReconLoss::kBce)
+                outside[c] = outside_unit_interval(xp + i0, i1 - i0);
             }
           });
         });
       });
     });
   });
+  TORCH_CHECK(std::find(outside.begin(), outside.end(), 1) == outside.end(),
+              "all elements of input should be between 0 and 1");
   const double rec = ordered_sum(partial) * scale;
 
   // KL term

@@ -541,6 +541,9 @@ def _recon_torch(x, t, rid):
         neg = _softplus(x) - torch.where(t == 0, 0.0, t * x)
         return torch.where(x > 0, pos, neg), torch.sigmoid(x) - t, -x
     if rid == RECON_BCE:
+        # torch's refusal where it costs no device sync; NaN passes (and propagates)
+        if x.device.type == "cpu" and bool(((x < 0) | (x > 1)).any()):
+            raise RuntimeError("all elements of input should be between 0 and 1")
         lx, l1x = torch.log(x).clamp_min(-100), torch.log(1 - x).clamp_min(-100)
         dx = (x - t) / ((1 - x) * x).clamp_min(1e-12)
         return -(t * lx + (1 - t) * l1x), dx, l1x - lx
