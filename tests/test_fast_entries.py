@@ -178,6 +178,13 @@ def test_entry_declines_modes_and_transforms(entry):
     seen = []
     torch.func.grad(lambda s: (seen.append(entry()), s.sum())[1])(torch.ones(2))
     assert seen == [None]
+    # torch.jit.trace records the custom ops; a forward-AD level leaves tangents to the Python
+    # path's check (both were Python checks before every entry: ~0.3 us a call)
+    torch.jit.trace(lambda s: (seen.append(entry()), s * 2)[1], torch.ones(2), check_trace=False)
+    assert seen == [None, None]
+    with torch.autograd.forward_ad.dual_level():
+        assert entry() is None
+    assert entry() is not None
 
 
 # The uncommon calls each entry leaves to the Python path (one row each; the Python path

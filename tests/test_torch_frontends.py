@@ -110,3 +110,13 @@ def test_plain_tensors_inside_a_dual_level_still_run():
     with fwAD.dual_level():
         fwAD.make_dual(torch.randn(3), torch.randn(3))
         torch.testing.assert_close(genkern.ops.max_pool2d(x, 2), nn.functional.max_pool2d(x, 2))
+
+
+def test_forward_ad_through_a_view_of_a_dual_tensor_raises():
+    """A view of a dual tensor carries its base's tangent (made when asked for): refused too."""
+    x = torch.randn(2, 3, 6, 6)
+    w = torch.randn(4, 3, 3, 3)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
+        with pytest.raises(NotImplementedError, match="forward AD"):
+            genkern.ops.conv2d(dual[:, :, 1:], w)

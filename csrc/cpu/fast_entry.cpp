@@ -6,7 +6,9 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/Generator.h>
+#include <torch/csrc/autograd/forward_grad.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -27,14 +29,18 @@ using Tensor = at::Tensor;
 using OptTensor = std::optional<at::Tensor>;
 
 // Plain eager mode: no dispatch mode (FakeTensorMode, make_fx, ...), no torch function mode, no
-// functorch transform, no CPU autocast region (torch.compile is excluded in Python).
+// functorch transform, no CPU autocast region, no torch.jit.trace (it records the custom ops),
+// no forward-mode AD level (the Python path refuses tangents); torch.compile is excluded in
+// Python.
 bool plain_mode() {
   return c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
          !at::impl::torch_function_mode_enabled() &&
          // functorch includes this key while a transform (grad, vmap, ...) is active
          !c10::impl::tls_is_dispatch_key_included(
              c10::DispatchKey::FuncTorchDynamicLayerFrontMode) &&
-         !at::autocast::is_autocast_enabled(at::kCPU);
+         !at::autocast::is_autocast_enabled(at::kCPU) && !torch::jit::tracer::isTracing() &&
+         // level 0 is the only one (torch nests no forward-AD levels)
+         torch::autograd::ForwardADLevel::try_get_by_idx(0) == nullptr;
 }
 
 // The backends named by this thread's open genkern.use_backend() contexts, innermost last.

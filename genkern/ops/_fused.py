@@ -51,16 +51,13 @@ def eager() -> bool:
 
 def try_fast(entry: str, *args, backend: str):
     """The result of genkern._C's optimistic entry `entry` (csrc/cpu/fast_entry.h) for a public
-    op's arguments, or None: the entry checks in C++ that the call is a plain eager one of the cpu
-    backend (resolving "auto" from its mirror of use_backend()'s stack and GENKERN_BACKEND) on
-    plain float tensors with valid arguments and runs it, or declines; and it is not tried with
-    the fast paths off, under torch.compile, or without the extension."""
-    if (
-        FAST_EAGER
-        and _ext.HAS_CPU
-        and not torch.compiler.is_compiling()
-        and not torch._C._is_tracing()  # torch.jit.trace records the custom ops
-    ):
+    op's arguments, or None: the entry checks in C++ that the call is a plain eager one (no
+    dispatch or torch function mode, functorch transform, CPU autocast, torch.jit.trace or
+    forward-AD level) of the cpu backend (resolving "auto" from its mirror of use_backend()'s
+    stack and GENKERN_BACKEND) on plain float tensors with valid arguments and runs it, or
+    declines; and it is not tried with the fast paths off, under torch.compile, or without the
+    extension. The ops call refuse_forward_ad after a decline."""
+    if FAST_EAGER and _ext.HAS_CPU and not torch.compiler.is_compiling():
         return getattr(_ext._C, entry)(*args, backend)
     return None
 

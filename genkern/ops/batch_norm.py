@@ -33,7 +33,6 @@ def batch_norm(
     In training, batch statistics normalize and the running statistics are updated in place
     (unbiased variance, as torch). `activation` as in genkern.ops.conv2d.
     """
-    _fused.refuse_forward_ad("batch_norm", x, weight, bias)
     y = _fused.try_fast(
         "batch_norm_fast",
         x,
@@ -50,6 +49,7 @@ def batch_norm(
     )
     if y is not None:
         return y
+    _fused.refuse_forward_ad("batch_norm", x, weight, bias)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     if training and not eps > 0.0:  # torch.nn.functional.batch_norm's checks

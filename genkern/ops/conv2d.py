@@ -28,7 +28,6 @@ def conv2d(
     "silu"; `padding` also takes "same"/"valid"; `backend` is "auto", "torch", "cpu", "cuda" or
     "triton". Accepts batched (4-D) or unbatched (3-D) input, like torch.
     """
-    _fused.refuse_forward_ad("conv2d", x, weight, bias)
     y = _fused.try_fast(
         "conv2d_fast",
         x,
@@ -44,6 +43,7 @@ def conv2d(
     )
     if y is not None:
         return y
+    _fused.refuse_forward_ad("conv2d", x, weight, bias)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

@@ -32,7 +32,6 @@ def conv_transpose2d(
     "silu"; `backend` is "auto", "torch", "cpu", "cuda" or "triton". Accepts batched (4-D) or
     unbatched (3-D) input, like torch.
     """
-    _fused.refuse_forward_ad("conv_transpose2d", x, weight, bias)
     y = _fused.try_fast(
         "conv_transpose2d_fast",
         x,
@@ -49,6 +48,7 @@ def conv_transpose2d(
     )
     if y is not None:
         return y
+    _fused.refuse_forward_ad("conv_transpose2d", x, weight, bias)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

@@ -29,10 +29,10 @@ def linear(
     `activation` is None, "relu", "leaky_relu" (with `negative_slope`), "tanh", "sigmoid" or
     "silu"; `backend` is "auto", "torch", "cpu", "cuda" or "triton".
     """
-    _fused.refuse_forward_ad("linear", x, weight, bias)
     y = _fused.try_fast("linear_fast", x, weight, bias, activation, negative_slope, backend=backend)
     if y is not None:
         return y
+    _fused.refuse_forward_ad("linear", x, weight, bias)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

@@ -154,10 +154,10 @@ def discriminator_loss(
     mean(relu(1 + f)); "wgan" mean(f) - mean(r); "lsgan" 0.5 mean((r - 1)^2) + 0.5 mean(f^2).
     A 0-dim float32 tensor (float64 for float64 logits); 16-bit logits accumulate in float32.
     """
-    _fused.refuse_forward_ad("discriminator_loss", real_logits, fake_logits)
     loss = _fused.try_fast("gan_loss_fast", real_logits, fake_logits, kind, True, backend=backend)
     if loss is not None:
         return loss
+    _fused.refuse_forward_ad("discriminator_loss", real_logits, fake_logits)
     real_term, fake_term = D_TERMS[_kind(kind)]
     _checks.check_floating("discriminator_loss", real_logits=real_logits, fake_logits=fake_logits)
     name = backends.resolve("discriminator_loss", backend, fake_logits)
@@ -180,10 +180,10 @@ def generator_loss(
     kind: "bce" mean(softplus(-f)) (non-saturating); "hinge" and "wgan" -mean(f); "lsgan"
     0.5 mean((f - 1)^2). A 0-dim float32 tensor (float64 for float64 logits).
     """
-    _fused.refuse_forward_ad("generator_loss", fake_logits)
     loss = _fused.try_fast("gan_loss_fast", None, fake_logits, kind, False, backend=backend)
     if loss is not None:
         return loss
+    _fused.refuse_forward_ad("generator_loss", fake_logits)
     term = G_TERMS[_kind(kind)]
     _checks.check_floating("generator_loss", fake_logits=fake_logits)
     name = backends.resolve("generator_loss", backend, fake_logits)
@@ -210,7 +210,6 @@ def vae_loss(
     divides them by the batch size recon.shape[0]. return_components=True returns
     (total, recon_term, kl), each reduced the same way.
     """
-    _fused.refuse_forward_ad("vae_loss", recon, target, mu, logvar)
     out = _fused.try_fast(
         "vae_loss_fast",
         recon,
@@ -226,6 +225,7 @@ def vae_loss(
     )
     if out is not None:
         return out
+    _fused.refuse_forward_ad("vae_loss", recon, target, mu, logvar)
     check_vae_args(recon_loss, reduction, beta)
     _checks.check_floating("vae_loss", recon=recon, target=target, mu=mu, logvar=logvar)
     if target.shape != recon.shape:
@@ -297,10 +297,10 @@ def reparameterize(
     own), but not bitwise torch.randn's draws. Elsewhere (other backends, torch.compile) eps is
     torch.randn's. That eager cpu path has no second derivative (create_graph=True).
     """
-    _fused.refuse_forward_ad("reparameterize", mu, logvar, eps)
     z = _fused.try_fast("reparameterize_fast", mu, logvar, eps, generator, backend=backend)
     if z is not None:
         return z
+    _fused.refuse_forward_ad("reparameterize", mu, logvar, eps)
     mu, logvar, eps = _promoted(mu, logvar, eps)
     _checks.check_floating("reparameterize", mu=mu, logvar=logvar, eps=eps)
     if logvar.shape != mu.shape:

@@ -104,7 +104,6 @@ def max_pool2d(
     gradient (stock torch gives an index past the plane there, and its backward then writes
     out of bounds).
     """
-    _fused.refuse_forward_ad("max_pool2d", x)
     y = _fused.try_fast(
         "max_pool2d_fast",
         x,
@@ -120,6 +119,7 @@ def max_pool2d(
     )
     if y is not None:
         return y
+    _fused.refuse_forward_ad("max_pool2d", x)
     kernel, stride, padding, dilation = _pool_args(
         "max_pool2d", x, kernel_size, stride, padding, dilation
     )
@@ -151,7 +151,6 @@ def avg_pool2d(
     backend: str = "auto",
 ) -> torch.Tensor:
     """F.avg_pool2d, with ceil_mode, count_include_pad and divisor_override exactly as torch."""
-    _fused.refuse_forward_ad("avg_pool2d", x)
     y = _fused.try_fast(
         "avg_pool2d_fast",
         x,
@@ -165,6 +164,7 @@ def avg_pool2d(
     )
     if y is not None:
         return y
+    _fused.refuse_forward_ad("avg_pool2d", x)
     kernel, stride, padding, _ = _pool_args("avg_pool2d", x, kernel_size, stride, padding, 1)
     if divisor_override is not None:
         if isinstance(divisor_override, bool) or not isinstance(divisor_override, int):
