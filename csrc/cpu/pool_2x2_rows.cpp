@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "small_gemm.h"
 
@@ -120,33 +121,33 @@ void upsample_backward_row(const float* gy, float* gx, int64_t IW) {
 }  // namespace
 
 // Rows a whole vector of a row of width w reaches into past its own (16 of its lanes, 32 of an
-// interleaved pair's): those from the range's last rows on are masked.
-int64_t rows_reached(int64_t w) { return (16 + w - 1) / w; }
+// interleaved pair's): those from the range's last rows on are masked. row(i, masked) runs row i,
+// masked a std::bool_constant.
+template <typename Row>
+void each_row(int64_t rows, int64_t w, Row&& row) {
+  const int64_t whole = rows - std::min(rows, (16 + w - 1) / w);
+  for (int64_t i = 0; i < whole; ++i) row(i, std::false_type{});
+  for (int64_t i = whole; i < rows; ++i) row(i, std::true_type{});
+}
 
 void max_pool_2x2_backward_rows(const float* g, const int64_t* idx, float* gx, int64_t rows,
                                 int64_t oh0, int64_t OH, int64_t OW) {
-  const int64_t whole = rows - std::min(rows, rows_reached(OW));
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t oh = (oh0 + i) % OH;
-    if (i < whole)
-      max_pool_row<false>(g + i * OW, idx + i * OW, gx + i * 4 * OW, oh, OW);
-    else
-      max_pool_row<true>(g + i * OW, idx + i * OW, gx + i * 4 * OW, oh, OW);
-  }
+  each_row(rows, OW, [&](int64_t i, auto masked) {
+    max_pool_row<decltype(masked)::value>(g + i * OW, idx + i * OW, gx + i * 4 * OW,
+                                          (oh0 + i) % OH, OW);
+  });
 }
 
 void upsample_2x_rows(const float* x, float* y, int64_t rows, int64_t IW) {
-  const int64_t whole = rows - std::min(rows, rows_reached(IW));
-  for (int64_t i = 0; i < whole; ++i) upsample_row<false>(x + i * IW, y + i * 4 * IW, IW);
-  for (int64_t i = whole; i < rows; ++i) upsample_row<true>(x + i * IW, y + i * 4 * IW, IW);
+  each_row(rows, IW, [&](int64_t i, auto masked) {
+    upsample_row<decltype(masked)::value>(x + i * IW, y + i * 4 * IW, IW);
+  });
 }
 
 void upsample_2x_backward_rows(const float* gy, float* gx, int64_t rows, int64_t IW) {
-  const int64_t whole = rows - std::min(rows, rows_reached(IW));
-  for (int64_t i = 0; i < whole; ++i)
-    upsample_backward_row<false>(gy + i * 4 * IW, gx + i * IW, IW);
-  for (int64_t i = whole; i < rows; ++i)
-    upsample_backward_row<true>(gy + i * 4 * IW, gx + i * IW, IW);
+  each_row(rows, IW, [&](int64_t i, auto masked) {
+    upsample_backward_row<decltype(masked)::value>(gy + i * 4 * IW, gx + i * IW, IW);
+  });
 }
 
 #pragma GCC pop_options

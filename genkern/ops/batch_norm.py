@@ -68,6 +68,16 @@ def batch_norm(
                 f"The function 'batch_norm' is not differentiable with respect to argument "
                 f"'{name}'. This input cannot have requires_grad True."
             )
+        # the input's dtype, or float32 for a 16-bit input (torch's mixed-dtype rule)
+        if (
+            t is not None
+            and t.dtype != x.dtype
+            and not (t.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16))
+        ):
+            raise RuntimeError(
+                f"batch_norm(): expected '{name}' to have the same dtype as 'input' ({x.dtype}), "
+                f"but got {t.dtype}"
+            )
     if x.dim() < 2:
         raise ValueError(f"expected 2D or higher input to batch_norm (got {x.dim()}D input)")
     channels = x.shape[1]
@@ -88,18 +98,6 @@ def batch_norm(
             raise RuntimeError(
                 f"expected {name} to be 1-dimensional with {channels} elements, but got {name} "
                 f"of size {list(t.shape)}"
-            )
-    # the running statistics: the input's dtype, or float32 for a 16-bit input (torch's
-    # mixed-dtype rule)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if (
-            t is not None
-            and t.dtype != x.dtype
-            and not (t.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16))
-        ):
-            raise RuntimeError(
-                f"batch_norm(): expected '{name}' to have the same dtype as 'input' ({x.dtype}), "
-                f"but got {t.dtype}"
             )
     if training:
         size_prods = x.shape[0]

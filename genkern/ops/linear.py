@@ -43,12 +43,12 @@ def linear(
         raise RuntimeError(
             f"both arguments to linear need to be at least 1D, but they are 0D and {weight.dim()}D"
         )
-    if weight.dim() == 1 or (bias is not None and bias.shape != weight.shape[:1]):
-        return _broadcast_forms(x, weight, bias, activation, negative_slope, backend)
-    if weight.dim() != 2:
+    if weight.dim() not in (1, 2):
         raise RuntimeError(
             f"Expected 2D weight for linear, but got weight of size: {list(weight.shape)}"
         )
+    if weight.dim() == 1 or (bias is not None and bias.shape != weight.shape[:1]):
+        return _broadcast_forms(x, weight, bias, activation, negative_slope, backend)
     out_features, in_features = weight.shape
     rows = math.prod(x.shape[:-1])
     if x.shape[-1] != in_features:
@@ -92,10 +92,6 @@ def _broadcast_forms(x, weight, bias, activation, negative_slope, backend):
     """F.linear's other forms: a 1-D weight (x @ weight, the last dim dropped) and a bias that
     broadcasts to the output without being [out_features] (a [1], 0-dim or full-size bias, as
     addmm takes it): genkern's product without bias, then stock's add and the activation."""
-    if weight.dim() not in (1, 2):
-        raise RuntimeError(
-            f"Expected 2D weight for linear, but got weight of size: {list(weight.shape)}"
-        )
     if weight.dim() == 1 and bias is not None:
         raise RuntimeError("mat2 must be a matrix, got 1-D tensor")  # torch's addmm
     y = linear(x, weight.unsqueeze(0) if weight.dim() == 1 else weight, backend=backend)
