@@ -182,6 +182,34 @@ def test_runner_counts_page_faults_per_call():
     assert f"genkern:cpu {mapping.faults_per_call:.0f}" in md
 
 
+def test_cpu_peak_memory_counts_a_steps_release_of_the_last_steps_tensors():
+    """A step that frees the last step's 1 MiB gradient, then allocates a 1 MiB temporary and a
+    new gradient, peaks 1 MiB above what was live before it, also after a profiled session left
+    stale sizes behind for addresses the allocator reuses (a single profiled call read 2 MiB, or
+    less after such a session)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from genkern.bench.memory import peak_memory_mb
+
+    n = 1 << 18  # float32: 1 MiB
+    state = {"grad": torch.empty(n)}
+
+    def step():
+        state["grad"] = None
+        tmp = torch.empty(n)
+        state["grad"] = torch.empty(n)
+        del tmp
+
+    step()
+    assert peak_memory_mb(step, torch.device("cpu")) == 1.0
+    for _ in range(3):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            blocks = [torch.empty(n) for _ in range(8)]
+        del blocks  # freed outside any session: their sizes stay behind in the profiler
+        step()
+        assert peak_memory_mb(step, torch.device("cpu")) == 1.0
+
+
 def test_report_lists_problems():
     wrong = _run(_tiny_case(lambda x, backend: x * 0 + 5), ["eager", "genkern:cpu"])
     md = report.markdown(_data(wrong))
