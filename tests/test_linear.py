@@ -337,3 +337,40 @@ def test_linear_forms_of_stock(weight_shape, bias_shape, act):
     g = torch.randn_like(ref)
     for a, e in zip(torch.autograd.grad(y, wrt, g), torch.autograd.grad(ref, wrt, g), strict=True):
         torch.testing.assert_close(a, e)
+
+
+# F.linear's other forms, float64: (x shape, weight shape, bias shape or None)
+BROADCAST_FORMS = [
+    ((4, 3), (6, 3), (1,)),
+    ((4, 3), (6, 3), ()),
+    ((2, 4, 3), (6, 3), (4, 6)),
+    ((5, 3), (3,), None),
+    ((3,), (3,), None),
+]
+
+
+def _broadcast_inputs(form, device=DEVICE):
+    xs, ws, bs = form
+    x = torch.randn(xs, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(ws, dtype=torch.float64, device=device, requires_grad=True)
+    b = None if bs is None else torch.randn(bs, dtype=torch.float64, device=device)
+    return x, w, None if b is None else b.requires_grad_()
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float64))
+@pytest.mark.parametrize("act,slope", [(None, 0.01), ("leaky_relu", 0.2), ("tanh", 0.01)])
+@pytest.mark.parametrize("form", BROADCAST_FORMS, ids=str)
+def test_linear_forms_of_stock_float64(form, act, slope, backend):
+    fn, ref = _fns(act, slope, backend)
+    inputs = _broadcast_inputs(form)
+    check_against_reference_unmodified(fn, ref, inputs, torch.float64, backend)
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float64), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("form", BROADCAST_FORMS, ids=str)
+def test_gradcheck_linear_forms_of_stock(form):
+    fn = _fns("leaky_relu", 0.2, "cpu")[0]
+    inputs = _broadcast_inputs(form, device="cpu")
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, nondet_tol=0.0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _helpers import check_against_reference_unmodified
 from conftest import DEVICE
-from test_linear import _case_id, _fns, _make
+from test_linear import BROADCAST_FORMS, _case_id, _fns, _make
 
 from genkern import backends, testing
 
@@ -95,3 +95,20 @@ def test_zero_size():
         b = torch.randn(n, device=DEVICE, requires_grad=True)
         fn, ref = _fns("relu", 0.01, "triton")
         testing.check_against_reference(fn, ref, [x, w, b], torch.float32, f"triton {shape}")
+
+
+@pytest.mark.parametrize("form", BROADCAST_FORMS, ids=str)
+def test_linear_forms_of_stock(form):
+    """A 1-D weight and a bias broadcast to the output: Triton's product, stock's add."""
+    xs, ws, bs = form
+    inputs = [testing.make_tensor(s, torch.float32, DEVICE, "contiguous", True) for s in (xs, ws)]
+    if bs is not None:
+        inputs.append(testing.make_tensor(bs, torch.float32, DEVICE, "contiguous", True))
+    fn, ref = _fns("leaky_relu", 0.2, "triton")
+    check_against_reference_unmodified(
+        lambda *t: fn(*t, *([None] * (3 - len(t)))),
+        lambda *t: ref(*t, *([None] * (3 - len(t)))),
+        inputs,
+        torch.float32,
+        "triton",
+    )
