@@ -265,7 +265,7 @@ def run_case(
     )
     # by the warm calls' times (a first call may be torch.compile's compilation)
     slowest = max((warm[p] for p in runners), default=0.0)
-    if slowest > 200:  # long calls: fewer rounds
+    if sum(warm[p] for p in runners) > 5000:  # rounds of over 5 s: fewer of them
         min_rounds = max(3, min_rounds // 2)
     elif slowest < 1 and not quick:
         max_rounds = 1000  # sub-millisecond calls: medians swung by 10-15% between runs at 200
