@@ -379,6 +379,32 @@ def test_frozen_weights_are_checked_by_their_version(always):
         torch.testing.assert_close(model(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.Adam(p, 0.1, fused=True),
+        lambda p: torch.optim.AdamW(p, 0.1, fused=True),
+        lambda p: torch.optim.SGD(p, 0.1, fused=True),
+        lambda p: torch.optim.Adam(p, 0.1, foreach=True),
+    ],
+    ids=["adam-fused", "adamw-fused", "sgd-fused", "adam-foreach"],
+)
+def test_frozen_weights_repack_after_an_optimizer_step(always, make_opt):
+    # found by a fuzz: a fused step writes the parameters without bumping their version counters,
+    # and a frozen conv ran on its stale packed weight (off by 4.4)
+    torch.manual_seed(0)
+    layer = genkern.nn.freeze(genkern.nn.Conv2d(16, 32, 3, padding=1))
+    opt = make_opt(layer.parameters())
+    x = torch.randn(1, 16, 8, 8)
+    for _ in range(2):
+        with torch.no_grad():
+            layer(x)  # packs the weight
+        layer(torch.randn(2, 16, 8, 8)).square().mean().backward()
+        opt.step()
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
+
+
 def test_fingerprint_sees_any_change_of_bytes():
     fp = _ext._C.fingerprint
     torch.manual_seed(0)

@@ -5,9 +5,10 @@ checks before each use that the weight still holds the values it was packed from
 fingerprint of the values, one read of the weight per call, since a write through `.data` (EMA
 updates, old init code) leaves the version counter as it was. A frozen weight is checked by its
 version counter alone: at batch 1 a DCGAN-64 generator's forward is ~0.4 ms (a third) faster. Any
-tracked write still repacks (optimizer steps, load_state_dict, in-place ops under no_grad, .to());
-a write through `.data` to a frozen weight is not seen until unfreeze(), as a constant of
-torch.jit.freeze is not.
+tracked write still repacks (optimizer steps, load_state_dict, in-place ops under no_grad, .to()).
+torch's fused optimizer steps (fused=True) write without bumping the counter: an optimizer hook
+bumps it for frozen weights. A write through `.data` to a frozen weight is not seen until
+unfreeze(), as a constant of torch.jit.freeze is not.
 """
 
 from __future__ import annotations

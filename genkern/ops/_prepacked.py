@@ -12,7 +12,11 @@ CPUs), "always", or "never". `set_mode` changes it at run time (and clears the c
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+from torch.autograd.graph import increment_version
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from genkern import _ext
 from genkern.ops import _modes
@@ -45,8 +49,32 @@ def state(weight: torch.Tensor) -> str | None:
     return (None, "regular", "packed", "gemm", "direct")[_ext._C.prepack_state(weight) + 1]
 
 
+# The frozen weights by id, held weakly, and the optimizer hook that watches them (made once).
+_frozen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_step_hook = None
+
+
+def _bump_frozen_after_fused_step(optimizer, args, kwargs) -> None:
+    """torch's fused optimizer steps (Adam, AdamW, SGD with fused=True) write the parameters in
+    place without bumping their version counters: a frozen weight's packed copy would go on
+    serving the values from before the step. This bumps them for the frozen weights."""
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            for p in group["params"]:
+                if _frozen.get(id(p)) is p:
+                    increment_version(p)
+
+
 def freeze_weight(weight: torch.Tensor, frozen: bool = True) -> None:
     """Mark (or unmark) a conv weight frozen: its packed copies are then checked by its version
     counter alone, not by a read of its values on every call (genkern.nn.freeze)."""
-    if AVAILABLE:
-        _ext._C.prepack_freeze(weight, frozen)
+    global _step_hook
+    if not AVAILABLE:
+        return
+    if frozen:
+        _frozen[id(weight)] = weight
+        if _step_hook is None:
+            _step_hook = register_optimizer_step_post_hook(_bump_frozen_after_fused_step)
+    elif _frozen.get(id(weight)) is weight:
+        del _frozen[id(weight)]
+    _ext._C.prepack_freeze(weight, frozen)
