@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from genkern import backends
 from genkern.ops import _checks, _fused, _registry
@@ -90,8 +89,8 @@ class _GanLossFn(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
+        _refuse_double_backward()  # else create_graph=True would give a detached gradient
         gr, gf = ctx.saved_tensors
         return (
             _scaled(gr, grad),
@@ -114,8 +113,8 @@ class _VaeLossFn(torch.autograd.Function):
         return total, rec, kl
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_total, g_rec, g_kl):
+        _refuse_double_backward()
         gx, gt, gm, glv = ctx.saved_tensors
         gr = _weighted_sum(g_total, 1.0, g_rec)
         gk = _weighted_sum(g_total, ctx.beta, g_kl)
@@ -366,9 +365,9 @@ def _gan_setup_context(ctx, inputs, output):
 
 
 def _refuse_double_backward() -> None:
-    """The registered backward scales gradients saved by the forward, which are constants to
-    autograd: a graph of it (create_graph=True) would give a zero second derivative. Refused, as
-    on the eager paths (once_differentiable, and the C++ Function)."""
+    """The backward scales gradients saved by the forward, which are constants to autograd: a
+    graph of it (create_graph=True) would give a zero second derivative. Refused on every path
+    (the custom op, the eager Functions, and the C++ Function)."""
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         raise RuntimeError(
             "genkern: the second derivative of the fused losses is not implemented "
