@@ -731,10 +731,10 @@ BAD_INPUTS = [
     ("module kind", lambda: genkern.nn.GANLoss("x"), ValueError, "kind must be one of"),
     ("integer logits", lambda: genkern.ops.generator_loss(_F.long()), TypeError, "floating-point"),
     (
-        "dtype mismatch",
-        lambda: genkern.ops.discriminator_loss(_R, _F.double()),
-        RuntimeError,
-        "same dtype",
+        "mixed with integer logits",
+        lambda: genkern.ops.discriminator_loss(_R, _F.long()),
+        TypeError,
+        "floating-point",
     ),
     (
         "target size",
@@ -934,3 +934,26 @@ def test_bce_on_probabilities_refuses_values_outside_0_1(bad, dtype, backend):
         genkern.ops.vae_loss(r, t, mu, lv, logits=False, backend=backend)
     r[2, 0, 32, 39] = float("nan")
     assert torch.isnan(genkern.ops.vae_loss(r, t, mu, lv, logits=False, backend=backend))
+
+
+@pytest.mark.parametrize("backend", grid_backends(torch.float32))
+def test_losses_promote_mixed_dtypes_as_stock(backend):
+    # found by a fuzz: bfloat16 real with float32 fake logits, or a bfloat16 recon with a float32
+    # target, were refused where stock's composites compute in the common dtype
+    r = _logits((6,), torch.float32).bfloat16().requires_grad_()
+    f = _logits((5,), torch.float32).requires_grad_()
+    d = genkern.ops.discriminator_loss(r, f, backend=backend)
+    r64, f64 = (t.detach().double().requires_grad_() for t in (r, f))
+    ref = reference.discriminator_loss(r64, f64, "bce")
+    assert d.dtype == torch.float32
+    torch.testing.assert_close(d.double(), ref.detach(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(d, (r, f)), torch.autograd.grad(ref, (r64, f64))):
+        torch.testing.assert_close(a.double(), b, rtol=1e-2, atol=1e-3)
+    assert torch.autograd.grad(genkern.ops.discriminator_loss(r, f), r)[0].dtype == torch.bfloat16
+    recon, target, mu, lv = _vae_inputs(torch.float32)
+    recon = recon.detach().bfloat16().requires_grad_()
+    total = genkern.ops.vae_loss(recon, target, mu, lv, backend=backend)
+    ins64 = [t.detach().double() for t in (recon, target, mu, lv)]
+    assert total.dtype == torch.float32
+    torch.testing.assert_close(total.double(), reference.vae_loss(*ins64), rtol=1e-5, atol=1e-4)
+    assert torch.autograd.grad(total, recon)[0].dtype == torch.bfloat16

@@ -157,6 +157,7 @@ def discriminator_loss(
     if loss is not None:
         return loss
     _fused.refuse_forward_ad("discriminator_loss", real_logits, fake_logits)
+    real_logits, fake_logits = _promoted(real_logits, fake_logits)
     real_term, fake_term = D_TERMS[_kind(kind)]
     _checks.check_floating("discriminator_loss", real_logits=real_logits, fake_logits=fake_logits)
     name = backends.resolve("discriminator_loss", backend, fake_logits)
@@ -225,6 +226,7 @@ def vae_loss(
     if out is not None:
         return out
     _fused.refuse_forward_ad("vae_loss", recon, target, mu, logvar)
+    recon, target, mu, logvar = _promoted(recon, target, mu, logvar)
     check_vae_args(recon_loss, reduction, beta)
     _checks.check_floating("vae_loss", recon=recon, target=target, mu=mu, logvar=logvar)
     if target.shape != recon.shape:
@@ -271,9 +273,10 @@ def vae_loss(
 
 
 def _promoted(*tensors):
-    """Floating tensors of mixed dtypes in their common one, as stock's mu + eps * exp(logvar / 2)
-    computes (found by the fuzz: a float32 eps with bfloat16 mu and logvar, as autocast makes
-    them, was refused); anything else as given, for the checks to judge."""
+    """Floating tensors of mixed dtypes in their common one, as stock's composites compute (found
+    by fuzzes: a float32 eps with bfloat16 mu and logvar, as autocast makes them, was refused; so
+    were bfloat16 real and float32 fake logits, and a bfloat16 recon with a float32 target);
+    anything else as given, for the checks to judge."""
     given = [t for t in tensors if isinstance(t, torch.Tensor)]
     if not all(t.is_floating_point() for t in given) or len({t.dtype for t in given}) < 2:
         return tensors
