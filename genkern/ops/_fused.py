@@ -84,6 +84,17 @@ def refuse_forward_ad(op: str, *tensors: torch.Tensor | None) -> None:
         )
 
 
+def refuse_double_backward(op: str) -> None:
+    """Raises where a custom op's registered backward would be differentiated (create_graph=True):
+    its backward op has no autograd formula, and torch's error for that speaks to op authors. The
+    words of the C++ paths' refusal (csrc/cpu/eager_autograd.cpp)."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"genkern: the second derivative of {op} is not implemented "
+            "(backward with create_graph=True)"
+        )
+
+
 def _jvp_transform_active() -> bool:
     if torch._C._functorch.peek_interpreter_stack() is None:
         return False

@@ -366,6 +366,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _gm, _gi, _gv, _gp):
+    _fused.refuse_double_backward("batch_norm")
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * 11
     x, weight, mean, invstd, saved, bias = ctx.saved_tensors

@@ -233,6 +233,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, _grad_preact):
+    _fused.refuse_double_backward("conv2d")
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * 11
     x, weight, saved = ctx.saved_tensors

@@ -297,7 +297,8 @@ def reparameterize(
     keyed by 64 bits taken from `generator`, or torch's default CPU generator, then Box-Muller):
     the same distribution, reproducible under the same seed (torch.manual_seed or the generator's
     own), but not bitwise torch.randn's draws. Elsewhere (other backends, torch.compile) eps is
-    torch.randn's. That eager cpu path has no second derivative (create_graph=True).
+    torch.randn's. The eager cpu path, with eps given or not, has no second derivative
+    (create_graph=True raises; backend="torch" has one).
     """
     z = _fused.try_fast("reparameterize_fast", mu, logvar, eps, generator, backend=backend)
     if z is not None:
@@ -371,11 +372,7 @@ def _refuse_double_backward() -> None:
     """The backward scales gradients saved by the forward, which are constants to autograd: a
     graph of it (create_graph=True) would give a zero second derivative. Refused on every path
     (the custom op, the eager Functions, and the C++ Function)."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        raise RuntimeError(
-            "genkern: the second derivative of the fused losses is not implemented "
-            "(backward with create_graph=True)"
-        )
+    _fused.refuse_double_backward("the fused losses")
 
 
 def _gan_backward(ctx, grad, _gr, _gf):

@@ -370,6 +370,7 @@ def _max_setup(ctx, inputs, output):
 
 
 def _max_backward(ctx, grad_y, _grad_idx, _grad_preact):
+    _fused.refuse_double_backward("max_pool2d")
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * 10
     saved, idx = ctx.saved_tensors
@@ -478,6 +479,7 @@ def _avg_setup(ctx, inputs, output):
 
 
 def _avg_backward(ctx, grad_y):
+    _fused.refuse_double_backward("avg_pool2d")
     gx = torch.ops.genkern.avg_pool2d_backward(grad_y, *ctx.args)
     return gx, None, None, None, None, None, None, None
 
@@ -537,6 +539,7 @@ def _up_setup(ctx, inputs, output):
 
 
 def _up_backward(ctx, grad_y):
+    _fused.refuse_double_backward("upsample_nearest2d")
     return torch.ops.genkern.upsample_nearest2d_backward(grad_y, *ctx.args), None, None, None, None
 
 
