@@ -283,6 +283,40 @@ def test_convert_trace_finds_pairs_in_custom_forwards():
     assert set(traced.state_dict()) == set(stock.state_dict())
 
 
+@pytest.mark.parametrize("norm", ["spectral_norm", "weight_norm"])
+def test_convert_keeps_parametrizations(norm):
+    # found by a fuzz: a parametrized conv (SNGAN's discriminators) stayed a stock layer, and with
+    # fold_bn=True its BatchNorm was folded into a computed weight and lost (off by 0.52)
+    wrap = getattr(nn.utils.parametrizations, norm)
+    torch.manual_seed(0)
+    d = nn.Sequential(
+        wrap(nn.Conv2d(3, 8, 4, 2, 1)), nn.LeakyReLU(0.2), wrap(nn.Conv2d(8, 1, 4, 1, 0))
+    )
+    ours = genkern.nn.convert(d)
+    assert isinstance(ours[0], genkern.nn.Conv2d) and ours[0].activation == "leaky_relu"
+    assert nn.utils.parametrize.is_parametrized(ours[0], "weight")
+    assert list(ours.state_dict()) == list(d.state_dict())
+    opts = [torch.optim.Adam(m.parameters(), 1e-2) for m in (d, ours)]
+    for _ in range(3):  # spectral_norm's power iteration updates its u and v buffers per step
+        x = torch.randn(4, 3, 8, 8)
+        for m, opt in zip((d, ours), opts):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+        for (k, a), b in zip(d.state_dict().items(), ours.state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
+    assert type(copy.deepcopy(ours)[0]) is type(ours[0])
+    bn = nn.BatchNorm2d(8)
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    m = nn.Sequential(wrap(nn.Conv2d(3, 8, 3, padding=1)), bn, nn.ReLU()).eval()
+    folded = genkern.nn.freeze(genkern.nn.convert(m, fold_bn=True))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), m(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(genkern.nn.fold_batch_norm(m)(x), folded(x))
+
+
 def test_convert_channels_last_keeps_values_and_runs_nhwc():
     stock = _stock_model()
     converted = genkern.nn.convert(stock, channels_last=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+from torch.nn.utils import parametrize
 
 from genkern import ops
 from genkern.nn._fused import FusedActivationMixin
@@ -126,6 +127,10 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
         for prev, name in zip(names[:-1], names[1:], strict=True):
             conv, bn = module._modules[prev], module._modules[name]
             if not isinstance(conv, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                continue
+            # a parametrized weight (spectral_norm, weight_norm) is computed on each access:
+            # the fold would be written into a temporary and lost
+            if parametrize.is_parametrized(conv):
                 continue
             if uses[id(conv)] > 1 or any(
                 p is not None and shared[id(p)] > 1 for p in (conv.weight, conv.bias)

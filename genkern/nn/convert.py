@@ -9,8 +9,10 @@ output is not kept for the backward, only the pooled one. With trace=True, torch
 layer-then-activation pairs in models whose forward calls modules one by one. With fold_bn=True
 (eval models), a BatchNorm2d directly after a conv / transposed conv is folded into its weights.
 Layers registered in more than one place, or called more than once in a traced forward, are
-left unfused. A forward that also calls a Sequential's layer directly (self.seq(x) +
-self.seq[0](x)) is beyond what convert sees: that call would get the folded activation too.
+left unfused. A parametrized layer (spectral_norm, weight_norm: SNGAN's discriminators) becomes
+the drop-in with the same parametrization, and keeps its BatchNorm unfolded. A forward that also
+calls a Sequential's layer directly (self.seq(x) + self.seq[0](x)) is beyond what convert sees:
+that call would get the folded activation too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 # torch.nn activation module -> (genkern activation name, its negative_slope)
 _ACTIVATION_MODULES = {
@@ -93,11 +96,31 @@ def _replaceable(module: nn.Module) -> bool:
     return True
 
 
+def _layer_class(module: nn.Module) -> type:
+    """The torch layer class of the module: a parametrized one (spectral_norm, weight_norm) is an
+    instance of torch's per-module subclass of it, ParametrizedConv2d."""
+    cls = type(module)
+    base = cls.__base__
+    if parametrize.is_parametrized(module) and cls.__name__ == f"Parametrized{base.__name__}":
+        return base
+    return cls
+
+
 def _swap(module: nn.Module, drop_ins: dict[type, type]) -> nn.Module:
     """The module as its genkern drop-in (same object state), or unchanged."""
-    cls = drop_ins.get(type(module))  # exact type: subclasses of torch layers may differ
+    layer_cls = _layer_class(module)
+    cls = drop_ins.get(layer_cls)  # exact type: subclasses of torch layers may differ
     if cls is None or not _replaceable(module):
         return module
+    if layer_cls is not type(module):
+        # the same parametrization on the drop-in: torch's subclass holds a property per
+        # parametrized tensor (computed from module.parametrizations) and its pickling rules
+        own = {
+            k: v
+            for k, v in vars(type(module)).items()
+            if k not in ("__module__", "__qualname__", "__doc__", "__dict__", "__weakref__")
+        }
+        cls = type(f"Parametrized{cls.__name__}", (cls,), own)
     new = cls.__new__(cls)
     new.__dict__.update(module.__dict__)
     defaults = {"backend": "auto"}

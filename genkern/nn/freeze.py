@@ -14,6 +14,7 @@ unfreeze(), as a constant of torch.jit.freeze is not.
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from genkern.nn.conv import Conv2d, ConvTranspose2d
 from genkern.ops import _prepacked
@@ -21,7 +22,8 @@ from genkern.ops import _prepacked
 
 def _mark(model: nn.Module, frozen: bool) -> nn.Module:
     for m in model.modules():
-        if isinstance(m, (Conv2d, ConvTranspose2d)):
+        # a parametrized weight is computed on each access: no tensor to freeze
+        if isinstance(m, (Conv2d, ConvTranspose2d)) and not parametrize.is_parametrized(m):
             _prepacked.freeze_weight(m.weight, frozen)
     return model
 
