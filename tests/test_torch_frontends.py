@@ -120,3 +120,16 @@ def test_forward_ad_through_a_view_of_a_dual_tensor_raises():
         dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
         with pytest.raises(NotImplementedError, match="forward AD"):
             genkern.ops.conv2d(dual[:, :, 1:], w)
+
+
+def test_jit_script_is_refused_clearly():
+    # found by a fuzz: torch.jit.script failed with TorchScript's error about a line of a forward
+    # (genkern/nn/conv.py: "Variable 'padding' previously had type Tuple[int, int]")
+    model = genkern.nn.convert(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AvgPool2d(2))
+    )
+    for m in (model, genkern.nn.AvgPool2d(2), genkern.nn.VAELoss()):
+        with pytest.raises(RuntimeError, match=r"cannot be compiled by torch.jit.script; use"):
+            torch.jit.script(m)
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(torch.jit.trace(model, x)(x), model(x))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from genkern import ops
+from genkern.nn._fused import NotScriptable
 from genkern.ops import losses as _L
 
 
-class GANLoss(torch.nn.Module):
+class GANLoss(NotScriptable, torch.nn.Module):
     """GAN losses of one kind ("bce", "hinge", "wgan", "lsgan").
 
     .discriminator(real_logits, fake_logits) and .generator(fake_logits); calling the module with
@@ -35,7 +36,7 @@ class GANLoss(torch.nn.Module):
         return f"kind={self.kind!r}"
 
 
-class VAELoss(torch.nn.Module):
+class VAELoss(NotScriptable, torch.nn.Module):
     """recon term + beta * KL, as genkern.ops.vae_loss; forward(recon, target, mu, logvar)."""
 
     def __init__(

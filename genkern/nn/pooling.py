@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from genkern import ops
-from genkern.nn._fused import FusedActivationMixin
+from genkern.nn._fused import FusedActivationMixin, NotScriptable
 
 
 class MaxPool2d(FusedActivationMixin, torch.nn.MaxPool2d):
@@ -47,7 +47,7 @@ class MaxPool2d(FusedActivationMixin, torch.nn.MaxPool2d):
         return super().extra_repr() + self._activation_repr()
 
 
-class AvgPool2d(torch.nn.AvgPool2d):
+class AvgPool2d(NotScriptable, torch.nn.AvgPool2d):
     """torch.nn.AvgPool2d on genkern.ops.avg_pool2d; extra argument `backend`."""
 
     def __init__(
@@ -79,7 +79,7 @@ class AvgPool2d(torch.nn.AvgPool2d):
         )
 
 
-class Upsample(torch.nn.Upsample):
+class Upsample(NotScriptable, torch.nn.Upsample):
     """torch.nn.Upsample for mode="nearest": 4-D input on genkern.ops.upsample_nearest2d, other
     ranks on torch's."""
 
