@@ -133,3 +133,35 @@ def test_jit_script_is_refused_clearly():
             torch.jit.script(m)
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(torch.jit.trace(model, x)(x), model(x))
+
+
+def test_numpy_and_tensor_hyperparameters_as_stock():
+    # found by a fuzz: numpy integers for kernel_size / stride / padding / groups / output_padding
+    # / divisor_override, and a numpy or 0-dim tensor momentum or beta, raised TypeError in a
+    # converted model where stock's argument parser takes them
+    import numpy as np
+
+    i = np.int64
+    torch.manual_seed(0)
+    stock = nn.Sequential(
+        nn.Conv2d(4, 8, i(3), i(2), i(1), groups=i(2)),
+        nn.ConvTranspose2d(8, 4, i(3), i(2), i(1), output_padding=i(1)),
+        nn.MaxPool2d(i(3), i(2), i(1)),
+        nn.AvgPool2d(i(2), divisor_override=i(3)),
+        nn.BatchNorm2d(4, momentum=np.float32(0.3)),
+    )
+    ours = gnn.convert(stock)
+    assert isinstance(ours[4], gnn.BatchNorm2d)
+    x = torch.randn(2, 4, 16, 16)
+    torch.testing.assert_close(ours(x), stock(x))
+    torch.testing.assert_close(ours[4].running_var, stock[4].running_var)
+    ours[4].momentum = torch.tensor(0.5)
+    stock[4].momentum = torch.tensor(0.5)
+    torch.testing.assert_close(ours(x), stock(x))
+    torch.testing.assert_close(ours[4].running_mean, stock[4].running_mean)
+    r, t = torch.randn(3, 5), torch.rand(3, 5)
+    mu, lv = torch.randn(3, 2), torch.randn(3, 2)
+    torch.testing.assert_close(
+        genkern.ops.vae_loss(r, t, mu, lv, beta=np.float32(0.5)),
+        genkern.ops.vae_loss(r, t, mu, lv, beta=0.5),
+    )

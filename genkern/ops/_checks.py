@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -16,19 +17,25 @@ def pair(value, name: str) -> list[int]:
         a, b = value
         if type(a) is int and type(b) is int:
             return [a, b]
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a tuple of 2 ints, but got {value!r}")
-    if isinstance(value, int):
-        return [value, value]
-    if isinstance(value, Sequence) and len(value) == 1 and isinstance(value[0], int):
-        return [value[0], value[0]]
-    if (
-        isinstance(value, Sequence)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return [int(value[0]), int(value[1])]
+    i = as_int(value)
+    if i is not None:
+        return [i, i]
+    if isinstance(value, Sequence) and len(value) in (1, 2):
+        ints = [as_int(v) for v in value]
+        if None not in ints:
+            return ints * (3 - len(ints))
     raise TypeError(f"{name} must be an int or a tuple of 2 ints, but got {value!r}")
+
+
+def as_int(value) -> int | None:
+    """value as an int where it is an integer (int, a numpy integer, a 0-dim integer tensor: what
+    torch's argument parser takes, through __index__), else None; bools are not."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def check_floating(op: str, float32_params: bool = False, **tensors: torch.Tensor | None) -> None:
@@ -77,7 +84,8 @@ def check_positive(values: list[int], message: str) -> None:
 def conv_args(op: str, x, weight, bias, stride, dilation, groups):
     """The checks and normalization every 2-D conv shares: floating tensors on one device and
     dtype, a 3-D (unbatched) or 4-D input and a 4-D weight, positive stride / dilation / groups.
-    Returns (x as 4-D, whether it was unbatched, stride, dilation) as lists of 2 ints."""
+    Returns (x as 4-D, whether it was unbatched, stride and dilation as lists of 2 ints, groups
+    as an int)."""
     check_floating(op, input=x, weight=weight, bias=bias)
     if x.dim() not in (3, 4):
         raise RuntimeError(
@@ -93,9 +101,10 @@ def conv_args(op: str, x, weight, bias, stride, dilation, groups):
     dilation = pair(dilation, "dilation")
     check_positive(stride, "non-positive stride is not supported")
     check_positive(dilation, "non-positive dilation is not supported")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+    groups = as_int(groups)
+    if groups is None or groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
-    return (x.unsqueeze(0) if unbatched else x), unbatched, stride, dilation
+    return (x.unsqueeze(0) if unbatched else x), unbatched, stride, dilation, groups
 
 
 def conv_padding(padding, kernel: Sequence[int], stride: list[int], dilation: list[int]):

@@ -47,7 +47,7 @@ def conv2d(
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)
-    x, unbatched, stride, dilation = _checks.conv_args(
+    x, unbatched, stride, dilation, groups = _checks.conv_args(
         "conv2d", x, weight, bias, stride, dilation, groups
     )
     padding, extra = _checks.conv_padding(padding, weight.shape[2:], stride, dilation)

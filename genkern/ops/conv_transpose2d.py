@@ -52,7 +52,7 @@ def conv_transpose2d(
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)
-    x, unbatched, stride, dilation = _checks.conv_args(
+    x, unbatched, stride, dilation, groups = _checks.conv_args(
         "conv_transpose2d", x, weight, bias, stride, dilation, groups
     )
     padding = _checks.pair(padding, "padding")

@@ -9,6 +9,7 @@ genkern/triton/losses.py (Triton), `_term_torch` / `_recon_torch` here (the "tor
 from __future__ import annotations
 
 import functools
+import numbers
 
 import torch
 
@@ -49,7 +50,7 @@ def check_vae_args(recon_loss, reduction, beta) -> None:
         raise ValueError(f"recon_loss must be one of {valid}, but got {recon_loss!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta must be a float, but got {type(beta).__name__}")
 
 
@@ -226,6 +227,8 @@ def vae_loss(
     if out is not None:
         return out
     _fused.refuse_forward_ad("vae_loss", recon, target, mu, logvar)
+    if recon_loss == "bce" and not logits:
+        _refuse_mixed_probability_dtypes(recon, target)
     recon, target, mu, logvar = _promoted(recon, target, mu, logvar)
     check_vae_args(recon_loss, reduction, beta)
     _checks.check_floating("vae_loss", recon=recon, target=target, mu=mu, logvar=logvar)
@@ -282,6 +285,29 @@ def _promoted(*tensors):
         return tensors
     common = functools.reduce(torch.promote_types, (t.dtype for t in given))
     return tuple(t.to(common) if isinstance(t, torch.Tensor) else t for t in tensors)
+
+
+_TYPE_NAMES = {
+    torch.float32: "Float",
+    torch.float64: "Double",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+}
+
+
+def _refuse_mixed_probability_dtypes(recon, target) -> None:
+    """F.binary_cross_entropy on probabilities promotes nothing (its logits form and mse_loss
+    do): its error, in its words."""
+    if (
+        isinstance(recon, torch.Tensor)
+        and isinstance(target, torch.Tensor)
+        and recon.is_floating_point()
+        and target.is_floating_point()
+        and recon.dtype != target.dtype
+    ):
+        found = _TYPE_NAMES.get(target.dtype, target.dtype)
+        expected = _TYPE_NAMES.get(recon.dtype, recon.dtype)
+        raise RuntimeError(f"Found dtype {found} but expected {expected}")
 
 
 def reparameterize(

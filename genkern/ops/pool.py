@@ -26,7 +26,7 @@ def _pool_args(op, x, kernel_size, stride, padding, dilation):
     kernel = _checks.pair(kernel_size, "kernel_size")
     stride = (
         kernel
-        if stride is None or (not isinstance(stride, int) and len(stride) == 0)
+        if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
         else _checks.pair(stride, "stride")
     )
     padding = _checks.pair(padding, "padding")
@@ -167,7 +167,7 @@ def avg_pool2d(
     _fused.refuse_forward_ad("avg_pool2d", x)
     kernel, stride, padding, _ = _pool_args("avg_pool2d", x, kernel_size, stride, padding, 1)
     if divisor_override is not None:
-        if isinstance(divisor_override, bool) or not isinstance(divisor_override, int):
+        if _checks.as_int(divisor_override) is None:
             raise TypeError("divisor_override must be an int or None")
         if divisor_override == 0:
             raise RuntimeError("divisor must be not zero")
