@@ -234,7 +234,9 @@ def upsample_nearest2d(
 
 
 def nearest_source_index(out_size: int, in_size: int, scale: float, device) -> torch.Tensor:
-    """ATen's nearest_idx for every output index (float32 arithmetic, as its kernels)."""
+    """ATen's nearest_idx for every output index (float32 arithmetic, as its kernels; stock's
+    float64 forward over outputs wider than ~52 pixels computes it in double, and may pick the
+    neighbouring row at a non-integer scale: found by a fuzz, left as the backward's rule)."""
     if out_size == in_size:
         return torch.arange(out_size, device=device)
     if out_size == 2 * in_size:
