@@ -23,7 +23,7 @@ def pair(value, name: str) -> list[int]:
     if isinstance(value, Sequence) and len(value) in (1, 2):
         ints = [as_int(v) for v in value]
         if None not in ints:
-            return ints * (3 - len(ints))
+            return ints if len(ints) == 2 else ints * 2
     raise TypeError(f"{name} must be an int or a tuple of 2 ints, but got {value!r}")
 
 
