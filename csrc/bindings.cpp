@@ -85,6 +85,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("prepack_state", &genkern::cpu::prepack_state);
   m.def("prepack_freeze", &genkern::cpu::prepack_freeze);
   m.def("prepack_timings", &genkern::cpu::prepack_timings);
+  m.def("prepack_entries", &genkern::cpu::prepack_entries);
   m.def("fingerprint", &genkern::cpu::fingerprint);
   // few-channel transposed convs through ATen's GEMM + col2im kernel (see col2im_path.h)
   m.def("set_col2im_mode", &genkern::cpu::set_col2im_mode);

@@ -5,6 +5,7 @@ a geometry's first call times the regular path, the packed one, (one-group float
 batched-GEMM path and (where they run) the direct kernels, the fastest kept for the geometry."""
 
 import copy
+import gc
 import io
 import subprocess
 import sys
@@ -403,6 +404,24 @@ def test_frozen_weights_repack_after_an_optimizer_step(always, make_opt):
         opt.step()
         with torch.no_grad():
             torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_dead_weights_packed_copy_goes_while_another_model_serves(always):
+    # found by a fuzz: only a new store swept the entries of dead weights, so a model served on
+    # after another was deleted kept the deleted one's packed weights (75 MB in its repro)
+    x = torch.randn(1, 8, 6, 6)
+    served, dropped = (genkern.nn.Conv2d(8, 8, 3, padding=1).eval() for _ in range(2))
+    with torch.no_grad():
+        served(x)
+        dropped(x)
+        assert _ext._C.prepack_entries() >= 2
+        before = _ext._C.prepack_entries()
+        del dropped
+        gc.collect()
+        for _ in range(300):  # hits sweep every 256
+            served(x)
+    assert _ext._C.prepack_entries() == before - 1
+    assert _prepacked.state(served.weight) == "packed"
 
 
 def test_fingerprint_sees_any_change_of_bytes():

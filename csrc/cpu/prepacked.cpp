@@ -251,25 +251,36 @@ bool frozen(const at::Tensor& weight) {
   return it != g_frozen.end() && it->second.is(weight);
 }
 
-void store(const at::Tensor& weight, Entry entry) {
-  Dropped dropped;
-  std::lock_guard<std::mutex> lock(g_mutex);
+// Moves the entries of dead weights (and of `replaced`, when given) into `dropped`.
+void sweep(Dropped& dropped, const c10::TensorImpl* replaced = nullptr) {
   for (auto it = g_cache.begin(); it != g_cache.end();) {
-    if (it->second.weight.expired() || it->first == weight.unsafeGetTensorImpl()) {
+    if (it->second.weight.expired() || it->first == replaced) {
       dropped.entries.push_back(std::move(it->second));
       it = g_cache.erase(it);
     } else {
       ++it;
     }
   }
+}
+
+void store(const at::Tensor& weight, Entry entry) {
+  Dropped dropped;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  sweep(dropped, weight.unsafeGetTensorImpl());
   g_cache.emplace(weight.unsafeGetTensorImpl(), std::move(entry));
 }
+
+// Hits sweep too, every kSweepEvery of them: a model served on after another was deleted stores
+// nothing new, and the deleted one's packed weights would stay (found by a fuzz: 75 MB).
+constexpr int64_t kSweepEvery = 256;
+int64_t g_hits = 0;
 
 // The packed weight of this weight's entry for this path and geometry, if made from `now`.
 at::Tensor packed_from(const at::Tensor& weight, const std::vector<int64_t>& geometry,
                        Path path, const Source& now) {
   Dropped dropped;
   std::lock_guard<std::mutex> lock(g_mutex);
+  if (++g_hits % kSweepEvery == 0) sweep(dropped);
   const Entry* e = lookup(weight, dropped);
   if (e == nullptr || e->path != path || e->geometry != geometry || !e->source ||
       !e->source->same_as(now))
@@ -361,6 +372,11 @@ void prepack_freeze(const at::Tensor& weight, bool freeze) {
     }
   }
   if (freeze) g_frozen.emplace(weight.unsafeGetTensorImpl(), std::move(mark));
+}
+
+int64_t prepack_entries() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return static_cast<int64_t>(g_cache.size());
 }
 
 int64_t prepack_timings() {

@@ -42,6 +42,8 @@ bool prepack_available();
 void prepack_freeze(const at::Tensor& weight, bool freeze);
 // For tests: how many geometries auto mode has timed since the mode was last set.
 int64_t prepack_timings();
+// For tests: how many weights the cache holds an entry for (dead ones until a sweep).
+int64_t prepack_entries();
 // For tests: -1 no cache entry for this weight, 0 the regular path was kept, 1 a packed weight,
 // 2 the batched-GEMM path was kept, 3 the direct kernels (with their own packed weight).
 int64_t prepack_state(const at::Tensor& weight);
