@@ -140,6 +140,15 @@ def test_missing_extras_give_the_install_hint(tmp_path, monkeypatch, capsys):
     train("cnn", tmp_path / "c", "--data", str(npz), steps=1)  # an .npz needs numpy only
 
 
+def test_unusable_out_gives_one_line(tmp_path, capsys):
+    # found by a fuzz: an --out that is a file, or under one, ended in a traceback (status 1)
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        assert train("ae", out, check=False) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"genkern train: --out {out}: ") and err.count("\n") == 1, err
+
+
 def test_data_npz_and_folder(tmp_path):
     rng = np.random.default_rng(0)
     npz = tmp_path / "mnist.npz"

@@ -151,7 +151,10 @@ def _train(args, device, info) -> int:
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
     )
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:  # an existing file, a path under one, no permission: one line
+        return _fail(f"--out {args.out}: {exc.strerror}")
     start_epoch, history, global_step = 1, [], 0
     if args.resume:
         ckpt = checkpoint.load_latest(args.out)  # on the CPU: RNG states must stay there
