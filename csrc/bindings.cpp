@@ -132,6 +132,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("onednn_layout_mode", &genkern::cpu::onednn_layout_mode);
   m.def("onednn_layout_channels_last_calls", &genkern::cpu::onednn_layout_channels_last_calls);
   m.def("onednn_layout_choices", &genkern::cpu::onednn_layout_choices);
+  m.def("onednn_layout_timings", &genkern::cpu::onednn_layout_timings);
   m.def("to_channels_last", &genkern::cpu::to_channels_last);
   m.def("to_contiguous", &genkern::cpu::to_contiguous);
   m.def("to_channels_last_scratch", &genkern::cpu::to_channels_last_scratch);

@@ -9,6 +9,7 @@ import test_col2im_path as col2im_tests
 import test_conv2d as c2
 import test_conv_transpose2d as ct
 import torch
+import torch.nn.functional as F
 from _helpers import check_against_reference_unmodified
 
 from genkern import _ext, backends
@@ -125,6 +126,21 @@ def test_auto_times_each_geometry_once():
             small, torch.randn(2, 2, 3, 3), None, [1, 1], [0, 0], [1, 1], 1, 0, 0.01, False, "cpu"
         )
         assert _onednn_layout.choices() == 2  # too small to time
+
+
+def test_a_layer_past_eight_timed_shapes_takes_its_majority_untimed():
+    # found by a fuzz: an inference server whose batch and image sizes keep changing timed every
+    # new shape (6 calls each) and ran ~3x slower than stock
+    w = torch.randn(32, 32, 4, 4) * 0.05
+    with _onednn_layout.mode("auto"), torch.no_grad():
+        for i, side in enumerate(range(16, 40, 2)):  # 12 shapes of one layer, each >= 8.4M MACs
+            x = torch.randn(2, 32, side, side)
+            y = torch.ops.genkern.conv2d_act(
+                x, w, None, [2, 2], [1, 1], [1, 1], 1, 1, 0.01, False, "cpu"
+            )[0]
+            torch.testing.assert_close(y, torch.relu(F.conv2d(x, w, None, 2, 1)))
+            assert _onednn_layout.timings() == min(i + 1, 8)
+        assert _onednn_layout.choices() == 12  # the untimed ones kept too
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,8 @@ int64_t onednn_layout_mode();
 // Calls that ran in channels_last so far (a test hook), and the timed choices kept.
 int64_t onednn_layout_channels_last_calls();
 int64_t onednn_layout_choices();
+// For tests: how many shapes auto mode has timed since the mode was set.
+int64_t onednn_layout_timings();
 
 // at::convolution, run in channels_last where the mode says so for an NCHW float32 call;
 // the result in ATen's layout for these arguments either way.

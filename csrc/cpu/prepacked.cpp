@@ -4,6 +4,7 @@
 #include <c10/util/intrusive_ptr.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -226,6 +227,17 @@ constexpr size_t kMaxChoices = 4096;  // a run of ever-new shapes: start over pa
 std::unordered_map<const c10::TensorImpl*, Entry> g_cache;
 // The frozen weights, per TensorImpl address
 std::unordered_map<const c10::TensorImpl*, Identity> g_frozen;
+// How often auto mode's timing chose each path for a weight's geometries, per TensorImpl address.
+// Past kMaxTimedGeometries a weight's new geometries take its most chosen path untimed: an
+// inference server whose batch and image sizes keep changing timed every new shape's first call
+// (~10 calls' worth) and ran 2.3-3x slower than stock (found by a fuzz).
+struct Tally {
+  Identity weight;
+  int64_t timed = 0;
+  std::array<int64_t, 4> wins{};  // per Path
+};
+std::unordered_map<const c10::TensorImpl*, Tally> g_tally;
+constexpr int64_t kMaxTimedGeometries = 8;
 size_t g_timings = 0;  // geometries timed since the mode was set (for tests)
 
 struct Dropped {
@@ -261,6 +273,41 @@ void sweep(Dropped& dropped, const c10::TensorImpl* replaced = nullptr) {
       ++it;
     }
   }
+  for (auto it = g_tally.begin(); it != g_tally.end();) {
+    if (it->second.weight.expired()) {
+      dropped.weights.push_back(std::move(it->second.weight));
+      it = g_tally.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+// Counts a timed choice of `path` for this weight.
+void tally(const at::Tensor& weight, Path path) {
+  Dropped dropped;
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_tally.find(weight.unsafeGetTensorImpl());
+  if (it != g_tally.end() && !it->second.weight.is(weight)) {  // a dead tensor's, at its address
+    dropped.weights.push_back(std::move(it->second.weight));
+    g_tally.erase(it);
+    it = g_tally.end();
+  }
+  if (it == g_tally.end())
+    it = g_tally.emplace(weight.unsafeGetTensorImpl(), Tally{Identity::of(weight)}).first;
+  ++it->second.timed;
+  ++it->second.wins[static_cast<int>(path)];
+}
+
+// The path this weight's timed geometries chose most often, once it has had kMaxTimedGeometries.
+std::optional<Path> settled(const at::Tensor& weight) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  auto it = g_tally.find(weight.unsafeGetTensorImpl());
+  if (it == g_tally.end() || !it->second.weight.is(weight) ||
+      it->second.timed < kMaxTimedGeometries)
+    return std::nullopt;
+  const auto& w = it->second.wins;
+  return static_cast<Path>(std::max_element(w.begin(), w.end()) - w.begin());
 }
 
 void store(const at::Tensor& weight, Entry entry) {
@@ -351,8 +398,10 @@ void set_prepack_mode(int64_t mode, bool bfloat16) {
   g_mode = static_cast<int>(mode);
   g_bfloat16 = bfloat16;
   decltype(g_cache) dropped;  // destroyed after the lock's release (see g_mutex)
+  decltype(g_tally) dropped_tallies;
   std::lock_guard<std::mutex> lock(g_mutex);
   dropped.swap(g_cache);
+  dropped_tallies.swap(g_tally);
   g_choice.clear();
   g_timings = 0;
 }
@@ -415,6 +464,7 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     if (it != g_choice.end()) chosen = it->second;
   }
   if (always && !chosen) chosen = Path::kPacked;
+  if (!chosen && (chosen = settled(weight))) choose(geometry, *chosen, false);
   // a kept candidate this call does not offer (its mode switched to never since): time again
   if (chosen && ((*chosen == Path::kGemm && !gemm) || (*chosen == Path::kDirect && !direct)))
     chosen.reset();
@@ -475,6 +525,7 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   const int kept = static_cast<int>(std::min_element(best, best + 4) - best);
   const auto kept_path = static_cast<Path>(kept);
   choose(geometry, kept_path, true);
+  tally(weight, kept_path);
   if (kept_path == Path::kPacked || kept_path == Path::kDirect)
     keep_packed(weight, std::move(geometry), kept_path,
                 kept_path == Path::kDirect ? direct_packed : packed, std::move(before),

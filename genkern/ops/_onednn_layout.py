@@ -30,3 +30,8 @@ def channels_last_calls() -> int:
 def choices() -> int:
     """Geometries whose layout has been timed and kept."""
     return _ext._C.onednn_layout_choices() if _ext.HAS_CPU else 0
+
+
+def timings() -> int:
+    """Shapes timed since the mode was set (a layer's shapes past its 8th take its majority)."""
+    return _ext._C.onednn_layout_timings() if _ext.HAS_CPU else 0
