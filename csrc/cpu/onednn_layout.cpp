@@ -101,9 +101,9 @@ Result run_in_chosen_layout(const std::vector<int64_t>& key, const std::vector<i
     g_channels_last_calls.fetch_add(1);
     return call(true);
   }
+  std::optional<bool> kept;
   {
     std::lock_guard<std::mutex> lock(g_mutex);
-    std::optional<bool> kept;
     if (const auto it = g_choice.find(key); it != g_choice.end()) kept = it->second;
     const auto t = g_layer_tally.find(layer);
     if (!kept && t != g_layer_tally.end() && t->second[0] >= kMaxTimedShapes) {
@@ -111,10 +111,10 @@ Result run_in_chosen_layout(const std::vector<int64_t>& key, const std::vector<i
       if (g_choice.size() >= kMaxChoices) g_choice.clear();
       g_choice.emplace(key, *kept);
     }
-    if (kept) {
-      if (*kept) g_channels_last_calls.fetch_add(1);
-      return call(*kept);
-    }
+  }
+  if (kept) {  // run outside the lock: other threads' calls go on meanwhile
+    if (*kept) g_channels_last_calls.fetch_add(1);
+    return call(*kept);
   }
   Result result[2];
   double best[2] = {1e300, 1e300};
