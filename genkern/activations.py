@@ -6,6 +6,10 @@ the ids and the `saves_output` rule must stay identical in all three.
 
 from __future__ import annotations
 
+import numbers
+
+import torch
+
 IDENTITY, RELU, LEAKY_RELU, TANH, SIGMOID, SILU = range(6)
 
 _IDS = {
@@ -37,10 +41,19 @@ def activation_id(name: str | None) -> int:
         raise ValueError(f"activation must be None or one of {valid}, but got {name!r}") from None
 
 
+def as_float(value, name: str) -> float:
+    """value as a float where it is a real number (numpy's included) or a 0-dim tensor, as
+    torch's argument parser takes a float argument; bools are not (found by fuzzes: np.float32
+    or tensor slopes, momenta and betas were refused where stock computes)."""
+    if not isinstance(value, bool) and (
+        isinstance(value, numbers.Real) or (isinstance(value, torch.Tensor) and value.dim() == 0)
+    ):
+        return float(value)
+    raise TypeError(f"{name} must be a float, but got {type(value).__name__}")
+
+
 def check_negative_slope(negative_slope: float) -> float:
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(f"negative_slope must be a float, but got {type(negative_slope).__name__}")
-    return float(negative_slope)
+    return as_float(negative_slope, "negative_slope")
 
 
 def saves_output(act: int, negative_slope: float) -> bool:

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn as nn
+import torch.nn.functional as F
 from conftest import DEVICE
 
 import genkern
@@ -161,7 +162,14 @@ def test_numpy_and_tensor_hyperparameters_as_stock():
     torch.testing.assert_close(ours[4].running_mean, stock[4].running_mean)
     r, t = torch.randn(3, 5), torch.rand(3, 5)
     mu, lv = torch.randn(3, 2), torch.randn(3, 2)
-    torch.testing.assert_close(
-        genkern.ops.vae_loss(r, t, mu, lv, beta=np.float32(0.5)),
-        genkern.ops.vae_loss(r, t, mu, lv, beta=0.5),
-    )
+    for beta in (np.float32(0.5), torch.tensor(0.5)):
+        torch.testing.assert_close(
+            genkern.ops.vae_loss(r, t, mu, lv, beta=beta),
+            genkern.ops.vae_loss(r, t, mu, lv, beta=0.5),
+        )
+    w = torch.randn(8, 4, 3, 3)
+    for slope in (np.float32(0.2), torch.tensor(0.2)):  # a later fuzz: these were refused
+        torch.testing.assert_close(
+            genkern.ops.conv2d(x, w, activation="leaky_relu", negative_slope=slope),
+            F.leaky_relu(F.conv2d(x, w), 0.2),
+        )

@@ -8,8 +8,6 @@ refuses an autograd formula on a mutating op) returns y and the statistics it no
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from genkern import activations as A
@@ -109,13 +107,7 @@ def batch_norm(
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
             )
-    # a real number (numpy's included) or a 0-dim tensor, as F.batch_norm's parser takes it
-    if isinstance(momentum, bool) or not (
-        isinstance(momentum, numbers.Real)
-        or (isinstance(momentum, torch.Tensor) and momentum.dim() == 0)
-    ):
-        raise TypeError(f"momentum must be a float, but got {type(momentum).__name__}")
-    momentum = float(momentum)
+    momentum = A.as_float(momentum, "momentum")
     name = backends.resolve("batch_norm", backend, x)
     _require_backend("batch_norm", "batch_norm_act_forward", name)
     if (

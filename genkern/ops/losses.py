@@ -9,10 +9,10 @@ genkern/triton/losses.py (Triton), `_term_torch` / `_recon_torch` here (the "tor
 from __future__ import annotations
 
 import functools
-import numbers
 
 import torch
 
+from genkern import activations as A
 from genkern import backends
 from genkern.ops import _checks, _fused, _registry
 
@@ -50,8 +50,7 @@ def check_vae_args(recon_loss, reduction, beta) -> None:
         raise ValueError(f"recon_loss must be one of {valid}, but got {recon_loss!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-        raise TypeError(f"beta must be a float, but got {type(beta).__name__}")
+    A.as_float(beta, "beta")
 
 
 def _needs(t: torch.Tensor | None) -> bool:
