@@ -84,6 +84,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("prepack_available", &genkern::cpu::prepack_available);
   m.def("prepack_state", &genkern::cpu::prepack_state);
   m.def("prepack_freeze", &genkern::cpu::prepack_freeze);
+  m.def("prepack_frozen", &genkern::cpu::prepack_frozen);
   m.def("prepack_timings", &genkern::cpu::prepack_timings);
   m.def("prepack_entries", &genkern::cpu::prepack_entries);
   m.def("fingerprint", &genkern::cpu::fingerprint);

@@ -423,6 +423,8 @@ void prepack_freeze(const at::Tensor& weight, bool freeze) {
   if (freeze) g_frozen.emplace(weight.unsafeGetTensorImpl(), std::move(mark));
 }
 
+bool prepack_frozen(const at::Tensor& weight) { return frozen(weight); }
+
 int64_t prepack_entries() {
   std::lock_guard<std::mutex> lock(g_mutex);
   return static_cast<int64_t>(g_cache.size());

@@ -40,6 +40,8 @@ bool prepack_available();
 // Marks a weight frozen (or not): its packed copies are then checked by its version counter
 // alone, not by a read of its values, so a write through .data goes unseen (genkern.nn.freeze).
 void prepack_freeze(const at::Tensor& weight, bool freeze);
+// Whether the weight is marked frozen (the mark of a dead tensor at its address is not its).
+bool prepack_frozen(const at::Tensor& weight);
 // For tests: how many geometries auto mode has timed since the mode was last set.
 int64_t prepack_timings();
 // For tests: how many weights the cache holds an entry for (dead ones until a sweep).

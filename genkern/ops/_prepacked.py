@@ -12,8 +12,6 @@ CPUs), "always", or "never". `set_mode` changes it at run time (and clears the c
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch.autograd.graph import increment_version
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -49,9 +47,7 @@ def state(weight: torch.Tensor) -> str | None:
     return (None, "regular", "packed", "gemm", "direct")[_ext._C.prepack_state(weight) + 1]
 
 
-# The frozen weights by id, held weakly, and the optimizer hook that watches them (made once).
-_frozen: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_step_hook = None
+_step_hook = None  # the optimizer hook that watches frozen weights (made on the first freeze)
 
 
 def _bump_frozen_after_fused_step(optimizer, args, kwargs) -> None:
@@ -61,7 +57,7 @@ def _bump_frozen_after_fused_step(optimizer, args, kwargs) -> None:
     for group in optimizer.param_groups:
         if group.get("fused"):
             for p in group["params"]:
-                if _frozen.get(id(p)) is p:
+                if _ext._C.prepack_frozen(p):
                     increment_version(p)
 
 
@@ -71,10 +67,6 @@ def freeze_weight(weight: torch.Tensor, frozen: bool = True) -> None:
     global _step_hook
     if not AVAILABLE:
         return
-    if frozen:
-        _frozen[id(weight)] = weight
-        if _step_hook is None:
-            _step_hook = register_optimizer_step_post_hook(_bump_frozen_after_fused_step)
-    elif _frozen.get(id(weight)) is weight:
-        del _frozen[id(weight)]
+    if frozen and _step_hook is None:
+        _step_hook = register_optimizer_step_post_hook(_bump_frozen_after_fused_step)
     _ext._C.prepack_freeze(weight, frozen)
