@@ -674,3 +674,65 @@ def test_2x2_row_kernels_are_stocks_bits(shape, threads):
         assert torch.equal(torch.autograd.grad(y, up, gy)[0], torch.autograd.grad(stock, up, gy)[0])
     finally:
         torch.set_num_threads(before)
+
+
+# The NCHW float32 2x2 max pool over rows of 1-16 windows (pool_2x2_groups.cpp): groups of
+# 16 // OW window rows of a plane a vector (a plane's last group shorter), whole vectors past each
+# group's end except where they would reach past a thread's range (masked). Planes of one row to
+# many, OW dividing 16 or not, and enough groups (over 256) that two threads split them mid-plane;
+# ties, NaN, -inf and -0 gradients; each activation the pool stores; indices and the inference
+# path (no indices) too.
+GROUPS_2X2 = [
+    (1, 1, 1, 1),
+    (3, 5, 3, 1),
+    (2, 300, 5, 2),
+    (4, 70, 3, 3),
+    (2, 130, 4, 4),
+    (1, 2, 5, 5),
+    (2, 150, 7, 7),  # the autoencoder's second pool
+    (1, 300, 2, 8),
+    (2, 150, 3, 9),
+    (1, 3, 1, 15),
+    (1, 20, 14, 14),  # the autoencoder's first
+    (1, 30, 16, 16),
+]
+
+
+@pytest.mark.skipif(
+    "cpu" not in grid_backends(torch.float32), reason="the C++ extension genkern._C is not built"
+)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", GROUPS_2X2, ids=str)
+def test_2x2_max_pool_groups_are_stocks_bits(shape, threads):
+    n, c, oh, ow = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-3, 4, (n, c, 2 * oh, 2 * ow), generator=g).float()  # ties on a coarse grid
+    x[0, 0, 0, 0] = float("nan")
+    x[-1, -1, -1, -2:] = float("nan")  # the last window's lower taps: the last NaN wins
+    x[0, -1] = float("-inf")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for act, slope in [(None, 0.0), ("relu", 0.0), ("leaky_relu", 0.2)]:
+            stock_act = {None: lambda t: t, "relu": F.relu}.get(
+                act, lambda t: F.leaky_relu(t, slope)
+            )
+            leaf = x.clone().requires_grad_()
+            y, idx = genkern.ops.max_pool2d(
+                leaf, 2, activation=act, negative_slope=slope, return_indices=True, backend="cpu"
+            )
+            ref_leaf = x.clone().requires_grad_()
+            ry, ridx = F.max_pool2d(ref_leaf, 2, return_indices=True)
+            ry = stock_act(ry)
+            torch.testing.assert_close(y, ry, rtol=0, atol=0, equal_nan=True)
+            assert torch.equal(idx, ridx)
+            gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+            gy[..., -1] = -0.0  # becomes +0, as in a scatter-add into zeros
+            grads = [torch.autograd.grad(t, s, gy)[0] for t, s in ((y, leaf), (ry, ref_leaf))]
+            assert torch.equal(grads[0], grads[1])
+            assert torch.equal(grads[0].signbit(), grads[1].signbit())
+            with torch.no_grad():  # the inference path: no indices
+                y2 = genkern.ops.max_pool2d(x, 2, activation=act, negative_slope=slope)
+            torch.testing.assert_close(y2, ry.detach(), rtol=0, atol=0, equal_nan=True)
+    finally:
+        torch.set_num_threads(before)

@@ -19,6 +19,7 @@
 #include "dispatch_bool.h"
 #include "epilogue.h"
 #include "layout_copy.h"
+#include "pool_2x2_groups.h"
 #include "pool_2x2_rows.h"
 #include "genkern/activation.h"
 
@@ -212,6 +213,7 @@ __attribute__((always_inline)) inline void max_pool_rows_2x2(
   }
 }
 
+// (Where pool_2x2_groups_take, float32 whole-tile planes of rows up to 16 run there instead.)
 // max_pool_rows_2x2 in the AVX2 / AVX-512 clones: for rows of 16 outputs or more (on shorter
 // ones the 8- and 16-wide loops leave most of a row to their scalar tails and the 4-wide baseline
 // loop wins: the autoencoder's 7-wide rows took 4.3 ms in the clones, 2.5 inline)
@@ -298,6 +300,24 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
       with_indices ? at::empty({N, C, OH, OW}, x.options().dtype(index_type).memory_format(fmt))
                    : at::empty({0}, x.options().dtype(at::kLong));
   if (y.numel() == 0) return {y, idx};
+  // float32 planes of whole 2x2 / 2 windows, rows of 1-16 windows: 16 windows a vector
+  const bool groups = fmt == at::MemoryFormat::Contiguous && dtype == at::kFloat &&
+                      kind != Indices::kTapCodes && kH == 2 && kW == 2 && sH == 2 && sW == 2 &&
+                      pH == 0 && pW == 0 && dH == 1 && dW == 1 && IH == 2 * OH &&
+                      IW == 2 * OW && pool_2x2_groups_take(OH, OW);
+  if (groups) {
+    const float* xp = x.data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    int64_t* ip = with_indices ? idx.data_ptr<int64_t>() : nullptr;
+    const int64_t count = pool_2x2_group_count(N * C, OH, OW);
+    const int64_t windows = pool_2x2_group_rows(OW) * OW;
+    at::parallel_for(0, count, grain_for(4 * windows), [&](int64_t g0, int64_t g1) {
+      const int64_t r = pool_2x2_group_first_row(g0, OH, OW);
+      max_pool_2x2_forward_groups(xp + 4 * OW * r, yp + OW * r, ip ? ip + OW * r : nullptr, g0,
+                                  g1, OH, OW, act, float(negative_slope));
+    });
+    return {y, idx};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d", [&] {
    dispatch_store_activation(act, [&](auto tag) {
    dispatch_bool(with_indices, [&](auto keep_indices) {
@@ -532,7 +552,23 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
     scalar_t* out = gx.data_ptr<scalar_t>();
     // band oh: input rows [oh * sH, min(oh * sH + sH, IH)), which only windows of row oh reach;
     // rows from OH * sH on are in no window (zeroed with the last band)
-    if (std::is_same_v<scalar_t, float> && rows_2x2) {  // 16 windows a vector
+    if (std::is_same_v<scalar_t, float> && rows_2x2 && pool_2x2_groups_take(OH, OW)) {
+      const int64_t count = pool_2x2_group_count(N * C, OH, OW);
+      const int64_t windows = pool_2x2_group_rows(OW) * OW;
+      at::parallel_for(0, count, grain_for(4 * windows), [&](int64_t g0, int64_t g1) {
+        const int64_t o0 = OW * pool_2x2_group_first_row(g0, OH, OW);
+        const int64_t o1 = OW * pool_2x2_group_first_row(g1, OH, OW);  // g1 = count: the end
+        const float* gg = reinterpret_cast<const float*>(g) + o0;
+        std::vector<float> act_grads;  // act_backward's, where there is an activation
+        if constexpr (A != Activation::kIdentity) {
+          act_grads.resize(o1 - o0);
+          for (int64_t i = 0; i < o1 - o0; ++i) act_grads[i] = grad_at(o0 + i);
+          gg = act_grads.data();
+        }
+        max_pool_2x2_backward_groups(gg, ip + o0, reinterpret_cast<float*>(out) + 4 * o0, g0, g1,
+                                     OH, OW);
+      });
+    } else if (std::is_same_v<scalar_t, float> && rows_2x2) {  // 16 windows a vector
       at::parallel_for(0, N * C * OH, grain_for(2 * IW), [&](int64_t r0, int64_t r1) {
         const float* gr = reinterpret_cast<const float*>(g) + r0 * OW;
         std::vector<float> act_grads;  // act_backward's, where there is an activation

@@ -9,6 +9,8 @@
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
+
+#include "avx512_lanes.h"
 #define GK_POOL_X86 1
 #else
 #define GK_POOL_X86 0
@@ -23,28 +25,10 @@ bool pool_2x2_rows_enabled() { return GK_POOL_X86 && avx512_kernels_enabled(); }
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 namespace {
 
-// The first n lanes (none for n <= 0, all from 16).
-inline __mmask16 first(int64_t n) {
-  if (n <= 0) return 0;
-  return n >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << n) - 1);
-}
-
-// Loads and stores of a row's vector of n <= 16 lanes: whole (Masked false: past n they read the
-// next rows' and write what the next row overwrites) or masked to n.
-template <bool Masked>
-inline __m512 load(const float* p, int64_t n) {
-  if constexpr (Masked) return _mm512_maskz_loadu_ps(first(n), p);
-  return _mm512_loadu_ps(p);
-}
-template <bool Masked>
-inline __m512i load8(const int64_t* p, int64_t n) {  // 8 int64s
-  if constexpr (Masked) return _mm512_maskz_loadu_epi64(__mmask8(first(n)), p);
-  return _mm512_loadu_si512(p);
-}
-template <bool Masked>
-inline void store(float* p, __m512 v, int64_t n) {
-  if constexpr (Masked) _mm512_mask_storeu_ps(p, first(n), v); else _mm512_storeu_ps(p, v);
-}
+using avx512::first;
+using avx512::load;
+using avx512::load8;
+using avx512::store;
 
 // p[2 i] = even[i], p[2 i + 1] = odd[i] for i < n <= 16.
 template <bool Masked>
