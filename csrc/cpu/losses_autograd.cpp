@@ -65,8 +65,8 @@ void scale_in_place(at::Tensor& t, const at::Tensor& s) {
 
 // A gradient the forward pass computed into a fresh buffer of ours, saved for backward, which
 // multiplies it by the incoming gradient g (a loss's 0-dim one, or one of the saved shape):
-// returned as it is when g is a CPU 1 (loss.backward()), and scaled in place when nothing else
-// can see the buffer (no saved-tensor hooks took it when it was saved, no other reference, and
+// returned as it is when g is a CPU 1 (loss.backward()) and the backward frees the graph (a
+// copy under retain_graph), and scaled in place when nothing else can see the buffer (no saved-tensor hooks took it when it was saved, no other reference, and
 // this backward frees the graph: not retain_graph); else saved * g. Either shortcut saves a pass
 // and an allocation the size of the input.
 struct SavedGrad {
@@ -85,13 +85,15 @@ struct SavedGrad {
                 "(backward with create_graph=True)");
     at::Tensor saved = var.unpack();
     if (!saved.defined()) return saved;
-    if (g_is_one) return saved;
+    // a retained graph keeps the buffer for the next backward: the gradient handed out must be
+    // a tensor of its own, which hooks and callers may change in place
+    const bool kept = torch::autograd::get_current_graph_task_keep_graph();
+    if (g_is_one) return kept ? saved.clone() : saved;
     if (!g.device().is_cpu()) return saved * g;
     const bool alone = saved.use_count() == 2 && saved.storage().use_count() == 1;  // var + here
     const bool same_result = g.dim() == 0 || (g.sizes() == saved.sizes() &&
                                               g.scalar_type() == saved.scalar_type());
-    if (private_buffer && alone && same_result &&
-        !torch::autograd::get_current_graph_task_keep_graph()) {
+    if (private_buffer && alone && same_result && !kept) {
       scale_in_place(saved, g);
       return saved;
     }

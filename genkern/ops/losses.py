@@ -63,13 +63,14 @@ def _needs(t: torch.Tensor | None) -> bool:
 
 
 def _scaled(saved: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor | None:
-    """saved * g; the saved gradient itself when g is a CPU 1 (loss.backward()) and no graph of
-    the backward is built: a full pass less. Safe: it stays a saved tensor of the graph, whose
-    version counter makes autograd refuse it if someone later modifies it in place."""
+    """saved * g; the saved gradient itself when g is a CPU 1 (loss.backward()), no graph of
+    the backward is built and this backward frees the graph: a full pass less. Under
+    retain_graph a copy: the buffer serves the next backward, and the gradient handed out is
+    the caller's and its hooks' to change in place."""
     if saved is None or g is None:
         return None
     if g.device.type == "cpu" and not torch.is_grad_enabled() and g.item() == 1.0:
-        return saved
+        return saved.clone() if torch._C._autograd._get_current_graph_task_keep_graph() else saved
     return saved * g
 
 
