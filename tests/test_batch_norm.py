@@ -507,6 +507,31 @@ def test_fold_leaves_what_it_cannot_fold(case):
         torch.testing.assert_close(seen[-1], seen[0])  # the conv's own output, unfolded
 
 
+@pytest.mark.parametrize("on", ["conv", "bn"])
+@pytest.mark.parametrize("kind", ["full", "pre"])
+def test_fold_leaves_pairs_that_backward_hooks_watch(on, kind):
+    # found by fuzz round 10a: a BatchNorm with a backward hook was folded (its hook never ran),
+    # and a conv's backward hook got the gradient of the folded conv + BatchNorm output
+    model = _trained_pair(torch.nn.Conv2d(3, 4, 3, padding=1), 4).double()
+    seen = []
+    module = model[0] if on == "conv" else model[1]
+    if kind == "full":
+        module.register_full_backward_hook(lambda m, gi, go: seen.append(go[0].clone()))
+    else:
+        module.register_full_backward_pre_hook(lambda m, go: seen.append(go[0].clone()))
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    model(x.requires_grad_()).sum().backward()
+    for fold in (
+        lambda m: genkern.nn.fold_batch_norm(copy.deepcopy(m)),
+        lambda m: genkern.nn.convert(m, fold_bn=True),
+    ):
+        folded = fold(model)
+        assert type(folded[1]) is not torch.nn.Identity
+        folded(x).sum().backward()
+        torch.testing.assert_close(seen[-1], seen[0], rtol=0, atol=0)
+    assert len(seen) == 3
+
+
 def test_eps_is_checked_as_torch():
     x, (rm, rv) = torch.randn(4, 3, 5, 5), (torch.zeros(3), torch.ones(3))
     for training, eps in [(True, 0.0), (True, -1.0), (False, -1.0)]:

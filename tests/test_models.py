@@ -1,6 +1,7 @@
 """Reference models (genkern vs torch builds) and genkern.nn.convert."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -234,6 +235,105 @@ def test_convert_moves_relu_onto_the_max_pool():
 def test_convert_keeps_the_activation_where_moving_it_could_change_results(pool, act):
     ours = genkern.nn.convert(_conv_relu_pool(pool, act))
     assert ours[0].activation is not None and getattr(ours[2], "activation", None) is None
+
+
+class _Features(nn.Sequential):
+    """A feature extractor: every child's output (a forward of its own)."""
+
+    def forward(self, x):
+        out = []
+        for module in self:
+            x = module(x)
+            out.append(x)
+        return out
+
+
+class _SameForward(nn.Sequential):
+    """A subclass that keeps nn.Sequential's forward."""
+
+
+@pytest.mark.parametrize("trace", [False, True])
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_convert_folds_only_in_sequentials_that_chain_their_children(trace, fold_bn):
+    # found by fuzz round 10a: a Sequential subclass returning every child's output got the
+    # conv's output through the ReLU folded into it (off by 1.36)
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)]
+    stock = _Features(*layers).to(DEVICE).double().eval()
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    ours = genkern.nn.convert(stock, trace=trace, fold_bn=fold_bn)
+    for got, want in zip(ours(x), stock(x), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    same = genkern.nn.convert(_SameForward(*layers[:1], nn.ReLU()).to(DEVICE))
+    assert same[0].activation == "relu", "a subclass keeping Sequential's forward still folds"
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [nn.Conv2d(3, 4, 3, padding=1), nn.LeakyReLU(0.2), nn.Dropout(0.5, inplace=True)],
+        lambda: [
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(inplace=True),
+        ],
+    ],
+    ids=["leaky_then_inplace", "relu_pool_then_inplace"],
+)
+def test_convert_keeps_stocks_saved_tensor_where_an_inplace_module_follows(layers):
+    # found by fuzz round 10b: the fused leaky_relu (and a max pool carrying a moved relu) keep
+    # their output for the backward where stock's modules keep their input: an in-place module
+    # after them made the converted model's backward refuse, where stock's trains
+    torch.manual_seed(0)
+    stock = nn.Sequential(*layers(), nn.Flatten(), nn.LazyLinear(2)).to(DEVICE)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    stock(x)  # materializes the lazy layer
+    ours = genkern.nn.convert(stock)
+    torch.manual_seed(1)
+    stock(x).sum().backward()
+    torch.manual_seed(1)
+    ours(x).sum().backward()
+    for a, b in zip(ours.parameters(), stock.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def _vgg_like() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.LeakyReLU(0.2),
+        genkern.nn.Conv2d(6, 6, 3, padding=1, activation="relu"),  # its own relu, moved on
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 2, 1),
+        nn.Tanh(),
+    )
+
+
+def test_slices_of_a_converted_sequential_compute_the_original_slices():
+    # found by fuzz round 10a: a slice ending between a layer and its folded activation (VGG
+    # perceptual losses: features[:k], often before a ReLU) gave the activated output, and one
+    # ending at a ReLU moved onto a pool gave the output before it
+    torch.manual_seed(0)
+    stock = _vgg_like().to(DEVICE).double()
+    ours = genkern.nn.convert(stock)
+    assert isinstance(ours, nn.Sequential) and list(ours.state_dict()) == list(stock.state_dict())
+    assert ours[2].activation is None and ours[4].activation == "relu"  # relu on the pool
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    n = len(stock)
+    for a in range(n):
+        for b in range(a + 1, n + 1):
+            inp = stock[:a](x)
+            torch.testing.assert_close(ours[a:b](inp), stock[a:b](inp), rtol=0, atol=0)
+    torch.testing.assert_close(ours(x), stock(x), rtol=0, atol=0)
+    head = ours[:3]  # shares the parameters
+    assert head[2].weight is ours[2].weight and ours[2].activation is None
+    again = pickle.loads(pickle.dumps(ours))
+    torch.testing.assert_close(again[:4](x), stock[:4](x), rtol=0, atol=0)
 
 
 class _CalledTwice(nn.Module):

@@ -116,12 +116,14 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     The BatchNorm is replaced by its fused activation (a genkern.nn.Conv2d without one takes it
     over) or by Identity. Returns the model.
     """
+    from genkern.nn.convert import _hooked, chains_children
+
     # a conv registered in several places, or whose weight or bias another module shares, keeps
     # its weights (the fold would reach every use)
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     shared = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for module in model.modules():
-        if not isinstance(module, torch.nn.Sequential):
+        if not chains_children(module):
             continue
         names = list(module._modules.keys())
         for prev, name in zip(names[:-1], names[1:], strict=True):
@@ -139,8 +141,11 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
             # the BatchNorm follows the conv's own activation (genkern's fused one): not linear
             if getattr(conv, "activation", None) is not None:
                 continue
-            # a hook on either would see the folded conv's output
-            if conv._forward_hooks or bn._forward_pre_hooks or bn._forward_hooks:
+            # a hook on the BatchNorm would be dropped; one on the conv's output or its
+            # gradient would see the folded conv's
+            if conv._forward_hooks or conv._backward_hooks or conv._backward_pre_hooks:
+                continue
+            if _hooked(bn):
                 continue
             if not isinstance(bn, torch.nn.BatchNorm2d) or bn.training:
                 continue

@@ -9,16 +9,21 @@ output is not kept for the backward, only the pooled one. With trace=True, torch
 layer-then-activation pairs in models whose forward calls modules one by one. With fold_bn=True
 (eval models), a BatchNorm2d directly after a conv / transposed conv is folded into its weights.
 Layers registered in more than one place, or called more than once in a traced forward, are
-left unfused. A parametrized layer (spectral_norm, weight_norm: SNGAN's discriminators) becomes
-the drop-in with the same parametrization, and keeps its BatchNorm unfolded. A forward that also
-calls a Sequential's layer directly (self.seq(x) + self.seq[0](x)) is beyond what convert sees:
-that call would get the folded activation too.
+left unfused, as are pairs that hooks watch, pairs in an nn.Sequential subclass with a forward
+of its own, and folds whose fused form keeps its output for the backward where stock's kept its
+input when an in-place module follows. A parametrized layer (spectral_norm, weight_norm:
+SNGAN's discriminators) becomes the drop-in with the same parametrization, and keeps its
+BatchNorm unfolded. A converted nn.Sequential whose activations moved is a FusedSequential: its
+slices compute what the stock slices did. A forward that also calls a Sequential's layer
+directly (self.seq(x) + self.seq[0](x)) is beyond what convert sees: that call would get the
+folded activation too. trace=True returns a torch.fx GraphModule: the path the forward took in
+the mode it was traced in, without the model's class, other methods or uncalled modules.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +81,17 @@ def _hooked(module: nn.Module) -> bool:
             "_backward_hooks",
             "_backward_pre_hooks",
         )
+    )
+
+
+def chains_children(module: nn.Module) -> bool:
+    """Whether the module runs nn.Sequential's forward (each child on the previous one's output,
+    only the last output returned): a subclass with a forward of its own (returning every
+    child's output, or summing parallel branches) may use what a fold would change."""
+    return (
+        isinstance(module, nn.Sequential)
+        and type(module).forward is nn.Sequential.forward
+        and "forward" not in vars(module)
     )
 
 
@@ -138,19 +154,96 @@ def _activation_of(module: nn.Module):
     return None
 
 
+def _then_inplace(seq: nn.Sequential, name: str) -> bool:
+    """Whether the first module after `name` in seq (past Identity) changes its input in place
+    (Dropout(inplace=True), ...): a fused layer that keeps its output for the backward where
+    stock's kept its input would then refuse the backward, where stock's trains."""
+    names = list(seq._modules)
+    for module in list(seq._modules.values())[names.index(name) + 1 :]:
+        if type(module) is not nn.Identity:
+            return bool(getattr(module, "inplace", False))
+    return False
+
+
+class FusedSequential(nn.Sequential):
+    """An nn.Sequential whose activations convert moved between its children: folded into the
+    layer before them, or a ReLU moved on onto a max pool. Running it whole is what it was; a
+    slice of it (VGG perceptual losses take `features[:k]`, often before an activation) is a
+    plain nn.Sequential of the same children computing what the original slice did: a child
+    carrying an activation whose original place the slice cuts off runs without it (a shallow
+    copy: the same parameters), and an original place whose carrier it cuts off runs the
+    activation. Indexing one child (seq[i]) returns the child itself, its activation included."""
+
+    def __getitem__(self, idx):
+        if not isinstance(idx, slice):
+            return super().__getitem__(idx)
+        names = list(self._modules)[idx]
+        kept = set(names)
+        out = []
+        for name in names:
+            module = self._modules[name]
+            for carrier, (origin, activation) in self.moved_activations.items():
+                if carrier == name and origin not in kept:
+                    module = _with_activation(module, None, 0.01)
+                elif origin == name and carrier not in kept:
+                    module = _restored(module, activation)
+            out.append((name, module))
+        return nn.Sequential(OrderedDict(out))
+
+
+def _with_activation(module: nn.Module, act: str | None, slope: float) -> nn.Module:
+    """A shallow copy of a genkern layer (the same parameters and buffers) with act fused."""
+    new = copy.copy(module)
+    new.activation, new.negative_slope = act, slope
+    return new
+
+
+def _restored(module: nn.Module, activation: tuple[str, float]) -> nn.Module:
+    """What the original place of a moved activation runs without its carrier: the activation
+    (its place holds an Identity now) or the layer with it again (a layer's own relu moved on)."""
+    if type(module) is nn.Identity:
+        name, slope = activation
+        return {
+            "relu": nn.ReLU,
+            "leaky_relu": lambda: nn.LeakyReLU(slope),
+            "tanh": nn.Tanh,
+            "sigmoid": nn.Sigmoid,
+            "silu": nn.SiLU,
+        }[name]()
+    return _with_activation(module, *activation)
+
+
+def _record_move(seq: nn.Sequential, origin: str, carrier: str, activation) -> None:
+    """Notes that child `carrier` now runs the activation of child `origin` (see
+    FusedSequential); a plain nn.Sequential becomes one (a subclass keeps its class)."""
+    if type(seq) is nn.Sequential:
+        seq.__class__ = FusedSequential
+    moved = seq.__dict__.setdefault("moved_activations", {})
+    for old_carrier, (old_origin, act) in list(moved.items()):
+        if old_carrier == origin:  # moved on again: the first place is still the origin
+            del moved[old_carrier]
+            origin, activation = old_origin, act
+    moved[carrier] = (origin, activation)
+
+
 def _convert_children(parent: nn.Module, drop_ins: dict[type, type]) -> None:
     for name, child in list(parent.named_children()):
         _convert_children(child, drop_ins)
         new = _swap(child, drop_ins)
         if new is not child:
             setattr(parent, name, new)
-    if isinstance(parent, nn.Sequential):
+    if chains_children(parent):
         names = [n for n, _ in parent.named_children()]
         for a, b in zip(names, names[1:]):
             layer, act = getattr(parent, a), _activation_of(getattr(parent, b))
+            # the fused leaky_relu (slope >= 0) keeps its output, stock's its input
+            keeps_output = act is not None and act[0] == "leaky_relu" and act[1] >= 0
+            if keeps_output and _then_inplace(parent, b):
+                continue
             if act is not None and _fusable(layer) and not _hooked(getattr(parent, b)):
                 layer.activation, layer.negative_slope = act
                 setattr(parent, b, nn.Identity())
+                _record_move(parent, b, a, act)
         _relu_onto_max_pools(parent)
 
 
@@ -162,8 +255,8 @@ def _relu_onto_max_pools(seq: nn.Sequential) -> None:
     not onto a pool returning its indices (those would differ where a window is all <= 0)."""
     from genkern.nn.pooling import MaxPool2d
 
-    mods = [m for m in seq.children() if type(m) is not nn.Identity]
-    for layer, pool in zip(mods, mods[1:]):
+    named = [(n, m) for n, m in seq.named_children() if type(m) is not nn.Identity]
+    for (layer_name, layer), (pool_name, pool) in zip(named, named[1:]):
         if (
             getattr(layer, "activation", None) == "relu"
             and type(layer).__module__.startswith("genkern.")
@@ -172,8 +265,10 @@ def _relu_onto_max_pools(seq: nn.Sequential) -> None:
             and not (_hooked(layer) or _hooked(pool))  # their outputs / the pool's input change
             and pool.dilation in (1, (1, 1))  # every window then holds an input element (no -inf)
             and not pool.return_indices  # a window of z <= 0: relu's first 0, not z's maximum
+            and not _then_inplace(seq, pool_name)  # the pool with relu keeps its output
         ):
             layer.activation, pool.activation = None, "relu"
+            _record_move(seq, layer_name, pool_name, ("relu", 0.01))
 
 
 def _fold_bn_in_sequentials(model: nn.Module) -> None:
@@ -183,10 +278,12 @@ def _fold_bn_in_sequentials(model: nn.Module) -> None:
 
 
 class _Tracer(torch.fx.Tracer):
-    """Keeps genkern's modules as leaves, as torch.fx does torch.nn's."""
+    """Keeps genkern's layers as leaves, as torch.fx does torch.nn's (not a FusedSequential:
+    traced through, as an nn.Sequential)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return type(m).__module__.startswith("genkern.nn") or super().is_leaf_module(m, qualname)
+        ours = type(m).__module__.startswith("genkern.nn") and not isinstance(m, nn.Sequential)
+        return ours or super().is_leaf_module(m, qualname)
 
 
 def _trace_and_fuse(model: nn.Module) -> nn.Module:
