@@ -252,3 +252,19 @@ def test_bad_input_compiled(family, desc, call, exc, pattern, stock):
     text = _messages(info.value)
     assert re.search(pattern, text), text[:2000]
     assert any(issubclass(t, exc) for t in _chain_types(info.value)) or exc.__name__ in text
+
+
+@pytest.mark.parametrize(
+    "family,desc,call,exc,pattern,stock",
+    [r for r in ROWS if "expected a floating-point tensor" in r[4]],
+    ids=[i for i, r in zip(IDS, ROWS) if "expected a floating-point tensor" in r[4]],
+)
+def test_non_floating_inputs_raise_what_stock_handlers_catch(
+    family, desc, call, exc, pattern, stock
+):
+    # found by fuzz round 10a: stock's layers raise RuntimeError for integer, bool and complex
+    # inputs; genkern's clearer TypeError slipped past `except RuntimeError` written for stock
+    with pytest.raises(RuntimeError, match=pattern):
+        call()
+    with pytest.raises(TypeError, match=pattern):
+        call()

@@ -38,6 +38,12 @@ def as_int(value) -> int | None:
         return None
 
 
+class NotFloatingError(TypeError, RuntimeError):
+    """A tensor of an integer, bool or complex dtype where genkern's ops take floating point: a
+    TypeError, and a RuntimeError as stock's layers raise for such inputs (code written for
+    stock's `except RuntimeError` catches it too)."""
+
+
 def check_floating(op: str, float32_params: bool = False, **tensors: torch.Tensor | None) -> None:
     """Every given tensor is a floating-point tensor of the first one's dtype and device. With
     float32_params (torch's mixed-precision rule for norm parameters), the tensors after a 16-bit
@@ -49,7 +55,7 @@ def check_floating(op: str, float32_params: bool = False, **tensors: torch.Tenso
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
         if not t.is_floating_point():
-            raise TypeError(
+            raise NotFloatingError(
                 f"{op}(): expected a floating-point tensor for '{name}', but got {t.dtype}"
             )
     dtype_name, dtype_of = first_name, first  # the tensor whose dtype the others must have
