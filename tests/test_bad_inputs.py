@@ -155,6 +155,7 @@ BAD_INPUTS = [
     ("pool", "upsample: both size and scale", lambda: _up(size=4, scale_factor=2), ValueError, "only one of size or scale_factor should be defined", lambda: F.interpolate(X, size=4, scale_factor=2)),
     ("pool", "upsample: neither size nor scale", lambda: _up(), ValueError, "either size or scale_factor should be defined", lambda: F.interpolate(X)),
     ("pool", "upsample: zero size", lambda: _up(size=0), RuntimeError, "Input and output sizes should be greater than 0"),
+    ("pool", "upsample: no channels", lambda: _up(x=X[:, :0], scale_factor=2), RuntimeError, r"Non-empty 4D data tensor expected but got a tensor with sizes \[2, 0, 6, 6\]", lambda: F.interpolate(X[:, :0], scale_factor=2)),
     ("pool", "upsample: scale of 3 values", lambda: _up(scale_factor=(2.0, 2.0, 2.0)), ValueError, "Input and scale_factor must have the same number of spatial dimensions"),
     ("pool", "max: unknown backend", lambda: _mp(backend="tpu"), ValueError, BACKEND),
     # ---- losses

@@ -218,7 +218,11 @@ def upsample_nearest2d(
             )
         scales = [float(s) for s in sf]
         out = [math.floor(x.shape[2 + i] * scales[i]) for i in range(2)]
-    if any(o <= 0 for o in out) or any(s == 0 for s in x.shape[1:]):
+    if x.shape[1] == 0:  # torch's words (before its size check)
+        raise RuntimeError(
+            f"Non-empty 4D data tensor expected but got a tensor with sizes {list(x.shape)}"
+        )
+    if any(o <= 0 for o in out) or any(s == 0 for s in x.shape[2:]):
         raise RuntimeError(
             f"Input and output sizes should be greater than 0, but got input "
             f"(H: {x.shape[2]}, W: {x.shape[3]}) output (H: {out[0]}, "
