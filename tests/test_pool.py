@@ -713,7 +713,7 @@ def test_2x2_max_pool_groups_are_stocks_bits(shape, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for act, slope in [(None, 0.0), ("relu", 0.0), ("leaky_relu", 0.2)]:
+        for act, slope in [(None, 0.0), ("relu", 0.0), ("leaky_relu", 0.2), ("leaky_relu", -0.5)]:
             stock_act = {None: lambda t: t, "relu": F.relu}.get(
                 act, lambda t: F.leaky_relu(t, slope)
             )
@@ -734,5 +734,16 @@ def test_2x2_max_pool_groups_are_stocks_bits(shape, threads):
             with torch.no_grad():  # the inference path: no indices
                 y2 = genkern.ops.max_pool2d(x, 2, activation=act, negative_slope=slope)
             torch.testing.assert_close(y2, ry.detach(), rtol=0, atol=0, equal_nan=True)
+        # an activation the kernel's backward does not take (applied in a pass of its own)
+        leaf, ref_leaf = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y = genkern.ops.max_pool2d(leaf, 2, activation="tanh", backend="cpu")
+        ry = torch.tanh(F.max_pool2d(ref_leaf, 2))
+        torch.testing.assert_close(y, ry, equal_nan=True)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(
+            torch.autograd.grad(y, leaf, gy)[0],
+            torch.autograd.grad(ry, ref_leaf, gy)[0],
+            equal_nan=True,  # tanh's NaN at a NaN maximum
+        )
     finally:
         torch.set_num_threads(before)

@@ -559,14 +559,17 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
         const int64_t o0 = OW * pool_2x2_group_first_row(g0, OH, OW);
         const int64_t o1 = OW * pool_2x2_group_first_row(g1, OH, OW);  // g1 = count: the end
         const float* gg = reinterpret_cast<const float*>(g) + o0;
-        std::vector<float> act_grads;  // act_backward's, where there is an activation
-        if constexpr (A != Activation::kIdentity) {
+        const float* sg = reinterpret_cast<const float*>(sp) + o0;  // gy itself for identity
+        std::vector<float> act_grads;  // act_backward's, where the kernel does not take it
+        Activation fused = A;
+        if (!max_pool_2x2_groups_fuse_backward(A)) {
           act_grads.resize(o1 - o0);
           for (int64_t i = 0; i < o1 - o0; ++i) act_grads[i] = grad_at(o0 + i);
           gg = act_grads.data();
+          fused = Activation::kIdentity;
         }
-        max_pool_2x2_backward_groups(gg, ip + o0, reinterpret_cast<float*>(out) + 4 * o0, g0, g1,
-                                     OH, OW);
+        max_pool_2x2_backward_groups(gg, sg, ip + o0, reinterpret_cast<float*>(out) + 4 * o0, g0,
+                                     g1, OH, OW, fused, float(slope));
       });
     } else if (std::is_same_v<scalar_t, float> && rows_2x2) {  // 16 windows a vector
       at::parallel_for(0, N * C * OH, grain_for(2 * IW), [&](int64_t r0, int64_t r1) {

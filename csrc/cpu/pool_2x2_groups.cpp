@@ -197,15 +197,34 @@ void max_pool_2x2_forward_groups(const float* x, float* y, int64_t* idx, int64_t
   run(ActivationTag<Activation::kIdentity>{});
 }
 
-void max_pool_2x2_backward_groups(const float* g, const int64_t* idx, float* gx, int64_t g0,
-                                  int64_t g1, int64_t OH, int64_t OW) {
+namespace {
+
+// act_backward(g, s) of ReLU and leaky ReLU (s: the saved output or input), NaN s as there
+template <Activation A>
+inline __m512 act_backward(__m512 g, __m512 s, float slope) {
+  const __m512 zero = _mm512_setzero_ps();
+  if constexpr (A == Activation::kRelu) {  // s <= 0 ? 0 : g
+    return _mm512_mask_mov_ps(g, _mm512_cmp_ps_mask(s, zero, _CMP_LE_OQ), zero);
+  } else if constexpr (A == Activation::kLeakyRelu) {  // s > 0 ? g : g * slope
+    const __m512 neg = _mm512_mul_ps(g, _mm512_set1_ps(slope));
+    return _mm512_mask_mov_ps(neg, _mm512_cmp_ps_mask(s, zero, _CMP_GT_OQ), g);
+  } else {
+    return g;
+  }
+}
+
+template <Activation A>
+void backward(const float* g, const float* saved, const int64_t* idx, float* gx, int64_t g0,
+              int64_t g1, int64_t OH, int64_t OW, float slope) {
   const WindowTables wt = window_tables(OW);
   const int64_t full = 4 * OW * pool_2x2_group_rows(OW);
   each_group(g0, g1, OH, OW, [&](int64_t r, int64_t rows, int64_t row, auto masked) {
     constexpr bool M = decltype(masked)::value;
     const int64_t inputs = 4 * OW * rows;
-    // -0 -> +0, as the scatter into zeros adds it
-    const __m512 v = _mm512_add_ps(load<M>(g + OW * r, rows * OW), _mm512_setzero_ps());
+    __m512 v = load<M>(g + OW * r, rows * OW);
+    if constexpr (A != Activation::kIdentity)
+      v = act_backward<A>(v, load<M>(saved + OW * r, rows * OW), slope);
+    v = _mm512_add_ps(v, _mm512_setzero_ps());  // -0 -> +0, as the scatter into zeros adds it
     // each maximum's input in the group
     const __m512i at = load_offsets<M>(idx + OW * r, 4 * OW * row, rows * OW);
     float* out = gx + 4 * OW * r;
@@ -219,6 +238,24 @@ void max_pool_2x2_backward_groups(const float* g, const int64_t* idx, float* gx,
   });
 }
 
+}  // namespace
+
+bool max_pool_2x2_groups_fuse_backward(Activation act) {
+  return act == Activation::kIdentity || act == Activation::kRelu ||
+         act == Activation::kLeakyRelu;
+}
+
+void max_pool_2x2_backward_groups(const float* g, const float* saved, const int64_t* idx,
+                                  float* gx, int64_t g0, int64_t g1, int64_t OH, int64_t OW,
+                                  Activation act, float slope) {
+  if (act == Activation::kRelu)
+    return backward<Activation::kRelu>(g, saved, idx, gx, g0, g1, OH, OW, slope);
+  if (act == Activation::kLeakyRelu)
+    return backward<Activation::kLeakyRelu>(g, saved, idx, gx, g0, g1, OH, OW, slope);
+  TORCH_CHECK(act == Activation::kIdentity, "genkern: the pool groups fuse no such backward");
+  backward<Activation::kIdentity>(g, saved, idx, gx, g0, g1, OH, OW, slope);
+}
+
 #pragma GCC pop_options
 #else
 // Never called: pool_2x2_groups_take() is false off x86-64.
@@ -226,8 +263,9 @@ void max_pool_2x2_forward_groups(const float*, float*, int64_t*, int64_t, int64_
                                  int64_t, Activation, float) {
   TORCH_CHECK(false, "genkern: the 2x2 pool groups need an x86-64 CPU");
 }
-void max_pool_2x2_backward_groups(const float*, const int64_t*, float*, int64_t, int64_t, int64_t,
-                                  int64_t) {
+bool max_pool_2x2_groups_fuse_backward(Activation) { return false; }
+void max_pool_2x2_backward_groups(const float*, const float*, const int64_t*, float*, int64_t,
+                                  int64_t, int64_t, int64_t, Activation, float) {
   TORCH_CHECK(false, "genkern: the 2x2 pool groups need an x86-64 CPU");
 }
 #endif

@@ -30,9 +30,14 @@ int64_t pool_2x2_group_first_row(int64_t group, int64_t OH, int64_t OW);
 void max_pool_2x2_forward_groups(const float* x, float* y, int64_t* idx, int64_t g0, int64_t g1,
                                  int64_t OH, int64_t OW, Activation act, float slope);
 
-// Its input gradient, the same way: each input gets g of its window where idx holds it and +0
-// elsewhere (g + 0, as the scatter into zeros adds it).
-void max_pool_2x2_backward_groups(const float* g, const int64_t* idx, float* gx, int64_t g0,
-                                  int64_t g1, int64_t OH, int64_t OW);
+// Whether max_pool_2x2_backward_groups takes act's backward itself (identity, ReLU, leaky ReLU).
+bool max_pool_2x2_groups_fuse_backward(Activation act);
+
+// Its input gradient, the same way: each input gets act_backward(g, saved) of its window where
+// idx holds it and +0 elsewhere (+ 0, as the scatter into zeros adds it); saved (the pooled
+// output or its input before act, read beside g) unused for identity.
+void max_pool_2x2_backward_groups(const float* g, const float* saved, const int64_t* idx,
+                                  float* gx, int64_t g0, int64_t g1, int64_t OH, int64_t OW,
+                                  Activation act, float slope);
 
 }  // namespace genkern::cpu
