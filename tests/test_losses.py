@@ -545,11 +545,11 @@ def test_opcheck(backend):
     inputs = _vae_inputs(torch.float64, (2, 3), (2, 2))
     torch.library.opcheck(
         torch.ops.genkern.vae_loss.default,
-        (*inputs, L.RECON_BCE_LOGITS, 0.5, 0.5, [True, True, True, True], backend),
+        (*inputs, L.RECON_BCE_LOGITS, 0.5, 0.5, 0b1111, backend),
     )
     torch.library.opcheck(
         torch.ops.genkern.vae_loss.default,
-        (*inputs, L.RECON_MSE, 1.0, 1.0, [True, False, False, True], backend),
+        (*inputs, L.RECON_MSE, 1.0, 1.0, 0b1001, backend),  # recon and logvar
     )
     mu, lv, eps = (_logits((2, 3), torch.float64) for _ in range(3))
     torch.library.opcheck(torch.ops.genkern.reparameterize.default, (mu, lv, eps, backend))

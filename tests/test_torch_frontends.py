@@ -29,7 +29,7 @@ def _layers():
         (gnn.BatchNorm2d(3, activation="relu"), (4, 3, 5, 5)),
         (gnn.MaxPool2d(2), (2, 3, 8, 8)),
         (gnn.AvgPool2d(3, 2, 1), (2, 3, 9, 9)),
-        (gnn.Upsample(scale_factor=2), (2, 3, 4, 4)),
+        (gnn.Upsample(size=(9, 7)), (2, 3, 4, 4)),  # with a scale: stock's op (see below)
     ]
 
 
@@ -173,3 +173,45 @@ def test_numpy_and_tensor_hyperparameters_as_stock():
             genkern.ops.conv2d(x, w, activation="leaky_relu", negative_slope=slope),
             F.leaky_relu(F.conv2d(x, w), 0.2),
         )
+
+
+def _shape_changing_calls():
+    """(name, traced shape, run shape, fn): each op traced at one size and run at another."""
+    w, w2 = torch.randn(4, 3, 3, 3), torch.randn(4, 3, 2, 2)
+    wt, lw = torch.randn(3, 4, 3, 3), torch.randn(5, 8)
+    ops = genkern.ops
+    return [
+        ("conv2d", (1, 3, 6, 6), (2, 3, 9, 7), lambda x: ops.conv2d(x, w, activation="tanh")),
+        ("conv2d same", (1, 3, 6, 6), (2, 3, 9, 7), lambda x: ops.conv2d(x, w2, padding="same")),
+        ("conv_transpose2d", (1, 3, 4, 4), (2, 3, 5, 7), lambda x: ops.conv_transpose2d(x, wt)),
+        ("linear", (2, 3, 8), (5, 1, 8), lambda x: ops.linear(x, lw, activation="relu")),
+        (
+            "batch_norm",
+            (2, 3, 4, 4),
+            (3, 3, 5, 7),
+            lambda x: ops.batch_norm(x, None, None, training=True),
+        ),
+        ("max_pool2d", (1, 3, 4, 4), (2, 3, 9, 7), lambda x: ops.max_pool2d(x, 2, ceil_mode=True)),
+        ("avg_pool2d", (1, 3, 5, 5), (2, 3, 9, 7), lambda x: ops.avg_pool2d(x, 3, 2, 1)),
+        ("upsample x2", (1, 3, 4, 4), (2, 3, 5, 7), lambda x: ops.upsample_nearest2d(x, 2)),
+        ("upsample x1.5", (1, 3, 4, 4), (2, 3, 5, 7), lambda x: ops.upsample_nearest2d(x, 1.5)),
+        ("generator_loss", (8,), (13,), lambda x: ops.generator_loss(x, "hinge")),
+        (
+            "vae_loss mean",
+            (2, 4),
+            (5, 4),
+            lambda x: ops.vae_loss(x, torch.sigmoid(x), x, x, reduction="mean"),
+        ),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("index", range(len(_shape_changing_calls())))
+def test_jit_trace_runs_other_input_sizes_right(index):
+    # found by fuzz round 10a: a traced upsample kept the traced input's output size (8x8 for a
+    # 5x7 input), tracing vae_loss failed on its list of bools, and a traced padding='same' conv
+    # failed an internal assert of torch's tracer
+    name, traced_shape, shape, fn = _shape_changing_calls()[index]
+    traced = torch.jit.trace(fn, torch.randn(traced_shape), check_trace=False)
+    x = torch.randn(shape)
+    torch.testing.assert_close(traced(x), fn(x), msg=name)

@@ -124,7 +124,8 @@ def conv_padding(padding, kernel: Sequence[int], stride: list[int], dilation: li
         if padding == "same":
             if any(s != 1 for s in stride):
                 raise ValueError("padding='same' is not supported for strided convolutions")
-            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            # int(k): a weight's size is a traced value under torch.jit.trace, a constant here
+            total = [d * (int(k) - 1) for d, k in zip(dilation, kernel)]
             left = [t // 2 for t in total]
             return left, [t - 2 * lo for t, lo in zip(total, left)]
         raise ValueError(

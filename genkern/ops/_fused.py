@@ -18,7 +18,7 @@ def wants_preact(act: int, slope: float, *tensors: torch.Tensor | None) -> bool:
     training, and the same graph for trace's check, which runs without gradients)."""
     if not A.needs_saved(act) or A.saves_output(act, slope):
         return False
-    if not torch.compiler.is_compiling() and torch._C._is_tracing():
+    if jit_tracing():
         return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -29,6 +29,11 @@ def wants_preact(act: int, slope: float, *tensors: torch.Tensor | None) -> bool:
 # tensor subclasses see the registered custom ops. Tests switch the fast paths off to cover both.
 FAST_EAGER = True
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def jit_tracing() -> bool:
+    """Inside torch.jit.trace (not torch.compile, which also sets the tracing state)."""
+    return not torch.compiler.is_compiling() and torch._C._is_tracing()
 
 
 def untraced() -> bool:

@@ -267,7 +267,15 @@ def vae_loss(
         # specialized, one graph per batch size; so the op sums and the mean divides here.
         per_batch = reduction == "mean" and recon.dim() > 0
         total, rec, kl, *_ = torch.ops.genkern.vae_loss(
-            recon, target, mu, logvar, rid, float(beta), 1.0 if per_batch else scale, mask, name
+            recon,
+            target,
+            mu,
+            logvar,
+            rid,
+            float(beta),
+            1.0 if per_batch else scale,
+            _mask_bits(mask),
+            name,
         )
         if per_batch:
             n = recon.shape[0]
@@ -421,6 +429,16 @@ def _gan_backward(ctx, grad, _gr, _gf):
 _gan_loss.register_autograd(_gan_backward, setup_context=_gan_setup_context)
 
 
+def _mask_bits(mask: list[bool]) -> int:
+    """The op's gradient mask (recon, target, mu, logvar) as bits: torch.jit.trace records no
+    list of bools (found by a fuzz: tracing vae_loss failed)."""
+    return sum(1 << i for i, m in enumerate(mask) if m)
+
+
+def _mask_of(bits: int) -> list[bool]:
+    return [bool(bits >> i & 1) for i in range(4)]
+
+
 @torch.library.custom_op("genkern::vae_loss", mutates_args=())
 def _vae_loss(
     recon: torch.Tensor,
@@ -430,20 +448,22 @@ def _vae_loss(
     recon_loss: int,
     beta: float,
     scale: float,
-    mask: list[bool],
+    mask_bits: int,
     backend: str,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     fwd = _registry.kernel("vae_loss", backend)
+    mask = _mask_of(mask_bits)
     total, rec, kl, *grads = fwd(recon, target, mu, logvar, recon_loss, beta, scale, mask)
     grads = [g.contiguous() if m else recon.new_empty(0) for g, m in zip(grads, mask, strict=True)]
     return (total, rec, kl, *grads)
 
 
 @_vae_loss.register_fake
-def _(recon, target, mu, logvar, recon_loss, beta, scale, mask, backend):
+def _(recon, target, mu, logvar, recon_loss, beta, scale, mask_bits, backend):
     dt = _loss_dtype(recon)
+    mask = _mask_of(mask_bits)
     scalars = [recon.new_empty((), dtype=dt) for _ in range(3)]
     grads = [
         _grad_or_empty(t, m, recon) for t, m in zip((recon, target, mu, logvar), mask, strict=True)
@@ -457,7 +477,7 @@ def _vae_setup_context(ctx, inputs, output):
     # 100 in float32) would be NaN where no gradient flows
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*output[3:])
-    ctx.mask = inputs[7]
+    ctx.mask = _mask_of(inputs[7])
     ctx.beta = inputs[5]
 
 

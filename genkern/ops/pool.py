@@ -228,6 +228,11 @@ def upsample_nearest2d(
             f"(H: {x.shape[2]}, W: {x.shape[3]}) output (H: {out[0]}, "
             f"W: {out[1]})"
         )
+    if size is None and _fused.jit_tracing():
+        # torch.jit.trace would record genkern's op with the traced input's output size and
+        # index tables as constants (found by a fuzz: another input size got the traced one's
+        # output); stock's interpolate is recorded with the scale: the same values
+        return F.interpolate(x, scale_factor=tuple(scales), mode="nearest")
     name = backends.resolve("upsample_nearest2d", backend, x)
     _require_backend("upsample_nearest2d", "upsample_nearest2d_forward", name)
     if name == "cpu" and x.numel() and _fused.fast_eager(x):  # C++ kernels and autograd
