@@ -278,8 +278,15 @@ def test_convert_folds_only_in_sequentials_that_chain_their_children(trace, fold
             nn.MaxPool2d(2),
             nn.Dropout(inplace=True),
         ],
+        # round 11a: an in-place module across nested Sequentials (only siblings were looked at)
+        lambda: [nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.Sequential(nn.Dropout(inplace=True))],
+        lambda: [nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2)), nn.Dropout(inplace=True)],
+        lambda: [
+            nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2)),
+            nn.Sequential(nn.ReLU(inplace=True)),
+        ],
     ],
-    ids=["leaky_then_inplace", "relu_pool_then_inplace"],
+    ids=["leaky", "relu_pool", "nested_after", "nested_before", "pool_then_nested"],
 )
 def test_convert_keeps_stocks_saved_tensor_where_an_inplace_module_follows(layers):
     # found by fuzz round 10b: the fused leaky_relu (and a max pool carrying a moved relu) keep
@@ -303,37 +310,97 @@ def _vgg_like() -> nn.Sequential:
         nn.Conv2d(3, 6, 3, padding=1),
         nn.ReLU(inplace=True),
         nn.Conv2d(6, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
         nn.Conv2d(6, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
         nn.LeakyReLU(0.2),
-        genkern.nn.Conv2d(6, 6, 3, padding=1, activation="relu"),  # its own relu, moved on
+        genkern.nn.Conv2d(6, 6, 3, padding=1, activation="relu"),  # its own relu: stays there
         nn.MaxPool2d(2),
         nn.Conv2d(6, 2, 1),
         nn.Tanh(),
     )
 
 
+_F64 = dict(rtol=1e-12, atol=1e-14)  # float64 convs: genkern's sums in another order than stock's
+
+
+def _odd_inputs(x: torch.Tensor) -> list[torch.Tensor]:
+    """Inputs for slices that do not start at the model's input: each channel count and size."""
+    g = torch.Generator(device=x.device).manual_seed(3)
+    shapes = [(2, 3, 8, 8), (2, 6, 8, 8), (2, 6, 4, 4), (2, 6, 2, 2), (2, 2, 2, 2), (2, 2, 4, 4)]
+    return [torch.randn(s, generator=g, device=x.device, dtype=x.dtype) for s in shapes]
+
+
+def _slices(n: int) -> list[slice]:
+    """Every contiguous slice of n children, and stepped, negative and reversed ones."""
+    out = [slice(a, b) for a in range(n) for b in range(a + 1, n + 1)]
+    return out + [slice(None, None, 2), slice(1, None, 3), slice(-3, None), slice(None, None, -1)]
+
+
 def test_slices_of_a_converted_sequential_compute_the_original_slices():
-    # found by fuzz round 10a: a slice ending between a layer and its folded activation (VGG
-    # perceptual losses: features[:k], often before a ReLU) gave the activated output, and one
-    # ending at a ReLU moved onto a pool gave the output before it
+    # found by fuzz rounds 10a and 11a: a slice ending between a layer and its folded activation
+    # (VGG perceptual losses: features[:k], often before a ReLU) gave the activated output, one
+    # ending at a ReLU moved onto a pool the output before it, a slice of a slice kept the fold,
+    # and a reversed slice ran the activation after its layer instead of before
     torch.manual_seed(0)
     stock = _vgg_like().to(DEVICE).double()
     ours = genkern.nn.convert(stock)
     assert isinstance(ours, nn.Sequential) and list(ours.state_dict()) == list(stock.state_dict())
-    assert ours[2].activation is None and ours[4].activation == "relu"  # relu on the pool
+    assert ours[3].activation is None and ours[5].activation == "relu"  # BN's relu on the pool
+    assert ours[9].activation == "relu" and ours[10].activation is None  # a layer's own: kept
     x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), stock(x), **_F64)
+    head = ours[:8]  # in training mode, ending at a BatchNorm whose leaky_relu it cuts off:
+    ours.eval()  # the same modules, so the model's eval reaches it (and no running statistics
+    stock.eval()  # move below, where stock may raise in the middle of a slice)
+    torch.testing.assert_close(head(x), stock[:8](x), **_F64)
     n = len(stock)
-    for a in range(n):
-        for b in range(a + 1, n + 1):
-            inp = stock[:a](x)
-            torch.testing.assert_close(ours[a:b](inp), stock[a:b](inp), rtol=0, atol=0)
-    torch.testing.assert_close(ours(x), stock(x), rtol=0, atol=0)
-    head = ours[:3]  # shares the parameters
-    assert head[2].weight is ours[2].weight and ours[2].activation is None
+    for sl in _slices(n):
+        contiguous = sl.step is None and (sl.start or 0) >= 0
+        candidates = [stock[: sl.start or 0](x)] if contiguous else _odd_inputs(x)
+        for inp in candidates:
+            try:
+                want = stock[sl](inp)
+            except RuntimeError:  # shapes that do not chain: stock cannot run it either
+                continue
+            torch.testing.assert_close(ours[sl](inp), want, **_F64, msg=str(sl))
+            for inner in (slice(None, 1), slice(1, None), slice(None, -1)):  # slices of slices
+                try:
+                    want = stock[sl][inner](inp)
+                except RuntimeError:
+                    continue
+                torch.testing.assert_close(ours[sl][inner](inp), want, **_F64)
+    assert ours[:3][2].weight is ours[2].weight
     again = pickle.loads(pickle.dumps(ours))
-    torch.testing.assert_close(again[:4](x), stock[:4](x), rtol=0, atol=0)
+    torch.testing.assert_close(again[:4](x), stock[:4](x), **_F64)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.__delitem__(0),
+        lambda m: m.pop(4),
+        lambda m: m.insert(1, nn.Identity()),
+        lambda m: m.insert(3, nn.Tanh()),
+        lambda m: m.__setitem__(5, nn.AvgPool2d(2)),
+        lambda m: m.__setitem__(4, nn.Identity()),
+    ],
+    ids=["del", "pop", "insert_identity", "insert_between", "replace_carrier", "replace_place"],
+)
+def test_editing_a_converted_sequential_runs_the_edited_stock_model(edit):
+    # found by fuzz round 11a: after del / insert / replace, the folds named old positions
+    torch.manual_seed(0)
+    stock = _vgg_like().to(DEVICE).double()
+    ours = genkern.nn.convert(stock)
+    edit(stock)
+    edit(ours)
+    channels = 6 if isinstance(stock[0], nn.ReLU) else 3  # the first conv deleted
+    x = torch.randn(2, channels, 8, 8, device=DEVICE, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), stock(x), **_F64)
+    for k in range(1, len(stock) + 1):
+        torch.testing.assert_close(ours[:k](x), stock[:k](x), **_F64)
 
 
 class _CalledTwice(nn.Module):

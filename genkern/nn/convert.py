@@ -2,33 +2,36 @@
 
 Every torch.nn layer genkern has a drop-in for is swapped in place of its class (parameters,
 buffers and hooks kept, so state_dict keys and values stay the same); an activation module that
-directly follows a layer with a fused activation in an nn.Sequential is folded into that layer and
-replaced by nn.Identity; a ReLU so folded into a layer directly followed by a max pool moves onto
-the pool (relu commutes with max: the same values and gradients), so that the layer's full-size
-output is not kept for the backward, only the pooled one. With trace=True, torch.fx finds
-layer-then-activation pairs in models whose forward calls modules one by one. With fold_bn=True
-(eval models), a BatchNorm2d directly after a conv / transposed conv is folded into its weights.
-Layers registered in more than one place, or called more than once in a traced forward, are
-left unfused, as are pairs that hooks watch, pairs in an nn.Sequential subclass with a forward
-of its own, and folds whose fused form keeps its output for the backward where stock's kept its
-input when an in-place module follows. A parametrized layer (spectral_norm, weight_norm:
-SNGAN's discriminators) becomes the drop-in with the same parametrization, and keeps its
-BatchNorm unfolded. A converted nn.Sequential whose activations moved is a FusedSequential: its
-slices compute what the stock slices did. A forward that also calls a Sequential's layer
-directly (self.seq(x) + self.seq[0](x)) is beyond what convert sees: that call would get the
-folded activation too. trace=True returns a torch.fx GraphModule: the path the forward took in
-the mode it was traced in, without the model's class, other methods or uncalled modules.
+directly follows a layer with a fused activation in an nn.Sequential is folded into that layer
+and replaced by nn.Identity; a ReLU so folded into a layer directly followed by a max pool moves
+onto the pool (relu commutes with max: the same values and gradients), so that the layer's
+full-size output is not kept for the backward, only the pooled one. With trace=True, torch.fx
+finds layer-then-activation pairs in models whose forward calls modules one by one. With
+fold_bn=True (eval models), a BatchNorm2d directly after a conv / transposed conv is folded into
+its weights. Layers registered in more than one place, or called more than once in a traced
+forward, are left unfused, as are pairs that hooks watch, pairs in an nn.Sequential subclass
+with a forward of its own, and folds whose fused form keeps its output for the backward where
+stock's kept its input when an in-place module follows. A parametrized layer (spectral_norm,
+weight_norm: SNGAN's discriminators) becomes the drop-in with the same parametrization, and
+keeps its BatchNorm unfolded. A converted nn.Sequential whose activations moved is a
+FusedSequential (genkern/nn/fused_sequential.py): its slices compute what the stock slices did.
+A forward that also calls a Sequential's layer directly (self.seq(x) + self.seq[0](x)) is beyond
+what convert sees: that call would get the folded activation too. trace=True returns a torch.fx
+GraphModule: the path the forward took in the mode it was traced in, without the model's class,
+other methods or uncalled modules.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import Counter, OrderedDict
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+
+from genkern.nn.fused_sequential import FoldedActivation, fold
 
 # torch.nn activation module -> (genkern activation name, its negative_slope)
 _ACTIVATION_MODULES = {
@@ -154,121 +157,81 @@ def _activation_of(module: nn.Module):
     return None
 
 
-def _then_inplace(seq: nn.Sequential, name: str) -> bool:
-    """Whether the first module after `name` in seq (past Identity) changes its input in place
-    (Dropout(inplace=True), ...): a fused layer that keeps its output for the backward where
-    stock's kept its input would then refuse the backward, where stock's trains."""
-    names = list(seq._modules)
-    for module in list(seq._modules.values())[names.index(name) + 1 :]:
-        if type(module) is not nn.Identity:
-            return bool(getattr(module, "inplace", False))
-    return False
+def _starts_inplace(module: nn.Module) -> bool:
+    """Whether the module's first step changes its input in place (Dropout(inplace=True), ...,
+    or a Sequential starting with one)."""
+    while chains_children(module) and len(module):
+        module = next(iter(module.children()))
+    return bool(getattr(module, "inplace", False))
 
 
-class FusedSequential(nn.Sequential):
-    """An nn.Sequential whose activations convert moved between its children: folded into the
-    layer before them, or a ReLU moved on onto a max pool. Running it whole is what it was; a
-    slice of it (VGG perceptual losses take `features[:k]`, often before an activation) is a
-    plain nn.Sequential of the same children computing what the original slice did: a child
-    carrying an activation whose original place the slice cuts off runs without it (a shallow
-    copy: the same parameters), and an original place whose carrier it cuts off runs the
-    activation. Indexing one child (seq[i]) returns the child itself, its activation included."""
-
-    def __getitem__(self, idx):
-        if not isinstance(idx, slice):
-            return super().__getitem__(idx)
-        names = list(self._modules)[idx]
-        kept = set(names)
-        out = []
-        for name in names:
-            module = self._modules[name]
-            for carrier, (origin, activation) in self.moved_activations.items():
-                if carrier == name and origin not in kept:
-                    module = _with_activation(module, None, 0.01)
-                elif origin == name and carrier not in kept:
-                    module = _restored(module, activation)
-            out.append((name, module))
-        return nn.Sequential(OrderedDict(out))
+def _next_inplace(children: list[nn.Module], k: int, then_inplace: bool) -> bool:
+    """Whether what runs after children[k] of a chaining Sequential (past Identities; past its
+    end, what follows the Sequential: then_inplace) changes its input in place: a fused layer
+    that keeps its output for the backward where stock's kept its input would then refuse the
+    backward, where stock's trains."""
+    for module in children[k + 1 :]:
+        if not isinstance(module, nn.Identity):
+            return _starts_inplace(module)
+    return then_inplace
 
 
-def _with_activation(module: nn.Module, act: str | None, slope: float) -> nn.Module:
-    """A shallow copy of a genkern layer (the same parameters and buffers) with act fused."""
-    new = copy.copy(module)
-    new.activation, new.negative_slope = act, slope
-    return new
-
-
-def _restored(module: nn.Module, activation: tuple[str, float]) -> nn.Module:
-    """What the original place of a moved activation runs without its carrier: the activation
-    (its place holds an Identity now) or the layer with it again (a layer's own relu moved on)."""
-    if type(module) is nn.Identity:
-        name, slope = activation
-        return {
-            "relu": nn.ReLU,
-            "leaky_relu": lambda: nn.LeakyReLU(slope),
-            "tanh": nn.Tanh,
-            "sigmoid": nn.Sigmoid,
-            "silu": nn.SiLU,
-        }[name]()
-    return _with_activation(module, *activation)
-
-
-def _record_move(seq: nn.Sequential, origin: str, carrier: str, activation) -> None:
-    """Notes that child `carrier` now runs the activation of child `origin` (see
-    FusedSequential); a plain nn.Sequential becomes one (a subclass keeps its class)."""
-    if type(seq) is nn.Sequential:
-        seq.__class__ = FusedSequential
-    moved = seq.__dict__.setdefault("moved_activations", {})
-    for old_carrier, (old_origin, act) in list(moved.items()):
-        if old_carrier == origin:  # moved on again: the first place is still the origin
-            del moved[old_carrier]
-            origin, activation = old_origin, act
-    moved[carrier] = (origin, activation)
-
-
-def _convert_children(parent: nn.Module, drop_ins: dict[type, type]) -> None:
-    for name, child in list(parent.named_children()):
-        _convert_children(child, drop_ins)
+def _convert_children(
+    parent: nn.Module, drop_ins: dict[type, type], then_inplace: bool = False
+) -> None:
+    chains = chains_children(parent)
+    children = list(parent.children())
+    for k, (name, child) in enumerate(list(parent.named_children())):
+        _convert_children(child, drop_ins, chains and _next_inplace(children, k, then_inplace))
         new = _swap(child, drop_ins)
         if new is not child:
             setattr(parent, name, new)
-    if chains_children(parent):
+    if chains:
         names = [n for n, _ in parent.named_children()]
-        for a, b in zip(names, names[1:]):
+        for k, (a, b) in enumerate(zip(names, names[1:])):
             layer, act = getattr(parent, a), _activation_of(getattr(parent, b))
             # the fused leaky_relu (slope >= 0) keeps its output, stock's its input
             keeps_output = act is not None and act[0] == "leaky_relu" and act[1] >= 0
-            if keeps_output and _then_inplace(parent, b):
+            if keeps_output and _next_inplace(list(parent.children()), k + 1, then_inplace):
                 continue
             if act is not None and _fusable(layer) and not _hooked(getattr(parent, b)):
                 layer.activation, layer.negative_slope = act
-                setattr(parent, b, nn.Identity())
-                _record_move(parent, b, a, act)
-        _relu_onto_max_pools(parent)
+                fold(parent, b, layer)
+        _relu_onto_max_pools(parent, then_inplace)
 
 
-def _relu_onto_max_pools(seq: nn.Sequential) -> None:
+def _relu_onto_max_pools(seq: nn.Sequential, then_inplace: bool) -> None:
     """layer(relu) [Identity...] MaxPool2d -> layer, MaxPool2d(relu): relu(max(z)) == max(relu(z))
     bit for bit, and the gradient reaches the same element (the first maximum of z where it is
     positive; zero elsewhere either way). Only relu: a leaky_relu or sigmoid can round two
     different inputs to one output, and the first of those ties need not be z's maximum; and
-    not onto a pool returning its indices (those would differ where a window is all <= 0)."""
+    not onto a pool returning its indices (those would differ where a window is all <= 0). Only
+    a relu convert folded (its place then names the pool as its carrier, for slices)."""
     from genkern.nn.pooling import MaxPool2d
 
-    named = [(n, m) for n, m in seq.named_children() if type(m) is not nn.Identity]
-    for (layer_name, layer), (pool_name, pool) in zip(named, named[1:]):
+    children = list(seq.children())
+    kept = [(i, m) for i, m in enumerate(children) if not isinstance(m, nn.Identity)]
+    for (i, layer), (j, pool) in zip(kept, kept[1:]):
+        place = next(
+            (
+                m
+                for m in children[i + 1 : j]
+                if isinstance(m, FoldedActivation) and m.carrier is layer
+            ),
+            None,
+        )
         if (
-            getattr(layer, "activation", None) == "relu"
-            and type(layer).__module__.startswith("genkern.")
+            place is not None
+            and getattr(layer, "activation", None) == "relu"
             and type(pool) is MaxPool2d
             and pool.activation is None
             and not (_hooked(layer) or _hooked(pool))  # their outputs / the pool's input change
             and pool.dilation in (1, (1, 1))  # every window then holds an input element (no -inf)
             and not pool.return_indices  # a window of z <= 0: relu's first 0, not z's maximum
-            and not _then_inplace(seq, pool_name)  # the pool with relu keeps its output
+            and not _next_inplace(children, j, then_inplace)  # the pool with relu keeps its output
         ):
             layer.activation, pool.activation = None, "relu"
-            _record_move(seq, layer_name, pool_name, ("relu", 0.01))
+            place.__dict__["carrier"] = pool
 
 
 def _fold_bn_in_sequentials(model: nn.Module) -> None:
