@@ -125,6 +125,7 @@ BAD_INPUTS = [
     ("batch_norm", "running_mean size", lambda: _bn(running_mean=torch.zeros(4)), RuntimeError, "running_mean should contain 3 elements not 4", lambda: F.batch_norm(X, torch.zeros(4), RV)),
     ("batch_norm", "weight size", lambda: _bn(weight=torch.ones(2)), RuntimeError, "weight should contain 3 elements not 2", lambda: F.batch_norm(X, RM, RV, torch.ones(2))),
     ("batch_norm", "bias size", lambda: _bn(bias=torch.ones(5)), RuntimeError, "bias should contain 3 elements not 5", lambda: F.batch_norm(X, RM, RV, None, torch.ones(5))),
+    ("batch_norm", "stats and weight sizes", lambda: _bn(running_mean=torch.zeros(2), running_var=torch.ones(2), weight=torch.ones(2)), RuntimeError, "running_mean should contain 3 elements not 2", lambda: F.batch_norm(X, torch.zeros(2), torch.ones(2), torch.ones(2))),
     ("batch_norm", "one value per channel", lambda: _bn(x=torch.randn(1, 3), training=True), ValueError, "Expected more than 1 value per channel when training", lambda: torch.nn.BatchNorm1d(3)(torch.randn(1, 3))),
     ("batch_norm", "momentum not a float", lambda: _bn(momentum="0.1", training=True), TypeError, "momentum must be a float"),
     ("batch_norm", "running stats requiring grad", lambda: _bn(running_mean=RM_GRAD, training=True), RuntimeError, r"The function '\w*batch_norm' is not differentiable with respect to argument 'running_mean'. This input cannot have requires_grad True.", lambda: F.batch_norm(X, torch.zeros(3, requires_grad=True), RV, training=True)),

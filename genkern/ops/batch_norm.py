@@ -86,11 +86,11 @@ def batch_norm(
         raise RuntimeError(f"{which} must be defined in evaluation mode")
     if (running_mean is None) != (running_var is None):  # as torch, after its eval check
         raise ValueError("running_mean and running_var must either both be None or neither be None")
-    for name, t in (
-        ("weight", weight),
-        ("bias", bias),
+    for name, t in (  # torch's order
         ("running_mean", running_mean),
         ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
     ):
         if t is not None and t.numel() != channels:
             raise RuntimeError(f"{name} should contain {channels} elements not {t.numel()}")
