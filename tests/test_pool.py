@@ -1,6 +1,8 @@
 """genkern.ops.max_pool2d / avg_pool2d / upsample_nearest2d and their modules against stock
 PyTorch (float64), on every backend: same values, same gradient routing, same indices."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -469,7 +471,12 @@ BAD_INPUTS = [
         "divisor must be not zero",
     ),
     ("rank 2", lambda: genkern.ops.max_pool2d(torch.randn(5, 5), 2), RuntimeError, "3D or 4D"),
-    ("integer input", lambda: genkern.ops.avg_pool2d(_X.long(), 2), TypeError, "floating-point"),
+    (
+        "complex input",
+        lambda: genkern.ops.avg_pool2d(_X.to(torch.complex64), 2),
+        NotImplementedError,
+        "not implemented for 'ComplexFloat'",
+    ),  # stock's words
     (
         "size and scale",
         lambda: genkern.ops.upsample_nearest2d(_X, 2, (4, 4)),
@@ -747,3 +754,27 @@ def test_2x2_max_pool_groups_are_stocks_bits(shape, threads):
         )
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int32, torch.int64])
+def test_integer_images_pool_as_stock(dtype):
+    # found by fuzz round 11a: stock's max pool takes integer images (uint8 upsampling and int64
+    # average pooling too); genkern refused them: they run stock's ops (no gradient to fuse)
+    x = torch.randint(-20 if dtype.is_signed else 0, 100, (2, 3, 8, 6)).to(dtype)
+    y, idx = genkern.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
+    ry, ridx = F.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
+    assert y.dtype == dtype and torch.equal(y, ry) and torch.equal(idx, ridx)
+    assert torch.equal(genkern.ops.max_pool2d(x, 2, activation="relu"), F.relu(F.max_pool2d(x, 2)))
+    model = genkern.nn.convert(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2)))
+    assert torch.equal(model(x), F.max_pool2d(F.relu(x), 2))
+    for ours, stock in (
+        (lambda: genkern.ops.upsample_nearest2d(x, 2), lambda: F.interpolate(x, scale_factor=2)),
+        (lambda: genkern.ops.avg_pool2d(x, 2), lambda: F.avg_pool2d(x, 2)),
+    ):
+        try:
+            want = stock()
+        except NotImplementedError as exc:  # stock's own refusal, word for word
+            with pytest.raises(NotImplementedError, match=re.escape(str(exc))):
+                ours()
+        else:
+            assert torch.equal(ours(), want)

@@ -16,6 +16,13 @@ from genkern.ops import _checks, _fused, _registry
 from genkern.ops.batch_norm import _require_backend
 
 
+def _not_floating(x) -> bool:
+    """An integer, bool or complex tensor: the pools and upsampling run stock's op, which takes
+    integer images (max pool: every integer dtype; upsampling: uint8; average pool: int64)
+    and raises its own error for the rest; there is no gradient to fuse."""
+    return isinstance(x, torch.Tensor) and not x.is_floating_point()
+
+
 def _pool_args(op, x, kernel_size, stride, padding, dilation):
     _checks.check_floating(op, input=x)
     if x.dim() not in (3, 4) or 0 in x.shape[x.dim() - 3 :]:  # a batch (4-D) may be empty
@@ -120,6 +127,14 @@ def max_pool2d(
     if y is not None:
         return y
     _fused.refuse_forward_ad("max_pool2d", x)
+    if _not_floating(x):
+        y = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        if activation is None:
+            return y
+        name, slope = A.ID_TO_NAME[A.activation_id(activation)], float(negative_slope)
+        if return_indices:
+            return reference.activation(y[0], name, slope), y[1]
+        return reference.activation(y, name, slope)
     kernel, stride, padding, dilation = _pool_args(
         "max_pool2d", x, kernel_size, stride, padding, dilation
     )
@@ -165,6 +180,10 @@ def avg_pool2d(
     if y is not None:
         return y
     _fused.refuse_forward_ad("avg_pool2d", x)
+    if _not_floating(x):
+        return F.avg_pool2d(
+            x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        )
     kernel, stride, padding, _ = _pool_args("avg_pool2d", x, kernel_size, stride, padding, 1)
     if divisor_override is not None:
         if _checks.as_int(divisor_override) is None:
@@ -188,6 +207,8 @@ def upsample_nearest2d(
 ) -> torch.Tensor:
     """F.interpolate(x, size, scale_factor, mode="nearest"), the same source index per pixel."""
     _fused.refuse_forward_ad("upsample_nearest2d", x)
+    if _not_floating(x):
+        return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
     _checks.check_floating("upsample_nearest2d", input=x)
     if x.dim() != 4:
         raise ValueError(
