@@ -686,3 +686,72 @@ def test_cpu_exp_activations_same_bits_for_any_thread_count(act):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def _change_bias(bias: torch.nn.Parameter, how: str) -> None:
+    if how == "data":
+        bias.data.add_(1.0)
+    elif how == "fused_sgd":  # torch's fused steps do not bump version counters
+        bias.grad = torch.ones_like(bias)
+        torch.optim.SGD([bias], lr=1.0, fused=True).step()
+        bias.grad = None
+    else:
+        with torch.no_grad():
+            bias.add_(1.0)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["eager_entry", "custom_op"])
+@pytest.mark.parametrize("how", ["data", "fused_sgd", "no_grad_add"])
+@pytest.mark.parametrize("act", [None, "relu", "leaky_relu"])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_bias_changed_before_the_backward_leaves_the_gradients_alone(
+    how, act, training, fast, monkeypatch
+):
+    from genkern.ops import _fused
+
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+    # found by fuzz round 11b: the backward read the bias as it was then (to recompute relu's
+    # input from x, or x from a kept output): a fused optimizer step or a .data write between
+    # forward and backward changed the gradients silently, a no_grad add_ made it refuse;
+    # stock's backward does not read the bias
+    torch.manual_seed(0)
+    stock_act = {None: lambda t: t, "relu": F.relu}.get(act, lambda t: F.leaky_relu(t, 0.2))
+    grads = []
+    for fn in (
+        lambda x, w, b, rm, rv: genkern.ops.batch_norm(
+            x, rm, rv, w, b, training, activation=act, negative_slope=0.2
+        ),
+        lambda x, w, b, rm, rv: stock_act(F.batch_norm(x, rm, rv, w, b, training)),
+    ):
+        torch.manual_seed(1)
+        x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+        w = torch.nn.Parameter(torch.rand(3, dtype=torch.float64) + 0.5)
+        b = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+        rm, rv = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+        y = fn(x, w, b, rm, rv)
+        _change_bias(b, how)
+        y.square().sum().backward()
+        grads.append((x.grad, w.grad, b.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("how", ["data", "fused_sgd", "no_grad_add"])
+def test_a_bias_changed_before_the_backward_of_a_recomputing_conv(how):
+    # the same through a converted generator block, where the next conv recomputes BN + ReLU
+    torch.manual_seed(0)
+    stock = torch.nn.Sequential(
+        torch.nn.ConvTranspose2d(4, 8, 4, 2, 1, bias=False),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(True),
+        torch.nn.ConvTranspose2d(8, 3, 4, 2, 1, bias=False),
+        torch.nn.Tanh(),
+    ).double()
+    ours = genkern.nn.convert(stock)
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    for model in (stock, ours):
+        y = model(x)
+        _change_bias(model[1].bias, how)
+        y.square().sum().backward()
+    for a, b in zip(ours.parameters(), stock.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)

@@ -332,9 +332,13 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
         batch_norm_keeps_output(x, weight, bias, training, act, slope, var, invstd);
     const bool recompute = a == Activation::kRelu ||
                            (a == Activation::kLeakyRelu && saves_output(a, slope));
+    // the bias as it is now, where the backward reads it (act's input recomputed from x, or x
+    // from y): stock's backward does not read it, so a step changing it before this backward
+    // must not change the gradient (found by a fuzz: a fused optimizer step, no version bump)
+    const bool reads_bias = (recompute || keeps_y) && has(bias);
     ctx->save_for_backward({keeps_y ? y : x, weight.value_or(at::Tensor()), mean, invstd,
                             recompute ? at::Tensor() : saved_for_backward(act, slope, y, preact),
-                            bias.value_or(at::Tensor())});
+                            reads_bias ? bias->detach().clone() : at::Tensor()});
     const bool holds_y = keeps_y || (!recompute && a != Activation::kIdentity &&
                                      saves_output(a, slope));
     if (!holds_y)  // a conv taking y keeps x instead (see RecomputableOutput)

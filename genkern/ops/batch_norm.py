@@ -354,8 +354,9 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, invstd, var, preact)
     ctx.set_materialize_grads(False)  # no zeros made for those to be ignored
     ctx.keeps_output = _keeps_output(x, weight, bias, training, act, slope, backend, var, invstd)
-    if ctx.keeps_output:
-        ctx.save_for_backward(y, weight, mean, invstd, None, bias)
+    if ctx.keeps_output:  # the bias as it is now (x is recovered from y with it; see the C++)
+        kept_bias = bias.detach().clone() if bias is not None else None
+        ctx.save_for_backward(y, weight, mean, invstd, None, kept_bias)
     else:
         saved = None
         if A.needs_saved(act):
