@@ -1005,3 +1005,27 @@ def test_losses_promote_mixed_dtypes_as_stock(backend):
     assert total.dtype == torch.float32
     torch.testing.assert_close(total.double(), reference.vae_loss(*ins64), rtol=1e-5, atol=1e-4)
     assert torch.autograd.grad(total, recon)[0].dtype == torch.bfloat16
+
+
+def test_compiled_vae_loss_takes_a_changing_beta_without_recompiling_each_step():
+    # found by fuzz round 11b: beta reached the custom op as a float argument, which Dynamo
+    # specializes: a KL warm-up compiled a graph per beta, and past the recompile limit (8) the
+    # whole step ran eagerly; stock's beta * kl becomes dynamic after one recompile
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    crit = genkern.nn.VAELoss("bce", beta=0.0)
+    step = torch.compile(lambda *a: crit(*a))
+    r, x = _logits((4, 10), torch.float32), torch.rand(4, 10)
+    mu, lv = _logits((4, 3), torch.float32), _logits((4, 3), torch.float32)
+    for i in range(6):
+        crit.beta = i / 11
+        out = step(r, x, mu, lv)
+        ref = reference.vae_loss(r, x, mu, lv, "bce", crit.beta)
+        torch.testing.assert_close(out, ref)
+        for a, b in zip(
+            torch.autograd.grad(out, (r, mu, lv)), torch.autograd.grad(ref, (r, mu, lv))
+        ):
+            torch.testing.assert_close(a, b)
+    assert counters["stats"]["unique_graphs"] <= 2

@@ -50,7 +50,8 @@ def check_vae_args(recon_loss, reduction, beta) -> None:
         raise ValueError(f"recon_loss must be one of {valid}, but got {recon_loss!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
-    A.as_float(beta, "beta")
+    if not isinstance(beta, torch.SymFloat):  # traced: a float that stays symbolic
+        A.as_float(beta, "beta")
 
 
 def _needs(t: torch.Tensor | None) -> bool:
@@ -264,19 +265,22 @@ def vae_loss(
             total, rec, kl = kernel(recon, target, mu, logvar, rid, float(beta), scale, mask)[:3]
     else:
         # Traced (torch.compile): with a symbolic batch size a float scale 1/N would be
-        # specialized, one graph per batch size; so the op sums and the mean divides here.
+        # specialized, one graph per batch size; so the op sums and the mean divides here. So
+        # with beta, which a KL warm-up changes every step (found by a fuzz: a graph per beta,
+        # then eager past the recompile limit): the op's total is unused, beta weighs kl here.
         per_batch = reduction == "mean" and recon.dim() > 0
-        total, rec, kl, *_ = torch.ops.genkern.vae_loss(
+        _, rec, kl, *_ = torch.ops.genkern.vae_loss(
             recon,
             target,
             mu,
             logvar,
             rid,
-            float(beta),
+            1.0,
             1.0 if per_batch else scale,
             _mask_bits(mask),
             name,
         )
+        total = rec + beta * kl
         if per_batch:
             n = recon.shape[0]
             total, rec, kl = total / n, rec / n, kl / n
