@@ -529,3 +529,23 @@ def test_layers_on_the_meta_device_give_shapes():
     ):
         y = layer(torch.empty(x, device="meta"))
         assert y.device.type == "meta" and y.shape == shape
+
+
+def test_editing_a_converted_sequential_keeps_its_slices_and_parent_right():
+    # a slice shares its children with the model: undoing the folds of one (an edit) must leave
+    # the other computing what stock's does
+    torch.manual_seed(0)
+    stock = _vgg_like().to(DEVICE).double().eval()
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    ours = genkern.nn.convert(stock)
+    old = ours[:9]
+    del ours[11]  # the parent edited: its folds undone
+    torch.testing.assert_close(old(x), stock[:9](x), **_F64)
+    ours = genkern.nn.convert(stock)
+    piece = ours[:9]
+    piece.append(nn.Identity())  # append: the folds stay
+    piece.insert(0, nn.Identity())  # a slice edited: its folds undone, the parent's too
+    torch.testing.assert_close(piece(x), stock[:9](x), **_F64)
+    torch.testing.assert_close(ours(x), stock(x), **_F64)
+    for k in range(1, len(stock) + 1):
+        torch.testing.assert_close(ours[:k](x), stock[:k](x), **_F64)

@@ -20,15 +20,20 @@ from torch import nn
 class FoldedActivation(nn.Identity):
     """The place of an activation module convert folded into `carrier`; the module is kept
     (not as a child: state_dict and modules() are stock's) to run where a slice cuts the two
-    apart."""
+    apart. Once its fold is undone (carrier None) it runs the activation itself, in the slices
+    taken before that still hold it."""
 
     def __init__(self, activation: nn.Module, carrier: nn.Module):
         super().__init__()
         self.__dict__["activation_module"] = activation
         self.__dict__["carrier"] = carrier
 
+    def forward(self, x):
+        return x if self.carrier is not None else self.activation_module(x)
+
     def extra_repr(self) -> str:
-        return f"{self.activation_module!r} run by {type(self.carrier).__name__}"
+        by = type(self.carrier).__name__ if self.carrier is not None else "itself"
+        return f"{self.activation_module!r} run by {by}"
 
 
 class WithoutActivation(nn.Module):
@@ -76,11 +81,14 @@ class FusedSequential(nn.Sequential):
 
     def unfold(self) -> nn.Sequential:
         """Undoes the folds in place: each activation module back in its place, its carrier
-        without it; the Sequential is a plain nn.Sequential again. Returns it."""
+        without it; the Sequential is a plain nn.Sequential again. Returns it. Slices taken
+        before (or the Sequential a slice came from) that hold the same carrier and place stay
+        right: the place, no longer folded, runs the activation there."""
         items = list(self._modules.items())
         for place, carrier in _pairs(items):
             name, folded = items[place]
             items[carrier][1].activation = None
+            folded.__dict__["carrier"] = None
             self._modules[name] = folded.activation_module
         self.__class__ = nn.Sequential
         return self
