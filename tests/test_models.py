@@ -356,6 +356,7 @@ def test_slices_of_a_converted_sequential_compute_the_original_slices():
     ours.eval()  # the same modules, so the model's eval reaches it (and no running statistics
     stock.eval()  # move below, where stock may raise in the middle of a slice)
     torch.testing.assert_close(head(x), stock[:8](x), **_F64)
+    assert not head[7].training, "the wrapped BatchNorm reports the model's mode"
     n = len(stock)
     for sl in _slices(n):
         contiguous = sl.step is None and (sl.start or 0) >= 0

@@ -45,6 +45,15 @@ class WithoutActivation(nn.Module):
         super().__init__()
         self.layer = layer
 
+    @property
+    def training(self) -> bool:  # the layer's mode (model.eval() reaches the layer, not this)
+        layer = self.__dict__.get("_modules", {}).get("layer")
+        return layer.training if layer is not None else self.__dict__.get("_training", True)
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self.__dict__["_training"] = mode
+
     def forward(self, *args, **kwargs):
         bare = copy.copy(self.layer)
         bare.activation = None
