@@ -264,8 +264,11 @@ def test_convert_folds_only_in_sequentials_that_chain_their_children(trace, fold
     ours = genkern.nn.convert(stock, trace=trace, fold_bn=fold_bn)
     for got, want in zip(ours(x), stock(x), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # found by fuzz round 12a: a subclass keeping Sequential's forward kept its class, so its
+    # slices and edits (del, setitem) kept the folds: it is converted, not folded
     same = genkern.nn.convert(_SameForward(*layers[:1], nn.ReLU()).to(DEVICE))
-    assert same[0].activation == "relu", "a subclass keeping Sequential's forward still folds"
+    assert isinstance(same[0], genkern.nn.Conv2d) and same[0].activation is None
+    assert type(same) is _SameForward and type(same[1]) is nn.ReLU
 
 
 @pytest.mark.parametrize(
@@ -285,8 +288,21 @@ def test_convert_folds_only_in_sequentials_that_chain_their_children(trace, fold
             nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2)),
             nn.Sequential(nn.ReLU(inplace=True)),
         ],
+        # round 12a: past modules that hand their input on (a view, or itself)
+        lambda: [nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.Flatten(), nn.Dropout(inplace=True)],
+        lambda: [nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.Sequential(), nn.ReLU(inplace=True)],
+        lambda: [nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.ReLU(True)],
     ],
-    ids=["leaky", "relu_pool", "nested_after", "nested_before", "pool_then_nested"],
+    ids=[
+        "leaky",
+        "relu_pool",
+        "nested_after",
+        "nested_before",
+        "pool_then_nested",
+        "past_flatten",
+        "past_empty",
+        "pool_past_flatten",
+    ],
 )
 def test_convert_keeps_stocks_saved_tensor_where_an_inplace_module_follows(layers):
     # found by fuzz round 10b: the fused leaky_relu (and a max pool carrying a moved relu) keep
@@ -387,8 +403,24 @@ def test_slices_of_a_converted_sequential_compute_the_original_slices():
         lambda m: m.insert(3, nn.Tanh()),
         lambda m: m.__setitem__(5, nn.AvgPool2d(2)),
         lambda m: m.__setitem__(4, nn.Identity()),
+        # round 12a: the other ways to edit
+        lambda m: setattr(m, "4", nn.Tanh()),
+        lambda m: m.add_module("5", nn.AvgPool2d(2)),
+        lambda m: m.register_module("1", nn.Sigmoid()),
+        lambda m: m.__imul__(1),
     ],
-    ids=["del", "pop", "insert_identity", "insert_between", "replace_carrier", "replace_place"],
+    ids=[
+        "del",
+        "pop",
+        "insert_identity",
+        "insert_between",
+        "replace_carrier",
+        "replace_place",
+        "setattr",
+        "add_module",
+        "register_module",
+        "imul",
+    ],
 )
 def test_editing_a_converted_sequential_runs_the_edited_stock_model(edit):
     # found by fuzz round 11a: after del / insert / replace, the folds named old positions
@@ -402,6 +434,67 @@ def test_editing_a_converted_sequential_runs_the_edited_stock_model(edit):
     torch.testing.assert_close(ours(x), stock(x), **_F64)
     for k in range(1, len(stock) + 1):
         torch.testing.assert_close(ours[:k](x), stock[:k](x), **_F64)
+
+
+def test_combining_and_popping_a_converted_sequential_as_stock():
+    # found by fuzz round 12a: `+` and `*` gave plain Sequentials that kept the folds in their
+    # slices (and `*=` paired places with the wrong repeated carrier); pop returned the place
+    torch.manual_seed(0)
+    stock = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Tanh(), nn.Conv2d(2, 2, 1)).double()
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    for combine in (lambda m: m + nn.Sequential(nn.Identity()), lambda m: m * 2):
+        ours = combine(genkern.nn.convert(stock))
+        for k in range(1, len(ours) + 1):
+            torch.testing.assert_close(ours[:k](x), combine(stock)[:k](x), **_F64)
+    ours = genkern.nn.convert(stock)
+    assert type(ours.pop(1)) is nn.Tanh
+    torch.testing.assert_close(ours(x), stock[2](stock[0](x)), **_F64)
+
+
+@pytest.mark.parametrize(
+    "add",
+    [
+        lambda m: m.append(nn.Dropout(inplace=True)),
+        lambda m: m.extend([nn.Dropout(inplace=True)]),
+        lambda m: m.__iadd__(nn.Sequential(nn.ReLU(inplace=True))),
+    ],
+    ids=["append", "extend", "iadd"],
+)
+def test_adding_an_inplace_module_after_convert_trains_as_stock(add):
+    # found by fuzz round 12a: an in-place module added after convert changed the output the
+    # fused leaky_relu kept for its backward, which then refused
+    torch.manual_seed(0)
+    stock = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2))
+    ours = genkern.nn.convert(stock)
+    add(stock)
+    add(ours)
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(1)
+    stock(x).sum().backward()
+    torch.manual_seed(1)
+    ours(x).sum().backward()
+    for a, b in zip(ours.parameters(), stock.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_slices_that_cut_an_activation_off_keep_stocks_keys_and_compile():
+    # found by fuzz round 12a: the carrier cut from its activation was wrapped, so the slice's
+    # state_dict keys gained a level (0.layer.weight) and torch.compile(fullgraph) failed on it
+    torch.manual_seed(0)
+    stock = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    stock = stock.double()
+    ours = genkern.nn.convert(stock)
+    piece = ours[:2]  # the BatchNorm, its relu cut off
+    assert list(piece.state_dict()) == list(stock[:2].state_dict())
+    assert type(piece[1]) is genkern.nn.BatchNorm2d and piece[1].activation is None
+    piece.load_state_dict(stock[:2].state_dict())
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    compiled = torch.compile(piece, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), stock[:2](x), **_F64)
+    piece.eval()  # reaches the model's BatchNorm, as a stock slice's would
+    assert not ours[1].training and not piece[1].training
+    ours.train()
+    assert piece[1].training
 
 
 class _CalledTwice(nn.Module):

@@ -3,6 +3,8 @@ attributes of every drop-in with a fused activation."""
 
 from __future__ import annotations
 
+import copy
+
 from genkern import activations as A
 
 
@@ -20,6 +22,37 @@ class NotScriptable:
 
 class FusedActivationMixin(NotScriptable):
     """Stores `activation` and `negative_slope`, validated once at construction."""
+
+    # the layer whose train/eval mode this one has (a copy made by without_activation)
+    mode_of = None
+
+    def without_activation(self):
+        """A copy of the layer without its activation: the same parameters, buffers and hooks
+        (the dicts holding them are shared), its train/eval mode the layer's (each train() or
+        eval() of either reaches the other): what a slice of a converted Sequential runs where
+        it cuts the layer's folded activation off."""
+        bare = copy.copy(self)
+        bare.activation = None
+        bare.__dict__["mode_of"] = self if self.mode_of is None else self.mode_of
+        return bare
+
+    def train(self, mode: bool = True):
+        if self.mode_of is not None:
+            self.mode_of.train(mode)
+        return super().train(mode)
+
+    @property
+    def training(self) -> bool:  # a copy's is its layer's (kept where nn.Module keeps it)
+        source = self.__dict__.get("mode_of")
+        return self.__dict__.get("training", True) if source is None else source.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self.__dict__["training"] = mode
+
+    def _mode_source(self):
+        """The module whose `training` this one runs in (itself but for a copy)."""
+        return self if self.mode_of is None else self.mode_of
 
     def _init_activation(self, activation: str | None, negative_slope: float) -> None:
         A.activation_id(activation)

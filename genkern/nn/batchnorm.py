@@ -52,12 +52,13 @@ class BatchNorm2d(FusedActivationMixin, torch.nn.BatchNorm2d):
         self._check_input_dim(input)
         # torch.nn.modules.batchnorm._BatchNorm.forward, step for step
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+        training = self._mode_source().training
+        if training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked)
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        use_running = not self.training or self.track_running_stats
+        bn_training = training or (self.running_mean is None and self.running_var is None)
+        use_running = not training or self.track_running_stats
         return ops.batch_norm(
             input,
             self.running_mean if use_running else None,
@@ -116,7 +117,8 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     The BatchNorm is replaced by its fused activation (a genkern.nn.Conv2d without one takes it
     over) or by Identity. Returns the model.
     """
-    from genkern.nn.convert import _hooked, chains_children
+    from genkern.nn.convert import _hooked
+    from genkern.nn.fused_sequential import chains_children
 
     # a conv registered in several places, or whose weight or bias another module shares, keeps
     # its weights (the fold would reach every use)

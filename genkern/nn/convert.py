@@ -9,16 +9,16 @@ full-size output is not kept for the backward, only the pooled one. With trace=T
 finds layer-then-activation pairs in models whose forward calls modules one by one. With
 fold_bn=True (eval models), a BatchNorm2d directly after a conv / transposed conv is folded into
 its weights. Layers registered in more than one place, or called more than once in a traced
-forward, are left unfused, as are pairs that hooks watch, pairs in an nn.Sequential subclass
-with a forward of its own, and folds whose fused form keeps its output for the backward where
-stock's kept its input when an in-place module follows. A parametrized layer (spectral_norm,
-weight_norm: SNGAN's discriminators) becomes the drop-in with the same parametrization, and
-keeps its BatchNorm unfolded. A converted nn.Sequential whose activations moved is a
-FusedSequential (genkern/nn/fused_sequential.py): its slices compute what the stock slices did.
-A forward that also calls a Sequential's layer directly (self.seq(x) + self.seq[0](x)) is beyond
-what convert sees: that call would get the folded activation too. trace=True returns a torch.fx
-GraphModule: the path the forward took in the mode it was traced in, without the model's class,
-other methods or uncalled modules.
+forward, are left unfused, as are pairs that hooks watch, pairs in a subclass of nn.Sequential
+(its class is kept, whose slices and edits convert cannot follow), and folds whose fused form
+keeps its output for the backward where stock's kept its input when an in-place module follows.
+A parametrized layer (spectral_norm, weight_norm: SNGAN's discriminators) becomes the drop-in
+with the same parametrization, and keeps its BatchNorm unfolded. A converted nn.Sequential whose
+activations moved is a FusedSequential (genkern/nn/fused_sequential.py): its slices compute what
+the stock slices did. A forward that also calls a Sequential's layer directly (self.seq(x) +
+self.seq[0](x)) is beyond what convert sees: that call would get the folded activation too.
+trace=True returns a torch.fx GraphModule: the path the forward took in the mode it was traced
+in, without the model's class, other methods or uncalled modules.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from genkern.nn.fused_sequential import FoldedActivation, fold
+from genkern.nn.fused_sequential import (
+    FoldedActivation,
+    FusedSequential,
+    chains_children,
+    fold,
+    next_inplace,
+)
 
 # torch.nn activation module -> (genkern activation name, its negative_slope)
 _ACTIVATION_MODULES = {
@@ -84,17 +90,6 @@ def _hooked(module: nn.Module) -> bool:
             "_backward_hooks",
             "_backward_pre_hooks",
         )
-    )
-
-
-def chains_children(module: nn.Module) -> bool:
-    """Whether the module runs nn.Sequential's forward (each child on the previous one's output,
-    only the last output returned): a subclass with a forward of its own (returning every
-    child's output, or summing parallel branches) may use what a fold would change."""
-    return (
-        isinstance(module, nn.Sequential)
-        and type(module).forward is nn.Sequential.forward
-        and "forward" not in vars(module)
     )
 
 
@@ -157,42 +152,25 @@ def _activation_of(module: nn.Module):
     return None
 
 
-def _starts_inplace(module: nn.Module) -> bool:
-    """Whether the module's first step changes its input in place (Dropout(inplace=True), ...,
-    or a Sequential starting with one)."""
-    while chains_children(module) and len(module):
-        module = next(iter(module.children()))
-    return bool(getattr(module, "inplace", False))
-
-
-def _next_inplace(children: list[nn.Module], k: int, then_inplace: bool) -> bool:
-    """Whether what runs after children[k] of a chaining Sequential (past Identities; past its
-    end, what follows the Sequential: then_inplace) changes its input in place: a fused layer
-    that keeps its output for the backward where stock's kept its input would then refuse the
-    backward, where stock's trains."""
-    for module in children[k + 1 :]:
-        if not isinstance(module, nn.Identity):
-            return _starts_inplace(module)
-    return then_inplace
-
-
 def _convert_children(
     parent: nn.Module, drop_ins: dict[type, type], then_inplace: bool = False
 ) -> None:
     chains = chains_children(parent)
     children = list(parent.children())
     for k, (name, child) in enumerate(list(parent.named_children())):
-        _convert_children(child, drop_ins, chains and _next_inplace(children, k, then_inplace))
+        _convert_children(child, drop_ins, chains and next_inplace(children, k, then_inplace))
         new = _swap(child, drop_ins)
         if new is not child:
             setattr(parent, name, new)
-    if chains:
+    # folds in a plain nn.Sequential only (it becomes a FusedSequential, whose slices and edits
+    # undo what they must); a subclass keeps its class, whose slices and edits would not
+    if type(parent) in (nn.Sequential, FusedSequential):
         names = [n for n, _ in parent.named_children()]
         for k, (a, b) in enumerate(zip(names, names[1:])):
             layer, act = getattr(parent, a), _activation_of(getattr(parent, b))
             # the fused leaky_relu (slope >= 0) keeps its output, stock's its input
             keeps_output = act is not None and act[0] == "leaky_relu" and act[1] >= 0
-            if keeps_output and _next_inplace(list(parent.children()), k + 1, then_inplace):
+            if keeps_output and next_inplace(list(parent.children()), k + 1, then_inplace):
                 continue
             if act is not None and _fusable(layer) and not _hooked(getattr(parent, b)):
                 layer.activation, layer.negative_slope = act
@@ -228,7 +206,7 @@ def _relu_onto_max_pools(seq: nn.Sequential, then_inplace: bool) -> None:
             and not (_hooked(layer) or _hooked(pool))  # their outputs / the pool's input change
             and pool.dilation in (1, (1, 1))  # every window then holds an input element (no -inf)
             and not pool.return_indices  # a window of z <= 0: relu's first 0, not z's maximum
-            and not _next_inplace(children, j, then_inplace)  # the pool with relu keeps its output
+            and not next_inplace(children, j, then_inplace)  # the pool with relu keeps its output
         ):
             layer.activation, pool.activation = None, "relu"
             place.__dict__["carrier"] = pool

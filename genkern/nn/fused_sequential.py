@@ -11,7 +11,6 @@ or inserting a child) first undoes its folds: it runs as stock's from then on.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 
 from torch import nn
@@ -36,36 +35,6 @@ class FoldedActivation(nn.Identity):
         return f"{self.activation_module!r} run by {by}"
 
 
-class WithoutActivation(nn.Module):
-    """A genkern layer run without the activation it carries (a slice cut off the activation's
-    place): the layer is the child (the same parameters, mode and hooks), called as a copy of
-    itself at call time with no activation; other attributes read through to it."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.layer = layer
-
-    @property
-    def training(self) -> bool:  # the layer's mode (model.eval() reaches the layer, not this)
-        layer = self.__dict__.get("_modules", {}).get("layer")
-        return layer.training if layer is not None else self.__dict__.get("_training", True)
-
-    @training.setter
-    def training(self, mode: bool) -> None:
-        self.__dict__["_training"] = mode
-
-    def forward(self, *args, **kwargs):
-        bare = copy.copy(self.layer)
-        bare.activation = None
-        return bare(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("layer"), name)
-
-
 class FusedSequential(nn.Sequential):
     """See the module docstring. Indexing one child (seq[i]) returns the child itself, its
     activation included."""
@@ -85,8 +54,11 @@ class FusedSequential(nn.Sequential):
             if place in chosen:
                 out[items[place][0]] = items[place][1].activation_module
             if carrier in chosen:
-                out[items[carrier][0]] = WithoutActivation(items[carrier][1])
-        return (FusedSequential if fused else nn.Sequential)(out)
+                out[items[carrier][0]] = items[carrier][1].without_activation()
+        sliced = nn.Sequential(out)
+        if fused:  # (after its children are in: add_module would judge them as edits)
+            sliced.__class__ = FusedSequential
+        return sliced
 
     def unfold(self) -> nn.Sequential:
         """Undoes the folds in place: each activation module back in its place, its carrier
@@ -102,14 +74,48 @@ class FusedSequential(nn.Sequential):
         self.__class__ = nn.Sequential
         return self
 
+    # Edits: replacing, removing or inserting a child, or repeating the Sequential, undo the
+    # folds first; so does adding (append, extend, +=: through add_module) a module that changes
+    # its input in place (a fused layer before it may keep its output for the backward where
+    # stock's kept its input).
     def __setitem__(self, idx, module):
         nn.Sequential.__setitem__(self.unfold(), idx, module)
 
     def __delitem__(self, idx):
         nn.Sequential.__delitem__(self.unfold(), idx)
 
+    def __setattr__(self, name, value):
+        if isinstance(value, nn.Module) and name in self.__dict__.get("_modules", {}):
+            return nn.Sequential.__setattr__(self.unfold(), name, value)
+        return super().__setattr__(name, value)
+
+    def add_module(self, name, module):
+        if name in self._modules or (module is not None and _starts_inplace(module)):
+            self.unfold()
+        return nn.Sequential.add_module(self, name, module)
+
+    register_module = add_module
+
     def insert(self, index, module):
         return nn.Sequential.insert(self.unfold(), index, module)
+
+    def pop(self, key):
+        return nn.Sequential.pop(self.unfold(), key)
+
+    def __add__(self, other):
+        out = nn.Sequential.__add__(self, other)  # the same children: the same pairs
+        if _pairs(list(out._modules.items())):
+            out.__class__ = FusedSequential
+        return out
+
+    def __mul__(self, other):
+        return nn.Sequential.__mul__(self.unfold(), other)
+
+    def __rmul__(self, other):
+        return nn.Sequential.__rmul__(self.unfold(), other)
+
+    def __imul__(self, other):
+        return nn.Sequential.__imul__(self.unfold(), other)
 
 
 def _pairs(items) -> list[tuple[int, int]]:
@@ -130,8 +136,62 @@ def _holds_run(chosen: list[int], lo: int, hi: int) -> bool:
 
 def fold(seq: nn.Sequential, place: str, carrier: nn.Module) -> None:
     """Puts a FoldedActivation for the activation module at `place` (now run by carrier) there;
-    a plain nn.Sequential becomes a FusedSequential (a subclass keeps its class: its slices
-    keep the folds, as its indexing does)."""
+    the plain nn.Sequential becomes a FusedSequential."""
     seq._modules[place] = FoldedActivation(seq._modules[place], carrier)
-    if type(seq) is nn.Sequential:
-        seq.__class__ = FusedSequential
+    seq.__class__ = FusedSequential
+
+
+def chains_children(module: nn.Module) -> bool:
+    """Whether the module runs nn.Sequential's forward (each child on the previous one's output,
+    only the last output returned): a subclass with a forward of its own (returning every
+    child's output, or summing parallel branches) may use what a fold would change."""
+    return (
+        isinstance(module, nn.Sequential)
+        and type(module).forward is nn.Sequential.forward
+        and "forward" not in vars(module)
+    )
+
+
+# Modules that may hand their input on as it is, or as a view of it (Dropout in eval mode,
+# Flatten of a 2-D tensor): an in-place module after them changes what came before them.
+_PASS_THROUGH = (
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+def _scan(modules) -> str | None:
+    """'inplace' where the first of the modules that does not hand its input on changes it in
+    place (nested Sequentials looked into), 'blocked' where it does not, None past them all."""
+    for module in modules:
+        if getattr(module, "inplace", False):
+            return "inplace"
+        if chains_children(module):
+            found = _scan(module.children())
+            if found is not None:
+                return found
+        elif not isinstance(module, _PASS_THROUGH):
+            return "blocked"
+    return None
+
+
+def _starts_inplace(module: nn.Module) -> bool:
+    """Whether the module's first step changes its input in place (Dropout(inplace=True), ...,
+    or a Sequential starting with one, past modules that hand their input on)."""
+    return _scan([module]) == "inplace"
+
+
+def next_inplace(children: list[nn.Module], k: int, then_inplace: bool) -> bool:
+    """Whether what runs after children[k] of a chaining Sequential (past modules that hand
+    their input on; past its end, what follows the Sequential: then_inplace) changes its input in
+    place: a fused layer that keeps its output for the backward where stock's kept its input
+    would then refuse the backward, where stock's trains."""
+    found = _scan(children[k + 1 :])
+    return then_inplace if found is None else found == "inplace"
