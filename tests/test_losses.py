@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -1029,3 +1030,29 @@ def test_compiled_vae_loss_takes_a_changing_beta_without_recompiling_each_step()
         ):
             torch.testing.assert_close(a, b)
     assert counters["stats"]["unique_graphs"] <= 2
+
+
+def test_vae_loss_beta_as_a_tensor_that_requires_grad():
+    # found by fuzz round 12b: the fused total took beta as a float, dropping d loss / d beta
+    r, x = _logits((4, 10), torch.float64), torch.rand(4, 10, dtype=torch.float64)
+    mu, lv = _logits((4, 3), torch.float64), _logits((4, 3), torch.float64)
+    for fn in (genkern.ops.vae_loss, torch.compile(genkern.ops.vae_loss, backend="eager")):
+        beta = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        ref_beta = beta.detach().clone().requires_grad_()
+        out = fn(r, x, mu, lv, beta=beta, reduction="mean")
+        ref = reference.vae_loss(r, x, mu, lv, beta=ref_beta, reduction="mean")
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(
+            torch.autograd.grad(out, (beta, mu))[0], torch.autograd.grad(ref, (ref_beta, mu))[0]
+        )
+
+
+def test_compiled_vae_loss_takes_numpy_betas():
+    # found by fuzz round 12b: under torch.compile(fullgraph=True) Dynamo makes a numpy scalar
+    # an array, which the beta check refused ('beta must be a float, but got ndarray')
+    r, x = _logits((4, 10), torch.float32), torch.rand(4, 10)
+    mu, lv = _logits((4, 3), torch.float32), _logits((4, 3), torch.float32)
+    for beta in (np.float64(0.7), np.float32(0.7)):
+        fn = torch.compile(lambda *a: genkern.ops.vae_loss(*a, beta=beta), fullgraph=True)
+        ref = reference.vae_loss(r, x, mu, lv, beta=float(beta))
+        torch.testing.assert_close(fn(r, x, mu, lv), ref)

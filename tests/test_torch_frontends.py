@@ -46,7 +46,9 @@ def test_jit_trace_records_the_ops(index, grad):
     module, shape = _layers()[index]
     module = module.to(DEVICE).eval()
     traced = _trace(module, torch.randn(shape, device=DEVICE), grad)
-    assert any(n.kind().startswith("genkern::") for n in traced.graph.nodes())
+    # batch_norm is recorded as stock's (see the running statistics' test below)
+    recorded = "aten::batch_norm" if isinstance(module, gnn.BatchNorm2d) else "genkern::"
+    assert any(n.kind().startswith(recorded) for n in traced.graph.nodes())
     x = torch.randn(shape, device=DEVICE, requires_grad=True)  # a new input: not the traced one
     y, y_eager = traced(x), module(x)
     torch.testing.assert_close(y, y_eager)
@@ -215,3 +217,44 @@ def test_jit_trace_runs_other_input_sizes_right(index):
     traced = torch.jit.trace(fn, torch.randn(traced_shape), check_trace=False)
     x = torch.randn(shape)
     torch.testing.assert_close(traced(x), fn(x), msg=name)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("act", [None, "relu", "silu", "leaky_relu"])
+def test_jit_traced_batch_norm_updates_running_stats_and_gradients_at_other_sizes(act):
+    # found by fuzz round 12b: the running_var update's count (the traced batch's size) and
+    # whether the backward keeps act's input (silu, a negative slope) were traced as constants
+    def make():
+        return gnn.BatchNorm2d(3, activation=act, negative_slope=-0.2).double().train()
+
+    traced_bn, eager_bn = make(), make()
+    with torch.no_grad():
+        traced = torch.jit.trace(traced_bn, torch.randn(4, 3, 5, 5, dtype=torch.float64))
+    traced_bn.load_state_dict(eager_bn.state_dict())  # the trace's own call moved its stats
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    y, y_eager = traced(x), eager_bn(x)
+    torch.testing.assert_close(y, y_eager)
+    torch.testing.assert_close(traced_bn.running_var, eager_bn.running_var)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(
+        torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_eager, x, g)[0]
+    )
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_jit_traced_losses_give_gradients_to_inputs_that_require_them():
+    # found by fuzz round 12b: which gradients the fused pass makes was traced from the example
+    # inputs (none required grad): the traced losses gave no gradients
+    target = torch.rand(2, 4)
+    calls = [
+        lambda r, f: genkern.ops.discriminator_loss(r, f, "hinge"),
+        lambda r, f: genkern.ops.generator_loss(f) + 0 * r.sum(),
+        lambda r, f: genkern.ops.vae_loss(r, target, f, f * 0.5, reduction="mean"),
+    ]
+    for fn in calls:
+        traced = torch.jit.trace(fn, (torch.randn(2, 4), torch.randn(2, 4)), check_trace=False)
+        r, f = torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)
+        got = torch.autograd.grad(traced(r, f), (r, f))
+        want = torch.autograd.grad(fn(r, f), (r, f))
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)

@@ -9,6 +9,7 @@ refuses an autograd formula on a mutating op) returns y and the statistics it no
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from genkern import activations as A
 from genkern import backends, reference
@@ -108,6 +109,13 @@ def batch_norm(
                 f"Expected more than 1 value per channel when training, got input size {x.size()}"
             )
     momentum = A.as_float(momentum, "momentum")
+    if _fused.jit_tracing():
+        # torch.jit.trace would keep the running statistics' count (x's size) and whether the
+        # backward needs act's input as constants of the traced call (found by a fuzz: another
+        # batch size updated running_var with the traced one's count); stock's batch norm is
+        # recorded with its sizes read at each call
+        y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+        return reference.activation(y, A.ID_TO_NAME[act], slope)
     name = backends.resolve("batch_norm", backend, x)
     _require_backend("batch_norm", "batch_norm_act_forward", name)
     if (

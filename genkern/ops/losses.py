@@ -50,12 +50,19 @@ def check_vae_args(recon_loss, reduction, beta) -> None:
         raise ValueError(f"recon_loss must be one of {valid}, but got {recon_loss!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
-    if not isinstance(beta, torch.SymFloat):  # traced: a float that stays symbolic
+    # traced by torch.compile: a float that stays symbolic, or a numpy scalar Dynamo made an
+    # array (checked eagerly; found by a fuzz: fullgraph failed, the rest ran eagerly)
+    if not (isinstance(beta, torch.SymFloat) or torch.compiler.is_compiling()):
         A.as_float(beta, "beta")
 
 
 def _needs(t: torch.Tensor | None) -> bool:
-    return t is not None and torch.is_grad_enabled() and t.requires_grad
+    """Whether the forward pass must produce t's gradient; under torch.jit.trace every given
+    input's: the graph keeps the choice as a constant, and inputs of later calls may require
+    grad (found by a fuzz: a loss traced with plain inputs had no gradients)."""
+    if t is None:
+        return False
+    return _fused.jit_tracing() or (torch.is_grad_enabled() and t.requires_grad)
 
 
 # Eager fast path (see genkern/ops/_fused.py): a plain eager call goes straight to the backend's
@@ -212,6 +219,14 @@ def vae_loss(
     divides them by the batch size recon.shape[0]. return_components=True returns
     (total, recon_term, kl), each reduced the same way.
     """
+    if isinstance(beta, torch.Tensor) and beta.requires_grad and torch.is_grad_enabled():
+        # d total / d beta = kl: beta weighs kl outside the op (found by a fuzz: the fused
+        # total took beta as a float and dropped its gradient)
+        _, rec, kl = vae_loss(
+            recon, target, mu, logvar, recon_loss, 1.0, reduction, logits, True, backend
+        )
+        total = rec + beta * kl
+        return (total, rec, kl) if return_components else total
     out = _fused.try_fast(
         "vae_loss_fast",
         recon,
@@ -280,6 +295,8 @@ def vae_loss(
             _mask_bits(mask),
             name,
         )
+        if not isinstance(beta, (torch.Tensor, torch.SymFloat, float)):
+            beta = float(beta)  # a numpy scalar, an array to Dynamo: would promote to float64
         total = rec + beta * kl
         if per_batch:
             n = recon.shape[0]
