@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 from genkern import activations as A
@@ -50,9 +51,11 @@ def check_vae_args(recon_loss, reduction, beta) -> None:
         raise ValueError(f"recon_loss must be one of {valid}, but got {recon_loss!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
-    # traced by torch.compile: a float that stays symbolic, or a numpy scalar Dynamo made an
-    # array (checked eagerly; found by a fuzz: fullgraph failed, the rest ran eagerly)
-    if not (isinstance(beta, torch.SymFloat) or torch.compiler.is_compiling()):
+    # traced by torch.compile: a float that stays symbolic, or a numpy scalar, an array to
+    # Dynamo (found by a fuzz: fullgraph failed, the rest ran eagerly)
+    symbolic = isinstance(beta, torch.SymFloat)
+    numpy_scalar = isinstance(beta, np.ndarray) and beta.ndim == 0
+    if not (symbolic or numpy_scalar):
         A.as_float(beta, "beta")
 
 
