@@ -1056,3 +1056,26 @@ def test_compiled_vae_loss_takes_numpy_betas():
         fn = torch.compile(lambda *a: genkern.ops.vae_loss(*a, beta=beta), fullgraph=True)
         ref = reference.vae_loss(r, x, mu, lv, beta=float(beta))
         torch.testing.assert_close(fn(r, x, mu, lv), ref)
+
+
+def test_vae_loss_module_keeps_a_tensor_beta_and_refuses_other_shapes():
+    # found by fuzz round 13b: VAELoss stored float(beta), dropping a tensor beta's gradient
+    # and any later change to it (a warm-up schedule writing it in place); a 1-D beta was
+    # refused without grad and made a loss of its shape with it
+    r, x = _logits((4, 10), torch.float64), torch.rand(4, 10, dtype=torch.float64)
+    mu, lv = _logits((4, 3), torch.float64), _logits((4, 3), torch.float64)
+    beta = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    crit = genkern.nn.VAELoss(beta=beta)
+    (got,) = torch.autograd.grad(crit(r, x, mu, lv), beta)
+    (want,) = torch.autograd.grad(reference.vae_loss(r, x, mu, lv, beta=beta), beta)
+    torch.testing.assert_close(got, want)
+    beta.data.fill_(2.0)
+    torch.testing.assert_close(crit(r, x, mu, lv), reference.vae_loss(r, x, mu, lv, beta=2.0))
+    for requires_grad in (False, True):
+        with pytest.raises(TypeError, match="beta must be a float, but got Tensor"):
+            genkern.ops.vae_loss(r, x, mu, lv, beta=torch.ones(3, requires_grad=requires_grad))
+    wide = torch.tensor(0.5, dtype=torch.float64)  # float64 beta, float32 inputs: promoted
+    args = [t.float().detach() for t in (r, x, mu, lv)]
+    assert (
+        genkern.ops.vae_loss(*args, beta=wide).dtype == reference.vae_loss(*args, beta=wide).dtype
+    )

@@ -643,3 +643,77 @@ def test_editing_a_converted_sequential_keeps_its_slices_and_parent_right():
     torch.testing.assert_close(ours(x), stock(x), **_F64)
     for k in range(1, len(stock) + 1):
         torch.testing.assert_close(ours[:k](x), stock[:k](x), **_F64)
+
+
+def test_a_slices_copy_of_a_layer_set_to_eval_directly_sets_the_models():
+    # found by fuzz round 13a: `m.training = False` (freezing BatchNorms) on a slice's copy of
+    # a layer was kept on the copy, which ran in the model layer's (training) mode
+    torch.manual_seed(0)
+    ours = genkern.nn.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    piece = ours[:2]
+    piece[1].training = False
+    assert not ours[1].training and not piece[1].training
+    before = ours[1].running_mean.clone()
+    piece(torch.randn(2, 3, 6, 6))
+    assert torch.equal(ours[1].running_mean, before)
+
+
+def test_combining_children_and_residual_forwards_train_as_stock():
+    # found by fuzz round 13a: plain + converted kept the folds in its slices; + with an
+    # in-place module first, a residual `out += x` after a block ending in a leaky_relu, and
+    # a traced F.dropout(..., inplace=True) after one changed what the fused layer kept
+    torch.manual_seed(0)
+    stock = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    ours = genkern.nn.convert(stock)
+    torch.testing.assert_close(
+        (nn.Sequential(nn.Identity()) + ours)[:2](x), (nn.Sequential(nn.Identity()) + stock)[:2](x)
+    )
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.2))
+
+        def forward(self, x):
+            out = self.body(x)
+            out += x
+            return out
+
+    class Dropped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.dropout(F.leaky_relu(self.lin(x), 0.2), 0.0, inplace=True)
+
+    leaky = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.2))
+    cases = [
+        (lambda: leaky, lambda m: m + nn.Sequential(nn.Dropout(0.0, inplace=True)), {}),
+        (Residual, lambda m: m, {}),
+        (Dropped, lambda m: m, {"trace": True}),
+    ]
+    for build, finish, opts in cases:
+        torch.manual_seed(1)
+        stock = build().double()
+        ours = finish(genkern.nn.convert(stock, **opts))
+        stock = finish(stock)
+        leaf = x.clone().requires_grad_()
+        (g_ours,) = torch.autograd.grad(ours(leaf).sum(), leaf)
+        (g_stock,) = torch.autograd.grad(stock(leaf).sum(), leaf)
+        torch.testing.assert_close(g_ours, g_stock)
+
+
+def test_convert_can_leave_activations_unfolded():
+    # found by fuzz round 13a: nn.Sequential(*list(features)[:k]) takes a layer with its folded
+    # activation along; fold_activations=False swaps layers only
+    torch.manual_seed(0)
+    stock = _vgg_like().double().eval()
+    ours = genkern.nn.convert(stock, fold_activations=False)
+    assert all(getattr(m, "activation", None) is None for m in ours if m is not ours[9])
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for k in range(1, len(stock) + 1):
+        torch.testing.assert_close(
+            nn.Sequential(*list(ours)[:k])(x), nn.Sequential(*list(stock)[:k])(x), **_F64
+        )

@@ -28,18 +28,13 @@ class FusedActivationMixin(NotScriptable):
 
     def without_activation(self):
         """A copy of the layer without its activation: the same parameters, buffers and hooks
-        (the dicts holding them are shared), its train/eval mode the layer's (each train() or
-        eval() of either reaches the other): what a slice of a converted Sequential runs where
-        it cuts the layer's folded activation off."""
+        (the dicts holding them are shared), its train/eval mode the layer's (train(), eval()
+        or a set of `training` on either reaches the other): what a slice of a converted
+        Sequential runs where it cuts the layer's folded activation off."""
         bare = copy.copy(self)
         bare.activation = None
         bare.__dict__["mode_of"] = self if self.mode_of is None else self.mode_of
         return bare
-
-    def train(self, mode: bool = True):
-        if self.mode_of is not None:
-            self.mode_of.train(mode)
-        return super().train(mode)
 
     @property
     def training(self) -> bool:  # a copy's is its layer's (kept where nn.Module keeps it)
@@ -47,8 +42,11 @@ class FusedActivationMixin(NotScriptable):
         return self.__dict__.get("training", True) if source is None else source.training
 
     @training.setter
-    def training(self, mode: bool) -> None:
+    def training(self, mode: bool) -> None:  # train(), eval() and a plain set, on either
         self.__dict__["training"] = mode
+        source = self.__dict__.get("mode_of")
+        if source is not None:
+            source.training = mode
 
     def _mode_source(self):
         """The module whose `training` this one runs in (itself but for a copy)."""

@@ -153,18 +153,24 @@ def _activation_of(module: nn.Module):
 
 
 def _convert_children(
-    parent: nn.Module, drop_ins: dict[type, type], then_inplace: bool = False
+    parent: nn.Module,
+    drop_ins: dict[type, type],
+    then_inplace: bool = False,
+    activations: bool = True,
 ) -> None:
     chains = chains_children(parent)
     children = list(parent.children())
     for k, (name, child) in enumerate(list(parent.named_children())):
-        _convert_children(child, drop_ins, chains and next_inplace(children, k, then_inplace))
+        # a child of a forward of its own may have its output changed in place there (out +=
+        # x after a block): taken as so (found by a fuzz: a residual block ending in a leaky_relu)
+        follows = next_inplace(children, k, then_inplace) if chains else True
+        _convert_children(child, drop_ins, follows, activations)
         new = _swap(child, drop_ins)
         if new is not child:
             setattr(parent, name, new)
     # folds in a plain nn.Sequential only (it becomes a FusedSequential, whose slices and edits
     # undo what they must); a subclass keeps its class, whose slices and edits would not
-    if type(parent) in (nn.Sequential, FusedSequential):
+    if activations and type(parent) in (nn.Sequential, FusedSequential):
         names = [n for n, _ in parent.named_children()]
         for k, (a, b) in enumerate(zip(names, names[1:])):
             layer, act = getattr(parent, a), _activation_of(getattr(parent, b))
@@ -227,6 +233,21 @@ class _Tracer(torch.fx.Tracer):
         return ours or super().is_leaf_module(m, qualname)
 
 
+def _inplace_use(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether a traced node may change its first input in place: an in-place method (add_,
+    mul_, ...), inplace=True given to a function, or a module with inplace set; or one not
+    known (an unknown method or module: taken as so)."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.startswith("_")
+    if node.op == "call_function":
+        return bool(node.kwargs.get("inplace", False)) or getattr(
+            node.target, "__name__", ""
+        ).endswith("_")
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    return False
+
+
 def _trace_and_fuse(model: nn.Module) -> nn.Module:
     """Folds layer -> activation pairs found by torch.fx (call_module or call_function)."""
     gm = torch.fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
@@ -257,6 +278,14 @@ def _trace_and_fuse(model: nn.Module) -> nn.Module:
             act = (name, slope)
         if act is None or (user.op == "call_module" and _hooked(modules[user.target])):
             continue
+        # the fused leaky_relu keeps its output for the backward (stock's its input): not where
+        # an in-place op uses it (found by a fuzz: F.dropout(..., inplace=True) after it)
+        if (
+            act[0] == "leaky_relu"
+            and act[1] >= 0
+            and any(_inplace_use(u, modules) for u in user.users)
+        ):
+            continue
         modules[node.target].activation, modules[node.target].negative_slope = act
         user.replace_all_uses_with(node)
         gm.graph.erase_node(user)
@@ -271,9 +300,15 @@ def convert(
     trace: bool = False,
     fold_bn: bool = False,
     channels_last: bool = False,
+    fold_activations: bool = True,
 ) -> nn.Module:
     """The model with genkern layers (see the module docstring). Returns the converted model;
     with inplace=False (default) the given model is left untouched.
+
+    fold_activations=False swaps the layers but folds no activation module into them (nor with
+    trace=True): for code that takes a model's children apart itself, as
+    nn.Sequential(*list(features)[:k]) does, where a folded activation would come along with its
+    layer.
 
     channels_last=True also moves the 4-D weights to channels_last, so activations stay NHWC
     from the first conv to the last (oneDNN's native layout: no per-layer NCHW <-> blocked
@@ -290,8 +325,8 @@ def convert(
             )
         _fold_bn_in_sequentials(model)
     top = _swap(model, drop_ins)
-    _convert_children(top, drop_ins)
-    if trace:
+    _convert_children(top, drop_ins, activations=fold_activations)
+    if trace and fold_activations:
         top = _trace_and_fuse(top)
     if channels_last:
         top.to(memory_format=torch.channels_last)

@@ -103,10 +103,12 @@ class FusedSequential(nn.Sequential):
         return nn.Sequential.pop(self.unfold(), key)
 
     def __add__(self, other):
-        out = nn.Sequential.__add__(self, other)  # the same children: the same pairs
-        if _pairs(list(out._modules.items())):
-            out.__class__ = FusedSequential
-        return out
+        if isinstance(other, nn.Sequential) and _starts_inplace(other):
+            self.unfold()
+        return _with_pairs(nn.Sequential.__add__(self, other))
+
+    def __radd__(self, other):  # (tried before other's __add__: a subclass of its type)
+        return _with_pairs(nn.Sequential.__add__(other, self))
 
     def __mul__(self, other):
         return nn.Sequential.__mul__(self.unfold(), other)
@@ -116,6 +118,13 @@ class FusedSequential(nn.Sequential):
 
     def __imul__(self, other):
         return nn.Sequential.__imul__(self.unfold(), other)
+
+
+def _with_pairs(seq: nn.Sequential) -> nn.Sequential:
+    """seq, a FusedSequential if it holds a carrier and its place (the children of one)."""
+    if _pairs(list(seq._modules.items())):
+        seq.__class__ = FusedSequential
+    return seq
 
 
 def _pairs(items) -> list[tuple[int, int]]:
@@ -173,7 +182,7 @@ def _scan(modules) -> str | None:
     for module in modules:
         if getattr(module, "inplace", False):
             return "inplace"
-        if chains_children(module):
+        if isinstance(module, nn.Sequential):  # (a forward of its own: its children, as if)
             found = _scan(module.children())
             if found is not None:
                 return found

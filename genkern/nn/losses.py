@@ -50,7 +50,10 @@ class VAELoss(NotScriptable, torch.nn.Module):
     ):
         super().__init__()
         _L.check_vae_args(recon_loss, reduction, beta)
-        self.recon_loss, self.beta, self.reduction = recon_loss, float(beta), reduction
+        # a tensor beta as given (its gradient, and a schedule changing it in place, reach the
+        # loss; found by a fuzz: float() dropped both)
+        beta = beta if isinstance(beta, torch.Tensor) else float(beta)
+        self.recon_loss, self.beta, self.reduction = recon_loss, beta, reduction
         self.logits, self.return_components, self.backend = logits, return_components, backend
 
     def forward(self, recon, target, mu, logvar):

@@ -222,9 +222,12 @@ def vae_loss(
     divides them by the batch size recon.shape[0]. return_components=True returns
     (total, recon_term, kl), each reduced the same way.
     """
-    if isinstance(beta, torch.Tensor) and beta.requires_grad and torch.is_grad_enabled():
-        # d total / d beta = kl: beta weighs kl outside the op (found by a fuzz: the fused
-        # total took beta as a float and dropped its gradient)
+    if isinstance(beta, torch.Tensor):
+        # beta weighs kl outside the op, as in stock's composite: d total / d beta = kl, and
+        # the result's dtype promoted with beta's (found by fuzzes: the fused total took beta
+        # as a float, dropping its gradient and its dtype)
+        if beta.dim() != 0:  # as_float's rule, without reading the value (a graph break)
+            raise TypeError("beta must be a float, but got Tensor")
         _, rec, kl = vae_loss(
             recon, target, mu, logvar, recon_loss, 1.0, reduction, logits, True, backend
         )
