@@ -717,3 +717,23 @@ def test_convert_can_leave_activations_unfolded():
         torch.testing.assert_close(
             nn.Sequential(*list(ours)[:k])(x), nn.Sequential(*list(stock)[:k])(x), **_F64
         )
+
+
+def test_slices_cut_a_parametrized_layer_from_its_activation():
+    # found by fuzz round 14a: the slice's copy of a spectral_norm conv (copy.copy) hit
+    # parametrize's refusal to pickle ("Serialization of parametrized modules ...")
+    torch.manual_seed(0)
+    stock = (
+        nn.Sequential(
+            torch.nn.utils.parametrizations.spectral_norm(nn.Conv2d(3, 4, 3, padding=1)),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(4, 4, 3),
+        )
+        .double()
+        .eval()
+    )
+    ours = genkern.nn.convert(stock)
+    assert ours[0].activation == "leaky_relu"
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(ours[:1](x), stock[:1](x), **_F64)
+    torch.testing.assert_close(ours(x), stock(x), **_F64)

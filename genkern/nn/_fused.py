@@ -3,8 +3,6 @@ attributes of every drop-in with a fused activation."""
 
 from __future__ import annotations
 
-import copy
-
 from genkern import activations as A
 
 
@@ -31,7 +29,8 @@ class FusedActivationMixin(NotScriptable):
         (the dicts holding them are shared), its train/eval mode the layer's (train(), eval()
         or a set of `training` on either reaches the other): what a slice of a converted
         Sequential runs where it cuts the layer's folded activation off."""
-        bare = copy.copy(self)
+        bare = type(self).__new__(type(self))  # (not copy.copy: a parametrized layer, as
+        bare.__dict__.update(self.__dict__)  # spectral_norm makes it, refuses pickling's copy)
         bare.activation = None
         bare.__dict__["mode_of"] = self if self.mode_of is None else self.mode_of
         return bare
