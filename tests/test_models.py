@@ -653,6 +653,10 @@ def test_a_slices_copy_of_a_layer_set_to_eval_directly_sets_the_models():
     piece = ours[:2]
     piece[1].training = False
     assert not ours[1].training and not piece[1].training
+    ours.eval()  # found by fuzz round 15b: a slice's activation module kept convert's mode
+    assert not any(m.training for m in ours[:1].children())  # (a new container: trains,
+    # as stock's slice container does)
+    assert not any(m.training for m in ours[2:].children())
     before = ours[1].running_mean.clone()
     piece(torch.randn(2, 3, 6, 6))
     assert torch.equal(ours[1].running_mean, before)

@@ -30,6 +30,10 @@ class FoldedActivation(nn.Identity):
     def forward(self, x):
         return x if self.carrier is not None else self.activation_module(x)
 
+    def train(self, mode: bool = True):  # the kept module's mode follows (slices hold it)
+        self.activation_module.train(mode)
+        return super().train(mode)
+
     def extra_repr(self) -> str:
         by = type(self.carrier).__name__ if self.carrier is not None else "itself"
         return f"{self.activation_module!r} run by {by}"
