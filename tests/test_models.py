@@ -271,6 +271,16 @@ def test_convert_folds_only_in_sequentials_that_chain_their_children(trace, fold
     assert type(same) is _SameForward and type(same[1]) is nn.ReLU
 
 
+def _same_parameter_grads(ours: nn.Module, stock: nn.Module, x: torch.Tensor) -> None:
+    """One backward of each (the same dropout draws) gives the same parameter gradients."""
+    torch.manual_seed(1)
+    stock(x).sum().backward()
+    torch.manual_seed(1)
+    ours(x).sum().backward()
+    for a, b in zip(ours.parameters(), stock.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
 @pytest.mark.parametrize(
     "layers",
     [
@@ -313,12 +323,7 @@ def test_convert_keeps_stocks_saved_tensor_where_an_inplace_module_follows(layer
     x = torch.randn(2, 3, 8, 8, device=DEVICE)
     stock(x)  # materializes the lazy layer
     ours = genkern.nn.convert(stock)
-    torch.manual_seed(1)
-    stock(x).sum().backward()
-    torch.manual_seed(1)
-    ours(x).sum().backward()
-    for a, b in zip(ours.parameters(), stock.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad)
+    _same_parameter_grads(ours, stock, x)
 
 
 def _vgg_like() -> nn.Sequential:
@@ -469,12 +474,7 @@ def test_adding_an_inplace_module_after_convert_trains_as_stock(add):
     add(stock)
     add(ours)
     x = torch.randn(2, 3, 6, 6)
-    torch.manual_seed(1)
-    stock(x).sum().backward()
-    torch.manual_seed(1)
-    ours(x).sum().backward()
-    for a, b in zip(ours.parameters(), stock.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad)
+    _same_parameter_grads(ours, stock, x)
 
 
 def test_slices_that_cut_an_activation_off_keep_stocks_keys_and_compile():

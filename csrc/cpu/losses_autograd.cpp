@@ -66,9 +66,10 @@ void scale_in_place(at::Tensor& t, const at::Tensor& s) {
 // A gradient the forward pass computed into a fresh buffer of ours, saved for backward, which
 // multiplies it by the incoming gradient g (a loss's 0-dim one, or one of the saved shape):
 // returned as it is when g is a CPU 1 (loss.backward()) and the backward frees the graph (a
-// copy under retain_graph), and scaled in place when nothing else can see the buffer (no saved-tensor hooks took it when it was saved, no other reference, and
-// this backward frees the graph: not retain_graph); else saved * g. Either shortcut saves a pass
-// and an allocation the size of the input.
+// copy under retain_graph), and scaled in place when nothing else can see the buffer (no
+// saved-tensor hooks took it when it was saved, no other reference, and this backward frees the
+// graph: not retain_graph); else saved * g. Either shortcut saves a pass and an allocation the
+// size of the input.
 struct SavedGrad {
   torch::autograd::SavedVariable var;
   bool private_buffer = false;

@@ -268,6 +268,15 @@ bool tiled_windows(const std::vector<int64_t>& kernel, const std::vector<int64_t
          kernel[0] <= stride[0] && kernel[1] <= stride[1];
 }
 
+// 2x2 windows at stride 2 that tile the whole plane (IH == 2 OH, IW == 2 OW): what the NCHW 2x2
+// row and group kernels take.
+bool whole_2x2_tiles(const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+                     const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation,
+                     int64_t IH, int64_t IW, int64_t OH, int64_t OW) {
+  return tiled_windows(kernel, stride, padding, dilation) && kernel[0] == 2 && kernel[1] == 2 &&
+         stride[0] == 2 && stride[1] == 2 && IH == 2 * OH && IW == 2 * OW;
+}
+
 // The refusal of the forward and the backward asked for tap codes where they do not apply.
 constexpr const char* kTapCodesNeed =
     "genkern: max_pool2d tap codes need channels_last and windows that do not overlap";
@@ -302,9 +311,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_act(const at::Tensor& x,
   if (y.numel() == 0) return {y, idx};
   // float32 planes of whole 2x2 / 2 windows, rows of 1-16 windows: 16 windows a vector
   const bool groups = fmt == at::MemoryFormat::Contiguous && dtype == at::kFloat &&
-                      kind != Indices::kTapCodes && kH == 2 && kW == 2 && sH == 2 && sW == 2 &&
-                      pH == 0 && pW == 0 && dH == 1 && dW == 1 && IH == 2 * OH &&
-                      IW == 2 * OW && pool_2x2_groups_take(OH, OW);
+                      kind != Indices::kTapCodes &&
+                      whole_2x2_tiles(kernel, stride, padding, dilation, IH, IW, OH, OW) &&
+                      pool_2x2_groups_take(OH, OW);
   if (groups) {
     const float* xp = x.data_ptr<float>();
     float* yp = y.data_ptr<float>();
@@ -533,8 +542,9 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
     if (gy.numel() == 0) return gx;
   }
   const bool rows_2x2 = tiled && !codes && fmt == at::MemoryFormat::Contiguous &&
-                        x.scalar_type() == at::kFloat && kH == 2 && kW == 2 && sH == 2 &&
-                        sW == 2 && IH == 2 * OH && IW == 2 * OW && pool_2x2_rows_enabled();
+                        x.scalar_type() == at::kFloat &&
+                        whole_2x2_tiles(kernel, stride, padding, dilation, IH, IW, OH, OW) &&
+                        pool_2x2_rows_enabled();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "max_pool2d_bwd", [&] {
    dispatch_activation(act, [&](auto tag) {
     constexpr Activation A = decltype(tag)::value;

@@ -301,7 +301,7 @@ def vae_loss(
             _mask_bits(mask),
             name,
         )
-        if not isinstance(beta, (torch.Tensor, torch.SymFloat, float)):
+        if not isinstance(beta, (torch.SymFloat, float)):  # (a tensor beta returned above)
             beta = float(beta)  # a numpy scalar, an array to Dynamo: would promote to float64
         total = rec + beta * kl
         if per_batch:
