@@ -2,7 +2,16 @@
 
 #include <ATen/SavedTensorHooks.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/convolution.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/leaky_relu.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/relu.h>
+#include <ATen/ops/sigmoid.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/tanh.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
@@ -53,6 +62,45 @@ at::Tensor saved_for_backward(int64_t act, double slope, const at::Tensor& y,
 void refuse_double_backward(const char* op) {
   TORCH_CHECK(!at::GradMode::is_enabled(), "genkern: the second derivative of ", op,
               " is not implemented (backward with create_graph=True)");
+}
+
+// act(z) by stock's differentiable ops (genkern.reference.activation).
+at::Tensor stock_activation(const at::Tensor& z, int64_t act, double slope) {
+  switch (static_cast<Activation>(act)) {
+    case Activation::kRelu:
+      return at::relu(z);
+    case Activation::kLeakyRelu:
+      return at::leaky_relu(z, slope);
+    case Activation::kTanh:
+      return at::tanh(z);
+    case Activation::kSigmoid:
+      return at::sigmoid(z);
+    case Activation::kSilu:
+      return at::silu(z);
+    default:
+      return z;
+  }
+}
+
+// A backward with create_graph=True: the gradients for x, weight, bias (those mask asks for) as
+// differentiable functions of them and grad_y. y is stock's composite recomputed from the saved
+// inputs; autograd differentiates it, so a second derivative (a WGAN-GP gradient penalty) is
+// stock's (genkern/ops/_fused.differentiable_grads).
+std::array<at::Tensor, 3> differentiable_grads(const at::Tensor& y,
+                                               const std::array<at::Tensor, 3>& inputs,
+                                               std::array<bool, 3> mask, const at::Tensor& grad_y) {
+  variable_list wanted;
+  for (int i = 0; i < 3; ++i)
+    if (mask[i]) wanted.push_back(inputs[i]);
+  const variable_list g = torch::autograd::grad({y}, wanted, {grad_y}, std::nullopt,
+                                                /*create_graph=*/true, /*allow_unused=*/true);
+  std::array<at::Tensor, 3> out;
+  for (int i = 0, k = 0; i < 3; ++i) {
+    if (!mask[i]) continue;
+    out[i] = g[k].defined() ? g[k] : at::zeros_like(inputs[i]);
+    ++k;
+  }
+  return out;
 }
 
 at::MemoryFormat format(bool channels_last) {
@@ -237,7 +285,7 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
     const bool recomputes = r.x.defined();
     ctx->save_for_backward({recomputes ? at::Tensor() : x, weight,
                             saved_for_backward(act, slope, y, preact), r.x, r.affine.center,
-                            r.affine.scale, r.affine.shift});
+                            r.affine.scale, r.affine.shift, bias.value_or(at::Tensor())});
     ctx->saved_data["recomputes_input"] = recomputes;
     ctx->saved_data["input_act"] = r.act;
     ctx->saved_data["input_slope"] = r.slope;
@@ -259,7 +307,6 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
   static variable_list backward(AutogradContext* ctx, variable_list& grads) {
     const auto& d = ctx->saved_data;
     const bool transposed = d.at("transposed").toBool();
-    refuse_double_backward(transposed ? "conv_transpose2d" : "conv2d");
     const auto s = ctx->get_saved_variables();
     const auto mask = input_mask(ctx, d.at("has_bias").toBool());
     const auto stride = d.at("stride").toIntVector(), padding = d.at("padding").toIntVector();
@@ -267,6 +314,22 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
     const int64_t groups = d.at("groups").toInt(), act = d.at("act").toInt();
     const double slope = d.at("slope").toDouble();
     const auto output_padding = d.at("output_padding").toIntVector();
+    if (at::GradMode::is_enabled()) {
+      // the input was not kept (a batch norm's output, recomputed from its input): that batch
+      // norm's backward, which has no second derivative, is on the path
+      if (d.at("recomputes_input").toBool()) refuse_double_backward("batch_norm");
+      const at::Tensor& x = s[0];
+      const bool wide = run_16bit_in_float32(transposed, x, s[1], stride, padding,
+                                             output_padding, dilation);
+      const auto f = [&](const at::Tensor& t) {
+        return wide && t.defined() ? t.to(at::kFloat) : t;
+      };
+      at::Tensor z = at::convolution(f(x), f(s[1]), opt(f(s[7])), stride, padding, dilation,
+                                     transposed, output_padding, groups);
+      const at::Tensor y = stock_activation(wide ? z.to(x.scalar_type()) : z, act, slope);
+      auto [gx, gw, gb] = differentiable_grads(y, {x, s[1], s[7]}, mask, grads[0]);
+      return grads_for(12, gx, gw, gb);
+    }
     const at::Tensor x = d.at("recomputes_input").toBool()
                              ? batch_norm_act_apply_cpu(s[3], {s[4], s[5], s[6]},
                                                         d.at("input_act").toInt(),
@@ -288,7 +351,8 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
     auto [y, preact] =
         linear_act_forward_cpu(x, weight, bias, act, slope, keeps_preact(act, slope));
     y = owned(y);
-    ctx->save_for_backward({x, weight, saved_for_backward(act, slope, y, preact)});
+    ctx->save_for_backward(
+        {x, weight, saved_for_backward(act, slope, y, preact), bias.value_or(at::Tensor())});
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["has_bias"] = has(bias);
@@ -296,10 +360,15 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_double_backward("linear");
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
     const auto mask = input_mask(ctx, d.at("has_bias").toBool());
+    if (at::GradMode::is_enabled()) {  // create_graph=True: see differentiable_grads
+      const at::Tensor y = stock_activation(at::linear(s[0], s[1], opt(s[3])),
+                                            d.at("act").toInt(), d.at("slope").toDouble());
+      auto [gx, gw, gb] = differentiable_grads(y, {s[0], s[1], s[3]}, mask, grads[0]);
+      return grads_for(5, gx, gw, gb);
+    }
     auto [gx, gw, gb] = linear_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1],
                                                 d.at("act").toInt(), d.at("slope").toDouble(),
                                                 mask);

@@ -100,6 +100,40 @@ def refuse_double_backward(op: str) -> None:
         )
 
 
+def differentiating_backward() -> bool:
+    """Whether a backward runs with create_graph=True (grad mode on inside it), outside
+    torch.compile's tracing."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def differentiable_grads(forward_torch, inputs, args, mask, grad_y):
+    """The gradients of a fused GEMM-shaped op for inputs (x, weight, bias; those mask asks for,
+    else None) in a backward with create_graph=True: the op's stock composite,
+    forward_torch(*inputs, *args, save_preact=False), run again from the saved inputs and
+    differentiated by autograd, so the gradients are differentiable and a second derivative (a
+    WGAN-GP gradient penalty) is stock's. The C++ eager paths do the same
+    (csrc/cpu/eager_autograd.cpp, differentiable_grads)."""
+    wanted = [t for t, m in zip(inputs, mask) if m]
+    y = forward_torch(*inputs, *args, False)[0]
+    grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=True, materialize_grads=True))
+    return tuple(next(grads) if m else None for m in mask)
+
+
+def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
+    """A fused GEMM-shaped op's autograd backward (its context saved x, weight, the activation's
+    tensor and bias; ctx.args are the op's arguments after bias): its backward op, or in a
+    backward with create_graph=True, differentiable_grads. None for what needs no gradient."""
+    if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
+        return (None,) * num_args
+    x, weight, saved, bias = ctx.saved_tensors
+    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+    if differentiating_backward():
+        grads = differentiable_grads(forward_torch, (x, weight, bias), ctx.args, mask, grad_y)
+    else:
+        grads = backward(grad_y, saved, x, weight, *ctx.args, mask, ctx.backend)
+    return (*(g if m else None for g, m in zip(grads, mask)), *(None,) * (num_args - 3))
+
+
 def _jvp_transform_active() -> bool:
     if torch._C._functorch.peek_interpreter_stack() is None:
         return False

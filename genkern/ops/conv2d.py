@@ -228,33 +228,14 @@ def _setup_context(ctx, inputs, output):
     # preact is internal: no gradient, and none made of zeros for the backward to ignore
     ctx.mark_non_differentiable(preact)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
-    ctx.args = (stride, padding, dilation, groups, act, slope, backend)
+    ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact), bias)
+    ctx.args = (stride, padding, dilation, groups, act, slope)
+    ctx.backend = backend
 
 
 def _backward(ctx, grad_y, _grad_preact):
-    _fused.refuse_double_backward("conv2d")
-    if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
-        return (None,) * 11
-    x, weight, saved = ctx.saved_tensors
-    stride, padding, dilation, groups, act, slope, backend = ctx.args
-    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    gx, gw, gb = torch.ops.genkern.conv2d_act_backward(
-        grad_y, saved, x, weight, stride, padding, dilation, groups, act, slope, mask, backend
-    )
-    return (
-        gx if mask[0] else None,
-        gw if mask[1] else None,
-        gb if mask[2] else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    backward = torch.ops.genkern.conv2d_act_backward
+    return _fused.backward_grads(ctx, grad_y, _forward_torch, backward, 11)
 
 
 _conv2d_act.register_autograd(_backward, setup_context=_setup_context)

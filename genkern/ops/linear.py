@@ -177,26 +177,13 @@ def _setup_context(ctx, inputs, output):
     # preact is internal: no gradient, and none made of zeros for the backward to ignore
     ctx.mark_non_differentiable(preact)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
+    ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact), bias)
     ctx.args = (act, slope)
     ctx.backend = backend
 
 
 def _backward(ctx, grad_y, _grad_preact=None, backward=torch.ops.genkern.linear_act_backward):
-    if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
-        return (None,) * 7
-    x, weight, saved = ctx.saved_tensors
-    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    gx, gw, gb = backward(grad_y, saved, x, weight, *ctx.args, mask, ctx.backend)
-    return (
-        gx if mask[0] else None,
-        gw if mask[1] else None,
-        gb if mask[2] else None,
-        None,
-        None,
-        None,
-        None,
-    )
+    return _fused.backward_grads(ctx, grad_y, _forward_torch, backward, 7)
 
 
 _linear_act.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,175 @@
+"""Second derivatives through conv2d, conv_transpose2d and linear (a backward with
+create_graph=True, as a WGAN-GP gradient penalty takes): the gradients are then stock's composite
+recomputed from the saved inputs and differentiated by autograd, on every path (the C++ eager
+path, the custom op with the cpu backend's registered backward, the torch backend). Compared with
+stock in float64."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import genkern
+from genkern import backends, reference
+from genkern.ops import _fused
+
+SLOPE = 0.2
+ACTS = [None, "relu", "leaky_relu", "tanh", "sigmoid", "silu"]
+
+# name: (genkern op, stock op, x, weight and bias sizes)
+OPS = {
+    "conv2d": (
+        lambda x, w, b, **k: genkern.ops.conv2d(x, w, b, 2, 1, **k),
+        lambda x, w, b: F.conv2d(x, w, b, 2, 1),
+        (3, 4, 8, 7),
+        (5, 4, 4, 4),
+    ),
+    "conv_transpose2d": (
+        lambda x, w, b, **k: genkern.ops.conv_transpose2d(x, w, b, 2, 1, 1, **k),
+        lambda x, w, b: F.conv_transpose2d(x, w, b, 2, 1, 1),
+        (3, 4, 5, 4),
+        (4, 5, 4, 4),
+    ),
+    "linear": (
+        lambda x, w, b, **k: genkern.ops.linear(x, w, b, **k),
+        lambda x, w, b: F.linear(x, w, b),
+        (6, 7),
+        (5, 7),
+    ),
+}
+# the C++ eager path (cpu backend, fast paths on), the custom op (cpu backend, fast paths off),
+# the torch backend's eager path (linear's autograd.Function) and its custom op
+PATHS = [("cpu", True), ("cpu", False), ("torch", True), ("torch", False)]
+PATH_IDS = ["cpp_eager", "custom_op", "torch_eager", "torch"]
+
+
+def _use_path(path, monkeypatch):
+    backend, fast = path
+    if backend not in backends.available_backends("cpu", torch.float64):
+        pytest.skip(f"the {backend} backend is not available here")
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast)
+    return backend
+
+
+def _inputs(name, dtype, weight_grad=True, tiny=False):
+    _, _, xs, ws = OPS[name]
+    if tiny:  # gradgradcheck's numerical Jacobians grow with the square of the sizes
+        xs, ws = ((2, 2, 3, 3), (2, 2, *ws[2:])) if len(ws) == 4 else ((3, 4), (2, 4))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(xs, generator=g, dtype=dtype).requires_grad_()
+    w = torch.randn(ws, generator=g, dtype=dtype).requires_grad_(weight_grad)
+    b = torch.randn(ws[1] if name == "conv_transpose2d" else ws[0], generator=g, dtype=dtype)
+    return x, w, b.requires_grad_()
+
+
+def _penalized(forward, x, w, b):
+    """A gradient penalty's pattern: first-order gradients with create_graph=True, a penalty of
+    them, its backward. Returns those gradients and the penalty's."""
+    x, w, b = (t.detach().clone().requires_grad_(t.requires_grad) for t in (x, w, b))
+    y = forward(x, w, b)
+    v = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    wanted = [t for t in (x, w) if t.requires_grad]
+    first = torch.autograd.grad((y * v).sum(), wanted, create_graph=True)
+    penalty = sum(g.pow(3).sum() for g in first)
+    if penalty.requires_grad:  # not where the gradients are constants (linear maps, no weight's)
+        penalty.backward()
+    return [*first, x.grad, w.grad, b.grad]
+
+
+def _assert_close(got, want, **tol):
+    assert len(got) == len(want)
+    for a, c in zip(got, want):
+        assert (a is None) == (c is None)
+        if a is not None:
+            torch.testing.assert_close(a, c, **tol)
+
+
+@pytest.mark.parametrize("weight_grad", [True, False], ids=["weight_grad", "frozen_weight"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", list(OPS))
+def test_second_derivative_matches_stock(name, path, act, weight_grad, monkeypatch):
+    backend = _use_path(path, monkeypatch)
+    op, stock, _, _ = OPS[name]
+    x, w, b = _inputs(name, torch.float64, weight_grad)
+    got = _penalized(
+        lambda x, w, b: op(x, w, b, activation=act, negative_slope=SLOPE, backend=backend), x, w, b
+    )
+    want = _penalized(lambda x, w, b: reference.activation(stock(x, w, b), act, SLOPE), x, w, b)
+    _assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if act in ("tanh", "silu"):  # a nonzero second derivative of the activation reaches x
+        assert got[-3].abs().sum() > 0
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", list(OPS))
+def test_gradgradcheck(name, path, monkeypatch):
+    backend = _use_path(path, monkeypatch)
+    op = OPS[name][0]
+    x, w, b = _inputs(name, torch.float64, tiny=True)
+    f = lambda x, w, b: op(x, w, b, activation="silu", backend=backend)  # silu'' is not 0
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_second_derivative_in_bfloat16_is_stocks(name):
+    # the recomputation is stock's composite itself: the same bits
+    op, stock, _, _ = OPS[name]
+    x, w, b = _inputs(name, torch.bfloat16)
+    got = _penalized(lambda x, w, b: op(x, w, b, activation="tanh", backend="cpu"), x, w, b)
+    want = _penalized(lambda x, w, b: torch.tanh(stock(x, w, b)), x, w, b)
+    _assert_close(got, want, rtol=0, atol=0)
+
+
+def _critic():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(8, 16, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(16 * 2 * 2, 1),
+    ).double()
+
+
+def _wgan_gp_steps(critic, steps=3):
+    """A WGAN-GP critic's training steps (Gulrajani et al. 2017): the losses and the weights."""
+    opt = torch.optim.Adam(critic.parameters(), 1e-3, betas=(0.5, 0.9))
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        real = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
+        fake = torch.randn(4, 3, 8, 8, generator=g, dtype=torch.float64)
+        alpha = torch.rand(4, 1, 1, 1, generator=g, dtype=torch.float64)
+        x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_()
+        (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+        penalty = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        loss = critic(fake).mean() - critic(real).mean() + 10 * penalty
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return torch.stack(losses), [p.detach() for p in critic.parameters()]
+
+
+def test_wgan_gp_critic_trains_as_stock():
+    stock = _critic()
+    ours = genkern.nn.convert(copy.deepcopy(stock))
+    assert isinstance(ours[0], genkern.nn.Conv2d) and isinstance(ours[5], genkern.nn.Linear)
+    want, got = _wgan_gp_steps(stock), _wgan_gp_steps(ours)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)
+    _assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
+
+
+def test_conv_after_a_genkern_batch_norm_names_the_batch_norm():
+    # a conv whose input is a genkern batch norm's output keeps the batch norm's input instead
+    # (and recomputes its own): the second derivative needs the batch norm's, which genkern lacks
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    h = genkern.ops.batch_norm(x, None, None, training=True, activation="relu", backend="cpu")
+    y = genkern.ops.conv2d(h, w, backend="cpu")
+    with pytest.raises(RuntimeError, match="second derivative of batch_norm is not implemented"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
