@@ -1,8 +1,8 @@
-"""Second derivatives through conv2d, conv_transpose2d and linear (a backward with
-create_graph=True, as a WGAN-GP gradient penalty takes): the gradients are then stock's composite
-recomputed from the saved inputs and differentiated by autograd, on every path (the C++ eager
-path, the custom op with the cpu backend's registered backward, the torch backend). Compared with
-stock in float64."""
+"""Second derivatives through conv2d, conv_transpose2d, linear, avg_pool2d and
+upsample_nearest2d (a backward with create_graph=True, as a WGAN-GP gradient penalty takes): the
+gradients are then stock's composite recomputed from the saved inputs (the linear maps: at a zero
+input) and differentiated by autograd, on every path (the C++ eager path, the custom op with the
+cpu backend's registered backward, the torch backend). Compared with stock in float64."""
 
 import copy
 
@@ -121,6 +121,58 @@ def test_second_derivative_in_bfloat16_is_stocks(name):
     got = _penalized(lambda x, w, b: op(x, w, b, activation="tanh", backend="cpu"), x, w, b)
     want = _penalized(lambda x, w, b: torch.tanh(stock(x, w, b)), x, w, b)
     _assert_close(got, want, rtol=0, atol=0)
+
+
+# name: (genkern op, stock op); a pool or upsampling between a tanh and a conv, so that the
+# second derivative passes through it both ways
+LINEAR_MAPS = {
+    "avg_pool2d": (
+        lambda x, **k: genkern.ops.avg_pool2d(x, 2, **k),
+        lambda x: F.avg_pool2d(x, 2),
+    ),
+    "avg_pool2d_ceil_padded": (
+        lambda x, **k: genkern.ops.avg_pool2d(x, 3, 2, 1, True, False, 5, **k),
+        lambda x: F.avg_pool2d(x, 3, 2, 1, True, False, 5),
+    ),
+    "upsample_scale": (
+        lambda x, **k: genkern.ops.upsample_nearest2d(x, scale_factor=2, **k),
+        lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
+    ),
+    "upsample_size": (
+        lambda x, **k: genkern.ops.upsample_nearest2d(x, size=(11, 13), **k),
+        lambda x: F.interpolate(x, size=(11, 13), mode="nearest"),
+    ),
+}
+
+
+def _through(pool, x, w):
+    return pool(torch.tanh(F.conv2d(x, w, padding=1)))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", list(LINEAR_MAPS))
+def test_second_derivative_through_linear_maps_matches_stock(name, path, layout, monkeypatch):
+    backend = _use_path(path, monkeypatch)
+    op, stock = LINEAR_MAPS[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 7, 9, generator=g, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x, w = x.requires_grad_(), torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64)
+    w, b = w.requires_grad_(), torch.zeros(1, dtype=torch.float64)  # b: unused
+    got = _penalized(lambda x, w, b: _through(lambda h: op(h, backend=backend), x, w), x, w, b)
+    want = _penalized(lambda x, w, b: _through(stock, x, w), x, w, b)
+    _assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", list(LINEAR_MAPS))
+def test_gradgradcheck_linear_maps(name, path, monkeypatch):
+    backend = _use_path(path, monkeypatch)
+    op = LINEAR_MAPS[name][0]
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: op(torch.tanh(x), backend=backend), (x,))
 
 
 def _critic():

@@ -2,6 +2,7 @@
 
 #include <ATen/SavedTensorHooks.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/avg_pool2d.h>
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/leaky_relu.h>
@@ -535,6 +536,16 @@ at::Tensor input_grad_empty(AutogradContext* ctx, const at::Tensor& like) {
   return at::empty(shape, like.options().memory_format(fmt));
 }
 
+// The input gradient of a linear map (average pooling, nearest upsampling) in a backward with
+// create_graph=True: the vector-Jacobian product of its stock composite `forward` at a zero input
+// of the input's shape and layout, a differentiable function of grad_y (a linear map's Jacobian
+// is the same at every input), so second derivatives are stock's (genkern/ops/_fused).
+at::Tensor linear_map_grad(AutogradContext* ctx, const at::Tensor& grad_y,
+                           const std::function<at::Tensor(const at::Tensor&)>& forward) {
+  const at::Tensor x = input_grad_empty(ctx, grad_y).zero_().requires_grad_();
+  return torch::autograd::grad({forward(x)}, {x}, {grad_y}, std::nullopt, true)[0];
+}
+
 // The input's shape and layout (for its gradient) and the pool's window, for the backward.
 void save_pool_window(AutogradContext* ctx, const at::Tensor& x, at::MemoryFormat fmt,
                       const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
@@ -612,12 +623,26 @@ struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_double_backward("avg_pool2d");
     auto& d = ctx->saved_data;
-    const at::Tensor gx = avg_pool2d_backward_cpu(
-        grads[0], input_grad_empty(ctx, grads[0]), d["kernel"].toIntVector(),
-        d["stride"].toIntVector(), d["padding"].toIntVector(), d["count_include_pad"].toBool(),
-        d["divisor_override"].toInt());
+    const auto kernel = d["kernel"].toIntVector(), stride = d["stride"].toIntVector();
+    const auto padding = d["padding"].toIntVector();
+    const bool count_include_pad = d["count_include_pad"].toBool();
+    const int64_t divisor = d["divisor_override"].toInt();
+    at::Tensor gx;
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      const auto in = d["shape"].toIntVector();
+      bool ceil_mode = false;  // what made the output's size, where floor's is smaller
+      for (int i = 0; i < 2; ++i)
+        ceil_mode |= (in[2 + i] + 2 * padding[i] - kernel[i]) / stride[i] + 1 <
+                     grads[0].size(2 + i);
+      gx = linear_map_grad(ctx, grads[0], [&](const at::Tensor& x) {
+        return at::avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
+                              divisor ? std::optional<int64_t>(divisor) : std::nullopt);
+      });
+    } else {
+      gx = avg_pool2d_backward_cpu(grads[0], input_grad_empty(ctx, grads[0]), kernel, stride,
+                                   padding, count_include_pad, divisor);
+    }
     return {gx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -636,10 +661,15 @@ struct UpsampleNearest2d : public torch::autograd::Function<UpsampleNearest2d> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_double_backward("upsample_nearest2d");
     variable_list out(4);
     if (!grads[0].defined()) return out;  // no gradient reached y
     const auto s = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) {  // create_graph=True: x at the source pixels
+      out[0] = linear_map_grad(ctx, grads[0], [&](const at::Tensor& x) {
+        return x.index_select(2, s[0]).index_select(3, s[1]);
+      });
+      return out;
+    }
     at::Tensor gx = input_grad_empty(ctx, grads[0]);
     out[0] = grads[0].numel() == 0 || gx.numel() == 0
                  ? gx.zero_()

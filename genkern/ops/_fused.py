@@ -119,6 +119,17 @@ def differentiable_grads(forward_torch, inputs, args, mask, grad_y):
     return tuple(next(grads) if m else None for m in mask)
 
 
+def linear_map_grad(forward_torch, input_size, channels_last: bool, grad_y):
+    """The input gradient of a linear map (average pooling, nearest upsampling) in a backward
+    with create_graph=True: the vector-Jacobian product of its stock composite forward_torch at
+    a zero input of the input's size and layout, a differentiable function of grad_y (a linear
+    map's Jacobian is the same at every input), so second derivatives are stock's. The C++ eager
+    paths do the same (csrc/cpu/eager_autograd.cpp, linear_map_grad)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = grad_y.new_zeros(input_size).contiguous(memory_format=fmt).requires_grad_()
+    return torch.autograd.grad(forward_torch(x), x, grad_y, create_graph=True)[0]
+
+
 def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
     """A fused GEMM-shaped op's autograd backward (its context saved x, weight, the activation's
     tensor and bias; ctx.args are the op's arguments after bias): its backward op, or in a

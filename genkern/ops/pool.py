@@ -511,8 +511,12 @@ def _avg_setup(ctx, inputs, output):
 
 
 def _avg_backward(ctx, grad_y):
-    _fused.refuse_double_backward("avg_pool2d")
-    gx = torch.ops.genkern.avg_pool2d_backward(grad_y, *ctx.args)
+    if _fused.differentiating_backward():
+        input_size, cl, kernel, stride, padding, ceil_mode, cip, div, _ = ctx.args
+        window = (kernel, stride, padding, None, ceil_mode, cip, div)
+        gx = _fused.linear_map_grad(lambda x: _avg_fwd_torch(x, *window), input_size, cl, grad_y)
+    else:
+        gx = torch.ops.genkern.avg_pool2d_backward(grad_y, *ctx.args)
     return gx, None, None, None, None, None, None, None
 
 
@@ -571,8 +575,14 @@ def _up_setup(ctx, inputs, output):
 
 
 def _up_backward(ctx, grad_y):
-    _fused.refuse_double_backward("upsample_nearest2d")
-    return torch.ops.genkern.upsample_nearest2d_backward(grad_y, *ctx.args), None, None, None, None
+    if _fused.differentiating_backward():
+        input_size, cl, scale_h, scale_w, _ = ctx.args
+        size = list(grad_y.shape[2:])
+        up = lambda x: _up_fwd_torch(x, size, scale_h, scale_w)
+        gx = _fused.linear_map_grad(up, input_size, cl, grad_y)
+    else:
+        gx = torch.ops.genkern.upsample_nearest2d_backward(grad_y, *ctx.args)
+    return gx, None, None, None, None
 
 
 _upsample_nearest2d.register_autograd(_up_backward, setup_context=_up_setup)
