@@ -1,8 +1,9 @@
-"""Second derivatives through conv2d, conv_transpose2d, linear, avg_pool2d and
+"""Second derivatives through conv2d, conv_transpose2d, linear, the pools and
 upsample_nearest2d (a backward with create_graph=True, as a WGAN-GP gradient penalty takes): the
-gradients are then stock's composite recomputed from the saved inputs (the linear maps: at a zero
-input) and differentiated by autograd, on every path (the C++ eager path, the custom op with the
-cpu backend's registered backward, the torch backend). Compared with stock in float64."""
+gradients are then stock's composite recomputed from the saved inputs (the linear maps, max
+pooling given its indices among them: at a zero input) and differentiated by autograd, on every
+path (the C++ eager path, the custom op with the cpu backend's registered backward, the torch
+backend). Compared with stock in float64."""
 
 import copy
 
@@ -145,6 +146,23 @@ LINEAR_MAPS = {
 }
 
 
+MAX_POOLS = {
+    "2x2": dict(kernel_size=2),  # channels_last: the C++ path's tap codes
+    "3x3_s2_p1": dict(kernel_size=3, stride=2, padding=1),
+    "ceil": dict(kernel_size=2, stride=2, ceil_mode=True),
+    "k2_s3": dict(kernel_size=2, stride=3),
+    "dilated": dict(kernel_size=2, stride=1, padding=1, dilation=2),
+}
+for _name, _kw in MAX_POOLS.items():  # every activation on one geometry
+    for _act in (None, "relu", "leaky_relu", "tanh") if _name == "2x2" else ("relu",):
+        LINEAR_MAPS[f"max_pool2d_{_name}_{_act}"] = (
+            lambda x, _kw=_kw, _act=_act, **k: genkern.ops.max_pool2d(
+                x, activation=_act, negative_slope=SLOPE, **_kw, **k
+            ),
+            lambda x, _kw=_kw, _act=_act: reference.activation(F.max_pool2d(x, **_kw), _act, SLOPE),
+        )
+
+
 def _through(pool, x, w):
     return pool(torch.tanh(F.conv2d(x, w, padding=1)))
 
@@ -167,12 +185,22 @@ def test_second_derivative_through_linear_maps_matches_stock(name, path, layout,
 
 
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
-@pytest.mark.parametrize("name", list(LINEAR_MAPS))
+@pytest.mark.parametrize("name", [n for n in LINEAR_MAPS if "max_pool" not in n or "3x3" in n])
 def test_gradgradcheck_linear_maps(name, path, monkeypatch):
     backend = _use_path(path, monkeypatch)
     op = LINEAR_MAPS[name][0]
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda x: op(torch.tanh(x), backend=backend), (x,))
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_max_pool_with_silu_refuses_the_second_derivative(path, monkeypatch):
+    # silu's second derivative needs the pooled input, which the pool does not keep
+    backend = _use_path(path, monkeypatch)
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    y = genkern.ops.max_pool2d(x, 2, activation="silu", backend=backend)
+    with pytest.raises(RuntimeError, match="second derivative of max_pool2d with silu"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
 
 
 def _critic():

@@ -368,11 +368,10 @@ def test_negative_views_are_read_as_their_values(op, shapes, which):
 
 
 _X4 = (2, 3, 8, 8)
-# conv2d, conv_transpose2d, linear, avg_pool2d and upsample_nearest2d have second derivatives:
+# conv2d, conv_transpose2d, linear, the pools and upsample_nearest2d have second derivatives:
 # tests/test_double_backward.py
 SECOND_ORDER_REFUSED = [
     ("batch_norm", lambda x, b: genkern.ops.batch_norm(x, None, None, training=True, backend=b)),
-    ("max_pool2d", lambda x, b: genkern.ops.max_pool2d(x, 2, backend=b)),
 ]
 
 

@@ -6,11 +6,16 @@
 #include <ATen/ops/convolution.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/leaky_relu.h>
+#include <ATen/ops/leaky_relu_backward.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/ones_like.h>
 #include <ATen/ops/relu.h>
 #include <ATen/ops/sigmoid.h>
+#include <ATen/ops/sigmoid_backward.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/tanh.h>
+#include <ATen/ops/tanh_backward.h>
+#include <ATen/ops/threshold_backward.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -81,6 +86,35 @@ at::Tensor stock_activation(const at::Tensor& z, int64_t act, double slope) {
     default:
       return z;
   }
+}
+
+// grad * act'(z) from the saved tensor (act's output or input) by stock's differentiable ops
+// (genkern.reference.activation_backward); silu's is not among them (its callers refuse it).
+at::Tensor stock_activation_backward(const at::Tensor& grad, const at::Tensor& saved, int64_t act,
+                                     double slope) {
+  const auto a = static_cast<Activation>(act);
+  switch (a) {
+    case Activation::kRelu:
+      return at::threshold_backward(grad, saved, 0);
+    case Activation::kLeakyRelu:
+      return at::leaky_relu_backward(grad, saved, slope, saves_output(a, slope));
+    case Activation::kTanh:
+      return at::tanh_backward(grad, saved);
+    case Activation::kSigmoid:
+      return at::sigmoid_backward(grad, saved);
+    default:
+      return grad;
+  }
+}
+
+// A pool's ceil_mode as its output's size shows it: whether floor's size is smaller.
+bool ceil_mode_of(const std::vector<int64_t>& in, const at::Tensor& grad_y,
+                  const std::vector<int64_t>& kernel, const std::vector<int64_t>& stride,
+                  const std::vector<int64_t>& padding) {
+  bool ceil_mode = false;
+  for (int i = 0; i < 2; ++i)
+    ceil_mode |= (in[2 + i] + 2 * padding[i] - kernel[i]) / stride[i] + 1 < grad_y.size(2 + i);
+  return ceil_mode;
 }
 
 // A backward with create_graph=True: the gradients for x, weight, bias (those mask asks for) as
@@ -590,11 +624,14 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_double_backward("max_pool2d");
     variable_list out(9);
     if (!grads[0].defined()) return out;  // no gradient reached y
     auto& d = ctx->saved_data;
     const auto s = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      out[0] = differentiable_grad(ctx, grads[0], s[0], s[1]);
+      return out;
+    }
     at::Tensor gx = input_grad_empty(ctx, grads[0]);
     if (gx.numel() == 0 || grads[0].numel() == 0) {
       out[0] = gx.zero_();
@@ -605,6 +642,41 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
                                      d["dilation"].toIntVector(), d["act"].toInt(),
                                      d["slope"].toDouble());
     return out;
+  }
+
+  // Given the indices, max pooling is a linear map: x at each window's maximum. Its input
+  // gradient, differentiable (see linear_map_grad), of act's backward by stock's ops.
+  static at::Tensor differentiable_grad(AutogradContext* ctx, const at::Tensor& grad_y,
+                                        const at::Tensor& saved, const at::Tensor& indices) {
+    auto& d = ctx->saved_data;
+    const int64_t act = d["act"].toInt();
+    // silu's second derivative needs the pooled input, which is not kept
+    if (static_cast<Activation>(act) == Activation::kSilu)
+      refuse_double_backward("max_pool2d with silu");
+    const at::Tensor g = stock_activation_backward(grad_y, saved, act, d["slope"].toDouble());
+    const auto kernel = d["kernel"].toIntVector(), stride = d["stride"].toIntVector();
+    const auto padding = d["padding"].toIntVector(), dilation = d["dilation"].toIntVector();
+    if (indices.scalar_type() == at::kByte) {
+      // tap codes (windows that do not overlap): the maxima's indicator (the backward of ones)
+      // masks x, and each window sums it
+      const at::Tensor ones = at::ones_like(grad_y);
+      const at::Tensor maxima =
+          max_pool2d_backward_cpu(ones, std::nullopt, indices, input_grad_empty(ctx, ones),
+                                  kernel, stride, padding, dilation, 0, 0.0);
+      const bool ceil_mode = ceil_mode_of(d["shape"].toIntVector(), grad_y, kernel, stride,
+                                          padding);
+      return linear_map_grad(ctx, g, [&](const at::Tensor& x) {
+        return at::avg_pool2d(x * maxima, kernel, stride, padding, ceil_mode, false, 1);
+      });
+    }
+    // flat indices into a plane; -1 (a window wholly in the padding) gives 0
+    const at::Tensor flat = indices.reshape({indices.size(0), indices.size(1), -1});
+    return linear_map_grad(ctx, g, [&](const at::Tensor& x) {
+      return x.reshape({x.size(0), x.size(1), -1})
+          .gather(2, flat.clamp_min(0))
+          .masked_fill(flat < 0, 0)
+          .view(indices.sizes());
+    });
   }
 };
 
@@ -630,11 +702,8 @@ struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
     const int64_t divisor = d["divisor_override"].toInt();
     at::Tensor gx;
     if (at::GradMode::is_enabled()) {  // create_graph=True
-      const auto in = d["shape"].toIntVector();
-      bool ceil_mode = false;  // what made the output's size, where floor's is smaller
-      for (int i = 0; i < 2; ++i)
-        ceil_mode |= (in[2 + i] + 2 * padding[i] - kernel[i]) / stride[i] + 1 <
-                     grads[0].size(2 + i);
+      const bool ceil_mode = ceil_mode_of(d["shape"].toIntVector(), grads[0], kernel, stride,
+                                          padding);
       gx = linear_map_grad(ctx, grads[0], [&](const at::Tensor& x) {
         return at::avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
                               divisor ? std::optional<int64_t>(divisor) : std::nullopt);

@@ -402,12 +402,28 @@ def _max_setup(ctx, inputs, output):
 
 
 def _max_backward(ctx, grad_y, _grad_idx, _grad_preact):
-    _fused.refuse_double_backward("max_pool2d")
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * 10
     saved, idx = ctx.saved_tensors
-    gx = torch.ops.genkern.max_pool2d_backward(grad_y, saved, idx, *ctx.args)
+    if _fused.differentiating_backward():
+        input_size, cl, *_, act, slope, _ = ctx.args
+        if act == A.SILU:  # its second derivative needs the pooled input, which is not kept
+            _fused.refuse_double_backward("max_pool2d with silu")
+        g = reference.activation_backward(grad_y, saved, act, slope)
+        gx = _fused.linear_map_grad(lambda x: _at_maxima(x, idx), input_size, cl, g)
+    else:
+        gx = torch.ops.genkern.max_pool2d_backward(grad_y, saved, idx, *ctx.args)
     return gx, *([None] * 9)
+
+
+def _at_maxima(x, indices):
+    """x at each window's recorded maximum (flat indices into a plane; -1, a window wholly in the
+    padding, gives 0): given the indices, max pooling is this linear map, whose vector-Jacobian
+    product is the pool's backward (for a second derivative, see _fused.linear_map_grad)."""
+    n, c = indices.shape[:2]
+    flat = indices.reshape(n, c, -1)
+    at = x.reshape(n, c, -1).gather(2, flat.clamp_min(0)).masked_fill(flat < 0, 0)
+    return at.view(indices.shape)
 
 
 _max_pool2d.register_autograd(_max_backward, setup_context=_max_setup)
