@@ -201,6 +201,100 @@ def test_convert_folds_nothing_that_hooks_watch(where, trace):
         torch.testing.assert_close(got, want)
 
 
+HOOKS = {
+    "forward_pre": lambda m, seen: m.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].detach().clone())
+    ),
+    "forward": lambda m, seen: m.register_forward_hook(
+        lambda _, args, out: seen.append(out.detach().clone())
+    ),
+    "full_backward_pre": lambda m, seen: m.register_full_backward_pre_hook(
+        lambda _, g_out: seen.append(g_out[0].clone())
+    ),
+    "full_backward": lambda m, seen: m.register_full_backward_hook(
+        lambda _, g_in, g_out: seen.append(g_in[0].clone())
+    ),
+}
+
+
+@pytest.mark.parametrize("hook", list(HOOKS))
+@pytest.mark.parametrize("where", ["conv", "relu", "pool", "leaky_conv", "leaky"])
+def test_hooks_registered_after_convert_see_what_stocks_do(where, hook):
+    # found by a fuzz: a forward pre-hook on a folded ReLU's place saw relu's output (dead-ReLU
+    # statistics read 0), one changing its input changed it after the relu; a hook on a layer
+    # carrying the fold saw the activated output. Registering one now undoes that fold.
+    torch.manual_seed(0)
+    if where.startswith("leaky"):
+        stock = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.Conv2d(4, 2, 3))
+        index = 0 if where == "leaky_conv" else 1
+    else:  # the relu moves onto the pool
+        stock = _conv_relu_pool(nn.MaxPool2d(2), nn.ReLU())
+        index = {"conv": 0, "relu": 1, "pool": 2}[where]
+    stock = stock.double().to(DEVICE)
+    ours = genkern.nn.convert(stock)
+    assert isinstance(ours, genkern.nn.FusedSequential)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    seen = {}
+    for name, model in (("stock", stock), ("ours", ours)):
+        seen[name] = []
+        HOOKS[hook](model[index], seen[name])
+        xg = x.clone().requires_grad_()
+        y = model(xg)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=DEVICE).view_as(y))
+        seen[name] += [y.detach(), xg.grad, model[0].weight.grad]
+    assert len(seen["ours"]) == len(seen["stock"]) == 4
+    for got, want in zip(seen["ours"], seen["stock"]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_folded_activations_are_instances_of_their_classes():
+    # found by a fuzz: code that finds activations by type (guided backprop hooking every
+    # nn.ReLU, a loop swapping ReLUs for SiLUs) found none in a converted model
+    acts = [nn.ReLU(inplace=True), nn.LeakyReLU(0.2), nn.Tanh(), nn.Sigmoid(), nn.SiLU()]
+    layers = []
+    for act in acts:
+        layers += [nn.Conv2d(3, 3, 3, padding=1), act]
+    stock = nn.Sequential(*layers).double().to(DEVICE)
+    ours = genkern.nn.convert(stock)
+    for k, act in enumerate(acts):
+        assert isinstance(ours[2 * k + 1], type(act)) and ours[2 * k].activation is not None
+    assert ours[3].negative_slope == 0.2 and not ours[1].inplace  # runs nothing in place
+    assert isinstance(pickle.loads(pickle.dumps(ours))[1], nn.ReLU)
+    x = torch.randn(2, 3, 6, 6, device=DEVICE, dtype=torch.float64)
+    for model in (stock, ours):  # a slope changed as stock reads it, at each call
+        model[3].negative_slope = 0.5
+    torch.testing.assert_close(ours(x), stock(x), rtol=1e-12, atol=1e-12)
+    for model in (stock, ours):  # the swap loop
+        for name, child in list(model.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(model, name, nn.SiLU())
+    assert type(ours[1]) is nn.SiLU
+    torch.testing.assert_close(ours(x), stock(x), rtol=1e-12, atol=1e-12)
+
+
+def test_guided_backprop_on_a_converted_classifier_is_stocks():
+    # a backward hook on every nn.ReLU clamps the gradient (Springenberg et al. 2015)
+    def guided_saliency(model, x):
+        hooks = []
+        for m in model.modules():
+            if isinstance(m, nn.ReLU):
+                m.inplace = False  # full backward hooks refuse in-place modules
+                clamp = lambda _, g_in, g_out: (g_in[0].clamp(min=0),)
+                hooks.append(m.register_full_backward_hook(clamp))
+        x = x.clone().requires_grad_()
+        model(x)[:, 3].sum().backward()
+        return x.grad, len(hooks)
+
+    torch.manual_seed(0)
+    stock = models.CNNClassifier(impl="torch").double().eval().to(DEVICE)
+    ours = models.CNNClassifier(impl="genkern").double().eval().to(DEVICE)
+    ours.load_state_dict(stock.state_dict())
+    x = torch.randn(2, 3, 32, 32, device=DEVICE, dtype=torch.float64)
+    (want, n), (got, m) = guided_saliency(stock, x), guided_saliency(ours, x)
+    assert n == m > 0
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def _conv_relu_pool(pool: nn.Module, act: nn.Module) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), act, pool, nn.Conv2d(4, 2, 3)).to(DEVICE)
 

@@ -18,7 +18,37 @@ class NotScriptable:
         )
 
 
-class FusedActivationMixin(NotScriptable):
+class UnfoldsWhenHooked:
+    """Registering a hook on a folded pair's carrier or on its activation's place first undoes
+    that fold (_unfold_for_hooks): the hook then sees what it would on stock's layers (the
+    layer's own output, the activation's input), as convert leaves pairs that hooks watched
+    unfused (found by a fuzz: guided backprop's hooks on ReLUs, dead-ReLU statistics)."""
+
+    def _unfold_for_hooks(self) -> None:
+        raise NotImplementedError
+
+    def register_forward_pre_hook(self, *args, **kwargs):
+        self._unfold_for_hooks()
+        return super().register_forward_pre_hook(*args, **kwargs)
+
+    def register_forward_hook(self, *args, **kwargs):
+        self._unfold_for_hooks()
+        return super().register_forward_hook(*args, **kwargs)
+
+    def register_full_backward_pre_hook(self, *args, **kwargs):
+        self._unfold_for_hooks()
+        return super().register_full_backward_pre_hook(*args, **kwargs)
+
+    def register_full_backward_hook(self, *args, **kwargs):
+        self._unfold_for_hooks()
+        return super().register_full_backward_hook(*args, **kwargs)
+
+    def register_backward_hook(self, *args, **kwargs):
+        self._unfold_for_hooks()
+        return super().register_backward_hook(*args, **kwargs)
+
+
+class FusedActivationMixin(UnfoldsWhenHooked, NotScriptable):
     """Stores `activation` and `negative_slope`, validated once at construction."""
 
     # the layer whose train/eval mode this one has (a copy made by without_activation)
@@ -46,6 +76,14 @@ class FusedActivationMixin(NotScriptable):
         source = self.__dict__.get("mode_of")
         if source is not None:
             source.training = mode
+
+    def _unfold_for_hooks(self) -> None:
+        """Undoes the fold of the activation this layer carries for a Sequential (see
+        genkern.nn.fused_sequential), if any: the place runs the activation from then on."""
+        layer = self._mode_source()
+        place = layer.__dict__.get("folded_place")
+        if place is not None:
+            place._unfold_for_hooks()
 
     def _mode_source(self):
         """The module whose `training` this one runs in (itself but for a copy)."""

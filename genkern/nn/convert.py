@@ -3,9 +3,11 @@
 Every torch.nn layer genkern has a drop-in for is swapped in place of its class (parameters,
 buffers and hooks kept, so state_dict keys and values stay the same); an activation module that
 directly follows a layer with a fused activation in an nn.Sequential is folded into that layer
-and replaced by nn.Identity; a ReLU so folded into a layer directly followed by a max pool moves
-onto the pool (relu commutes with max: the same values and gradients), so that the layer's
-full-size output is not kept for the backward, only the pooled one. With trace=True, torch.fx
+and replaced by its place (an instance of its class that runs nothing while folded; a hook
+registered on it or on the layer undoes the fold); a ReLU so folded into a layer directly
+followed by a max pool moves onto the pool (relu commutes with max: the same values and
+gradients), so that the layer's full-size output is not kept for the backward, only the pooled
+one. With trace=True, torch.fx
 finds layer-then-activation pairs in models whose forward calls modules one by one. With
 fold_bn=True (eval models), a BatchNorm2d directly after a conv / transposed conv is folded into
 its weights. Layers registered in more than one place, or called more than once in a traced
@@ -216,6 +218,8 @@ def _relu_onto_max_pools(seq: nn.Sequential, then_inplace: bool) -> None:
         ):
             layer.activation, pool.activation = None, "relu"
             place.__dict__["carrier"] = pool
+            layer.__dict__.pop("folded_place", None)
+            pool.__dict__["folded_place"] = place
 
 
 def _fold_bn_in_sequentials(model: nn.Module) -> None:

@@ -15,20 +15,38 @@ from collections import OrderedDict
 
 from torch import nn
 
+from genkern.nn._fused import UnfoldsWhenHooked
 
-class FoldedActivation(nn.Identity):
+
+class FoldedActivation(UnfoldsWhenHooked, nn.Identity):
     """The place of an activation module convert folded into `carrier`; the module is kept
     (not as a child: state_dict and modules() are stock's) to run where a slice cuts the two
     apart. Once its fold is undone (carrier None) it runs the activation itself, in the slices
-    taken before that still hold it."""
+    taken before that still hold it, and in its Sequential where a hook on it or its carrier
+    undid the fold. Made by `folded`, as an instance of the activation's class too."""
 
     def __init__(self, activation: nn.Module, carrier: nn.Module):
-        super().__init__()
+        nn.Module.__init__(self)  # not the activation class's: its attributes are the kept one's
         self.__dict__["activation_module"] = activation
         self.__dict__["carrier"] = carrier
+        carrier.__dict__["folded_place"] = self
 
     def forward(self, x):
         return x if self.carrier is not None else self.activation_module(x)
+
+    @property
+    def inplace(self) -> bool:  # while folded, nothing runs here; then the kept module's
+        return self.carrier is None and getattr(self.activation_module, "inplace", False)
+
+    @inplace.setter
+    def inplace(self, value: bool) -> None:
+        self.activation_module.inplace = value
+
+    def _unfold_for_hooks(self) -> None:
+        """Undoes this one fold: the carrier runs without the activation, this place with it."""
+        if self.carrier is not None:
+            self.carrier.activation = None
+            self.__dict__["carrier"] = None
 
     def train(self, mode: bool = True):  # the kept module's mode follows (slices hold it)
         self.activation_module.train(mode)
@@ -124,6 +142,51 @@ class FusedSequential(nn.Sequential):
         return nn.Sequential.__imul__(self.unfold(), other)
 
 
+# The places of the activation modules convert folds, instances of their classes too (code that
+# finds activations by type, isinstance(m, nn.ReLU), finds these: found by a fuzz, guided
+# backprop hooked no ReLU of a converted model). Module-level classes: pickling finds them.
+class FoldedReLU(FoldedActivation, nn.ReLU):
+    pass
+
+
+class FoldedLeakyReLU(FoldedActivation, nn.LeakyReLU):
+    @property
+    def negative_slope(self) -> float:
+        return self.activation_module.negative_slope
+
+    @negative_slope.setter
+    def negative_slope(self, value: float) -> None:  # (as stock's, read at each call)
+        self.activation_module.negative_slope = value
+        if self.carrier is not None:
+            self.carrier.negative_slope = float(value)
+
+
+class FoldedTanh(FoldedActivation, nn.Tanh):
+    pass
+
+
+class FoldedSigmoid(FoldedActivation, nn.Sigmoid):
+    pass
+
+
+class FoldedSiLU(FoldedActivation, nn.SiLU):
+    pass
+
+
+_FOLDED = {
+    nn.ReLU: FoldedReLU,
+    nn.LeakyReLU: FoldedLeakyReLU,
+    nn.Tanh: FoldedTanh,
+    nn.Sigmoid: FoldedSigmoid,
+    nn.SiLU: FoldedSiLU,
+}
+
+
+def folded(activation: nn.Module, carrier: nn.Module) -> FoldedActivation:
+    """The place of `activation`, now run by carrier (an instance of the activation's class)."""
+    return _FOLDED.get(type(activation), FoldedActivation)(activation, carrier)
+
+
 def _with_pairs(seq: nn.Sequential) -> nn.Sequential:
     """seq, a FusedSequential if it holds a carrier and its place (the children of one)."""
     if _pairs(list(seq._modules.items())):
@@ -150,7 +213,7 @@ def _holds_run(chosen: list[int], lo: int, hi: int) -> bool:
 def fold(seq: nn.Sequential, place: str, carrier: nn.Module) -> None:
     """Puts a FoldedActivation for the activation module at `place` (now run by carrier) there;
     the plain nn.Sequential becomes a FusedSequential."""
-    seq._modules[place] = FoldedActivation(seq._modules[place], carrier)
+    seq._modules[place] = folded(seq._modules[place], carrier)
     seq.__class__ = FusedSequential
 
 
