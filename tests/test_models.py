@@ -638,6 +638,66 @@ def test_convert_trace_finds_pairs_in_custom_forwards():
     assert set(traced.state_dict()) == set(stock.state_dict())
 
 
+class _CustomForward(nn.Module):
+    """Pairs a traced convert folds: a function activation after a batch norm, a module one
+    after a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.bn, self.c2 = (
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.Conv2d(8, 4, 3),
+        )
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x):
+        return self.act(self.c2(F.relu(self.bn(self.c(x)))))
+
+
+@pytest.mark.parametrize("replace", ["setattr", "sync_batch_norm"])
+def test_replacing_a_layer_of_a_traced_convert_keeps_its_activation(replace):
+    # found by a fuzz: the fold put F.relu into `bn`, and SyncBatchNorm.convert_sync_batchnorm
+    # (the DDP recipe) swapped `bn` for a stock layer: the relu was gone (off by 0.834)
+    torch.manual_seed(0)
+    stock = _CustomForward().double().eval().to(DEVICE)
+    traced = genkern.nn.convert(stock, trace=True)
+    assert traced.bn.activation == "relu" and traced.c2.activation == "leaky_relu"
+    models_ = []
+    for model in (stock, copy.deepcopy(traced)):
+        if replace == "setattr":
+            bn = nn.BatchNorm2d(8).double().eval().to(DEVICE)
+            bn.load_state_dict(model.bn.state_dict())
+            model.bn, model.c2 = bn, copy.deepcopy(stock.c2)
+        else:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        models_.append(model)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(models_[1](x), models_[0](x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(traced(x), stock(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("hook", list(HOOKS))
+@pytest.mark.parametrize("where", ["bn", "c2", "act"])
+def test_hooks_on_a_traced_convert_see_what_stocks_do(where, hook):
+    torch.manual_seed(0)
+    stock = _CustomForward().double().to(DEVICE)
+    traced = genkern.nn.convert(stock, trace=True)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    seen = {}
+    for name, model in (("stock", stock), ("traced", traced)):
+        seen[name] = []
+        HOOKS[hook](model.get_submodule(where), seen[name])
+        xg = x.clone().requires_grad_()
+        y = model(xg)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=DEVICE).view_as(y))
+        seen[name] += [y.detach(), xg.grad]
+    assert len(seen["traced"]) == len(seen["stock"]) == 3
+    for got, want in zip(seen["traced"], seen["stock"]):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("norm", ["spectral_norm", "weight_norm"])
 def test_convert_keeps_parametrizations(norm):
     # found by a fuzz: a parametrized conv (SNGAN's discriminators) stayed a stock layer, and with

@@ -20,7 +20,9 @@ activations moved is a FusedSequential (genkern/nn/fused_sequential.py): its sli
 the stock slices did. A forward that also calls a Sequential's layer directly (self.seq(x) +
 self.seq[0](x)) is beyond what convert sees: that call would get the folded activation too.
 trace=True returns a torch.fx GraphModule: the path the forward took in the mode it was traced
-in, without the model's class, other methods or uncalled modules.
+in, without the model's class, other methods or uncalled modules; each folded activation's
+place is called there with the carrier module as the graph finds it (a carrier replaced
+later runs no activation: the place does).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from genkern.nn.fused_sequential import (
     FusedSequential,
     chains_children,
     fold,
+    folded,
     next_inplace,
 )
 
@@ -290,12 +293,46 @@ def _trace_and_fuse(model: nn.Module) -> nn.Module:
             and any(_inplace_use(u, modules) for u in user.users)
         ):
             continue
-        modules[node.target].activation, modules[node.target].negative_slope = act
-        user.replace_all_uses_with(node)
-        gm.graph.erase_node(user)
+        carrier = modules[node.target]
+        carrier.activation, carrier.negative_slope = act
+        _trace_place(gm, node, user, carrier, act)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+_ACTIVATION_CLASSES = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+}
+
+
+def _trace_place(gm, node, user, carrier: nn.Module, act) -> None:
+    """The traced activation `user` becomes its place (a FoldedActivation; a call of F.relu, ...
+    gets a module of its own), called on the carrier's output and on the carrier module as the
+    graph finds it then: a carrier replaced in the GraphModule (as
+    SyncBatchNorm.convert_sync_batchnorm does) no longer runs the activation, and the place
+    does (found by a fuzz: the activation was dropped); hooks registered on either undo the
+    fold, as in a Sequential."""
+    if user.op == "call_module":
+        name, kept = user.target, gm.get_submodule(user.target)
+    else:
+        cls = _ACTIVATION_CLASSES[act[0]]
+        kept = cls(act[1]) if act[0] == "leaky_relu" else cls()
+        kept.inplace = bool(user.kwargs.get("inplace", False))
+        name = f"{node.target.replace('.', '_')}_{act[0]}"
+        while hasattr(gm, name):
+            name += "_"
+    gm.add_submodule(name, folded(kept, carrier))  # (replaces a module at user.target)
+    with gm.graph.inserting_after(node):
+        current = gm.graph.get_attr(node.target)
+    with gm.graph.inserting_after(current):
+        place = gm.graph.call_module(name, (node, current))
+    user.replace_all_uses_with(place)
+    gm.graph.erase_node(user)
 
 
 def convert(
