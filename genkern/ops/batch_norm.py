@@ -141,6 +141,14 @@ def batch_norm(
         and torch.is_grad_enabled()
         and any(t is not None and t.requires_grad for t in (x, weight, bias))
     )
+    count = x.numel() // channels if x.numel() else 0
+    update = training and (running_mean is not None or running_var is not None) and count > 0
+    if update and _updates_before_saving(x, weight, bias):
+        var, mean = torch.var_mean(x.to(_stat_dtype(x.dtype)), _reduced_dims(x), correction=0)
+        torch.ops.genkern.batch_norm_update_stats(
+            running_mean, running_var, mean, var, float(momentum), count
+        )
+        update = False
     y, mean, _, var, _ = torch.ops.genkern.batch_norm_act(
         x,
         weight,
@@ -154,12 +162,28 @@ def batch_norm(
         save_preact,
         name,
     )
-    if training and (running_mean is not None or running_var is not None) and x.numel() > 0:
-        count = x.numel() // channels
+    if update:
         torch.ops.genkern.batch_norm_update_stats(
             running_mean, running_var, mean, var, float(momentum), count
         )
     return y
+
+
+def _reduced_dims(x: torch.Tensor) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+def _updates_before_saving(*tensors: torch.Tensor | None) -> bool:
+    """Whether the running statistics must be updated before the op saves its tensors for the
+    backward, as stock's kernel does: under saved-tensor hooks (a non-reentrant checkpoint, whose
+    recomputation stops once the tensors it needs are saved; stock's recomputed forward updates
+    the statistics again). Found by a fuzz: the torch and triton backends updated them once."""
+    return (
+        torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and any(t is not None and t.requires_grad for t in tensors)
+        and torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    )
 
 
 def _require_backend(public: str, op: str, name: str) -> None:
