@@ -1,5 +1,6 @@
 """Loads the compiled extension genkern._C, or records why it is not there (with one warning)."""
 
+import importlib.util
 import warnings
 
 import torch  # noqa: F401  (loads libc10/libtorch, which genkern._C links against)
@@ -8,14 +9,17 @@ try:
     from genkern import _C  # noqa: F401  (the extension module)
 
     LOAD_ERROR = None
-except ImportError as exc:  # pure-Python install, or a build that failed
+except ImportError as exc:  # a pure-Python install, or an extension that does not load
     _C = None
-    LOAD_ERROR = str(exc) or type(exc).__name__
+    if importlib.util.find_spec("genkern._C") is None:  # (Python's error: "circular import")
+        LOAD_ERROR = "a pure-Python install: GENKERN_BUILD_EXT=0"
+    else:  # built against another torch, say
+        LOAD_ERROR = f"it is there but does not load: {exc or type(exc).__name__}"
     warnings.warn(
-        "genkern: the compiled extension genkern._C is not available "
-        f"({LOAD_ERROR}); the 'cpu' and 'cuda' backends are disabled, "
-        "'torch' and 'triton' still work. Reinstall with "
-        "`pip install --no-build-isolation -e .` to build it.",
+        f"genkern: the compiled extension genkern._C is not available ({LOAD_ERROR}); the "
+        "'cpu' and 'cuda' backends are disabled, 'torch' and 'triton' still work. To build it, "
+        "reinstall genkern from its source with `pip install --no-build-isolation .` (-e for an "
+        "editable install) against the torch installed here.",
         RuntimeWarning,
         stacklevel=2,
     )

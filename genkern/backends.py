@@ -70,7 +70,7 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> s
         return None
     if name == "cpu":
         if not _ext.HAS_CPU:
-            return f"the C++ extension genkern._C is not built ({_ext.LOAD_ERROR})"
+            return f"the C++ extension genkern._C is not available ({_ext.LOAD_ERROR})"
         if kind != "cpu":
             return f"it runs on CPU tensors only, and the tensors are on {kind}"
         if dtype not in _FLOAT_TYPES:
@@ -78,7 +78,7 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> s
         return None
     if name == "cuda":
         if not _ext.HAS_CPU:
-            return f"the C++ extension genkern._C is not built ({_ext.LOAD_ERROR})"
+            return f"the C++ extension genkern._C is not available ({_ext.LOAD_ERROR})"
         if not _ext.HAS_CUDA:
             return "genkern._C was built without CUDA (a CPU build of torch, or no nvcc)"
         if kind != "cuda":

@@ -61,6 +61,13 @@ def grid_backends(dtype=torch.float32) -> list[str]:
     return [b for b in device_backends(dtype) if b not in skip]
 
 
+# the tests of the cpu backend's own kernels (backend="cpu" named): a pure-Python install has none
+needs_cpu_backend = pytest.mark.skipif(
+    not genkern._ext.HAS_CPU,
+    reason=f"the C++ extension genkern._C is not available ({genkern._ext.LOAD_ERROR})",
+)
+
+
 @pytest.fixture
 def device() -> str:
     return DEVICE

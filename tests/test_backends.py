@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import genkern
-from genkern import backends
+from genkern import _ext, backends
 
 
 def test_auto_picks_a_backend_for_the_device():
@@ -80,6 +80,11 @@ def test_resolution_is_marked_constant_as_torch_marks_it():
     assert vars(backends._resolve_request).items() >= vars(torchs).items()
 
 
+@pytest.mark.skipif(
+    not _ext.HAS_CPU,
+    reason="a pure-Python install: its calls go through torch's custom-op dispatch, which "
+    "imports torch._dynamo",
+)
 def test_import_and_eager_calls_load_neither_dynamo_nor_triton():
     code = (
         "import sys, torch, genkern\n"
@@ -93,3 +98,32 @@ def test_import_and_eager_calls_load_neither_dynamo_nor_triton():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_an_extension_that_does_not_load_is_named_in_the_warning():
+    # found by a fuzz: Python's own error for a missing genkern._C blames a circular import, and
+    # that text went into the warning and every "backend not available" error
+    code = (
+        "import importlib.abc, importlib.machinery, sys, warnings\n"
+        "class Broken(importlib.abc.MetaPathFinder, importlib.abc.Loader):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'genkern._C':\n"
+        "            return importlib.machinery.ModuleSpec(name, self)\n"
+        "    def create_module(self, spec):\n"
+        "        raise ImportError('undefined symbol: _ZN3c10')\n"
+        "    def exec_module(self, module):\n"
+        "        pass\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import genkern\n"
+        "print(genkern._ext.HAS_CPU)\n"
+        "print([str(w.message) for w in caught if 'genkern._C' in str(w.message)][0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    has_cpu, message = out.stdout.strip().splitlines()
+    assert has_cpu == "False"
+    assert "it is there but does not load: undefined symbol: _ZN3c10" in message
+    assert "circular" not in message and "pip install --no-build-isolation ." in message

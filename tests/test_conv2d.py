@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import check_against_reference_unmodified
-from conftest import DEVICE, grid_backends
+from conftest import DEVICE, grid_backends, needs_cpu_backend
 
 import genkern
 from genkern import reference, testing
@@ -396,6 +396,7 @@ def test_16bit_output_column_in_the_padding(backend):
 WHOLE_INPUT = [(3, 8, 4, 4, 1, False), (2, 5, 3, 2, 4, True), (2, 1, 4, 4, 3, True)]
 
 
+@needs_cpu_backend
 @pytest.mark.parametrize("w_layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("x_layout", testing.LAYOUTS)
 @pytest.mark.parametrize("act,slope", [(None, 0.01), ("leaky_relu", -0.1), ("silu", 0.01)])
@@ -416,6 +417,7 @@ def test_whole_input_kernel_float64(case, act, slope, x_layout, w_layout):
     assert [t.stride() for t in ours] == [t.stride() for t in stock]
 
 
+@needs_cpu_backend
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_whole_input_kernel_gradcheck(layout):
     x = testing.make_tensor([2, 3, 3, 4], torch.float64, "cpu", layout, True)
@@ -425,6 +427,7 @@ def test_whole_input_kernel_gradcheck(layout):
     assert torch.autograd.gradcheck(fn, (x, wt, b), eps=1e-6, atol=1e-5)
 
 
+@needs_cpu_backend
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("act,slope", [(None, 0.01), ("leaky_relu", 0.2), ("silu", 0.01)])
 def test_whole_input_kernel_opcheck(act, slope, layout):

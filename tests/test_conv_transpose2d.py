@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import check_against_reference_unmodified
-from conftest import DEVICE, grid_backends
+from conftest import DEVICE, grid_backends, needs_cpu_backend
 
 import genkern
 from genkern import activations as A
@@ -153,6 +153,7 @@ def test_gradcheck_cpu_kernel(act, slope, layout):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, nondet_tol=0.0)
 
 
+@needs_cpu_backend
 @pytest.mark.parametrize("x_cl", [False, True])
 @pytest.mark.parametrize("w_cl", [False, True])
 def test_one_pixel_input_gemm_path_matches_stock_layouts_and_gradcheck(x_cl, w_cl):

@@ -27,6 +27,7 @@ pytestmark = [
         reason="the dot-product GEMM needs a CPU with AVX2 (and GENKERN_CPU_NO_AVX2 unset)",
     ),
 ]
+_AVX512 = _ext.HAS_CPU and _ext._C.avx512_kernels_enabled()  # (no extension: False)
 
 
 @pytest.fixture
@@ -84,9 +85,7 @@ def test_differs_from_the_tile_only_by_rounding():
     torch.testing.assert_close(dot, other, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(
-    not _ext._C.avx512_kernels_enabled(), reason="the AVX-512 rule (test_avx2_rule: this CPU's)"
-)
+@pytest.mark.skipif(not _AVX512, reason="the AVX-512 rule (test_avx2_rule: this CPU's)")
 def test_rule_takes_the_layers_it_is_for():
     use = _ext._C.use_dot_gemm
     assert _dot_gemm.MODES.index("auto") == _ext._C.dot_gemm_mode()
@@ -102,7 +101,7 @@ def test_rule_takes_the_layers_it_is_for():
         assert use(128, 784, 400)
 
 
-@pytest.mark.skipif(_ext._C.avx512_kernels_enabled(), reason="an AVX-512 CPU: its own rule")
+@pytest.mark.skipif(_AVX512, reason="an AVX-512 CPU: its own rule")
 def test_avx2_rule():
     use = _ext._C.use_dot_gemm  # (M, N, K)
     # batch-1 layers: the VAE decoder's and the CIFAR CNN's
@@ -115,9 +114,7 @@ def test_avx2_rule():
         assert not use(1, 20, 400)
 
 
-@pytest.mark.skipif(
-    not _ext._C.avx512_kernels_enabled(), reason="no AVX-512 here: every test ran the AVX2 kernels"
-)
+@pytest.mark.skipif(not _AVX512, reason="no AVX-512 here: every test ran the AVX2 kernels")
 def test_avx2_kernels_on_an_avx512_cpu():
     run_without_avx512(__file__, "tails or sliced or bits or opcheck")
 

@@ -35,6 +35,7 @@ pytestmark = [
         reason="the head kernels need an AVX2 CPU (GENKERN_CPU_NO_AVX2 unset)",
     ),
 ]
+_AVX512 = _ext.HAS_CPU and _ext._C.avx512_kernels_enabled()  # (no extension: False)
 
 ONE_GROUP_CONV = [case for case in c2.SHAPES if case[9] == 1]
 ONE_GROUP_CONVT = [case for case in ct.SHAPES if case[9] == 1]
@@ -202,9 +203,7 @@ def test_opcheck_through_the_path(act, slope, layout, through_the_path):
     torch.library.opcheck(torch.ops.genkern.conv2d_act_backward.default, bargs)
 
 
-@pytest.mark.skipif(
-    not _ext._C.avx512_kernels_enabled(), reason="no AVX-512 here: every test ran the AVX2 kernels"
-)
+@pytest.mark.skipif(not _AVX512, reason="no AVX-512 here: every test ran the AVX2 kernels")
 def test_avx2_kernels_on_an_avx512_cpu():
     """The grids, the geometry, special values and the bits for any thread count on the AVX2 kernels
     (GENKERN_CPU_NO_AVX512=1, read once per process: a subprocess)."""

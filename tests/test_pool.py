@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import assert_unchanged, clones
-from conftest import DEVICE, grid_backends
+from conftest import DEVICE, grid_backends, needs_cpu_backend
 
 import genkern
 from genkern import reference, testing
@@ -504,6 +504,7 @@ def test_bad_inputs_raise_clearly(desc, fn, exc, pattern):
         fn()
 
 
+@needs_cpu_backend
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_upsample_backward_sums_16bit_gradients_in_float32(layout):
     # found by the thorough fuzz: many outputs share a source pixel; a bfloat16 sum rounded after

@@ -17,7 +17,7 @@ import math
 import _strategies as S
 import pytest
 import torch
-from conftest import device_backends
+from conftest import device_backends, needs_cpu_backend
 
 import genkern
 from genkern import reference, testing
@@ -114,6 +114,7 @@ def test_gan_losses_at_infinite_logits(backend, kind):
         assert gr[0] == 0 and gf[0] == 0
 
 
+@needs_cpu_backend
 def test_cpu_tanh_within_2_ulp_of_float64():
     """The CPU's float32 tanh (exp_math.h's tanh_full, not ATen's) on a dense sweep of [-12, 12],
     tiny values, the 0.625 switch between its two formulas, +-1e4, +-inf and NaN: within 2 ulp of

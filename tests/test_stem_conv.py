@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(
     or not (_ext.HAS_CPU and _ext._C.avx2_kernels_enabled()),
     reason="the C++ extension is not built, or this CPU has no AVX2 (the kernels need it)",
 )
+_AVX512 = _ext.HAS_CPU and _ext._C.avx512_kernels_enabled()  # (no extension: False)
 
 ONE_GROUP = [case for case in c2.SHAPES if case[9] == 1]
 ONE_GROUP_CONVT = [case for case in ct.SHAPES if case[9] == 1] + [
@@ -271,9 +272,7 @@ def test_no_avx2_means_aten():
     assert run.returncode == 0, run.stderr
 
 
-@pytest.mark.skipif(
-    not _ext._C.avx512_kernels_enabled(), reason="no AVX-512 here: every test ran the AVX2 kernels"
-)
+@pytest.mark.skipif(not _AVX512, reason="no AVX-512 here: every test ran the AVX2 kernels")
 def test_avx2_kernels_on_an_avx512_cpu():
     """The reference grid's one-group shapes and the extra ones, and the bits for any thread
     count, on the AVX2 kernels (GENKERN_CPU_NO_AVX512=1, read once per process: a subprocess)."""
