@@ -655,6 +655,42 @@ class _CustomForward(nn.Module):
         return self.act(self.c2(F.relu(self.bn(self.c(x)))))
 
 
+@pytest.mark.parametrize("impl", ["torch", "genkern"])
+def test_convert_trace_takes_genkern_ops_and_none_defaults(impl):
+    # found by a fuzz: the reference VAE's forward (eps=None, and with impl="genkern" a call of
+    # genkern.ops.reparameterize) failed to trace, or traced eps as a tensor
+    torch.manual_seed(0)
+    stock = models.ConvVAE(impl=impl).double().to(DEVICE)
+    traced = genkern.nn.convert(stock, trace=True)
+    x = torch.rand(2, 1, 28, 28, device=DEVICE, dtype=torch.float64)
+    torch.manual_seed(1)
+    want = stock(x)
+    torch.manual_seed(1)
+    got = traced(x)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(AssertionError, match="eps has been specialized to have value None"):
+        traced(x, torch.zeros_like(want[1]))
+
+
+class _CallsOps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return genkern.ops.max_pool2d(F.relu(self.c(x)), 2)
+
+
+def test_convert_trace_keeps_calls_of_genkern_ops():
+    torch.manual_seed(0)
+    stock = _CallsOps().double().to(DEVICE)
+    traced = genkern.nn.convert(stock, trace=True)
+    assert traced.c.activation == "relu"
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    torch.testing.assert_close(traced(x), stock(x), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("replace", ["setattr", "sync_batch_norm"])
 def test_replacing_a_layer_of_a_traced_convert_keeps_its_activation(replace):
     # found by a fuzz: the fold put F.relu into `bn`, and SyncBatchNorm.convert_sync_batchnorm

@@ -28,6 +28,7 @@ later runs no activation: the place does).
 from __future__ import annotations
 
 import copy
+import inspect
 from collections import Counter
 
 import torch
@@ -255,9 +256,25 @@ def _inplace_use(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
+def _traced(model: nn.Module) -> torch.fx.GraphModule:
+    """model as torch.fx traces it: genkern's layers and genkern.ops' functions as leaves (a
+    custom forward may call the ops: found by a fuzz, the reference VAE's reparameterize raised
+    on a Proxy), and forward's parameters that default to None taken as None (the branch a
+    plain call takes; the graph asserts they are None: found by a fuzz, the VAE's eps=None was
+    traced as a tensor, and the traced model failed on a call without it)."""
+    import math
+
+    from genkern import ops
+
+    params = inspect.signature(model.forward).parameters.values()
+    concrete = {p.name: None for p in params if p.default is None}
+    graph = _Tracer(autowrap_modules=(math, ops)).trace(model, concrete_args=concrete or None)
+    return torch.fx.GraphModule(model, graph, type(model).__name__)
+
+
 def _trace_and_fuse(model: nn.Module) -> nn.Module:
     """Folds layer -> activation pairs found by torch.fx (call_module or call_function)."""
-    gm = torch.fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
+    gm = _traced(model)
     modules = dict(gm.named_modules())
     # a module called more than once keeps its activation for every call (found by the fuzz:
     # relu(c(x)) + c(x) got relu on both)
