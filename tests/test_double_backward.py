@@ -203,6 +203,64 @@ def test_max_pool_with_silu_refuses_the_second_derivative(path, monkeypatch):
         torch.autograd.grad(y.sum(), x, create_graph=True)
 
 
+BATCHED = {  # name: (genkern's, stock's) on an input of 2x3x6x6
+    "conv2d": (
+        lambda x: genkern.ops.conv2d(x, _W, None, 1, 1, activation="leaky_relu"),
+        lambda x: F.leaky_relu(F.conv2d(x, _W, None, 1, 1)),
+    ),
+    "conv_transpose2d": (
+        lambda x: genkern.ops.conv_transpose2d(x, _W.transpose(0, 1), None, 2, 1, 1),
+        lambda x: F.conv_transpose2d(x, _W.transpose(0, 1), None, 2, 1, 1),
+    ),
+    "linear": (
+        lambda x: genkern.ops.linear(x.flatten(1), _W.reshape(-1, 108), activation="tanh"),
+        lambda x: torch.tanh(F.linear(x.flatten(1), _W.reshape(-1, 108))),
+    ),
+    "max_pool2d": (lambda x: genkern.ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)),
+    "avg_pool2d": (lambda x: genkern.ops.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2)),
+    "upsample_nearest2d": (
+        lambda x: genkern.ops.upsample_nearest2d(x, scale_factor=2),
+        lambda x: F.interpolate(x, scale_factor=2),
+    ),
+    "discriminator_loss": (
+        lambda x: genkern.ops.discriminator_loss(x[0], x[1]),
+        lambda x: F.softplus(-x[0]).mean() + F.softplus(x[1]).mean(),
+    ),
+    "vae_loss": (
+        lambda x: genkern.ops.vae_loss(x[0], x[1].sigmoid(), x[0, 0], x[1, 0]),
+        lambda x: reference.vae_loss(x[0], x[1].sigmoid(), x[0, 0], x[1, 0]),
+    ),
+}
+_W = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.parametrize("path", PATHS[:2], ids=PATH_IDS[:2])
+@pytest.mark.parametrize("name", list(BATCHED))
+def test_batched_gradients_match_stock(name, path, monkeypatch):
+    # found by a fuzz: autograd.grad(is_grads_batched=True) and jacobian(vectorize=True) (rows
+    # of a Jacobian: per-class saliency maps) raised "Cannot access storage of BatchedTensorImpl"
+    _use_path(path, monkeypatch)
+    ours, stock = BATCHED[name]
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    jacobians = []
+    for f in (ours, stock):
+        y = f(x)
+        v = torch.randn(3, *y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(3))
+        jacobians.append(torch.autograd.grad(y, x, v, is_grads_batched=True)[0])
+    torch.testing.assert_close(jacobians[0], jacobians[1], rtol=1e-12, atol=1e-12)
+    rows = torch.autograd.functional.jacobian(ours, x.detach(), vectorize=True)
+    want = torch.autograd.functional.jacobian(stock, x.detach(), vectorize=True)
+    torch.testing.assert_close(rows, want, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_gradients_through_the_cpu_batch_norm_refuse_clearly():
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    y = genkern.ops.batch_norm(x, None, None, training=True, backend="cpu")
+    v = torch.randn(3, *y.shape, dtype=y.dtype)
+    with pytest.raises(RuntimeError, match="batched gradients through batch_norm"):
+        torch.autograd.grad(y, x, v, is_grads_batched=True)
+
+
 def _critic():
     return nn.Sequential(
         nn.Conv2d(3, 8, 4, 2, 1),

@@ -33,6 +33,7 @@
 #include "pool.h"
 #include "prepacked.h"
 #include "stem_conv.h"
+#include "vmap_batched.h"
 
 namespace genkern::cpu {
 namespace {
@@ -63,6 +64,12 @@ at::Tensor saved_for_backward(int64_t act, double slope, const at::Tensor& y,
   const auto a = static_cast<Activation>(act);
   if (a == Activation::kIdentity) return at::Tensor();
   return saves_output(a, slope) ? y : preact;
+}
+
+void refuse_batched(const at::Tensor& grad, const char* op) {
+  TORCH_CHECK(!is_vmap_batched(grad), "genkern: batched ",
+              "gradients through ", op, " are not implemented (a backward under vmap: ",
+              "autograd.grad(is_grads_batched=True), jacobian(vectorize=True))");
 }
 
 void refuse_double_backward(const char* op) {
@@ -117,18 +124,33 @@ bool ceil_mode_of(const std::vector<int64_t>& in, const at::Tensor& grad_y,
   return ceil_mode;
 }
 
-// A backward with create_graph=True: the gradients for x, weight, bias (those mask asks for) as
-// differentiable functions of them and grad_y. y is stock's composite recomputed from the saved
-// inputs; autograd differentiates it, so a second derivative (a WGAN-GP gradient penalty) is
-// stock's (genkern/ops/_fused.differentiable_grads).
-std::array<at::Tensor, 3> differentiable_grads(const at::Tensor& y,
+// Whether a backward takes stock's composite, differentiated by autograd, instead of genkern's
+// kernels: with create_graph=True (grad mode on inside it: the gradients must be
+// differentiable), or on batched gradients (a backward under vmap, as
+// autograd.grad(is_grads_batched=True) and jacobian(vectorize=True) run it: the kernels cannot
+// read a batched tensor's storage) (genkern/ops/_fused.stock_backward).
+bool stock_backward(const at::Tensor& grad) {
+  return at::GradMode::is_enabled() || is_vmap_batched(grad);
+}
+
+// Where stock_backward: the gradients for x, weight, bias (those mask asks for) of y, stock's
+// composite recomputed from the saved inputs, by autograd; with create_graph=True as
+// differentiable functions of them and grad_y, so a second derivative (a WGAN-GP gradient
+// penalty) is stock's (genkern/ops/_fused.differentiable_grads).
+std::array<at::Tensor, 3> differentiable_grads(const std::function<at::Tensor()>& recompute,
                                                const std::array<at::Tensor, 3>& inputs,
                                                std::array<bool, 3> mask, const at::Tensor& grad_y) {
+  const bool create_graph = at::GradMode::is_enabled();
+  at::Tensor y;
+  {
+    at::AutoGradMode enable_grad(true);
+    y = recompute();
+  }
   variable_list wanted;
   for (int i = 0; i < 3; ++i)
     if (mask[i]) wanted.push_back(inputs[i]);
-  const variable_list g = torch::autograd::grad({y}, wanted, {grad_y}, std::nullopt,
-                                                /*create_graph=*/true, /*allow_unused=*/true);
+  const variable_list g =
+      torch::autograd::grad({y}, wanted, {grad_y}, std::nullopt, create_graph, true);
   std::array<at::Tensor, 3> out;
   for (int i = 0, k = 0; i < 3; ++i) {
     if (!mask[i]) continue;
@@ -349,27 +371,31 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
     const int64_t groups = d.at("groups").toInt(), act = d.at("act").toInt();
     const double slope = d.at("slope").toDouble();
     const auto output_padding = d.at("output_padding").toIntVector();
-    if (at::GradMode::is_enabled()) {
-      // the input was not kept (a batch norm's output, recomputed from its input): that batch
-      // norm's backward, which has no second derivative, is on the path
-      if (d.at("recomputes_input").toBool()) refuse_double_backward("batch_norm");
-      const at::Tensor& x = s[0];
+    // the input not kept (a batch norm's output), recomputed from the batch norm's input
+    at::Tensor x = d.at("recomputes_input").toBool()
+                       ? batch_norm_act_apply_cpu(s[3], {s[4], s[5], s[6]},
+                                                  d.at("input_act").toInt(),
+                                                  d.at("input_slope").toDouble())
+                       : s[0];
+    if (stock_backward(grads[0])) {
+      // a second derivative would need the batch norm's too, which genkern lacks
+      if (d.at("recomputes_input").toBool()) {
+        refuse_double_backward("batch_norm");
+        x.requires_grad_(mask[0]);  // (a leaf of the recomputation's graph)
+      }
       const bool wide = run_16bit_in_float32(transposed, x, s[1], stride, padding,
                                              output_padding, dilation);
       const auto f = [&](const at::Tensor& t) {
         return wide && t.defined() ? t.to(at::kFloat) : t;
       };
-      at::Tensor z = at::convolution(f(x), f(s[1]), opt(f(s[7])), stride, padding, dilation,
-                                     transposed, output_padding, groups);
-      const at::Tensor y = stock_activation(wide ? z.to(x.scalar_type()) : z, act, slope);
-      auto [gx, gw, gb] = differentiable_grads(y, {x, s[1], s[7]}, mask, grads[0]);
+      const auto conv = [&] {
+        at::Tensor z = at::convolution(f(x), f(s[1]), opt(f(s[7])), stride, padding, dilation,
+                                       transposed, output_padding, groups);
+        return stock_activation(wide ? z.to(x.scalar_type()) : z, act, slope);
+      };
+      auto [gx, gw, gb] = differentiable_grads(conv, {x, s[1], s[7]}, mask, grads[0]);
       return grads_for(12, gx, gw, gb);
     }
-    const at::Tensor x = d.at("recomputes_input").toBool()
-                             ? batch_norm_act_apply_cpu(s[3], {s[4], s[5], s[6]},
-                                                        d.at("input_act").toInt(),
-                                                        d.at("input_slope").toDouble())
-                             : s[0];
     auto [gx, gw, gb] =
         transposed ? conv_transpose2d_act_backward_cpu(std::move(grads[0]), opt(s[2]), x, s[1],
                                                        stride, padding, output_padding, dilation,
@@ -398,10 +424,12 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
     const auto mask = input_mask(ctx, d.at("has_bias").toBool());
-    if (at::GradMode::is_enabled()) {  // create_graph=True: see differentiable_grads
-      const at::Tensor y = stock_activation(at::linear(s[0], s[1], opt(s[3])),
-                                            d.at("act").toInt(), d.at("slope").toDouble());
-      auto [gx, gw, gb] = differentiable_grads(y, {s[0], s[1], s[3]}, mask, grads[0]);
+    if (stock_backward(grads[0])) {
+      const auto linear = [&] {
+        return stock_activation(at::linear(s[0], s[1], opt(s[3])), d.at("act").toInt(),
+                                d.at("slope").toDouble());
+      };
+      auto [gx, gw, gb] = differentiable_grads(linear, {s[0], s[1], s[3]}, mask, grads[0]);
       return grads_for(5, gx, gw, gb);
     }
     auto [gx, gw, gb] = linear_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1],
@@ -460,6 +488,7 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("batch_norm");
+    refuse_batched(grads[0], "batch_norm");
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
     const bool has_w = d.at("has_weight").toBool(), has_b = d.at("has_bias").toBool();
@@ -576,8 +605,14 @@ at::Tensor input_grad_empty(AutogradContext* ctx, const at::Tensor& like) {
 // is the same at every input), so second derivatives are stock's (genkern/ops/_fused).
 at::Tensor linear_map_grad(AutogradContext* ctx, const at::Tensor& grad_y,
                            const std::function<at::Tensor(const at::Tensor&)>& forward) {
-  const at::Tensor x = input_grad_empty(ctx, grad_y).zero_().requires_grad_();
-  return torch::autograd::grad({forward(x)}, {x}, {grad_y}, std::nullopt, true)[0];
+  const bool create_graph = at::GradMode::is_enabled();
+  at::Tensor x, y;
+  {
+    at::AutoGradMode enable_grad(true);
+    x = input_grad_empty(ctx, grad_y).zero_().requires_grad_();
+    y = forward(x);
+  }
+  return torch::autograd::grad({y}, {x}, {grad_y}, std::nullopt, create_graph)[0];
 }
 
 // The input's shape and layout (for its gradient) and the pool's window, for the backward.
@@ -628,7 +663,7 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
     if (!grads[0].defined()) return out;  // no gradient reached y
     auto& d = ctx->saved_data;
     const auto s = ctx->get_saved_variables();
-    if (at::GradMode::is_enabled()) {  // create_graph=True
+    if (stock_backward(grads[0])) {
       out[0] = differentiable_grad(ctx, grads[0], s[0], s[1]);
       return out;
     }
@@ -659,7 +694,8 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
     if (indices.scalar_type() == at::kByte) {
       // tap codes (windows that do not overlap): the maxima's indicator (the backward of ones)
       // masks x, and each window sums it
-      const at::Tensor ones = at::ones_like(grad_y);
+      // (of the indices' size: grad_y is batched under vmap, which the kernel cannot read)
+      const at::Tensor ones = at::ones_like(indices, indices.options().dtype(grad_y.dtype()));
       const at::Tensor maxima =
           max_pool2d_backward_cpu(ones, std::nullopt, indices, input_grad_empty(ctx, ones),
                                   kernel, stride, padding, dilation, 0, 0.0);
@@ -701,7 +737,7 @@ struct AvgPool2d : public torch::autograd::Function<AvgPool2d> {
     const bool count_include_pad = d["count_include_pad"].toBool();
     const int64_t divisor = d["divisor_override"].toInt();
     at::Tensor gx;
-    if (at::GradMode::is_enabled()) {  // create_graph=True
+    if (stock_backward(grads[0])) {
       const bool ceil_mode = ceil_mode_of(d["shape"].toIntVector(), grads[0], kernel, stride,
                                           padding);
       gx = linear_map_grad(ctx, grads[0], [&](const at::Tensor& x) {
@@ -733,7 +769,7 @@ struct UpsampleNearest2d : public torch::autograd::Function<UpsampleNearest2d> {
     variable_list out(4);
     if (!grads[0].defined()) return out;  // no gradient reached y
     const auto s = ctx->get_saved_variables();
-    if (at::GradMode::is_enabled()) {  // create_graph=True: x at the source pixels
+    if (stock_backward(grads[0])) {  // x at the source pixels
       out[0] = linear_map_grad(ctx, grads[0], [&](const at::Tensor& x) {
         return x.index_select(2, s[0]).index_select(3, s[1]);
       });

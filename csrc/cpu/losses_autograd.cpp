@@ -11,6 +11,7 @@
 
 #include "cpu_clones.h"
 #include "losses.h"
+#include "vmap_batched.h"
 
 namespace genkern::cpu {
 namespace {
@@ -20,7 +21,8 @@ using torch::autograd::variable_list;
 // The value of a one-element CPU float32/float64 tensor, read in place (item() goes through the
 // dispatcher: a few microseconds that a 4096-logit loss's backward notices).
 std::optional<double> cpu_scalar(const at::Tensor& g) {
-  if (!g.defined() || !g.device().is_cpu() || g.numel() != 1) return std::nullopt;
+  if (!g.defined() || !g.device().is_cpu() || is_vmap_batched(g) || g.numel() != 1)
+    return std::nullopt;
   if (g.scalar_type() == at::kFloat) return double(*g.const_data_ptr<float>());
   if (g.scalar_type() == at::kDouble) return *g.const_data_ptr<double>();
   return g.item<double>();
@@ -90,7 +92,7 @@ struct SavedGrad {
     // a tensor of its own, which hooks and callers may change in place
     const bool kept = torch::autograd::get_current_graph_task_keep_graph();
     if (g_is_one) return kept ? saved.clone() : saved;
-    if (!g.device().is_cpu()) return saved * g;
+    if (!g.device().is_cpu() || is_vmap_batched(g)) return saved * g;  // (ATen's, vmap's)
     const bool alone = saved.use_count() == 2 && saved.storage().use_count() == 1;  // var + here
     const bool same_result = g.dim() == 0 || (g.sizes() == saved.sizes() &&
                                               g.scalar_type() == saved.scalar_type());

@@ -100,45 +100,67 @@ def refuse_double_backward(op: str) -> None:
         )
 
 
-def differentiating_backward() -> bool:
-    """Whether a backward runs with create_graph=True (grad mode on inside it), outside
-    torch.compile's tracing."""
-    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+def stock_backward(grad_y: torch.Tensor | None) -> bool:
+    """Whether a backward takes the op's stock composite, differentiated by autograd, instead of
+    genkern's backward kernels: with create_graph=True (grad mode on inside it: the gradients
+    must be differentiable), or on batched gradients (a backward under vmap, as
+    autograd.grad(is_grads_batched=True) and jacobian(vectorize=True) run it: the kernels cannot
+    read a batched tensor's storage); never while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch.is_grad_enabled() or batched(grad_y)
+
+
+def batched(t: torch.Tensor | None) -> bool:
+    """Whether t is a batched tensor of vmap (torch.func's, or the one autograd.grad's
+    is_grads_batched runs)."""
+    functorch = torch._C._functorch
+    return t is not None and (functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t))
 
 
 def differentiable_grads(forward_torch, inputs, args, mask, grad_y):
     """The gradients of a fused GEMM-shaped op for inputs (x, weight, bias; those mask asks for,
-    else None) in a backward with create_graph=True: the op's stock composite,
+    else None) where stock_backward: the op's stock composite,
     forward_torch(*inputs, *args, save_preact=False), run again from the saved inputs and
-    differentiated by autograd, so the gradients are differentiable and a second derivative (a
-    WGAN-GP gradient penalty) is stock's. The C++ eager paths do the same
+    differentiated by autograd (with create_graph=True, differentiably: a second derivative, a
+    WGAN-GP gradient penalty's, is stock's). The C++ eager paths do the same
     (csrc/cpu/eager_autograd.cpp, differentiable_grads)."""
     wanted = [t for t, m in zip(inputs, mask) if m]
-    y = forward_torch(*inputs, *args, False)[0]
-    grads = iter(torch.autograd.grad(y, wanted, grad_y, create_graph=True, materialize_grads=True))
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        y = forward_torch(*inputs, *args, False)[0]
+    grads = torch.autograd.grad(
+        y, wanted, grad_y, create_graph=create_graph, materialize_grads=True
+    )
+    grads = iter(grads)
     return tuple(next(grads) if m else None for m in mask)
 
 
 def linear_map_grad(forward_torch, input_size, channels_last: bool, grad_y):
-    """The input gradient of a linear map (average pooling, nearest upsampling) in a backward
-    with create_graph=True: the vector-Jacobian product of its stock composite forward_torch at
-    a zero input of the input's size and layout, a differentiable function of grad_y (a linear
-    map's Jacobian is the same at every input), so second derivatives are stock's. The C++ eager
-    paths do the same (csrc/cpu/eager_autograd.cpp, linear_map_grad)."""
+    """The input gradient of a linear map (average pooling, nearest upsampling) where
+    stock_backward: the vector-Jacobian product of its stock composite forward_torch at a zero
+    input of the input's size and layout (a linear map's Jacobian is the same at every input),
+    with create_graph=True a differentiable function of grad_y, so second derivatives are
+    stock's. The C++ eager paths do the same (csrc/cpu/eager_autograd.cpp, linear_map_grad)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = grad_y.new_zeros(input_size).contiguous(memory_format=fmt).requires_grad_()
-    return torch.autograd.grad(forward_torch(x), x, grad_y, create_graph=True)[0]
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        # (not grad_y.new_zeros: under vmap, that would be batched too)
+        x = torch.empty(input_size, dtype=grad_y.dtype, device=grad_y.device, memory_format=fmt)
+        x = x.zero_().requires_grad_()
+        y = forward_torch(x)
+    return torch.autograd.grad(y, x, grad_y, create_graph=create_graph)[0]
 
 
 def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
     """A fused GEMM-shaped op's autograd backward (its context saved x, weight, the activation's
-    tensor and bias; ctx.args are the op's arguments after bias): its backward op, or in a
-    backward with create_graph=True, differentiable_grads. None for what needs no gradient."""
+    tensor and bias; ctx.args are the op's arguments after bias): its backward op, or where
+    stock_backward, differentiable_grads. None for what needs no gradient."""
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * num_args
     x, weight, saved, bias = ctx.saved_tensors
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    if differentiating_backward():
+    if stock_backward(grad_y):
         grads = differentiable_grads(forward_torch, (x, weight, bias), ctx.args, mask, grad_y)
     else:
         grads = backward(grad_y, saved, x, weight, *ctx.args, mask, ctx.backend)

@@ -405,7 +405,7 @@ def _max_backward(ctx, grad_y, _grad_idx, _grad_preact):
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * 10
     saved, idx = ctx.saved_tensors
-    if _fused.differentiating_backward():
+    if _fused.stock_backward(grad_y):
         input_size, cl, *_, act, slope, _ = ctx.args
         if act == A.SILU:  # its second derivative needs the pooled input, which is not kept
             _fused.refuse_double_backward("max_pool2d with silu")
@@ -527,7 +527,7 @@ def _avg_setup(ctx, inputs, output):
 
 
 def _avg_backward(ctx, grad_y):
-    if _fused.differentiating_backward():
+    if _fused.stock_backward(grad_y):
         input_size, cl, kernel, stride, padding, ceil_mode, cip, div, _ = ctx.args
         window = (kernel, stride, padding, None, ceil_mode, cip, div)
         gx = _fused.linear_map_grad(lambda x: _avg_fwd_torch(x, *window), input_size, cl, grad_y)
@@ -591,7 +591,7 @@ def _up_setup(ctx, inputs, output):
 
 
 def _up_backward(ctx, grad_y):
-    if _fused.differentiating_backward():
+    if _fused.stock_backward(grad_y):
         input_size, cl, scale_h, scale_w, _ = ctx.args
         size = list(grad_y.shape[2:])
         up = lambda x: _up_fwd_torch(x, size, scale_h, scale_w)
