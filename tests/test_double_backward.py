@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import needs_cpu_backend
 
 import genkern
 from genkern import backends, reference
@@ -114,6 +115,7 @@ def test_gradgradcheck(name, path, monkeypatch):
     assert torch.autograd.gradgradcheck(f, (x, w, b))
 
 
+@needs_cpu_backend
 @pytest.mark.parametrize("name", list(OPS))
 def test_second_derivative_in_bfloat16_is_stocks(name):
     # the recomputation is stock's composite itself: the same bits
@@ -253,6 +255,7 @@ def test_batched_gradients_match_stock(name, path, monkeypatch):
     torch.testing.assert_close(rows, want, rtol=1e-12, atol=1e-12)
 
 
+@needs_cpu_backend
 def test_batched_gradients_through_the_cpu_batch_norm_refuse_clearly():
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     y = genkern.ops.batch_norm(x, None, None, training=True, backend="cpu")
@@ -301,6 +304,7 @@ def test_wgan_gp_critic_trains_as_stock():
     _assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
 
 
+@needs_cpu_backend
 def test_conv_after_a_genkern_batch_norm_names_the_batch_norm():
     # a conv whose input is a genkern batch norm's output keeps the batch norm's input instead
     # (and recomputes its own): the second derivative needs the batch norm's, which genkern lacks
