@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.prune
 from conftest import DEVICE
 from torch import nn
 
@@ -779,6 +780,17 @@ def test_convert_channels_last_keeps_values_and_runs_nhwc():
     torch.testing.assert_close(y, stock(x))
     converted.load_state_dict(stock.state_dict())  # a stock checkpoint still loads
     assert converted[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_convert_says_how_to_convert_a_model_torch_cannot_copy():
+    # found by a fuzz: a pruned model (non-leaf weights) got deepcopy's error alone
+    stock = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).to(DEVICE)
+    torch.nn.utils.prune.l1_unstructured(stock[0], "weight", amount=0.5)
+    with pytest.raises(RuntimeError, match="could not copy this one.*Pass inplace=True"):
+        genkern.nn.convert(stock)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    want = stock(x)
+    torch.testing.assert_close(genkern.nn.convert(stock, inplace=True)(x), want)
 
 
 def test_convert_inplace_and_deepcopy():

@@ -373,7 +373,13 @@ def convert(
     reorders of the activations); outputs then come out channels_last, with the same values.
     """
     if not inplace:
-        model = copy.deepcopy(model)
+        try:
+            model = copy.deepcopy(model)
+        except RuntimeError as exc:  # (a pruned model, the old weight_norm: non-leaf weights)
+            raise RuntimeError(
+                f"genkern.nn.convert copies the model first (inplace=False), and torch could not "
+                f"copy this one: {exc} Pass inplace=True to convert the model itself."
+            ) from exc
     drop_ins = _drop_ins()
     if fold_bn:
         if model.training:
