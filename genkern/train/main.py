@@ -47,6 +47,30 @@ def _check_args(args) -> str | None:
     return None
 
 
+def _check_backend(args, device: torch.device) -> str | None:
+    """Whether GENKERN_BACKEND names a backend that runs this model's genkern ops here."""
+    from genkern import backends
+
+    try:
+        name = backends.requested_backend()
+    except ValueError as exc:  # a name that is no backend
+        return str(exc)
+    if name == "auto" or args.impl != "genkern":  # --impl torch runs no genkern op
+        return None
+    dtypes = [torch.float32]
+    if args.amp:
+        dtypes.append({"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype])
+    for dtype in dtypes:
+        reason = backends.unavailable_reason(name, device, dtype)
+        if reason is not None:
+            here = ", ".join(repr(b) for b in backends.available_backends(device, dtype))
+            return (
+                f"GENKERN_BACKEND: backend {name!r} is not available for {dtype} tensors on "
+                f"{device.type}: {reason}. Available here: {here}."
+            )
+    return None
+
+
 def _check_extras(args) -> str | None:
     missing = []
     if args.data is None:
@@ -69,6 +93,9 @@ def run(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         return _fail("--device cuda: CUDA is not available here")
+    problem = _check_backend(args, device)
+    if problem:
+        return _fail(problem)
     info, device = distributed.setup(device)
     try:
         return _train(args, device, info)
@@ -76,6 +103,32 @@ def run(args) -> int:
         return _fail(str(e))
     finally:
         distributed.cleanup(info)
+
+
+# the arguments that decide a model's parameters (sizes, classes, channels)
+MODEL_ARGS = ("nz", "width", "image_size", "latent_dim", "data", "limit")
+
+
+def _resume_mismatch(args, ckpt: dict, exc: Exception) -> str:
+    """Why a checkpoint's state does not load into this run's model: the model arguments that
+    differ from those of the run that wrote it (the checkpoint keeps them), else torch's error."""
+    path = os.path.join(args.out, checkpoint.LATEST)
+    saved = ckpt.get("args") or {}
+    shown = lambda v: "default" if v is None else str(v)
+    differ = [
+        f"--{k.replace('_', '-')} {shown(getattr(args, k))} (the checkpoint's run: "
+        f"{shown(saved[k])})"
+        for k in MODEL_ARGS
+        if k in saved and saved[k] != getattr(args, k)
+    ]
+    if differ:
+        return (
+            f"--resume: {path} holds a model of other sizes: "
+            + ", ".join(differ)
+            + "; resume with the same arguments as the run that wrote it"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"--resume: {path} does not fit this {args.model} model ({first})"
 
 
 def _seed_all(seed: int) -> None:
@@ -96,10 +149,23 @@ def _load_data(args):
                 f"--data {args.data}: cnn needs labels: a y / y_train array in the .npz, or "
                 "one subfolder of images per class"
             )
+        for labels in (y, None if test is None else test[1]):
+            if labels is not None and len(labels) and int(labels.min()) < 0:
+                raise data.DataError(
+                    f"--data {args.data}: labels must be class indices 0, 1, ..., "
+                    f"num_classes - 1, but got {int(labels.min())}"
+                )
         if test is not None:
             val = (data.match_channels(test[0], channels), test[1])
         else:
             (x, y), val = data.split(x, y, args.val_fraction, args.seed)
+            if len(x) == 0 or len(val[0]) == 0:
+                n = len(x) + len(val[0])
+                raise data.DataError(
+                    f"--val-fraction {args.val_fraction} of {n} labelled image(s) from {desc} "
+                    f"leaves {len(x)} to train on and {len(val[0])} held out: cnn needs at "
+                    "least one of each (more images, or another --val-fraction)"
+                )
     return x, y, val, channels, desc
 
 
@@ -162,7 +228,10 @@ def _train(args, device, info) -> int:
             return _fail(
                 f"--resume: {args.out} holds a {ckpt['model']} checkpoint, not {args.model}"
             )
-        task.load_state(ckpt["task"])
+        try:
+            task.load_state(ckpt["task"])
+        except (RuntimeError, KeyError, ValueError) as exc:  # another model's sizes, keys
+            return _fail(_resume_mismatch(args, ckpt, exc))
         rng = ckpt["rng"]
         if len(rng) == info.world_size:
             checkpoint.set_rng_state(rng[info.rank], loader_gen)
