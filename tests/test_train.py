@@ -249,6 +249,24 @@ def test_genkern_backend_that_cannot_run_is_a_clear_error(tmp_path, monkeypatch,
     train("cnn", tmp_path / "d")
 
 
+def test_resume_applies_a_given_lr_and_keeps_the_saved_one_otherwise(tmp_path, capsys):
+    # found by a fuzz: the optimizer state loaded from the checkpoint silently replaced --lr
+    out = tmp_path / "run"
+    lrs = lambda: {
+        g["lr"]
+        for o in params(out / "latest.pt")[0]["task"]["optimizers"].values()
+        for g in o["param_groups"]
+    }
+    train("dcgan", out, "--lr", "0.01", steps=1)
+    assert lrs() == {0.01}
+    train("dcgan", out, "--resume", "--lr", "0.05", epochs=2, steps=1)
+    assert lrs() == {0.05}
+    assert "--lr 0.05 replaces the checkpoint's learning rate 0.01" in capsys.readouterr().out
+    train("dcgan", out, "--resume", epochs=3, steps=1)  # not given: the saved one
+    assert lrs() == {0.05}
+    assert "replaces" not in capsys.readouterr().out
+
+
 def test_help_and_bad_model_name(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--help"])

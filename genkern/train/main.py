@@ -232,6 +232,15 @@ def _train(args, device, info) -> int:
             task.load_state(ckpt["task"])
         except (RuntimeError, KeyError, ValueError) as exc:  # another model's sizes, keys
             return _fail(_resume_mismatch(args, ckpt, exc))
+        if args.lr is not None:  # given: it replaces the learning rate the optimizers saved
+            saved_lrs = sorted({g["lr"] for o in task.optimizers.values() for g in o.param_groups})
+            for o in task.optimizers.values():
+                for g in o.param_groups:
+                    g["lr"] = args.lr
+            say(
+                f"--lr {args.lr} replaces the checkpoint's learning rate "
+                + ", ".join(f"{v:g}" for v in saved_lrs)
+            )
         rng = ckpt["rng"]
         if len(rng) == info.world_size:
             checkpoint.set_rng_state(rng[info.rank], loader_gen)
