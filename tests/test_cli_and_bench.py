@@ -2,6 +2,7 @@
 cases."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -236,6 +237,22 @@ def test_cli_check_passes_on_this_machine(capsys):
 
 def test_cli_bench_filter_without_match_fails(capsys):
     assert cli.main(["bench", "--filter", "no-such-case", "--no-progress"]) == 2
+
+
+def test_bad_cpu_mode_variable_is_one_line_from_the_cli_and_valueerror_from_import():
+    """Found by the fuzz: a bad GENKERN_CPU_* value ended every genkern command in the
+    ValueError traceback of `import genkern`, which still raises it."""
+    from _helpers import subprocess_env
+
+    env = subprocess_env(GENKERN_CPU_PREPACK="bogus")
+    message = "GENKERN_CPU_PREPACK must be auto, always or never, but got 'bogus'"
+    exe = shutil.which("genkern")
+    commands = [[sys.executable, "-m", "genkern"], [sys.executable, "-m", "genkern.cli"]]
+    for command in commands + ([[exe]] if exe else []):
+        r = subprocess.run(command + ["info"], env=env, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr == f"genkern: error: {message}\n", r.stderr
+    r = subprocess.run([sys.executable, "-c", "import genkern"], env=env, capture_output=True)
+    assert r.returncode == 1 and f"ValueError: {message}" in r.stderr.decode()
 
 
 def test_pure_python_import_warns_once_and_works():
