@@ -34,6 +34,31 @@ def _cpu_kernels(c) -> str:
     return f"{isa}; {gemm}"
 
 
+def _auto_line(device) -> str:
+    """What "auto" resolves to on this device, under GENKERN_BACKEND when it is set."""
+    from genkern import backends
+
+    auto = backends.auto_backend(device)
+    env = os.environ.get("GENKERN_BACKEND", "").strip()
+    if not env:
+        return auto
+    name = backends.requested_backend()  # valid: main() checked it
+    if name == "auto":
+        return f"{auto} (GENKERN_BACKEND={env})"
+    if backends.unavailable_reason(name, device, torch.float32) is None:
+        return f"{name} (GENKERN_BACKEND={env}; without it: {auto})"
+    return f"none: GENKERN_BACKEND={env} cannot run here, calls raise (without it: {auto})"
+
+
+def _env_backend_note(command: str, what: str) -> None:
+    """check and bench run each backend by name: a GENKERN_BACKEND given changes nothing."""
+    env = os.environ.get("GENKERN_BACKEND", "").strip()
+    if env and env != "auto":
+        print(
+            f"genkern {command}: note: GENKERN_BACKEND={env} is not used: {what}", file=sys.stderr
+        )
+
+
 def cmd_info(args) -> int:
     import genkern
     from genkern import _ext, backends
@@ -67,7 +92,7 @@ def cmd_info(args) -> int:
         for b in backends.BACKENDS:
             reason = backends.unavailable_reason(b, d, torch.float32)
             lines.append(f"    {b:<7} " + ("yes" if reason is None else f"no: {reason}"))
-        lines.append(f"    auto -> {backends.auto_backend(d)}")
+        lines.append(f"    auto -> {_auto_line(d)}")
     print("\n".join(lines))
     return 0
 
@@ -75,6 +100,7 @@ def cmd_info(args) -> int:
 def cmd_check(args) -> int:
     from genkern import check
 
+    _env_backend_note("check", "it runs every backend available here by name")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops = args.ops.split(",") if args.ops else None
     known = {case.op for case in check.CASES}
@@ -101,6 +127,7 @@ def cmd_bench(args) -> int:
             print(f"genkern bench --compare: {e}", file=sys.stderr)
             return 2
         return 0
+    _env_backend_note("bench", "it times each genkern backend available here by name")
     if args.out and (problem := _unwritable(args.out)):  # before the run, not after it
         print(f"genkern bench --out {args.out}: {problem}", file=sys.stderr)
         return 2
@@ -188,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from genkern import backends
+
+    try:
+        backends.requested_backend()  # GENKERN_BACKEND names a backend (or is unset)
+    except ValueError as exc:
+        print(f"genkern {args.command}: {exc}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -230,6 +230,29 @@ def test_cli_info_runs():
         assert ("runs narrower vectors than oneDNN's" in out) == (not wide)
 
 
+def test_cli_follows_genkern_backend(monkeypatch, capsys):
+    """Found by the fuzz: info printed `auto -> cpu` under GENKERN_BACKEND=torch, and with a
+    GENKERN_BACKEND that names no backend info and check exited 0 saying nothing."""
+    from genkern import backends
+
+    monkeypatch.setenv("GENKERN_BACKEND", "torch")
+    assert cli.main(["info"]) == 0
+    auto = backends.auto_backend("cpu")
+    assert f"auto -> torch (GENKERN_BACKEND=torch; without it: {auto})" in capsys.readouterr().out
+    monkeypatch.setenv("GENKERN_BACKEND", "cuda")  # never runs CPU tensors
+    assert cli.main(["info"]) == 0
+    assert "auto -> none: GENKERN_BACKEND=cuda cannot run here" in capsys.readouterr().out
+    assert cli.main(["bench", "--filter", "no-such-case", "--no-progress"]) == 2
+    assert "note: GENKERN_BACKEND=cuda is not used" in capsys.readouterr().err
+    monkeypatch.setenv("GENKERN_BACKEND", "bogus")
+    # (arguments that fail fast should the check be lost: a status 2 of their own, no run)
+    for argv in (["info"], ["check", "--ops", "nosuchop"], ["bench", "--filter", "no-such"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"genkern {argv[0]}: GENKERN_BACKEND: backend must be one of")
+        assert "but got 'bogus'" in err and err.count("\n") == 1, err
+
+
 def test_cli_check_passes_on_this_machine(capsys):
     assert cli.main(["check", "--device", "cpu", "--ops", "conv2d"]) == 0
     assert "0 failed" in capsys.readouterr().out
