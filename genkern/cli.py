@@ -139,6 +139,18 @@ def cmd_bench(args) -> int:
     if not cases:
         print(f"genkern bench: no case matches --filter {args.filter!r}", file=sys.stderr)
         return 2
+    if skipped := runner.skipped_backends(device, dtype):
+        why = "; ".join(f"{b}: {reason}" for b, reason in skipped.items())
+        ours = [p for p in runner.providers_for(device, dtype) if p.startswith("genkern:")]
+        if not ours:  # stock PyTorch against itself: nothing to measure
+            print(
+                f"genkern bench: no genkern backend runs {args.dtype} on {device} here ({why})",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            f"genkern bench: note: genkern backends not timed on {device}: {why}", file=sys.stderr
+        )
     data = runner.run(
         cases,
         device,
@@ -189,7 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ops", help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("bench", help="benchmark genkern against stock PyTorch")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark genkern against stock PyTorch",
+        description="Time every case for stock PyTorch and each genkern backend that runs on "
+        "the device. Exit status 1 when a genkern result is wrong or fails, 2 for a usage error "
+        "or when no genkern backend runs on the device (the cpu backend needs the compiled "
+        "extension genkern._C: a pure-Python install has nothing to time on a CPU).",
+    )
     p.add_argument(
         "--device", type=_args.device, help="cpu or cuda (default: cuda if available, else cpu)"
     )

@@ -278,6 +278,28 @@ def test_bad_cpu_mode_variable_is_one_line_from_the_cli_and_valueerror_from_impo
     assert r.returncode == 1 and f"ValueError: {message}" in r.stderr.decode()
 
 
+def test_cli_bench_with_no_genkern_backend_to_time_says_so(monkeypatch, capsys):
+    """Found by the fuzz: a pure-Python install (no genkern._C) on a CPU timed stock PyTorch
+    against itself and exited 0 without a word: it now refuses, naming the backend and why."""
+    from genkern import _ext
+
+    monkeypatch.setattr(_ext, "HAS_CPU", False)
+    monkeypatch.setattr(_ext, "LOAD_ERROR", "simulated: built with GENKERN_BUILD_EXT=0")
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("ran the benchmark")
+
+    monkeypatch.setattr(runner, "run", no_run)
+    assert cli.main(["bench", "--device", "cpu", "--quick", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genkern bench: no genkern backend runs float32 on cpu here (cpu: ")
+    assert "GENKERN_BUILD_EXT=0" in err and err.count("\n") == 1, err
+    assert runner.skipped_backends(torch.device("cpu"), torch.float32) == {
+        "cpu": "the C++ extension genkern._C is not built (simulated: built with "
+        "GENKERN_BUILD_EXT=0)"
+    }
+
+
 def test_pure_python_import_warns_once_and_works():
     code = (
         "import sys, warnings\n"
