@@ -211,6 +211,30 @@ def test_cpu_peak_memory_counts_a_steps_release_of_the_last_steps_tensors():
         assert peak_memory_mb(step, torch.device("cpu")) == 1.0
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_commit_is_genkerns_own_never_that_of_a_repository_it_is_installed_in(tmp_path):
+    """Found by the fuzz: a non-editable install inside another project's git repository (a
+    virtual environment in it) recorded that project's commit as genkern's."""
+    from genkern.bench.environment import _commit
+
+    def git(*args):
+        command = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+        return subprocess.run(command + list(args), capture_output=True, text=True, check=True)
+
+    git("init", "-q")
+    for package in (tmp_path / "venv" / "site-packages" / "genkern", tmp_path / "genkern"):
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+    git("add", "-A")
+    git("commit", "-q", "-m", "a project")
+    head = git("rev-parse", "--short", "HEAD").stdout.strip()
+    assert _commit(str(tmp_path / "venv" / "site-packages" / "genkern" / "__init__.py")) == (
+        "unknown"
+    )
+    assert _commit(str(tmp_path / "genkern" / "__init__.py")) == head  # a genkern checkout
+    assert _commit(str(tmp_path.parent / "elsewhere" / "genkern" / "__init__.py")) == "unknown"
+
+
 def test_report_lists_problems():
     wrong = _run(_tiny_case(lambda x, backend: x * 0 + 5), ["eager", "genkern:cpu"])
     md = report.markdown(_data(wrong))
