@@ -35,6 +35,15 @@ def positive_int(value: str) -> int:
     return n
 
 
+def name_list(value: str) -> str:
+    """Comma-separated names, at least one: empty items are dropped (a trailing comma), an empty
+    list is an error (it would silently have meant "all")."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, but got {value!r}")
+    return ",".join(names)
+
+
 def in_cli() -> bool:
     """Whether this process runs the genkern command: the console script, `python -m genkern`
     (while the package is imported, sys.argv[0] is "-m" and sys.orig_argv names the module) or

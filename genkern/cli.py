@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", type=_args.device, help="cpu or cuda (default: cuda if available, else cpu)"
     )
-    p.add_argument("--ops", help="comma-separated op names (default: all)")
+    p.add_argument("--ops", type=_args.name_list, help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser(
         "bench",
@@ -214,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--quick", action="store_true", help="a short subset (minutes on a CPU)")
-    p.add_argument("--filter", help="comma-separated op families or case-name substrings")
+    p.add_argument(
+        "--filter",
+        type=_args.name_list,
+        help="comma-separated op families or case-name substrings (default: every case)",
+    )
     p.add_argument("--out", help="directory for results.json and results.md")
     p.add_argument("--threads", type=_args.positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")

@@ -386,6 +386,11 @@ def test_cpu_peak_is_the_faster_gemm_engine():
         (["check", "--device", "bogus"], "not a device"),
         (["train", "dcgan", "--device", "bogus"], "not a device"),
         (["check", "--ops", "nosuchop"], "unknown op"),
+        # an empty list silently meant "all", an empty item made an empty unknown op's name
+        (["check", "--ops="], "argument --ops: expected comma-separated names, but got ''"),
+        (["check", "--ops", " , "], "argument --ops: expected comma-separated names"),
+        (["check", "--ops", "conv2d,nosuchop,"], "unknown op(s) nosuchop; known:"),
+        (["bench", "--filter="], "argument --filter: expected comma-separated names"),
         (["bench", "--compare", "/nonexistent/a.json", "/nonexistent/b.json"], "No such file"),
         (["bench", "--quick", "--filter", "losses", "--out", "/proc/nope"], "--out"),
     ]
@@ -395,8 +400,15 @@ def test_cpu_peak_is_the_faster_gemm_engine():
         else []
     ),
 )
-def test_cli_mistakes_get_one_line_and_status_2(argv, message, capsys):
+def test_cli_mistakes_get_one_line_and_status_2(argv, message, capsys, monkeypatch):
     # found by the fuzz of the CLI: each of these ended in a traceback (--out after the whole run)
+    from genkern import check
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a mistake ran the check or the benchmark")
+
+    monkeypatch.setattr(check, "run", no_run)
+    monkeypatch.setattr(runner, "run", no_run)
     try:
         status = cli.main(argv)
     except SystemExit as e:  # argparse's own errors
