@@ -169,11 +169,39 @@ def cmd_bench(args) -> int:
     return 1 if bad else 0
 
 
+RESULT_KEYS = ("case", "mode", "provider", "status", "median_ms")  # what --compare reads
+
+
 def _load_results(path: str) -> dict:
     with open(path) as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except ValueError as e:  # json.JSONDecodeError, or bytes that are not text
+            raise ValueError(f"{path} is not JSON ({e})") from None
     if not isinstance(data, dict) or "results" not in data:
         raise ValueError(f"{path} is not a genkern bench results.json (no 'results')")
+    problem, env = None, data.get("environment")
+    if (
+        not isinstance(env, dict)
+        or "commit" not in env
+        or "date" not in env
+        or "device" not in data
+    ):
+        problem = "no 'environment' with 'commit' and 'date', or no 'device'"
+    elif not isinstance(data["results"], list):
+        problem = "'results' is not a list"
+    else:
+        for r in data["results"]:
+            missing = [k for k in RESULT_KEYS if not isinstance(r, dict) or k not in r]
+            if missing:
+                problem = f"a result without {', '.join(repr(k) for k in missing)}"
+                break
+            ms = r["median_ms"]
+            if r["status"] == "ok" and not (isinstance(ms, (int, float)) and ms > 0):
+                problem = f"an ok result whose median_ms is {ms!r}"
+                break
+    if problem:
+        raise ValueError(f"{path} is not a genkern bench results.json ({problem})")
     return data
 
 

@@ -422,3 +422,18 @@ def test_cli_compare_refuses_what_is_not_a_results_file(tmp_path, capsys):
     bad.write_text("{}")
     assert cli.main(["bench", "--compare", str(bad), str(bad)]) == 2
     assert "not a genkern bench results.json" in capsys.readouterr().err
+    # found by the fuzz: JSON errors and results without the fields compare reads (a KeyError:
+    # `genkern bench --compare: 'status'`) did not name the file
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_data([])))
+    for name, text, message in (
+        ("broken.json", "{bad", "is not JSON (Expecting property name"),
+        ("binary.json", b"\xff\xfe", "is not JSON ('utf-8' codec"),
+        ("short.json", json.dumps(dict(_data([]), results=[{"case": "a"}])), "without 'mode'"),
+        ("noenv.json", json.dumps({"results": []}), "no 'environment' with 'commit'"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+        assert cli.main(["bench", "--compare", str(good), str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"genkern bench --compare: {path} ") and message in err, err
