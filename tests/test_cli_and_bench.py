@@ -160,6 +160,24 @@ def test_report_and_compare(tmp_path):
     assert "2.00" in text and "geomean new/old time: 2.000" in text
 
 
+def test_report_gives_percent_of_peak_for_float32_only():
+    """Found by the fuzz: a bfloat16 run's "% of peak" divided by the float32 peaks (and its
+    memory-bound cases count float32 bytes)."""
+    results = _run(_tiny_case(lambda x, backend: torch.relu(x)), ["eager", "genkern:cpu"])
+    assert report.summarize(_data(results))[0]["peak_fraction"] > 0
+    assert "no % of peak" not in report.markdown(_data(results))
+    bf16 = dict(_data(results), dtype="bfloat16")
+    assert report.summarize(bf16)[0]["peak_fraction"] is None
+    md = report.markdown(bf16)
+    assert "no % of peak for bfloat16: the peaks are float32's" in md
+    cells = lambda start: next(
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in md.splitlines()
+        if line.startswith(start)
+    )
+    assert cells("| tiny/relu")[cells("| case").index("% of peak")] == "-"
+
+
 def test_runner_counts_page_faults_per_call():
     """A provider that maps fresh memory each call (an mmap freed back to the OS on return, as
     glibc does for large blocks) shows its faults per call in the result and the report; one that
