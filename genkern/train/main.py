@@ -261,6 +261,7 @@ def _train(args, device, info) -> int:
         say(f"nothing to do: {args.out} is already at epoch {start_epoch - 1} of {args.epochs}")
         return 0
     step_losses: list[dict] = []
+    wrote_samples = False  # cnn writes none
     run_start = time.perf_counter()
     steps_per_epoch = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
     for epoch in range(start_epoch, args.epochs + 1):
@@ -312,6 +313,7 @@ def _train(args, device, info) -> int:
         rng = _gather_rng(loader_gen, info)
         if main:
             sample = task.write_samples(os.path.join(args.out, f"samples_epoch{epoch}.png"))
+            wrote_samples = wrote_samples or bool(sample)
             path = checkpoint.save(
                 args.out,
                 epoch,
@@ -357,7 +359,7 @@ def _train(args, device, info) -> int:
     say(
         f"done: {args.model} ({args.impl}) epochs {start_epoch}-{args.epochs} in {total:.1f} s, "
         f"last epoch {format_losses(shown)}, {last['images_per_s']:.1f} img/s; "
-        f"checkpoints, samples and metrics.json in {args.out}"
+        f"checkpoints, {'samples and ' if wrote_samples else ''}metrics.json in {args.out}"
     )
     return 0
 
