@@ -197,6 +197,10 @@ def test_bad_data_is_a_clear_error(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert train("cnn", tmp_path / "out", "--batch-size", "0", check=False) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+    # found by a fuzz: --lr inf trained on (to nan losses)
+    for lr in ("inf", "-inf", "nan", "0", "-1e-3"):
+        assert train("cnn", tmp_path / "out", f"--lr={lr}", check=False) == 2
+        assert "--lr must be a positive finite number, but got" in capsys.readouterr().err
     assert train("cnn", tmp_path / "none", "--resume", check=False) == 2
     assert "--resume: no checkpoint latest.pt in" in capsys.readouterr().err
 

@@ -4,6 +4,7 @@ DistributedSampler under torchrun), the epoch loop, checkpoints, sample grids, m
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -32,8 +33,8 @@ def _check_args(args) -> str | None:
             return f"--{name.replace('_', '-')} must be at least 1, but got {v}"
     if args.num_workers < 0:
         return f"--num-workers must be at least 0, but got {args.num_workers}"
-    if args.lr is not None and not args.lr > 0:
-        return f"--lr must be positive, but got {args.lr}"
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        return f"--lr must be a positive finite number, but got {args.lr}"
     if not 0 < args.val_fraction < 1:
         return f"--val-fraction must be in (0, 1), but got {args.val_fraction}"
     if args.image_size is not None and args.model == "dcgan" and args.image_size not in (32, 64):
