@@ -34,6 +34,31 @@ def _cpu_kernels(c) -> str:
     return f"{isa}; {gemm}"
 
 
+def _auto_line(device) -> str:
+    """What "auto" resolves to on this device, under GENKERN_BACKEND when it is set."""
+    from genkern import backends
+
+    auto = backends.auto_backend(device)
+    env = os.environ.get("GENKERN_BACKEND", "").strip()
+    if not env:
+        return auto
+    name = backends.requested_backend()  # valid: main() checked it
+    if name == "auto":
+        return f"{auto} (GENKERN_BACKEND={env})"
+    if backends.unavailable_reason(name, device, torch.float32) is None:
+        return f"{name} (GENKERN_BACKEND={env}; without it: {auto})"
+    return f"none: GENKERN_BACKEND={env} cannot run here, calls raise (without it: {auto})"
+
+
+def _env_backend_note(command: str, what: str) -> None:
+    """check and bench run each backend by name: a GENKERN_BACKEND given changes nothing."""
+    env = os.environ.get("GENKERN_BACKEND", "").strip()
+    if env and env != "auto":
+        print(
+            f"genkern {command}: note: GENKERN_BACKEND={env} is not used: {what}", file=sys.stderr
+        )
+
+
 def cmd_info(args) -> int:
     import genkern
     from genkern import _ext, backends
@@ -67,7 +92,7 @@ def cmd_info(args) -> int:
         for b in backends.BACKENDS:
             reason = backends.unavailable_reason(b, d, torch.float32)
             lines.append(f"    {b:<7} " + ("yes" if reason is None else f"no: {reason}"))
-        lines.append(f"    auto -> {backends.auto_backend(d)}")
+        lines.append(f"    auto -> {_auto_line(d)}")
     print("\n".join(lines))
     return 0
 
@@ -75,6 +100,7 @@ def cmd_info(args) -> int:
 def cmd_check(args) -> int:
     from genkern import check
 
+    _env_backend_note("check", "it runs every backend available here by name")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ops = args.ops.split(",") if args.ops else None
     known = {case.op for case in check.CASES}
@@ -101,6 +127,7 @@ def cmd_bench(args) -> int:
             print(f"genkern bench --compare: {e}", file=sys.stderr)
             return 2
         return 0
+    _env_backend_note("bench", "it times each genkern backend available here by name")
     if args.out and (problem := _unwritable(args.out)):  # before the run, not after it
         print(f"genkern bench --out {args.out}: {problem}", file=sys.stderr)
         return 2
@@ -112,6 +139,18 @@ def cmd_bench(args) -> int:
     if not cases:
         print(f"genkern bench: no case matches --filter {args.filter!r}", file=sys.stderr)
         return 2
+    if skipped := runner.skipped_backends(device, dtype):
+        why = "; ".join(f"{b}: {reason}" for b, reason in skipped.items())
+        ours = [p for p in runner.providers_for(device, dtype) if p.startswith("genkern:")]
+        if not ours:  # stock PyTorch against itself: nothing to measure
+            print(
+                f"genkern bench: no genkern backend runs {args.dtype} on {device} here ({why})",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            f"genkern bench: note: genkern backends not timed on {device}: {why}", file=sys.stderr
+        )
     data = runner.run(
         cases,
         device,
@@ -130,11 +169,39 @@ def cmd_bench(args) -> int:
     return 1 if bad else 0
 
 
+RESULT_KEYS = ("case", "mode", "provider", "status", "median_ms")  # what --compare reads
+
+
 def _load_results(path: str) -> dict:
     with open(path) as f:
-        data = json.load(f)
+        try:
+            data = json.load(f)
+        except ValueError as e:  # json.JSONDecodeError, or bytes that are not text
+            raise ValueError(f"{path} is not JSON ({e})") from None
     if not isinstance(data, dict) or "results" not in data:
         raise ValueError(f"{path} is not a genkern bench results.json (no 'results')")
+    problem, env = None, data.get("environment")
+    if (
+        not isinstance(env, dict)
+        or "commit" not in env
+        or "date" not in env
+        or "device" not in data
+    ):
+        problem = "no 'environment' with 'commit' and 'date', or no 'device'"
+    elif not isinstance(data["results"], list):
+        problem = "'results' is not a list"
+    else:
+        for r in data["results"]:
+            missing = [k for k in RESULT_KEYS if not isinstance(r, dict) or k not in r]
+            if missing:
+                problem = f"a result without {', '.join(repr(k) for k in missing)}"
+                break
+            ms = r["median_ms"]
+            if r["status"] == "ok" and not (isinstance(ms, (int, float)) and ms > 0):
+                problem = f"an ok result whose median_ms is {ms!r}"
+                break
+    if problem:
+        raise ValueError(f"{path} is not a genkern bench results.json ({problem})")
     return data
 
 
@@ -160,15 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", type=_args.device, help="cpu or cuda (default: cuda if available, else cpu)"
     )
-    p.add_argument("--ops", help="comma-separated op names (default: all)")
+    p.add_argument("--ops", type=_args.name_list, help="comma-separated op names (default: all)")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("bench", help="benchmark genkern against stock PyTorch")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark genkern against stock PyTorch",
+        description="Time every case for stock PyTorch and each genkern backend that runs on "
+        "the device. Exit status 1 when a genkern result is wrong or fails, 2 for a usage error "
+        "or when no genkern backend runs on the device (the cpu backend needs the compiled "
+        "extension genkern._C: a pure-Python install has nothing to time on a CPU).",
+    )
     p.add_argument(
         "--device", type=_args.device, help="cpu or cuda (default: cuda if available, else cpu)"
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--quick", action="store_true", help="a short subset (minutes on a CPU)")
-    p.add_argument("--filter", help="comma-separated op families or case-name substrings")
+    p.add_argument(
+        "--filter",
+        type=_args.name_list,
+        help="comma-separated op families or case-name substrings (default: every case)",
+    )
     p.add_argument("--out", help="directory for results.json and results.md")
     p.add_argument("--threads", type=_args.positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
@@ -188,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from genkern import backends
+
+    try:
+        backends.requested_backend()  # GENKERN_BACKEND names a backend (or is unset)
+    except ValueError as exc:
+        print(f"genkern {args.command}: {exc}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -2,6 +2,7 @@
 cases."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -159,6 +160,24 @@ def test_report_and_compare(tmp_path):
     assert "2.00" in text and "geomean new/old time: 2.000" in text
 
 
+def test_report_gives_percent_of_peak_for_float32_only():
+    """Found by the fuzz: a bfloat16 run's "% of peak" divided by the float32 peaks (and its
+    memory-bound cases count float32 bytes)."""
+    results = _run(_tiny_case(lambda x, backend: torch.relu(x)), ["eager", "genkern:cpu"])
+    assert report.summarize(_data(results))[0]["peak_fraction"] > 0
+    assert "no % of peak" not in report.markdown(_data(results))
+    bf16 = dict(_data(results), dtype="bfloat16")
+    assert report.summarize(bf16)[0]["peak_fraction"] is None
+    md = report.markdown(bf16)
+    assert "no % of peak for bfloat16: the peaks are float32's" in md
+    cells = lambda start: next(
+        [c.strip() for c in line.split("|")[1:-1]]
+        for line in md.splitlines()
+        if line.startswith(start)
+    )
+    assert cells("| tiny/relu")[cells("| case").index("% of peak")] == "-"
+
+
 def test_runner_counts_page_faults_per_call():
     """A provider that maps fresh memory each call (an mmap freed back to the OS on return, as
     glibc does for large blocks) shows its faults per call in the result and the report; one that
@@ -210,6 +229,30 @@ def test_cpu_peak_memory_counts_a_steps_release_of_the_last_steps_tensors():
         assert peak_memory_mb(step, torch.device("cpu")) == 1.0
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_commit_is_genkerns_own_never_that_of_a_repository_it_is_installed_in(tmp_path):
+    """Found by the fuzz: a non-editable install inside another project's git repository (a
+    virtual environment in it) recorded that project's commit as genkern's."""
+    from genkern.bench.environment import _commit
+
+    def git(*args):
+        command = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+        return subprocess.run(command + list(args), capture_output=True, text=True, check=True)
+
+    git("init", "-q")
+    for package in (tmp_path / "venv" / "site-packages" / "genkern", tmp_path / "genkern"):
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+    git("add", "-A")
+    git("commit", "-q", "-m", "a project")
+    head = git("rev-parse", "--short", "HEAD").stdout.strip()
+    assert _commit(str(tmp_path / "venv" / "site-packages" / "genkern" / "__init__.py")) == (
+        "unknown"
+    )
+    assert _commit(str(tmp_path / "genkern" / "__init__.py")) == head  # a genkern checkout
+    assert _commit(str(tmp_path.parent / "elsewhere" / "genkern" / "__init__.py")) == "unknown"
+
+
 def test_report_lists_problems():
     wrong = _run(_tiny_case(lambda x, backend: x * 0 + 5), ["eager", "genkern:cpu"])
     md = report.markdown(_data(wrong))
@@ -229,6 +272,29 @@ def test_cli_info_runs():
         assert ("runs narrower vectors than oneDNN's" in out) == (not wide)
 
 
+def test_cli_follows_genkern_backend(monkeypatch, capsys):
+    """Found by the fuzz: info printed `auto -> cpu` under GENKERN_BACKEND=torch, and with a
+    GENKERN_BACKEND that names no backend info and check exited 0 saying nothing."""
+    from genkern import backends
+
+    monkeypatch.setenv("GENKERN_BACKEND", "torch")
+    assert cli.main(["info"]) == 0
+    auto = backends.auto_backend("cpu")
+    assert f"auto -> torch (GENKERN_BACKEND=torch; without it: {auto})" in capsys.readouterr().out
+    monkeypatch.setenv("GENKERN_BACKEND", "cuda")  # never runs CPU tensors
+    assert cli.main(["info"]) == 0
+    assert "auto -> none: GENKERN_BACKEND=cuda cannot run here" in capsys.readouterr().out
+    assert cli.main(["bench", "--filter", "no-such-case", "--no-progress"]) == 2
+    assert "note: GENKERN_BACKEND=cuda is not used" in capsys.readouterr().err
+    monkeypatch.setenv("GENKERN_BACKEND", "bogus")
+    # (arguments that fail fast should the check be lost: a status 2 of their own, no run)
+    for argv in (["info"], ["check", "--ops", "nosuchop"], ["bench", "--filter", "no-such"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"genkern {argv[0]}: GENKERN_BACKEND: backend must be one of")
+        assert "but got 'bogus'" in err and err.count("\n") == 1, err
+
+
 def test_cli_check_passes_on_this_machine(capsys):
     assert cli.main(["check", "--device", "cpu", "--ops", "conv2d"]) == 0
     assert "0 failed" in capsys.readouterr().out
@@ -236,6 +302,44 @@ def test_cli_check_passes_on_this_machine(capsys):
 
 def test_cli_bench_filter_without_match_fails(capsys):
     assert cli.main(["bench", "--filter", "no-such-case", "--no-progress"]) == 2
+
+
+def test_bad_cpu_mode_variable_is_one_line_from_the_cli_and_valueerror_from_import():
+    """Found by the fuzz: a bad GENKERN_CPU_* value ended every genkern command in the
+    ValueError traceback of `import genkern`, which still raises it."""
+    from _helpers import subprocess_env
+
+    env = subprocess_env(GENKERN_CPU_PREPACK="bogus")
+    message = "GENKERN_CPU_PREPACK must be auto, always or never, but got 'bogus'"
+    exe = shutil.which("genkern")
+    commands = [[sys.executable, "-m", "genkern"], [sys.executable, "-m", "genkern.cli"]]
+    for command in commands + ([[exe]] if exe else []):
+        r = subprocess.run(command + ["info"], env=env, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr == f"genkern: error: {message}\n", r.stderr
+    r = subprocess.run([sys.executable, "-c", "import genkern"], env=env, capture_output=True)
+    assert r.returncode == 1 and f"ValueError: {message}" in r.stderr.decode()
+
+
+def test_cli_bench_with_no_genkern_backend_to_time_says_so(monkeypatch, capsys):
+    """Found by the fuzz: a pure-Python install (no genkern._C) on a CPU timed stock PyTorch
+    against itself and exited 0 without a word: it now refuses, naming the backend and why."""
+    from genkern import _ext
+
+    monkeypatch.setattr(_ext, "HAS_CPU", False)
+    monkeypatch.setattr(_ext, "LOAD_ERROR", "simulated: built with GENKERN_BUILD_EXT=0")
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("ran the benchmark")
+
+    monkeypatch.setattr(runner, "run", no_run)
+    assert cli.main(["bench", "--device", "cpu", "--quick", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genkern bench: no genkern backend runs float32 on cpu here (cpu: ")
+    assert "GENKERN_BUILD_EXT=0" in err and err.count("\n") == 1, err
+    assert runner.skipped_backends(torch.device("cpu"), torch.float32) == {
+        "cpu": "the C++ extension genkern._C is not built (simulated: built with "
+        "GENKERN_BUILD_EXT=0)"
+    }
 
 
 def test_pure_python_import_warns_once_and_works():
@@ -301,6 +405,11 @@ def test_cpu_peak_is_the_faster_gemm_engine():
         (["check", "--device", "bogus"], "not a device"),
         (["train", "dcgan", "--device", "bogus"], "not a device"),
         (["check", "--ops", "nosuchop"], "unknown op"),
+        # an empty list silently meant "all", an empty item made an empty unknown op's name
+        (["check", "--ops="], "argument --ops: expected comma-separated names, but got ''"),
+        (["check", "--ops", " , "], "argument --ops: expected comma-separated names"),
+        (["check", "--ops", "conv2d,nosuchop,"], "unknown op(s) nosuchop; known:"),
+        (["bench", "--filter="], "argument --filter: expected comma-separated names"),
         (["bench", "--compare", "/nonexistent/a.json", "/nonexistent/b.json"], "No such file"),
         (["bench", "--quick", "--filter", "losses", "--out", "/proc/nope"], "--out"),
     ]
@@ -310,8 +419,15 @@ def test_cpu_peak_is_the_faster_gemm_engine():
         else []
     ),
 )
-def test_cli_mistakes_get_one_line_and_status_2(argv, message, capsys):
+def test_cli_mistakes_get_one_line_and_status_2(argv, message, capsys, monkeypatch):
     # found by the fuzz of the CLI: each of these ended in a traceback (--out after the whole run)
+    from genkern import check
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a mistake ran the check or the benchmark")
+
+    monkeypatch.setattr(check, "run", no_run)
+    monkeypatch.setattr(runner, "run", no_run)
     try:
         status = cli.main(argv)
     except SystemExit as e:  # argparse's own errors
@@ -325,3 +441,18 @@ def test_cli_compare_refuses_what_is_not_a_results_file(tmp_path, capsys):
     bad.write_text("{}")
     assert cli.main(["bench", "--compare", str(bad), str(bad)]) == 2
     assert "not a genkern bench results.json" in capsys.readouterr().err
+    # found by the fuzz: JSON errors and results without the fields compare reads (a KeyError:
+    # `genkern bench --compare: 'status'`) did not name the file
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_data([])))
+    for name, text, message in (
+        ("broken.json", "{bad", "is not JSON (Expecting property name"),
+        ("binary.json", b"\xff\xfe", "is not JSON ('utf-8' codec"),
+        ("short.json", json.dumps(dict(_data([]), results=[{"case": "a"}])), "without 'mode'"),
+        ("noenv.json", json.dumps({"results": []}), "no 'environment' with 'commit'"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+        assert cli.main(["bench", "--compare", str(good), str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"genkern bench --compare: {path} ") and message in err, err

@@ -61,8 +61,13 @@ def test_train_checkpoints_samples_metrics_and_resume(model, tmp_path, capsys):
     assert metrics["epochs"][0]["steps"] == 1 and metrics["epochs"][0]["images_per_s"] > 0
     if model == "cnn":
         assert 0 <= metrics["epochs"][0]["val_acc"] <= 1
-        assert "val_acc" in capsys.readouterr().out
+        out_text = capsys.readouterr().out
+        assert "val_acc" in out_text
+        # found by a fuzz: the summary claimed samples, which cnn does not write
+        assert not [p for p in os.listdir(out) if p.startswith("samples")]
+        assert f"checkpoints, metrics.json in {out}" in out_text
     else:
+        assert f"checkpoints, samples and metrics.json in {out}" in capsys.readouterr().out
         png = np.asarray(Image.open(out / "samples_epoch1.png"), dtype=np.float32)
         assert png.std() > 0
     ckpt1, p1 = params(out / "checkpoint_epoch1.pt")
@@ -192,8 +197,83 @@ def test_bad_data_is_a_clear_error(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert train("cnn", tmp_path / "out", "--batch-size", "0", check=False) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+    # found by a fuzz: --lr inf trained on (to nan losses)
+    for lr in ("inf", "-inf", "nan", "0", "-1e-3"):
+        assert train("cnn", tmp_path / "out", f"--lr={lr}", check=False) == 2
+        assert "--lr must be a positive finite number, but got" in capsys.readouterr().err
     assert train("cnn", tmp_path / "none", "--resume", check=False) == 2
     assert "--resume: no checkpoint latest.pt in" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, *messages):
+    err = capsys.readouterr().err
+    assert err.startswith("genkern train: ") and err.count("\n") == 1, err
+    for message in messages:
+        assert message in err, err
+    return err
+
+
+def test_too_few_images_and_bad_labels_are_clear_errors(tmp_path, capsys):
+    # found by a fuzz: an empty training or held-out split ended in max()'s RuntimeError, a
+    # negative label in cross_entropy's IndexError
+    one = tmp_path / "one.npz"
+    np.savez(one, x=np.zeros((1, 8, 8), np.uint8), y=np.zeros(1, np.int64))
+    assert train("cnn", tmp_path / "a", "--data", str(one), check=False) == 2
+    _one_line_error(capsys, "leaves 1 to train on and 0 held out")
+    assert train("cnn", tmp_path / "b", "--val-fraction", "0.9999", check=False) == 2
+    _one_line_error(capsys, "leaves 0 to train on and 300 held out")
+    negative = tmp_path / "negative.npz"
+    np.savez(negative, x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 3 - 2)
+    assert train("cnn", tmp_path / "c", "--data", str(negative), check=False) == 2
+    _one_line_error(capsys, "labels must be class indices 0, 1, ..., num_classes - 1, but got -2")
+
+
+def test_resume_from_another_models_sizes_or_a_corrupt_file_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    train("dcgan", out, steps=1)
+    capsys.readouterr()
+    for extra, differ in (
+        (["--width", "16"], "--width 16 (the checkpoint's run: 8)"),
+        (["--image-size", "64"], "--image-size 64 (the checkpoint's run: default)"),
+    ):
+        assert train("dcgan", out, "--resume", *extra, epochs=2, check=False) == 2
+        _one_line_error(capsys, "holds a model of other sizes", differ)
+    (out / "latest.pt").write_text("garbage\n")
+    assert train("dcgan", out, "--resume", epochs=2, check=False) == 2
+    _one_line_error(capsys, "latest.pt is not a readable checkpoint")
+    torch.save({"a": 1}, out / "latest.pt")
+    assert train("dcgan", out, "--resume", epochs=2, check=False) == 2
+    _one_line_error(capsys, "latest.pt is not a genkern train checkpoint (no model,")
+
+
+def test_genkern_backend_that_cannot_run_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GENKERN_BACKEND", "bogus")
+    assert train("cnn", tmp_path / "a", check=False) == 2
+    _one_line_error(capsys, "GENKERN_BACKEND: backend must be one of", "but got 'bogus'")
+    monkeypatch.setenv("GENKERN_BACKEND", "cuda")  # CUDA kernels never run on CPU tensors
+    assert train("cnn", tmp_path / "b", check=False) == 2
+    _one_line_error(capsys, "GENKERN_BACKEND: backend 'cuda' is not available", "on cpu")
+    train("cnn", tmp_path / "c", "--impl", "torch")  # the stock build runs no genkern op
+    monkeypatch.setenv("GENKERN_BACKEND", "torch")
+    train("cnn", tmp_path / "d")
+
+
+def test_resume_applies_a_given_lr_and_keeps_the_saved_one_otherwise(tmp_path, capsys):
+    # found by a fuzz: the optimizer state loaded from the checkpoint silently replaced --lr
+    out = tmp_path / "run"
+    lrs = lambda: {
+        g["lr"]
+        for o in params(out / "latest.pt")[0]["task"]["optimizers"].values()
+        for g in o["param_groups"]
+    }
+    train("dcgan", out, "--lr", "0.01", steps=1)
+    assert lrs() == {0.01}
+    train("dcgan", out, "--resume", "--lr", "0.05", epochs=2, steps=1)
+    assert lrs() == {0.05}
+    assert "--lr 0.05 replaces the checkpoint's learning rate 0.01" in capsys.readouterr().out
+    train("dcgan", out, "--resume", epochs=3, steps=1)  # not given: the saved one
+    assert lrs() == {0.05}
+    assert "replaces" not in capsys.readouterr().out
 
 
 def test_help_and_bad_model_name(capsys):

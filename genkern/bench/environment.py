@@ -13,18 +13,27 @@ import genkern
 from genkern import _ext
 
 
-def _commit() -> str:
+def _commit(package_file: str | None = None) -> str:
+    """The short commit of the genkern checkout this package runs from (a source tree or an
+    editable install): only where the git toplevel's genkern/__init__.py is this package's file,
+    not for an install inside another project's repository (its commit is not genkern's);
+    "unknown" otherwise, and where git is missing."""
+    package_file = os.path.abspath(package_file or genkern.__file__)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", os.path.dirname(package_file), *args],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+
     try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(genkern.__file__)))
-        return (
-            subprocess.run(
-                ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            or "unknown"
-        )
+        top = git("rev-parse", "--show-toplevel")
+        ours = os.path.join(top, "genkern", "__init__.py") if top else ""
+        if not (ours and os.path.isfile(ours) and os.path.samefile(ours, package_file)):
+            return "unknown"
+        return git("rev-parse", "--short", "HEAD") or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

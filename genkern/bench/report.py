@@ -23,7 +23,8 @@ def summarize(data: dict) -> list[dict]:
         by_case[key][r["provider"]] = r
         meta[key] = r
     rows = []
-    peaks = data.get("peaks", {})
+    # the peaks are float32's (matmul FLOP/s, copy bytes/s), and so are the cases' byte counts
+    peaks = data.get("peaks", {}) if data.get("dtype", "float32") == "float32" else {}
     for key, provs in by_case.items():
         m = meta[key]
         row = {
@@ -87,7 +88,12 @@ def markdown(data: dict) -> str:
         f"{env['threads']} threads, torch {env['torch']}, commit {env['commit']}, {env['date']}",
         f"measured peaks: fp32 matmul {peaks['matmul_fp32_flops'] / 1e9:.1f} GFLOP/s"
         f"{_by_engine(peaks)}, copy {peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s; times are "
-        "medians in ms",
+        "medians in ms"
+        + (
+            ""
+            if data["dtype"] == "float32"
+            else f"; no % of peak for {data['dtype']}: the peaks are float32's"
+        ),
         "",
         "| case | mode | shape | " + " | ".join(providers) + " | best | x eager | x compile | "
         "% of peak | MB eager | MB best |",

@@ -123,6 +123,17 @@ def providers_for(device: torch.device, dtype: torch.dtype, compile: bool = True
     return stock + [f"genkern:{b}" for b in ours]
 
 
+def skipped_backends(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
+    """genkern's backends for this device type (AUTO_ORDER's, but torch: the reference, never
+    timed) that cannot run here and so are not providers, each with why."""
+    skipped = {}
+    for b in backends.AUTO_ORDER.get(device.type, ()):
+        reason = None if b == "torch" else backends.unavailable_reason(b, device, dtype)
+        if reason is not None:
+            skipped[b] = reason
+    return skipped
+
+
 def _outputs(value) -> list[torch.Tensor]:
     return list(value) if isinstance(value, tuple) else [value]
 

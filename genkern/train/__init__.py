@@ -32,7 +32,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="total epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="per process (default 64)")
     p.add_argument(
-        "--lr", type=float, help="Adam learning rate (default: 2e-4 for dcgan, 1e-3 otherwise)"
+        "--lr",
+        type=float,
+        help="Adam learning rate (default: 2e-4 for dcgan, 1e-3 otherwise; with --resume, the "
+        "checkpoint's, unless given)",
     )
     p.add_argument("--out", default="runs/train", help="checkpoints, images, metrics.json")
     p.add_argument("--impl", choices=("genkern", "torch"), default="genkern")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 LATEST = "latest.pt"
+KEYS = ("model", "epoch", "step", "task", "rng", "metrics")  # what --resume reads
 
 
 class CheckpointError(RuntimeError):
@@ -65,4 +66,16 @@ def load_latest(out: str, map_location="cpu") -> dict:
     path = os.path.join(out, LATEST)
     if not os.path.exists(path):
         raise CheckpointError(f"--resume: no checkpoint {LATEST} in {out}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # not a torch.save file: torch and pickle raise many kinds
+        raise CheckpointError(
+            f"--resume: {path} is not a readable checkpoint "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
+        ) from e
+    missing = [k for k in KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"--resume: {path} is not a genkern train checkpoint (no {', '.join(missing)})"
+        )
+    return ckpt

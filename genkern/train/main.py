@@ -4,6 +4,7 @@ DistributedSampler under torchrun), the epoch loop, checkpoints, sample grids, m
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -32,8 +33,8 @@ def _check_args(args) -> str | None:
             return f"--{name.replace('_', '-')} must be at least 1, but got {v}"
     if args.num_workers < 0:
         return f"--num-workers must be at least 0, but got {args.num_workers}"
-    if args.lr is not None and not args.lr > 0:
-        return f"--lr must be positive, but got {args.lr}"
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        return f"--lr must be a positive finite number, but got {args.lr}"
     if not 0 < args.val_fraction < 1:
         return f"--val-fraction must be in (0, 1), but got {args.val_fraction}"
     if args.image_size is not None and args.model == "dcgan" and args.image_size not in (32, 64):
@@ -44,6 +45,30 @@ def _check_args(args) -> str | None:
         return (
             f"--image-size applies to dcgan and vae only ({args.model} is built for a fixed size)"
         )
+    return None
+
+
+def _check_backend(args, device: torch.device) -> str | None:
+    """Whether GENKERN_BACKEND names a backend that runs this model's genkern ops here."""
+    from genkern import backends
+
+    try:
+        name = backends.requested_backend()
+    except ValueError as exc:  # a name that is no backend
+        return str(exc)
+    if name == "auto" or args.impl != "genkern":  # --impl torch runs no genkern op
+        return None
+    dtypes = [torch.float32]
+    if args.amp:
+        dtypes.append({"bf16": torch.bfloat16, "fp16": torch.float16}[args.amp_dtype])
+    for dtype in dtypes:
+        reason = backends.unavailable_reason(name, device, dtype)
+        if reason is not None:
+            here = ", ".join(repr(b) for b in backends.available_backends(device, dtype))
+            return (
+                f"GENKERN_BACKEND: backend {name!r} is not available for {dtype} tensors on "
+                f"{device.type}: {reason}. Available here: {here}."
+            )
     return None
 
 
@@ -69,6 +94,9 @@ def run(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         return _fail("--device cuda: CUDA is not available here")
+    problem = _check_backend(args, device)
+    if problem:
+        return _fail(problem)
     info, device = distributed.setup(device)
     try:
         return _train(args, device, info)
@@ -76,6 +104,32 @@ def run(args) -> int:
         return _fail(str(e))
     finally:
         distributed.cleanup(info)
+
+
+# the arguments that decide a model's parameters (sizes, classes, channels)
+MODEL_ARGS = ("nz", "width", "image_size", "latent_dim", "data", "limit")
+
+
+def _resume_mismatch(args, ckpt: dict, exc: Exception) -> str:
+    """Why a checkpoint's state does not load into this run's model: the model arguments that
+    differ from those of the run that wrote it (the checkpoint keeps them), else torch's error."""
+    path = os.path.join(args.out, checkpoint.LATEST)
+    saved = ckpt.get("args") or {}
+    shown = lambda v: "default" if v is None else str(v)
+    differ = [
+        f"--{k.replace('_', '-')} {shown(getattr(args, k))} (the checkpoint's run: "
+        f"{shown(saved[k])})"
+        for k in MODEL_ARGS
+        if k in saved and saved[k] != getattr(args, k)
+    ]
+    if differ:
+        return (
+            f"--resume: {path} holds a model of other sizes: "
+            + ", ".join(differ)
+            + "; resume with the same arguments as the run that wrote it"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"--resume: {path} does not fit this {args.model} model ({first})"
 
 
 def _seed_all(seed: int) -> None:
@@ -96,10 +150,23 @@ def _load_data(args):
                 f"--data {args.data}: cnn needs labels: a y / y_train array in the .npz, or "
                 "one subfolder of images per class"
             )
+        for labels in (y, None if test is None else test[1]):
+            if labels is not None and len(labels) and int(labels.min()) < 0:
+                raise data.DataError(
+                    f"--data {args.data}: labels must be class indices 0, 1, ..., "
+                    f"num_classes - 1, but got {int(labels.min())}"
+                )
         if test is not None:
             val = (data.match_channels(test[0], channels), test[1])
         else:
             (x, y), val = data.split(x, y, args.val_fraction, args.seed)
+            if len(x) == 0 or len(val[0]) == 0:
+                n = len(x) + len(val[0])
+                raise data.DataError(
+                    f"--val-fraction {args.val_fraction} of {n} labelled image(s) from {desc} "
+                    f"leaves {len(x)} to train on and {len(val[0])} held out: cnn needs at "
+                    "least one of each (more images, or another --val-fraction)"
+                )
     return x, y, val, channels, desc
 
 
@@ -162,7 +229,19 @@ def _train(args, device, info) -> int:
             return _fail(
                 f"--resume: {args.out} holds a {ckpt['model']} checkpoint, not {args.model}"
             )
-        task.load_state(ckpt["task"])
+        try:
+            task.load_state(ckpt["task"])
+        except (RuntimeError, KeyError, ValueError) as exc:  # another model's sizes, keys
+            return _fail(_resume_mismatch(args, ckpt, exc))
+        if args.lr is not None:  # given: it replaces the learning rate the optimizers saved
+            saved_lrs = sorted({g["lr"] for o in task.optimizers.values() for g in o.param_groups})
+            for o in task.optimizers.values():
+                for g in o.param_groups:
+                    g["lr"] = args.lr
+            say(
+                f"--lr {args.lr} replaces the checkpoint's learning rate "
+                + ", ".join(f"{v:g}" for v in saved_lrs)
+            )
         rng = ckpt["rng"]
         if len(rng) == info.world_size:
             checkpoint.set_rng_state(rng[info.rank], loader_gen)
@@ -183,6 +262,7 @@ def _train(args, device, info) -> int:
         say(f"nothing to do: {args.out} is already at epoch {start_epoch - 1} of {args.epochs}")
         return 0
     step_losses: list[dict] = []
+    wrote_samples = False  # cnn writes none
     run_start = time.perf_counter()
     steps_per_epoch = len(loader) if args.max_steps is None else min(len(loader), args.max_steps)
     for epoch in range(start_epoch, args.epochs + 1):
@@ -234,6 +314,7 @@ def _train(args, device, info) -> int:
         rng = _gather_rng(loader_gen, info)
         if main:
             sample = task.write_samples(os.path.join(args.out, f"samples_epoch{epoch}.png"))
+            wrote_samples = wrote_samples or bool(sample)
             path = checkpoint.save(
                 args.out,
                 epoch,
@@ -279,7 +360,7 @@ def _train(args, device, info) -> int:
     say(
         f"done: {args.model} ({args.impl}) epochs {start_epoch}-{args.epochs} in {total:.1f} s, "
         f"last epoch {format_losses(shown)}, {last['images_per_s']:.1f} img/s; "
-        f"checkpoints, samples and metrics.json in {args.out}"
+        f"checkpoints, {'samples and ' if wrote_samples else ''}metrics.json in {args.out}"
     )
     return 0
 
