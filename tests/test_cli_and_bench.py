@@ -337,7 +337,7 @@ def test_cli_bench_with_no_genkern_backend_to_time_says_so(monkeypatch, capsys):
     assert err.startswith("genkern bench: no genkern backend runs float32 on cpu here (cpu: ")
     assert "GENKERN_BUILD_EXT=0" in err and err.count("\n") == 1, err
     assert runner.skipped_backends(torch.device("cpu"), torch.float32) == {
-        "cpu": "the C++ extension genkern._C is not built (simulated: built with "
+        "cpu": "the C++ extension genkern._C is not available (simulated: built with "
         "GENKERN_BUILD_EXT=0)"
     }
 
