@@ -273,6 +273,54 @@ def test_folded_activations_are_instances_of_their_classes():
     torch.testing.assert_close(ours(x), stock(x), rtol=1e-12, atol=1e-12)
 
 
+def test_a_slice_holds_the_sequentials_own_children():
+    # found by a fuzz: a slice cutting a fold handed out copies: a hook registered through it
+    # never ran in the Sequential, a slope set through it did not reach the layer carrying it
+    torch.manual_seed(0)
+    stock = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.LeakyReLU(0.1)
+    ).double()
+    ours = genkern.nn.convert(stock)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    calls = {}
+    for name, model in (("stock", stock), ("ours", ours)):
+        assert model[1:][0] is model[1] and model[:3][2] is model[2]
+        calls[name] = []
+        model[1:][0].register_forward_hook(lambda m, i, o, c=calls[name]: c.append(o.min()))
+        model[3:][0].negative_slope = 0.5
+    torch.testing.assert_close(ours(x), stock(x), rtol=1e-12, atol=1e-12)
+    assert len(calls["ours"]) == len(calls["stock"]) == 1
+
+
+def test_an_activation_registered_twice_stays_one_module():
+    # found by a fuzz: Sequential(c1, act, c2, act) and act(c2(act(c1(x)))) in a traced forward:
+    # a hook on the one module ran once, or the second fold wrapped the first place
+    torch.manual_seed(0)
+    act = nn.LeakyReLU(0.2)
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), act, nn.Conv2d(4, 4, 3), act).double()
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.act = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Tanh()
+
+        def forward(self, x):
+            return self.act(self.c2(self.act(self.c1(x))))
+
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    for stock, trace, where in ((seq, False, "1"), (Twice().double(), True, "act")):
+        ours = genkern.nn.convert(stock, trace=trace)
+        calls = {}
+        for name, model in (("stock", stock), ("ours", ours)):
+            calls[name] = []
+            model.get_submodule(where).register_forward_pre_hook(
+                lambda m, args, c=calls[name]: c.append(args[0].min())
+            )
+        torch.testing.assert_close(ours(x), stock(x), rtol=1e-12, atol=1e-12)
+        assert len(calls["ours"]) == len(calls["stock"]) == 2
+        torch.testing.assert_close(calls["ours"], calls["stock"], rtol=1e-12, atol=1e-12)
+
+
 def test_guided_backprop_on_a_converted_classifier_is_stocks():
     # a backward hook on every nn.ReLU clamps the gradient (Springenberg et al. 2015)
     def guided_saliency(model, x):

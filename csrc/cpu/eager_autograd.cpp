@@ -13,6 +13,7 @@
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/sigmoid_backward.h>
 #include <ATen/ops/silu.h>
+#include <ATen/ops/silu_backward.h>
 #include <ATen/ops/tanh.h>
 #include <ATen/ops/tanh_backward.h>
 #include <ATen/ops/threshold_backward.h>
@@ -95,8 +96,8 @@ at::Tensor stock_activation(const at::Tensor& z, int64_t act, double slope) {
   }
 }
 
-// grad * act'(z) from the saved tensor (act's output or input) by stock's differentiable ops
-// (genkern.reference.activation_backward); silu's is not among them (its callers refuse it).
+// grad * act'(z) from the saved tensor (act's output or input) by stock's ops
+// (genkern.reference.activation_backward): differentiable but for silu's, from its input.
 at::Tensor stock_activation_backward(const at::Tensor& grad, const at::Tensor& saved, int64_t act,
                                      double slope) {
   const auto a = static_cast<Activation>(act);
@@ -109,6 +110,8 @@ at::Tensor stock_activation_backward(const at::Tensor& grad, const at::Tensor& s
       return at::tanh_backward(grad, saved);
     case Activation::kSigmoid:
       return at::sigmoid_backward(grad, saved);
+    case Activation::kSilu:  // (from its input: no second derivative through it)
+      return at::silu_backward(grad, saved);
     default:
       return grad;
   }

@@ -51,43 +51,12 @@ class UnfoldsWhenHooked:
 class FusedActivationMixin(UnfoldsWhenHooked, NotScriptable):
     """Stores `activation` and `negative_slope`, validated once at construction."""
 
-    # the layer whose train/eval mode this one has (a copy made by without_activation)
-    mode_of = None
-
-    def without_activation(self):
-        """A copy of the layer without its activation: the same parameters, buffers and hooks
-        (the dicts holding them are shared), its train/eval mode the layer's (train(), eval()
-        or a set of `training` on either reaches the other): what a slice of a converted
-        Sequential runs where it cuts the layer's folded activation off."""
-        bare = type(self).__new__(type(self))  # (not copy.copy: a parametrized layer, as
-        bare.__dict__.update(self.__dict__)  # spectral_norm makes it, refuses pickling's copy)
-        bare.activation = None
-        bare.__dict__["mode_of"] = self if self.mode_of is None else self.mode_of
-        return bare
-
-    @property
-    def training(self) -> bool:  # a copy's is its layer's (kept where nn.Module keeps it)
-        source = self.__dict__.get("mode_of")
-        return self.__dict__.get("training", True) if source is None else source.training
-
-    @training.setter
-    def training(self, mode: bool) -> None:  # train(), eval() and a plain set, on either
-        self.__dict__["training"] = mode
-        source = self.__dict__.get("mode_of")
-        if source is not None:
-            source.training = mode
-
     def _unfold_for_hooks(self) -> None:
         """Undoes the fold of the activation this layer carries for a Sequential (see
         genkern.nn.fused_sequential), if any: the place runs the activation from then on."""
-        layer = self._mode_source()
-        place = layer.__dict__.get("folded_place")
+        place = self.__dict__.get("folded_place")
         if place is not None:
             place._unfold_for_hooks()
-
-    def _mode_source(self):
-        """The module whose `training` this one runs in (itself but for a copy)."""
-        return self if self.mode_of is None else self.mode_of
 
     def _init_activation(self, activation: str | None, negative_slope: float) -> None:
         A.activation_id(activation)

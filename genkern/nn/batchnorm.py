@@ -52,7 +52,7 @@ class BatchNorm2d(FusedActivationMixin, torch.nn.BatchNorm2d):
         self._check_input_dim(input)
         # torch.nn.modules.batchnorm._BatchNorm.forward, step for step
         factor = 0.0 if self.momentum is None else self.momentum
-        training = self._mode_source().training
+        training = self.training
         if training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average

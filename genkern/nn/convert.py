@@ -178,8 +178,13 @@ def _convert_children(
     # undo what they must); a subclass keeps its class, whose slices and edits would not
     if activations and type(parent) in (nn.Sequential, FusedSequential):
         names = [n for n, _ in parent.named_children()]
+        # an activation module registered twice stays one module (found by a fuzz: a hook on
+        # one place of two ran once)
+        places = Counter(id(m) for m in parent._modules.values())
         for k, (a, b) in enumerate(zip(names, names[1:])):
             layer, act = getattr(parent, a), _activation_of(getattr(parent, b))
+            if places[id(getattr(parent, b))] > 1:
+                continue
             # the fused leaky_relu (slope >= 0) keeps its output, stock's its input
             keeps_output = act is not None and act[0] == "leaky_relu" and act[1] >= 0
             if keeps_output and next_inplace(list(parent.children()), k + 1, then_inplace):
@@ -300,7 +305,9 @@ def _trace_and_fuse(model: nn.Module) -> nn.Module:
                     user.args[1] if len(user.args) > 1 else user.kwargs.get("negative_slope", 0.01)
                 )
             act = (name, slope)
-        if act is None or (user.op == "call_module" and _hooked(modules[user.target])):
+        if act is None or (
+            user.op == "call_module" and (_hooked(modules[user.target]) or calls[user.target] != 1)
+        ):  # (an activation module called twice stays one: found by a fuzz)
             continue
         # the fused leaky_relu keeps its output for the backward (stock's its input): not where
         # an in-place op uses it (found by a fuzz: F.dropout(..., inplace=True) after it)

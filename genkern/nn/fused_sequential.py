@@ -3,9 +3,10 @@
 convert folds an activation module into the layer before it (or moves a ReLU on onto the max
 pool after it: its carrier) and leaves a FoldedActivation in its place. Running the Sequential
 whole is what it was. A slice of it (VGG perceptual losses take `features[:k]`, often before an
-activation) computes what the stock slice did: where the slice does not hold the whole run of
-children from a carrier to its activation's place in their order, the carrier runs without the
-activation and the place runs the activation module. Editing the Sequential (setting, deleting
+activation) holds the same children as the stock slice and computes what it did: where the
+slice does not hold the whole run of children from a carrier to its activation's place in
+their order, that fold is undone (in the Sequential too: the carrier runs without the
+activation, the place runs it). Editing the Sequential (setting, deleting
 or inserting a child) first undoes its folds: it runs as stock's from then on.
 """
 
@@ -70,18 +71,17 @@ class FusedSequential(nn.Sequential):
             return super().__getitem__(idx)
         items = list(self._modules.items())
         chosen = list(range(len(items)))[idx]
-        out = OrderedDict((items[i][0], items[i][1]) for i in chosen)
         fused = False
         for place, carrier in _pairs(items):
             lo, hi = sorted((place, carrier))
             if _holds_run(chosen, lo, hi):
                 fused = True
-                continue
-            if place in chosen:
-                out[items[place][0]] = items[place][1].activation_module
-            if carrier in chosen:
-                out[items[carrier][0]] = items[carrier][1].without_activation()
-        sliced = nn.Sequential(out)
+            elif place in chosen or carrier in chosen:
+                # the slice holds the children themselves, as stock's (a hook or a slope set
+                # through it reaches the Sequential: found by a fuzz, copies were handed out):
+                # their fold undone, here and in the Sequential
+                items[place][1]._unfold_for_hooks()
+        sliced = nn.Sequential(OrderedDict(items[i] for i in chosen))
         if fused:  # (after its children are in: add_module would judge them as edits)
             sliced.__class__ = FusedSequential
         return sliced

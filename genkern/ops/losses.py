@@ -80,7 +80,8 @@ def _scaled(saved: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor 
     the caller's and its hooks' to change in place."""
     if saved is None or g is None:
         return None
-    if g.device.type == "cpu" and not torch.is_grad_enabled() and g.item() == 1.0:
+    one = g.device.type == "cpu" and not torch.is_grad_enabled() and not _fused.batched(g)
+    if one and g.item() == 1.0:  # (a batched g, under vmap, has no one value to read)
         return saved.clone() if torch._C._autograd._get_current_graph_task_keep_graph() else saved
     return saved * g
 
