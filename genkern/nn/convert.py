@@ -274,7 +274,29 @@ def _traced(model: nn.Module) -> torch.fx.GraphModule:
     params = inspect.signature(model.forward).parameters.values()
     concrete = {p.name: None for p in params if p.default is None}
     graph = _Tracer(autowrap_modules=(math, ops)).trace(model, concrete_args=concrete or None)
+    for node in graph.nodes:  # torch.fx's placeholders of those, and its check of them
+        if node.op == "placeholder":  # (a string annotation, as `from __future__ import
+            node.type = None  # annotations` makes them, made the GraphModule unpicklable)
+        if node.op == "placeholder" and node.target not in concrete:
+            base = node.target.rsplit("_", 1)[0]  # (renamed x_1: a keyword call failed)
+            node.target = base if base in concrete else node.target
+        elif node.op == "call_function" and node.target is torch.fx._symbolic_trace._assert_is_none:
+            # torch.fx's own check does not survive pickling: after torch.load, tracing failed
+            # in the whole process (found by a fuzz)
+            node.target, node.args = _traced_as_none, (node.args[0], node.args[1].split()[0])
     return torch.fx.GraphModule(model, graph, type(model).__name__)
+
+
+def _traced_as_none(value, name: str) -> None:
+    """The check a traced forward makes of a parameter traced as None (its default)."""
+    if isinstance(value, torch.fx.Proxy):  # torch.fx traces the model again (torch.load): kept
+        return value.tracer.create_proxy("call_function", _traced_as_none, (value, name), {})
+    if value is not None:
+        raise ValueError(
+            f"this model, traced by genkern.nn.convert(trace=True), took forward's `{name}` as "
+            "None, its default, and runs that branch only: call it without it (or convert "
+            "without trace=True)"
+        )
 
 
 def _trace_and_fuse(model: nn.Module) -> nn.Module:
