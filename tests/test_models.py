@@ -203,9 +203,14 @@ def test_convert_folds_nothing_that_hooks_watch(where, trace):
         torch.testing.assert_close(got, want)
 
 
+def _only_arg(args):
+    (x,) = args  # (a traced place got the carrier module too: found by a fuzz)
+    return x.detach().clone()
+
+
 HOOKS = {
     "forward_pre": lambda m, seen: m.register_forward_pre_hook(
-        lambda _, args: seen.append(args[0].detach().clone())
+        lambda _, args: seen.append(_only_arg(args))
     ),
     "forward": lambda m, seen: m.register_forward_hook(
         lambda _, args, out: seen.append(out.detach().clone())
@@ -690,7 +695,7 @@ def test_convert_trace_finds_pairs_in_custom_forwards():
 
 class _CustomForward(nn.Module):
     """Pairs a traced convert folds: a function activation after a batch norm, a module one
-    after a conv."""
+    after a conv, a Sequential's."""
 
     def __init__(self):
         super().__init__()
@@ -700,9 +705,11 @@ class _CustomForward(nn.Module):
             nn.Conv2d(8, 4, 3),
         )
         self.act = nn.LeakyReLU(0.2)
+        # a Sequential the trace goes through: its folds show as calls of its children
+        self.body = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())
 
     def forward(self, x):
-        return self.act(self.c2(F.relu(self.bn(self.c(x)))))
+        return self.body(self.act(self.c2(F.relu(self.bn(self.c(x))))))
 
 
 @pytest.mark.parametrize("impl", ["torch", "genkern"])
@@ -756,17 +763,23 @@ def test_convert_trace_keeps_calls_of_genkern_ops():
 @pytest.mark.parametrize("replace", ["setattr", "sync_batch_norm"])
 def test_replacing_a_layer_of_a_traced_convert_keeps_its_activation(replace):
     # found by a fuzz: the fold put F.relu into `bn`, and SyncBatchNorm.convert_sync_batchnorm
-    # (the DDP recipe) swapped `bn` for a stock layer: the relu was gone (off by 0.834)
+    # (the DDP recipe) swapped `bn` for a stock layer: the relu was gone (off by 0.834); so with
+    # a Sequential traced through, and replacing an activation module ran both activations
     torch.manual_seed(0)
     stock = _CustomForward().double().eval().to(DEVICE)
     traced = genkern.nn.convert(stock, trace=True)
     assert traced.bn.activation == "relu" and traced.c2.activation == "leaky_relu"
+    assert traced.get_submodule("body.0").activation == "tanh"
     models_ = []
-    for model in (stock, copy.deepcopy(traced)):
+    buffer = io.BytesIO()  # (saved and loaded: torch.fx traces it again, which keeps the pairs)
+    torch.save(traced, buffer)
+    buffer.seek(0)
+    for model in (copy.deepcopy(stock), torch.load(buffer, weights_only=False)):
         if replace == "setattr":
             bn = nn.BatchNorm2d(8).double().eval().to(DEVICE)
             bn.load_state_dict(model.bn.state_dict())
             model.bn, model.c2 = bn, copy.deepcopy(stock.c2)
+            setattr(model.body, "1", nn.Sigmoid())
         else:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         models_.append(model)
@@ -777,7 +790,7 @@ def test_replacing_a_layer_of_a_traced_convert_keeps_its_activation(replace):
 
 
 @pytest.mark.parametrize("hook", list(HOOKS))
-@pytest.mark.parametrize("where", ["bn", "c2", "act"])
+@pytest.mark.parametrize("where", ["bn", "c2", "act", "body.0", "body.1"])
 def test_hooks_on_a_traced_convert_see_what_stocks_do(where, hook):
     torch.manual_seed(0)
     stock = _CustomForward().double().to(DEVICE)
@@ -791,7 +804,7 @@ def test_hooks_on_a_traced_convert_see_what_stocks_do(where, hook):
         y = model(xg)
         y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=DEVICE).view_as(y))
         seen[name] += [y.detach(), xg.grad]
-    assert len(seen["traced"]) == len(seen["stock"]) == 3
+    assert len(seen["traced"]) == len(seen["stock"]) == 3  # (a place's hooks get (x,) only)
     for got, want in zip(seen["traced"], seen["stock"]):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 

@@ -20,9 +20,9 @@ activations moved is a FusedSequential (genkern/nn/fused_sequential.py): its sli
 the stock slices did. A forward that also calls a Sequential's layer directly (self.seq(x) +
 self.seq[0](x)) is beyond what convert sees: that call would get the folded activation too.
 trace=True returns a torch.fx GraphModule: the path the forward took in the mode it was traced
-in, without the model's class, other methods or uncalled modules; each folded activation's
-place is called there with the carrier module as the graph finds it (a carrier replaced
-later runs no activation: the place does).
+in, without the model's class, other methods or uncalled modules; each folded pair there is
+one call of _run_folded_pair on the modules the graph finds at their paths (a pair with either
+replaced, or hooked, runs unfused).
 """
 
 from __future__ import annotations
@@ -342,6 +342,7 @@ def _trace_and_fuse(model: nn.Module) -> nn.Module:
         carrier = modules[node.target]
         carrier.activation, carrier.negative_slope = act
         _trace_place(gm, node, user, carrier, act)
+    _pairs_through_calls(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -357,12 +358,8 @@ _ACTIVATION_CLASSES = {
 
 
 def _trace_place(gm, node, user, carrier: nn.Module, act) -> None:
-    """The traced activation `user` becomes its place (a FoldedActivation; a call of F.relu, ...
-    gets a module of its own), called on the carrier's output and on the carrier module as the
-    graph finds it then: a carrier replaced in the GraphModule (as
-    SyncBatchNorm.convert_sync_batchnorm does) no longer runs the activation, and the place
-    does (found by a fuzz: the activation was dropped); hooks registered on either undo the
-    fold, as in a Sequential."""
+    """The traced activation `user` becomes its place, a FoldedActivation (a call of F.relu, ...
+    gets a module of its own), which _pairs_through_calls then joins to its carrier."""
     if user.op == "call_module":
         name, kept = user.target, gm.get_submodule(user.target)
     else:
@@ -374,11 +371,64 @@ def _trace_place(gm, node, user, carrier: nn.Module, act) -> None:
             name += "_"
     gm.add_submodule(name, folded(kept, carrier))  # (replaces a module at user.target)
     with gm.graph.inserting_after(node):
-        current = gm.graph.get_attr(node.target)
-    with gm.graph.inserting_after(current):
-        place = gm.graph.call_module(name, (node, current))
+        place = gm.graph.call_module(name, (node,))
     user.replace_all_uses_with(place)
     gm.graph.erase_node(user)
+
+
+def _pairs_through_calls(gm) -> None:
+    """Each folded pair in the graph (a carrier's call and its place's, the place's after it, or
+    before it for a ReLU moved onto a max pool; folded in a traced forward or in a Sequential it
+    traced through) becomes one call of _run_folded_pair on the modules at their paths."""
+    modules = dict(gm.named_modules())
+    path_of = {id(m): name for name, m in modules.items()}
+    for place_node in list(gm.graph.nodes):
+        place = modules.get(place_node.target) if place_node.op == "call_module" else None
+        if not isinstance(place, FoldedActivation) or place.carrier is None:
+            continue
+        path = path_of.get(id(place.carrier))
+        before = place_node.args[0] if place_node.args else None
+        after = next(iter(place_node.users)) if len(place_node.users) == 1 else None
+        for first, second, place_first in ((before, place_node, False), (place_node, after, True)):
+            carrier_node = second if place_first else first
+            if not (
+                isinstance(carrier_node, torch.fx.Node)
+                and carrier_node.op == "call_module"
+                and carrier_node.target == path
+                and len(first.users) == 1
+                and second.args[:1] == (first,)
+            ):
+                continue
+            args = (place_node.args[0], *carrier_node.args[1:]) if place_first else first.args
+            with gm.graph.inserting_before(second):
+                pair = [gm.graph.get_attr(path), gm.graph.get_attr(place_node.target)]
+                joined = gm.graph.call_function(
+                    _run_folded_pair, (*pair, place_first, *args), carrier_node.kwargs
+                )
+            second.replace_all_uses_with(joined)
+            gm.graph.erase_node(second)
+            gm.graph.erase_node(first)
+            break
+
+
+def _run_folded_pair(carrier, place, place_first: bool, *args, **kwargs):
+    """A folded pair of a traced model, on the modules the graph finds at their paths now: the
+    layer alone while the place is still folded into it; else both, unfused, in their order,
+    what is left of the fold undone (a hook on either undid it, or one was replaced, as
+    SyncBatchNorm.convert_sync_batchnorm replaces a batch norm: found by a fuzz, the activation
+    was dropped). The place is called as a module (its hooks see stock's arguments)."""
+    proxy = next((a for a in args if isinstance(a, torch.fx.Proxy)), None)
+    if proxy is not None:  # torch.fx traces the model again (torch.load): kept as it is
+        pair = (carrier, place, place_first, *args)
+        return proxy.tracer.create_proxy("call_function", _run_folded_pair, pair, kwargs)
+    if carrier is not None and getattr(place, "carrier", None) is carrier:
+        return carrier(*args, **kwargs)
+    for module in (place, getattr(carrier, "folded_place", None)):
+        if isinstance(module, FoldedActivation):
+            module._unfold_for_hooks()
+    if place_first:
+        return carrier(place(args[0]), *args[1:], **kwargs)
+    return place(carrier(*args, **kwargs))
 
 
 def convert(

@@ -32,12 +32,8 @@ class FoldedActivation(UnfoldsWhenHooked, nn.Identity):
         self.__dict__["carrier"] = carrier
         carrier.__dict__["folded_place"] = self
 
-    def forward(self, x, current_carrier: nn.Module | None = None):
-        """x while folded; in a traced model (convert(trace=True)), the graph also passes the
-        carrier module as it finds it then: another module there runs no activation."""
-        current = current_carrier is None or current_carrier is self.carrier
-        folded = self.carrier is not None and current
-        return x if folded else self.activation_module(x)
+    def forward(self, x):
+        return x if self.carrier is not None else self.activation_module(x)
 
     @property
     def inplace(self) -> bool:  # while folded, nothing runs here; then the kept module's
