@@ -5,6 +5,7 @@ pooling given its indices among them: at a zero input) and differentiated by aut
 path (the C++ eager path, the custom op with the cpu backend's registered backward, the torch
 backend). Compared with stock in float64."""
 
+import contextlib
 import copy
 
 import pytest
@@ -263,9 +264,16 @@ def test_batched_gradients_match_stock(name, path, monkeypatch):
 
 
 @needs_cpu_backend
-def test_batched_gradients_through_the_cpu_batch_norm_refuse_clearly():
+@pytest.mark.parametrize("path", ["cpp_eager", "custom_op_keeping_y"])
+def test_batched_gradients_through_the_cpu_batch_norm_refuse_clearly(path):
+    # the custom op keeping y in x's place (a leaky_relu, an eager call under a torch function
+    # mode) ran its kernel on the batched gradient (found by a fuzz: "Cannot access data pointer")
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
-    y = genkern.ops.batch_norm(x, None, None, training=True, backend="cpu")
+    w, b = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    with torch.device("cpu") if path == "custom_op_keeping_y" else contextlib.nullcontext():
+        y = genkern.ops.batch_norm(
+            x, None, None, w, b, training=True, activation="leaky_relu", backend="cpu"
+        )
     v = torch.randn(3, *y.shape, dtype=y.dtype)
     with pytest.raises(RuntimeError, match="batched gradients through batch_norm"):
         torch.autograd.grad(y, x, v, is_grads_batched=True)

@@ -118,6 +118,16 @@ def batched(t: torch.Tensor | None) -> bool:
     return t is not None and (functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t))
 
 
+def refuse_batched(grad_y: torch.Tensor, op: str) -> None:
+    """Raises on a batched gradient where the kernels would read its storage (the words of the
+    C++ paths' refusal, csrc/cpu/eager_autograd.cpp)."""
+    if batched(grad_y):
+        raise RuntimeError(
+            f"genkern: batched gradients through {op} are not implemented (a backward under "
+            "vmap: autograd.grad(is_grads_batched=True), jacobian(vectorize=True))"
+        )
+
+
 def differentiable_grads(forward_torch, inputs, args, mask, grad_y):
     """The gradients of a fused GEMM-shaped op for inputs (x, weight, bias; those mask asks for,
     else None) where stock_backward: the op's stock composite,

@@ -405,6 +405,7 @@ def _backward(ctx, grad_y, _gm, _gi, _gv, _gp):
     training, act, slope, backend = ctx.args
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
     if ctx.keeps_output:  # x holds y; an eager call (see _keeps_output): the kernel directly
+        _fused.refuse_batched(grad_y, "batch_norm")
         grads = _registry.extension().batch_norm_act_backward_cpu(
             grad_y, None, x, weight, mean, invstd, training, act, slope, mask, bias, True
         )
