@@ -327,6 +327,69 @@ def test_an_activation_registered_twice_stays_one_module():
         torch.testing.assert_close(calls["ours"], calls["stock"], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.append(m[1]),
+        lambda m: m.append(m[0]),
+        lambda m: m.extend([m[0]]),
+        lambda m: m.add_module("again", m[1]),
+        lambda m: (m + m)[1:],
+    ],
+    ids=["append_place", "append_carrier", "extend_carrier", "add_module_place", "sum_slice"],
+)
+def test_a_pair_member_used_again_after_convert_runs_as_stock(edit):
+    # found by a fuzz: the appended place passed its input through, the appended carrier ran
+    # its folded relu again, (seq + seq)[1:] dropped the leading relu
+    torch.manual_seed(0)
+    stock = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU()).double()
+    ours = genkern.nn.convert(stock)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    want, got = edit(stock), edit(ours)
+    want, got = (stock, ours) if want is None else (want, got)
+    torch.testing.assert_close(got(x), want(x), rtol=1e-12, atol=1e-12)
+
+
+def test_shared_modules_stay_shared_and_unfused():
+    # found by a fuzz: one ReLU in two Sequentials became two places (a hook on it ran once of
+    # stock's twice), and a conv registered twice became two modules
+    act, conv = nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1)
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), act)
+            self.b = nn.Sequential(conv, act, conv)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    torch.manual_seed(0)
+    stock = Two().double()
+    ours = genkern.nn.convert(stock)
+    assert ours.a[1] is ours.b[1] and ours.b[0] is ours.b[2]
+    assert ours.a[0].activation is None and ours.b[0].activation is None
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    calls = {}
+    for name, model in (("stock", stock), ("ours", ours)):
+        calls[name] = []
+        model.a[1].register_forward_hook(lambda m, i, o, c=calls[name]: c.append(o.sum()))
+    torch.testing.assert_close(ours(x), stock(x), rtol=1e-12, atol=1e-12)
+    assert len(calls["ours"]) == len(calls["stock"]) == 2
+
+
+def test_slices_and_their_sequential_share_children_after_edits():
+    # found by a fuzz: an edit of either put the activation module back in its place, and a hook
+    # registered through the other no longer ran there
+    torch.manual_seed(0)
+    stock = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 1)).double()
+    for edited in ("sequential", "slice"):
+        ours = genkern.nn.convert(stock)
+        part = ours[:2]
+        (ours if edited == "sequential" else part).append(nn.Identity())
+        assert part[1] is ours[1] and part[0] is ours[0]
+
+
 def test_guided_backprop_on_a_converted_classifier_is_stocks():
     # a backward hook on every nn.ReLU clamps the gradient (Springenberg et al. 2015)
     def guided_saliency(model, x):
@@ -601,7 +664,8 @@ def test_combining_and_popping_a_converted_sequential_as_stock():
         for k in range(1, len(ours) + 1):
             torch.testing.assert_close(ours[:k](x), combine(stock)[:k](x), **_F64)
     ours = genkern.nn.convert(stock)
-    assert type(ours.pop(1)) is nn.Tanh
+    popped = ours.pop(1)  # (the place, unfolded: it runs its tanh, as stock's module)
+    assert isinstance(popped, nn.Tanh) and torch.equal(popped(x), torch.tanh(x))
     torch.testing.assert_close(ours(x), stock[2](stock[0](x)), **_F64)
 
 

@@ -163,27 +163,36 @@ def _convert_children(
     drop_ins: dict[type, type],
     then_inplace: bool = False,
     activations: bool = True,
+    uses: Counter | None = None,
+    swapped: dict | None = None,
 ) -> None:
+    """uses: how many times each module is registered in the model (a module used twice is
+    neither fused nor folded); swapped: the drop-in made of each module, so that one
+    registered twice stays one module (found by a fuzz: hooks on one ran once)."""
+    uses = Counter() if uses is None else uses
+    swapped = {} if swapped is None else swapped
     chains = chains_children(parent)
-    children = list(parent.children())
-    for k, (name, child) in enumerate(list(parent.named_children())):
-        # a child of a forward of its own may have its output changed in place there (out +=
-        # x after a block): taken as so (found by a fuzz: a residual block ending in a leaky_relu)
-        follows = next_inplace(children, k, then_inplace) if chains else True
-        _convert_children(child, drop_ins, follows, activations)
-        new = _swap(child, drop_ins)
-        if new is not child:
-            setattr(parent, name, new)
+    children = list(parent._modules.values())
+    for k, (name, child) in enumerate(list(parent._modules.items())):
+        if child is None:
+            continue
+        if id(child) not in swapped:
+            # a child of a forward of its own may have its output changed in place there (out
+            # += x after a block): taken as so (found by a fuzz: a residual block ending in a
+            # leaky_relu)
+            follows = next_inplace(children, k, then_inplace) if chains else True
+            _convert_children(child, drop_ins, follows, activations, uses, swapped)
+            swapped[id(child)] = _swap(child, drop_ins)
+            uses[id(swapped[id(child)])] = uses[id(child)]
+        if swapped[id(child)] is not child:
+            setattr(parent, name, swapped[id(child)])
     # folds in a plain nn.Sequential only (it becomes a FusedSequential, whose slices and edits
     # undo what they must); a subclass keeps its class, whose slices and edits would not
     if activations and type(parent) in (nn.Sequential, FusedSequential):
-        names = [n for n, _ in parent.named_children()]
-        # an activation module registered twice stays one module (found by a fuzz: a hook on
-        # one place of two ran once)
-        places = Counter(id(m) for m in parent._modules.values())
+        names = list(parent._modules)
         for k, (a, b) in enumerate(zip(names, names[1:])):
             layer, act = getattr(parent, a), _activation_of(getattr(parent, b))
-            if places[id(getattr(parent, b))] > 1:
+            if uses[id(layer)] > 1 or uses[id(getattr(parent, b))] > 1:
                 continue
             # the fused leaky_relu (slope >= 0) keeps its output, stock's its input
             keeps_output = act is not None and act[0] == "leaky_relu" and act[1] >= 0
@@ -192,10 +201,10 @@ def _convert_children(
             if act is not None and _fusable(layer) and not _hooked(getattr(parent, b)):
                 layer.activation, layer.negative_slope = act
                 fold(parent, b, layer)
-        _relu_onto_max_pools(parent, then_inplace)
+        _relu_onto_max_pools(parent, then_inplace, uses)
 
 
-def _relu_onto_max_pools(seq: nn.Sequential, then_inplace: bool) -> None:
+def _relu_onto_max_pools(seq: nn.Sequential, then_inplace: bool, uses: Counter) -> None:
     """layer(relu) [Identity...] MaxPool2d -> layer, MaxPool2d(relu): relu(max(z)) == max(relu(z))
     bit for bit, and the gradient reaches the same element (the first maximum of z where it is
     positive; zero elsewhere either way). Only relu: a leaky_relu or sigmoid can round two
@@ -220,6 +229,7 @@ def _relu_onto_max_pools(seq: nn.Sequential, then_inplace: bool) -> None:
             and getattr(layer, "activation", None) == "relu"
             and type(pool) is MaxPool2d
             and pool.activation is None
+            and uses[id(pool)] <= 1
             and not (_hooked(layer) or _hooked(pool))  # their outputs / the pool's input change
             and pool.dilation in (1, (1, 1))  # every window then holds an input element (no -inf)
             and not pool.return_indices  # a window of z <= 0: relu's first 0, not z's maximum
@@ -467,8 +477,9 @@ def convert(
                 "first (BatchNorm in training uses batch statistics)"
             )
         _fold_bn_in_sequentials(model)
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     top = _swap(model, drop_ins)
-    _convert_children(top, drop_ins, activations=fold_activations)
+    _convert_children(top, drop_ins, activations=fold_activations, uses=uses)
     if trace and fold_activations:
         top = _trace_and_fuse(top)
     if channels_last:

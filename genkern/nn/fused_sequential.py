@@ -83,16 +83,12 @@ class FusedSequential(nn.Sequential):
         return sliced
 
     def unfold(self) -> nn.Sequential:
-        """Undoes the folds in place: each activation module back in its place, its carrier
-        without it; the Sequential is a plain nn.Sequential again. Returns it. Slices taken
-        before (or the Sequential a slice came from) that hold the same carrier and place stay
-        right: the place, no longer folded, runs the activation there."""
-        items = list(self._modules.items())
-        for place, carrier in _pairs(items):
-            name, folded = items[place]
-            items[carrier][1].activation = None
-            folded.__dict__["carrier"] = None
-            self._modules[name] = folded.activation_module
+        """Undoes the folds in place: each carrier without its activation, each place running
+        it (the place stays: slices taken before, or the Sequential a slice came from, hold the
+        same children, and found by a fuzz, put the activation module back and they no longer
+        did); the Sequential is a plain nn.Sequential again. Returns it."""
+        for place, _ in _pairs(list(self._modules.items())):
+            list(self._modules.values())[place]._unfold_for_hooks()
         self.__class__ = nn.Sequential
         return self
 
@@ -114,6 +110,7 @@ class FusedSequential(nn.Sequential):
     def add_module(self, name, module):
         if name in self._modules or (module is not None and _starts_inplace(module)):
             self.unfold()
+        _unfold_pair_of(module)  # (called again elsewhere: found by a fuzz, seq.append(seq[1]))
         return nn.Sequential.add_module(self, name, module)
 
     register_module = add_module
@@ -188,10 +185,24 @@ def folded(activation: nn.Module, carrier: nn.Module) -> FoldedActivation:
 
 
 def _with_pairs(seq: nn.Sequential) -> nn.Sequential:
-    """seq, a FusedSequential if it holds a carrier and its place (the children of one)."""
+    """seq, a FusedSequential if it holds a carrier and its place (the children of one); a pair
+    whose members it holds twice (seq + seq) unfolded, as convert leaves modules used twice."""
+    children = list(seq._modules.values())
+    for module in children:
+        if sum(m is module for m in children) > 1:
+            _unfold_pair_of(module)
     if _pairs(list(seq._modules.items())):
         seq.__class__ = FusedSequential
     return seq
+
+
+def _unfold_pair_of(module) -> None:
+    """Undoes the fold module is a member of (its carrier or its place), if any: it is about to
+    be called in a second place, which the fold would change."""
+    if isinstance(module, FoldedActivation):
+        module._unfold_for_hooks()
+    elif module is not None and module.__dict__.get("folded_place") is not None:
+        module._unfold_for_hooks()
 
 
 def _pairs(items) -> list[tuple[int, int]]:
