@@ -136,8 +136,12 @@ def cmd_bench(args) -> int:
     if device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     cases = bench_cases.select(quick=args.quick, filter=args.filter)
-    if not cases:
-        print(f"genkern bench: no case matches --filter {args.filter!r}", file=sys.stderr)
+    # every term must match a case (found by a fuzz: a misspelt one among others went unsaid)
+    terms = [t for t in (args.filter or "").split(",") if t]
+    unmatched = [t for t in terms if not bench_cases.select(quick=args.quick, filter=t)]
+    if not cases or unmatched:
+        which = ", ".join(repr(t) for t in unmatched) or repr(args.filter)
+        print(f"genkern bench: no case matches --filter {which}", file=sys.stderr)
         return 2
     if skipped := runner.skipped_backends(device, dtype):
         why = "; ".join(f"{b}: {reason}" for b, reason in skipped.items())

@@ -410,6 +410,8 @@ def test_cpu_peak_is_the_faster_gemm_engine():
         (["check", "--ops", " , "], "argument --ops: expected comma-separated names"),
         (["check", "--ops", "conv2d,nosuchop,"], "unknown op(s) nosuchop; known:"),
         (["bench", "--filter="], "argument --filter: expected comma-separated names"),
+        # one misspelt term among others was dropped without a word (fuzz round 19)
+        (["bench", "--filter", "cifar-fc1,no_such_case"], "no case matches --filter 'no_such"),
         (["bench", "--compare", "/nonexistent/a.json", "/nonexistent/b.json"], "No such file"),
         (["bench", "--quick", "--filter", "losses", "--out", "/proc/nope"], "--out"),
     ]

@@ -226,6 +226,10 @@ def test_too_few_images_and_bad_labels_are_clear_errors(tmp_path, capsys):
     np.savez(negative, x=np.zeros((20, 8, 8), np.uint8), y=np.arange(20) % 3 - 2)
     assert train("cnn", tmp_path / "c", "--data", str(negative), check=False) == 2
     _one_line_error(capsys, "labels must be class indices 0, 1, ..., num_classes - 1, but got -2")
+    objects = tmp_path / "objects.npz"  # (np.load refuses object arrays: a traceback, round 19)
+    np.savez(objects, x=np.array([None] * 20, dtype=object))
+    assert train("ae", tmp_path / "d", "--data", str(objects), check=False) == 2
+    _one_line_error(capsys, "array 'x': Object arrays cannot be loaded when allow_pickle=False")
 
 
 def test_resume_from_another_models_sizes_or_a_corrupt_file_is_a_clear_error(tmp_path, capsys):

@@ -98,14 +98,23 @@ def load_npz(path: str):
                 f"--data {path}: no 'x' or 'x_train' array in the .npz (it has: "
                 f"{', '.join(keys) or 'nothing'})"
             )
-        x = _to_nchw(data[key], path, key)
+        x = _to_nchw(_array(data, key, path), path, key)
         ykey = {"x": "y", "x_train": "y_train"}[key]
-        y = _labels(data[ykey], len(x), path, ykey) if ykey in data else None
+        y = _labels(_array(data, ykey, path), len(x), path, ykey) if ykey in data else None
         test = None
         if key == "x_train" and "x_test" in data and "y_test" in data:
-            xt = _to_nchw(data["x_test"], path, "x_test")
-            test = (xt, _labels(data["y_test"], len(xt), path, "y_test"))
+            xt = _to_nchw(_array(data, "x_test", path), path, "x_test")
+            test = (xt, _labels(_array(data, "y_test", path), len(xt), path, "y_test"))
     return x, y, test
+
+
+def _array(data, key: str, path: str) -> np.ndarray:
+    """data[key]; an object array, which allow_pickle=False refuses, as a DataError (found by a
+    fuzz: a traceback)."""
+    try:
+        return data[key]
+    except ValueError as e:
+        raise DataError(f"--data {path}: array {key!r}: {e}") from e
 
 
 def _labels(a: np.ndarray, n: int, path: str, key: str) -> torch.Tensor:
