@@ -315,7 +315,10 @@ def test_bad_cpu_mode_variable_is_one_line_from_the_cli_and_valueerror_from_impo
     commands = [[sys.executable, "-m", "genkern"], [sys.executable, "-m", "genkern.cli"]]
     for command in commands + ([[exe]] if exe else []):
         r = subprocess.run(command + ["info"], env=env, capture_output=True, text=True)
-        assert r.returncode == 2 and r.stderr == f"genkern: error: {message}\n", r.stderr
+        # (a pure-Python install also warns that genkern._C is missing)
+        last = r.stderr.splitlines()[-1]
+        assert r.returncode == 2 and last == f"genkern: error: {message}", r.stderr
+        assert "Traceback" not in r.stderr, r.stderr
     r = subprocess.run([sys.executable, "-c", "import genkern"], env=env, capture_output=True)
     assert r.returncode == 1 and f"ValueError: {message}" in r.stderr.decode()
 

@@ -350,6 +350,73 @@ def test_a_pair_member_used_again_after_convert_runs_as_stock(edit):
     torch.testing.assert_close(got(x), want(x), rtol=1e-12, atol=1e-12)
 
 
+def _two_sequentials():
+    a = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid())
+    b = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Sigmoid())
+    return a.double(), b.double()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda a, b: b.__setitem__(1, a[1]),
+        lambda a, b: b.insert(3, a[1]),
+        lambda a, b: b.insert(0, a[0]),
+        lambda a, b: b.append(nn.Sequential(b[1])),
+        lambda a, b: b.append(nn.Sequential(nn.Identity(), a[1])),
+        lambda a, b: b.insert(3, b.pop(1)),
+    ],
+    ids=["setitem", "insert_place", "insert_carrier", "nested", "nested_other", "insert_pop"],
+)
+def test_members_of_folds_moved_between_sequentials_run_as_stock(edit):
+    # found by fuzz round 20: setitem and insert kept the moved member's fold (off by 0.135),
+    # a place nested in an appended container passed its input through, insert after pop raised
+    torch.manual_seed(0)
+    stock = _two_sequentials()
+    ours = [genkern.nn.convert(m) for m in stock]
+    for a, b in (stock, ours):
+        edit(a, b)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for got, want in zip(ours, stock):
+        torch.testing.assert_close(got(x), want(x), rtol=1e-12, atol=1e-12)
+
+
+def test_appending_an_inplace_relus_place_trains_as_stock():
+    # fuzz round 20: add_module read the place's inplace while it was folded (False), then
+    # unfolded it, and the in-place ReLU overwrote the output the pool carrying it kept
+    torch.manual_seed(0)
+    stock = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+    ).double()
+    ours = genkern.nn.convert(stock)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    grads = []
+    for model in (stock, ours):
+        model.append(model[1])
+        model(x).sum().backward()
+        grads.append(model[0].weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+
+
+class _CallsAChildAgain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+
+    def forward(self, x):
+        return self.seq(x) + self.seq[1](x) + self.seq[0](x)
+
+
+def test_trace_leaves_a_sequentials_child_called_again_unfused():
+    # fuzz round 20: under trace=True the graph shows the second call, which ran the place
+    # folded (x passed through; the layer's direct call ran the activation)
+    torch.manual_seed(0)
+    stock = _CallsAChildAgain().double()
+    traced = genkern.nn.convert(stock, trace=True)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(traced(x), stock(x), rtol=1e-12, atol=1e-12)
+
+
 def test_shared_modules_stay_shared_and_unfused():
     # found by a fuzz: one ReLU in two Sequentials became two places (a hook on it ran once of
     # stock's twice), and a conv registered twice became two modules

@@ -392,11 +392,15 @@ def _pairs_through_calls(gm) -> None:
     traced through) becomes one call of _run_folded_pair on the modules at their paths."""
     modules = dict(gm.named_modules())
     path_of = {id(m): name for name, m in modules.items()}
+    calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
     for place_node in list(gm.graph.nodes):
         place = modules.get(place_node.target) if place_node.op == "call_module" else None
         if not isinstance(place, FoldedActivation) or place.carrier is None:
             continue
         path = path_of.get(id(place.carrier))
+        if calls[place_node.target] > 1 or calls[path] > 1:  # (a Sequential's child called again
+            place._unfold_for_hooks()  # by the forward itself: found by a fuzz) unfused
+            continue
         before = place_node.args[0] if place_node.args else None
         after = next(iter(place_node.users)) if len(place_node.users) == 1 else None
         for first, second, place_first in ((before, place_node, False), (place_node, after, True)):

@@ -87,56 +87,58 @@ class FusedSequential(nn.Sequential):
         it (the place stays: slices taken before, or the Sequential a slice came from, hold the
         same children, and found by a fuzz, put the activation module back and they no longer
         did); the Sequential is a plain nn.Sequential again. Returns it."""
-        for place, _ in _pairs(list(self._modules.items())):
-            list(self._modules.values())[place]._unfold_for_hooks()
-        self.__class__ = nn.Sequential
-        return self
+        return _unfolded(self)
 
     # Edits: replacing, removing or inserting a child, or repeating the Sequential, undo the
     # folds first; so does adding (append, extend, +=: through add_module) a module that changes
     # its input in place (a fused layer before it may keep its output for the backward where
     # stock's kept its input).
     def __setitem__(self, idx, module):
-        nn.Sequential.__setitem__(self.unfold(), idx, module)
+        _unfold_pair_of(module)  # (a member of a fold elsewhere: found by a fuzz, B[1] = A[1])
+        nn.Sequential.__setitem__(_unfolded(self), idx, module)
 
     def __delitem__(self, idx):
-        nn.Sequential.__delitem__(self.unfold(), idx)
+        nn.Sequential.__delitem__(_unfolded(self), idx)
 
     def __setattr__(self, name, value):
         if isinstance(value, nn.Module) and name in self.__dict__.get("_modules", {}):
-            return nn.Sequential.__setattr__(self.unfold(), name, value)
+            _unfold_pair_of(value)
+            return nn.Sequential.__setattr__(_unfolded(self), name, value)
         return super().__setattr__(name, value)
 
     def add_module(self, name, module):
+        # a member of a fold, here or elsewhere, called again (found by a fuzz,
+        # seq.append(seq[1])) first: unfolded, an in-place ReLU then reads as one
+        _unfold_pair_of(module)
         if name in self._modules or (module is not None and _starts_inplace(module)):
-            self.unfold()
-        _unfold_pair_of(module)  # (called again elsewhere: found by a fuzz, seq.append(seq[1]))
+            _unfolded(self)
         return nn.Sequential.add_module(self, name, module)
 
     register_module = add_module
 
     def insert(self, index, module):
-        return nn.Sequential.insert(self.unfold(), index, module)
+        _unfold_pair_of(module)
+        return nn.Sequential.insert(_unfolded(self), index, module)
 
     def pop(self, key):
-        return nn.Sequential.pop(self.unfold(), key)
+        return nn.Sequential.pop(_unfolded(self), key)
 
     def __add__(self, other):
         if isinstance(other, nn.Sequential) and _starts_inplace(other):
-            self.unfold()
+            _unfolded(self)
         return _with_pairs(nn.Sequential.__add__(self, other))
 
     def __radd__(self, other):  # (tried before other's __add__: a subclass of its type)
         return _with_pairs(nn.Sequential.__add__(other, self))
 
     def __mul__(self, other):
-        return nn.Sequential.__mul__(self.unfold(), other)
+        return nn.Sequential.__mul__(_unfolded(self), other)
 
     def __rmul__(self, other):
-        return nn.Sequential.__rmul__(self.unfold(), other)
+        return nn.Sequential.__rmul__(_unfolded(self), other)
 
     def __imul__(self, other):
-        return nn.Sequential.__imul__(self.unfold(), other)
+        return nn.Sequential.__imul__(_unfolded(self), other)
 
 
 # The places of the activation modules convert folds, instances of their classes too (code that
@@ -187,9 +189,9 @@ def folded(activation: nn.Module, carrier: nn.Module) -> FoldedActivation:
 def _with_pairs(seq: nn.Sequential) -> nn.Sequential:
     """seq, a FusedSequential if it holds a carrier and its place (the children of one); a pair
     whose members it holds twice (seq + seq) unfolded, as convert leaves modules used twice."""
-    children = list(seq._modules.values())
-    for module in children:
-        if sum(m is module for m in children) > 1:
+    members = list(seq.modules(remove_duplicate=False))
+    for module in members:
+        if sum(m is module for m in members) > 1:
             _unfold_pair_of(module)
     if _pairs(list(seq._modules.items())):
         seq.__class__ = FusedSequential
@@ -197,12 +199,23 @@ def _with_pairs(seq: nn.Sequential) -> nn.Sequential:
 
 
 def _unfold_pair_of(module) -> None:
-    """Undoes the fold module is a member of (its carrier or its place), if any: it is about to
-    be called in a second place, which the fold would change."""
-    if isinstance(module, FoldedActivation):
-        module._unfold_for_hooks()
-    elif module is not None and module.__dict__.get("folded_place") is not None:
-        module._unfold_for_hooks()
+    """Undoes the fold of each member of a fold in module (itself or one it holds: a carrier or
+    a place): it is about to be called in a second place, which the fold would change."""
+    if not isinstance(module, nn.Module):
+        return
+    for member in module.modules():
+        if isinstance(member, FoldedActivation) or "folded_place" in member.__dict__:
+            member._unfold_for_hooks()
+
+
+def _unfolded(seq: nn.Sequential) -> nn.Sequential:
+    """seq with its folds undone (FusedSequential.unfold), whatever its class now (an edit of a
+    FusedSequential may already have made it a plain one: found by a fuzz,
+    seq.insert(i, seq.pop(j)))."""
+    for place, _ in _pairs(list(seq._modules.items())):
+        list(seq._modules.values())[place]._unfold_for_hooks()
+    seq.__class__ = nn.Sequential
+    return seq
 
 
 def _pairs(items) -> list[tuple[int, int]]:
