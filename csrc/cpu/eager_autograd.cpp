@@ -123,7 +123,8 @@ bool ceil_mode_of(const std::vector<int64_t>& in, const at::Tensor& grad_y,
                   const std::vector<int64_t>& padding) {
   bool ceil_mode = false;
   for (int i = 0; i < 2; ++i)
-    ceil_mode |= (in[2 + i] + 2 * padding[i] - kernel[i]) / stride[i] + 1 < grad_y.size(2 + i);
+    ceil_mode |= conv_output_size(in[2 + i], kernel[i], stride[i], padding[i], 1) <
+                 grad_y.size(2 + i);
   return ceil_mode;
 }
 
@@ -602,10 +603,10 @@ at::Tensor input_grad_empty(AutogradContext* ctx, const at::Tensor& like) {
   return at::empty(shape, like.options().memory_format(fmt));
 }
 
-// The input gradient of a linear map (average pooling, nearest upsampling) in a backward with
-// create_graph=True: the vector-Jacobian product of its stock composite `forward` at a zero input
-// of the input's shape and layout, a differentiable function of grad_y (a linear map's Jacobian
-// is the same at every input), so second derivatives are stock's (genkern/ops/_fused).
+// The input gradient of a linear map (average pooling, nearest upsampling) where stock_backward:
+// the vector-Jacobian product of its stock composite `forward` at a zero input of the input's
+// shape and layout (a linear map's Jacobian is the same at every input); with create_graph=True
+// a differentiable function of grad_y, so second derivatives are stock's (genkern/ops/_fused).
 at::Tensor linear_map_grad(AutogradContext* ctx, const at::Tensor& grad_y,
                            const std::function<at::Tensor(const at::Tensor&)>& forward) {
   const bool create_graph = at::GradMode::is_enabled();

@@ -3,7 +3,16 @@ attributes of every drop-in with a fused activation."""
 
 from __future__ import annotations
 
+from torch import nn
+
 from genkern import activations as A
+
+
+def activation_module(name: str, negative_slope: float):
+    """The torch.nn module of a fused activation's name (genkern.activations)."""
+    if name == "leaky_relu":
+        return nn.LeakyReLU(negative_slope)
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}[name]()
 
 
 class NotScriptable:

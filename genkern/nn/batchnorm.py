@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from genkern import ops
-from genkern.nn._fused import FusedActivationMixin
+from genkern.nn._fused import FusedActivationMixin, activation_module
 
 
 class BatchNorm2d(FusedActivationMixin, torch.nn.BatchNorm2d):
@@ -75,15 +75,6 @@ class BatchNorm2d(FusedActivationMixin, torch.nn.BatchNorm2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._activation_repr()
-
-
-_ACTIVATION_MODULES = {
-    "relu": lambda s: torch.nn.ReLU(),
-    "leaky_relu": lambda s: torch.nn.LeakyReLU(s),
-    "tanh": lambda s: torch.nn.Tanh(),
-    "sigmoid": lambda s: torch.nn.Sigmoid(),
-    "silu": lambda s: torch.nn.SiLU(),
-}
 
 
 @torch.no_grad()
@@ -168,5 +159,5 @@ def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
                 conv.activation, conv.negative_slope = act, slope
                 module._modules[name] = torch.nn.Identity()
             else:
-                module._modules[name] = _ACTIVATION_MODULES[act](slope)
+                module._modules[name] = activation_module(act, slope)
     return model

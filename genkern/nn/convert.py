@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from genkern.nn._fused import activation_module
 from genkern.nn.fused_sequential import (
     FoldedActivation,
     FusedSequential,
@@ -358,23 +359,13 @@ def _trace_and_fuse(model: nn.Module) -> nn.Module:
     return gm
 
 
-_ACTIVATION_CLASSES = {
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "silu": nn.SiLU,
-}
-
-
 def _trace_place(gm, node, user, carrier: nn.Module, act) -> None:
     """The traced activation `user` becomes its place, a FoldedActivation (a call of F.relu, ...
     gets a module of its own), which _pairs_through_calls then joins to its carrier."""
     if user.op == "call_module":
         name, kept = user.target, gm.get_submodule(user.target)
     else:
-        cls = _ACTIVATION_CLASSES[act[0]]
-        kept = cls(act[1]) if act[0] == "leaky_relu" else cls()
+        kept = activation_module(*act)
         kept.inplace = bool(user.kwargs.get("inplace", False))
         name = f"{node.target.replace('.', '_')}_{act[0]}"
         while hasattr(gm, name):

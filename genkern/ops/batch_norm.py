@@ -144,7 +144,7 @@ def batch_norm(
     count = x.numel() // channels if x.numel() else 0
     update = training and (running_mean is not None or running_var is not None) and count > 0
     if update and _updates_before_saving(x, weight, bias):
-        var, mean = torch.var_mean(x.to(_stat_dtype(x.dtype)), _reduced_dims(x), correction=0)
+        var, mean = _batch_stats(x)
         torch.ops.genkern.batch_norm_update_stats(
             running_mean, running_var, mean, var, float(momentum), count
         )
@@ -171,6 +171,11 @@ def batch_norm(
 
 def _reduced_dims(x: torch.Tensor) -> list[int]:
     return [0, *range(2, x.dim())]
+
+
+def _batch_stats(x: torch.Tensor):
+    """(var, mean) of a training batch per channel, biased, in the statistics' dtype."""
+    return torch.var_mean(x.to(_stat_dtype(x.dtype)), _reduced_dims(x), correction=0)
 
 
 def _updates_before_saving(*tensors: torch.Tensor | None) -> bool:
@@ -442,9 +447,8 @@ def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _forward_torch(x, weight, bias, rm, rv, training, eps, act, slope, save_preact):
     st = _stat_dtype(x.dtype)
     xs = x.to(st)
-    dims = [0, *range(2, x.dim())]
     if training:
-        var, mean = torch.var_mean(xs, dims, correction=0)
+        var, mean = _batch_stats(xs)  # (xs in the statistics' dtype already)
     else:
         mean, var = rm.to(st), rv.to(st)
     invstd = torch.rsqrt(var + eps)
@@ -461,7 +465,7 @@ def _forward_torch(x, weight, bias, rm, rv, training, eps, act, slope, save_prea
 def _backward_torch(grad_y, saved, x, weight, mean, invstd, training, act, slope, mask):
     st = _stat_dtype(x.dtype)
     g = reference.activation_backward(grad_y, saved, act, slope).to(st)
-    dims = [0, *range(2, x.dim())]
+    dims = _reduced_dims(x)
     xhat = (x.to(st) - _bcast(mean, x)) * _bcast(invstd, x)
     gb = g.sum(dims)
     gw = (g * xhat).sum(dims)
