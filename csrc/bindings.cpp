@@ -15,6 +15,7 @@
 #include "cpu/eager_autograd.h"
 #include "cpu/fast_entry.h"
 #include "cpu/fingerprint.h"
+#include "cpu/input_edge.h"
 #include "cpu/prepacked.h"
 #include "cpu/linear_act.h"
 #include "cpu/losses.h"
@@ -66,6 +67,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("linear_act_eager_cpu", &genkern::cpu::linear_act_eager_cpu);
   m.def("batch_norm_act_eager_cpu", &genkern::cpu::batch_norm_act_eager_cpu);
   m.def("upsample_nearest2d_eager_cpu", &genkern::cpu::upsample_nearest2d_eager_cpu);
+  // a tensor's place in the autograd graph, kept where a node keeps only a value of it
+  m.def("input_edge", [](const at::Tensor& t) -> py::object {
+    c10::IValue edge = genkern::cpu::input_edge(t);
+    if (edge.isNone()) return py::none();
+    return py::capsule(new c10::IValue(std::move(edge)),
+                       [](void* p) { delete static_cast<c10::IValue*>(p); });
+  });
+  m.def("batch_norm_input_from_output", &genkern::cpu::batch_norm_input_from_output);
+  m.def("reattached", [](const at::Tensor& value, const py::object& edge) {
+    if (edge.is_none()) return value;
+    return genkern::cpu::reattached(value, *static_cast<c10::IValue*>(edge.cast<py::capsule>()));
+  });
   m.def("set_recompute_under_saved_tensor_hooks",
         &genkern::cpu::set_recompute_under_saved_tensor_hooks);
   // optimistic entries of the eager fast paths: None when the call is not the common case

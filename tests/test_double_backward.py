@@ -1,11 +1,11 @@
-"""Second derivatives through conv2d, conv_transpose2d, linear, the pools and
+"""Second derivatives through conv2d, conv_transpose2d, linear, batch_norm, the pools and
 upsample_nearest2d (a backward with create_graph=True, as a WGAN-GP gradient penalty takes): the
 gradients are then stock's composite recomputed from the saved inputs (the linear maps, max
-pooling given its indices among them: at a zero input) and differentiated by autograd, on every
-path (the C++ eager path, the custom op with the cpu backend's registered backward, the torch
-backend). Compared with stock in float64."""
+pooling given its indices among them: at a zero input; an input kept only as a value, a batch
+norm's recovered from its output or a conv's recomputed, placed where it was in the graph) and
+differentiated by autograd, on every path (the C++ eager path, the custom op with the cpu
+backend's registered backward, the torch backend). Compared with stock in float64."""
 
-import contextlib
 import copy
 
 import pytest
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import needs_cpu_backend
 
 import genkern
+import genkern.models
 from genkern import backends, reference
 from genkern.ops import _fused
 
@@ -239,6 +240,20 @@ BATCHED = {  # name: (genkern's, stock's) on an input of 2x3x6x6
     ),
 }
 _W = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+_BN_W = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)  # (the cpu paths keep y, not x)
+_BN_B = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+BATCHED |= {  # the cpu batch norm refused (found by a fuzz: it ran its kernel on the gradient)
+    "batch_norm_leaky_relu": (
+        lambda x: genkern.ops.batch_norm(
+            x, None, None, _BN_W, _BN_B, True, activation="leaky_relu", negative_slope=0.2
+        ),
+        lambda x: F.leaky_relu(F.batch_norm(x, None, None, _BN_W, _BN_B, True), 0.2),
+    ),
+    "batch_norm_eval_tanh": (
+        lambda x: genkern.ops.batch_norm(x, _BN_B, _BN_W, _BN_W, _BN_B, activation="tanh"),
+        lambda x: torch.tanh(F.batch_norm(x, _BN_B, _BN_W, _BN_W, _BN_B)),
+    ),
+}
 
 
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
@@ -261,22 +276,6 @@ def test_batched_gradients_match_stock(name, path, monkeypatch):
         v = torch.randn(3, *y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(3))
         jacobians.append(torch.autograd.grad(y, x, v, is_grads_batched=True)[0])
     torch.testing.assert_close(jacobians[0], jacobians[1], rtol=1e-12, atol=1e-12)
-
-
-@needs_cpu_backend
-@pytest.mark.parametrize("path", ["cpp_eager", "custom_op_keeping_y"])
-def test_batched_gradients_through_the_cpu_batch_norm_refuse_clearly(path):
-    # the custom op keeping y in x's place (a leaky_relu, an eager call under a torch function
-    # mode) ran its kernel on the batched gradient (found by a fuzz: "Cannot access data pointer")
-    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
-    w, b = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
-    with torch.device("cpu") if path == "custom_op_keeping_y" else contextlib.nullcontext():
-        y = genkern.ops.batch_norm(
-            x, None, None, w, b, training=True, activation="leaky_relu", backend="cpu"
-        )
-    v = torch.randn(3, *y.shape, dtype=y.dtype)
-    with pytest.raises(RuntimeError, match="batched gradients through batch_norm"):
-        torch.autograd.grad(y, x, v, is_grads_batched=True)
 
 
 def _critic():
@@ -319,14 +318,121 @@ def test_wgan_gp_critic_trains_as_stock():
     _assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
 
 
-@needs_cpu_backend
-def test_conv_after_a_genkern_batch_norm_names_the_batch_norm():
-    # a conv whose input is a genkern batch norm's output keeps the batch norm's input instead
-    # (and recomputes its own): the second derivative needs the batch norm's, which genkern lacks
+def _batch_norm_inputs(affine, leaf=True):
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    h = genkern.ops.batch_norm(x, None, None, training=True, activation="relu", backend="cpu")
-    y = genkern.ops.conv2d(h, w, backend="cpu")
-    with pytest.raises(RuntimeError, match="second derivative of batch_norm is not implemented"):
-        torch.autograd.grad(y.sum(), x, create_graph=True)
+    x = torch.randn(3, 4, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    # |weight| >= 0.1: the cpu paths keep leaky_relu's output, not x (batch_norm_keeps_output)
+    w = (torch.rand(4, generator=g, dtype=torch.float64) + 0.5).requires_grad_(affine)
+    b = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_(affine)
+    return x, w, b
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_batch_norm_second_derivative_matches_stock(path, act, training, affine, monkeypatch):
+    # a DCGAN discriminator's R1 or WGAN-GP penalty: batch norm raised (not implemented); a
+    # leaky_relu's batch norm keeps y in x's place, and x comes back from it into x's place in
+    # the graph (eval without an affine map nor activation: the gradient is constant, as stock's)
+    backend = _use_path(path, monkeypatch)
+    rm, rv = torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5
+    x, w, b = _batch_norm_inputs(affine)
+    wb = (lambda w, b: (w, b)) if affine else (lambda w, b: (None, None))
+
+    def ours(x, w, b):
+        return genkern.ops.batch_norm(
+            x, rm.clone(), rv.clone(), *wb(w, b), training, activation=act,
+            negative_slope=SLOPE, backend=backend,
+        )  # fmt: skip
+
+    def stock(x, w, b):
+        y = F.batch_norm(x, rm.clone(), rv.clone(), *wb(w, b), training)
+        return reference.activation(y, act, SLOPE)
+
+    _assert_close(_penalized(ours, x, w, b), _penalized(stock, x, w, b), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "silu"])
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_gradgradcheck_batch_norm(path, act, monkeypatch):
+    backend = _use_path(path, monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.7, -1.3], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.2, -0.1], dtype=torch.float64, requires_grad=True)
+    f = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
+        x, None, None, w, b, True, activation=act, negative_slope=SLOPE, backend=backend
+    )
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_conv_after_a_batch_norm_second_derivative_matches_stock(path, transposed, monkeypatch):
+    # the C++ path's conv keeps the batch norm's input instead of its own (a DCGAN generator's BN
+    # + ReLU output) and recomputes it: it raised; the recomputed input is placed where the
+    # batch norm's output was in the graph, so the second derivative reaches the batch norm
+    backend = _use_path(path, monkeypatch)
+    x, w, b = _batch_norm_inputs(True)
+    cw = torch.randn(4, 4, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    conv = genkern.ops.conv_transpose2d if transposed else genkern.ops.conv2d
+    stock_conv = F.conv_transpose2d if transposed else F.conv2d
+    cw = cw.requires_grad_()
+
+    def ours(x, w, b):
+        h = genkern.ops.batch_norm(x, None, None, w, b, True, activation="relu", backend=backend)
+        return conv(h, cw, activation="tanh", backend=backend)
+
+    def stock(x, w, b):
+        return torch.tanh(stock_conv(F.relu(F.batch_norm(x, None, None, w, b, True)), cw))
+
+    got, want = _penalized(ours, x, w, b), _penalized(stock, x, w, b)
+    _assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("pool", ["max_pool2d", "avg_pool2d"])
+def test_pool_gradient_constant_in_the_input_still_requires_grad(pool, path, monkeypatch):
+    # a pool's input gradient for a constant upstream gradient (a penalty on a pool's output
+    # sum) is constant: stock's requires grad all the same, so the penalty's backward runs;
+    # genkern's did not ("element 0 of tensors does not require grad")
+    backend = _use_path(path, monkeypatch)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    for f in (getattr(genkern.ops, pool), getattr(F, pool)):
+        kw = {"backend": backend} if f is getattr(genkern.ops, pool) else {}
+        (g,) = torch.autograd.grad(f(x, 2, **kw).sum(), x, create_graph=True)
+        assert g.requires_grad
+        g.pow(2).sum().backward()  # (stock's leaves zeros in x.grad, genkern's None)
+
+
+def _r1_steps(discriminator, steps=2):
+    """A DCGAN discriminator's training steps with an R1 penalty (Mescheder et al. 2018) on the
+    real images: the losses and the weights."""
+    opt = torch.optim.Adam(discriminator.parameters(), 1e-3, betas=(0.5, 0.999))
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        real = torch.randn(4, 3, 32, 32, generator=g, dtype=torch.float64).requires_grad_()
+        fake = torch.randn(4, 3, 32, 32, generator=g, dtype=torch.float64)
+        real_logits = discriminator(real)
+        (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+        penalty = grad.pow(2).flatten(1).sum(1).mean()
+        loss = genkern.ops.discriminator_loss(real_logits, discriminator(fake)) + 5 * penalty
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return torch.stack(losses), [p.detach() for p in discriminator.parameters()]
+
+
+def test_r1_penalty_on_the_dcgan_discriminator_trains_as_stock():
+    # the reference DCGAN discriminator (conv + BN + LeakyReLU) refused: batch_norm had no
+    # second derivative
+    torch.manual_seed(0)
+    stock = genkern.models.DCGANDiscriminator(image_size=32, impl="torch").double()
+    ours = genkern.nn.convert(copy.deepcopy(stock))
+    assert isinstance(ours.main[3], genkern.nn.BatchNorm2d)
+    want, got = _r1_steps(stock), _r1_steps(ours)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)
+    _assert_close(got[1], want[1], rtol=1e-8, atol=1e-12)

@@ -368,22 +368,5 @@ def test_negative_views_are_read_as_their_values(op, shapes, which):
 
 
 _X4 = (2, 3, 8, 8)
-# conv2d, conv_transpose2d, linear, the pools and upsample_nearest2d have second derivatives:
+# second derivatives and their refusals (max_pool2d with silu) on every path:
 # tests/test_double_backward.py
-SECOND_ORDER_REFUSED = [
-    ("batch_norm", lambda x, b: genkern.ops.batch_norm(x, None, None, training=True, backend=b)),
-]
-
-
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
-@pytest.mark.parametrize("name,op", SECOND_ORDER_REFUSED, ids=[o[0] for o in SECOND_ORDER_REFUSED])
-def test_every_path_refuses_double_backward_in_genkerns_words(name, op, backend):
-    # found by a fuzz: through the custom ops (the torch backend, torch.ops.genkern.*) the error
-    # came from the second backward, in torch's words for op authors ("no autograd formula was
-    # registered" for genkern.<op>_backward); now at the create_graph call, as the C++ paths do
-    if backend not in backends.available_backends("cpu", torch.float64):
-        pytest.skip(f"the {backend} backend is not available here")
-    x = torch.randn(_X4, dtype=torch.float64, requires_grad=True)
-    y = op(x, backend)
-    with pytest.raises(RuntimeError, match=f"second derivative of {name} is not implemented"):
-        torch.autograd.grad((y**2).sum(), x, create_graph=True)

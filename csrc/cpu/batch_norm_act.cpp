@@ -3,8 +3,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/where.h>
 
 #include <algorithm>
 #include <cmath>
@@ -765,6 +767,19 @@ bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor
   for (size_t c = 0; c < v.size(); ++c)
     if (!(v[c] * is[c] * is[c] >= kMinSpread)) return false;
   return true;
+}
+
+at::Tensor batch_norm_input_from_output(const at::Tensor& y,
+                                        const std::optional<at::Tensor>& weight,
+                                        const std::optional<at::Tensor>& bias,
+                                        const at::Tensor& mean, const at::Tensor& invstd,
+                                        double negative_slope) {
+  std::vector<int64_t> shape(y.dim(), 1);
+  shape[1] = y.size(1);
+  at::Tensor z = at::where(y > 0, y, y / negative_slope);  // leaky_relu's input
+  if (bias.has_value() && bias->defined()) z = z - bias->view(shape);
+  const at::Tensor scale = weight.has_value() && weight->defined() ? *weight * invstd : invstd;
+  return z / scale.view(shape) + mean.view(shape);
 }
 
 }  // namespace genkern::cpu

@@ -66,6 +66,14 @@ bool batch_norm_keeps_output(const at::Tensor& x, const std::optional<at::Tensor
                              int64_t activation, double negative_slope, const at::Tensor& var,
                              const at::Tensor& invstd);
 
+// x again, by ATen's ops, from y kept in its place (see batch_norm_keeps_output): where the
+// backward takes stock's composite (create_graph=True, batched gradients).
+at::Tensor batch_norm_input_from_output(const at::Tensor& y,
+                                        const std::optional<at::Tensor>& weight,
+                                        const std::optional<at::Tensor>& bias,
+                                        const at::Tensor& mean, const at::Tensor& invstd,
+                                        double negative_slope);
+
 // The conditions of batch_norm_keeps_output that do not depend on the batch.
 bool batch_norm_output_invertible(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                   const std::optional<at::Tensor>& bias, bool training,

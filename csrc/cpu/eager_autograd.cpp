@@ -10,6 +10,7 @@
 #include <ATen/ops/linear.h>
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/relu.h>
+#include <ATen/ops/rsqrt.h>
 #include <ATen/ops/sigmoid.h>
 #include <ATen/ops/sigmoid_backward.h>
 #include <ATen/ops/silu.h>
@@ -17,6 +18,7 @@
 #include <ATen/ops/tanh.h>
 #include <ATen/ops/tanh_backward.h>
 #include <ATen/ops/threshold_backward.h>
+#include <ATen/ops/var_mean.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -30,6 +32,7 @@
 #include "conv_transpose2d_act.h"
 #include "epilogue.h"
 #include "genkern/activation.h"
+#include "input_edge.h"
 #include "linear_act.h"
 #include "pool.h"
 #include "prepacked.h"
@@ -65,12 +68,6 @@ at::Tensor saved_for_backward(int64_t act, double slope, const at::Tensor& y,
   const auto a = static_cast<Activation>(act);
   if (a == Activation::kIdentity) return at::Tensor();
   return saves_output(a, slope) ? y : preact;
-}
-
-void refuse_batched(const at::Tensor& grad, const char* op) {
-  TORCH_CHECK(!is_vmap_batched(grad), "genkern: batched ",
-              "gradients through ", op, " are not implemented (a backward under vmap: ",
-              "autograd.grad(is_grads_batched=True), jacobian(vectorize=True))");
 }
 
 void refuse_double_backward(const char* op) {
@@ -137,6 +134,15 @@ bool stock_backward(const at::Tensor& grad) {
   return at::GradMode::is_enabled() || is_vmap_batched(grad);
 }
 
+// grad, requiring a gradient where with create_graph=True it does not (a gradient constant in
+// the op's inputs, as a frozen conv's input gradient is): stock's backward ops return gradients
+// that do, with none for those inputs, so a gradient penalty's backward through one runs (where
+// it would raise) (genkern/ops/_fused._differentiable).
+at::Tensor differentiable(at::Tensor grad) {
+  if (!at::GradMode::is_enabled() || grad.requires_grad()) return grad;
+  return grad + at::zeros({}, grad.options()).requires_grad_();
+}
+
 // Where stock_backward: the gradients for x, weight, bias (those mask asks for) of y, stock's
 // composite recomputed from the saved inputs, by autograd; with create_graph=True as
 // differentiable functions of them and grad_y, so a second derivative (a WGAN-GP gradient
@@ -158,7 +164,7 @@ std::array<at::Tensor, 3> differentiable_grads(const std::function<at::Tensor()>
   std::array<at::Tensor, 3> out;
   for (int i = 0, k = 0; i < 3; ++i) {
     if (!mask[i]) continue;
-    out[i] = g[k].defined() ? g[k] : at::zeros_like(inputs[i]);
+    out[i] = differentiable(g[k].defined() ? g[k] : at::zeros_like(inputs[i]));
     ++k;
   }
   return out;
@@ -348,6 +354,7 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
                             saved_for_backward(act, slope, y, preact), r.x, r.affine.center,
                             r.affine.scale, r.affine.shift, bias.value_or(at::Tensor())});
     ctx->saved_data["recomputes_input"] = recomputes;
+    ctx->saved_data["input_edge"] = recomputes ? input_edge(x) : c10::IValue();
     ctx->saved_data["input_act"] = r.act;
     ctx->saved_data["input_slope"] = r.slope;
     ctx->saved_data["stride"] = stride;
@@ -382,11 +389,7 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
                                                   d.at("input_slope").toDouble())
                        : s[0];
     if (stock_backward(grads[0])) {
-      // a second derivative would need the batch norm's too, which genkern lacks
-      if (d.at("recomputes_input").toBool()) {
-        refuse_double_backward("batch_norm");
-        x.requires_grad_(mask[0]);  // (a leaf of the recomputation's graph)
-      }
+      x = reattached(x, d.at("input_edge"));  // a recomputed x: in the batch norm's graph
       const bool wide = run_16bit_in_float32(transposed, x, s[1], stride, padding,
                                              output_padding, dilation);
       const auto f = [&](const at::Tensor& t) {
@@ -443,6 +446,34 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
   }
 };
 
+// [1, C, 1, ...]: a per-channel vector broadcast over x.
+at::Tensor per_channel(const at::Tensor& v, const at::Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = x.size(1);
+  return v.view(shape);
+}
+
+// act(batch_norm(x)) by stock's differentiable ops, normalized by x's batch statistics in
+// training, else by mean and invstd, in float32 for a 16-bit x (genkern/ops/batch_norm.py,
+// _forward_torch).
+at::Tensor stock_batch_norm_act(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& bias, at::Tensor mean, at::Tensor invstd,
+                                bool training, double eps, int64_t act, double slope) {
+  const bool wide = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  const at::Tensor xs = wide ? x.to(at::kFloat) : x;
+  if (training) {
+    std::vector<int64_t> dims{0};
+    for (int64_t i = 2; i < x.dim(); ++i) dims.push_back(i);
+    at::Tensor var;
+    std::tie(var, mean) = at::var_mean(xs, dims, /*correction=*/0, /*keepdim=*/false);
+    invstd = at::rsqrt(var + eps);
+  }
+  at::Tensor z = (xs - per_channel(mean, x)) * per_channel(invstd, x);
+  if (weight.defined()) z = z * per_channel(weight.to(xs.scalar_type()), x);
+  if (bias.defined()) z = z + per_channel(bias.to(xs.scalar_type()), x);
+  return stock_activation(wide ? z.to(x.scalar_type()) : z, act, slope);
+}
+
 // Outputs y, mean, var (the statistics normalized with; the last two not differentiable).
 struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x,
@@ -482,6 +513,12 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     else
       forget_recomputable();
     ctx->saved_data["keeps_output"] = keeps_y;
+    // for a backward by stock's composite (create_graph=True, batched gradients): x's place in
+    // the graph where y is kept instead, and the bias (not saved: stock's backward, which saves
+    // what it reads, does not read it, and an optimizer's step on it must not raise)
+    ctx->saved_data["input_edge"] = keeps_y ? input_edge(x) : c10::IValue();
+    ctx->saved_data["bias"] = has(bias) ? c10::IValue(*bias) : c10::IValue();
+    ctx->saved_data["eps"] = eps;
     ctx->saved_data["training"] = training;
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
@@ -491,18 +528,33 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_double_backward("batch_norm");
-    refuse_batched(grads[0], "batch_norm");
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
     const bool has_w = d.at("has_weight").toBool(), has_b = d.at("has_bias").toBool();
     // edges: x, then weight and bias when given
     const std::array<bool, 3> mask{ctx->needs_input_grad(0), has_w && ctx->needs_input_grad(1),
                                    has_b && ctx->needs_input_grad(has_w ? 2 : 1)};
-    auto [gx, gw, gb] = batch_norm_act_backward_cpu(
-        grads[0], opt(s[4]), s[0], opt(s[1]), s[2], s[3], d.at("training").toBool(),
-        d.at("act").toInt(), d.at("slope").toDouble(), mask, opt(s[5]),
-        d.at("keeps_output").toBool());
+    const bool training = d.at("training").toBool();
+    const int64_t act = d.at("act").toInt();
+    const double slope = d.at("slope").toDouble();
+    if (stock_backward(grads[0])) {
+      const at::Tensor bias = has_b ? d.at("bias").toTensor() : at::Tensor();
+      const at::Tensor x =
+          d.at("keeps_output").toBool()
+              ? reattached(batch_norm_input_from_output(s[0], opt(s[1]), opt(s[5]), s[2], s[3],
+                                                        slope),
+                           d.at("input_edge"))
+              : s[0];
+      const double eps = d.at("eps").toDouble();
+      const auto bn = [&] {
+        return stock_batch_norm_act(x, s[1], bias, s[2], s[3], training, eps, act, slope);
+      };
+      auto [gx, gw, gb] = differentiable_grads(bn, {x, s[1], bias}, mask, grads[0]);
+      return grads_for(10, gx, gw, gb);
+    }
+    auto [gx, gw, gb] =
+        batch_norm_act_backward_cpu(grads[0], opt(s[4]), s[0], opt(s[1]), s[2], s[3], training,
+                                    act, slope, mask, opt(s[5]), d.at("keeps_output").toBool());
     const auto dtype = has_w ? s[1].scalar_type() : s[0].scalar_type();
     return grads_for(10, mask[0] ? gx : at::Tensor(), mask[1] ? gw.to(dtype) : at::Tensor(),
                      mask[2] ? gb.to(dtype) : at::Tensor());
@@ -616,7 +668,7 @@ at::Tensor linear_map_grad(AutogradContext* ctx, const at::Tensor& grad_y,
     x = input_grad_empty(ctx, grad_y).zero_().requires_grad_();
     y = forward(x);
   }
-  return torch::autograd::grad({y}, {x}, {grad_y}, std::nullopt, create_graph)[0];
+  return differentiable(torch::autograd::grad({y}, {x}, {grad_y}, std::nullopt, create_graph)[0]);
 }
 
 // The input's shape and layout (for its gradient) and the pool's window, for the backward.

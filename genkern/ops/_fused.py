@@ -118,32 +118,34 @@ def batched(t: torch.Tensor | None) -> bool:
     return t is not None and (functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t))
 
 
-def refuse_batched(grad_y: torch.Tensor, op: str) -> None:
-    """Raises on a batched gradient where the kernels would read its storage (the words of the
-    C++ paths' refusal, csrc/cpu/eager_autograd.cpp)."""
-    if batched(grad_y):
-        raise RuntimeError(
-            f"genkern: batched gradients through {op} are not implemented (a backward under "
-            "vmap: autograd.grad(is_grads_batched=True), jacobian(vectorize=True))"
-        )
-
-
-def differentiable_grads(forward_torch, inputs, args, mask, grad_y):
-    """The gradients of a fused GEMM-shaped op for inputs (x, weight, bias; those mask asks for,
-    else None) where stock_backward: the op's stock composite,
-    forward_torch(*inputs, *args, save_preact=False), run again from the saved inputs and
-    differentiated by autograd (with create_graph=True, differentiably: a second derivative, a
-    WGAN-GP gradient penalty's, is stock's). The C++ eager paths do the same
+def differentiable_grads(recompute, inputs, mask, grad_y):
+    """The gradients of a fused op for inputs (x, weight, bias; those mask asks for, else None)
+    where stock_backward: the op's stock composite, recompute(*inputs), run again from the saved
+    inputs and differentiated by autograd (with create_graph=True, differentiably: a second
+    derivative, a WGAN-GP gradient penalty's, is stock's). The C++ eager paths do the same
     (csrc/cpu/eager_autograd.cpp, differentiable_grads)."""
     wanted = [t for t, m in zip(inputs, mask) if m]
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
-        y = forward_torch(*inputs, *args, False)[0]
+        y = recompute(*inputs)
     grads = torch.autograd.grad(
         y, wanted, grad_y, create_graph=create_graph, materialize_grads=True
     )
+    if create_graph:
+        grads = [_differentiable(g) for g in grads]
     grads = iter(grads)
     return tuple(next(grads) if m else None for m in mask)
+
+
+def _differentiable(grad: torch.Tensor) -> torch.Tensor:
+    """grad, requiring a gradient where it does not (a gradient constant in the op's inputs, as a
+    frozen conv's input gradient is): stock's backward ops return gradients that do, with none
+    for those inputs, so a gradient penalty's backward through one runs (where it would raise)
+    and leaves their .grad None."""
+    if grad.requires_grad:
+        return grad
+    # (not grad.new_zeros: under vmap, that would be batched too)
+    return grad + torch.zeros((), dtype=grad.dtype, device=grad.device, requires_grad=True)
 
 
 def linear_map_grad(forward_torch, input_size, channels_last: bool, grad_y):
@@ -159,7 +161,8 @@ def linear_map_grad(forward_torch, input_size, channels_last: bool, grad_y):
         x = torch.empty(input_size, dtype=grad_y.dtype, device=grad_y.device, memory_format=fmt)
         x = x.zero_().requires_grad_()
         y = forward_torch(x)
-    return torch.autograd.grad(y, x, grad_y, create_graph=create_graph)[0]
+    grad = torch.autograd.grad(y, x, grad_y, create_graph=create_graph)[0]
+    return _differentiable(grad) if create_graph else grad
 
 
 def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
@@ -171,7 +174,9 @@ def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
     x, weight, saved, bias = ctx.saved_tensors
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
     if stock_backward(grad_y):
-        grads = differentiable_grads(forward_torch, (x, weight, bias), ctx.args, mask, grad_y)
+        grads = differentiable_grads(
+            lambda *t: forward_torch(*t, *ctx.args, False)[0], (x, weight, bias), mask, grad_y
+        )
     else:
         grads = backward(grad_y, saved, x, weight, *ctx.args, mask, ctx.backend)
     return (*(g if m else None for g, m in zip(grads, mask)), *(None,) * (num_args - 3))

@@ -391,26 +391,50 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, invstd, var, preact)
     ctx.set_materialize_grads(False)  # no zeros made for those to be ignored
     ctx.keeps_output = _keeps_output(x, weight, bias, training, act, slope, backend, var, invstd)
+    ctx.input_edge = None
     if ctx.keeps_output:  # the bias as it is now (x is recovered from y with it; see the C++)
         kept_bias = bias.detach().clone() if bias is not None else None
         ctx.save_for_backward(y, weight, mean, invstd, None, kept_bias)
+        ctx.input_edge = _registry.extension().input_edge(x)  # (for _stock_grads)
     else:
         saved = None
         if A.needs_saved(act):
             saved = y if A.saves_output(act, slope) else preact
         ctx.save_for_backward(x, weight, mean, invstd, saved, None)
+    # for _stock_grads; the bias not saved: stock's backward, which saves what it reads, does not
+    # read it, and an optimizer's step on it must not raise
+    ctx.bias, ctx.eps = bias, eps
     ctx.args = (training, act, slope, backend)
 
 
+def _stock_grads(ctx, x, weight, mean, invstd, kept_bias, mask, grad_y):
+    """(grad_x, grad_weight, grad_bias) where _fused.stock_backward: the stock composite's
+    (_normalized_act), differentiated by autograd; x recovered from y where y was kept, placed
+    where x was in the graph. The C++ eager path does the same (csrc/cpu/eager_autograd.cpp)."""
+    training, act, slope, _ = ctx.args
+    if ctx.keeps_output:
+        ext = _registry.extension()
+        x = ext.reattached(
+            ext.batch_norm_input_from_output(x, weight, kept_bias, mean, invstd, slope),
+            ctx.input_edge,
+        )
+
+    def composite(x, weight, bias):
+        stats = _batch_stats_invstd(x, ctx.eps)[:2] if training else (mean, invstd)
+        return _normalized_act(x, weight, bias, *stats, act, slope)[0]
+
+    return _fused.differentiable_grads(composite, (x, weight, ctx.bias), mask, grad_y)
+
+
 def _backward(ctx, grad_y, _gm, _gi, _gv, _gp):
-    _fused.refuse_double_backward("batch_norm")
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * 11
     x, weight, mean, invstd, saved, bias = ctx.saved_tensors
     training, act, slope, backend = ctx.args
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    if ctx.keeps_output:  # x holds y; an eager call (see _keeps_output): the kernel directly
-        _fused.refuse_batched(grad_y, "batch_norm")
+    if _fused.stock_backward(grad_y):
+        gx, gw, gb = _stock_grads(ctx, x, weight, mean, invstd, bias, mask, grad_y)
+    elif ctx.keeps_output:  # x holds y; an eager call (see _keeps_output): the kernel directly
         grads = _registry.extension().batch_norm_act_backward_cpu(
             grad_y, None, x, weight, mean, invstd, training, act, slope, mask, bias, True
         )
@@ -445,21 +469,33 @@ def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _forward_torch(x, weight, bias, rm, rv, training, eps, act, slope, save_preact):
-    st = _stat_dtype(x.dtype)
-    xs = x.to(st)
     if training:
-        var, mean = _batch_stats(xs)  # (xs in the statistics' dtype already)
+        mean, invstd, var = _batch_stats_invstd(x, eps)
     else:
+        st = _stat_dtype(x.dtype)
         mean, var = rm.to(st), rv.to(st)
-    invstd = torch.rsqrt(var + eps)
-    z = (xs - _bcast(mean, x)) * _bcast(invstd, x)
+        invstd = torch.rsqrt(var + eps)
+    y, z = _normalized_act(x, weight, bias, mean, invstd, act, slope)
+    return y, mean, invstd, var, z if save_preact else None
+
+
+def _batch_stats_invstd(x, eps):
+    """(mean, invstd, var) of a training batch, differentiable in x."""
+    var, mean = _batch_stats(x)
+    return mean, torch.rsqrt(var + eps), var
+
+
+def _normalized_act(x, weight, bias, mean, invstd, act, slope):
+    """(y, z): z = (x - mean) * invstd * weight + bias in the statistics' dtype, cast to x's;
+    y = act(z). Stock's differentiable ops."""
+    st = _stat_dtype(x.dtype)
+    z = (x.to(st) - _bcast(mean, x)) * _bcast(invstd, x)
     if weight is not None:
         z = z * _bcast(weight.to(st), x)
     if bias is not None:
         z = z + _bcast(bias.to(st), x)
     z = z.to(x.dtype)
-    y = reference.activation(z, A.ID_TO_NAME[act], slope)
-    return y, mean, invstd, var, z if save_preact else None
+    return reference.activation(z, A.ID_TO_NAME[act], slope), z
 
 
 def _backward_torch(grad_y, saved, x, weight, mean, invstd, training, act, slope, mask):
