@@ -13,6 +13,7 @@ from torch import nn
 
 import genkern
 from genkern import models, testing
+from genkern.nn.fused_sequential import FoldedActivation
 from genkern.ops import _onednn_layout
 
 
@@ -755,6 +756,34 @@ def test_adding_an_inplace_module_after_convert_trains_as_stock(add):
     add(ours)
     x = torch.randn(2, 3, 6, 6)
     _same_parameter_grads(ours, stock, x)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [nn.Conv2d(3, 4, 3), nn.LeakyReLU(0.2), nn.Dropout(0.5)],
+        lambda: [nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5)],
+        lambda: [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.LeakyReLU(0.2), nn.LeakyReLU(0.1)],
+    ],
+    ids=["leaky", "relu_pool", "batch_norm_leaky"],
+)
+def test_setting_inplace_after_convert_trains_as_stock(layers):
+    # an in-place module after a fold that keeps its output, made so by `m.inplace = True` after
+    # convert (which checks when it runs): the backward refused ("modified by an inplace
+    # operation"), where stock's trains; the fold is now undone at the next forward
+    torch.manual_seed(0)
+    stock = nn.Sequential(*layers())
+    ours = genkern.nn.convert(copy.deepcopy(stock))
+    assert any(isinstance(m, FoldedActivation) and m.carrier for m in ours)
+    for model in (stock, ours):
+        model[-1].inplace = True
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(1)
+    ours(x).sum().backward()
+    torch.manual_seed(1)
+    stock(x).sum().backward()
+    for a, b in zip(ours.parameters(), stock.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_slices_that_cut_an_activation_off_keep_stocks_keys_and_compile():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from genkern.nn._fused import UnfoldsWhenHooked
@@ -61,6 +62,11 @@ class FoldedActivation(UnfoldsWhenHooked, nn.Identity):
 class FusedSequential(nn.Sequential):
     """See the module docstring. Indexing one child (seq[i]) returns the child itself, its
     activation included."""
+
+    def forward(self, input):
+        if torch.is_grad_enabled():
+            _undo_folds_before_inplace(self)
+        return nn.Sequential.forward(self, input)
 
     def __getitem__(self, idx):
         if not isinstance(idx, slice):
@@ -241,13 +247,35 @@ def fold(seq: nn.Sequential, place: str, carrier: nn.Module) -> None:
     seq.__class__ = FusedSequential
 
 
+def _keeps_output(carrier: nn.Module) -> bool:
+    """Whether the carrier's fused activation keeps its output for the backward where stock's
+    kept its input: a leaky_relu (slope >= 0), a relu moved onto a max pool."""
+    act = getattr(carrier, "activation", None)
+    if act == "leaky_relu":
+        return carrier.negative_slope >= 0
+    return act == "relu" and isinstance(carrier, nn.MaxPool2d)
+
+
+def _undo_folds_before_inplace(seq: nn.Sequential) -> None:
+    """Undoes each fold whose carrier keeps its output where the module after it now changes its
+    input in place (m.inplace = True since convert, which checked then): its backward would
+    refuse (the output it kept changed), where stock's trains."""
+    children = list(seq._modules.values())
+    for module in children:
+        if isinstance(module, FoldedActivation) and module.carrier is not None:
+            carrier = module.carrier
+            k = next((i for i, m in enumerate(children) if m is carrier), None)
+            if k is not None and _keeps_output(carrier) and next_inplace(children, k, False):
+                module._unfold_for_hooks()
+
+
 def chains_children(module: nn.Module) -> bool:
     """Whether the module runs nn.Sequential's forward (each child on the previous one's output,
     only the last output returned): a subclass with a forward of its own (returning every
     child's output, or summing parallel branches) may use what a fold would change."""
     return (
         isinstance(module, nn.Sequential)
-        and type(module).forward is nn.Sequential.forward
+        and type(module).forward in (nn.Sequential.forward, FusedSequential.forward)
         and "forward" not in vars(module)
     )
 
