@@ -640,6 +640,43 @@ def _slices(n: int) -> list[slice]:
     return out + [slice(None, None, 2), slice(1, None, 3), slice(-3, None), slice(None, None, -1)]
 
 
+class _EveryLayer(nn.Module):
+    """Each layer's output, as a perceptual or style loss reads a VGG's (for layer in features)."""
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x):
+        outs = []
+        for layer in self.features:
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["convert", "trace"])
+def test_a_loop_over_a_converted_sequential_reads_each_layer_as_stock(trace):
+    # found by fuzz round 21: called one by one, a carrier ran its folded activation and the
+    # place passed its input on, so a ReLU moved onto a max pool (VGG's relu1_2, relu2_2: the
+    # layers perceptual losses read) gave the conv's output, negative values (the Gram matrices
+    # off), and a conv read before its folded leaky_relu gave the activated output
+    torch.manual_seed(0)
+    stock = _EveryLayer(_vgg_like()).to(DEVICE).double()
+    ours = genkern.nn.convert(copy.deepcopy(stock), trace=trace)
+    features = ours.get_submodule("features")
+    assert features.get_submodule("4").carrier is features.get_submodule("5")  # relu on the pool
+    x = torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        getattr(stock, mode)()
+        getattr(ours, mode)()
+        for a, b in zip(ours(x), stock(x), strict=True):
+            torch.testing.assert_close(a, b, **_F64)
+    if not trace:  # the whole Sequential runs the folds still
+        torch.testing.assert_close(ours.features(x), stock.features(x), **_F64)
+        assert features[3].activation is None and features[5].activation == "relu"
+
+
 def test_slices_of_a_converted_sequential_compute_the_original_slices():
     # found by fuzz rounds 10a and 11a: a slice ending between a layer and its folded activation
     # (VGG perceptual losses: features[:k], often before a ReLU) gave the activated output, one

@@ -67,6 +67,17 @@ class FusedActivationMixin(UnfoldsWhenHooked, NotScriptable):
         if place is not None:
             place._unfold_for_hooks()
 
+    def _call_activation(self, folded: bool) -> str | None:
+        """The activation this call runs: the layer's own, or one convert folded into it, which
+        runs only where its Sequential (or a traced model's pair) calls the layer (folded=True).
+        Called by itself, as a loop over a Sequential's layers calls it (a perceptual loss
+        reading each layer's output), the layer runs alone, as stock's, and the activation's
+        place runs the activation (found by a fuzz: a VGG loop read relu1_2 before its ReLU)."""
+        place = self.__dict__.get("folded_place")
+        if not folded and place is not None and place.carrier is self:
+            return None
+        return self.activation
+
     def _init_activation(self, activation: str | None, negative_slope: float) -> None:
         A.activation_id(activation)
         self.activation = activation

@@ -48,7 +48,7 @@ class BatchNorm2d(FusedActivationMixin, torch.nn.BatchNorm2d):
         self._init_activation(activation, negative_slope)
         self.backend = backend
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, *, _folded: bool = False) -> torch.Tensor:
         self._check_input_dim(input)
         # torch.nn.modules.batchnorm._BatchNorm.forward, step for step
         factor = 0.0 if self.momentum is None else self.momentum
@@ -68,7 +68,7 @@ class BatchNorm2d(FusedActivationMixin, torch.nn.BatchNorm2d):
             bn_training,
             factor,
             self.eps,
-            self.activation,
+            self._call_activation(_folded),
             self.negative_slope,
             self.backend,
         )

@@ -50,7 +50,7 @@ class Conv2d(FusedActivationMixin, torch.nn.Conv2d):
         self._init_activation(activation, negative_slope)
         self.backend = backend
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, *, _folded: bool = False) -> torch.Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":  # torch pads explicitly for the other modes
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -63,7 +63,7 @@ class Conv2d(FusedActivationMixin, torch.nn.Conv2d):
             padding,
             self.dilation,
             self.groups,
-            self.activation,
+            self._call_activation(_folded),
             self.negative_slope,
             self.backend,
         )
@@ -116,7 +116,9 @@ class ConvTranspose2d(FusedActivationMixin, torch.nn.ConvTranspose2d):
         self._init_activation(activation, negative_slope)
         self.backend = backend
 
-    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, input: torch.Tensor, output_size: list[int] | None = None, *, _folded: bool = False
+    ) -> torch.Tensor:
         if self.padding_mode != "zeros":  # as torch (construction already rejects it)
             raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
         output_padding = self._output_padding(
@@ -131,7 +133,7 @@ class ConvTranspose2d(FusedActivationMixin, torch.nn.ConvTranspose2d):
             output_padding,
             self.groups,
             self.dilation,
-            self.activation,
+            self._call_activation(_folded),
             self.negative_slope,
             self.backend,
         )

@@ -17,8 +17,9 @@ keeps its output for the backward where stock's kept its input when an in-place 
 A parametrized layer (spectral_norm, weight_norm: SNGAN's discriminators) becomes the drop-in
 with the same parametrization, and keeps its BatchNorm unfolded. A converted nn.Sequential whose
 activations moved is a FusedSequential (genkern/nn/fused_sequential.py): its slices compute what
-the stock slices did. A forward that also calls a Sequential's layer directly (self.seq(x) +
-self.seq[0](x)) is beyond what convert sees: that call would get the folded activation too.
+the stock slices did. A fold runs only where its Sequential runs it whole: a layer called by
+itself (a loop over the Sequential's layers, self.seq[0](x)) runs alone, as stock's, and the
+activation's place runs the activation.
 trace=True returns a torch.fx GraphModule: the path the forward took in the mode it was traced
 in, without the model's class, other methods or uncalled modules; each folded pair there is
 one call of _run_folded_pair on the modules the graph finds at their paths (a pair with either
@@ -426,8 +427,9 @@ def _run_folded_pair(carrier, place, place_first: bool, *args, **kwargs):
     if proxy is not None:  # torch.fx traces the model again (torch.load): kept as it is
         pair = (carrier, place, place_first, *args)
         return proxy.tracer.create_proxy("call_function", _run_folded_pair, pair, kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k != "_folded"}  # (a Sequential's call's)
     if carrier is not None and getattr(place, "carrier", None) is carrier:
-        return carrier(*args, **kwargs)
+        return carrier(*args, _folded=True, **kwargs)
     for module in (place, getattr(carrier, "folded_place", None)):
         if isinstance(module, FoldedActivation):
             module._unfold_for_hooks()

@@ -2,12 +2,15 @@
 
 convert folds an activation module into the layer before it (or moves a ReLU on onto the max
 pool after it: its carrier) and leaves a FoldedActivation in its place. Running the Sequential
-whole is what it was. A slice of it (VGG perceptual losses take `features[:k]`, often before an
-activation) holds the same children as the stock slice and computes what it did: where the
-slice does not hold the whole run of children from a carrier to its activation's place in
-their order, that fold is undone (in the Sequential too: the carrier runs without the
-activation, the place runs it). Editing the Sequential (setting, deleting
-or inserting a child) first undoes its folds: it runs as stock's from then on.
+whole is what it was: its forward calls the pair with _folded=True, the carrier then running the
+activation and the place handing its input on; called by themselves (a loop over the layers),
+the carrier runs alone and the place runs the activation, as stock's modules. A slice of it
+(VGG perceptual losses take `features[:k]`, often before an activation) holds the same children
+as the stock slice and computes what it did: where the slice does not hold the whole run of
+children from a carrier to its activation's place in their order, that fold is undone (in the
+Sequential too: the carrier runs without the activation, the place runs it). Editing the
+Sequential (setting, deleting or inserting a child) first undoes its folds: it runs as stock's
+from then on.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ class FoldedActivation(UnfoldsWhenHooked, nn.Identity):
         self.__dict__["carrier"] = carrier
         carrier.__dict__["folded_place"] = self
 
-    def forward(self, x):
-        return x if self.carrier is not None else self.activation_module(x)
+    def forward(self, x, *, _folded: bool = False):
+        """x where its Sequential runs the fold (its carrier ran the activation); else, called by
+        itself or with the fold undone, the activation."""
+        return x if _folded and self.carrier is not None else self.activation_module(x)
 
     @property
     def inplace(self) -> bool:  # while folded, nothing runs here; then the kept module's
@@ -64,9 +69,16 @@ class FusedSequential(nn.Sequential):
     activation included."""
 
     def forward(self, input):
+        """nn.Sequential's, each fold's carrier and place called with _folded=True: the carrier
+        runs the activation, the place hands its input on (called by themselves, they run as
+        stock's modules)."""
+        children = list(self._modules.values())
         if torch.is_grad_enabled():
-            _undo_folds_before_inplace(self)
-        return nn.Sequential.forward(self, input)
+            _undo_folds_before_inplace(children)
+        in_fold = {i for pair in _live_pairs(children) for i in pair}
+        for i, module in enumerate(children):
+            input = module(input, _folded=True) if i in in_fold else module(input)
+        return input
 
     def __getitem__(self, idx):
         if not isinstance(idx, slice):
@@ -226,12 +238,19 @@ def _unfolded(seq: nn.Sequential) -> nn.Sequential:
 
 def _pairs(items) -> list[tuple[int, int]]:
     """(index of a FoldedActivation, index of its carrier) over the children `items`."""
-    where = {id(m): i for i, (_, m) in enumerate(items)}
-    return [
-        (i, where[id(m.carrier)])
-        for i, (_, m) in enumerate(items)
-        if isinstance(m, FoldedActivation) and id(m.carrier) in where
-    ]
+    return _live_pairs([m for _, m in items])
+
+
+def _live_pairs(children: list[nn.Module]) -> list[tuple[int, int]]:
+    """(index of a FoldedActivation, index of its carrier) over `children`: the folds they hold
+    both members of."""
+    pairs = []
+    for i, m in enumerate(children):
+        if isinstance(m, FoldedActivation) and m.carrier is not None:
+            j = next((k for k, c in enumerate(children) if c is m.carrier), None)
+            if j is not None:
+                pairs.append((i, j))
+    return pairs
 
 
 def _holds_run(chosen: list[int], lo: int, hi: int) -> bool:
@@ -256,17 +275,14 @@ def _keeps_output(carrier: nn.Module) -> bool:
     return act == "relu" and isinstance(carrier, nn.MaxPool2d)
 
 
-def _undo_folds_before_inplace(seq: nn.Sequential) -> None:
-    """Undoes each fold whose carrier keeps its output where the module after it now changes its
-    input in place (m.inplace = True since convert, which checked then): its backward would
-    refuse (the output it kept changed), where stock's trains."""
-    children = list(seq._modules.values())
-    for module in children:
-        if isinstance(module, FoldedActivation) and module.carrier is not None:
-            carrier = module.carrier
-            k = next((i for i, m in enumerate(children) if m is carrier), None)
-            if k is not None and _keeps_output(carrier) and next_inplace(children, k, False):
-                module._unfold_for_hooks()
+def _undo_folds_before_inplace(children: list[nn.Module]) -> None:
+    """Undoes each fold among a Sequential's children whose carrier keeps its output where the
+    module after it now changes its input in place (m.inplace = True since convert, which
+    checked then): its backward would refuse (the output it kept changed), where stock's
+    trains."""
+    for place, k in _live_pairs(children):
+        if _keeps_output(children[k]) and next_inplace(children, k, False):
+            children[place]._unfold_for_hooks()
 
 
 def chains_children(module: nn.Module) -> bool:

@@ -31,9 +31,14 @@ class Linear(FusedActivationMixin, torch.nn.Linear):
         self._init_activation(activation, negative_slope)
         self.backend = backend
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, *, _folded: bool = False) -> torch.Tensor:
         return ops.linear(
-            input, self.weight, self.bias, self.activation, self.negative_slope, self.backend
+            input,
+            self.weight,
+            self.bias,
+            self._call_activation(_folded),
+            self.negative_slope,
+            self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -29,7 +29,7 @@ class MaxPool2d(FusedActivationMixin, torch.nn.MaxPool2d):
         self._init_activation(activation, negative_slope)
         self.backend = backend
 
-    def forward(self, input: torch.Tensor):
+    def forward(self, input: torch.Tensor, *, _folded: bool = False):
         return ops.max_pool2d(
             input,
             self.kernel_size,
@@ -38,7 +38,7 @@ class MaxPool2d(FusedActivationMixin, torch.nn.MaxPool2d):
             self.dilation,
             self.ceil_mode,
             self.return_indices,
-            self.activation,
+            self._call_activation(_folded),
             self.negative_slope,
             self.backend,
         )
