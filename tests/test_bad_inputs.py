@@ -60,6 +60,8 @@ BAD_INPUTS = [
     ("conv2d", "2-D input", lambda: _c(x=X[0, 0]), RuntimeError, r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv2d, but got input of size: \[6, 6\]", lambda: F.conv2d(X[0, 0], W)),
     ("conv2d", "5-D input", lambda: _c(x=X[None]), RuntimeError, r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv2d"),
     ("conv2d", "3-D weight", lambda: _c(weight=W[0]), RuntimeError, "Expected 4D weight for conv2d"),
+    # found by fuzz round 22: the triton backend ran these
+    ("conv2d", "no output channels", lambda: _c(weight=W[:0], bias=None, backend="triton"), RuntimeError, "Given groups=1, expected weight to be at least 1 at dimension 0", lambda: F.conv2d(X, W[:0])),
     ("conv2d", "channels mismatch", lambda: _c(x=X[:, :2]), RuntimeError, r"Given groups=1, weight of size \[4, 3, 3, 3\], expected input\[2, 2, 6, 6\] to have 3 channels, but got 2 channels instead", lambda: F.conv2d(X[:, :2], W)),
     ("conv2d", "groups do not divide", lambda: _c(x=torch.randn(1, 6, 5, 5), weight=torch.randn(4, 2, 3, 3), bias=None, groups=3), RuntimeError, "Given groups=3, expected weight to be divisible by 3 at dimension 0", lambda: F.conv2d(torch.randn(1, 6, 5, 5), torch.randn(4, 2, 3, 3), groups=3)),
     ("conv2d", "zero groups", lambda: _c(groups=0), RuntimeError, "non-positive groups is not supported", lambda: F.conv2d(X, W, groups=0)),
@@ -82,6 +84,7 @@ BAD_INPUTS = [
     ("conv_transpose2d", "2-D input", lambda: _t(x=X[0, 0]), RuntimeError, r"Expected 3D \(unbatched\) or 4D \(batched\) input to conv_transpose2d, but got input of size: \[6, 6\]", lambda: F.conv_transpose2d(X[0, 0], WT)),
     ("conv_transpose2d", "2-D weight", lambda: _t(weight=WT[0, 0]), RuntimeError, "Expected 4D weight for conv_transpose2d"),
     ("conv_transpose2d", "channels mismatch", lambda: _t(x=X[:, :2]), RuntimeError, r"Given transposed=1, weight of size \[3, 4, 3, 3\], expected input\[2, 2, 6, 6\] to have 3 channels, but got 2 channels instead", lambda: F.conv_transpose2d(X[:, :2], WT)),
+    ("conv_transpose2d", "no input channels", lambda: _t(x=X[:, :0], weight=WT[:0], backend="triton"), RuntimeError, "Given groups=1, expected weight to be at least 1 at dimension 0", lambda: F.conv_transpose2d(X[:, :0], WT[:0], B)),
     ("conv_transpose2d", "groups do not divide", lambda: _t(groups=2, bias=None), RuntimeError, "Given groups=2, expected weight to be divisible by 2 at dimension 0", lambda: F.conv_transpose2d(X, WT, groups=2)),
     ("conv_transpose2d", "zero groups", lambda: _t(groups=0), RuntimeError, "non-positive groups is not supported", lambda: F.conv_transpose2d(X, WT, groups=0)),
     ("conv_transpose2d", "negative stride", lambda: _t(stride=-1), RuntimeError, "non-positive stride is not supported", lambda: F.conv_transpose2d(X, WT, stride=-1)),

@@ -45,6 +45,20 @@ def test_large_mean_and_2d_input():
     assert testing.max_error(y, reference.batch_norm(x.double(), None, None, training=True)) < 2e-2
 
 
+def test_a_variance_past_float32s_range_gives_stocks_outputs_not_nan():
+    # found by fuzz round 22: one element of 1e30 in a float32 channel made the statistics'
+    # first merge inf * 0: NaN for the whole channel's outputs and gradients (stock: the bias)
+    x = torch.randn(2, 2, 4, 4, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
+    x[0, 0, 1, 2] = 1e30
+    w, b = torch.tensor([0.5, 2.0], device=DEVICE), torch.tensor([-1.0, 0.5], device=DEVICE)
+    xg = x.clone().requires_grad_()
+    y = genkern.ops.batch_norm(xg, None, None, w, b, True, backend="triton")
+    y.backward(torch.linspace(-1, 1, y.numel(), device=DEVICE).view_as(y))
+    want = torch.nn.functional.batch_norm(x, None, None, w, b, True)
+    assert not y.isnan().any() and not xg.grad.isnan().any()
+    torch.testing.assert_close(y, want)
+
+
 def test_opcheck():
     act = A.RELU
     x = torch.randn(2, 3, 4, 4, device=DEVICE, requires_grad=True)

@@ -67,7 +67,9 @@ __global__ void bn_stats_kernel(const T* x, AccT* mean, AccT* var, int64_t outer
       if (nb > 0) {
         const AccT delta = s_mean[threadIdx.x + stride] - s_mean[threadIdx.x];
         s_mean[threadIdx.x] += delta * (nb / tot);
-        s_m2[threadIdx.x] += s_m2[threadIdx.x + stride] + delta * delta * (na * nb / tot);
+        // delta * (delta * w): delta * delta overflows where w is 0 (a thread with no elements),
+        // inf * 0 = NaN (found by a fuzz in the Triton kernel's merge, which had the same form)
+        s_m2[threadIdx.x] += s_m2[threadIdx.x + stride] + delta * (delta * (na * nb / tot));
         s_n[threadIdx.x] = tot;
       }
     }

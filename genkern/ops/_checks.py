@@ -110,6 +110,11 @@ def conv_args(op: str, x, weight, bias, stride, dilation, groups):
     groups = as_int(groups)
     if groups is None or groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
+    if weight.shape[0] == 0:  # (found by a fuzz: the triton kernels ran it)
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be at least 1 at dimension 0, but got "
+            f"weight of size {list(weight.shape)} instead"
+        )
     return (x.unsqueeze(0) if unbatched else x), unbatched, stride, dilation, groups
 
 

@@ -45,7 +45,8 @@ def _bn_stats_kernel(x_ptr, mean_ptr, var_ptr, N, S, s_n, s_c, s_s, BLOCK: tl.co
         tot = cnt + nb
         delta = bmean - mean
         mean = mean + delta * (nb / tot)
-        m2 = m2 + bm2 + delta * delta * (cnt * nb / tot)
+        # (delta * (delta * w): delta * delta overflows where w is 0, the first block, inf * 0)
+        m2 = m2 + bm2 + delta * (delta * (cnt * nb / tot))
         cnt = tot
     tl.store(mean_ptr + c, ref + mean)
     tl.store(var_ptr + c, m2 / cnt)
