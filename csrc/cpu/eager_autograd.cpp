@@ -257,6 +257,12 @@ std::array<bool, 3> input_mask(AutogradContext* ctx, bool has_bias) {
           has_bias && ctx->needs_input_grad(2)};
 }
 
+// The bias a node holds in saved_data["bias"] (not saved: see ConvAct), or none.
+at::Tensor held_bias(AutogradContext* ctx) {
+  const c10::IValue& b = ctx->saved_data["bias"];
+  return b.isTensor() ? b.toTensor() : at::Tensor();
+}
+
 // Gradients for the forward's arguments: x, weight, bias, then none for the rest.
 variable_list grads_for(size_t num_args, at::Tensor gx, at::Tensor gw, at::Tensor gb) {
   variable_list out(num_args);
@@ -352,7 +358,10 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
     const bool recomputes = r.x.defined();
     ctx->save_for_backward({recomputes ? at::Tensor() : x, weight,
                             saved_for_backward(act, slope, y, preact), r.x, r.affine.center,
-                            r.affine.scale, r.affine.shift, bias.value_or(at::Tensor())});
+                            r.affine.scale, r.affine.shift});
+    // the bias, read only where stock_backward, held but not saved: stock's backward does not
+    // read it, so a change to it in place before the backward must not raise
+    ctx->saved_data["bias"] = has(bias) ? c10::IValue(*bias) : c10::IValue();
     ctx->saved_data["recomputes_input"] = recomputes;
     ctx->saved_data["input_edge"] = recomputes ? input_edge(x) : c10::IValue();
     ctx->saved_data["input_act"] = r.act;
@@ -390,17 +399,18 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
                        : s[0];
     if (stock_backward(grads[0])) {
       x = reattached(x, d.at("input_edge"));  // a recomputed x: in the batch norm's graph
+      const at::Tensor b = held_bias(ctx);
       const bool wide = run_16bit_in_float32(transposed, x, s[1], stride, padding,
                                              output_padding, dilation);
       const auto f = [&](const at::Tensor& t) {
         return wide && t.defined() ? t.to(at::kFloat) : t;
       };
       const auto conv = [&] {
-        at::Tensor z = at::convolution(f(x), f(s[1]), opt(f(s[7])), stride, padding, dilation,
+        at::Tensor z = at::convolution(f(x), f(s[1]), opt(f(b)), stride, padding, dilation,
                                        transposed, output_padding, groups);
         return stock_activation(wide ? z.to(x.scalar_type()) : z, act, slope);
       };
-      auto [gx, gw, gb] = differentiable_grads(conv, {x, s[1], s[7]}, mask, grads[0]);
+      auto [gx, gw, gb] = differentiable_grads(conv, {x, s[1], b}, mask, grads[0]);
       return grads_for(12, gx, gw, gb);
     }
     auto [gx, gw, gb] =
@@ -419,8 +429,8 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
     auto [y, preact] =
         linear_act_forward_cpu(x, weight, bias, act, slope, keeps_preact(act, slope));
     y = owned(y);
-    ctx->save_for_backward(
-        {x, weight, saved_for_backward(act, slope, y, preact), bias.value_or(at::Tensor())});
+    ctx->save_for_backward({x, weight, saved_for_backward(act, slope, y, preact)});
+    ctx->saved_data["bias"] = has(bias) ? c10::IValue(*bias) : c10::IValue();  // (see ConvAct)
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["has_bias"] = has(bias);
@@ -432,11 +442,12 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
     const auto& d = ctx->saved_data;
     const auto mask = input_mask(ctx, d.at("has_bias").toBool());
     if (stock_backward(grads[0])) {
+      const at::Tensor b = held_bias(ctx);
       const auto linear = [&] {
-        return stock_activation(at::linear(s[0], s[1], opt(s[3])), d.at("act").toInt(),
+        return stock_activation(at::linear(s[0], s[1], opt(b)), d.at("act").toInt(),
                                 d.at("slope").toDouble());
       };
-      auto [gx, gw, gb] = differentiable_grads(linear, {s[0], s[1], s[3]}, mask, grads[0]);
+      auto [gx, gw, gb] = differentiable_grads(linear, {s[0], s[1], b}, mask, grads[0]);
       return grads_for(5, gx, gw, gb);
     }
     auto [gx, gw, gb] = linear_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1],
@@ -538,7 +549,7 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     const int64_t act = d.at("act").toInt();
     const double slope = d.at("slope").toDouble();
     if (stock_backward(grads[0])) {
-      const at::Tensor bias = has_b ? d.at("bias").toTensor() : at::Tensor();
+      const at::Tensor bias = held_bias(ctx);
       const at::Tensor x =
           d.at("keeps_output").toBool()
               ? reattached(batch_norm_input_from_output(s[0], opt(s[1]), opt(s[5]), s[2], s[3],

@@ -171,7 +171,11 @@ def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
     stock_backward, differentiable_grads. None for what needs no gradient."""
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * num_args
-    x, weight, saved, bias = ctx.saved_tensors
+    x, weight, saved = ctx.saved_tensors
+    # the bias, read only by differentiable_grads, held but not saved: stock's backward, which
+    # saves what it reads, does not read it, so a change to it in place between the forward
+    # and the backward must not raise (found by a fuzz: "modified by an inplace operation")
+    bias = ctx.bias
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
     if stock_backward(grad_y):
         grads = differentiable_grads(

@@ -260,7 +260,8 @@ def _setup_context(ctx, inputs, output):
     # preact is internal: no gradient, and none made of zeros for the backward to ignore
     ctx.mark_non_differentiable(preact)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact), bias)
+    ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
+    ctx.bias = bias  # (see _fused.backward_grads)
     ctx.args = (stride, padding, output_padding, dilation, groups, act, slope)
     ctx.backend = backend
 
