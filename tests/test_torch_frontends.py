@@ -3,6 +3,8 @@ fast paths step aside, or the traced graph would hold only their outputs' alloca
 forward-mode AD (torch.func.jvp / jacfwd, torch.autograd.forward_ad), which the fused ops do
 not support, raises instead of dropping the tangent (found by the fuzz: zeros, or None)."""
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -258,3 +260,48 @@ def test_jit_traced_losses_give_gradients_to_inputs_that_require_them():
         want = torch.autograd.grad(fn(r, f), (r, f))
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("input_grad", [False, True], ids=["input", "input_grad"])
+@pytest.mark.parametrize("name", ["DCGANDiscriminator", "DCGANGenerator", "CNNClassifier"])
+def test_flop_counter_counts_a_genkern_model_as_stocks(name, input_grad):
+    # found by fuzz round 21: FlopCounterMode (a profiler's or an MFU count's) counted 0 FLOPs
+    # for a genkern model, whose layers are custom ops with no formula: now stock's formulas
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = {"DCGANGenerator": (2, 100), "CNNClassifier": (2, 3, 32, 32)}.get(name, (2, 3, 64, 64))
+    counts = []
+    for impl in ("torch", "genkern"):
+        torch.manual_seed(0)
+        model = getattr(models, name)(impl=impl)
+        x = torch.randn(shape, requires_grad=input_grad)
+        with FlopCounterMode(display=False) as counter:
+            model(x).sum().backward()
+        counts.append(counter.get_total_flops())
+    assert counts[0] > 0 and counts[1] == counts[0]
+    torch.manual_seed(0)
+    x3 = torch.randn(2, 5, 7, requires_grad=True)  # linear over a 3-D input
+    w = torch.randn(4, 7, requires_grad=True)
+    for f in (genkern.ops.linear, torch.nn.functional.linear):
+        with FlopCounterMode(display=False) as counter:
+            f(x3, w).sum().backward()
+        assert counter.get_total_flops() == 3 * 2 * 2 * 5 * 4 * 7
+
+
+@pytest.mark.parametrize("first", ["flop_counter", "genkern"])
+def test_flop_formulas_register_whichever_is_imported_first(first):
+    # genkern registers them when torch.utils.flop_counter is imported (it imports triton), or at
+    # once where it already is
+    imports = ["import torch.utils.flop_counter", "import genkern"]
+    code = "\n".join([*(imports if first == "flop_counter" else imports[::-1]), _COUNT_ONE_CONV])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["15552", "15552"]
+
+
+_COUNT_ONE_CONV = """import torch
+from torch.utils.flop_counter import FlopCounterMode
+x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+for conv in (genkern.ops.conv2d, torch.nn.functional.conv2d):
+    with FlopCounterMode(display=False) as counter: conv(x, w)
+    print(counter.get_total_flops())"""

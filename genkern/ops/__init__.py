@@ -6,6 +6,7 @@ from genkern.ops import (
     _conv_gemm,  # noqa: F401  (applies GENKERN_CPU_CONV_GEMM)
     _conv_wgrad,  # noqa: F401  (applies GENKERN_CPU_CONV_WGRAD)
     _dot_gemm,  # noqa: F401  (applies GENKERN_CPU_DOT_GEMM)
+    _flops,  # noqa: F401  (FlopCounterMode's formulas of the conv and linear ops)
     _head_convt,  # noqa: F401  (applies GENKERN_CPU_HEAD_CONVT)
     _onednn_layout,  # noqa: F401  (applies GENKERN_CPU_ONEDNN_LAYOUT)
     _onednn_matmul,  # noqa: F401  (applies GENKERN_CPU_ONEDNN_MATMUL)
