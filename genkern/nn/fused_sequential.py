@@ -247,8 +247,10 @@ def _live_pairs(children: list[nn.Module]) -> list[tuple[int, int]]:
     pairs = []
     for i, m in enumerate(children):
         if isinstance(m, FoldedActivation) and m.carrier is not None:
-            if i and children[i - 1] is m.carrier:  # (the layer before it, but for a pool's)
+            if i and children[i - 1] is m.carrier:  # the layer before it
                 j = i - 1
+            elif i + 1 < len(children) and children[i + 1] is m.carrier:  # a pool after it
+                j = i + 1
             else:
                 j = next((k for k, c in enumerate(children) if c is m.carrier), None)
             if j is not None:
