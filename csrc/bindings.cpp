@@ -76,7 +76,7 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("batch_norm_input_from_output", &genkern::cpu::batch_norm_input_from_output);
   m.def("reattached", [](const at::Tensor& value, const py::object& edge) {
-    if (edge.is_none()) return value;
+    if (edge.is_none()) return value.detach();
     return genkern::cpu::reattached(value, *static_cast<c10::IValue*>(edge.cast<py::capsule>()));
   });
   m.def("set_recompute_under_saved_tensor_hooks",

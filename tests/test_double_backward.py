@@ -436,3 +436,98 @@ def test_r1_penalty_on_the_dcgan_discriminator_trains_as_stock():
     want, got = _r1_steps(stock), _r1_steps(ours)
     torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)
     _assert_close(got[1], want[1], rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_batch_norm_kept_output_with_an_input_needing_no_gradient(path, monkeypatch):
+    # found by fuzz round 23: where the batch norm keeps y in x's place and x needs no gradient
+    # (real images into a discriminator whose first convs are frozen), x recovered from y hung
+    # the C++ path (its graph led back into the node running) and raised on the custom op
+    backend = _use_path(path, monkeypatch)
+    x, w, b = _batch_norm_inputs(True)
+    x = x.detach()
+
+    def grads(f):
+        (gb,) = torch.autograd.grad((f(x, w, b) ** 2).sum(), b, create_graph=True)
+        return [gb, *torch.autograd.grad(gb.pow(2).sum(), (w, b))]
+
+    ours = grads(
+        lambda x, w, b: genkern.ops.batch_norm(
+            x,
+            None,
+            None,
+            w,
+            b,
+            True,
+            activation="leaky_relu",
+            negative_slope=SLOPE,
+            backend=backend,
+        )  # fmt: skip
+    )
+    stock = grads(lambda x, w, b: F.leaky_relu(F.batch_norm(x, None, None, w, b, True), SLOPE))
+    _assert_close(ours, stock, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", ["batch_norm", "conv2d", "linear"])
+def test_a_step_on_the_bias_before_a_second_derivative_is_not_seen(name, path, monkeypatch):
+    # found by fuzz round 23: the recomputation read the bias as it is at the backward, so an
+    # optimizer step on it in between (a penalty taken after the step) moved the gradients (off
+    # by 0.65 on values of 1); stock's backward reads what its forward saved
+    backend = _use_path(path, monkeypatch)
+    x, w, b = _batch_norm_inputs(True)
+    if name == "batch_norm":
+        ours = lambda x, w, b: genkern.ops.batch_norm(  # noqa: E731
+            x, None, None, w, b, True, activation="tanh", backend=backend
+        )
+        stock = lambda x, w, b: torch.tanh(F.batch_norm(x, None, None, w, b, True))  # noqa: E731
+    else:
+        if name == "linear":
+            x, cw, op, ref = (
+                x.flatten(1),
+                torch.randn(4, 100).double(),
+                genkern.ops.linear,
+                F.linear,
+            )
+        else:
+            cw, op, ref = torch.randn(4, 4, 3, 3).double(), genkern.ops.conv2d, F.conv2d
+        ours = lambda x, w, b: op(x, cw * w[0], b, activation="tanh", backend=backend)  # noqa: E731
+        stock = lambda x, w, b: torch.tanh(ref(x, cw * w[0], b))  # noqa: E731
+
+    def penalized(f):
+        y = f(x, w, b)
+        with torch.no_grad():
+            b.add_(0.5)
+        (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        out = [gx, *torch.autograd.grad(gx.pow(2).sum(), (x, w, b))]
+        with torch.no_grad():
+            b.sub_(0.5)
+        return out
+
+    _assert_close(penalized(ours), penalized(stock), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", ["batch_norm", "conv2d"])
+def test_hooks_on_the_input_run_once_under_create_graph(name, path, monkeypatch):
+    # found by fuzz round 23: the recomputation's own grad fired a tensor hook on the op's input
+    # (and retain_grad's) once more, so the retained gradient came out twice stock's
+    backend = _use_path(path, monkeypatch)
+    x0, w, b = _batch_norm_inputs(True)
+    cw = torch.randn(4, 4, 3, 3, dtype=torch.float64)
+    results = []
+    for stock in (False, True):
+        h = x0 * 2
+        calls = []
+        h.register_hook(lambda g: calls.append(1))
+        h.retain_grad()
+        if name == "batch_norm":
+            f = F.batch_norm if stock else genkern.ops.batch_norm
+            kw = {} if stock else {"backend": backend}
+            y = f(h, None, None, w, b, True, **kw)
+        else:
+            y = F.conv2d(h, cw) if stock else genkern.ops.conv2d(h, cw, backend=backend)
+        (g,) = torch.autograd.grad((y * y).sum(), x0, create_graph=True)
+        results.append((len(calls), h.grad))
+    assert results[0][0] == results[1][0] == 1
+    _assert_close([results[0][1]], [results[1][1]], rtol=1e-10, atol=1e-12)

@@ -418,3 +418,31 @@ def test_a_bias_changed_in_place_before_the_backward_is_not_refused(
             b.sub_(0.5)
     for a, c in zip(*grads, strict=True):
         torch.testing.assert_close(a, c)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("name", ["conv2d", "conv_transpose2d", "linear"])
+def test_custom_op_outputs_are_not_views(name, backend, monkeypatch):
+    # found by fuzz round 23: off the C++ path (a torch function mode, fast paths off) the
+    # custom op returned the kernel's GEMM result reshaped, a view, so an in-place op after it
+    # (DCGAN's ReLU(inplace=True) after its first layer, 1x1 -> 4x4) raised; stock's trains
+    if backend not in backends.available_backends("cpu", torch.float32):
+        pytest.skip(f"the {backend} backend is not available here")
+    monkeypatch.setattr(_fused, "FAST_EAGER", False)
+    x = torch.randn(2, 5, 1, 1, requires_grad=True)
+    if name == "conv2d":  # 4x4 -> 1x1, a DCGAN discriminator's head
+        w = torch.randn(3, 5, 4, 4, requires_grad=True)
+        x = torch.randn(2, 5, 4, 4, requires_grad=True)
+        y, ref = genkern.ops.conv2d(x, w, backend=backend), torch.nn.functional.conv2d(x, w)
+    elif name == "conv_transpose2d":
+        w = torch.randn(5, 3, 4, 4, requires_grad=True)
+        y = genkern.ops.conv_transpose2d(x, w, backend=backend)
+        ref = torch.nn.functional.conv_transpose2d(x, w)
+    else:
+        w = torch.randn(3, 5, requires_grad=True)
+        y = genkern.ops.linear(x.flatten(1), w, backend=backend)
+        ref = torch.nn.functional.linear(x.flatten(1), w)
+    assert y._base is None
+    y.relu_().sum().backward()
+    (want,) = torch.autograd.grad(ref.relu().sum(), w)
+    torch.testing.assert_close(w.grad, want)

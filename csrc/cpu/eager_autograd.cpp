@@ -147,14 +147,22 @@ at::Tensor differentiable(at::Tensor grad) {
 // composite recomputed from the saved inputs, by autograd; with create_graph=True as
 // differentiable functions of them and grad_y, so a second derivative (a WGAN-GP gradient
 // penalty) is stock's (genkern/ops/_fused.differentiable_grads).
-std::array<at::Tensor, 3> differentiable_grads(const std::function<at::Tensor()>& recompute,
-                                               const std::array<at::Tensor, 3>& inputs,
+// recompute(x, weight, bias) runs on views of the inputs: the inner grad's capture there fires
+// none of the hooks on the inputs themselves (found by a fuzz: a tensor hook, retain_grad, on a
+// batch norm's input ran twice), which fire once, when the gradient returned reaches them.
+using Recompute =
+    std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>;
+
+std::array<at::Tensor, 3> differentiable_grads(const Recompute& recompute,
+                                               std::array<at::Tensor, 3> inputs,
                                                std::array<bool, 3> mask, const at::Tensor& grad_y) {
   const bool create_graph = at::GradMode::is_enabled();
   at::Tensor y;
   {
     at::AutoGradMode enable_grad(true);
-    y = recompute();
+    for (auto& t : inputs)
+      if (t.defined() && t.requires_grad()) t = t.view_as(t);
+    y = recompute(inputs[0], inputs[1], inputs[2]);
   }
   variable_list wanted;
   for (int i = 0; i < 3; ++i)
@@ -257,10 +265,22 @@ std::array<bool, 3> input_mask(AutogradContext* ctx, bool has_bias) {
           has_bias && ctx->needs_input_grad(2)};
 }
 
-// The bias a node holds in saved_data["bias"] (not saved: see ConvAct), or none.
+// Holds a bias in the node's saved_data, not saved (stock's backward does not read it, so a
+// change to it in place before the backward must not raise): the tensor, and its value now.
+void hold_bias(AutogradContext* ctx, const std::optional<at::Tensor>& bias) {
+  const bool given = has(bias);
+  ctx->saved_data["bias"] = given ? c10::IValue(*bias) : c10::IValue();
+  ctx->saved_data["bias_value"] = given ? c10::IValue(bias->detach().clone()) : c10::IValue();
+}
+
+// The held bias for stock's composite: its value at the forward (a step on it since must not
+// change the gradients: found by a fuzz), in the bias's own graph (value + (b - b), whose
+// gradient reaches b); none if none was given.
 at::Tensor held_bias(AutogradContext* ctx) {
   const c10::IValue& b = ctx->saved_data["bias"];
-  return b.isTensor() ? b.toTensor() : at::Tensor();
+  if (!b.isTensor()) return at::Tensor();
+  const at::Tensor bias = b.toTensor(), value = ctx->saved_data["bias_value"].toTensor();
+  return bias.requires_grad() ? value + (bias - bias.detach()) : value;
 }
 
 // Gradients for the forward's arguments: x, weight, bias, then none for the rest.
@@ -359,9 +379,7 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
     ctx->save_for_backward({recomputes ? at::Tensor() : x, weight,
                             saved_for_backward(act, slope, y, preact), r.x, r.affine.center,
                             r.affine.scale, r.affine.shift});
-    // the bias, read only where stock_backward, held but not saved: stock's backward does not
-    // read it, so a change to it in place before the backward must not raise
-    ctx->saved_data["bias"] = has(bias) ? c10::IValue(*bias) : c10::IValue();
+    hold_bias(ctx, bias);  // (read only where stock_backward)
     ctx->saved_data["recomputes_input"] = recomputes;
     ctx->saved_data["input_edge"] = recomputes ? input_edge(x) : c10::IValue();
     ctx->saved_data["input_act"] = r.act;
@@ -398,19 +416,19 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
                                                   d.at("input_slope").toDouble())
                        : s[0];
     if (stock_backward(grads[0])) {
-      x = reattached(x, d.at("input_edge"));  // a recomputed x: in the batch norm's graph
-      const at::Tensor b = held_bias(ctx);
+      // a recomputed x: put where the batch norm's output was in the graph
+      if (d.at("recomputes_input").toBool()) x = reattached(x, d.at("input_edge"));
       const bool wide = run_16bit_in_float32(transposed, x, s[1], stride, padding,
                                              output_padding, dilation);
       const auto f = [&](const at::Tensor& t) {
         return wide && t.defined() ? t.to(at::kFloat) : t;
       };
-      const auto conv = [&] {
-        at::Tensor z = at::convolution(f(x), f(s[1]), opt(f(b)), stride, padding, dilation,
+      const auto conv = [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+        at::Tensor z = at::convolution(f(x), f(w), opt(f(b)), stride, padding, dilation,
                                        transposed, output_padding, groups);
         return stock_activation(wide ? z.to(x.scalar_type()) : z, act, slope);
       };
-      auto [gx, gw, gb] = differentiable_grads(conv, {x, s[1], b}, mask, grads[0]);
+      auto [gx, gw, gb] = differentiable_grads(conv, {x, s[1], held_bias(ctx)}, mask, grads[0]);
       return grads_for(12, gx, gw, gb);
     }
     auto [gx, gw, gb] =
@@ -430,7 +448,7 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
         linear_act_forward_cpu(x, weight, bias, act, slope, keeps_preact(act, slope));
     y = owned(y);
     ctx->save_for_backward({x, weight, saved_for_backward(act, slope, y, preact)});
-    ctx->saved_data["bias"] = has(bias) ? c10::IValue(*bias) : c10::IValue();  // (see ConvAct)
+    hold_bias(ctx, bias);
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["has_bias"] = has(bias);
@@ -442,12 +460,12 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
     const auto& d = ctx->saved_data;
     const auto mask = input_mask(ctx, d.at("has_bias").toBool());
     if (stock_backward(grads[0])) {
-      const at::Tensor b = held_bias(ctx);
-      const auto linear = [&] {
-        return stock_activation(at::linear(s[0], s[1], opt(b)), d.at("act").toInt(),
+      const auto linear = [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+        return stock_activation(at::linear(x, w, opt(b)), d.at("act").toInt(),
                                 d.at("slope").toDouble());
       };
-      auto [gx, gw, gb] = differentiable_grads(linear, {s[0], s[1], b}, mask, grads[0]);
+      auto [gx, gw, gb] =
+          differentiable_grads(linear, {s[0], s[1], held_bias(ctx)}, mask, grads[0]);
       return grads_for(5, gx, gw, gb);
     }
     auto [gx, gw, gb] = linear_act_backward_cpu(grads[0], opt(s[2]), s[0], s[1],
@@ -528,7 +546,7 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     // the graph where y is kept instead, and the bias (not saved: stock's backward, which saves
     // what it reads, does not read it, and an optimizer's step on it must not raise)
     ctx->saved_data["input_edge"] = keeps_y ? input_edge(x) : c10::IValue();
-    ctx->saved_data["bias"] = has(bias) ? c10::IValue(*bias) : c10::IValue();
+    hold_bias(ctx, bias);
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["training"] = training;
     ctx->saved_data["act"] = act;
@@ -549,18 +567,19 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     const int64_t act = d.at("act").toInt();
     const double slope = d.at("slope").toDouble();
     if (stock_backward(grads[0])) {
-      const at::Tensor bias = held_bias(ctx);
-      const at::Tensor x =
-          d.at("keeps_output").toBool()
-              ? reattached(batch_norm_input_from_output(s[0], opt(s[1]), opt(s[5]), s[2], s[3],
-                                                        slope),
-                           d.at("input_edge"))
-              : s[0];
+      at::Tensor x = s[0];
+      if (d.at("keeps_output").toBool()) {  // x from y, put where x was in the graph
+        {
+          at::NoGradGuard no_grad;
+          x = batch_norm_input_from_output(s[0], opt(s[1]), opt(s[5]), s[2], s[3], slope);
+        }
+        x = reattached(x, d.at("input_edge"));
+      }
       const double eps = d.at("eps").toDouble();
-      const auto bn = [&] {
-        return stock_batch_norm_act(x, s[1], bias, s[2], s[3], training, eps, act, slope);
+      const auto bn = [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+        return stock_batch_norm_act(x, w, b, s[2], s[3], training, eps, act, slope);
       };
-      auto [gx, gw, gb] = differentiable_grads(bn, {x, s[1], bias}, mask, grads[0]);
+      auto [gx, gw, gb] = differentiable_grads(bn, {x, s[1], held_bias(ctx)}, mask, grads[0]);
       return grads_for(10, gx, gw, gb);
     }
     auto [gx, gw, gb] =

@@ -12,7 +12,7 @@ c10::IValue input_edge(const at::Tensor& t) {
 }
 
 at::Tensor reattached(const at::Tensor& value, const c10::IValue& edge) {
-  if (!edge.isCapsule()) return value;
+  if (!edge.isCapsule()) return value.detach();
   const auto held = c10::static_intrusive_pointer_cast<InputEdge>(edge.toCapsule());
   at::Tensor v = value.detach();
   torch::autograd::impl::set_gradient_edge(v, held->edge);

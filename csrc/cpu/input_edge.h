@@ -18,7 +18,7 @@ struct InputEdge : torch::CustomClassHolder {
 c10::IValue input_edge(const at::Tensor& t);
 
 // value (t's value, recovered) with t's edge: autograd sends its gradient to t's producers. The
-// value alone where t needed no gradient.
+// value alone, detached, where t needed no gradient.
 at::Tensor reattached(const at::Tensor& value, const c10::IValue& edge);
 
 }  // namespace genkern::cpu

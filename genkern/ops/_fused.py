@@ -124,10 +124,13 @@ def differentiable_grads(recompute, inputs, mask, grad_y):
     inputs and differentiated by autograd (with create_graph=True, differentiably: a second
     derivative, a WGAN-GP gradient penalty's, is stock's). The C++ eager paths do the same
     (csrc/cpu/eager_autograd.cpp, differentiable_grads)."""
-    wanted = [t for t, m in zip(inputs, mask) if m]
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
+        # views: the inner grad's capture there fires none of the hooks on the inputs themselves
+        # (found by a fuzz: a tensor hook, retain_grad, on a batch norm's input ran twice)
+        inputs = [t.view_as(t) if t is not None and t.requires_grad else t for t in inputs]
         y = recompute(*inputs)
+    wanted = [t for t, m in zip(inputs, mask) if m]
     grads = torch.autograd.grad(
         y, wanted, grad_y, create_graph=create_graph, materialize_grads=True
     )
@@ -172,14 +175,13 @@ def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * num_args
     x, weight, saved = ctx.saved_tensors
-    # the bias, read only by differentiable_grads, held but not saved: stock's backward, which
-    # saves what it reads, does not read it, so a change to it in place between the forward
-    # and the backward must not raise (found by a fuzz: "modified by an inplace operation")
-    bias = ctx.bias
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
     if stock_backward(grad_y):
         grads = differentiable_grads(
-            lambda *t: forward_torch(*t, *ctx.args, False)[0], (x, weight, bias), mask, grad_y
+            lambda *t: forward_torch(*t, *ctx.args, False)[0],
+            (x, weight, held_bias(ctx)),
+            mask,
+            grad_y,
         )
     else:
         grads = backward(grad_y, saved, x, weight, *ctx.args, mask, ctx.backend)
@@ -200,6 +202,33 @@ def fast_eager(*tensors: torch.Tensor | None) -> bool:
     holds its values (not a negative view, such as a conjugated complex tensor's .imag, whose
     kernels would read the values un-negated)."""
     return eager() and all(t is None or (type(t) in _PLAIN and not t.is_neg()) for t in tensors)
+
+
+def hold_bias(ctx, bias: torch.Tensor | None) -> None:
+    """Holds the bias on ctx, not saved: stock's backward, which saves what it reads, does not
+    read it, so a change to it in place between the forward and the backward must not raise
+    (found by a fuzz: "modified by an inplace operation"). Read only by held_bias."""
+    ctx.bias = bias
+    ctx.bias_value = bias.detach().clone() if bias is not None else None
+
+
+def held_bias(ctx) -> torch.Tensor | None:
+    """The held bias for a stock composite (differentiable_grads): its value at the forward (a
+    step on it since must not change the gradients: found by a fuzz), in the bias's own graph
+    (value + (b - b), whose gradient reaches b). The C++ paths do the same (eager_autograd.cpp)."""
+    b, value = ctx.bias, ctx.bias_value
+    return value + (b - b.detach()) if b is not None and b.requires_grad else value
+
+
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """t as a tensor of its own on the same memory where it is a view (a kernel's GEMM result
+    reshaped): autograd refuses in-place ops on a custom op's outputs that are views (found by a
+    fuzz: relu_ after a conv_transpose2d onto 4x4 from 1x1, DCGAN's first layer, off the C++
+    path), which stock's outputs allow. The C++ eager paths do the same (eager_autograd.cpp)."""
+    if t._base is None:
+        return t
+    out = t.new_empty(0)
+    return out.set_(t.untyped_storage(), t.storage_offset(), t.size(), t.stride())
 
 
 def saved_for_backward(act: int, slope: float, y: torch.Tensor, preact: torch.Tensor):

@@ -401,9 +401,8 @@ def _setup_context(ctx, inputs, output):
         if A.needs_saved(act):
             saved = y if A.saves_output(act, slope) else preact
         ctx.save_for_backward(x, weight, mean, invstd, saved, None)
-    # for _stock_grads; the bias not saved: stock's backward, which saves what it reads, does not
-    # read it, and an optimizer's step on it must not raise
-    ctx.bias, ctx.eps = bias, eps
+    _fused.hold_bias(ctx, bias)  # (for _stock_grads)
+    ctx.eps = eps
     ctx.args = (training, act, slope, backend)
 
 
@@ -414,16 +413,15 @@ def _stock_grads(ctx, x, weight, mean, invstd, kept_bias, mask, grad_y):
     training, act, slope, _ = ctx.args
     if ctx.keeps_output:
         ext = _registry.extension()
-        x = ext.reattached(
-            ext.batch_norm_input_from_output(x, weight, kept_bias, mean, invstd, slope),
-            ctx.input_edge,
-        )
+        with torch.no_grad():
+            x = ext.batch_norm_input_from_output(x, weight, kept_bias, mean, invstd, slope)
+        x = ext.reattached(x, ctx.input_edge)
 
     def composite(x, weight, bias):
         stats = _batch_stats_invstd(x, ctx.eps)[:2] if training else (mean, invstd)
         return _normalized_act(x, weight, bias, *stats, act, slope)[0]
 
-    return _fused.differentiable_grads(composite, (x, weight, ctx.bias), mask, grad_y)
+    return _fused.differentiable_grads(composite, (x, weight, _fused.held_bias(ctx)), mask, grad_y)
 
 
 def _backward(ctx, grad_y, _gm, _gi, _gv, _gp):

@@ -169,8 +169,8 @@ def _conv_transpose2d_act(
         negative_slope,
         save_preact,
     )
-    preact = preact.contiguous(memory_format=fmt) if save_preact else x.new_empty(0)
-    return y.contiguous(memory_format=fmt), preact
+    preact = _fused.owned(preact.contiguous(memory_format=fmt)) if save_preact else x.new_empty(0)
+    return _fused.owned(y.contiguous(memory_format=fmt)), preact
 
 
 @_conv_transpose2d_act.register_fake
@@ -261,7 +261,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(preact)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
-    ctx.bias = bias  # (see _fused.backward_grads)
+    _fused.hold_bias(ctx, bias)
     ctx.args = (stride, padding, output_padding, dilation, groups, act, slope)
     ctx.backend = backend
 

@@ -116,7 +116,8 @@ def _forward(x, weight, bias, activation, negative_slope, save_preact, backend):
         return x.new_empty(x.shape[0], weight.shape[0]), x.new_empty(0)
     fwd = _registry.kernel("linear_act_forward", backend)
     y, preact = fwd(x, weight, bias, activation, negative_slope, save_preact)
-    return y.contiguous(), preact.contiguous() if save_preact else x.new_empty(0)
+    preact = _fused.owned(preact.contiguous()) if save_preact else x.new_empty(0)
+    return _fused.owned(y.contiguous()), preact
 
 
 @torch.library.custom_op("genkern::linear_act", mutates_args=())
@@ -178,7 +179,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(preact)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, _fused.saved_for_backward(act, slope, y, preact))
-    ctx.bias = bias  # (see _fused.backward_grads)
+    _fused.hold_bias(ctx, bias)
     ctx.args = (act, slope)
     ctx.backend = backend
 
