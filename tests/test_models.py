@@ -677,6 +677,27 @@ def test_a_loop_over_a_converted_sequential_reads_each_layer_as_stock(trace):
         assert features[3].activation is None and features[5].activation == "relu"
 
 
+def test_global_module_hooks_see_each_layer_called_once():
+    # a fold's layer is called by its Sequential's forward directly (no Module.__call__) only
+    # where no hook could see the call: a global forward hook sees every layer, once, and the
+    # output stays stock's (the layer's own output is the fused one: README)
+    torch.manual_seed(0)
+    stock = _vgg_like().double()
+    ours = genkern.nn.convert(copy.deepcopy(stock))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda m, args, out: seen.append(type(m).__name__)
+    )
+    try:
+        got = ours(x)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, stock(x), **_F64)
+    assert seen.count("Conv2d") == 5 and seen.count("MaxPool2d") == 2
+    assert seen.count("BatchNorm2d") == 2
+
+
 def test_slices_of_a_converted_sequential_compute_the_original_slices():
     # found by fuzz rounds 10a and 11a: a slice ending between a layer and its folded activation
     # (VGG perceptual losses: features[:k], often before a ReLU) gave the activated output, one

@@ -73,10 +73,10 @@ class FusedActivationMixin(UnfoldsWhenHooked, NotScriptable):
         Called by itself, as a loop over a Sequential's layers calls it (a perceptual loss
         reading each layer's output), the layer runs alone, as stock's, and the activation's
         place runs the activation (found by a fuzz: a VGG loop read relu1_2 before its ReLU)."""
+        if folded:
+            return self.activation
         place = self.__dict__.get("folded_place")
-        if not folded and place is not None and place.carrier is self:
-            return None
-        return self.activation
+        return None if place is not None and place.carrier is self else self.activation
 
     def _init_activation(self, activation: str | None, negative_slope: float) -> None:
         A.activation_id(activation)
