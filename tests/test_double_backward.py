@@ -531,3 +531,65 @@ def test_hooks_on_the_input_run_once_under_create_graph(name, path, monkeypatch)
         results.append((len(calls), h.grad))
     assert results[0][0] == results[1][0] == 1
     _assert_close([results[0][1]], [results[1][1]], rtol=1e-10, atol=1e-12)
+
+
+def _biased_op(name, backend=None):
+    """(genkern's, stock's) f(x, w, b) for name, with tanh (a nonzero second derivative)."""
+    kw = {} if backend is None else {"backend": backend}
+    cw = torch.randn(4, 4, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    if name == "batch_norm":
+        return (
+            lambda x, w, b: genkern.ops.batch_norm(
+                x, None, None, w, b, True, activation="tanh", **kw
+            ),
+            lambda x, w, b: torch.tanh(F.batch_norm(x, None, None, w, b, True)),
+        )
+    return (
+        lambda x, w, b: genkern.ops.conv2d(x, cw * w[0], b, activation="tanh", **kw),
+        lambda x, w, b: torch.tanh(F.conv2d(x, cw * w[0], b)),
+    )
+
+
+@pytest.mark.parametrize("change", ["nonleaf_in_place", "grad_on_since", "frozen_since"])
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", ["batch_norm", "conv2d"])
+def test_the_bias_as_the_forward_saw_it_in_the_graph(name, path, change, monkeypatch):
+    # found by fuzz round 24: a bias computed from a parameter (b = p * 1) and changed in place
+    # before a penalty's backward sent its second derivative through the in-place op (off by up
+    # to 235); one whose requires_grad was turned on after the forward got a gradient (stock's
+    # stays None); one frozen after the forward raised on the custom op
+    backend = _use_path(path, monkeypatch)
+    results = []
+    for f in _biased_op(name, backend):
+        x, w, p = _batch_norm_inputs(True)
+        b = (
+            p * 1.0
+            if change == "nonleaf_in_place"
+            else p.detach().requires_grad_(change != "grad_on_since")
+        )
+        y = f(x, w, b)
+        with torch.no_grad():
+            if change == "nonleaf_in_place":
+                b.mul_(3)
+        if change == "grad_on_since":
+            b.requires_grad_()
+        if change == "frozen_since":
+            b.requires_grad_(False)
+        (gx,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+        gx.pow(2).sum().backward()
+        results.append([gx, x.grad, w.grad, p.grad, b.grad if b.is_leaf else None])
+    _assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", ["batch_norm", "conv2d"])
+def test_batched_gradients_with_a_bias_needing_a_gradient(name, path, monkeypatch):
+    # found by fuzz round 24: batched gradients (grad mode off in their backward) met a held bias
+    # built without a graph and raised, for a Jacobian in x alone on the custom op
+    backend = _use_path(path, monkeypatch)
+    x, w, b = _batch_norm_inputs(True)
+    rows = []
+    for f in _biased_op(name, backend):
+        rows.append(torch.autograd.functional.jacobian(f, (x, w, b), vectorize=True))
+    for a, c in zip(*rows, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)

@@ -266,21 +266,21 @@ std::array<bool, 3> input_mask(AutogradContext* ctx, bool has_bias) {
 }
 
 // Holds a bias in the node's saved_data, not saved (stock's backward does not read it, so a
-// change to it in place before the backward must not raise): the tensor, and its value now.
+// change to it in place before the backward must not raise): its value now and its place in
+// the autograd graph now (genkern/ops/_fused.hold_bias).
 void hold_bias(AutogradContext* ctx, const std::optional<at::Tensor>& bias) {
   const bool given = has(bias);
-  ctx->saved_data["bias"] = given ? c10::IValue(*bias) : c10::IValue();
   ctx->saved_data["bias_value"] = given ? c10::IValue(bias->detach().clone()) : c10::IValue();
+  ctx->saved_data["bias_edge"] = given ? input_edge(*bias) : c10::IValue();
 }
 
-// The held bias for stock's composite: its value at the forward (a step on it since must not
-// change the gradients: found by a fuzz), in the bias's own graph (value + (b - b), whose
-// gradient reaches b); none if none was given.
+// The held bias for stock's composite: its value at the forward, in the graph where it was then
+// (found by fuzzes: a step on it since, a change in place of a bias computed from a parameter,
+// or its requires_grad turned on since, changed the gradients); none if none was given.
 at::Tensor held_bias(AutogradContext* ctx) {
-  const c10::IValue& b = ctx->saved_data["bias"];
-  if (!b.isTensor()) return at::Tensor();
-  const at::Tensor bias = b.toTensor(), value = ctx->saved_data["bias_value"].toTensor();
-  return bias.requires_grad() ? value + (bias - bias.detach()) : value;
+  const c10::IValue& value = ctx->saved_data["bias_value"];
+  if (!value.isTensor()) return at::Tensor();
+  return reattached(value.toTensor(), ctx->saved_data["bias_edge"]);
 }
 
 // Gradients for the forward's arguments: x, weight, bias, then none for the rest.

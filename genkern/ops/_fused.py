@@ -207,17 +207,30 @@ def fast_eager(*tensors: torch.Tensor | None) -> bool:
 def hold_bias(ctx, bias: torch.Tensor | None) -> None:
     """Holds the bias on ctx, not saved: stock's backward, which saves what it reads, does not
     read it, so a change to it in place between the forward and the backward must not raise
-    (found by a fuzz: "modified by an inplace operation"). Read only by held_bias."""
-    ctx.bias = bias
-    ctx.bias_value = bias.detach().clone() if bias is not None else None
+    (found by a fuzz: "modified by an inplace operation"). Its value now and its place in the
+    autograd graph now (csrc/cpu/input_edge.h; without the extension, the tensor), for held_bias
+    (not while traced: the recomputation never runs there)."""
+    ctx.bias_value = ctx.bias_edge = None
+    if bias is None or not untraced():
+        return
+    ctx.bias_value = bias.detach().clone()
+    if bias.requires_grad:
+        ctx.bias_edge = _ext._C.input_edge(bias) if _ext.HAS_CPU else bias
 
 
 def held_bias(ctx) -> torch.Tensor | None:
-    """The held bias for a stock composite (differentiable_grads): its value at the forward (a
-    step on it since must not change the gradients: found by a fuzz), in the bias's own graph
-    (value + (b - b), whose gradient reaches b). The C++ paths do the same (eager_autograd.cpp)."""
-    b, value = ctx.bias, ctx.bias_value
-    return value + (b - b.detach()) if b is not None and b.requires_grad else value
+    """The held bias for a stock composite (differentiable_grads): its value at the forward, in
+    the graph where it was then (found by fuzzes: a step on it since, a change in place of a
+    bias computed from a parameter, or its requires_grad turned on since, changed the
+    gradients). Without the extension, value + (b - b.detach()) in the bias's graph now. The C++
+    paths do the same (eager_autograd.cpp)."""
+    value, edge = ctx.bias_value, ctx.bias_edge
+    if edge is None:
+        return value
+    if isinstance(edge, torch.Tensor):
+        with torch.enable_grad():
+            return value + (edge - edge.detach())
+    return _ext._C.reattached(value, edge)
 
 
 def owned(t: torch.Tensor) -> torch.Tensor:
