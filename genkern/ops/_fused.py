@@ -228,6 +228,8 @@ def held_bias(ctx) -> torch.Tensor | None:
     if edge is None:
         return value
     if isinstance(edge, torch.Tensor):
+        if not edge.requires_grad:  # frozen since: its gradient reaches the node's edge alone
+            return value.detach().requires_grad_()
         with torch.enable_grad():
             return value + (edge - edge.detach())
     return _ext._C.reattached(value, edge)
