@@ -274,13 +274,19 @@ void hold_bias(AutogradContext* ctx, const std::optional<at::Tensor>& bias) {
   ctx->saved_data["bias_edge"] = given ? input_edge(*bias) : c10::IValue();
 }
 
+// The held bias's value at the forward, a constant (the batch norm kernels' reads); none if none
+// was given.
+std::optional<at::Tensor> bias_value(AutogradContext* ctx) {
+  const c10::IValue& value = ctx->saved_data["bias_value"];
+  return value.isTensor() ? std::optional<at::Tensor>(value.toTensor()) : std::nullopt;
+}
+
 // The held bias for stock's composite: its value at the forward, in the graph where it was then
 // (found by fuzzes: a step on it since, a change in place of a bias computed from a parameter,
 // or its requires_grad turned on since, changed the gradients); none if none was given.
 at::Tensor held_bias(AutogradContext* ctx) {
-  const c10::IValue& value = ctx->saved_data["bias_value"];
-  if (!value.isTensor()) return at::Tensor();
-  return reattached(value.toTensor(), ctx->saved_data["bias_edge"]);
+  const auto value = bias_value(ctx);
+  return value ? reattached(*value, ctx->saved_data["bias_edge"]) : at::Tensor();
 }
 
 // Gradients for the forward's arguments: x, weight, bias, then none for the rest.
@@ -528,13 +534,8 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
         batch_norm_keeps_output(x, weight, bias, training, act, slope, var, invstd);
     const bool recompute = a == Activation::kRelu ||
                            (a == Activation::kLeakyRelu && saves_output(a, slope));
-    // the bias as it is now, where the backward reads it (act's input recomputed from x, or x
-    // from y): stock's backward does not read it, so a step changing it before this backward
-    // must not change the gradient (found by a fuzz: a fused optimizer step, no version bump)
-    const bool reads_bias = (recompute || keeps_y) && has(bias);
     ctx->save_for_backward({keeps_y ? y : x, weight.value_or(at::Tensor()), mean, invstd,
-                            recompute ? at::Tensor() : saved_for_backward(act, slope, y, preact),
-                            reads_bias ? bias->detach().clone() : at::Tensor()});
+                            recompute ? at::Tensor() : saved_for_backward(act, slope, y, preact)});
     const bool holds_y = keeps_y || (!recompute && a != Activation::kIdentity &&
                                      saves_output(a, slope));
     if (!holds_y)  // a conv taking y keeps x instead (see RecomputableOutput)
@@ -543,9 +544,11 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
       forget_recomputable();
     ctx->saved_data["keeps_output"] = keeps_y;
     // for a backward by stock's composite (create_graph=True, batched gradients): x's place in
-    // the graph where y is kept instead, and the bias (not saved: stock's backward, which saves
-    // what it reads, does not read it, and an optimizer's step on it must not raise)
+    // the graph where y is kept instead
     ctx->saved_data["input_edge"] = keeps_y ? input_edge(x) : c10::IValue();
+    // the bias as it is now, where the backward reads it (act's input recomputed from x, or x
+    // from y, and the composite): a step changing it before this backward must not change the
+    // gradient (found by fuzzes: a fused optimizer step, no version bump; a penalty after one)
     hold_bias(ctx, bias);
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["training"] = training;
@@ -571,7 +574,7 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
       if (d.at("keeps_output").toBool()) {  // x from y, put where x was in the graph
         {
           at::NoGradGuard no_grad;
-          x = batch_norm_input_from_output(s[0], opt(s[1]), opt(s[5]), s[2], s[3], slope);
+          x = batch_norm_input_from_output(s[0], opt(s[1]), bias_value(ctx), s[2], s[3], slope);
         }
         x = reattached(x, d.at("input_edge"));
       }
@@ -582,9 +585,9 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
       auto [gx, gw, gb] = differentiable_grads(bn, {x, s[1], held_bias(ctx)}, mask, grads[0]);
       return grads_for(10, gx, gw, gb);
     }
-    auto [gx, gw, gb] =
-        batch_norm_act_backward_cpu(grads[0], opt(s[4]), s[0], opt(s[1]), s[2], s[3], training,
-                                    act, slope, mask, opt(s[5]), d.at("keeps_output").toBool());
+    auto [gx, gw, gb] = batch_norm_act_backward_cpu(grads[0], opt(s[4]), s[0], opt(s[1]), s[2],
+                                                    s[3], training, act, slope, mask,
+                                                    bias_value(ctx), d.at("keeps_output").toBool());
     const auto dtype = has_w ? s[1].scalar_type() : s[0].scalar_type();
     return grads_for(10, mask[0] ? gx : at::Tensor(), mask[1] ? gw.to(dtype) : at::Tensor(),
                      mask[2] ? gb.to(dtype) : at::Tensor());

@@ -209,7 +209,7 @@ def hold_bias(ctx, bias: torch.Tensor | None) -> None:
     read it, so a change to it in place between the forward and the backward must not raise
     (found by a fuzz: "modified by an inplace operation"). Its value now and its place in the
     autograd graph now (csrc/cpu/input_edge.h; without the extension, the tensor), for held_bias
-    (not while traced: the recomputation never runs there)."""
+    and a batch norm keeping its output (ctx.bias_value; not while traced: neither runs there)."""
     ctx.bias_value = ctx.bias_edge = None
     if bias is None or not untraced():
         return

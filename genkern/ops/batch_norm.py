@@ -392,21 +392,21 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # no zeros made for those to be ignored
     ctx.keeps_output = _keeps_output(x, weight, bias, training, act, slope, backend, var, invstd)
     ctx.input_edge = None
-    if ctx.keeps_output:  # the bias as it is now (x is recovered from y with it; see the C++)
-        kept_bias = bias.detach().clone() if bias is not None else None
-        ctx.save_for_backward(y, weight, mean, invstd, None, kept_bias)
+    if ctx.keeps_output:
+        ctx.save_for_backward(y, weight, mean, invstd, None)
         ctx.input_edge = _registry.extension().input_edge(x)  # (for _stock_grads)
     else:
         saved = None
         if A.needs_saved(act):
             saved = y if A.saves_output(act, slope) else preact
-        ctx.save_for_backward(x, weight, mean, invstd, saved, None)
-    _fused.hold_bias(ctx, bias)  # (for _stock_grads)
+        ctx.save_for_backward(x, weight, mean, invstd, saved)
+    # the bias as it is now: x is recovered from y with it (see the C++), and _stock_grads reads it
+    _fused.hold_bias(ctx, bias)
     ctx.eps = eps
     ctx.args = (training, act, slope, backend)
 
 
-def _stock_grads(ctx, x, weight, mean, invstd, kept_bias, mask, grad_y):
+def _stock_grads(ctx, x, weight, mean, invstd, mask, grad_y):
     """(grad_x, grad_weight, grad_bias) where _fused.stock_backward: the stock composite's
     (_normalized_act), differentiated by autograd; x recovered from y where y was kept, placed
     where x was in the graph. The C++ eager path does the same (csrc/cpu/eager_autograd.cpp)."""
@@ -414,7 +414,7 @@ def _stock_grads(ctx, x, weight, mean, invstd, kept_bias, mask, grad_y):
     if ctx.keeps_output:
         ext = _registry.extension()
         with torch.no_grad():
-            x = ext.batch_norm_input_from_output(x, weight, kept_bias, mean, invstd, slope)
+            x = ext.batch_norm_input_from_output(x, weight, ctx.bias_value, mean, invstd, slope)
         x = ext.reattached(x, ctx.input_edge)
 
     def composite(x, weight, bias):
@@ -427,14 +427,14 @@ def _stock_grads(ctx, x, weight, mean, invstd, kept_bias, mask, grad_y):
 def _backward(ctx, grad_y, _gm, _gi, _gv, _gp):
     if grad_y is None:  # no gradient reached the output (grads are not materialized as zeros)
         return (None,) * 11
-    x, weight, mean, invstd, saved, bias = ctx.saved_tensors
+    x, weight, mean, invstd, saved = ctx.saved_tensors
     training, act, slope, backend = ctx.args
     mask = [bool(m) for m in ctx.needs_input_grad[:3]]
     if _fused.stock_backward(grad_y):
-        gx, gw, gb = _stock_grads(ctx, x, weight, mean, invstd, bias, mask, grad_y)
+        gx, gw, gb = _stock_grads(ctx, x, weight, mean, invstd, mask, grad_y)
     elif ctx.keeps_output:  # x holds y; an eager call (see _keeps_output): the kernel directly
         grads = _registry.extension().batch_norm_act_backward_cpu(
-            grad_y, None, x, weight, mean, invstd, training, act, slope, mask, bias, True
+            grad_y, None, x, weight, mean, invstd, training, act, slope, mask, ctx.bias_value, True
         )
         gx, gw, gb = _grads_out(x, weight, mask, *grads)
     else:
