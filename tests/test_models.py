@@ -835,13 +835,7 @@ def test_setting_inplace_after_convert_trains_as_stock(layers):
     assert any(isinstance(m, FoldedActivation) and m.carrier for m in ours)
     for model in (stock, ours):
         model[-1].inplace = True
-    x = torch.randn(2, 3, 6, 6)
-    torch.manual_seed(1)
-    ours(x).sum().backward()
-    torch.manual_seed(1)
-    stock(x).sum().backward()
-    for a, b in zip(ours.parameters(), stock.parameters(), strict=True):
-        torch.testing.assert_close(a.grad, b.grad)
+    _same_parameter_grads(ours, stock, torch.randn(2, 3, 6, 6))
 
 
 def test_slices_that_cut_an_activation_off_keep_stocks_keys_and_compile():

@@ -99,7 +99,7 @@ class FusedSequential(nn.Sequential):
         items = list(self._modules.items())
         chosen = list(range(len(items)))[idx]
         fused = False
-        for place, carrier in _pairs(items):
+        for place, carrier in _live_pairs([m for _, m in items]):
             lo, hi = sorted((place, carrier))
             if _holds_run(chosen, lo, hi):
                 fused = True
@@ -224,7 +224,7 @@ def _with_pairs(seq: nn.Sequential) -> nn.Sequential:
     for module in members:
         if sum(m is module for m in members) > 1:
             _unfold_pair_of(module)
-    if _pairs(list(seq._modules.items())):
+    if _live_pairs(list(seq._modules.values())):
         seq.__class__ = FusedSequential
     return seq
 
@@ -243,15 +243,11 @@ def _unfolded(seq: nn.Sequential) -> nn.Sequential:
     """seq with its folds undone (FusedSequential.unfold), whatever its class now (an edit of a
     FusedSequential may already have made it a plain one: found by a fuzz,
     seq.insert(i, seq.pop(j)))."""
-    for place, _ in _pairs(list(seq._modules.items())):
-        list(seq._modules.values())[place]._unfold_for_hooks()
+    children = list(seq._modules.values())
+    for place, _ in _live_pairs(children):
+        children[place]._unfold_for_hooks()
     seq.__class__ = nn.Sequential
     return seq
-
-
-def _pairs(items) -> list[tuple[int, int]]:
-    """(index of a FoldedActivation, index of its carrier) over the children `items`."""
-    return _live_pairs([m for _, m in items])
 
 
 def _live_pairs(children: list[nn.Module]) -> list[tuple[int, int]]:
