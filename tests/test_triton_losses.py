@@ -98,3 +98,29 @@ def test_deterministic():
     a = genkern.ops.discriminator_loss(r, r, "hinge", backend="triton")
     b = genkern.ops.discriminator_loss(r, r, "hinge", backend="triton")
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("fast_eager", [True, False])
+def test_second_derivatives(fast_eager, monkeypatch):
+    # create_graph=True: the backward differentiates stock's composite of the loss (the eager
+    # autograd.Function's and the custom op's), in float32
+    from genkern.ops import _fused
+
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
+    r, f = _t((5,)), _t((3, 4))
+    x, t = _t((2, 6), low=0.05, high=0.95), _t((2, 6), low=0, high=1, grad=False)
+    mu, lv = _t((2, 3)), _t((2, 3), low=-2, high=2)
+
+    def second(loss, inputs):
+        first = torch.autograd.grad(loss, inputs, create_graph=True)
+        return torch.autograd.grad(sum((g * g).sum() for g in first), inputs)
+
+    cases = [
+        (lambda k: genkern.ops.discriminator_loss(r, f, "bce", backend=k), [r, f]),
+        (lambda k: genkern.ops.generator_loss(f, "lsgan", backend=k), [f]),
+        (lambda k: genkern.ops.vae_loss(x, t, mu, lv, logits=False, backend=k), [x, mu, lv]),
+    ]
+    for loss, inputs in cases:
+        got, want = second(loss("triton"), inputs), second(loss("torch"), inputs)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -26,6 +26,7 @@
 #include <atomic>
 
 #include "batch_norm_act.h"
+#include "composite_grads.h"
 #include "conv2d_act.h"
 #include "conv_geometry.h"
 #include "conv_gemm.h"
@@ -134,48 +135,22 @@ bool stock_backward(const at::Tensor& grad) {
   return at::GradMode::is_enabled() || is_vmap_batched(grad);
 }
 
-// grad, requiring a gradient where with create_graph=True it does not (a gradient constant in
-// the op's inputs, as a frozen conv's input gradient is): stock's backward ops return gradients
-// that do, with none for those inputs, so a gradient penalty's backward through one runs (where
-// it would raise) (genkern/ops/_fused._differentiable).
-at::Tensor differentiable(at::Tensor grad) {
-  if (!at::GradMode::is_enabled() || grad.requires_grad()) return grad;
-  return grad + at::zeros({}, grad.options()).requires_grad_();
-}
-
 // Where stock_backward: the gradients for x, weight, bias (those mask asks for) of y, stock's
-// composite recomputed from the saved inputs, by autograd; with create_graph=True as
-// differentiable functions of them and grad_y, so a second derivative (a WGAN-GP gradient
-// penalty) is stock's (genkern/ops/_fused.differentiable_grads).
-// recompute(x, weight, bias) runs on views of the inputs: the inner grad's capture there fires
-// none of the hooks on the inputs themselves (found by a fuzz: a tensor hook, retain_grad, on a
-// batch norm's input ran twice), which fire once, when the gradient returned reaches them.
+// composite recomputed from the saved inputs, by autograd (composite_grads.h); with
+// create_graph=True as differentiable functions of them and grad_y, so a second derivative (a
+// WGAN-GP gradient penalty) is stock's (genkern/ops/_fused.differentiable_grads).
 using Recompute =
     std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>;
 
 std::array<at::Tensor, 3> differentiable_grads(const Recompute& recompute,
                                                std::array<at::Tensor, 3> inputs,
                                                std::array<bool, 3> mask, const at::Tensor& grad_y) {
-  const bool create_graph = at::GradMode::is_enabled();
-  at::Tensor y;
-  {
-    at::AutoGradMode enable_grad(true);
-    for (auto& t : inputs)
-      if (t.defined() && t.requires_grad()) t = t.view_as(t);
-    y = recompute(inputs[0], inputs[1], inputs[2]);
-  }
-  variable_list wanted;
-  for (int i = 0; i < 3; ++i)
-    if (mask[i]) wanted.push_back(inputs[i]);
-  const variable_list g =
-      torch::autograd::grad({y}, wanted, {grad_y}, std::nullopt, create_graph, true);
-  std::array<at::Tensor, 3> out;
-  for (int i = 0, k = 0; i < 3; ++i) {
-    if (!mask[i]) continue;
-    out[i] = differentiable(g[k].defined() ? g[k] : at::zeros_like(inputs[i]));
-    ++k;
-  }
-  return out;
+  const auto composite = [&](const variable_list& in) -> variable_list {
+    return {recompute(in[0], in[1], in[2])};
+  };
+  const variable_list g = composite_grads(composite, variable_list(inputs.begin(), inputs.end()),
+                                          std::vector<bool>(mask.begin(), mask.end()), {grad_y});
+  return {g[0], g[1], g[2]};
 }
 
 at::MemoryFormat format(bool channels_last) {

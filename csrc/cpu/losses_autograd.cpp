@@ -4,12 +4,20 @@
 #include <ATen/Parallel.h>
 #include <ATen/SavedTensorHooks.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/binary_cross_entropy.h>
+#include <ATen/ops/binary_cross_entropy_with_logits.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/log_sigmoid.h>
+#include <ATen/ops/relu.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 
+#include "composite_grads.h"
 #include "cpu_clones.h"
+#include "genkern/losses.h"
 #include "losses.h"
 #include "vmap_batched.h"
 
@@ -83,9 +91,6 @@ struct SavedGrad {
 
   // g_is_one: is_cpu_one(g), asked once per backward.
   at::Tensor scaled_by(const at::Tensor& g, bool g_is_one) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "genkern: the second derivative of the fused losses is not implemented "
-                "(backward with create_graph=True)");
     at::Tensor saved = var.unpack();
     if (!saved.defined()) return saved;
     // a retained graph keeps the buffer for the next backward: the gradient handed out must be
@@ -106,11 +111,79 @@ struct SavedGrad {
   void release() { var.reset_data(); }
 };
 
+// ---- Second derivatives (create_graph=True: unrolled GANs, consensus optimization, penalties
+// on a loss's gradient): the backward takes stock's composite of the loss, recomputed from the
+// saved inputs and differentiated by autograd (composite_grads.h); its derivative is the
+// kernels' at every finite input. The Python twins: genkern/ops/losses.py, _gan_value_torch and
+// _vae_value_torch.
+
+// x in the loss's accumulation dtype: float64 stays, the rest computes in float32.
+at::Tensor accumulated(const at::Tensor& x, bool wide = false) {
+  return x.to(wide || x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+}
+
+// A GAN loss term, elementwise (genkern/losses.h, LossTerm).
+at::Tensor stock_term(const at::Tensor& x, int64_t term) {
+  switch (static_cast<LossTerm>(term)) {
+    case LossTerm::kSoftplusNeg:
+      return -at::log_sigmoid(x);
+    case LossTerm::kSoftplusPos:
+      return -at::log_sigmoid(-x);
+    case LossTerm::kHingeReal:
+      return at::relu(1 - x);
+    case LossTerm::kHingeFake:
+      return at::relu(1 + x);
+    case LossTerm::kNeg:
+      return -x;
+    case LossTerm::kPos:
+      return x;
+    case LossTerm::kSqOne:
+      return 0.5 * (x - 1).square();
+    default:
+      return 0.5 * x.square();
+  }
+}
+
+// mean(real term) + mean(fake term); real undefined: the generator's loss.
+at::Tensor stock_gan_loss(const at::Tensor& real, const at::Tensor& fake, int64_t real_term,
+                          int64_t fake_term) {
+  const at::Tensor f = stock_term(accumulated(fake), fake_term).mean();
+  return real.defined() ? stock_term(accumulated(real), real_term).mean() + f : f;
+}
+
+// (total, recon term, kl) of vae_loss, scaled by `scale` (1 / batch for reduction="mean").
+variable_list stock_vae_loss(const variable_list& in, int64_t recon_loss, double beta,
+                             double scale) {
+  bool wide = false;
+  for (const auto& t : in) wide |= t.scalar_type() == at::kDouble;
+  const at::Tensor x = accumulated(in[0], wide), t = accumulated(in[1], wide);
+  const at::Tensor m = accumulated(in[2], wide), lv = accumulated(in[3], wide);
+  at::Tensor rec;
+  if (static_cast<ReconLoss>(recon_loss) == ReconLoss::kBceLogits)
+    rec = at::binary_cross_entropy_with_logits(x, t, {}, {}, at::Reduction::Sum);
+  else if (static_cast<ReconLoss>(recon_loss) == ReconLoss::kBce)
+    rec = at::binary_cross_entropy(x, t, {}, at::Reduction::Sum);
+  else
+    rec = (x - t).square().sum();
+  const at::Tensor kl = (-0.5 * (1 + lv - m.square() - lv.exp())).sum() * scale;
+  rec = rec * scale;
+  return {rec + beta * kl, rec, kl};
+}
+
+// The composites run in float32 / float64 whatever autocast says (stock's
+// binary_cross_entropy refuses autocast; the forward's kernels ignore it).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
 // The GAN loss's backward as a plain autograd Node (not a torch::autograd::Function, whose
 // CppNode bookkeeping costs ~10 us a call, as much as the loss of 4096 logits): it scales the
-// gradients the forward pass produced. Edges: real's (when given), then fake's.
+// gradients the forward pass produced, or with create_graph=True takes the composite. Edges:
+// real's (when given), then fake's.
 struct GanLossBackward : public torch::autograd::Node {
   SavedGrad grad_real, grad_fake;
+  KeptInput real, fake;  // read only by the composite
+  int64_t real_term = 0, fake_term = 0;
   bool has_real = false;
 
   std::string name() const override { return "GanLossBackward"; }
@@ -118,29 +191,48 @@ struct GanLossBackward : public torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     variable_list out(has_real ? 2 : 1);  // undefined: no gradient flows
     if (!grads[0].defined()) return out;
+    if (at::GradMode::is_enabled()) return composite(grads[0]);
     const bool one = is_cpu_one(grads[0]);
     if (has_real) out[0] = grad_real.scaled_by(grads[0], one);
     out.back() = grad_fake.scaled_by(grads[0], one);
     return out;
   }
 
+  variable_list composite(const at::Tensor& g) {
+    NoAutocast no_autocast;
+    const std::vector<bool> mask{has_real && should_compute_output(0),
+                                 should_compute_output(has_real ? 1 : 0)};
+    const auto loss = [this](const variable_list& in) -> variable_list {
+      return {stock_gan_loss(in[0], in[1], real_term, fake_term)};
+    };
+    const variable_list in{has_real ? real.unpack() : at::Tensor(), fake.unpack()};
+    variable_list out = composite_grads(loss, in, mask, {g});
+    return has_real ? out : variable_list{out[1]};
+  }
+
   void release_variables() override {
     grad_real.release();
     grad_fake.release();
+    real.reset();
+    fake.reset();
   }
 };
 
 // The VAE loss's backward: outputs (total, recon, kl), edges recon, target, mu, logvar. The
 // gradients of the forward pass are scaled by d total / d recon + d recon-output (recon, target)
-// and beta d total + d kl (mu, logvar); an output nobody used has an undefined gradient.
+// and beta d total + d kl (mu, logvar); an output nobody used has an undefined gradient. With
+// create_graph=True, the composite.
 struct VaeLossBackward : public torch::autograd::Node {
   std::array<SavedGrad, 4> grads;
-  double beta = 1.0;
+  std::array<KeptInput, 4> inputs;  // read only by the composite
+  int64_t recon_loss = 0;
+  double beta = 1.0, scale = 1.0;
 
   std::string name() const override { return "VaeLossBackward"; }
 
   variable_list apply(variable_list&& g) override {
     variable_list out(4);
+    if (at::GradMode::is_enabled()) return composite(g);
     const at::Tensor gr = sum_defined(g[0], 1.0, g[1]);
     const at::Tensor gk = sum_defined(g[0], beta, g[2]);
     const bool gr_one = is_cpu_one(gr);
@@ -153,6 +245,20 @@ struct VaeLossBackward : public torch::autograd::Node {
     return out;
   }
 
+  variable_list composite(const variable_list& g) {
+    NoAutocast no_autocast;
+    std::vector<bool> mask(4);
+    variable_list in(4);
+    for (size_t i = 0; i < 4; ++i) {
+      mask[i] = should_compute_output(i);
+      in[i] = inputs[i].unpack();
+    }
+    const auto loss = [this](const variable_list& in) {
+      return stock_vae_loss(in, recon_loss, beta, scale);
+    };
+    return composite_grads(loss, in, mask, g);
+  }
+
   // w * a + b over the defined ones of a and b (undefined when neither is).
   static at::Tensor sum_defined(const at::Tensor& a, double w, const at::Tensor& b) {
     if (!a.defined()) return b;
@@ -162,33 +268,55 @@ struct VaeLossBackward : public torch::autograd::Node {
 
   void release_variables() override {
     for (auto& v : grads) v.release();
+    for (auto& v : inputs) v.reset();
   }
 };
 
 // reparameterize's backward: edges mu, logvar, eps; d z / d mu = 1, d z / d logvar = h,
-// d z / d eps = sd (saved by the forward pass where asked).
+// d z / d eps = sd (saved by the forward pass where asked). With create_graph=True, the same
+// as differentiable functions of logvar (and a given eps).
 struct ReparamBackward : public torch::autograd::Node {
   SavedGrad h, sd;
+  KeptInput logvar, eps;  // read only with create_graph=True
+  bool drawn = false;                          // eps drawn by the kernel (not an input)
 
   std::string name() const override { return "ReparameterizeBackward"; }
 
   variable_list apply(variable_list&& grads) override {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "genkern: the second derivative of reparameterize's eager CPU path is not "
-                "implemented (backward with create_graph=True); pass backend=\"torch\"");
     variable_list out(3);
     const at::Tensor& g = grads[0];
     if (!g.defined()) return out;
     if (should_compute_output(0)) out[0] = g;
+    if (at::GradMode::is_enabled()) return differentiable_grads(g, std::move(out));
     const bool one = is_cpu_one(g);
     if (should_compute_output(1)) out[1] = h.scaled_by(g, one);
     if (should_compute_output(2)) out[2] = sd.scaled_by(g, one);
     return out;
   }
 
+  // d z / d logvar = eps sd / 2 and d z / d eps = sd, sd = exp(logvar / 2), in float32 (float64
+  // for float64). A drawn eps is a constant, known through h = eps sd / 2 alone: h as a function
+  // of logvar is h exp((logvar - logvar.detach()) / 2), its value h and its derivative h / 2.
+  variable_list differentiable_grads(const at::Tensor& g, variable_list out) {
+    const at::Tensor lv = accumulated(logvar.unpack()), ga = accumulated(g);
+    if (drawn) {
+      if (should_compute_output(1)) {
+        const at::Tensor hv = accumulated(h.var.unpack());
+        out[1] = (ga * (hv * at::exp(0.5 * (lv - lv.detach())))).to(g.scalar_type());
+      }
+      return out;
+    }
+    const at::Tensor s = at::exp(0.5 * lv), e = accumulated(eps.unpack());
+    if (should_compute_output(1)) out[1] = differentiable((ga * e * s * 0.5).to(g.scalar_type()));
+    if (should_compute_output(2)) out[2] = differentiable((ga * s).to(g.scalar_type()));
+    return out;
+  }
+
   void release_variables() override {
     h.release();
     sd.release();
+    logvar.reset();
+    eps.reset();
   }
 };
 
@@ -215,6 +343,9 @@ at::Tensor reparameterize_eager_cpu(const at::Tensor& mu, const at::Tensor& logv
       torch::autograd::collect_next_edges(mu, logvar, drawn ? at::Tensor() : *eps));
   node->h.save(h);
   node->sd.save(sd);
+  node->drawn = drawn;
+  node->logvar = KeptInput(logvar);
+  if (!drawn) node->eps = KeptInput(*eps);
   torch::autograd::set_history(z, node);
   return z;
 }
@@ -238,6 +369,10 @@ at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake,
                                 : torch::autograd::collect_next_edges(fake));
   node->grad_real.save(gr);
   node->grad_fake.save(gf);
+  if (has_real) node->real = KeptInput(real);
+  node->fake = KeptInput(fake);
+  node->real_term = real_term;
+  node->fake_term = fake_term;
   torch::autograd::set_history(loss, node);
   return loss;
 }
@@ -260,9 +395,14 @@ std::vector<at::Tensor> vae_loss_autograd_cpu(const at::Tensor& recon, const at:
   if (!(mask[0] || mask[1] || mask[2] || mask[3])) return outputs;
   auto node = c10::make_intrusive<VaeLossBackward>();
   node->beta = beta;
+  node->scale = scale;
+  node->recon_loss = recon_loss;
   node->set_next_edges(torch::autograd::collect_next_edges(recon, target, mu, logvar));
-  const std::array<at::Tensor, 4> saved{gx, gt, gm, glv};
-  for (size_t i = 0; i < 4; ++i) node->grads[i].save(saved[i]);
+  const std::array<at::Tensor, 4> saved{gx, gt, gm, glv}, in{recon, target, mu, logvar};
+  for (size_t i = 0; i < 4; ++i) {
+    node->grads[i].save(saved[i]);
+    node->inputs[i] = KeptInput(in[i]);
+  }
   torch::autograd::set_history(outputs, node);
   return outputs;
 }

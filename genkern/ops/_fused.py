@@ -89,11 +89,17 @@ def refuse_forward_ad(op: str, *tensors: torch.Tensor | None) -> None:
         )
 
 
+def creates_graph() -> bool:
+    """Whether a backward runs with create_graph=True (grad mode on inside it), outside
+    torch.compile's tracing."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 def refuse_double_backward(op: str) -> None:
     """Raises where a custom op's registered backward would be differentiated (create_graph=True):
     its backward op has no autograd formula, and torch's error for that speaks to op authors. The
     words of the C++ paths' refusal (csrc/cpu/eager_autograd.cpp)."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if creates_graph():
         raise RuntimeError(
             f"genkern: the second derivative of {op} is not implemented "
             "(backward with create_graph=True)"
@@ -118,21 +124,51 @@ def batched(t: torch.Tensor | None) -> bool:
     return t is not None and (functorch.is_batchedtensor(t) or functorch.is_legacy_batchedtensor(t))
 
 
+class KeptInputs:
+    """An op's inputs kept for a backward by stock's composite (create_graph=True), with their
+    versions at the forward. Not saved for backward: the first-order backward, which reads none
+    of them, still runs after an in-place change of one (as the C++ nodes' SavedVariables, never
+    unpacked there); the composite refuses then, as stock's saved tensors do."""
+
+    def __init__(self, *tensors):
+        self.tensors = tensors
+        self.versions = [None if t is None else t._version for t in tensors]
+
+    def unpack(self) -> tuple:
+        for t, v in zip(self.tensors, self.versions):
+            if t is not None and t._version != v:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by "
+                    f"an inplace operation: [{t.type()} {list(t.shape)}] is at version "
+                    f"{t._version}; expected version {v} instead"
+                )
+        return self.tensors
+
+
 def differentiable_grads(recompute, inputs, mask, grad_y):
-    """The gradients of a fused op for inputs (x, weight, bias; those mask asks for, else None)
-    where stock_backward: the op's stock composite, recompute(*inputs), run again from the saved
-    inputs and differentiated by autograd (with create_graph=True, differentiably: a second
-    derivative, a WGAN-GP gradient penalty's, is stock's). The C++ eager paths do the same
-    (csrc/cpu/eager_autograd.cpp, differentiable_grads)."""
+    """The gradients of a fused op for its inputs (x, weight, bias; those mask asks for, else
+    None) where stock_backward: the op's stock composite, recompute(*inputs), run again from the
+    saved inputs and differentiated by autograd (with create_graph=True, differentiably: a second
+    derivative, a WGAN-GP gradient penalty's, is stock's). An op of several outputs: recompute
+    returns a tuple of them and grad_y holds their gradients (None: nothing flowed into that
+    one). The C++ eager paths do the same (csrc/cpu/composite_grads.h)."""
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         # views: the inner grad's capture there fires none of the hooks on the inputs themselves
         # (found by a fuzz: a tensor hook, retain_grad, on a batch norm's input ran twice)
         inputs = [t.view_as(t) if t is not None and t.requires_grad else t for t in inputs]
         y = recompute(*inputs)
+    ys, gs = (y, grad_y) if isinstance(y, tuple) else ((y,), (grad_y,))
+    flowed = [(o, g) for o, g in zip(ys, gs, strict=True) if g is not None]
     wanted = [t for t, m in zip(inputs, mask) if m]
+    if not wanted or not flowed:
+        return tuple(None for _ in mask)
     grads = torch.autograd.grad(
-        y, wanted, grad_y, create_graph=create_graph, materialize_grads=True
+        [o for o, _ in flowed],
+        wanted,
+        [g for _, g in flowed],
+        create_graph=create_graph,
+        materialize_grads=True,
     )
     if create_graph:
         grads = [_differentiable(g) for g in grads]

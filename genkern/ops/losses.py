@@ -2,8 +2,10 @@
 
 Each loss is one custom op whose forward pass also produces the gradient with respect to every
 input that requires it (in fresh tensors, never in an input's storage); the registered backward
-only scales those by grad_output. The per-element math: csrc/include/genkern/losses.h (C++/CUDA),
-genkern/triton/losses.py (Triton), `_term_torch` / `_recon_torch` here (the "torch" backend).
+only scales those by grad_output; with create_graph=True it differentiates stock's composite of
+the loss instead (a second derivative). The per-element math: csrc/include/genkern/losses.h
+(C++/CUDA), genkern/triton/losses.py (Triton), `_term_torch` / `_recon_torch` here (the "torch"
+backend).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from genkern import activations as A
 from genkern import backends
@@ -99,21 +102,18 @@ class _GanLossFn(torch.autograd.Function):
     def forward(ctx, real, fake, real_term, fake_term, need_r, need_f, kernel):
         loss, gr, gf = kernel(real, fake, real_term, fake_term, need_r, need_f)
         ctx.save_for_backward(gr if need_r else None, gf if need_f else None)
+        ctx.inputs = _fused.KeptInputs(real, fake)
+        ctx.terms = (real_term, fake_term)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        _refuse_double_backward()  # else create_graph=True would give a detached gradient
         gr, gf = ctx.saved_tensors
-        return (
-            _scaled(gr, grad),
-            _scaled(gf, grad),
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        if _fused.creates_graph():
+            mask = (gr is not None, gf is not None)
+            grads = _gan_composite_grads(*ctx.inputs.unpack(), *ctx.terms, mask, grad)
+            return *grads, *(None,) * 5
+        return (_scaled(gr, grad), _scaled(gf, grad), *(None,) * 5)
 
 
 class _VaeLossFn(torch.autograd.Function):
@@ -121,26 +121,28 @@ class _VaeLossFn(torch.autograd.Function):
     def forward(ctx, recon, target, mu, logvar, rid, beta, scale, mask, kernel):
         total, rec, kl, *grads = kernel(recon, target, mu, logvar, rid, beta, scale, mask)
         ctx.save_for_backward(*grads)
+        ctx.inputs = _fused.KeptInputs(recon, target, mu, logvar)
         ctx.set_materialize_grads(False)  # an unused output's gradient: None (see _vae_backward)
-        ctx.beta = beta
+        ctx.args = (rid, beta, scale)
         return total, rec, kl
 
     @staticmethod
     def backward(ctx, g_total, g_rec, g_kl):
-        _refuse_double_backward()
         gx, gt, gm, glv = ctx.saved_tensors
+        if _fused.creates_graph():
+            mask = [g is not None for g in (gx, gt, gm, glv)]
+            inputs = ctx.inputs.unpack()
+            grads = _vae_composite_grads(inputs, *ctx.args, mask, (g_total, g_rec, g_kl))
+            return *grads, *(None,) * 5
+        beta = ctx.args[1]
         gr = _weighted_sum(g_total, 1.0, g_rec)
-        gk = _weighted_sum(g_total, ctx.beta, g_kl)
+        gk = _weighted_sum(g_total, beta, g_kl)
         return (
             _scaled(gx, gr),
             _scaled(gt, gr),
             _scaled(gm, gk),
             _scaled(glv, gk),
-            None,
-            None,
-            None,
-            None,
-            None,
+            *(None,) * 5,
         )
 
 
@@ -359,8 +361,7 @@ def reparameterize(
     keyed by 64 bits taken from `generator`, or torch's default CPU generator, then Box-Muller):
     the same distribution, reproducible under the same seed (torch.manual_seed or the generator's
     own), but not bitwise torch.randn's draws. Elsewhere (other backends, torch.compile) eps is
-    torch.randn's. The eager cpu path, with eps given or not, has no second derivative
-    (create_graph=True raises; backend="torch" has one).
+    torch.randn's. A second derivative (create_graph=True) treats a drawn eps as a constant.
     """
     z = _fused.try_fast("reparameterize_fast", mu, logvar, eps, generator, backend=backend)
     if z is not None:
@@ -422,36 +423,26 @@ def _(real, fake, real_term, fake_term, need_grad_real, need_grad_fake, backend)
 
 
 def _gan_setup_context(ctx, inputs, output):
-    real, fake, _, _, need_r, need_f, _ = inputs
+    real, fake, real_term, fake_term, need_r, need_f, _ = inputs
     _, gr, gf = output
     ctx.mark_non_differentiable(gr, gf)  # the saved gradients: none of theirs, zeros or not
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(gr, gf)
+    ctx.inputs = _fused.KeptInputs(real, fake)
     ctx.need = (real is not None and need_r, need_f)
-
-
-def _refuse_double_backward() -> None:
-    """The backward scales gradients saved by the forward, which are constants to autograd: a
-    graph of it (create_graph=True) would give a zero second derivative. Refused on every path
-    (the custom op, the eager Functions, and the C++ Function)."""
-    _fused.refuse_double_backward("the fused losses")
+    ctx.terms = (real_term, fake_term)
 
 
 def _gan_backward(ctx, grad, _gr, _gf):
-    _refuse_double_backward()
     if grad is None:  # no gradient reached the loss (grads are not materialized as zeros)
         return (None,) * 7
     gr, gf = ctx.saved_tensors
     need_r, need_f = ctx.need
-    return (
-        gr * grad if need_r and ctx.needs_input_grad[0] else None,
-        gf * grad if need_f and ctx.needs_input_grad[1] else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    mask = (need_r and ctx.needs_input_grad[0], need_f and ctx.needs_input_grad[1])
+    if _fused.creates_graph():
+        grads = _gan_composite_grads(*ctx.inputs.unpack(), *ctx.terms, mask, grad)
+        return *grads, *(None,) * 5
+    return (gr * grad if mask[0] else None, gf * grad if mask[1] else None, *(None,) * 5)
 
 
 _gan_loss.register_autograd(_gan_backward, setup_context=_gan_setup_context)
@@ -505,29 +496,29 @@ def _vae_setup_context(ctx, inputs, output):
     # 100 in float32) would be NaN where no gradient flows
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*output[3:])
+    ctx.inputs = _fused.KeptInputs(*inputs[:4])
     ctx.mask = _mask_of(inputs[7])
-    ctx.beta = inputs[5]
+    ctx.args = (inputs[4], inputs[5], inputs[6])  # recon_loss, beta, scale
 
 
 def _vae_backward(ctx, g_total, g_rec, g_kl, *_):
-    _refuse_double_backward()
     gx, gt, gm, glv = ctx.saved_tensors
+    beta = ctx.args[1]
     gr = _weighted_sum(g_total, 1.0, g_rec)  # d/d(recon term): through total and recon
-    gk = _weighted_sum(g_total, ctx.beta, g_kl)  # d/d(kl term): through total and kl
+    gk = _weighted_sum(g_total, beta, g_kl)  # d/d(kl term): through total and kl
     mask = [
         m and n and g is not None
         for m, n, g in zip(ctx.mask, ctx.needs_input_grad[:4], (gr, gr, gk, gk), strict=True)
     ]
+    if _fused.creates_graph():
+        grads = _vae_composite_grads(ctx.inputs.unpack(), *ctx.args, mask, (g_total, g_rec, g_kl))
+        return *grads, *(None,) * 5
     return (
         gx * gr if mask[0] else None,
         gt * gr if mask[1] else None,
         gm * gk if mask[2] else None,
         glv * gk if mask[3] else None,
-        None,
-        None,
-        None,
-        None,
-        None,
+        *(None,) * 5,
     )
 
 
@@ -575,23 +566,80 @@ def _softplus(x):
     return torch.clamp_min(x, 0) + torch.log1p(torch.exp(-x.abs()))
 
 
+def _term_value_torch(x: torch.Tensor, term: int) -> torch.Tensor:
+    """A term's value, elementwise, by stock's differentiable ops: autograd's derivative of it is
+    the kernels' at every finite x (so it serves the second derivative's composite)."""
+    if term == SOFTPLUS_NEG:
+        return -F.logsigmoid(x)
+    if term == SOFTPLUS_POS:
+        return -F.logsigmoid(-x)
+    if term in (HINGE_REAL, HINGE_FAKE):
+        return torch.relu(1.0 - x if term == HINGE_REAL else 1.0 + x)
+    if term == NEG:
+        return -x
+    if term == POS:
+        return x
+    if term == SQ_ONE:
+        return 0.5 * (x - 1) ** 2
+    return 0.5 * x * x
+
+
 def _term_torch(x: torch.Tensor, term: int):
     """(value, derivative) of a term, elementwise, in x's dtype."""
     if term == SOFTPLUS_NEG:
-        return _softplus(-x), -torch.sigmoid(-x)
-    if term == SOFTPLUS_POS:
-        return _softplus(x), torch.sigmoid(x)
-    if term in (HINGE_REAL, HINGE_FAKE):
+        d = -torch.sigmoid(-x)
+    elif term == SOFTPLUS_POS:
+        d = torch.sigmoid(x)
+    elif term in (HINGE_REAL, HINGE_FAKE):
         sign = -1.0 if term == HINGE_REAL else 1.0
-        t = 1.0 + sign * x
-        return torch.relu(t), torch.where(t <= 0, 0.0, sign).to(x.dtype)
-    if term == NEG:
-        return -x, torch.full_like(x, -1.0)
-    if term == POS:
-        return x, torch.ones_like(x)
-    if term == SQ_ONE:
-        return 0.5 * (x - 1) ** 2, x - 1
-    return 0.5 * x * x, x.clone()
+        d = torch.where(1.0 + sign * x <= 0, 0.0, sign).to(x.dtype)
+    elif term == NEG:
+        d = torch.full_like(x, -1.0)
+    elif term == POS:
+        d = torch.ones_like(x)
+    elif term == SQ_ONE:
+        d = x - 1
+    else:
+        d = x.clone()
+    return _term_value_torch(x, term), d
+
+
+# ---- second derivatives: stock's composite of each loss, differentiated by autograd -----------
+# (the C++ eager paths' twins: csrc/cpu/losses_autograd.cpp, stock_gan_loss and stock_vae_loss)
+
+
+def _gan_value_torch(real, fake, real_term: int, fake_term: int) -> torch.Tensor:
+    loss = _term_value_torch(_acc(fake), fake_term).mean()
+    return loss if real is None else _term_value_torch(_acc(real), real_term).mean() + loss
+
+
+def _vae_value_torch(recon, target, mu, logvar, rid: int, beta: float, scale: float):
+    wide = any(t.dtype == torch.float64 for t in (recon, target, mu, logvar))
+    x, t, m, lv = (
+        v.to(torch.float64 if wide else torch.float32) for v in (recon, target, mu, logvar)
+    )
+    if rid == RECON_BCE_LOGITS:
+        rec = F.binary_cross_entropy_with_logits(x, t, reduction="sum")
+    elif rid == RECON_BCE:
+        rec = F.binary_cross_entropy(x, t, reduction="sum")
+    else:
+        rec = ((x - t) ** 2).sum()
+    rec, kl = rec * scale, (-0.5 * (1 + lv - m * m - lv.exp())).sum() * scale
+    return rec + beta * kl, rec, kl
+
+
+def _gan_composite_grads(real, fake, real_term, fake_term, mask, grad):
+    with torch.autocast(fake.device.type, enabled=False):  # (as the kernels: float32 or 64)
+        return _fused.differentiable_grads(
+            lambda r, f: _gan_value_torch(r, f, real_term, fake_term), (real, fake), mask, grad
+        )
+
+
+def _vae_composite_grads(inputs, rid, beta, scale, mask, grads):
+    with torch.autocast(inputs[0].device.type, enabled=False):  # (stock's BCE refuses autocast)
+        return _fused.differentiable_grads(
+            lambda *v: _vae_value_torch(*v, rid, beta, scale), inputs, mask, grads
+        )
 
 
 def _gan_torch(real, fake, real_term, fake_term, need_r, need_f):
