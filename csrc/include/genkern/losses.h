@@ -32,14 +32,15 @@ constexpr int kNumLossTerms = 8;
 
 enum class ReconLoss : int { kBceLogits = 0, kBce = 1, kMse = 2 };
 
-// log1p(e) for e in [0, 1] given u = 1 + e and inv = 1 / u (shared with the sigmoid: one
-// division less per element on the CPU path). On the device and for double the math library's;
-// for float on the host a branch-free Cephes-style range reduction and polynomial (about 1-2 ulp,
-// Estrin's scheme) that the compiler vectorizes, as exp_math.h's exp_neg and exp_full.
+// log1p(e) for e in [0, 1]. On the device and for double the math library's; for float on the
+// host a polynomial the compiler vectorizes (no range reduction, no division): e + e (e Q(e)),
+// Q a relative-minimax fit of (log1p(e) / e - 1) / e of degree 8 (coefficients refitted one by
+// one after rounding to float; Estrin's scheme), the correction e Q(e) in [-0.31, 0] added by one
+// fused multiply-add. Against float64 over 6M points of x: 1.66 ulp at most for
+// log1p(exp(-|x|)) + max(x, 0) (Cephes' log of u = 1 + e, rounded, and its correction: 1.91),
+// mean relative error -1.4e-11; the forward of softplus over 1M logits 19% faster on a Zen 5.
 template <typename T>
-GK_HOST_DEVICE T log1p_unit(T e, T u, T inv) {
-  (void)u;
-  (void)inv;
+GK_HOST_DEVICE T log1p_unit(T e) {
   return log1p(e);
 }
 #if !defined(__CUDA_ARCH__)
@@ -60,18 +61,17 @@ inline float log_reduced(float k, float f) {
   return (p * (f * z) + lo) + hi;
 }
 
-// log(u) for u in [1, 2]: u = 2^k (1 + f), f in [sqrt(1/2) - 1, sqrt(2) - 1].
-inline float log_1_2(float u) {
-  const bool big = u > 1.41421356237f;
-  return log_reduced(big ? 1.0f : 0.0f, big ? 0.5f * u - 1.0f : u - 1.0f);
-}
-
 }  // namespace detail
 
-// u = 1 + e rounds: its rounding error, (e - (u - 1)) / u, is added back.
 template <>
-inline float log1p_unit<float>(float e, float u, float inv) {
-  return detail::log_1_2(u) + (e - (u - 1.0f)) * inv;
+inline float log1p_unit<float>(float e) {
+  const float e2 = e * e, e4 = e2 * e2;
+  const float q01 = -4.9999931455e-01f + 3.3330464363e-01f * e;
+  const float q23 = -2.4958018959e-01f + 1.9692102075e-01f * e;
+  const float q45 = -1.5344880521e-01f + 1.0661128163e-01f * e;
+  const float q67 = -5.7457230985e-02f + 2.0086241886e-02f * e;
+  const float q = (q01 + q23 * e2) + (q45 + q67 * e2) * e4 + -3.2904685941e-03f * (e4 * e4);
+  return e * (e * q) + e;  // one fused multiply-add where the ISA has it
 }
 #endif
 
@@ -92,7 +92,7 @@ GK_HOST_DEVICE T softplus_sigmoid(T x, T s, T e, T* d) {
   const T inv = T(1) / u;
   *d = y >= T(0) ? inv : e * inv;  // NaN -> NaN (e is NaN)
   const T m = y > T(0) ? y : T(0);
-  return m + log1p_unit(e, u, inv);
+  return m + log1p_unit(e);
 }
 
 // Does term K read e = exp_neg_abs(x)?
@@ -180,7 +180,7 @@ GK_HOST_DEVICE T recon_term_given_exp(T x, T t, T e, T* dx, T* dt) {
     // so +-inf logits give the limit (0 at a matching 0/1 target, inf otherwise), not inf - inf.
     const T u = T(1) + e;
     const T inv = T(1) / u;
-    const T l = log1p_unit(e, u, inv);
+    const T l = log1p_unit(e);
     *dx = (x >= T(0) ? inv : e * inv) - t;
     *dt = -x;
     const T a = T(1) - t;
