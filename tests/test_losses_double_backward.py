@@ -275,3 +275,85 @@ def test_the_composites_are_the_torch_backends_values():
     for term in range(8):
         value, _ = L._term_torch(x, term)
         assert torch.equal(value, L._term_value_torch(x, term))
+
+
+# ---- found by the fuzz of this feature ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast_eager", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vae_outputs_constant_in_the_wanted_inputs(backend, fast_eager, monkeypatch):
+    # only recon needs a gradient: kl, which gets one (through total, a tensor beta, or a sum of
+    # the components), is constant in it; autograd.grad refused such an output
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
+    x, t = _leaf((2, 6)), _leaf((2, 6), low=0.0, seed=1).detach()
+    mu, lv = _leaf((2, 3), seed=2).detach(), _leaf((2, 3), 1, seed=3).detach()
+    runs = {
+        "float beta": lambda fn: fn(x, t, mu, lv, beta=0.7),
+        "tensor beta": lambda fn: fn(x, t, mu, lv, beta=torch.tensor(0.7, dtype=x.dtype)),
+        "components": lambda fn: (lambda o: o[1] + 0.5 * o[2])(
+            fn(x, t, mu, lv, return_components=True)
+        ),
+    }
+    for what, run in runs.items():
+        ours = _second_order(
+            lambda x: run(lambda *a, **k: genkern.ops.vae_loss(*a, **k, backend=backend)), [x]
+        )
+        stock = _second_order(lambda x: run(reference.vae_loss), [x])
+        _assert_same(ours, stock, what)
+
+
+@pytest.mark.parametrize("fast_eager", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vae_inputs_no_output_reached_get_no_gradient(backend, fast_eager, monkeypatch):
+    # a backward through the recon term alone leaves mu's and logvar's .grad None, as stock's
+    # (zeros moved them under weight decay)
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
+    x, t, mu, lv = (
+        _leaf((2, 6)),
+        _leaf((2, 6), low=0.0, seed=1),
+        _leaf((2, 3), seed=2),
+        _leaf((2, 3), seed=3),
+    )
+    _, rec, kl = genkern.ops.vae_loss(x, t, mu, lv, return_components=True, backend=backend)
+    rec.backward(create_graph=True)
+    assert mu.grad is None and lv.grad is None and x.grad is not None and t.grad is not None
+    x.grad = t.grad = None
+    kl.backward(create_graph=True)
+    assert x.grad is None and t.grad is None and mu.grad is not None and lv.grad is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reparameterize_eps_drawn_infinite_logvar(backend):
+    # d z / d logvar at logvar = +-inf, with create_graph=True: the first-order gradient's
+    # +-inf and 0, not NaN (inf - inf)
+    mu = torch.zeros(4, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    inf = float("inf")
+    lv = torch.tensor([inf, inf, -inf, 0.5], dtype=torch.float64, device=DEVICE, requires_grad=True)
+    gen = torch.Generator(device=DEVICE)
+    grads = []
+    for create_graph in (False, True):
+        z = genkern.ops.reparameterize(mu, lv, generator=gen.manual_seed(3), backend=backend)
+        grads.append(torch.autograd.grad(z.sum(), lv, create_graph=create_graph)[0].detach())
+    assert not grads[1].isnan().any()
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("fast_eager", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_backward_through_a_freed_graph_says_so(backend, fast_eager, monkeypatch):
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
+    f = _leaf((6,))
+    inputs = [
+        _leaf((2, 6)),
+        _leaf((2, 6), low=0.0, seed=1),
+        _leaf((2, 3), seed=2),
+        _leaf((2, 3), seed=3),
+    ]
+    for loss in (
+        genkern.ops.generator_loss(f, "bce", backend),
+        genkern.ops.vae_loss(*inputs, backend=backend),
+    ):
+        loss.backward()
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            loss.backward(create_graph=True)

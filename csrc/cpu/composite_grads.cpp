@@ -19,6 +19,12 @@ KeptInput::KeptInput(const at::Tensor& t) : tensor(t) {
 }
 
 at::Tensor KeptInput::unpack() const {
+  TORCH_CHECK(!released,
+              "Trying to backward through the graph a second time (or directly access saved "
+              "tensors after they have already been freed). Saved intermediate values of the "
+              "graph are freed when you call .backward() or autograd.grad(). Specify "
+              "retain_graph=True if you need to backward through the graph a second time or if "
+              "you need to access saved tensors after calling backward.");
   TORCH_CHECK(!tensor.defined() || tensor._version() == version,
               "one of the variables needed for gradient computation has been modified by an "
               "inplace operation: [",
@@ -39,7 +45,7 @@ variable_list composite_grads(const Composite& composite, variable_list inputs,
   }
   variable_list ys, gs, wanted;
   for (size_t i = 0; i < outputs.size(); ++i) {
-    if (!grads[i].defined()) continue;
+    if (!grads[i].defined() || !outputs[i].requires_grad()) continue;
     ys.push_back(outputs[i]);
     gs.push_back(grads[i]);
   }

@@ -24,18 +24,23 @@ at::Tensor differentiable(at::Tensor grad);
 struct KeptInput {
   at::Tensor tensor;
   uint32_t version = 0;
+  bool released = false;
 
   KeptInput() = default;
   explicit KeptInput(const at::Tensor& t);
-  at::Tensor unpack() const;  // refuses a changed one in stock's words
-  void reset() { tensor.reset(); }
+  at::Tensor unpack() const;  // refuses a changed or released one in stock's words
+  void reset() {
+    tensor.reset();
+    released = true;
+  }
 };
 
 using Composite =
     std::function<torch::autograd::variable_list(const torch::autograd::variable_list&)>;
 
 // The gradients of outputs = composite(inputs) for the inputs mask asks for (else undefined),
-// given the outputs' gradients (an undefined one: nothing flowed into that output); with
+// given the outputs' gradients (an undefined one: nothing flowed into that output; an output
+// that needs no gradient, constant in the inputs, adds nothing: found by a fuzz); with
 // create_graph=True (grad mode on) as differentiable functions of the inputs and the gradients.
 // composite runs on views of the inputs: the inner grad's capture there fires none of the hooks
 // on the inputs themselves (found by a fuzz: a tensor hook, retain_grad, on a batch norm's

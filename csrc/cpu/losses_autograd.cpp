@@ -7,6 +7,9 @@
 #include <ATen/ops/binary_cross_entropy.h>
 #include <ATen/ops/binary_cross_entropy_with_logits.h>
 #include <ATen/ops/exp.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/log_sigmoid.h>
 #include <ATen/ops/relu.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -247,10 +250,14 @@ struct VaeLossBackward : public torch::autograd::Node {
 
   variable_list composite(const variable_list& g) {
     NoAutocast no_autocast;
+    // recon and target reach total and recon; mu and logvar total and kl: an input none of whose
+    // outputs got a gradient gets none (not zeros: found by a fuzz, weight decay moved mu)
+    const bool reached_rec = g[0].defined() || g[1].defined();
+    const bool reached_kl = g[0].defined() || g[2].defined();
     std::vector<bool> mask(4);
     variable_list in(4);
     for (size_t i = 0; i < 4; ++i) {
-      mask[i] = should_compute_output(i);
+      mask[i] = should_compute_output(i) && (i < 2 ? reached_rec : reached_kl);
       in[i] = inputs[i].unpack();
     }
     const auto loss = [this](const variable_list& in) {
@@ -296,13 +303,16 @@ struct ReparamBackward : public torch::autograd::Node {
 
   // d z / d logvar = eps sd / 2 and d z / d eps = sd, sd = exp(logvar / 2), in float32 (float64
   // for float64). A drawn eps is a constant, known through h = eps sd / 2 alone: h as a function
-  // of logvar is h exp((logvar - logvar.detach()) / 2), its value h and its derivative h / 2.
+  // of logvar is h exp(d / 2), d = logvar - logvar.detach() (0, of derivative 1), its value h and
+  // its derivative h / 2; d = 0 at an infinite logvar (inf - inf: NaN, found by a fuzz), whose
+  // gradient is then h, +-inf, as the first-order one.
   variable_list differentiable_grads(const at::Tensor& g, variable_list out) {
     const at::Tensor lv = accumulated(logvar.unpack()), ga = accumulated(g);
     if (drawn) {
       if (should_compute_output(1)) {
         const at::Tensor hv = accumulated(h.var.unpack());
-        out[1] = (ga * (hv * at::exp(0.5 * (lv - lv.detach())))).to(g.scalar_type());
+        const at::Tensor d = at::where(lv.isinf(), at::zeros({}, lv.options()), lv - lv.detach());
+        out[1] = (ga * (hv * at::exp(0.5 * d))).to(g.scalar_type());
       }
       return out;
     }

@@ -159,7 +159,9 @@ def differentiable_grads(recompute, inputs, mask, grad_y):
         inputs = [t.view_as(t) if t is not None and t.requires_grad else t for t in inputs]
         y = recompute(*inputs)
     ys, gs = (y, grad_y) if isinstance(y, tuple) else ((y,), (grad_y,))
-    flowed = [(o, g) for o, g in zip(ys, gs, strict=True) if g is not None]
+    # an output that needs no gradient (constant in the inputs) adds nothing (found by a fuzz:
+    # autograd.grad refused it)
+    flowed = [(o, g) for o, g in zip(ys, gs, strict=True) if g is not None and o.requires_grad]
     wanted = [t for t, m in zip(inputs, mask) if m]
     if not wanted or not flowed:
         return tuple(None for _ in mask)

@@ -130,7 +130,14 @@ class _VaeLossFn(torch.autograd.Function):
     def backward(ctx, g_total, g_rec, g_kl):
         gx, gt, gm, glv = ctx.saved_tensors
         if _fused.creates_graph():
-            mask = [g is not None for g in (gx, gt, gm, glv)]
+            # recon and target reach total and rec, mu and logvar total and kl: an input none of
+            # whose outputs got a gradient gets None (found by a fuzz: zeros, weight decay moved it)
+            rec, kl = (
+                g_total is not None or g_rec is not None,
+                g_total is not None or g_kl is not None,
+            )
+            reached = (rec, rec, kl, kl)
+            mask = [g is not None and r for g, r in zip((gx, gt, gm, glv), reached, strict=True)]
             inputs = ctx.inputs.unpack()
             grads = _vae_composite_grads(inputs, *ctx.args, mask, (g_total, g_rec, g_kl))
             return *grads, *(None,) * 5
