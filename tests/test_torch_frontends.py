@@ -1,7 +1,9 @@
 """genkern under PyTorch's other front ends: torch.jit.trace records the custom ops (the eager
-fast paths step aside, or the traced graph would hold only their outputs' allocations), and
-forward-mode AD (torch.func.jvp / jacfwd, torch.autograd.forward_ad), which the fused ops do
-not support, raises instead of dropping the tangent (found by the fuzz: zeros, or None)."""
+fast paths step aside, or the traced graph would hold only their outputs' allocations); the
+differentiating torch.func transforms (grad, vjp, jacrev, hessian, jvp, jacfwd) and
+torch.autograd.forward_ad run each op's stock composite, so they give stock's derivatives (the
+custom ops' autograd refuses the former and drops the latter's tangents: found by fuzzes),
+while vmap alone keeps the fused ops."""
 
 import subprocess
 import sys
@@ -74,57 +76,203 @@ def test_jit_trace_of_a_converted_model():
 
 
 def _op_calls():
+    """(name, input shape, genkern's call, stock's composite of it)."""
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
     wt = torch.randn(3, 4, 3, 3, dtype=torch.float64)
     lw = torch.randn(5, 8, dtype=torch.float64)
     target = torch.rand(2, 4, dtype=torch.float64)
     ops = genkern.ops
+
+    def bce(r, f):
+        return F.softplus(-r).mean() + F.softplus(f).mean()
+
+    def kl(mu, lv):
+        return -0.5 * torch.sum(1 + lv - mu**2 - lv.exp())
+
     return [
-        ("conv2d", (1, 3, 6, 6), lambda x: ops.conv2d(x, w, activation="tanh")),
-        ("conv_transpose2d", (1, 3, 4, 4), lambda x: ops.conv_transpose2d(x, wt)),
-        ("linear", (2, 8), lambda x: ops.linear(x, lw, activation="relu")),
-        ("batch_norm", (2, 3, 4, 4), lambda x: ops.batch_norm(x, None, None, training=True)),
-        ("max_pool2d", (1, 3, 4, 4), lambda x: ops.max_pool2d(x, 2)),
-        ("avg_pool2d", (1, 3, 4, 4), lambda x: ops.avg_pool2d(x, 2)),
-        ("upsample_nearest2d", (1, 3, 4, 4), lambda x: ops.upsample_nearest2d(x, 2)),
-        ("discriminator_loss", (8,), lambda x: ops.discriminator_loss(x, x * 2)),
-        ("generator_loss", (8,), lambda x: ops.generator_loss(x, "hinge")),
-        ("vae_loss", (2, 4), lambda x: ops.vae_loss(x, target, x, x)),
-        ("reparameterize", (2, 4), lambda x: ops.reparameterize(x, x, torch.ones_like(x))),
+        (
+            "conv2d",
+            (1, 3, 6, 6),
+            lambda x: ops.conv2d(x, w, activation="tanh"),
+            lambda x: torch.tanh(F.conv2d(x, w)),
+        ),
+        (
+            "conv_transpose2d",
+            (1, 3, 4, 4),
+            lambda x: ops.conv_transpose2d(x, wt, stride=2, activation="silu"),
+            lambda x: F.silu(F.conv_transpose2d(x, wt, stride=2)),
+        ),
+        (
+            "linear",
+            (2, 8),
+            lambda x: ops.linear(x, lw, activation="leaky_relu", negative_slope=0.2),
+            lambda x: F.leaky_relu(F.linear(x, lw), 0.2),
+        ),
+        (
+            "batch_norm",
+            (2, 3, 4, 4),
+            lambda x: ops.batch_norm(x, None, None, training=True, activation="relu"),
+            lambda x: F.relu(F.batch_norm(x, None, None, training=True)),
+        ),
+        (
+            "max_pool2d",
+            (1, 3, 4, 4),
+            lambda x: ops.max_pool2d(x, 2, activation="sigmoid"),
+            lambda x: torch.sigmoid(F.max_pool2d(x, 2)),
+        ),
+        ("avg_pool2d", (1, 3, 4, 4), lambda x: ops.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2)),
+        (
+            "upsample_nearest2d",
+            (1, 3, 4, 4),
+            lambda x: ops.upsample_nearest2d(x, 2),
+            lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
+        ),
+        (
+            "discriminator_loss",
+            (8,),
+            lambda x: ops.discriminator_loss(x, x * 2),
+            lambda x: bce(x, x * 2),
+        ),
+        ("generator_loss", (8,), lambda x: ops.generator_loss(x, "hinge"), lambda x: -x.mean()),
+        (
+            "vae_loss",
+            (2, 4),
+            lambda x: ops.vae_loss(x, target, x, x),
+            lambda x: F.binary_cross_entropy_with_logits(x, target, reduction="sum") + kl(x, x),
+        ),
+        (
+            "reparameterize",
+            (2, 4),
+            lambda x: ops.reparameterize(x, x, torch.full_like(x, 0.3)),
+            lambda x: x + 0.3 * torch.exp(0.5 * x),
+        ),
     ]
+
+
+def _same(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("how", ["jvp", "jacfwd", "dual"])
 @pytest.mark.parametrize("index", range(len(_op_calls())))
-def test_forward_mode_ad_raises(index, how):
-    name, shape, fn = _op_calls()[index]
+def test_forward_mode_ad_is_stocks(index, how):
+    # the custom ops have no forward derivative (they dropped the tangent: zeros, or None)
+    name, shape, fn, stock = _op_calls()[index]
     x = torch.randn(shape, dtype=torch.float64)
-    with pytest.raises(NotImplementedError, match=f"forward AD with genkern.ops.{name} "):
-        if how == "jvp":
-            torch.func.jvp(fn, (x,), (torch.ones_like(x),))
-        elif how == "jacfwd":
-            torch.func.jacfwd(fn)(x)
-        else:
-            with fwAD.dual_level():
-                fn(fwAD.make_dual(x, torch.ones_like(x)))
+    t = torch.randn(shape, dtype=torch.float64)
+    if how == "jvp":
+        for a, b in zip(torch.func.jvp(fn, (x,), (t,)), torch.func.jvp(stock, (x,), (t,))):
+            _same(a, b)
+    elif how == "jacfwd":
+        _same(torch.func.jacfwd(fn)(x), torch.func.jacfwd(stock)(x))
+    else:
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(fn(fwAD.make_dual(x, t)))
+            want = fwAD.unpack_dual(stock(fwAD.make_dual(x, t)))
+        _same(got.primal, want.primal)
+        _same(got.tangent, want.tangent)
 
 
-def test_plain_tensors_inside_a_dual_level_still_run():
+@pytest.mark.parametrize("how", ["grad", "vjp", "jacrev", "hessian", "per_sample"])
+@pytest.mark.parametrize("index", range(len(_op_calls())))
+def test_func_transforms_are_stocks(index, how):
+    # torch.func's reverse mode: the custom ops' generated autograd.Function raised ("it must
+    # override the setup_context staticmethod")
+    name, shape, fn, stock = _op_calls()[index]
+    x = torch.randn(shape, dtype=torch.float64)
+    if how == "grad":
+        _same(
+            torch.func.grad(lambda x: fn(x).sum())(x), torch.func.grad(lambda x: stock(x).sum())(x)
+        )
+    elif how == "vjp":
+        (y, back), (y2, back2) = torch.func.vjp(fn, x), torch.func.vjp(stock, x)
+        g = torch.randn_like(y2)
+        _same(y, y2)
+        _same(back(g)[0], back2(g)[0])
+    elif how == "jacrev":
+        _same(torch.func.jacrev(fn)(x), torch.func.jacrev(stock)(x))
+    elif how == "hessian":
+        _same(
+            torch.func.hessian(lambda x: fn(x).sum())(x),
+            torch.func.hessian(lambda x: stock(x).sum())(x),
+        )
+    else:  # per-sample gradients: vmap over grad, one row of x at a time
+        rows = torch.stack([x, 0.5 * x])
+
+        def per_sample(f):
+            return torch.func.vmap(torch.func.grad(lambda r: f(r).sum()))(rows)
+
+        _same(per_sample(fn), per_sample(stock))
+
+
+def test_vmap_alone_keeps_the_fused_ops():
+    seen = []
+
+    def probe(t):
+        seen.append(genkern.ops._fused.stock_autodiff(t))
+        return genkern.ops.conv2d(t, torch.ones(2, 3, 1, 1))
+
+    x = torch.randn(4, 1, 3, 5, 5)
+    torch.testing.assert_close(
+        torch.func.vmap(probe)(x), torch.func.vmap(lambda t: F.conv2d(t, torch.ones(2, 3, 1, 1)))(x)
+    )
+    assert seen == [False]
+    torch.func.grad(lambda t: probe(t).sum())(x[0])
+    assert seen == [False, True]
+
+
+def test_func_grad_and_per_sample_gradients_of_a_converted_model():
+    # functional_call over a converted DCGAN discriminator (conv + BN + LeakyReLU): parameter
+    # gradients, per-sample gradients (eval) and jacrev(grad) as stock's
+    torch.manual_seed(0)
+    stock = models.DCGANDiscriminator(nc=3, ndf=4, image_size=32, impl="torch").double()
+    ours = gnn.convert(stock)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    params = {k: v.detach() for k, v in stock.named_parameters()}
+
+    def loss(model, p, xs):
+        buffers = {k: v.clone() for k, v in model.named_buffers()}
+        return torch.func.functional_call(model, (p, buffers), (xs,)).sum()
+
+    for mode in ("train", "eval"):
+        stock.train(mode == "train")
+        ours.train(mode == "train")
+        got = torch.func.grad(lambda p: loss(ours, p, x))(params)
+        want = torch.func.grad(lambda p: loss(stock, p, x))(params)
+        for k in want:
+            _same(got[k], want[k])
+    got, want = (
+        torch.func.vmap(torch.func.grad(lambda p, xi: loss(m, p, xi[None])), in_dims=(None, 0))(
+            params, x
+        )
+        for m in (ours, stock)
+    )
+    for k in want:
+        _same(got[k], want[k])
+    got, want = (
+        torch.func.jacrev(torch.func.grad(lambda xs: m(xs).sum()))(x[:1]) for m in (ours, stock)
+    )
+    _same(got, want)
+
+
+def test_plain_tensors_inside_a_dual_level_still_run_fused():
     # forward AD elsewhere in the program: genkern ops on tensors without tangents run as usual
     x = torch.randn(2, 3, 4, 4)
     with fwAD.dual_level():
         fwAD.make_dual(torch.randn(3), torch.randn(3))
+        assert not genkern.ops._fused.stock_autodiff(x)
         torch.testing.assert_close(genkern.ops.max_pool2d(x, 2), nn.functional.max_pool2d(x, 2))
 
 
-def test_forward_ad_through_a_view_of_a_dual_tensor_raises():
-    """A view of a dual tensor carries its base's tangent (made when asked for): refused too."""
-    x = torch.randn(2, 3, 6, 6)
-    w = torch.randn(4, 3, 3, 3)
+def test_forward_ad_through_a_view_of_a_dual_tensor():
+    """A view of a dual tensor carries its base's tangent (made when asked for)."""
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    t = torch.ones_like(x)
     with torch.autograd.forward_ad.dual_level():
-        dual = torch.autograd.forward_ad.make_dual(x, torch.ones_like(x))
-        with pytest.raises(NotImplementedError, match="forward AD"):
-            genkern.ops.conv2d(dual[:, :, 1:], w)
+        dual = torch.autograd.forward_ad.make_dual(x, t)
+        got = fwAD.unpack_dual(genkern.ops.conv2d(dual[:, :, 1:], w)).tangent
+    _same(got, F.conv2d(t[:, :, 1:], w))
 
 
 def test_jit_script_is_refused_clearly():

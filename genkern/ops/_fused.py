@@ -61,32 +61,29 @@ def try_fast(entry: str, *args, backend: str):
     forward-AD level) of the cpu backend (resolving "auto" from its mirror of use_backend()'s
     stack and GENKERN_BACKEND) on plain float tensors with valid arguments and runs it, or
     declines; and it is not tried with the fast paths off, under torch.compile, or without the
-    extension. The ops call refuse_forward_ad after a decline."""
+    extension. The ops ask stock_autodiff after a decline."""
     if FAST_EAGER and _ext.HAS_CPU and not torch.compiler.is_compiling():
         return getattr(_ext._C, entry)(*args, backend)
     return None
 
 
-def refuse_forward_ad(op: str, *tensors: torch.Tensor | None) -> None:
-    """Raises NotImplementedError where forward-mode AD would run through op: a functorch jvp
-    transform (torch.func.jvp, jacfwd) is active, or a torch.autograd.forward_ad level with a
-    tangent on one of the tensors. The custom ops have no forward derivative, and both would
-    otherwise drop the tangent silently (zeros)."""
+def stock_autodiff(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op runs its stock composite (genkern.reference's, differentiated by autograd
+    and functorch as stock's ops are) instead of its fused kernels: under a functorch transform
+    that differentiates (torch.func.grad, vjp, jacrev, hessian: grad; jvp, jacfwd: jvp), which
+    the custom ops' generated autograd.Function refuses, or with a torch.autograd.forward_ad
+    tangent on one of the tensors, which custom ops would drop silently (zeros). vmap alone keeps
+    the fused ops; torch.compile traces them."""
     level = _forward_ad._current_level
     if torch.compiler.is_compiling() or (
         level < 0 and torch._C._functorch.peek_interpreter_stack() is None
     ):
-        return
+        return False
     dual = level >= 0 and any(
         isinstance(t, torch.Tensor) and _forward_ad.unpack_dual(t).tangent is not None
         for t in tensors
     )
-    if dual or _jvp_transform_active():
-        raise NotImplementedError(
-            f"Trying to use forward AD with genkern.ops.{op} that does not support it: genkern's "
-            "fused ops have backward (reverse-mode) derivatives only, not torch.func.jvp, jacfwd "
-            "or torch.autograd.forward_ad. Compute this part with stock PyTorch layers."
-        )
+    return dual or _differentiating_transform_active()
 
 
 def creates_graph() -> bool:
@@ -226,13 +223,13 @@ def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
     return (*(g if m else None for g, m in zip(grads, mask)), *(None,) * (num_args - 3))
 
 
-def _jvp_transform_active() -> bool:
+def _differentiating_transform_active() -> bool:
     if torch._C._functorch.peek_interpreter_stack() is None:
         return False
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-    jvp = torch._C._functorch.TransformType.Jvp
-    return any(i.key() == jvp for i in retrieve_all_functorch_interpreters())
+    kinds = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+    return any(i.key() in kinds for i in retrieve_all_functorch_interpreters())
 
 
 def fast_eager(*tensors: torch.Tensor | None) -> bool:

@@ -48,7 +48,9 @@ def conv_transpose2d(
     )
     if y is not None:
         return y
-    _fused.refuse_forward_ad("conv_transpose2d", x, weight, bias)
+    if _fused.stock_autodiff(x, weight, bias):
+        args = (stride, padding, output_padding, groups, dilation, activation, negative_slope)
+        return reference.conv_transpose2d(x, weight, bias, *args)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

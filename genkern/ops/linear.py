@@ -32,7 +32,8 @@ def linear(
     y = _fused.try_fast("linear_fast", x, weight, bias, activation, negative_slope, backend=backend)
     if y is not None:
         return y
-    _fused.refuse_forward_ad("linear", x, weight, bias)
+    if _fused.stock_autodiff(x, weight, bias):
+        return reference.linear(x, weight, bias, activation, negative_slope)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)

@@ -126,7 +126,11 @@ def max_pool2d(
     )
     if y is not None:
         return y
-    _fused.refuse_forward_ad("max_pool2d", x)
+    if _fused.stock_autodiff(x):
+        y = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        y, idx = y if return_indices else (y, None)
+        y = reference.activation(y, activation, negative_slope)
+        return (y, idx) if return_indices else y
     if _not_floating(x):
         y = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
         if activation is None:
@@ -179,7 +183,10 @@ def avg_pool2d(
     )
     if y is not None:
         return y
-    _fused.refuse_forward_ad("avg_pool2d", x)
+    if _fused.stock_autodiff(x):
+        return reference.avg_pool2d(
+            x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        )
     if _not_floating(x):
         return F.avg_pool2d(
             x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
@@ -206,7 +213,8 @@ def upsample_nearest2d(
     x: torch.Tensor, scale_factor=None, size=None, backend: str = "auto"
 ) -> torch.Tensor:
     """F.interpolate(x, size, scale_factor, mode="nearest"), the same source index per pixel."""
-    _fused.refuse_forward_ad("upsample_nearest2d", x)
+    if _fused.stock_autodiff(x):
+        return reference.upsample_nearest2d(x, scale_factor, size)
     if _not_floating(x):
         return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
     _checks.check_floating("upsample_nearest2d", input=x)
