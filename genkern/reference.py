@@ -32,7 +32,8 @@ def activation_backward(
     grad: torch.Tensor, saved: torch.Tensor | None, act: int, negative_slope: float
 ) -> torch.Tensor:
     """grad * act'(z) from the saved tensor (act's output or input, see activations.saves_output),
-    by ATen's own backward kernels."""
+    by ATen's own backward kernels; silu's in grad mode (a second derivative) by the
+    differentiable form stock's autograd takes there (silu_backward has no derivative)."""
     aten = torch.ops.aten
     if act == A.RELU:
         return aten.threshold_backward(grad, saved, 0)
@@ -45,6 +46,9 @@ def activation_backward(
     if act == A.SIGMOID:
         return aten.sigmoid_backward(grad, saved)
     if act == A.SILU:
+        if torch.is_grad_enabled():
+            s = torch.sigmoid(saved)
+            return grad * s * (1 + saved * (1 - s))
         return aten.silu_backward(grad, saved)
     return grad
 

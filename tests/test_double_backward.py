@@ -158,7 +158,9 @@ MAX_POOLS = {
     "dilated": dict(kernel_size=2, stride=1, padding=1, dilation=2),
 }
 for _name, _kw in MAX_POOLS.items():  # every activation on one geometry
-    for _act in (None, "relu", "leaky_relu", "tanh") if _name == "2x2" else ("relu",):
+    for _act in (
+        (None, "relu", "leaky_relu", "tanh", "silu") if _name == "2x2" else ("relu", "silu")
+    ):
         LINEAR_MAPS[f"max_pool2d_{_name}_{_act}"] = (
             lambda x, _kw=_kw, _act=_act, **k: genkern.ops.max_pool2d(
                 x, activation=_act, negative_slope=SLOPE, **_kw, **k
@@ -197,14 +199,23 @@ def test_gradgradcheck_linear_maps(name, path, monkeypatch):
     assert torch.autograd.gradgradcheck(lambda x: op(torch.tanh(x), backend=backend), (x,))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
-def test_max_pool_with_silu_refuses_the_second_derivative(path, monkeypatch):
-    # silu's second derivative needs the pooled input, which the pool does not keep
+def test_gradgradcheck_max_pool_with_silu(path, layout, monkeypatch):
+    # silu's second derivative reads the pooled input, which the pool keeps as a value only: it
+    # is put back in x's graph (this raised "not implemented" before); channels_last 2x2: the C++
+    # path's tap codes
     backend = _use_path(path, monkeypatch)
-    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-    y = genkern.ops.max_pool2d(x, 2, activation="silu", backend=backend)
-    with pytest.raises(RuntimeError, match="second derivative of max_pool2d with silu"):
-        torch.autograd.grad(y.sum(), x, create_graph=True)
+    x = torch.randn(1, 2, 4, 6, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)):
+
+        def pool(x, kw=kw):
+            return genkern.ops.max_pool2d(x, activation="silu", backend=backend, **kw)
+
+        assert torch.autograd.gradgradcheck(pool, (x,))
 
 
 BATCHED = {  # name: (genkern's, stock's) on an input of 2x3x6x6

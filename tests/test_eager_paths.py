@@ -368,7 +368,7 @@ def test_negative_views_are_read_as_their_values(op, shapes, which):
 
 
 _X4 = (2, 3, 8, 8)
-# second derivatives and their refusals (max_pool2d with silu) on every path:
+# second derivatives (max_pool2d with silu included) on every path:
 # tests/test_double_backward.py
 
 

@@ -108,8 +108,13 @@ at::Tensor stock_activation_backward(const at::Tensor& grad, const at::Tensor& s
       return at::tanh_backward(grad, saved);
     case Activation::kSigmoid:
       return at::sigmoid_backward(grad, saved);
-    case Activation::kSilu:  // (from its input: no second derivative through it)
-      return at::silu_backward(grad, saved);
+    case Activation::kSilu: {  // (from its input)
+      if (!at::GradMode::is_enabled()) return at::silu_backward(grad, saved);
+      // silu_backward has no derivative: the differentiable form stock's autograd takes
+      // (infinitely_differentiable_silu_backward)
+      const at::Tensor s = at::sigmoid(saved);
+      return grad * s * (1 + saved * (1 - s));
+    }
     default:
       return grad;
   }
@@ -719,6 +724,9 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
     ctx->saved_data["dilation"] = dilation;
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
+    // silu's second derivative differentiates its input, the pooled x: x's place in the graph
+    if (static_cast<Activation>(act) == Activation::kSilu)
+      ctx->saved_data["input_edge"] = input_edge(x);
     return {y, idx};
   }
 
@@ -744,17 +752,16 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
   }
 
   // Given the indices, max pooling is a linear map: x at each window's maximum. Its input
-  // gradient, differentiable (see linear_map_grad), of act's backward by stock's ops.
+  // gradient, differentiable (see linear_map_grad), of act's backward by stock's ops. silu's
+  // backward reads its input, the pooled x, kept as a value: it is put in x's graph as that
+  // value plus the map of a zero at x's edge, so its second derivative reaches x.
   static at::Tensor differentiable_grad(AutogradContext* ctx, const at::Tensor& grad_y,
                                         const at::Tensor& saved, const at::Tensor& indices) {
     auto& d = ctx->saved_data;
     const int64_t act = d["act"].toInt();
-    // silu's second derivative needs the pooled input, which is not kept
-    if (static_cast<Activation>(act) == Activation::kSilu)
-      refuse_double_backward("max_pool2d with silu");
-    const at::Tensor g = stock_activation_backward(grad_y, saved, act, d["slope"].toDouble());
     const auto kernel = d["kernel"].toIntVector(), stride = d["stride"].toIntVector();
     const auto padding = d["padding"].toIntVector(), dilation = d["dilation"].toIntVector();
+    std::function<at::Tensor(const at::Tensor&)> at_maxima;
     if (indices.scalar_type() == at::kByte) {
       // tap codes (windows that do not overlap): the maxima's indicator (the backward of ones)
       // masks x, and each window sums it
@@ -765,18 +772,26 @@ struct MaxPool2d : public torch::autograd::Function<MaxPool2d> {
                                   kernel, stride, padding, dilation, 0, 0.0);
       const bool ceil_mode = ceil_mode_of(d["shape"].toIntVector(), grad_y, kernel, stride,
                                           padding);
-      return linear_map_grad(ctx, g, [&](const at::Tensor& x) {
+      at_maxima = [=](const at::Tensor& x) {
         return at::avg_pool2d(x * maxima, kernel, stride, padding, ceil_mode, false, 1);
-      });
+      };
+    } else {
+      // flat indices into a plane; -1 (a window wholly in the padding) gives 0
+      const at::Tensor flat = indices.reshape({indices.size(0), indices.size(1), -1});
+      at_maxima = [=](const at::Tensor& x) {
+        return x.reshape({x.size(0), x.size(1), -1})
+            .gather(2, flat.clamp_min(0))
+            .masked_fill(flat < 0, 0)
+            .view(indices.sizes());
+      };
     }
-    // flat indices into a plane; -1 (a window wholly in the padding) gives 0
-    const at::Tensor flat = indices.reshape({indices.size(0), indices.size(1), -1});
-    return linear_map_grad(ctx, g, [&](const at::Tensor& x) {
-      return x.reshape({x.size(0), x.size(1), -1})
-          .gather(2, flat.clamp_min(0))
-          .masked_fill(flat < 0, 0)
-          .view(indices.sizes());
-    });
+    at::Tensor act_input = saved;
+    if (static_cast<Activation>(act) == Activation::kSilu) {
+      const at::Tensor zero = input_grad_empty(ctx, saved).zero_();
+      act_input = saved + at_maxima(reattached(zero, d.at("input_edge")));
+    }
+    const at::Tensor g = stock_activation_backward(grad_y, act_input, act, d["slope"].toDouble());
+    return linear_map_grad(ctx, g, at_maxima);
   }
 };
 

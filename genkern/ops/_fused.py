@@ -239,18 +239,37 @@ def fast_eager(*tensors: torch.Tensor | None) -> bool:
     return eager() and all(t is None or (type(t) in _PLAIN and not t.is_neg()) for t in tensors)
 
 
+def kept_edge(t: torch.Tensor | None):
+    """t's place in the autograd graph, for a node that keeps a value of t but not t: the edge
+    alone where the extension is there (csrc/cpu/input_edge.h), else t itself; None where t
+    needs no gradient (or while traced)."""
+    if t is None or not t.requires_grad or not untraced():
+        return None
+    return _ext._C.input_edge(t) if _ext.HAS_CPU else t
+
+
+def at_edge(value: torch.Tensor, edge) -> torch.Tensor:
+    """value put where kept_edge's tensor was in the autograd graph: its gradient flows on into
+    that tensor's producers (without the extension, value + (t - t.detach()) in t's graph)."""
+    if edge is None:
+        return value
+    if isinstance(edge, torch.Tensor):
+        with torch.enable_grad():
+            return value + (edge - edge.detach())
+    return _ext._C.reattached(value, edge)
+
+
 def hold_bias(ctx, bias: torch.Tensor | None) -> None:
     """Holds the bias on ctx, not saved: stock's backward, which saves what it reads, does not
     read it, so a change to it in place between the forward and the backward must not raise
     (found by a fuzz: "modified by an inplace operation"). Its value now and its place in the
-    autograd graph now (csrc/cpu/input_edge.h; without the extension, the tensor), for held_bias
-    and a batch norm keeping its output (ctx.bias_value; not while traced: neither runs there)."""
+    autograd graph now (kept_edge), for held_bias and a batch norm keeping its output
+    (ctx.bias_value; not while traced: neither runs there)."""
     ctx.bias_value = ctx.bias_edge = None
     if bias is None or not untraced():
         return
     ctx.bias_value = bias.detach().clone()
-    if bias.requires_grad:
-        ctx.bias_edge = _ext._C.input_edge(bias) if _ext.HAS_CPU else bias
+    ctx.bias_edge = kept_edge(bias)
 
 
 def held_bias(ctx) -> torch.Tensor | None:
@@ -260,14 +279,10 @@ def held_bias(ctx) -> torch.Tensor | None:
     gradients). Without the extension, value + (b - b.detach()) in the bias's graph now. The C++
     paths do the same (eager_autograd.cpp)."""
     value, edge = ctx.bias_value, ctx.bias_edge
-    if edge is None:
-        return value
-    if isinstance(edge, torch.Tensor):
-        if not edge.requires_grad:  # frozen since: its gradient reaches the node's edge alone
-            return value.detach().requires_grad_()
-        with torch.enable_grad():
-            return value + (edge - edge.detach())
-    return _ext._C.reattached(value, edge)
+    if isinstance(edge, torch.Tensor) and not edge.requires_grad:
+        # frozen since: its gradient reaches the node's edge alone
+        return value.detach().requires_grad_()
+    return at_edge(value, edge)
 
 
 def owned(t: torch.Tensor) -> torch.Tensor:

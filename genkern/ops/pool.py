@@ -396,6 +396,7 @@ def _max_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(idx, preact)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(_fused.saved_for_backward(act, slope, y, preact), idx)
+    ctx.input_edge = _fused.kept_edge(x) if act == A.SILU else None  # (see _max_backward)
     ctx.args = (
         list(x.shape),
         _format(x) == torch.channels_last,
@@ -415,8 +416,14 @@ def _max_backward(ctx, grad_y, _grad_idx, _grad_preact):
     saved, idx = ctx.saved_tensors
     if _fused.stock_backward(grad_y):
         input_size, cl, *_, act, slope, _ = ctx.args
-        if act == A.SILU:  # its second derivative needs the pooled input, which is not kept
-            _fused.refuse_double_backward("max_pool2d with silu")
+        if act == A.SILU:
+            # silu's backward reads its input, the pooled x, kept as a value: in x's graph as
+            # that value plus the pool of a zero at x's edge, so its second derivative reaches x
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            zero = torch.zeros(input_size, dtype=saved.dtype, device=saved.device).to(
+                memory_format=fmt
+            )
+            saved = saved + _at_maxima(_fused.at_edge(zero, ctx.input_edge), idx)
         g = reference.activation_backward(grad_y, saved, act, slope)
         gx = _fused.linear_map_grad(lambda x: _at_maxima(x, idx), input_size, cl, g)
     else:
