@@ -1,9 +1,9 @@
 """genkern under PyTorch's other front ends: torch.jit.trace records the custom ops (the eager
 fast paths step aside, or the traced graph would hold only their outputs' allocations); the
-differentiating torch.func transforms (grad, vjp, jacrev, hessian, jvp, jacfwd) and
-torch.autograd.forward_ad run each op's stock composite, so they give stock's derivatives (the
-custom ops' autograd refuses the former and drops the latter's tangents: found by fuzzes),
-while vmap alone keeps the fused ops."""
+torch.func transforms (grad, vjp, jacrev, hessian, jvp, jacfwd, vmap) and torch.autograd's
+forward_ad run each op's stock composite, so they give stock's derivatives (the custom ops'
+autograd refuses the differentiating transforms, drops forward tangents and loops under vmap:
+found by fuzzes), and plain calls keep the fused ops."""
 
 import subprocess
 import sys
@@ -205,20 +205,117 @@ def test_func_transforms_are_stocks(index, how):
         _same(per_sample(fn), per_sample(stock))
 
 
-def test_vmap_alone_keeps_the_fused_ops():
+def test_every_transform_takes_the_composite_and_plain_calls_the_fused_ops():
     seen = []
 
     def probe(t):
-        seen.append(genkern.ops._fused.stock_autodiff(t))
+        seen.append(genkern.ops._fused.stock_composite(t))
         return genkern.ops.conv2d(t, torch.ones(2, 3, 1, 1))
 
     x = torch.randn(4, 1, 3, 5, 5)
-    torch.testing.assert_close(
-        torch.func.vmap(probe)(x), torch.func.vmap(lambda t: F.conv2d(t, torch.ones(2, 3, 1, 1)))(x)
-    )
-    assert seen == [False]
+    stock = torch.func.vmap(lambda t: F.conv2d(t, torch.ones(2, 3, 1, 1)))(x)
+    torch.testing.assert_close(torch.func.vmap(probe)(x), stock)
     torch.func.grad(lambda t: probe(t).sum())(x[0])
-    assert seen == [False, True]
+    probe(x[0])
+    assert seen == [True, True, False]
+
+
+@pytest.mark.parametrize("act", ["silu", "leaky_relu"])
+@pytest.mark.parametrize("op", ["conv2d", "max_pool2d", "batch_norm"])
+def test_vmap_then_backward_through_an_activation_reading_its_input(op, act):
+    # found by fuzz round 27: inside vmap a batched tensor reads requires_grad False, so the
+    # fused forward kept no pre-activation and the backward raised (max_pool2d: a crash,
+    # SIGSEGV, reading the empty tensor); vmap now takes the stock composites
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    kw = dict(activation=act, negative_slope=-0.3)
+    calls = {
+        "conv2d": (
+            lambda t: genkern.ops.conv2d(t, w, None, 1, 1, **kw),
+            lambda t: F.conv2d(t, w, None, 1, 1),
+        ),
+        "max_pool2d": (lambda t: genkern.ops.max_pool2d(t, 2, **kw), lambda t: F.max_pool2d(t, 2)),
+        "batch_norm": (
+            lambda t: genkern.ops.batch_norm(t, None, None, training=True, **kw),
+            lambda t: F.batch_norm(t, None, None, training=True),
+        ),
+    }
+    ours, stock = calls[op]
+    grads = []
+    for f in (ours, lambda t: reference_activation(stock(t), act, -0.3)):
+        x = torch.randn(
+            2, 2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
+        x.requires_grad_()
+        torch.func.vmap(f)(x).square().sum().backward()
+        grads.append(x.grad)
+    _same(grads[0], grads[1])
+
+
+def reference_activation(y, act, slope):
+    return genkern.reference.activation(y, act, slope)
+
+
+def test_ensemble_of_training_batch_norms_updates_each_members_statistics():
+    # found by fuzz round 27: vmap over a stack_module_state ensemble raised "Batching rule not
+    # implemented for genkern::batch_norm_update_stats"
+    import copy
+
+    torch.manual_seed(0)
+    stocks = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train() for _ in range(3)]
+    ours = [gnn.convert(copy.deepcopy(m)) for m in stocks]
+    x = torch.randn(5, 3, 6, 6)
+
+    def ensemble(models):
+        params, buffers = torch.func.stack_module_state(models)
+        base = copy.deepcopy(models[0]).to("meta")
+
+        def member(p, b, x):
+            return torch.func.functional_call(base, (p, b), (x,))
+
+        return torch.func.vmap(member, in_dims=(0, 0, None))(params, buffers, x), buffers
+
+    (y, b), (y2, b2) = ensemble(ours), ensemble(stocks)
+    torch.testing.assert_close(y, y2)
+    for k in b2:
+        torch.testing.assert_close(b[k], b2[k])
+
+
+def test_transforms_refuse_what_eager_refuses():
+    # found by fuzz round 27: the composite ran before genkern's checks
+    x = torch.randn(3, 4, 5)
+    w = torch.randn(2, 3, 3, 3)
+    calls = [
+        (lambda x: genkern.ops.upsample_nearest2d(x, 2), ValueError),
+        (lambda x: genkern.ops.conv2d(x, w, backend="nope"), ValueError),
+        (lambda x: genkern.ops.discriminator_loss(x, torch.ones(3, dtype=torch.long)), TypeError),
+    ]
+    for fn, exc in calls:
+        with pytest.raises(exc) as eager:
+            fn(x)
+        with pytest.raises(exc) as inside:
+            torch.func.vjp(fn, x)
+        assert str(inside.value) == str(eager.value)
+
+
+@pytest.mark.parametrize("transform", ["grad", "jvp"])
+def test_compiled_transforms(transform):
+    # found by fuzz round 27: torch.compile of grad raised, and of jvp gave zero tangents
+    torch._dynamo.reset()
+    x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    t = torch.randn_like(x)
+
+    def run(conv):
+        if transform == "grad":
+            return torch.func.grad(lambda w: conv(x, w).square().sum())(w)
+        return torch.func.jvp(lambda x: conv(x, w), (x,), (t,))[1]
+
+    def ours(x, w):
+        return genkern.ops.conv2d(x, w, b, 1, 1, activation="tanh")
+
+    def stock(x, w):
+        return torch.tanh(F.conv2d(x, w, b, 1, 1))
+
+    torch.testing.assert_close(torch.compile(lambda: run(ours))(), run(stock))
 
 
 def test_func_grad_and_per_sample_gradients_of_a_converted_model():
@@ -260,7 +357,7 @@ def test_plain_tensors_inside_a_dual_level_still_run_fused():
     x = torch.randn(2, 3, 4, 4)
     with fwAD.dual_level():
         fwAD.make_dual(torch.randn(3), torch.randn(3))
-        assert not genkern.ops._fused.stock_autodiff(x)
+        assert not genkern.ops._fused.stock_composite(x)
         torch.testing.assert_close(genkern.ops.max_pool2d(x, 2), nn.functional.max_pool2d(x, 2))
 
 

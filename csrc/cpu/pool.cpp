@@ -517,7 +517,9 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_y, const std::optional
                                    std::vector<int64_t> padding, std::vector<int64_t> dilation,
                                    int64_t activation, double negative_slope) {
   const auto act = static_cast<Activation>(activation);
-  TORCH_CHECK(act == Activation::kIdentity || (saved && saved->defined()),
+  // (an empty one, kept by a forward that read no gradient coming, crashed: found by a fuzz)
+  TORCH_CHECK(act == Activation::kIdentity ||
+                  (saved && saved->defined() && saved->sizes() == grad_y.sizes()),
               "genkern: max_pool2d's activation backward needs the saved tensor");
   const auto fmt = format_of(grad_input);
   const at::Tensor& x = grad_input;

@@ -3,6 +3,8 @@ activation's backward keeps, and the layouts of the gradients the backward custo
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.autograd import forward_ad as _forward_ad
 
@@ -18,8 +20,8 @@ def wants_preact(act: int, slope: float, *tensors: torch.Tensor | None) -> bool:
     training, and the same graph for trace's check, which runs without gradients)."""
     if not A.needs_saved(act) or A.saves_output(act, slope):
         return False
-    if jit_tracing():
-        return True
+    if jit_tracing() or torch._C._are_functorch_transforms_active():
+        return True  # (a batched tensor of vmap reads requires_grad False: found by a fuzz)
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -61,29 +63,35 @@ def try_fast(entry: str, *args, backend: str):
     forward-AD level) of the cpu backend (resolving "auto" from its mirror of use_backend()'s
     stack and GENKERN_BACKEND) on plain float tensors with valid arguments and runs it, or
     declines; and it is not tried with the fast paths off, under torch.compile, or without the
-    extension. The ops ask stock_autodiff after a decline."""
+    extension. The ops ask stock_composite after a decline."""
     if FAST_EAGER and _ext.HAS_CPU and not torch.compiler.is_compiling():
         return getattr(_ext._C, entry)(*args, backend)
     return None
 
 
-def stock_autodiff(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op runs its stock composite (genkern.reference's, differentiated by autograd
-    and functorch as stock's ops are) instead of its fused kernels: under a functorch transform
-    that differentiates (torch.func.grad, vjp, jacrev, hessian: grad; jvp, jacfwd: jvp), which
-    the custom ops' generated autograd.Function refuses, or with a torch.autograd.forward_ad
-    tangent on one of the tensors, which custom ops would drop silently (zeros). vmap alone keeps
-    the fused ops; torch.compile traces them."""
-    level = _forward_ad._current_level
-    if torch.compiler.is_compiling() or (
-        level < 0 and torch._C._functorch.peek_interpreter_stack() is None
-    ):
-        return False
-    dual = level >= 0 and any(
+def stock_composite(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op runs its stock composite (genkern.reference's, which autograd, functorch and
+    torch.compile handle as stock's ops) instead of its fused kernels: inside any torch.func
+    transform (grad, vjp, jacrev, hessian, jvp, jacfwd, vmap, functionalize; also as
+    torch.compile traces one), whose rules the custom ops lack (their generated autograd.Function
+    refuses the differentiating ones; vmap fell back to a loop over the batch, with no rule at
+    all for batch_norm's running-statistics update), or with a torch.autograd.forward_ad tangent
+    on one of the tensors, which the custom ops would drop silently (zeros)."""
+    if torch._C._are_functorch_transforms_active():  # (read right by Dynamo's trace too)
+        return True
+    if _forward_ad._current_level < 0 or torch.compiler.is_compiling():
+        return False  # (Dynamo's trace reads a level, and tangents, where none were made)
+    return any(
         isinstance(t, torch.Tensor) and _forward_ad.unpack_dual(t).tangent is not None
         for t in tensors
     )
-    return dual or _differentiating_transform_active()
+
+
+def stock_call(tensors, composite, *args):
+    """A call of composite(*args) for later, where stock_composite(*tensors); else None. The ops
+    make it before their own checks change the arguments and run it after them, so a call
+    refused outside a transform is refused inside one too (found by a fuzz)."""
+    return functools.partial(composite, *args) if stock_composite(*tensors) else None
 
 
 def creates_graph() -> bool:
@@ -221,15 +229,6 @@ def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):
     else:
         grads = backward(grad_y, saved, x, weight, *ctx.args, mask, ctx.backend)
     return (*(g if m else None for g, m in zip(grads, mask)), *(None,) * (num_args - 3))
-
-
-def _differentiating_transform_active() -> bool:
-    if torch._C._functorch.peek_interpreter_stack() is None:
-        return False
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-    kinds = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
-    return any(i.key() in kinds for i in retrieve_all_functorch_interpreters())
 
 
 def fast_eager(*tensors: torch.Tensor | None) -> bool:

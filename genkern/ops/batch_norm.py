@@ -50,9 +50,8 @@ def batch_norm(
     )
     if y is not None:
         return y
-    if _fused.stock_autodiff(x, weight, bias):
-        args = (weight, bias, training, momentum, eps, activation, negative_slope)
-        return reference.batch_norm(x, running_mean, running_var, *args)
+    args = (running_mean, running_var, weight, bias, training, momentum, eps, activation)
+    composite = _fused.stock_call((x, weight, bias), reference.batch_norm, x, *args, negative_slope)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     if training and not eps > 0.0:  # torch.nn.functional.batch_norm's checks
@@ -120,6 +119,8 @@ def batch_norm(
         return reference.activation(y, A.ID_TO_NAME[act], slope)
     name = backends.resolve("batch_norm", backend, x)
     _require_backend("batch_norm", "batch_norm_act_forward", name)
+    if composite is not None:  # (after genkern's checks: the same errors inside a transform)
+        return composite()
     if (
         name == "cpu"
         and x.numel()

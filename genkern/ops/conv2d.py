@@ -28,24 +28,11 @@ def conv2d(
     "silu"; `padding` also takes "same"/"valid"; `backend` is "auto", "torch", "cpu", "cuda" or
     "triton". Accepts batched (4-D) or unbatched (3-D) input, like torch.
     """
-    y = _fused.try_fast(
-        "conv2d_fast",
-        x,
-        weight,
-        bias,
-        stride,
-        padding,
-        dilation,
-        groups,
-        activation,
-        negative_slope,
-        backend=backend,
-    )
+    args = (x, weight, bias, stride, padding, dilation, groups, activation, negative_slope)
+    y = _fused.try_fast("conv2d_fast", *args, backend=backend)
     if y is not None:
         return y
-    if _fused.stock_autodiff(x, weight, bias):
-        args = (stride, padding, dilation, groups, activation, negative_slope)
-        return reference.conv2d(x, weight, bias, *args)
+    composite = _fused.stock_call((x, weight, bias), reference.conv2d, *args)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)
@@ -57,6 +44,8 @@ def conv2d(
     if extra[0] or extra[1]:  # 'same', even kernel: torch pads the extra row/column at the end
         x = F.pad(x, [0, extra[1], 0, extra[0]])
     name = backends.resolve("conv2d", backend, x)
+    if composite is not None:  # (after genkern's checks: the same errors inside a transform)
+        return composite()
     if weight.shape[1] == 0:  # no input channels: act(bias), through stock's differentiable ops
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
         y = reference.activation(y, A.ID_TO_NAME[act], slope)

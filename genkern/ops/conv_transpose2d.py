@@ -48,9 +48,10 @@ def conv_transpose2d(
     )
     if y is not None:
         return y
-    if _fused.stock_autodiff(x, weight, bias):
-        args = (stride, padding, output_padding, groups, dilation, activation, negative_slope)
-        return reference.conv_transpose2d(x, weight, bias, *args)
+    args = (stride, padding, output_padding, groups, dilation, activation, negative_slope)
+    composite = _fused.stock_call(
+        (x, weight, bias), reference.conv_transpose2d, x, weight, bias, *args
+    )
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)
@@ -72,6 +73,8 @@ def conv_transpose2d(
         )
     _check_shapes(x, weight, bias, stride, padding, output_padding, dilation, groups)
     name = backends.resolve("conv_transpose2d", backend, x)
+    if composite is not None:  # (after genkern's checks: the same errors inside a transform)
+        return composite()
     if name == "cpu" and x.shape[0] and _fused.fast_eager(x, weight, bias):
         args = (x, weight, bias, stride, padding, output_padding, dilation, groups, act, slope)
         entry = _registry.extension().conv_transpose2d_act_eager_cpu

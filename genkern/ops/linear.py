@@ -32,8 +32,8 @@ def linear(
     y = _fused.try_fast("linear_fast", x, weight, bias, activation, negative_slope, backend=backend)
     if y is not None:
         return y
-    if _fused.stock_autodiff(x, weight, bias):
-        return reference.linear(x, weight, bias, activation, negative_slope)
+    args = (x, weight, bias, activation, negative_slope)
+    composite = _fused.stock_call((x, weight, bias), reference.linear, *args)
     act = A.activation_id(activation)
     slope = A.check_negative_slope(negative_slope)
     x, weight, bias = _fused.autocast(x, weight, bias)
@@ -64,6 +64,8 @@ def linear(
         )
     x2 = x if x.dim() == 2 else x.reshape(rows, in_features)
     name = backends.resolve("linear", backend, x2)
+    if composite is not None:  # (after genkern's checks: the same errors inside a transform)
+        return composite()
     if name == "cpu" and rows and out_features and _fused.fast_eager(x, weight, bias):
         y = _registry.extension().linear_act_eager_cpu(x2, weight, bias, act, slope)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], out_features)

@@ -178,12 +178,12 @@ def discriminator_loss(
     loss = _fused.try_fast("gan_loss_fast", real_logits, fake_logits, kind, True, backend=backend)
     if loss is not None:
         return loss
-    if _fused.stock_autodiff(real_logits, fake_logits):
-        return _gan_value_torch(real_logits, fake_logits, *D_TERMS[_kind(kind)])
     real_logits, fake_logits = _promoted(real_logits, fake_logits)
     real_term, fake_term = D_TERMS[_kind(kind)]
     _checks.check_floating("discriminator_loss", real_logits=real_logits, fake_logits=fake_logits)
     name = backends.resolve("discriminator_loss", backend, fake_logits)
+    if _fused.stock_composite(real_logits, fake_logits):  # (after the checks, as everywhere)
+        return _gan_value_torch(real_logits, fake_logits, real_term, fake_term)
     return _gan_call(
         real_logits,
         fake_logits,
@@ -206,11 +206,11 @@ def generator_loss(
     loss = _fused.try_fast("gan_loss_fast", None, fake_logits, kind, False, backend=backend)
     if loss is not None:
         return loss
-    if _fused.stock_autodiff(fake_logits):
-        return _gan_value_torch(None, fake_logits, 0, G_TERMS[_kind(kind)])
     term = G_TERMS[_kind(kind)]
     _checks.check_floating("generator_loss", fake_logits=fake_logits)
     name = backends.resolve("generator_loss", backend, fake_logits)
+    if _fused.stock_composite(fake_logits):
+        return _gan_value_torch(None, fake_logits, 0, term)
     return _gan_call(None, fake_logits, 0, term, False, _needs(fake_logits), name)
 
 
@@ -280,10 +280,10 @@ def vae_loss(
             )
         scale = 1.0 / recon.shape[0] if recon.shape[0] else float("nan")
     rid = RECON_MSE if recon_loss == "mse" else (RECON_BCE_LOGITS if logits else RECON_BCE)
-    if _fused.stock_autodiff(recon, target, mu, logvar):
+    name = backends.resolve("vae_loss", backend, recon)
+    if _fused.stock_composite(recon, target, mu, logvar):
         total, rec, kl = _vae_value_torch(recon, target, mu, logvar, rid, float(beta), scale)
         return (total, rec, kl) if return_components else total
-    name = backends.resolve("vae_loss", backend, recon)
     mask = [_needs(recon), _needs(target), _needs(mu), _needs(logvar)]
     if _fused.fast_eager(recon, target, mu, logvar):
         kernel = _registry.kernel("vae_loss", name)
@@ -383,11 +383,11 @@ def reparameterize(
         raise ValueError(f"logvar size ({logvar.size()}) must be the same as mu size ({mu.size()})")
     if eps is not None and eps.shape != mu.shape:
         raise ValueError(f"eps size ({eps.size()}) must be the same as mu size ({mu.size()})")
-    if _fused.stock_autodiff(mu, logvar, eps):
+    name = backends.resolve("reparameterize", backend, mu)
+    if _fused.stock_composite(mu, logvar, eps):
         if eps is None:
             eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
         return _reparam_torch(mu, logvar, eps)[0]
-    name = backends.resolve("reparameterize", backend, mu)
     if name == "cpu" and _fused.fast_eager(mu, logvar, eps):
         return _registry.extension().reparameterize_eager_cpu(mu, logvar, eps, generator)
     if eps is None:

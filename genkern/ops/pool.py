@@ -126,11 +126,8 @@ def max_pool2d(
     )
     if y is not None:
         return y
-    if _fused.stock_autodiff(x):
-        y = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-        y, idx = y if return_indices else (y, None)
-        y = reference.activation(y, activation, negative_slope)
-        return (y, idx) if return_indices else y
+    args = (kernel_size, stride, padding, dilation, ceil_mode, return_indices, activation)
+    composite = _fused.stock_call((x,), _max_pool2d_stock, x, *args, negative_slope)
     if _not_floating(x):
         y = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
         if activation is None:
@@ -150,6 +147,8 @@ def max_pool2d(
     _output_hw(x, kernel, stride, padding, dilation, ceil_mode)
     name = backends.resolve("max_pool2d", backend, x)
     _require_backend("max_pool2d", "max_pool2d_forward", name)
+    if composite is not None:  # (after genkern's checks: the same errors inside a transform)
+        return composite()
     save_preact = _fused.wants_preact(act, slope, x)
     args = (x, kernel, stride, padding, dilation, bool(ceil_mode), act, slope, save_preact, name)
     op = _max_pool2d_body if _no_graph(x) else torch.ops.genkern.max_pool2d
@@ -183,10 +182,8 @@ def avg_pool2d(
     )
     if y is not None:
         return y
-    if _fused.stock_autodiff(x):
-        return reference.avg_pool2d(
-            x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-        )
+    args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    composite = _fused.stock_call((x,), reference.avg_pool2d, x, *args)
     if _not_floating(x):
         return F.avg_pool2d(
             x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
@@ -204,6 +201,8 @@ def avg_pool2d(
     _output_hw(x, kernel, stride, padding, [1, 1], ceil_mode)
     name = backends.resolve("avg_pool2d", backend, x)
     _require_backend("avg_pool2d", "avg_pool2d_forward", name)
+    if composite is not None:  # (after genkern's checks: the same errors inside a transform)
+        return composite()
     args = (x, kernel, stride, padding, bool(ceil_mode), bool(count_include_pad), div, name)
     y = _avg_pool2d_body(*args) if _no_graph(x) else torch.ops.genkern.avg_pool2d(*args)
     return y.squeeze(0) if unbatched else y
@@ -213,8 +212,7 @@ def upsample_nearest2d(
     x: torch.Tensor, scale_factor=None, size=None, backend: str = "auto"
 ) -> torch.Tensor:
     """F.interpolate(x, size, scale_factor, mode="nearest"), the same source index per pixel."""
-    if _fused.stock_autodiff(x):
-        return reference.upsample_nearest2d(x, scale_factor, size)
+    composite = _fused.stock_call((x,), reference.upsample_nearest2d, x, scale_factor, size)
     if _not_floating(x):
         return F.interpolate(x, size=size, scale_factor=scale_factor, mode="nearest")
     _checks.check_floating("upsample_nearest2d", input=x)
@@ -264,6 +262,8 @@ def upsample_nearest2d(
         return F.interpolate(x, scale_factor=tuple(scales), mode="nearest")
     name = backends.resolve("upsample_nearest2d", backend, x)
     _require_backend("upsample_nearest2d", "upsample_nearest2d_forward", name)
+    if composite is not None:  # (after genkern's checks: the same errors inside a transform)
+        return composite()
     if name == "cpu" and x.numel() and _fused.fast_eager(x):  # C++ kernels and autograd
         sh, sw = _tables(x.shape[2:], out, scales[0], scales[1], x.device)
         return _ext().upsample_nearest2d_eager_cpu(x, sh, sw, _format(x) == torch.channels_last)
@@ -305,6 +305,14 @@ def _empty(input_size, channels_last, like):
 
 
 # ---- max_pool2d ---------------------------------------------------------------------------------
+
+
+def _max_pool2d_stock(x, kernel, stride, padding, dilation, ceil_mode, with_indices, act, slope):
+    """act(F.max_pool2d(x)): max_pool2d's stock composite (see _fused.stock_composite)."""
+    y = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, with_indices)
+    y, idx = y if with_indices else (y, None)
+    y = reference.activation(y, act, slope)
+    return (y, idx) if with_indices else y
 
 
 def _no_graph(x: torch.Tensor) -> bool:
