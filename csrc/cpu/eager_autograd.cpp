@@ -71,11 +71,6 @@ at::Tensor saved_for_backward(int64_t act, double slope, const at::Tensor& y,
   return saves_output(a, slope) ? y : preact;
 }
 
-void refuse_double_backward(const char* op) {
-  TORCH_CHECK(!at::GradMode::is_enabled(), "genkern: the second derivative of ", op,
-              " is not implemented (backward with create_graph=True)");
-}
-
 // act(z) by stock's differentiable ops (genkern.reference.activation).
 at::Tensor stock_activation(const at::Tensor& z, int64_t act, double slope) {
   switch (static_cast<Activation>(act)) {

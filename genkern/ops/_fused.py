@@ -100,17 +100,6 @@ def creates_graph() -> bool:
     return torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
-def refuse_double_backward(op: str) -> None:
-    """Raises where a custom op's registered backward would be differentiated (create_graph=True):
-    its backward op has no autograd formula, and torch's error for that speaks to op authors. The
-    words of the C++ paths' refusal (csrc/cpu/eager_autograd.cpp)."""
-    if creates_graph():
-        raise RuntimeError(
-            f"genkern: the second derivative of {op} is not implemented "
-            "(backward with create_graph=True)"
-        )
-
-
 def stock_backward(grad_y: torch.Tensor | None) -> bool:
     """Whether a backward takes the op's stock composite, differentiated by autograd, instead of
     genkern's backward kernels: with create_graph=True (grad mode on inside it: the gradients
