@@ -604,3 +604,31 @@ def test_batched_gradients_with_a_bias_needing_a_gradient(name, path, monkeypatc
         rows.append(torch.autograd.functional.jacobian(f, (x, w, b), vectorize=True))
     for a, c in zip(*rows, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["create_graph", "is_grads_batched"])
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("name", list(OPS))
+def test_weight_frozen_between_forward_and_backward(name, path, batched, monkeypatch):
+    # found by fuzz round 28: a GAN loop toggles D's parameters' requires_grad; a weight frozen
+    # after the forward made the Python path's composite raise ("One of the differentiated
+    # Tensors does not require grad"); stock's gradient skips it (w.grad stays None)
+    backend = _use_path(path, monkeypatch)
+    op, stock, _, _ = OPS[name]
+    results = []
+    for f in (lambda x, w, b: op(x, w, b, activation="tanh", backend=backend), stock_tanh(stock)):
+        x, w, b = _inputs(name, torch.float64)
+        y = f(x, w, b)
+        w.requires_grad_(False)
+        if batched:
+            g = torch.stack([torch.ones_like(y), torch.linspace(-1, 1, y.numel()).view_as(y)])
+            results.append(torch.autograd.grad(y, x, g.to(y.dtype), is_grads_batched=True))
+        else:
+            (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+            gx.square().sum().backward()
+            results.append((gx, x.grad, w.grad, b.grad))
+    _assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+
+
+def stock_tanh(stock):
+    return lambda x, w, b: torch.tanh(stock(x, w, b))

@@ -49,14 +49,18 @@ variable_list composite_grads(const Composite& composite, variable_list inputs,
     ys.push_back(outputs[i]);
     gs.push_back(grads[i]);
   }
-  for (size_t i = 0; i < inputs.size(); ++i)
-    if (mask[i]) wanted.push_back(inputs[i]);
+  // an input frozen since the forward gets none, as stock's AccumulateGrad skips it
+  std::vector<bool> asked(mask);
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    asked[i] = asked[i] && inputs[i].defined() && inputs[i].requires_grad();
+    if (asked[i]) wanted.push_back(inputs[i]);
+  }
   variable_list out(inputs.size());
   if (wanted.empty() || ys.empty()) return out;
   const variable_list g =
       torch::autograd::grad(ys, wanted, gs, std::nullopt, create_graph, /*allow_unused=*/true);
   for (size_t i = 0, k = 0; i < inputs.size(); ++i) {
-    if (!mask[i]) continue;
+    if (!asked[i]) continue;
     out[i] = differentiable(g[k].defined() ? g[k] : at::zeros_like(inputs[i]));
     ++k;
   }

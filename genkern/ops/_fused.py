@@ -147,6 +147,9 @@ def differentiable_grads(recompute, inputs, mask, grad_y):
     returns a tuple of them and grad_y holds their gradients (None: nothing flowed into that
     one). The C++ eager paths do the same (csrc/cpu/composite_grads.h)."""
     create_graph = torch.is_grad_enabled()
+    # an input frozen since the forward (a GAN loop toggling D's parameters) gets none, as
+    # stock's AccumulateGrad skips it (found by a fuzz: autograd.grad refused it)
+    mask = [m and t is not None and t.requires_grad for t, m in zip(inputs, mask)]
     with torch.enable_grad():
         # views: the inner grad's capture there fires none of the hooks on the inputs themselves
         # (found by a fuzz: a tensor hook, retain_grad, on a batch norm's input ran twice)
