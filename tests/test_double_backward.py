@@ -632,3 +632,23 @@ def test_weight_frozen_between_forward_and_backward(name, path, batched, monkeyp
 
 def stock_tanh(stock):
     return lambda x, w, b: torch.tanh(stock(x, w, b))
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_channels_last_weight_of_one_output_channel(path, monkeypatch):
+    # found by fuzz round 29: a DCGAN discriminator's last conv (8 -> 1, 4x4 over 4x4) converted
+    # to channels_last, float64, under a penalty: the composite's inputs were view_as views,
+    # whose recomputed size-1 stride made ATen's conv backward raise "slow_conv2d: grad_weight
+    # must be contiguous"; stock's ran
+    backend = _use_path(path, monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    w = torch.randn(1, 8, 4, 4, generator=g, dtype=torch.float64).to(memory_format=cl)
+    h = torch.rand(4, 8, 4, 4, generator=g, dtype=torch.float64).to(memory_format=cl)
+    results = []
+    for f in (lambda h, w: genkern.ops.conv2d(h, w, backend=backend), F.conv2d):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        first = torch.autograd.grad(f(hh, ww).sum(), (hh, ww), create_graph=True)
+        sum(t.square().sum() for t in first).backward()
+        results.append((*first, hh.grad, ww.grad))
+    _assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)

@@ -1,6 +1,7 @@
 #include "composite_grads.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/alias.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -40,7 +41,7 @@ variable_list composite_grads(const Composite& composite, variable_list inputs,
   {
     at::AutoGradMode enable_grad(true);
     for (auto& t : inputs)
-      if (t.defined() && t.requires_grad()) t = t.view_as(t);
+      if (t.defined() && t.requires_grad()) t = at::alias(t);
     outputs = composite(inputs);
   }
   variable_list ys, gs, wanted;

@@ -42,9 +42,11 @@ using Composite =
 // given the outputs' gradients (an undefined one: nothing flowed into that output; an output
 // that needs no gradient, constant in the inputs, adds nothing: found by a fuzz); with
 // create_graph=True (grad mode on) as differentiable functions of the inputs and the gradients.
-// composite runs on views of the inputs: the inner grad's capture there fires none of the hooks
-// on the inputs themselves (found by a fuzz: a tensor hook, retain_grad, on a batch norm's
-// input ran twice), which fire once, when the gradient returned reaches them.
+// composite runs on aliases of the inputs: the inner grad's capture there fires none of the
+// hooks on the inputs themselves (found by a fuzz: a tensor hook, retain_grad, on a batch norm's
+// input ran twice), which fire once, when the gradient returned reaches them. (Not view_as,
+// which recomputes a size-1 dim's stride: ATen's float64 conv backward then refused a
+// channels_last weight of one output channel, found by a fuzz.)
 torch::autograd::variable_list composite_grads(const Composite& composite,
                                                torch::autograd::variable_list inputs,
                                                const std::vector<bool>& mask,

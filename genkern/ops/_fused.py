@@ -151,9 +151,13 @@ def differentiable_grads(recompute, inputs, mask, grad_y):
     # stock's AccumulateGrad skips it (found by a fuzz: autograd.grad refused it)
     mask = [m and t is not None and t.requires_grad for t, m in zip(inputs, mask)]
     with torch.enable_grad():
-        # views: the inner grad's capture there fires none of the hooks on the inputs themselves
-        # (found by a fuzz: a tensor hook, retain_grad, on a batch norm's input ran twice)
-        inputs = [t.view_as(t) if t is not None and t.requires_grad else t for t in inputs]
+        # aliases: the inner grad's capture there fires none of the hooks on the inputs
+        # themselves (found by a fuzz: a tensor hook, retain_grad, on a batch norm's input ran
+        # twice); not view_as, which recomputes a size-1 dim's stride (found by a fuzz: a
+        # channels_last 1x8x4x4 float64 weight's then made ATen's conv backward raise)
+        inputs = [
+            torch.ops.aten.alias(t) if t is not None and t.requires_grad else t for t in inputs
+        ]
         y = recompute(*inputs)
     ys, gs = (y, grad_y) if isinstance(y, tuple) else ((y,), (grad_y,))
     # an output that needs no gradient (constant in the inputs) adds nothing (found by a fuzz:
