@@ -351,6 +351,11 @@ def _train(args, device, info) -> int:
             {k: m.state_dict() for k, m in task.models.items()},
             os.path.join(args.out, f"final_rank{info.rank}.pt"),
         )
+    # every process done before any leaves the group: one destroying its group while another
+    # still saved closed gloo's connections under that one, whose pair thread then aborted it at
+    # exit ("terminate called without an active exception", SIGABRT; once in CI's two-process
+    # test). Only on success: a process that failed must not wait for the others here.
+    distributed.barrier(info)
     last = history[-1]
     shown = {
         k: v
