@@ -669,14 +669,9 @@ at::Tensor input_grad_empty(AutogradContext* ctx, const at::Tensor& like) {
 // a differentiable function of grad_y, so second derivatives are stock's (genkern/ops/_fused).
 at::Tensor linear_map_grad(AutogradContext* ctx, const at::Tensor& grad_y,
                            const std::function<at::Tensor(const at::Tensor&)>& forward) {
-  const bool create_graph = at::GradMode::is_enabled();
-  at::Tensor x, y;
-  {
-    at::AutoGradMode enable_grad(true);
-    x = input_grad_empty(ctx, grad_y).zero_().requires_grad_();
-    y = forward(x);
-  }
-  return differentiable(torch::autograd::grad({y}, {x}, {grad_y}, std::nullopt, create_graph)[0]);
+  const at::Tensor x = input_grad_empty(ctx, grad_y).zero_().requires_grad_();
+  const auto composite = [&](const variable_list& in) -> variable_list { return {forward(in[0])}; };
+  return composite_grads(composite, {x}, {true}, {grad_y})[0];
 }
 
 // The input's shape and layout (for its gradient) and the pool's window, for the backward.

@@ -8,10 +8,10 @@
 #include <ATen/ops/binary_cross_entropy_with_logits.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/isinf.h>
-#include <ATen/ops/where.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/log_sigmoid.h>
 #include <ATen/ops/relu.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/graph_task.h>
@@ -285,7 +285,7 @@ struct VaeLossBackward : public torch::autograd::Node {
 struct ReparamBackward : public torch::autograd::Node {
   SavedGrad h, sd;
   KeptInput logvar, eps;  // read only with create_graph=True
-  bool drawn = false;                          // eps drawn by the kernel (not an input)
+  bool drawn = false;     // eps drawn by the kernel (not an input)
 
   std::string name() const override { return "ReparameterizeBackward"; }
 
@@ -294,7 +294,7 @@ struct ReparamBackward : public torch::autograd::Node {
     const at::Tensor& g = grads[0];
     if (!g.defined()) return out;
     if (should_compute_output(0)) out[0] = g;
-    if (at::GradMode::is_enabled()) return differentiable_grads(g, std::move(out));
+    if (at::GradMode::is_enabled()) return grads_in_graph(g, std::move(out));
     const bool one = is_cpu_one(g);
     if (should_compute_output(1)) out[1] = h.scaled_by(g, one);
     if (should_compute_output(2)) out[2] = sd.scaled_by(g, one);
@@ -306,7 +306,7 @@ struct ReparamBackward : public torch::autograd::Node {
   // of logvar is h exp(d / 2), d = logvar - logvar.detach() (0, of derivative 1), its value h and
   // its derivative h / 2; d = 0 at an infinite logvar (inf - inf: NaN, found by a fuzz), whose
   // gradient is then h, +-inf, as the first-order one.
-  variable_list differentiable_grads(const at::Tensor& g, variable_list out) {
+  variable_list grads_in_graph(const at::Tensor& g, variable_list out) {
     const at::Tensor lv = accumulated(logvar.unpack()), ga = accumulated(g);
     if (drawn) {
       if (should_compute_output(1)) {

@@ -197,14 +197,9 @@ def linear_map_grad(forward_torch, input_size, channels_last: bool, grad_y):
     with create_graph=True a differentiable function of grad_y, so second derivatives are
     stock's. The C++ eager paths do the same (csrc/cpu/eager_autograd.cpp, linear_map_grad)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    create_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        # (not grad_y.new_zeros: under vmap, that would be batched too)
-        x = torch.empty(input_size, dtype=grad_y.dtype, device=grad_y.device, memory_format=fmt)
-        x = x.zero_().requires_grad_()
-        y = forward_torch(x)
-    grad = torch.autograd.grad(y, x, grad_y, create_graph=create_graph)[0]
-    return _differentiable(grad) if create_graph else grad
+    # (not grad_y.new_zeros: under vmap, that would be batched too)
+    x = torch.empty(input_size, dtype=grad_y.dtype, device=grad_y.device, memory_format=fmt)
+    return differentiable_grads(forward_torch, (x.zero_().requires_grad_(),), (True,), grad_y)[0]
 
 
 def backward_grads(ctx, grad_y, forward_torch, backward, num_args: int):

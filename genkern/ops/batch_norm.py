@@ -397,7 +397,7 @@ def _setup_context(ctx, inputs, output):
     ctx.input_edge = None
     if ctx.keeps_output:
         ctx.save_for_backward(y, weight, mean, invstd, None)
-        ctx.input_edge = _registry.extension().input_edge(x)  # (for _stock_grads)
+        ctx.input_edge = _fused.kept_edge(x)  # (for _stock_grads)
     else:
         saved = None
         if A.needs_saved(act):
@@ -415,10 +415,11 @@ def _stock_grads(ctx, x, weight, mean, invstd, mask, grad_y):
     where x was in the graph. The C++ eager path does the same (csrc/cpu/eager_autograd.cpp)."""
     training, act, slope, _ = ctx.args
     if ctx.keeps_output:
-        ext = _registry.extension()
         with torch.no_grad():
-            x = ext.batch_norm_input_from_output(x, weight, ctx.bias_value, mean, invstd, slope)
-        x = ext.reattached(x, ctx.input_edge)
+            x = _registry.extension().batch_norm_input_from_output(
+                x, weight, ctx.bias_value, mean, invstd, slope
+            )
+        x = _fused.at_edge(x, ctx.input_edge)
 
     def composite(x, weight, bias):
         stats = _batch_stats_invstd(x, ctx.eps)[:2] if training else (mean, invstd)

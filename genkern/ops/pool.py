@@ -427,10 +427,7 @@ def _max_backward(ctx, grad_y, _grad_idx, _grad_preact):
         if act == A.SILU:
             # silu's backward reads its input, the pooled x, kept as a value: in x's graph as
             # that value plus the pool of a zero at x's edge, so its second derivative reaches x
-            fmt = torch.channels_last if cl else torch.contiguous_format
-            zero = torch.zeros(input_size, dtype=saved.dtype, device=saved.device).to(
-                memory_format=fmt
-            )
+            zero = _empty(input_size, cl, saved).zero_()
             saved = saved + _at_maxima(_fused.at_edge(zero, ctx.input_edge), idx)
         g = reference.activation_backward(grad_y, saved, act, slope)
         gx = _fused.linear_map_grad(lambda x: _at_maxima(x, idx), input_size, cl, g)
