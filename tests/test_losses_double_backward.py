@@ -357,3 +357,48 @@ def test_second_backward_through_a_freed_graph_says_so(backend, fast_eager, monk
         loss.backward()
         with pytest.raises(RuntimeError, match="backward through the graph a second time"):
             loss.backward(create_graph=True)
+
+
+@pytest.mark.parametrize("fast_eager", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("which,kind", [("D", "wgan"), ("G", "wgan"), ("G", "hinge")])
+def test_mean_losses_need_nothing_of_their_forward(which, kind, backend, fast_eager, monkeypatch):
+    # wgan's losses and the hinge generator's are multiples of means, whose backward needs nothing
+    # of the forward (stock's -f.mean()): a second backward runs without retain_graph, and logits
+    # changed in place after the forward change no derivative, as in stock (both refused before)
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
+    ops = {"D": (genkern.ops.discriminator_loss, reference.discriminator_loss)}
+    ops["G"] = (
+        lambda r, f, kind, *b: genkern.ops.generator_loss(f, kind, *b),
+        lambda r, f, kind: reference.generator_loss(f, kind),
+    )
+    grads = []
+    for loss_of in (
+        lambda r, f: ops[which][0](r, f, kind, backend),
+        lambda r, f: ops[which][1](r, f, kind),
+    ):
+        r, f = _leaf((5,)), _leaf((2, 1, 3, 3), seed=1)
+        rr, ff = r.clone(), f.clone()
+        loss = loss_of(rr, ff)
+        with torch.no_grad():
+            rr.add_(1.0)
+            ff.mul_(3.0)
+        loss.backward()
+        loss.backward(create_graph=True)
+        grads.append([r.grad, f.grad])
+    ours, stock = grads
+    _assert_same(ours, stock, f"{which} {kind}", rtol=0, atol=0)
+    assert ours[1] is not None and ours[1].is_contiguous() and not ours[1].requires_grad
+
+
+@needs_cpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mean_losses_gradients_are_stocks_bits(dtype):
+    # (-g) / n, as stock's NegBackward then MeanBackward, in the logits' dtype and layout
+    f = (torch.randn(7, 3, generator=torch.Generator().manual_seed(0)) * 2).to(dtype)
+    f = f.t().requires_grad_()
+    g = torch.tensor(0.37)
+    for backend in ("cpu", "torch"):
+        (ours,) = torch.autograd.grad(genkern.ops.generator_loss(f, "wgan", backend), f, g)
+        (stock,) = torch.autograd.grad(-f.float().mean(), f, g)
+        assert ours.dtype == dtype and ours.is_contiguous() and torch.equal(ours, stock), backend

@@ -6,6 +6,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/binary_cross_entropy.h>
 #include <ATen/ops/binary_cross_entropy_with_logits.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/isinf.h>
 #include <ATen/ops/log_sigmoid.h>
@@ -13,6 +14,7 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/accumulate.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -179,6 +181,34 @@ struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
 };
 
+// d term / d x where it is a constant (wgan's terms, the hinge generator's), else 0. A loss of
+// such terms is a mean's multiple, whose backward needs nothing of its forward: nothing is
+// computed, saved or kept for it, and a second backward runs, as stock's -f.mean() (Python twin:
+// genkern/ops/losses.py, _constant_slopes).
+double constant_slope(int64_t term) {
+  const auto k = static_cast<LossTerm>(term);
+  return k == LossTerm::kNeg ? -1.0 : k == LossTerm::kPos ? 1.0 : 0.0;
+}
+
+// The gradient of slope * mean(x), x of these sizes and dtype: slope g / n everywhere, in stock's
+// order (a negation, then mean's division: its bits); differentiable in g with create_graph=True
+// (and under vmap, whose g has no storage to fill from).
+struct MeanGrad {
+  double slope = 0.0;
+  std::vector<int64_t> sizes;
+  at::ScalarType dtype = at::kFloat;
+
+  MeanGrad() = default;
+  MeanGrad(double s, const at::Tensor& x)
+      : slope(s), sizes(x.sizes().vec()), dtype(x.scalar_type()) {}
+
+  at::Tensor of(const at::Tensor& g) const {
+    const at::Tensor v = ((slope < 0 ? -g : g) / c10::multiply_integers(sizes)).to(dtype);
+    if (at::GradMode::is_enabled() || is_vmap_batched(g)) return v.expand(sizes).contiguous();
+    return at::empty(sizes, v.options()).fill_(v);
+  }
+};
+
 // The GAN loss's backward as a plain autograd Node (not a torch::autograd::Function, whose
 // CppNode bookkeeping costs ~10 us a call, as much as the loss of 4096 logits): it scales the
 // gradients the forward pass produced, or with create_graph=True takes the composite. Edges:
@@ -188,12 +218,19 @@ struct GanLossBackward : public torch::autograd::Node {
   KeptInput real, fake;  // read only by the composite
   int64_t real_term = 0, fake_term = 0;
   bool has_real = false;
+  bool constant = false;  // every term's derivative a constant: these instead of the above
+  MeanGrad mean_real, mean_fake;
 
   std::string name() const override { return "GanLossBackward"; }
 
   variable_list apply(variable_list&& grads) override {
     variable_list out(has_real ? 2 : 1);  // undefined: no gradient flows
     if (!grads[0].defined()) return out;
+    if (constant) {
+      if (has_real && should_compute_output(0)) out[0] = mean_real.of(grads[0]);
+      if (should_compute_output(has_real ? 1 : 0)) out.back() = mean_fake.of(grads[0]);
+      return out;
+    }
     if (at::GradMode::is_enabled()) return composite(grads[0]);
     const bool one = is_cpu_one(grads[0]);
     if (has_real) out[0] = grad_real.scaled_by(grads[0], one);
@@ -365,22 +402,30 @@ at::Tensor gan_loss_autograd_cpu(const at::Tensor& real, const at::Tensor& fake,
   const bool grad_mode = at::GradMode::is_enabled();  // no gradient is computed without it
   const bool need_r = grad_mode && has_real && real.requires_grad();
   const bool need_f = grad_mode && fake.requires_grad();
+  const bool constant =
+      constant_slope(fake_term) != 0.0 && (!has_real || constant_slope(real_term) != 0.0);
   at::Tensor loss, gr, gf;
   {
     at::NoGradGuard no_grad;
     std::tie(loss, gr, gf) =
         gan_loss_cpu(has_real ? std::optional<at::Tensor>(real) : std::nullopt, fake, real_term,
-                     fake_term, need_r, need_f);
+                     fake_term, need_r && !constant, need_f && !constant);
   }
   if (!(need_r || need_f)) return loss;
   auto node = c10::make_intrusive<GanLossBackward>();
   node->has_real = has_real;
   node->set_next_edges(has_real ? torch::autograd::collect_next_edges(real, fake)
                                 : torch::autograd::collect_next_edges(fake));
-  node->grad_real.save(gr);
-  node->grad_fake.save(gf);
-  if (has_real) node->real = KeptInput(real);
-  node->fake = KeptInput(fake);
+  node->constant = constant;
+  if (constant) {
+    if (has_real) node->mean_real = MeanGrad(constant_slope(real_term), real);
+    node->mean_fake = MeanGrad(constant_slope(fake_term), fake);
+  } else {
+    node->grad_real.save(gr);
+    node->grad_fake.save(gf);
+    if (has_real) node->real = KeptInput(real);
+    node->fake = KeptInput(fake);
+  }
   node->real_term = real_term;
   node->fake_term = fake_term;
   torch::autograd::set_history(loss, node);

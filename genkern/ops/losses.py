@@ -3,7 +3,9 @@
 Each loss is one custom op whose forward pass also produces the gradient with respect to every
 input that requires it (in fresh tensors, never in an input's storage); the registered backward
 only scales those by grad_output; with create_graph=True it differentiates stock's composite of
-the loss instead (a second derivative). The per-element math: csrc/include/genkern/losses.h
+the loss instead (a second derivative). A GAN loss of constant slope (wgan's, the hinge
+generator's: a multiple of means) computes its value alone, and its backward fills the constant
+gradient (see _mean_grads). The per-element math: csrc/include/genkern/losses.h
 (C++/CUDA), genkern/triton/losses.py (Triton), `_term_torch` / `_recon_torch` here (the "torch"
 backend).
 """
@@ -89,6 +91,40 @@ def _scaled(saved: torch.Tensor | None, g: torch.Tensor | None) -> torch.Tensor 
     return saved * g
 
 
+# d term / d x where it is a constant: wgan's terms and the hinge generator's.
+_CONSTANT_SLOPES = {NEG: -1.0, POS: 1.0}
+
+
+class _MeanGrad:
+    """The gradient of slope * mean(x) for an x of x's shape and dtype (x itself not kept):
+    slope g / n everywhere, in stock's order (a negation, then mean's division: its bits);
+    differentiable in g with create_graph=True."""
+
+    def __init__(self, slope: float, x: torch.Tensor):
+        self.slope, self.shape, self.dtype, self.n = slope, x.shape, x.dtype, x.numel()
+
+    def of(self, g: torch.Tensor) -> torch.Tensor:
+        v = ((-g if self.slope < 0 else g) / self.n).to(self.dtype)
+        return v.expand(self.shape).contiguous()
+
+
+def _mean_grads(real, fake, real_term: int, fake_term: int) -> tuple | None:
+    """(_MeanGrad of real or None, of fake) where every term given has a constant derivative:
+    the loss is a mean's multiple, whose backward needs nothing of its forward, so nothing is
+    computed, saved or kept for it, and a second backward runs, as stock's -f.mean() (the C++
+    twin: constant_slope in csrc/cpu/losses_autograd.cpp); else None."""
+    sf = _CONSTANT_SLOPES.get(fake_term)
+    sr = None if real is None else _CONSTANT_SLOPES.get(real_term)
+    if sf is None or (real is not None and sr is None):
+        return None
+    return (None if real is None else _MeanGrad(sr, real)), _MeanGrad(sf, fake)
+
+
+def _mean_grads_for(means, mask, grad) -> tuple:
+    """The gradients mask asks for, of real and fake, from _mean_grads' pair."""
+    return tuple(m.of(grad) if need else None for m, need in zip(means, mask, strict=True))
+
+
 def _weighted_sum(a: torch.Tensor | None, w: float, b: torch.Tensor | None):
     """w * a + b over the ones of a and b that are given (None when neither is)."""
     if a is None:
@@ -100,6 +136,10 @@ def _weighted_sum(a: torch.Tensor | None, w: float, b: torch.Tensor | None):
 class _GanLossFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, real, fake, real_term, fake_term, need_r, need_f, kernel):
+        ctx.means = _mean_grads(real, fake, real_term, fake_term)
+        if ctx.means is not None:
+            ctx.need = (need_r, need_f)
+            return kernel(real, fake, real_term, fake_term, False, False)[0]
         loss, gr, gf = kernel(real, fake, real_term, fake_term, need_r, need_f)
         ctx.save_for_backward(gr if need_r else None, gf if need_f else None)
         ctx.inputs = _fused.KeptInputs(real, fake)
@@ -108,6 +148,8 @@ class _GanLossFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.means is not None:
+            return *_mean_grads_for(ctx.means, ctx.need, grad), *(None,) * 5
         gr, gf = ctx.saved_tensors
         if _fused.creates_graph():
             mask = (gr is not None, gf is not None)
@@ -163,6 +205,8 @@ def _gan_call(real, fake, real_term, fake_term, need_r, need_f, name):
                 fake if real is None else real, fake, real_term, fake_term, real is not None
             )
         return _GanLossFn.apply(real, fake, real_term, fake_term, need_r, need_f, kernel)
+    if _mean_grads(real, fake, real_term, fake_term) is not None:
+        need_r = need_f = False  # (the backward makes them: see _gan_setup_context)
     return torch.ops.genkern.gan_loss(real, fake, real_term, fake_term, need_r, need_f, name)[0]
 
 
@@ -441,6 +485,9 @@ def _gan_setup_context(ctx, inputs, output):
     _, gr, gf = output
     ctx.mark_non_differentiable(gr, gf)  # the saved gradients: none of theirs, zeros or not
     ctx.set_materialize_grads(False)
+    ctx.means = _mean_grads(real, fake, real_term, fake_term)  # (then no gradient was made)
+    if ctx.means is not None:
+        return
     ctx.save_for_backward(gr, gf)
     ctx.inputs = _fused.KeptInputs(real, fake)
     ctx.need = (real is not None and need_r, need_f)
@@ -450,6 +497,9 @@ def _gan_setup_context(ctx, inputs, output):
 def _gan_backward(ctx, grad, _gr, _gf):
     if grad is None:  # no gradient reached the loss (grads are not materialized as zeros)
         return (None,) * 7
+    if ctx.means is not None:
+        mask = (ctx.means[0] is not None and ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return *_mean_grads_for(ctx.means, mask, grad), *(None,) * 5
     gr, gf = ctx.saved_tensors
     need_r, need_f = ctx.need
     mask = (need_r and ctx.needs_input_grad[0], need_f and ctx.needs_input_grad[1])
