@@ -72,24 +72,28 @@ def test_conv2d_float64(case, act, slope, layout, weight_layout, always):
 
 
 @pytest.mark.parametrize("transposed", [True, False])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_layouts_of_results_match_stock(layout, transposed, always):
-    # a channels_last model's layer (weight channels_last too) and an NCHW one: output, input
-    # gradient and weight gradient in the layouts stock PyTorch gives them
+@pytest.mark.parametrize("layouts", ["ccc", "lll", "lcc", "clc", "ccl", "llc"])
+def test_layouts_of_results_match_stock(layouts, transposed, always):
+    # a channels_last model's layer (weight channels_last too), an NCHW one and their mixes with
+    # the output gradient's layout (c: contiguous, l: channels_last, for x, the weight and the
+    # output gradient): output, input gradient and weight gradient in the layouts stock PyTorch
+    # gives them (found by a fuzz: the gradients followed x's and the weight's own layouts; stock
+    # puts both in channels_last where either is)
     gen = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(3, 6, 4, 4, generator=gen).contiguous(memory_format=fmt).requires_grad_()
-    w = torch.randn(6, 5, 4, 4, generator=gen).contiguous(memory_format=fmt).requires_grad_()
+    fmt = [torch.channels_last if c == "l" else torch.contiguous_format for c in layouts]
+    x = torch.randn(3, 6, 4, 4, generator=gen).contiguous(memory_format=fmt[0]).requires_grad_()
+    w = torch.randn(6, 5, 4, 4, generator=gen).contiguous(memory_format=fmt[1]).requires_grad_()
     ours_op, stock_op = (
         (genkern.ops.conv_transpose2d, F.conv_transpose2d)
         if transposed
         else (genkern.ops.conv2d, F.conv2d)
     )
     if not transposed:  # [C_out, C_in = 6, 4, 4]
-        w = w.detach().permute(1, 0, 2, 3).contiguous(memory_format=fmt).requires_grad_()
+        w = w.detach().permute(1, 0, 2, 3).contiguous(memory_format=fmt[1]).requires_grad_()
     ours, stock = ours_op(x, w, None, 2, 1, backend="cpu"), stock_op(x, w, None, 2, 1)
-    results = [(ours, *torch.autograd.grad(ours.sum(), (x, w)))]
-    results.append((stock, *torch.autograd.grad(stock.sum(), (x, w))))
+    g = torch.randn(ours.shape, generator=gen).contiguous(memory_format=fmt[2])
+    results = [(ours, *torch.autograd.grad(ours, (x, w), g))]
+    results.append((stock, *torch.autograd.grad(stock, (x, w), g)))
     for a, b in zip(*results):
         assert a.stride() == b.stride()
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

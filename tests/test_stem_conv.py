@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from _helpers import check_against_reference_unmodified, check_mode_switch, run_without_avx512
 
+import genkern
 from genkern import _ext, activations, backends, testing
-from genkern.ops import _stem_conv
+from genkern.ops import _conv_gemm, _conv_wgrad, _stem_conv, _winograd
 
 pytestmark = pytest.mark.skipif(
     backends.unavailable_reason("cpu", torch.device("cpu"), torch.float32) is not None
@@ -124,6 +125,38 @@ def test_output_and_gradient_layouts_match_aten(layout, w_layout):
             grads = torch.autograd.grad(y, inputs[:2], torch.ones_like(y))
             strides[name] = [g.stride() for g in grads]
     assert strides["always"] == strides["never"]
+
+
+@pytest.mark.parametrize("mode", ["always", "auto", "wgrad"])
+@pytest.mark.parametrize("layouts", ["lcc", "clc", "ccl", "lll"])
+def test_head_gradient_layouts_are_stocks(layouts, mode):
+    # a DCGAN generator's head (64 -> 3, 4x4, stride 2) with x, the weight and the output gradient
+    # in each mix of layouts (c: contiguous, l: channels_last): ATen's gradients follow x's and
+    # the weight's layouts alone (found by a fuzz: the weight gradient followed the output
+    # gradient's). "wgrad": a 32 -> 16 layer's weight gradient on conv_wgrad.h's kernel, the
+    # other paths off
+    fmt = [_FORMATS["channels_last" if c == "l" else "contiguous"] for c in layouts]
+    gen = torch.Generator().manual_seed(0)
+    cin, cout = (32, 16) if mode == "wgrad" else (64, 3)
+    x = torch.randn(2, cin, 8, 8, generator=gen).contiguous(memory_format=fmt[0])
+    w = (torch.randn(cin, cout, 4, 4, generator=gen) * 0.05).contiguous(memory_format=fmt[1])
+    g = torch.randn(2, cout, 16, 16, generator=gen).contiguous(memory_format=fmt[2])
+    modes = {"stem": mode, "wgrad": "auto", "gemm": "auto", "wino": "auto"}
+    if mode == "wgrad":
+        modes = {"stem": "never", "wgrad": "always", "gemm": "never", "wino": "never"}
+    results = []
+    for op in (genkern.ops.conv_transpose2d, F.conv_transpose2d):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with (
+            _stem_conv.mode(modes["stem"]),
+            _conv_wgrad.mode(modes["wgrad"]),
+            _conv_gemm.mode(modes["gemm"]),
+            _winograd.mode(modes["wino"]),
+        ):
+            results.append(torch.autograd.grad(op(xi, wi, None, 2, 1), (xi, wi), g))
+    for ours, stock in zip(*results):
+        assert ours.stride() == stock.stride()
+        torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("act", ["relu", "sigmoid", "silu", "tanh"])

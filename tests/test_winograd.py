@@ -185,22 +185,26 @@ def test_non_finite_values_land_where_the_direct_path_puts_them(where, transpose
 
 
 @pytest.mark.parametrize("transposed", [True, False])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_layouts_of_results_match_stock(layout, transposed, always):
-    # the output, input gradient and weight gradient in the strides stock PyTorch gives them
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+@pytest.mark.parametrize("layouts", ["ccc", "lll", "lcc", "clc", "ccl", "llc"])
+def test_layouts_of_results_match_stock(layouts, transposed, always):
+    # the output, input gradient and weight gradient in the strides stock PyTorch gives them, for
+    # each mix of x's, the weight's and the output gradient's layouts (c: contiguous, l:
+    # channels_last; found by a fuzz: a transposed conv's weight gradient followed the output
+    # gradient's layout, stock's follows x's and the weight's alone)
+    fmt = [torch.channels_last if c == "l" else torch.contiguous_format for c in layouts]
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 6, 5, 4, generator=gen).contiguous(memory_format=fmt).requires_grad_()
+    x = torch.randn(3, 6, 5, 4, generator=gen).contiguous(memory_format=fmt[0]).requires_grad_()
     shape = (6, 5, 4, 4) if transposed else (5, 6, 4, 4)
-    w = torch.randn(*shape, generator=gen).contiguous(memory_format=fmt).requires_grad_()
+    w = torch.randn(*shape, generator=gen).contiguous(memory_format=fmt[1]).requires_grad_()
     ours_op, stock_op = (
         (genkern.ops.conv_transpose2d, F.conv_transpose2d)
         if transposed
         else (genkern.ops.conv2d, F.conv2d)
     )
     ours, stock = ours_op(x, w, None, **KW, backend="cpu"), stock_op(x, w, None, **KW)
-    results = [(ours, *torch.autograd.grad(ours.sum(), (x, w)))]
-    results.append((stock, *torch.autograd.grad(stock.sum(), (x, w))))
+    g = torch.randn(ours.shape, generator=gen).contiguous(memory_format=fmt[2])
+    results = [(ours, *torch.autograd.grad(ours, (x, w), g))]
+    results.append((stock, *torch.autograd.grad(stock, (x, w), g)))
     for a, b in zip(*results):
         assert a.stride() == b.stride()
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

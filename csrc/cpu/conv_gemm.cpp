@@ -280,11 +280,13 @@ void im2col_gemms(const at::Tensor& t, const Geometry& g, int64_t n, const at::T
 }
 
 // [rows, columns] (g's column order) as the weight's shape and memory format.
-at::Tensor as_weight(const at::Tensor& grad_w2, const at::Tensor& weight, const Geometry& g) {
+// (in fmt: conv_output_format(x, weight), ATen's layout for both gradients, whatever the output
+// gradient's; found by a fuzz: they followed x's and the weight's own layouts)
+at::Tensor as_weight(const at::Tensor& grad_w2, const at::Tensor& weight, const Geometry& g,
+                     at::MemoryFormat fmt) {
   const at::Tensor w =
       g.hwc ? grad_w2.view({weight.size(0), g.kh, g.kw, weight.size(1)}).permute({0, 3, 1, 2})
             : grad_w2.view(weight.sizes());
-  const auto fmt = weight.suggest_memory_format();
   return w.suggest_memory_format() == fmt ? w : w.contiguous(fmt);
 }
 
@@ -368,11 +370,12 @@ std::pair<at::Tensor, at::Tensor> conv_transpose2d_gemm_backward(
     const std::vector<int64_t>& dilation, bool need_x, bool need_w) {
   const Geometry g = geometry(x, weight, grad_y.size(2), grad_y.size(3));
   at::Tensor grad_x, grad_w2;
-  if (need_x) grad_x = at::empty(x.sizes(), x.options().memory_format(x.suggest_memory_format()));
+  const auto fmt = conv_output_format(x, weight);
+  if (need_x) grad_x = at::empty(x.sizes(), x.options().memory_format(fmt));
   if (need_w) grad_w2 = at::empty({g.ci, g.columns()}, x.options());
   im2col_gemms(grad_y, g, x.size(0), weight, at::Tensor(), stride, padding, dilation, grad_x,
                x, grad_w2);
-  return {grad_x, need_w ? as_weight(grad_w2, weight, g) : at::Tensor()};
+  return {grad_x, need_w ? as_weight(grad_w2, weight, g, fmt) : at::Tensor()};
 }
 
 at::Tensor conv2d_gemm(const at::Tensor& x, const at::Tensor& weight,
@@ -403,7 +406,7 @@ std::pair<at::Tensor, at::Tensor> conv2d_gemm_backward(
                                    input_grad_output_padding(grad_y, x, weight, stride, padding,
                                                              dilation),
                                    dilation)
-                 .contiguous(x.suggest_memory_format());
+                 .contiguous(conv_output_format(x, weight));
   }
   const Geometry g = geometry(grad_y, weight, x.size(2), x.size(3));
   if (need_w) {
@@ -412,7 +415,8 @@ std::pair<at::Tensor, at::Tensor> conv2d_gemm_backward(
     im2col_gemms(x, g, x.size(0), weight, at::Tensor(), stride, padding, dilation, none, grad_y,
                  grad_w2);
   }
-  return {grad_x, need_w ? as_weight(grad_w2, weight, g) : at::Tensor()};
+  return {grad_x,
+          need_w ? as_weight(grad_w2, weight, g, conv_output_format(x, weight)) : at::Tensor()};
 }
 
 }  // namespace genkern::cpu

@@ -114,16 +114,18 @@ std::pair<at::Tensor, at::Tensor> direct_grads(
       grad_x = contiguous_as(  // in ATen's layout for it
           stem_conv2d(g, weight, std::nullopt, stride, padding, dilation, 0, 0.0),
           conv_output_format(x, weight));
-    if (output_mask[1])
-      grad_w = std::get<0>(stem_conv2d_param_grads(x, std::nullopt, g, weight, stride, padding,
-                                                   dilation, /*identity*/ 0, 0.0, false));
+    if (output_mask[1])  // (in x's and the weight's layout, as ATen's: not g's, a fuzz found)
+      grad_w = contiguous_as(std::get<0>(stem_conv2d_param_grads(x, std::nullopt, g, weight,
+                                                                 stride, padding, dilation,
+                                                                 /*identity*/ 0, 0.0, false)),
+                             conv_output_format(x, weight));
   } else if (output_mask[0] || output_mask[1]) {
     if (output_mask[1] && use_conv_wgrad(g, x, groups) &&
         stem_conv_lands_on(g, x, weight, stride, padding, dilation)) {
       // the weight gradient of conv2d(g, weight) with x as its output gradient, as above
       grad_w = conv2d_weight_grad_avx2(g, x, weight.size(2), weight.size(3), stride, padding,
                                        dilation)
-                   .contiguous(conv_output_format(g, weight));  // ATen's layout for it
+                   .contiguous(conv_output_format(x, weight));  // ATen's layout for it
       output_mask[1] = false;
     }
     at::Tensor aten_grad_w;
@@ -182,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_act_backward_cpu
       grad_x = winograd_s2_conv2d(g, weight, std::nullopt, x.size(2), x.size(3),
                                   conv_output_format(x, weight));
     if (output_mask[1])
-      grad_w = winograd_s2_conv2d_weight_grad(g, x, conv_output_format(g, weight));
+      grad_w = winograd_s2_conv2d_weight_grad(g, x, conv_output_format(x, weight));
   }
   auto [direct_x, direct_w] = direct_grads(g, x, weight, stride, padding, output_padding,
                                            dilation, groups, output_mask[0] && !grad_x.defined(),
