@@ -17,7 +17,7 @@ from test_col2im_path import _conv_fns, _on_cpu
 
 import genkern
 from genkern import _ext, backends, testing
-from genkern.ops import _col2im, _conv_gemm, _prepacked
+from genkern.ops import _col2im, _conv_gemm, _fused, _prepacked
 
 pytestmark = pytest.mark.skipif(
     backends.unavailable_reason("cpu", torch.device("cpu"), torch.float64) is not None,
@@ -71,14 +71,16 @@ def test_conv2d_float64(case, act, slope, layout, weight_layout, always):
     )
 
 
+@pytest.mark.parametrize("fast_eager", [True, False])  # the C++ path, the custom op
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("layouts", ["ccc", "lll", "lcc", "clc", "ccl", "llc"])
-def test_layouts_of_results_match_stock(layouts, transposed, always):
+def test_layouts_of_results_match_stock(layouts, transposed, always, fast_eager, monkeypatch):
     # a channels_last model's layer (weight channels_last too), an NCHW one and their mixes with
     # the output gradient's layout (c: contiguous, l: channels_last, for x, the weight and the
     # output gradient): output, input gradient and weight gradient in the layouts stock PyTorch
     # gives them (found by a fuzz: the gradients followed x's and the weight's own layouts; stock
     # puts both in channels_last where either is)
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
     gen = torch.Generator().manual_seed(0)
     fmt = [torch.channels_last if c == "l" else torch.contiguous_format for c in layouts]
     x = torch.randn(3, 6, 4, 4, generator=gen).contiguous(memory_format=fmt[0]).requires_grad_()

@@ -652,3 +652,31 @@ def test_channels_last_weight_of_one_output_channel(path, monkeypatch):
         sum(t.square().sum() for t in first).backward()
         results.append((*first, hh.grad, ww.grad))
     _assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_penalty_gives_no_zero_grads_where_stock_gives_none(path, monkeypatch):
+    # conv -> eval batch norm -> conv, converted, under a gradient penalty: its second derivative
+    # sends nothing into the last conv's input, so the batch norm's bias and the first conv's get
+    # no .grad, as stock's (the C++ Functions handed the batch norm's backward a zero-filled
+    # gradient: a .grad of 0.0, which weight decay, or Adam's moments, then moved)
+    _use_path(path, monkeypatch)
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)]
+    stock = nn.Sequential(*layers, nn.Conv2d(4, 2, 3, padding=1), nn.Flatten(), nn.Linear(32, 1))
+    stock = stock.double().eval()
+    with torch.no_grad():
+        stock[1].weight.normal_(), stock[1].bias.normal_(), stock[1].running_var.uniform_(0.5, 2)
+    ours = genkern.nn.convert(copy.deepcopy(stock))
+    results = []
+    for net in (ours, stock):
+        x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        x.requires_grad_()
+        (gx,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
+        (gx**2).sum().backward()
+        results.append({n: p.grad for n, p in net.named_parameters()})
+    for name, want in results[1].items():
+        got = results[0][name]
+        assert (got is None) == (want is None), name
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)

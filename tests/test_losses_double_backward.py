@@ -402,3 +402,30 @@ def test_mean_losses_gradients_are_stocks_bits(dtype):
         (ours,) = torch.autograd.grad(genkern.ops.generator_loss(f, "wgan", backend), f, g)
         (stock,) = torch.autograd.grad(-f.float().mean(), f, g)
         assert ours.dtype == dtype and ours.is_contiguous() and torch.equal(ours, stock), backend
+
+
+@pytest.mark.parametrize("imag", [0.5, 1.0])
+@pytest.mark.parametrize("kind", ["bce", "wgan", "hinge"])
+def test_negative_view_output_gradients(kind, imag):
+    # g = conj().imag of a complex g: a negative view, whose memory holds -g; the C++ nodes read
+    # the memory (found by a fuzz: the gradients' signs flipped; a -1 counted as loss.backward()'s
+    # 1)
+    f, r = _leaf((6,)).float(), _leaf((5,), seed=1).float()
+    g = torch.tensor(0.3 + imag * 1j).conj().imag
+    assert g.is_neg()
+    for ours, stock, inputs in (
+        (
+            lambda: genkern.ops.generator_loss(f, kind),
+            lambda: reference.generator_loss(f, kind),
+            [f],
+        ),
+        (
+            lambda: genkern.ops.discriminator_loss(r, f, kind),
+            lambda: reference.discriminator_loss(r, f, kind),
+            [r, f],
+        ),
+    ):
+        got = torch.autograd.grad(ours(), inputs, g)
+        want = torch.autograd.grad(stock(), inputs, g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

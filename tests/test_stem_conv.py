@@ -21,7 +21,7 @@ from _helpers import check_against_reference_unmodified, check_mode_switch, run_
 
 import genkern
 from genkern import _ext, activations, backends, testing
-from genkern.ops import _conv_gemm, _conv_wgrad, _stem_conv, _winograd
+from genkern.ops import _conv_gemm, _conv_wgrad, _fused, _stem_conv, _winograd
 
 pytestmark = pytest.mark.skipif(
     backends.unavailable_reason("cpu", torch.device("cpu"), torch.float32) is not None
@@ -127,14 +127,16 @@ def test_output_and_gradient_layouts_match_aten(layout, w_layout):
     assert strides["always"] == strides["never"]
 
 
+@pytest.mark.parametrize("fast_eager", [True, False])  # the C++ path, the custom op
 @pytest.mark.parametrize("mode", ["always", "auto", "wgrad"])
 @pytest.mark.parametrize("layouts", ["lcc", "clc", "ccl", "lll"])
-def test_head_gradient_layouts_are_stocks(layouts, mode):
+def test_head_gradient_layouts_are_stocks(layouts, mode, fast_eager, monkeypatch):
     # a DCGAN generator's head (64 -> 3, 4x4, stride 2) with x, the weight and the output gradient
     # in each mix of layouts (c: contiguous, l: channels_last): ATen's gradients follow x's and
     # the weight's layouts alone (found by a fuzz: the weight gradient followed the output
     # gradient's). "wgrad": a 32 -> 16 layer's weight gradient on conv_wgrad.h's kernel, the
     # other paths off
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
     fmt = [_FORMATS["channels_last" if c == "l" else "contiguous"] for c in layouts]
     gen = torch.Generator().manual_seed(0)
     cin, cout = (32, 16) if mode == "wgrad" else (64, 3)

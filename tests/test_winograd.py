@@ -18,7 +18,7 @@ from test_col2im_path import _conv_fns
 
 import genkern
 from genkern import _ext, backends, testing
-from genkern.ops import _winograd
+from genkern.ops import _fused, _winograd
 
 pytestmark = pytest.mark.skipif(
     backends.unavailable_reason("cpu", torch.device("cpu"), torch.float64) is not None,
@@ -184,13 +184,15 @@ def test_non_finite_values_land_where_the_direct_path_puts_them(where, transpose
         torch.testing.assert_close(c, a, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("fast_eager", [True, False])  # the C++ path, the custom op
 @pytest.mark.parametrize("transposed", [True, False])
 @pytest.mark.parametrize("layouts", ["ccc", "lll", "lcc", "clc", "ccl", "llc"])
-def test_layouts_of_results_match_stock(layouts, transposed, always):
+def test_layouts_of_results_match_stock(layouts, transposed, always, fast_eager, monkeypatch):
     # the output, input gradient and weight gradient in the strides stock PyTorch gives them, for
     # each mix of x's, the weight's and the output gradient's layouts (c: contiguous, l:
     # channels_last; found by a fuzz: a transposed conv's weight gradient followed the output
     # gradient's layout, stock's follows x's and the weight's alone)
+    monkeypatch.setattr(_fused, "FAST_EAGER", fast_eager)
     fmt = [torch.channels_last if c == "l" else torch.contiguous_format for c in layouts]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 6, 5, 4, generator=gen).contiguous(memory_format=fmt[0]).requires_grad_()

@@ -265,6 +265,11 @@ at::Tensor held_bias(AutogradContext* ctx) {
 }
 
 // Gradients for the forward's arguments: x, weight, bias, then none for the rest.
+// no_gradient_reached: the Functions here do not materialize gradients, and a backward that gets
+// none for its output (an undefined one) returns none, as stock's nodes do. A zero-filled one
+// gave a batch norm's bias, and the conv before it, a .grad of 0.0 where stock leaves None: a
+// gradient penalty through a conv after an eval batch norm, whose second derivative sends
+// nothing into the conv's input (found by a fuzz; weight decay then moved those biases).
 variable_list grads_for(size_t num_args, at::Tensor gx, at::Tensor gw, at::Tensor gb) {
   variable_list out(num_args);
   out[0] = std::move(gx);
@@ -374,6 +379,7 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["has_bias"] = has(bias);
+    ctx->set_materialize_grads(false);  // (see no_gradient_reached)
     return y;
   }
 
@@ -381,6 +387,7 @@ struct ConvAct : public torch::autograd::Function<ConvAct> {
   // grad_y moves into the kernels, which may write the activation's backward over it (one
   // layer-output-sized buffer less at a training step's memory peak).
   static variable_list backward(AutogradContext* ctx, variable_list& grads) {
+    if (!grads[0].defined()) return variable_list(12);  // (see no_gradient_reached)
     const auto& d = ctx->saved_data;
     const bool transposed = d.at("transposed").toBool();
     const auto s = ctx->get_saved_variables();
@@ -433,10 +440,12 @@ struct LinearAct : public torch::autograd::Function<LinearAct> {
     ctx->saved_data["act"] = act;
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["has_bias"] = has(bias);
+    ctx->set_materialize_grads(false);  // (see no_gradient_reached)
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(5);
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
     const auto mask = input_mask(ctx, d.at("has_bias").toBool());
@@ -531,10 +540,12 @@ struct BatchNormAct : public torch::autograd::Function<BatchNormAct> {
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["has_weight"] = has(weight);
     ctx->saved_data["has_bias"] = has(bias);
+    ctx->set_materialize_grads(false);  // (see no_gradient_reached)
     return {y, mean, var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(10);
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
     const bool has_w = d.at("has_weight").toBool(), has_b = d.at("has_bias").toBool();

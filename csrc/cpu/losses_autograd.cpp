@@ -34,7 +34,10 @@ using torch::autograd::variable_list;
 // The value of a one-element CPU float32/float64 tensor, read in place (item() goes through the
 // dispatcher: a few microseconds that a 4096-logit loss's backward notices).
 std::optional<double> cpu_scalar(const at::Tensor& g) {
-  if (!g.defined() || !g.device().is_cpu() || is_vmap_batched(g) || g.numel() != 1)
+  // (not a negative view, whose memory holds -g, nor a zero tensor, which has none: found by a
+  // fuzz, conj().imag of a complex g flipped the gradient's sign)
+  if (!g.defined() || !g.device().is_cpu() || is_vmap_batched(g) || g.numel() != 1 ||
+      g.is_neg() || g._is_zerotensor())
     return std::nullopt;
   if (g.scalar_type() == at::kFloat) return double(*g.const_data_ptr<float>());
   if (g.scalar_type() == at::kDouble) return *g.const_data_ptr<double>();
@@ -60,7 +63,8 @@ GK_CPU_CLONES void mul_span(scalar_t* __restrict__ p, int64_t n, const scalar_t*
 // TensorIterator's setup); else t.mul_(s).
 void scale_in_place(at::Tensor& t, const at::Tensor& s) {
   const bool scalar = s.dim() == 0;
-  if (!s.device().is_cpu() || s.scalar_type() != t.scalar_type() || !t.is_contiguous() ||
+  if (!s.device().is_cpu() || s.is_neg() || s._is_zerotensor() ||  // (memory: -s, none)
+      s.scalar_type() != t.scalar_type() || !t.is_contiguous() ||
       (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) ||
       !(scalar || (s.sizes() == t.sizes() && s.is_contiguous()))) {
     t.mul_(s);

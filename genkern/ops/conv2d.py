@@ -192,7 +192,7 @@ def _conv2d_act_backward(
             negative_slope,
             output_mask,
         )
-    return _fused.grads_out(x, weight, output_mask, gx, gw, gb)
+    return _fused.grads_out(x, weight, output_mask, gx, gw, gb, output_format(x, weight))
 
 
 @_conv2d_act_backward.register_fake
@@ -210,7 +210,7 @@ def _(
     output_mask,
     backend,
 ):
-    return _fused.fake_grads(x, weight, weight.shape[0], output_mask)
+    return _fused.fake_grads(x, weight, weight.shape[0], output_mask, output_format(x, weight))
 
 
 def _setup_context(ctx, inputs, output):

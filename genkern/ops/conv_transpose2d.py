@@ -235,7 +235,7 @@ def _conv_transpose2d_act_backward(
             negative_slope,
             output_mask,
         )
-    return _fused.grads_out(x, weight, output_mask, gx, gw, gb)
+    return _fused.grads_out(x, weight, output_mask, gx, gw, gb, output_format(x, weight))
 
 
 @_conv_transpose2d_act_backward.register_fake
@@ -254,7 +254,8 @@ def _(
     output_mask,
     backend,
 ):
-    return _fused.fake_grads(x, weight, weight.shape[1] * groups, output_mask)
+    fmt = output_format(x, weight)
+    return _fused.fake_grads(x, weight, weight.shape[1] * groups, output_mask, fmt)
 
 
 def _setup_context(ctx, inputs, output):
