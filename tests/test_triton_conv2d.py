@@ -122,8 +122,12 @@ def test_channels_last_weight_and_output_layouts():
     y = genkern.ops.conv2d(x, w, b, **kw, activation="relu", backend="triton")
     assert y.is_contiguous(memory_format=torch.channels_last)
     gx, gw = torch.autograd.grad(y.sum(), (x, w))  # y.sum(): a stride-0 grad_y
+    # both gradients channels_last, as ATen's (channels_last where x or the weight is)
     assert gx.is_contiguous(memory_format=torch.channels_last)
-    assert gw.is_contiguous()
+    assert gw.is_contiguous(memory_format=torch.channels_last)
+    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
+    stock = torch.autograd.grad(torch.nn.functional.conv2d(xs, ws, b, **kw).sum(), (xs, ws))
+    assert [g.stride() for g in (gx, gw)] == [g.stride() for g in stock]
     y = genkern.ops.conv2d(x.contiguous(), w, b, **kw, backend="triton")
     assert y.is_contiguous()
 
