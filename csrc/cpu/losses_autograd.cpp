@@ -203,15 +203,16 @@ at::Tensor filled(at::IntArrayRef sizes, double v, at::ScalarType dtype) {
 // d term / d x where it is a constant (wgan's terms, the hinge generator's), else 0. A loss of
 // such terms is a mean's multiple, whose backward needs nothing of its forward: nothing is
 // computed, saved or kept for it, and a second backward runs, as stock's -f.mean() (Python twin:
-// genkern/ops/losses.py, _constant_slopes).
+// genkern/ops/losses.py, _constant_slopes and _mean_grads).
 double constant_slope(int64_t term) {
   const auto k = static_cast<LossTerm>(term);
   return k == LossTerm::kNeg ? -1.0 : k == LossTerm::kPos ? 1.0 : 0.0;
 }
 
 // The gradient of slope * mean(x), x of these sizes and dtype: slope g / n everywhere, in stock's
-// order (a negation, then mean's division: its bits); differentiable in g with create_graph=True
-// (and under vmap, whose g has no storage to fill from).
+// order (a negation, then mean's division: its bits); by ATen's ops on g (differentiable in g
+// with create_graph=True; a g under vmap, or a view whose memory is not its value) where g's
+// value cannot be read in place.
 struct MeanGrad {
   double slope = 0.0;
   std::vector<int64_t> sizes;
@@ -229,9 +230,7 @@ struct MeanGrad {
       const double v = g.scalar_type() == at::kDouble ? s / double(n) : float(s) / float(n);
       return filled(sizes, v, dtype);
     }
-    const at::Tensor v = ((slope < 0 ? -g : g) / n).to(dtype);
-    if (at::GradMode::is_enabled() || is_vmap_batched(g)) return v.expand(sizes).contiguous();
-    return at::empty(sizes, v.options()).fill_(v);
+    return ((slope < 0 ? -g : g) / n).to(dtype).expand(sizes).contiguous();
   }
 };
 

@@ -293,13 +293,17 @@ def saved_for_backward(act: int, slope: float, y: torch.Tensor, preact: torch.Te
     return y if A.saves_output(act, slope) else preact
 
 
-def grads_out(x, weight, mask, gx, gw, gb, fmt=None):
-    """Gradients in the layouts the fakes promise: fmt for both where given (a conv's: ATen's
+def _grad_formats(x, weight, fmt):
+    """The layouts of x's and weight's gradients: fmt for both where given (a conv's: ATen's
     conv_output_format, channels_last where x or the weight is, whatever grad_y's; found by a
-    fuzz: they followed x's and the weight's own layouts), else x's and weight's dense layouts;
-    an unrequested one is an empty tensor."""
-    fx = fmt or _checks.dense_format(x)
-    fw = fmt or _checks.dense_format(weight)
+    fuzz: they followed x's and the weight's own layouts), else x's and weight's dense layouts."""
+    return (fmt or _checks.dense_format(x), fmt or _checks.dense_format(weight))
+
+
+def grads_out(x, weight, mask, gx, gw, gb, fmt=None):
+    """Gradients in the layouts the fakes promise (_grad_formats); an unrequested one is an empty
+    tensor."""
+    fx, fw = _grad_formats(x, weight, fmt)
     return (
         gx.contiguous(memory_format=fx) if mask[0] else x.new_empty(0),
         gw.contiguous(memory_format=fw) if mask[1] else x.new_empty(0),
@@ -309,10 +313,9 @@ def grads_out(x, weight, mask, gx, gw, gb, fmt=None):
 
 def fake_grads(x, weight, bias_size: int, mask, fmt=None):
     """The fake kernel's gradients (see grads_out)."""
-    gx = x.new_empty(x.shape).contiguous(memory_format=fmt or _checks.dense_format(x))
-    gw = weight.new_empty(weight.shape).contiguous(
-        memory_format=fmt or _checks.dense_format(weight)
-    )
+    fx, fw = _grad_formats(x, weight, fmt)
+    gx = x.new_empty(x.shape).contiguous(memory_format=fx)
+    gw = weight.new_empty(weight.shape).contiguous(memory_format=fw)
     return grads_out(x, weight, mask, gx, gw, weight.new_empty(bias_size), fmt)
 
 

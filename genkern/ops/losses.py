@@ -108,16 +108,24 @@ class _MeanGrad:
         return v.expand(self.shape).contiguous()
 
 
-def _mean_grads(real, fake, real_term: int, fake_term: int) -> tuple | None:
-    """(_MeanGrad of real or None, of fake) where every term given has a constant derivative:
-    the loss is a mean's multiple, whose backward needs nothing of its forward, so nothing is
-    computed, saved or kept for it, and a second backward runs, as stock's -f.mean() (the C++
-    twin: constant_slope in csrc/cpu/losses_autograd.cpp); else None."""
+def _constant_slopes(real, real_term: int, fake_term: int) -> tuple | None:
+    """(slope of the real term or None, of the fake term) where every term given has a constant
+    derivative: the loss is a mean's multiple, whose backward needs nothing of its forward, so
+    nothing is computed, saved or kept for it, and a second backward runs, as stock's -f.mean()
+    (the C++ twin: constant_slope in csrc/cpu/losses_autograd.cpp); else None."""
     sf = _CONSTANT_SLOPES.get(fake_term)
     sr = None if real is None else _CONSTANT_SLOPES.get(real_term)
     if sf is None or (real is not None and sr is None):
         return None
-    return (None if real is None else _MeanGrad(sr, real)), _MeanGrad(sf, fake)
+    return sr, sf
+
+
+def _mean_grads(real, fake, real_term: int, fake_term: int) -> tuple | None:
+    """(_MeanGrad of real or None, of fake) where _constant_slopes says so; else None."""
+    slopes = _constant_slopes(real, real_term, fake_term)
+    if slopes is None:
+        return None
+    return (None if real is None else _MeanGrad(slopes[0], real)), _MeanGrad(slopes[1], fake)
 
 
 def _mean_grads_for(means, mask, grad) -> tuple:
@@ -205,7 +213,7 @@ def _gan_call(real, fake, real_term, fake_term, need_r, need_f, name):
                 fake if real is None else real, fake, real_term, fake_term, real is not None
             )
         return _GanLossFn.apply(real, fake, real_term, fake_term, need_r, need_f, kernel)
-    if _mean_grads(real, fake, real_term, fake_term) is not None:
+    if _constant_slopes(real, real_term, fake_term) is not None:
         need_r = need_f = False  # (the backward makes them: see _gan_setup_context)
     return torch.ops.genkern.gan_loss(real, fake, real_term, fake_term, need_r, need_f, name)[0]
 
