@@ -23,6 +23,7 @@
 #include "cpu/batch_norm_act.h"
 #include "cpu/pool.h"
 #include "cpu/onednn_matmul.h"
+#include "cpu/winograd_3x3.h"
 #include "cpu/winograd_s2.h"
 #include "genkern/activation.h"
 
@@ -131,6 +132,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("winograd_s2_conv2d", &genkern::cpu::winograd_s2_conv2d);
   m.def("winograd_s2_conv_transpose2d", &genkern::cpu::winograd_s2_conv_transpose2d);
   m.def("winograd_s2_conv2d_weight_grad", &genkern::cpu::winograd_s2_conv2d_weight_grad);
+  // 3x3 stride-1 convs by Winograd F(2x2, 3x3), an inference candidate (see winograd_3x3.h)
+  m.def("winograd_3x3_available", &genkern::cpu::winograd_3x3_available);
+  m.def("winograd_3x3_pack_weight", &genkern::cpu::winograd_3x3_pack_weight);
+  m.def("winograd_3x3_conv2d", &genkern::cpu::winograd_3x3_conv2d);
   m.def("conv2d_weight_grad_avx2", &genkern::cpu::conv2d_weight_grad_avx2);
   // convs from 1-4 channels on direct AVX-512 or AVX2 kernels (see stem_conv.h)
   m.def("set_stem_conv_mode", &genkern::cpu::set_stem_conv_mode);

@@ -15,7 +15,7 @@ import torch
 
 import genkern
 from genkern import _ext, backends
-from genkern.ops import _prepacked
+from genkern.ops import _prepacked, _winograd
 
 pytestmark = pytest.mark.skipif(
     not _prepacked.AVAILABLE
@@ -211,14 +211,15 @@ SMALL_BATCH = [
     lambda act: genkern.nn.Conv2d(6, 7, 4, 2, 1, dilation=1, activation=act, negative_slope=0.2),
 ]
 SMALL_BATCH_INPUTS = [(16, 14), (64, 7), (8, 5), (32, 16), (6, 9)]
+PATHS = ("packed", "regular", "gemm", "direct", "winograd")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("act", [None, "relu", "leaky_relu", "sigmoid"])
 @pytest.mark.parametrize("i", range(len(SMALL_BATCH)))
 def test_auto_mode_at_batch_1_matches_stock_on_the_path_it_keeps(i, act, layout):
-    """Whatever path auto mode keeps (packed, regular, batched GEMM), the result is stock's, in the
-    layout stock gives, and repeats bit-identically."""
+    """Whatever path auto mode keeps (packed, regular, batched GEMM, direct, Winograd), the result
+    is stock's, in the layout stock gives, and repeats bit-identically."""
     torch.manual_seed(i)
     layer = SMALL_BATCH[i](act).eval()
     channels, size = SMALL_BATCH_INPUTS[i]
@@ -227,7 +228,7 @@ def test_auto_mode_at_batch_1_matches_stock_on_the_path_it_keeps(i, act, layout)
         x = x.to(memory_format=torch.channels_last)
     with torch.no_grad():
         first = layer(x)
-        assert _prepacked.state(layer.weight) in ("packed", "regular", "gemm", "direct")
+        assert _prepacked.state(layer.weight) in PATHS
         again = layer(x)
         expected = _stock(layer, x)
     assert torch.equal(first, again)
@@ -272,34 +273,36 @@ def test_auto_mode_keeps_the_gemm_path_where_it_wins_by_far():
 def test_auto_mode_keeps_the_direct_kernels_on_batch_1_cnn_layers():
     """The CIFAR CNN's 32 -> 64 (16x16) and 64 -> 128 (8x8) 3x3 convs at batch 1: genkern's
     direct kernels ran them in 57-87 and ~100 us against ATen's 122-154 and 127 (2-core Xeon),
-    so auto mode keeps them on at least one; the kept result has the bits of the same kernels'
-    training-path call. With GENKERN_CPU_STEM_CONV "never" they are no candidate."""
+    so auto mode keeps them on at least one (Winograd's candidate, which can beat both, not
+    offered); the kept result has the bits of the same kernels' training-path call. With
+    GENKERN_CPU_STEM_CONV "never" they are no candidate."""
     from genkern.ops import _stem_conv
 
-    torch.manual_seed(0)
-    shapes = [(32, 64, 16), (64, 128, 8)]
-    layers = [
-        genkern.nn.Conv2d(i, o, 3, padding=1).to(memory_format=torch.channels_last).eval()
-        for i, o, _ in shapes
-    ]
-    xs = [torch.randn(1, i, s, s).to(memory_format=torch.channels_last) for i, _, s in shapes]
-    states = []
-    for layer, x in zip(layers, xs):
-        with torch.no_grad():
-            y = layer(x)
-        states.append(_prepacked.state(layer.weight))
-        if states[-1] == "direct":
-            with _stem_conv.mode("always"):
-                assert torch.equal(y, layer(x).detach())  # a graph-recording call: same kernels
-        torch.testing.assert_close(y, _stock(layer, x), rtol=1e-4, atol=1e-4)
-    assert "direct" in states, states
-    with _stem_conv.mode("never"), torch.no_grad():  # a kept direct path no longer offered
+    with _winograd.mode("never"):
+        torch.manual_seed(0)
+        shapes = [(32, 64, 16), (64, 128, 8)]
+        layers = [
+            genkern.nn.Conv2d(i, o, 3, padding=1).to(memory_format=torch.channels_last).eval()
+            for i, o, _ in shapes
+        ]
+        xs = [torch.randn(1, i, s, s).to(memory_format=torch.channels_last) for i, _, s in shapes]
+        states = []
         for layer, x in zip(layers, xs):
-            torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-4, atol=1e-4)
-            assert _prepacked.state(layer.weight) != "direct"
-        other = genkern.nn.Conv2d(32, 64, 3, padding=1).to(memory_format=torch.channels_last)
-        other.eval()(xs[0])
-        assert _prepacked.state(other.weight) != "direct"
+            with torch.no_grad():
+                y = layer(x)
+            states.append(_prepacked.state(layer.weight))
+            if states[-1] == "direct":
+                with _stem_conv.mode("always"):
+                    assert torch.equal(y, layer(x).detach())  # a graph-recording call: same kernels
+            torch.testing.assert_close(y, _stock(layer, x), rtol=1e-4, atol=1e-4)
+        assert "direct" in states, states
+        with _stem_conv.mode("never"), torch.no_grad():  # a kept direct path no longer offered
+            for layer, x in zip(layers, xs):
+                torch.testing.assert_close(layer(x), _stock(layer, x), rtol=1e-4, atol=1e-4)
+                assert _prepacked.state(layer.weight) != "direct"
+            other = genkern.nn.Conv2d(32, 64, 3, padding=1).to(memory_format=torch.channels_last)
+            other.eval()(xs[0])
+            assert _prepacked.state(other.weight) != "direct"
 
 
 def _direct_layer():
@@ -308,14 +311,16 @@ def _direct_layer():
     return layer, torch.randn(1, 32, 16, 16).to(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("path", ["packed", "direct"])
+@pytest.mark.parametrize("path", ["packed", "direct", "winograd"])
 def test_writes_through_data_are_seen(path):
     # found by the fuzz: .data writes leave the version counter as it was, and the packed copy
-    # (keyed by it) was used stale: EMA updates, init code writing through .data
+    # (keyed by it) was used stale: EMA updates, init code writing through .data. The Winograd
+    # path's transformed weight is kept the same way.
     torch.manual_seed(0)
     layer, x = _direct_layer()
     mode = "always" if path == "packed" else "auto"
-    with _prepacked.mode(mode), torch.no_grad():
+    winograd = "always" if path == "winograd" else "never"
+    with _prepacked.mode(mode), _winograd.mode(winograd), torch.no_grad():
         for _ in range(3):  # auto mode's choice is timed: a busy machine can make it lose
             _prepacked.set_mode(mode)
             layer(x)

@@ -157,7 +157,8 @@ struct Call {
   }
 };
 
-enum class Path : int8_t { kRegular = 0, kPacked = 1, kGemm = 2, kDirect = 3 };
+enum class Path : int8_t { kRegular = 0, kPacked = 1, kGemm = 2, kDirect = 3, kWinograd = 4 };
+constexpr int kPaths = 5;
 
 // Which weight an entry or a freeze mark is for, with no weak reference to its TensorImpl
 // (torch.utils.swap_tensors refuses a tensor that has one: found by the fuzz): its storage, held
@@ -203,8 +204,8 @@ Source source_of(const at::Tensor& weight, bool frozen_weight) {
                 by_version ? std::nullopt : std::optional<uint64_t>(fingerprint(weight))};
 }
 
-// The path a weight's calls of a geometry took; for kPacked and kDirect, the packed weight and
-// what it was packed from.
+// The path a weight's calls of a geometry took; for the packed paths (kPacked and the candidates
+// with a weight of their own), the packed weight and what it was packed from.
 struct Entry {
   Identity weight;
   std::vector<int64_t> geometry;
@@ -234,7 +235,7 @@ std::unordered_map<const c10::TensorImpl*, Identity> g_frozen;
 struct Tally {
   Identity weight;
   int64_t timed = 0;
-  std::array<int64_t, 4> wins{};  // per Path
+  std::array<int64_t, kPaths> wins{};  // per Path
 };
 std::unordered_map<const c10::TensorImpl*, Tally> g_tally;
 constexpr int64_t kMaxTimedGeometries = 8;
@@ -450,13 +451,19 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
                           int64_t activation, double negative_slope, bool channels_last,
                           const std::function<at::Tensor()>& regular,
                           const std::function<at::Tensor()>& gemm,
-                          const PackedCandidate& direct) {
+                          const PackedCandidate& direct, const PackedCandidate& winograd) {
   // no packed call where an output position gets no tap: oneDNN crashes there (conv_geometry.h)
   if (!eligible(x) ||
       has_empty_output(transposed, x, weight, stride, padding, output_padding, dilation))
     return regular();
   const Call c{transposed, x,      weight,     bias,           stride,        padding,
                output_padding, dilation, groups, activation, negative_slope, channels_last};
+  // the candidates with a packed weight of their own, per Path (null: none of that kind)
+  const PackedCandidate* own[kPaths] = {nullptr, nullptr, nullptr, &direct, &winograd};
+  const auto offered = [&](Path p) {
+    return p == Path::kGemm ? static_cast<bool>(gemm)
+                            : own[static_cast<int>(p)] == nullptr || *own[static_cast<int>(p)];
+  };
   const bool always = static_cast<PrepackMode>(g_mode.load()) == PrepackMode::kAlways;
   std::vector<int64_t> geometry = c.geometry();
   std::optional<Path> chosen;  // always mode: packed, unless oneDNN could not pack the geometry
@@ -465,30 +472,30 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     auto it = g_choice.find(geometry);
     if (it != g_choice.end()) chosen = it->second;
   }
+  if (winograd && winograd.always) chosen = Path::kWinograd;
   if (always && !chosen) chosen = Path::kPacked;
   if (!chosen && (chosen = settled(weight))) choose(geometry, *chosen, false);
   // a kept candidate this call does not offer (its mode switched to never since): time again
-  if (chosen && ((*chosen == Path::kGemm && !gemm) || (*chosen == Path::kDirect && !direct)))
-    chosen.reset();
+  if (chosen && !offered(*chosen)) chosen.reset();
   if (chosen == Path::kRegular || chosen == Path::kGemm) {
     note(weight, geometry, *chosen);
     return *chosen == Path::kGemm ? gemm() : regular();
   }
   const bool frozen_weight = frozen(weight);
-  if (chosen) {  // kPacked or kDirect: the weight's packed copy, if made from its current values
-    const bool direct_path = *chosen == Path::kDirect;
+  if (chosen) {  // a packed path: the weight's packed copy, if made from its current values
+    const PackedCandidate* candidate = own[static_cast<int>(*chosen)];
     Source now = source_of(weight, frozen_weight);
     at::Tensor packed = packed_from(weight, geometry, *chosen, now);
     if (!packed.defined()) {
       if (!packable(weight)) return regular();
       try {  // oneDNN has no packed primitive for some geometries: the regular path then
-        packed = direct_path ? direct.pack() : c.pack();
+        packed = candidate ? candidate->pack() : c.pack();
       } catch (const std::exception&) {
         return keep_regular(weight, geometry, false, regular);
       }
       keep_packed(weight, std::move(geometry), *chosen, packed, std::move(now), frozen_weight);
     }
-    return direct_path ? direct.run(packed) : c.run(packed);
+    return candidate ? candidate->run(packed) : c.run(packed);
   }
   // auto mode, the geometry's first call: time the candidates. A large call on a small weight
   // keeps the regular path untimed: what the others win there is ~2% at most (packing saves a
@@ -502,35 +509,39 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
     return keep_regular(weight, geometry, true, regular);
   if (!packable(weight)) return regular();  // time the geometry with a finite weight
   Source before = source_of(weight, frozen_weight);
-  at::Tensor packed, y_first;
+  at::Tensor packed[kPaths], y[kPaths], unused;
   try {
-    packed = c.pack();
-    y_first = c.run(packed);  // creates the oneDNN primitive: not timed
+    packed[1] = c.pack();
+    y[1] = c.run(packed[1]);  // creates the oneDNN primitive: not timed
   } catch (const std::exception&) {
     return keep_regular(weight, geometry, false, regular);
   }
   // each candidate's best of two calls (one call's time swings by 10-20% here), each after an
   // untimed call, as the packed one had above: the regular path's makes its oneDNN primitive
   // and its layout choice (onednn_layout.h, itself timed), the GEMM path's sizes its buffers
-  at::Tensor y[4], unused;
   regular();
   if (gemm) gemm();
-  const at::Tensor direct_packed = direct ? direct.pack() : at::Tensor();
-  const auto run_direct = [&] { return direct.run(direct_packed); };
-  double best[4] = {1e300, 1e300, 1e300, 1e300};
+  for (int p = 0; p < kPaths; ++p)
+    if (own[p] && *own[p]) packed[p] = own[p]->pack();
+  double best[kPaths];
+  std::fill(best, best + kPaths, 1e300);
   for (int round = 0; round < 2; ++round) {
-    best[0] = std::min(best[0], seconds(regular, round ? unused : y[0]));
-    best[1] = std::min(best[1], seconds([&] { return c.run(packed); }, round ? unused : y[1]));
-    if (gemm) best[2] = std::min(best[2], seconds(gemm, round ? unused : y[2]));
-    if (direct) best[3] = std::min(best[3], seconds(run_direct, round ? unused : y[3]));
+    for (int p = 0; p < kPaths; ++p) {
+      if (!offered(static_cast<Path>(p))) continue;
+      const auto run_path = [&]() -> at::Tensor {
+        if (p == 0) return regular();
+        if (p == 2) return gemm();
+        return own[p] ? own[p]->run(packed[p]) : c.run(packed[p]);
+      };
+      best[p] = std::min(best[p], seconds(run_path, round ? unused : y[p]));
+    }
   }
-  const int kept = static_cast<int>(std::min_element(best, best + 4) - best);
+  const int kept = static_cast<int>(std::min_element(best, best + kPaths) - best);
   const auto kept_path = static_cast<Path>(kept);
   choose(geometry, kept_path, true);
   tally(weight, kept_path);
-  if (kept_path == Path::kPacked || kept_path == Path::kDirect)
-    keep_packed(weight, std::move(geometry), kept_path,
-                kept_path == Path::kDirect ? direct_packed : packed, std::move(before),
+  if (packed[kept].defined())
+    keep_packed(weight, std::move(geometry), kept_path, packed[kept], std::move(before),
                 frozen_weight);
   else
     note(weight, geometry, kept_path);

@@ -47,7 +47,8 @@ int64_t prepack_timings();
 // For tests: how many weights the cache holds an entry for (dead ones until a sweep).
 int64_t prepack_entries();
 // For tests: -1 no cache entry for this weight, 0 the regular path was kept, 1 a packed weight,
-// 2 the batched-GEMM path was kept, 3 the direct kernels (with their own packed weight).
+// 2 the batched-GEMM path was kept, 3 the direct kernels (with their own packed weight), 4 the
+// Winograd 3x3 path (winograd_3x3.h, on its transformed weight).
 int64_t prepack_state(const at::Tensor& weight);
 
 // A candidate on a weight of its own layout (the direct kernels of stem_conv.h): pack() makes
@@ -55,14 +56,15 @@ int64_t prepack_state(const at::Tensor& weight);
 struct PackedCandidate {
   std::function<at::Tensor()> pack;
   std::function<at::Tensor(const at::Tensor&)> run;
+  bool always = false;  // its own mode says always: kept for every call, untimed
   explicit operator bool() const { return static_cast<bool>(pack); }
 };
 
 // act(conv(x) + bias) with no autograd graph, in the layout asked for: the packed path where it
 // is eligible and chosen, `gemm()` (the batched-GEMM path of conv_gemm.h, when given: empty where
-// it cannot take the call) or `direct` (when given) where chosen, else `regular()` (the regular
-// kernels' call); all give the same result layout. In auto mode the first call of a shape times
-// the candidates.
+// it cannot take the call), `direct` or `winograd` (when given) where chosen, else `regular()`
+// (the regular kernels' call); all give the same result layout. In auto mode the first call of a
+// shape times the candidates; a candidate marked `always` is kept untimed.
 at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias,
                           const std::vector<int64_t>& stride, const std::vector<int64_t>& padding,
@@ -71,6 +73,7 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
                           int64_t activation, double negative_slope, bool channels_last,
                           const std::function<at::Tensor()>& regular,
                           const std::function<at::Tensor()>& gemm,
-                          const PackedCandidate& direct = {});
+                          const PackedCandidate& direct = {},
+                          const PackedCandidate& winograd = {});
 
 }  // namespace genkern::cpu

@@ -11,13 +11,13 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <vector>
 
 #include "conv_geometry.h"
 #include "cpu_clones.h"
 #include "path_mode.h"
 #include "small_gemm.h"  // blas_as_wide_as_onednn
+#include "winograd_lanes.h"
 
 namespace genkern::cpu {
 namespace {
@@ -27,7 +27,7 @@ std::atomic<int64_t> g_mode{1};
 
 // F(4, 2) at the points 0, 1, -1, 2 and infinity: the correlation y[i] = d[i] g[0] + d[i+1] g[1]
 // (i < 4, d of 5 samples) is y = AT ((G g) * (BT d)), the product taken point by point. BT and AT
-// are written out in input_row and output_row; G, with its fractions, transforms the weights.
+// are written out in F42's rows; G, with its fractions, transforms the weights.
 constexpr double kG[5][2] = {
     {0.5, 0.0}, {-0.5, -0.5}, {-1.0 / 6, 1.0 / 6}, {1.0 / 6, 1.0 / 3}, {0.0, 1.0}};
 constexpr int kAlpha = 5;                  // input samples per tile and dim, and points
@@ -35,84 +35,42 @@ constexpr int kPoints = kAlpha * kAlpha;   // products per 4x4 output tile of on
 constexpr int kTile = 4;                   // outputs per tile and dim (per phase)
 
 // The transformed tiles (1.56x the input of a conv2d, 6.25x of a conv_transpose2d) go through in
-// chunks of the batch whose buffer holds at most half the input's floats, or 512K floats: a
-// training step's memory peak then stays within issue 8's 0.8x of stock's. One process, peak
-// and step time by the chunk's bound (no Winograd; a quarter; half; the input's size): DCGAN-32
-// 28.1 MB; 33.6, 33.6, 34.8 MB (stock 42.8-44.8); 369, 354, 343 ms; DCGAN-64 114.4 MB; 126.2,
-// 128.6, 135.9 MB (stock 189.1); 2113, 1989, 1891 ms. 16 MB chunks, with the 64-tile layers
-// that the rule now leaves out: 48.7 and 165.8 MB.
-constexpr int64_t kMinChunkFloats = int64_t(1) << 19;
+// chunks of the batch (winograd::chunk_images). One process, peak and step time by the chunk's
+// bound (no Winograd; a quarter; half; the input's size): DCGAN-32 28.1 MB; 33.6, 33.6, 34.8 MB
+// (stock 42.8-44.8); 369, 354, 343 ms; DCGAN-64 114.4 MB; 126.2, 128.6, 135.9 MB (stock 189.1);
+// 2113, 1989, 1891 ms. 16 MB chunks, with the 64-tile layers that the rule now leaves out: 48.7
+// and 165.8 MB.
+using winograd::all_zero;
+using winograd::chunk_images;
+using winograd::load_pixel;
+using winograd::store;
+using winograd::VecOf;
 
-// Images per chunk when each image's buffers take `per_image` floats.
-int64_t chunk_images(const at::Tensor& x, int64_t per_image) {
-  const int64_t budget = std::max(kMinChunkFloats, x.numel() / 2);
-  return std::clamp<int64_t>(budget / std::max<int64_t>(per_image, 1), 1, x.size(0));
-}
-
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef double f64x4 __attribute__((vector_size(32)));
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  using type = f32x8;
-};
-template <>
-struct VecOf<double> {
-  using type = f64x4;
-};
-
-// v <- n <= lanes values from p (the rest zero), and their store back. A full vector is one
-// fixed-size copy (a vector move); only a tail of channels pays for a variable-length one.
-template <typename V, typename T>
-inline __attribute__((always_inline)) void load(V& v, const T* p, int n) {
-  if (n == static_cast<int>(sizeof(V) / sizeof(T))) {
-    std::memcpy(&v, p, sizeof(V));
-  } else {
-    v = V{};
-    std::memcpy(&v, p, n * sizeof(T));
+// The rows of F(4, 2) (winograd_lanes.h): o[a * os] = (BT d)[a] over d[q] = d[q * ds], and
+// o[i * os] = (AT m)[i] over m[a] = m[a * ms].
+struct F42 {
+  static constexpr int kAlpha = 5, kTile = 4;
+  template <typename V, typename T>
+  static inline __attribute__((always_inline)) void input_row(const V* d, int ds, V* o, int os) {
+    const V d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds];
+    o[0] = T(2) * (d0 - d2) - d1 + d3;
+    o[os] = d3 - T(2) * d1 - d2;
+    o[2 * os] = T(2) * d1 - T(3) * d2 + d3;
+    o[3 * os] = d3 - d1;
+    o[4 * os] = T(2) * (d1 - d3) - d2 + d4;
   }
-}
-template <typename V, typename T>
-inline __attribute__((always_inline)) void store(T* p, const V& v, int n) {
-  if (n == static_cast<int>(sizeof(V) / sizeof(T)))
-    std::memcpy(p, &v, sizeof(V));
-  else
-    std::memcpy(p, &v, n * sizeof(T));
-}
+  template <typename V, typename T>
+  static inline __attribute__((always_inline)) void output_row(const V* m, int ms, V* o, int os) {
+    const V m0 = m[0], m1 = m[ms], m2 = m[2 * ms], m3 = m[3 * ms], m4 = m[4 * ms];
+    const V sum = m1 + m2, diff = m1 - m2;
+    o[0] = m0 + sum + m3;
+    o[os] = diff + T(2) * m3;
+    o[2 * os] = sum + T(4) * m3;
+    o[3 * os] = diff + T(8) * m3 + m4;
+  }
+};
 
-// v <- channels [c, c + n) of a pixel, or zeros where the pixel is null (outside the tensor)
-template <typename V, typename T>
-inline __attribute__((always_inline)) void load_pixel(V& v, const T* pixel, int64_t c, int n) {
-  if (pixel)
-    load(v, pixel + c, n);
-  else
-    v = V{};
-}
-
-// o[a * os] = (BT d)[a], d[q] = d[q * ds]
-template <typename V, typename T>
-inline __attribute__((always_inline)) void input_row(const V* d, int ds, V* o, int os) {
-  const V d0 = d[0], d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds];
-  o[0] = T(2) * (d0 - d2) - d1 + d3;
-  o[os] = d3 - T(2) * d1 - d2;
-  o[2 * os] = T(2) * d1 - T(3) * d2 + d3;
-  o[3 * os] = d3 - d1;
-  o[4 * os] = T(2) * (d1 - d3) - d2 + d4;
-}
-
-// o[i * os] = (AT m)[i], m[a] = m[a * ms]
-template <typename V, typename T>
-inline __attribute__((always_inline)) void output_row(const V* m, int ms, V* o, int os) {
-  const V m0 = m[0], m1 = m[ms], m2 = m[2 * ms], m3 = m[3 * ms], m4 = m[4 * ms];
-  const V sum = m1 + m2, diff = m1 - m2;
-  o[0] = m0 + sum + m3;
-  o[os] = diff + T(2) * m3;
-  o[2 * os] = sum + T(4) * m3;
-  o[3 * os] = diff + T(8) * m3 + m4;
-}
-
-// o[a * os] = (A y)[a], y[i] = y[i * ys]: the adjoint of output_row, for the weight gradient
+// o[a * os] = (A y)[a], y[i] = y[i * ys]: the adjoint of F42::output_row, for the weight gradient
 template <typename V, typename T>
 inline __attribute__((always_inline)) void output_row_adjoint(const V* y, int ys, V* o, int os) {
   const V y0 = y[0], y1 = y[ys], y2 = y[2 * ys], y3 = y[3 * ys];
@@ -121,63 +79,6 @@ inline __attribute__((always_inline)) void output_row_adjoint(const V* y, int ys
   o[2 * os] = y0 - y1 + y2 - y3;
   o[3 * os] = y0 + T(2) * y1 + T(4) * y2 + T(8) * y3;
   o[4 * os] = y3;
-}
-
-// Whether every lane of acc, a sum of (v - v) over values v, is zero: all those v were finite
-// (inf - inf and NaN - NaN are NaN).
-template <typename V>
-inline __attribute__((always_inline)) bool all_zero(const V& acc) {
-  for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(acc[0])); ++l)
-    if (acc[l] != 0) return false;
-  return true;
-}
-
-// dst[(a * 5 + b) * ld + c] = (BT d BT^T)[a][b] for c < C, d[q][r] the C channels at src[q*5 + r]
-// (null: a pixel outside the input, zero). False where a value written is not finite.
-template <typename T>
-GK_CPU_CLONES bool input_tile(const T* const* src, int64_t C, T* __restrict__ dst, int64_t ld) {
-  using V = typename VecOf<T>::type;
-  constexpr int L = sizeof(V) / sizeof(T);
-  V acc = {};
-  for (int64_t c = 0; c < C; c += L) {
-    const int n = static_cast<int>(std::min<int64_t>(L, C - c));
-    V d[kPoints], t[kPoints];
-    for (int i = 0; i < kPoints; ++i) load_pixel(d[i], src[i], c, n);
-    for (int r = 0; r < kAlpha; ++r) input_row<V, T>(d + r, kAlpha, t + r, kAlpha);
-    for (int a = 0; a < kAlpha; ++a) input_row<V, T>(t + a * kAlpha, 1, d + a * kAlpha, 1);
-    for (int i = 0; i < kPoints; ++i) {
-      acc += d[i] - d[i];
-      store(dst + i * ld + c, d[i], n);
-    }
-  }
-  return all_zero(acc);
-}
-
-// dst[i*4 + j][c] = bias[c] + (AT m AT^T)[i][j] for c < C, m[a][b] = src[(a * 5 + b) * ld + c]
-// (dst[..] null: outside the output, skipped; bias null: none). False where a value written is
-// not finite.
-template <typename T>
-GK_CPU_CLONES bool output_tile(const T* __restrict__ src, int64_t ld, int64_t C,
-                               const T* __restrict__ bias, T* const* dst) {
-  using V = typename VecOf<T>::type;
-  constexpr int L = sizeof(V) / sizeof(T);
-  V acc = {};
-  for (int64_t c = 0; c < C; c += L) {
-    const int n = static_cast<int>(std::min<int64_t>(L, C - c));
-    V m[kPoints], t[kTile * kAlpha], y[kTile * kTile];
-    for (int i = 0; i < kPoints; ++i) load(m[i], src + i * ld + c, n);
-    for (int b = 0; b < kAlpha; ++b) output_row<V, T>(m + b, kAlpha, t + b, kAlpha);
-    for (int i = 0; i < kTile; ++i) output_row<V, T>(t + i * kAlpha, 1, y + i * kTile, 1);
-    V b = {};
-    if (bias) load(b, bias + c, n);
-    for (int i = 0; i < kTile * kTile; ++i)
-      if (dst[i]) {
-        const V out = y[i] + b;
-        acc += out - out;
-        store(dst[i] + c, out, n);
-      }
-  }
-  return all_zero(acc);
 }
 
 // dst[(a * 5 + b) * ld + c] = (A y A^T)[a][b] for c < C, y[i][j] the C channels at src[i*4 + j]
@@ -342,7 +243,7 @@ bool transform_input(const T* x, const Geometry& g, int64_t n0, int64_t tiles, T
                                     : nullptr;
         }
       T* dst = g.transposed ? v + p * kPoints * ld + t * k : v + t * k + p * g.c;
-      finite &= input_tile(src, g.c, dst, ld);
+      finite &= winograd::input_tile<F42>(src, g.c, dst, ld);
     }
     return finite;
   });
@@ -359,7 +260,7 @@ bool transform_output(const T* m, const T* bias, const Geometry& g, int64_t n0, 
     bool finite = true;
     for (int p = 0; p < (g.transposed ? 4 : 1); ++p) {
       tile_outputs(y + n * g.oh * g.ow * g.co, g, ty, tx, p / 2, p % 2, dst);
-      finite &= output_tile(m + p * kPoints * ld + t * g.co, ld, g.co, bias, dst);
+      finite &= winograd::output_tile<F42>(m + p * kPoints * ld + t * g.co, ld, g.co, bias, dst);
     }
     return finite;
   });

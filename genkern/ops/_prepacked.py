@@ -42,9 +42,11 @@ mode = _SWITCH.scoped  # set_mode(name) inside a with-block, the previous mode a
 def state(weight: torch.Tensor) -> str | None:
     """What the cache holds for this weight: None, "regular" (the regular path was faster or
     oneDNN has no packed primitive for the call), "packed", "gemm" (the batched-GEMM path of
-    genkern/ops/_conv_gemm.py was faster) or "direct" (the direct conv kernels of
-    genkern/ops/_stem_conv.py, on their own packed weight, were faster)."""
-    return (None, "regular", "packed", "gemm", "direct")[_ext._C.prepack_state(weight) + 1]
+    genkern/ops/_conv_gemm.py was faster), "direct" (the direct conv kernels of
+    genkern/ops/_stem_conv.py, on their own packed weight, were faster) or "winograd" (the
+    Winograd path for 3x3 stride-1 layers, csrc/cpu/winograd_3x3.h, on its transformed weight)."""
+    names = (None, "regular", "packed", "gemm", "direct", "winograd")
+    return names[_ext._C.prepack_state(weight) + 1]
 
 
 _step_hook = None  # the optimizer hook that watches frozen weights (made on the first freeze)

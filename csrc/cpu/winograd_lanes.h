@@ -1,0 +1,131 @@
+// What the Winograd paths (winograd_s2.h, winograd_3x3.h) share: vectors of one AVX2 register
+// (GCC's vector extension; the AVX-512 clones run them as they are), their loads and stores of a
+// channel run with a tail, the test that every value a transform wrote was finite, and the 2-D
+// input and output transforms of one tile, over the 1-D rows of an algorithm F(m, r):
+//   struct F { static constexpr int kAlpha (input samples per dim), kTile (outputs per dim);
+//              template <V, T> static void input_row(const V* d, int ds, V* o, int os);  // BT d
+//              template <V, T> static void output_row(const V* m, int ms, V* o, int os); }; // AT m
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu_clones.h"
+
+namespace genkern::cpu::winograd {
+
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef double f64x4 __attribute__((vector_size(32)));
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  using type = f32x8;
+};
+template <>
+struct VecOf<double> {
+  using type = f64x4;
+};
+
+// v <- n <= lanes values from p (the rest zero), and their store back. A full vector is one
+// fixed-size copy (a vector move); only a tail of channels pays for a variable-length one.
+template <typename V, typename T>
+inline __attribute__((always_inline)) void load(V& v, const T* p, int n) {
+  if (n == static_cast<int>(sizeof(V) / sizeof(T))) {
+    std::memcpy(&v, p, sizeof(V));
+  } else {
+    v = V{};
+    std::memcpy(&v, p, n * sizeof(T));
+  }
+}
+template <typename V, typename T>
+inline __attribute__((always_inline)) void store(T* p, const V& v, int n) {
+  if (n == static_cast<int>(sizeof(V) / sizeof(T)))
+    std::memcpy(p, &v, sizeof(V));
+  else
+    std::memcpy(p, &v, n * sizeof(T));
+}
+
+// v <- channels [c, c + n) of a pixel, or zeros where the pixel is null (outside the tensor)
+template <typename V, typename T>
+inline __attribute__((always_inline)) void load_pixel(V& v, const T* pixel, int64_t c, int n) {
+  if (pixel)
+    load(v, pixel + c, n);
+  else
+    v = V{};
+}
+
+// Whether every lane of acc, a sum of (v - v) over values v, is zero: all those v were finite
+// (inf - inf and NaN - NaN are NaN).
+template <typename V>
+inline __attribute__((always_inline)) bool all_zero(const V& acc) {
+  for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(acc[0])); ++l)
+    if (acc[l] != 0) return false;
+  return true;
+}
+
+// Images per chunk of the batch when each image's transformed tiles take `per_image` floats: a
+// chunk's buffer holds at most half the input's floats, or 512K floats (winograd_s2.cpp has the
+// measurements behind the bound: a training step's memory peak within issue 8's 0.8x of stock's).
+inline int64_t chunk_images(const at::Tensor& x, int64_t per_image) {
+  constexpr int64_t kMinChunkFloats = int64_t(1) << 19;
+  const int64_t budget = std::max(kMinChunkFloats, x.numel() / 2);
+  return std::clamp<int64_t>(budget / std::max<int64_t>(per_image, 1), 1, x.size(0));
+}
+
+// Internal linkage: each algorithm's instances (with their target clones) stay in their file.
+namespace {
+
+// dst[i * ld + c] = (BT d BT^T)[i] for c < C, d[q] the C channels at src[q] (q over the
+// kAlpha x kAlpha window; null: a pixel outside the input, zero). False where a value written is
+// not finite.
+template <typename F, typename T>
+GK_CPU_CLONES bool input_tile(const T* const* src, int64_t C, T* __restrict__ dst, int64_t ld) {
+  using V = typename VecOf<T>::type;
+  constexpr int L = sizeof(V) / sizeof(T), A = F::kAlpha;
+  V acc = {};
+  for (int64_t c = 0; c < C; c += L) {
+    const int n = static_cast<int>(std::min<int64_t>(L, C - c));
+    V d[A * A], t[A * A];
+    for (int i = 0; i < A * A; ++i) load_pixel(d[i], src[i], c, n);
+    for (int r = 0; r < A; ++r) F::template input_row<V, T>(d + r, A, t + r, A);
+    for (int a = 0; a < A; ++a) F::template input_row<V, T>(t + a * A, 1, d + a * A, 1);
+    for (int i = 0; i < A * A; ++i) {
+      acc += d[i] - d[i];
+      store(dst + i * ld + c, d[i], n);
+    }
+  }
+  return all_zero(acc);
+}
+
+// dst[i * kTile + j][c] = bias[c] + (AT m AT^T)[i][j] for c < C, m[p] = src[p * ld + c] (dst[..]
+// null: outside the output, skipped; bias null: none). False where a value written is not finite.
+template <typename F, typename T>
+GK_CPU_CLONES bool output_tile(const T* __restrict__ src, int64_t ld, int64_t C,
+                               const T* __restrict__ bias, T* const* dst) {
+  using V = typename VecOf<T>::type;
+  constexpr int L = sizeof(V) / sizeof(T), A = F::kAlpha, M = F::kTile;
+  V acc = {};
+  for (int64_t c = 0; c < C; c += L) {
+    const int n = static_cast<int>(std::min<int64_t>(L, C - c));
+    V m[A * A], t[M * A], y[M * M];
+    for (int i = 0; i < A * A; ++i) load(m[i], src + i * ld + c, n);
+    for (int b = 0; b < A; ++b) F::template output_row<V, T>(m + b, A, t + b, A);
+    for (int i = 0; i < M; ++i) F::template output_row<V, T>(t + i * A, 1, y + i * M, 1);
+    V b = {};
+    if (bias) load(b, bias + c, n);
+    for (int i = 0; i < M * M; ++i)
+      if (dst[i]) {
+        const V out = y[i] + b;
+        acc += out - out;
+        store(dst[i] + c, out, n);
+      }
+  }
+  return all_zero(acc);
+}
+
+}  // namespace
+}  // namespace genkern::cpu::winograd
