@@ -27,6 +27,10 @@ using Clock = std::chrono::steady_clock;
 // per byte of weight than kFlopsPerWeightByte, keeps the regular path without timing the others
 // (conv_inference): the packed path saves one reorder of the weight a call, ~2% of such a call.
 constexpr double kLargeCallFlops = 1e9, kFlopsPerWeightByte = 2000.0;
+// A timing's rounds (each runs every candidate once): two, then more while the rounds so far
+// took under kTimingSeconds, at most kMaxRounds (a batch-1 layer's ~0.1 ms candidates: 10)
+constexpr double kTimingSeconds = 0.005;
+constexpr int kMaxRounds = 10;
 
 std::atomic<int> g_mode{static_cast<int>(PrepackMode::kAuto)};
 std::atomic<bool> g_bfloat16{false};
@@ -511,27 +515,33 @@ at::Tensor conv_inference(bool transposed, const at::Tensor& x, const at::Tensor
   Source before = source_of(weight, frozen_weight);
   at::Tensor packed[kPaths], y[kPaths], unused;
   try {
-    packed[1] = c.pack();
-    y[1] = c.run(packed[1]);  // creates the oneDNN primitive: not timed
+    const int onednn = static_cast<int>(Path::kPacked);
+    packed[onednn] = c.pack();
+    y[onednn] = c.run(packed[onednn]);  // creates the oneDNN primitive: not timed
   } catch (const std::exception&) {
     return keep_regular(weight, geometry, false, regular);
   }
-  // each candidate's best of two calls (one call's time swings by 10-20% here), each after an
-  // untimed call, as the packed one had above: the regular path's makes its oneDNN primitive
-  // and its layout choice (onednn_layout.h, itself timed), the GEMM path's sizes its buffers
+  // each candidate's best of two or more calls, after an untimed call, as the packed one had
+  // above: the regular path's makes its oneDNN primitive and its layout choice (onednn_layout.h,
+  // itself timed), the GEMM path's sizes its buffers. Rounds go on while they have taken under
+  // kTimingSeconds, up to kMaxRounds: one call's time swings by 10-40% on a busy machine, and
+  // best-of-two kept the slower of two batch-1 paths 25% apart in 5 of 12 timings (2-core Zen 3)
   regular();
   if (gemm) gemm();
   for (int p = 0; p < kPaths; ++p)
     if (own[p] && *own[p]) packed[p] = own[p]->pack();
   double best[kPaths];
   std::fill(best, best + kPaths, 1e300);
-  for (int round = 0; round < 2; ++round) {
+  const auto start = Clock::now();
+  const auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
+  for (int round = 0; round < kMaxRounds && (round < 2 || elapsed() < kTimingSeconds); ++round) {
     for (int p = 0; p < kPaths; ++p) {
-      if (!offered(static_cast<Path>(p))) continue;
+      const auto path = static_cast<Path>(p);
+      if (!offered(path)) continue;
       const auto run_path = [&]() -> at::Tensor {
-        if (p == 0) return regular();
-        if (p == 2) return gemm();
-        return own[p] ? own[p]->run(packed[p]) : c.run(packed[p]);
+        if (path == Path::kRegular) return regular();
+        if (path == Path::kGemm) return gemm();
+        return own[p] ? own[p]->run(packed[p]) : c.run(packed[p]);  // kPacked: oneDNN's
       };
       best[p] = std::min(best[p], seconds(run_path, round ? unused : y[p]));
     }
