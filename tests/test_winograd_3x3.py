@@ -215,3 +215,23 @@ def test_bad_bias_is_declined_and_raises_as_stock():
         assert C.winograd_3x3_conv2d(x, packed, b, torch.contiguous_format) is None
     with _winograd.mode("always"), torch.no_grad(), pytest.raises(RuntimeError):
         genkern.ops.conv2d(x, w, torch.randn(5), padding=1, backend="cpu")
+
+
+@pytest.mark.parametrize("tap", [0.5, 30.0, 1e4, 1e30])
+def test_a_weight_with_an_outlying_tap(tap):
+    """A transform's rounding scales with a filter's largest tap: one far above the rest that
+    meets only the padding (an image one pixel high) swamped the outputs the small taps make
+    (found by a fuzz: 0.32 off at outputs of 0.74 for a tap of 1e30). A weight whose largest
+    magnitude passes 64x the mean of the others is declined; below that the path runs, within
+    the float32 tolerance. Either way the layer's result is the reference's."""
+    torch.manual_seed(0)
+    layer = _layer(8, 4, None)
+    with torch.no_grad():
+        layer.weight[1, 2, 0, 1] = tap
+    x = torch.randn(1, 8, 1, 6)
+    declined = C.winograd_3x3_pack_weight(layer.weight.detach()).numel() == 0
+    assert declined == (tap > 64 * layer.weight.abs().mean().item())
+    ref = F.conv2d(x.double(), layer.weight.double(), layer.bias.double(), padding=1)
+    with _winograd.mode("always"), torch.no_grad():
+        y = layer(x)
+    testing.assert_close_to_reference(y, ref, torch.float32, "outlying tap")

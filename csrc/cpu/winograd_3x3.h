@@ -27,13 +27,16 @@ bool winograd_3x3_available(const at::Tensor& x, const at::Tensor& weight,
                             const std::vector<int64_t>& padding,
                             const std::vector<int64_t>& dilation, int64_t groups);
 
-// U [16, C_in, C_out] = G w G^T at each point, from a weight [C_out, C_in, 3, 3] of any layout.
+// U [16, C_in, C_out] = G w G^T at each point, from a weight [C_out, C_in, 3, 3] of any layout;
+// an empty tensor (winograd_3x3_conv2d then declines) where the weight's largest magnitude passes
+// 64 times the mean magnitude of its other values: a transform's rounding scales with a
+// filter's largest tap, and would swamp outputs that the direct conv computes from small ones.
 at::Tensor winograd_3x3_pack_weight(const at::Tensor& weight);
 
 // conv2d(x, weight, bias, stride 1, padding 1) from the weight's U, in memory format fmt; an
 // undefined tensor where an input, bias or transformed value is not finite (a transform's
-// inf - inf would turn an infinite output into NaN or spread a NaN over its tile), or where the
-// bias does not fit: the caller then takes another path.
+// inf - inf would turn an infinite output into NaN or spread a NaN over its tile), where the
+// packed weight is empty, or where the bias does not fit: the caller then takes another path.
 at::Tensor winograd_3x3_conv2d(const at::Tensor& x, const at::Tensor& packed,
                                const std::optional<at::Tensor>& bias, at::MemoryFormat fmt);
 
