@@ -278,3 +278,26 @@ def test_auto_matches_the_direct_path(transposed):
 
 def test_mode_names():
     check_mode_switch(_winograd, "Winograd conv", _ext._C.winograd_mode)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_weight_with_outlying_taps_is_declined(transposed):
+    """A transform's rounding scales with a filter's largest tap: taps of +-1e8 in rows that meet
+    only the padding (an input two pixels high) left the conv2d 36.6 off at outputs the small taps
+    make (found by a fuzz). Such a weight (a tap over 64x the mean of the others, as the 3x3 path)
+    is declined: the result is the direct path's, within the float32 tolerance of the reference."""
+    torch.manual_seed(0)
+    w = torch.randn(4, 8, 4, 4)
+    w[1, 2, 0, 1], w[1, 3, 3, 2] = 1e8, -1e8
+    x = torch.randn(1, 8, 2, 8) if not transposed else torch.randn(1, 4, 1, 5)
+    if transposed:
+        assert _ext._C.winograd_s2_conv_transpose2d(x, w, None, 2, 10, torch.channels_last) is None
+        ref = F.conv_transpose2d(x.double(), w.double(), None, **KW)
+        op = genkern.ops.conv_transpose2d
+    else:
+        assert _ext._C.winograd_s2_conv2d(x, w, None, 1, 4, torch.channels_last) is None
+        ref = F.conv2d(x.double(), w.double(), None, **KW)
+        op = genkern.ops.conv2d
+    with _winograd.mode("always"), torch.no_grad():
+        y = op(x, w, None, **KW, backend="cpu")
+    testing.assert_close_to_reference(y, ref, torch.float32, "outlying taps")

@@ -7,9 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 
-#include "cpu_clones.h"
 #include "winograd_lanes.h"
 
 namespace genkern::cpu {
@@ -60,30 +58,6 @@ void transform_weight(const T* w, int64_t co, int64_t ci, T* u) {
                 t[a][0] * F::kG[b][0] + t[a][1] * F::kG[b][1] + t[a][2] * F::kG[b][2]);
       }
   });
-}
-
-// A transform sums a filter's taps (and a tile's pixels) before the products, so an output's
-// rounding error scales with the largest of them, not with its own terms: a tap far above the
-// others that meets only the padding (1e30 among taps of ~1, at the edge of an image one pixel
-// high) lost the outputs that the direct conv computes exactly from the small taps; one of 1e2,
-// 1e4 gave errors of 1e-5, 1.5e-3 where stock's were 8e-7 (found by a fuzz). The path declines a
-// weight whose largest magnitude passes kMaxPeakToMean times the mean magnitude of its other
-// values (~4-5 in a random init, ~11 in a Laplace-distributed layer of 70K weights), bounding
-// that error near 8x stock's.
-constexpr double kMaxPeakToMean = 64;
-
-// Whether max |p[i]| <= kMaxPeakToMean * mean |p[j]| over the n - 1 others (true where all are
-// zero, or where one is not finite: the transforms' own check declines those).
-template <typename T>
-GK_CPU_CLONES bool within_range(const T* p, int64_t n) {
-  double peak = 0, sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = std::abs(static_cast<double>(p[i]));
-    peak = std::max(peak, v);
-    sum += v;
-  }
-  if (!(peak > 0) || !std::isfinite(sum) || n < 2) return true;
-  return peak * double(n - 1) <= kMaxPeakToMean * (sum - peak);
 }
 
 // One call's tiles: kTile x kTile outputs each, th x tw per image of h x w pixels (the output's
@@ -205,7 +179,7 @@ at::Tensor winograd_3x3_pack_weight(const at::Tensor& weight) {
   at::Tensor u = at::empty({F23::kAlpha * F23::kAlpha, ci, co}, w.options());
   bool in_range = true;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "winograd_3x3_weight", [&] {
-    in_range = within_range(w.const_data_ptr<scalar_t>(), w.numel());
+    in_range = winograd::within_range(w.const_data_ptr<scalar_t>(), w.numel());
     if (in_range)
       transform_weight<F23>(w.const_data_ptr<scalar_t>(), co, ci, u.data_ptr<scalar_t>());
   });

@@ -1,7 +1,8 @@
 // What the Winograd paths (winograd_s2.h, winograd_3x3.h) share: vectors of one AVX2 register
 // (GCC's vector extension; the AVX-512 clones run them as they are), their loads and stores of a
-// channel run with a tail, the test that every value a transform wrote was finite, and the 2-D
-// input and output transforms of one tile, over the 1-D rows of an algorithm F(m, r):
+// channel run with a tail, the test that every value a transform wrote was finite, the weight
+// range the transforms' rounding allows (within_range), and the 2-D input and output transforms
+// of one tile, over the 1-D rows of an algorithm F(m, r):
 //   struct F { static constexpr int kAlpha (input samples per dim), kTile (outputs per dim);
 //              template <V, T> static void input_row(const V* d, int ds, V* o, int os);  // BT d
 //              template <V, T> static void output_row(const V* m, int ms, V* o, int os); }; // AT m
@@ -10,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -78,6 +80,43 @@ inline int64_t chunk_images(const at::Tensor& x, int64_t per_image) {
 
 // Internal linkage: each algorithm's instances (with their target clones) stay in their file.
 namespace {
+
+// A transform sums a filter's taps (and a tile's pixels) before the products, so an output's
+// rounding error scales with the largest of them, not with its own terms: a tap far above the
+// others that meets only the padding (an image one pixel high) swamps the outputs the small taps
+// make. F(2x2, 3x3): taps of 1e2, 1e4, 1e30 among taps of ~0.1 gave errors of 1e-5, 1.5e-3, 0.32
+// at outputs of ~0.7, where stock's were 8e-7; F(4, 2) 36.6 at a tap of 1e8 (found by a fuzz).
+// The paths decline a weight whose largest magnitude passes kMaxPeakToMean times the mean
+// magnitude of its other values (~2-6 in random inits, ~11 in a Laplace-distributed layer of 70K
+// weights).
+constexpr double kMaxPeakToMean = 64;
+
+// Whether max |p[i]| <= kMaxPeakToMean * mean |p[j]| over the n - 1 others (true where all are
+// zero, or where one is not finite: the transforms' own checks decline those).
+template <typename T>
+GK_CPU_CLONES bool within_range(const T* p, int64_t n) {
+  constexpr int L = 8;  // independent lanes: the loop vectorizes (one read of a training weight)
+  double peaks[L] = {}, sums[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int l = 0; l < L; ++l) {
+      const double v = std::abs(static_cast<double>(p[i + l]));
+      peaks[l] = std::max(peaks[l], v);
+      sums[l] += v;
+    }
+  for (int l = 0; i < n; ++i, ++l) {
+    const double v = std::abs(static_cast<double>(p[i]));
+    peaks[l] = std::max(peaks[l], v);
+    sums[l] += v;
+  }
+  double peak = 0, sum = 0;
+  for (int l = 0; l < L; ++l) {
+    peak = std::max(peak, peaks[l]);
+    sum += sums[l];
+  }
+  if (!(peak > 0) || !std::isfinite(sum) || n < 2) return true;
+  return peak * double(n - 1) <= kMaxPeakToMean * (sum - peak);
+}
 
 // dst[i * ld + c] = (BT d BT^T)[i] for c < C, d[q] the C channels at src[q] (q over the
 // kAlpha x kAlpha window; null: a pixel outside the input, zero). False where a value written is

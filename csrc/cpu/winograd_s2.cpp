@@ -169,7 +169,7 @@ bool transform_weight(const T* w, int64_t rows, int64_t s, bool transposed, cons
 
 // The GEMMs' right-hand sides: conv2d [25, 4 C_in, C_out] (stored as its transpose, (p, C_in)
 // contiguous), conv_transpose2d [100, C_in, C_out] ((p, point) major); undefined where a value is
-// not finite.
+// not finite or the weight is out of winograd::within_range.
 at::Tensor transformed_weight(const at::Tensor& weight, bool transposed) {
   const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t rows = w.size(0), s = w.size(1);
@@ -180,7 +180,9 @@ at::Tensor transformed_weight(const at::Tensor& weight, bool transposed) {
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "winograd_s2_weight", [&] {
     scalar_t* base = u.data_ptr<scalar_t>();
     const scalar_t* src = w.const_data_ptr<scalar_t>();
-    if (transposed)
+    if (!winograd::within_range(src, w.numel()))
+      finite = false;  // a tap whose transform would swamp the small taps' outputs
+    else if (transposed)
       finite = transform_weight(src, rows, s, true, [&](int point, int p, int64_t r) {
         return base + ((p * kPoints + point) * rows + r) * s;
       });

@@ -35,7 +35,10 @@ bool use_winograd_s2(const at::Tensor& x, const at::Tensor& weight,
 
 // All three return an undefined tensor where an input, weight or bias value, or a transformed
 // one, is not finite: a transform's inf - inf would turn an output that should be infinite into
-// NaN, or spread a NaN to the other outputs of its tile. The caller then takes the direct path.
+// NaN, or spread a NaN to the other outputs of its tile. The two forwards also decline a weight
+// with a tap over 64x the mean magnitude of the others (winograd::within_range: its transform's
+// rounding would swamp the small taps' outputs; the weight gradient, which transforms x and
+// grad_y, has no such check). The caller then takes the direct path.
 
 // conv2d(x, weight, bias, stride 2, padding 1) (weight [C_out, C_in, 4, 4]) with an output of
 // oh x ow pixels, in memory format fmt. oh, ow: the conv's output size, or for an input gradient
