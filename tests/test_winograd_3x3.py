@@ -141,6 +141,21 @@ def test_the_candidate_matches_stock(act, layout):
         assert y.stride() == stock.stride()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_one_pixel_outputs_have_stocks_strides(layout):
+    """An [N, C, 1, 1] result is contiguous in both formats: stock's strides are NCHW's, where the
+    kernels' NHWC buffer had given (C, 1, C, C) (found by a fuzz)."""
+    x = torch.randn(3, 4, 1, 1)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(5, 4, 3, 3)
+    with _winograd.mode("always"), torch.no_grad():
+        y = genkern.ops.conv2d(x, w, None, padding=1, backend="cpu")
+    stock = F.conv2d(x, w, None, padding=1)
+    torch.testing.assert_close(y, stock, rtol=1e-5, atol=1e-5)
+    assert y.stride() == stock.stride()
+
+
 def test_auto_mode_offers_it_and_never_withdraws_it():
     """Auto mode times the candidate with the others (its choice is one of them, its result
     stock's); "never" offers it to no call, and a kept Winograd choice is timed again."""

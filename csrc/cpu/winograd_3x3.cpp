@@ -152,6 +152,9 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& 
     }
   });
   if (!finite) return at::Tensor();
+  // one pixel: NHWC is NCHW's memory, and stock's strides are NCHW's in either format (an
+  // [N, C, 1, 1] tensor is contiguous in both, so contiguous(fmt) would keep the NHWC strides)
+  if (h * w == 1) return y.as_strided({n, g.co, 1, 1}, {g.co, 1, 1, 1});
   return y.contiguous(fmt);
 }
 
