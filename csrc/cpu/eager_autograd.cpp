@@ -208,16 +208,15 @@ PackedCandidate winograd_candidate(const at::Tensor& x, const at::Tensor& weight
                                    const std::vector<int64_t>& dilation, int64_t groups,
                                    int64_t activation, double negative_slope, bool channels_last,
                                    const std::function<at::Tensor()>& regular) {
-  if (winograd_mode() == 0 ||
-      !winograd_3x3_available(x, weight, stride, padding, dilation, groups))
-    return {};
+  const int64_t mode = winograd_mode();
+  if (mode == 0 || !winograd_3x3_available(x, weight, stride, padding, dilation, groups)) return {};
   return {[weight] { return winograd_3x3_pack_weight(weight); },
           [=, &x, &bias](const at::Tensor& packed) {
             at::Tensor z = winograd_3x3_conv2d(x, packed, bias, format(channels_last));
             return z.defined() ? activated(z, activation, negative_slope, channels_last)
                                : regular();
           },
-          winograd_mode() == 2};
+          mode == 2};
 }
 
 // running += momentum * (batch - running), a 16-bit running statistic's in float32, rounded once

@@ -6,12 +6,13 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
-#include <atomic>
 
 #include "winograd_lanes.h"
 
 namespace genkern::cpu {
 namespace {
+
+using winograd::is_pair;
 
 // F(2, 3) at the points 0, 1, -1 and infinity: y[i] = sum_k d[i + k] g[k] (i < 2, d of 4
 // samples) is AT ((G g) * (BT d)), the product taken point by point. BT and AT hold only 0 and
@@ -70,20 +71,11 @@ struct Tiles {
 // Transformed values per task: a batch-1 layer's few tiles run on the calling thread.
 constexpr int64_t kValuesPerTask = int64_t(1) << 16;
 
-// Runs tile(t, n, ty, tx) for the tiles t < tiles of the chunk starting at image n0 on the
-// intra-op threads, `values` transformed values per tile; whether every call returned true
-// (wrote only finite values).
+// winograd::for_each_tile over the chunk's tiles of this call, `values` transformed values a tile
 template <typename Fn>
 bool for_each_tile(const Tiles& g, int64_t n0, int64_t tiles, int64_t values, const Fn& tile) {
-  std::atomic<bool> finite{true};
   const int64_t grain = std::max<int64_t>(1, kValuesPerTask / values);
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t in_image = t % g.per_image();
-      if (!tile(t, n0 + t / g.per_image(), in_image / g.tw, in_image % g.tw)) finite = false;
-    }
-  });
-  return finite;
+  return winograd::for_each_tile(g.per_image(), g.tw, n0, tiles, grain, tile);
 }
 
 // V[p][t][c]: the chunk's input tiles (NHWC x), kAlpha x kAlpha windows from (M ty - 1, M tx - 1)
@@ -158,9 +150,6 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& 
   return y.contiguous(fmt);
 }
 
-bool is_pair(const std::vector<int64_t>& v, int64_t value) {
-  return v.size() == 2 && v[0] == value && v[1] == value;
-}
 
 }  // namespace
 

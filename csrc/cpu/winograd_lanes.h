@@ -8,12 +8,15 @@
 //              template <V, T> static void output_row(const V* m, int ms, V* o, int os); }; // AT m
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "cpu_clones.h"
 
@@ -76,6 +79,26 @@ inline int64_t chunk_images(const at::Tensor& x, int64_t per_image) {
   constexpr int64_t kMinChunkFloats = int64_t(1) << 19;
   const int64_t budget = std::max(kMinChunkFloats, x.numel() / 2);
   return std::clamp<int64_t>(budget / std::max<int64_t>(per_image, 1), 1, x.size(0));
+}
+
+// Whether a conv argument (stride, padding, dilation) is `value` along both spatial dims.
+inline bool is_pair(const std::vector<int64_t>& v, int64_t value) {
+  return v.size() == 2 && v[0] == value && v[1] == value;
+}
+
+// Runs tile(t, n, ty, tx) for the tiles t < tiles of a chunk of the batch starting at image n0
+// (image n, tile row ty and column tx; per_image tiles an image, tw across) on the intra-op
+// threads, at least `grain` tiles a task; whether every call returned true (wrote only finite
+// values).
+template <typename Fn>
+bool for_each_tile(int64_t per_image, int64_t tw, int64_t n0, int64_t tiles, int64_t grain,
+                   const Fn& tile) {
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      if (!tile(t, n0 + t / per_image, t % per_image / tw, t % tw)) finite = false;
+  });
+  return finite;
 }
 
 // Internal linkage: each algorithm's instances (with their target clones) stay in their file.

@@ -42,6 +42,7 @@ constexpr int kTile = 4;                   // outputs per tile and dim (per phas
 // and 165.8 MB.
 using winograd::all_zero;
 using winograd::chunk_images;
+using winograd::is_pair;
 using winograd::load_pixel;
 using winograd::store;
 using winograd::VecOf;
@@ -195,18 +196,10 @@ at::Tensor transformed_weight(const at::Tensor& weight, bool transposed) {
   return transposed ? u : u.transpose(1, 2);
 }
 
-// Runs tile(t, n, ty, tx) for the tiles t < tiles of the chunk starting at image n0 (image n,
-// tile row ty and column tx) on the intra-op threads; whether every call returned true (wrote
-// only finite values).
+// for_each_tile over the chunk's tiles of this call, one or more tiles a task.
 template <typename F>
 bool for_each_tile(const Geometry& g, int64_t n0, int64_t tiles, const F& tile) {
-  const int64_t per_image = g.th * g.tw;
-  std::atomic<bool> finite{true};
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t)
-      if (!tile(t, n0 + t / per_image, t % per_image / g.tw, t % g.tw)) finite = false;
-  });
-  return finite;
+  return winograd::for_each_tile(g.th * g.tw, g.tw, n0, tiles, 1, tile);
 }
 
 // pixels[i*4 + j]: output (i, j) of tile (ty, tx) in phase (py, px) of one NHWC image (conv2d:
@@ -346,9 +339,6 @@ int64_t small_side_tiles(const at::Tensor& x, bool transposed) {
   return x.size(0) * ((h + kTile - 1) / kTile) * ((w + kTile - 1) / kTile);
 }
 
-bool is_pair(const std::vector<int64_t>& v, int64_t value) {
-  return v.size() == 2 && v[0] == value && v[1] == value;
-}
 
 }  // namespace
 
